@@ -1,0 +1,1 @@
+"""The annuaire: professionals, structures, mailboxes (BAL) and the operator whitelist."""

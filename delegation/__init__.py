@@ -1,0 +1,1 @@
+"""Delegation: who may act on which BAL, with which rights."""

@@ -1,0 +1,60 @@
+"""Shared plumbing of the command line: loading settings, exit codes, output."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from mssante.config import ConfigError, Settings, load_settings
+
+# Exit codes are a public contract: 0 success, 1 runtime failure, 2 bad usage or configuration.
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+class CLIState:
+    """Options given before the sub-command (``mssante --config FILE …``)."""
+
+    config_path: Path | None = None
+    data_dir: Path | None = None
+
+
+state = CLIState()
+
+
+def fail(message: str, code: int = EXIT_FAILURE) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def settings(**overrides: Any) -> Settings:
+    """Effective settings for this invocation, or exit 2 with the key at fault."""
+    if state.data_dir is not None:
+        overrides.setdefault("server", {})["data_dir"] = str(state.data_dir)
+    try:
+        return load_settings(state.config_path, **overrides)
+    except ConfigError as exc:
+        fail(f"configuration: {exc}", EXIT_USAGE)
+
+
+@contextmanager
+def runtime_errors(*kinds: type[Exception]) -> Iterator[None]:
+    """Turn the expected runtime errors into a clean message and exit code 1."""
+    try:
+        yield
+    except kinds as exc:
+        fail(str(exc))
+
+
+def command_group(name: str, help_text: str) -> typer.Typer:
+    return typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False)
+
+
+Handler = Callable[..., Any]

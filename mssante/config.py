@@ -1,0 +1,228 @@
+"""The one typed configuration object of the server.
+
+Read from a TOML file (documented key by key in ``config/mssante.example.toml``) and
+overridden by ``MSSANTE_<SECTION>__<KEY>`` environment variables, e.g.
+``MSSANTE_DATABASE__URL``. Unknown keys are an error rather than silently ignored: a
+typo in a security setting must never fall back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+# The MSSanté client-side suite list (Référentiel #2), as OpenSSL names.
+MSSANTE_CIPHERS = (
+    "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256"
+)
+
+Port = int
+
+
+class ConfigError(Exception):
+    """A configuration problem, with the dotted key it concerns."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _check_port(value: int) -> int:
+    # 0 asks the operating system for a free port: used by tests, never in production.
+    if not 0 <= value <= 65535:
+        raise ValueError(f"port must be between 1 and 65535 (0 = any free port), got {value}")
+    return value
+
+
+class ServerSection(_Section):
+    hostname: str = "mx.demo.mssante.fr"
+    data_dir: Path = Path("data")
+    domains: list[str] = Field(default_factory=lambda: ["demo.mssante.fr"])
+    patient_domain: str = "patient.mssante.fr"
+    shutdown_grace_seconds: float = 10.0
+
+
+class DatabaseSection(_Section):
+    url: str = ""
+    echo: bool = False
+    pool_size: int = 5
+
+
+class StorageSection(_Section):
+    keyring: Path | None = None
+    group_commit: bool = True
+    max_batch: int = Field(default=256, ge=1, le=10_000)
+    chunk_size: int = Field(default=64 * 1024, ge=4096, le=4 * 1024 * 1024)
+    default_quota_mb: int = Field(default=2048, ge=0)
+
+
+class TLSSection(_Section):
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    ca_file: Path | None = None
+    min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    ciphers: str = MSSANTE_CIPHERS
+
+
+class ListenerSection(_Section):
+    host: str = "127.0.0.1"
+
+
+class SMTPSection(ListenerSection):
+    submission_port: Port = 2587
+    submissions_port: Port = 2465
+    relay_port: Port = 2525
+    max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+
+    _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
+
+
+class IMAPSection(ListenerSection):
+    port: Port = 1143
+    tls_port: Port = 1993
+
+    _ports = field_validator("port", "tls_port")(_check_port)
+
+
+class HTTPSection(ListenerSection):
+    enabled: bool = True
+    port: Port = 8443
+
+    _ports = field_validator("port")(_check_port)
+
+
+class LogSection(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(BaseSettings):
+    """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MSSANTE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    server: ServerSection = Field(default_factory=ServerSection)
+    database: DatabaseSection = Field(default_factory=DatabaseSection)
+    storage: StorageSection = Field(default_factory=StorageSection)
+    tls: TLSSection = Field(default_factory=TLSSection)
+    smtp: SMTPSection = Field(default_factory=SMTPSection)
+    imap: IMAPSection = Field(default_factory=IMAPSection)
+    http: HTTPSection = Field(default_factory=HTTPSection)
+    log: LogSection = Field(default_factory=LogSection)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment wins over the file (passed as init values), as operators expect.
+        return (env_settings, init_settings)
+
+    @model_validator(mode="after")
+    def _resolve_paths(self) -> Settings:
+        data = self.server.data_dir
+        if self.storage.keyring is None:
+            self.storage.keyring = data / "keyring.json"
+        return self
+
+    # Derived values -----------------------------------------------------------------
+    @property
+    def data_dir(self) -> Path:
+        return self.server.data_dir
+
+    @property
+    def database_url(self) -> str:
+        """The configured URL, or the embedded SQLite database in the data directory."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.server.data_dir / 'mssante.db').resolve()}"
+
+    @property
+    def keyring_path(self) -> Path:
+        assert self.storage.keyring is not None
+        return self.storage.keyring
+
+    def public_dict(self) -> dict[str, Any]:
+        """The effective configuration with secrets in URLs masked, for display."""
+        data = self.model_dump(mode="json")
+        url = data["database"]["url"]
+        if "@" in url and ":" in url.split("@", 1)[0].split("//", 1)[-1]:
+            scheme, rest = url.split("//", 1)
+            creds, host = rest.split("@", 1)
+            data["database"]["url"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+        data["database"]["effective_url"] = (
+            self.database_url if not self.database.url else data["database"]["url"]
+        )
+        return data
+
+
+DEFAULT_CONFIG_ENV = "MSSANTE_CONFIG"
+
+
+def _key_of(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(file)"
+
+
+def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
+    """Load the configuration from ``path`` (or ``$MSSANTE_CONFIG``), raising ConfigError.
+
+    ``overrides`` are dotted-free nested dicts applied on top of the file, used by the
+    CLI (``--data-dir``) and by tests.
+    """
+    if path is None and os.environ.get(DEFAULT_CONFIG_ENV):
+        path = Path(os.environ[DEFAULT_CONFIG_ENV])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError("(file)", f"configuration file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("(file)", f"{path} is not valid TOML: {exc}") from None
+    for section, values in overrides.items():
+        data.setdefault(section, {}).update(values)
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        raise ConfigError(_key_of(first["loc"]), problem) from None
+    return settings
+
+
+def check_settings(settings: Settings) -> None:
+    """Checks that need the file system: certificate files and the data directory."""
+    for key in ("cert_file", "key_file", "ca_file"):
+        value = getattr(settings.tls, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"tls.{key}", f"file {value} does not exist")
+    data_dir = settings.server.data_dir
+    if data_dir.exists():
+        if not data_dir.is_dir():
+            raise ConfigError("server.data_dir", f"{data_dir} is not a directory")
+        if not os.access(data_dir, os.R_OK | os.W_OK | os.X_OK):
+            raise ConfigError("server.data_dir", f"{data_dir} is not readable and writable by this user")
+    else:
+        parent = data_dir.resolve().parent
+        if not (parent.is_dir() and os.access(parent, os.W_OK | os.X_OK)):
+            raise ConfigError("server.data_dir", f"{data_dir} does not exist and cannot be created")

@@ -1,0 +1,30 @@
+"""The HTTP listener's application: health, and the routers of each area (FHIR directory,
+DMP API), served by uvicorn inside the server's event loop.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from fastapi import FastAPI
+
+from mssante import __version__
+
+# Each area exposes ``router`` (a FastAPI APIRouter) and, optionally, ``bind(app, runtime)``.
+ROUTER_MODULES: tuple[str, ...] = ()
+
+
+def create_app(runtime: Any) -> FastAPI:
+    """Build the application for one runtime (a ``mssante.runtime.Runtime``)."""
+    app = FastAPI(title="mssante", version=__version__, docs_url=None, redoc_url=None)
+    app.state.runtime = runtime
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    for name in ROUTER_MODULES:
+        module = importlib.import_module(name)
+        app.include_router(module.router)
+    return app

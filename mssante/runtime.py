@@ -1,0 +1,75 @@
+"""Wiring of one server process: settings → engines, key ring, store.
+
+Kept apart from the CLI and the listeners so that tests, benchmarks and the server build the
+same objects the same way.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+from sqlalchemy import Engine
+
+from mssante.config import Settings
+from mssante.crypto import KeyRing
+from mssante.db import make_engine
+from mssante.schema import require_current, upgrade
+from mssante.store.store import MessageStore
+
+
+def initialise(settings: Settings) -> list[str]:
+    """Create what a new installation needs; re-running changes nothing that exists."""
+    done: list[str] = []
+    data_dir = settings.data_dir
+    if not data_dir.exists():
+        data_dir.mkdir(parents=True, mode=0o700)
+        done.append(f"created data directory {data_dir}")
+    ring_path = settings.keyring_path
+    if not ring_path.exists():
+        KeyRing.create(ring_path)
+        done.append(f"created key ring {ring_path} (mode 0600) — back it up: without it mail is unreadable")
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    engine.dispose()
+    done.append("database schema is current")
+    return done
+
+
+@dataclass
+class Runtime:
+    """The long-lived objects of a process; ``close()`` releases them."""
+
+    settings: Settings
+    engine: Engine
+    writer_engine: Engine
+    keyring: KeyRing
+    store: MessageStore
+    extras: dict[str, object] = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.store.close()
+        self.engine.dispose()
+        self.writer_engine.dispose()
+
+
+def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
+    """Open the database and key ring; refuse an outdated schema or a missing key ring."""
+    engine = make_engine(settings.database_url, echo=settings.database.echo,
+                         pool_size=settings.database.pool_size)
+    if check_schema:
+        require_current(engine)
+    keyring = KeyRing.load(settings.keyring_path)
+    if os.name == "posix" and settings.keyring_path.stat().st_mode & 0o077:
+        os.chmod(settings.keyring_path, 0o600)
+    writer_engine = make_engine(settings.database_url, writer=True, echo=settings.database.echo)
+    store = MessageStore(
+        engine,
+        writer_engine,
+        keyring,
+        chunk_size=settings.storage.chunk_size,
+        group_commit=settings.storage.group_commit,
+        max_batch=settings.storage.max_batch,
+        default_quota=settings.storage.default_quota_mb * 1024 * 1024 or None,
+    )
+    return Runtime(settings, engine, writer_engine, keyring, store)

@@ -1,0 +1,218 @@
+"""Parse a message once, at delivery, into what IMAP FETCH and SEARCH need.
+
+The result is a JSON-serialisable dict, sealed beside the body, so that ENVELOPE,
+BODYSTRUCTURE, ``BODY[section]`` (through byte offsets into the raw message) and header
+SEARCH never re-parse MIME. Parsing is by byte offsets on the raw message, which is the only
+way to serve IMAP sections byte-exactly.
+"""
+
+from __future__ import annotations
+
+import email.utils
+from email.header import decode_header, make_header
+from email.message import Message
+from typing import Any
+
+MAX_DEPTH = 32  # MIME nesting deeper than this is treated as an opaque body
+MAX_PARTS = 2000
+
+Json = dict[str, Any]
+
+
+def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
+    """Return (end of the header block including the blank line, start of the body)."""
+    if raw.startswith(b"\r\n", start) and start < end:
+        return start + 2, start + 2
+    if raw.startswith(b"\n", start) and start < end:
+        return start + 1, start + 1
+    crlf = raw.find(b"\r\n\r\n", start, end)
+    lf = raw.find(b"\n\n", start, end)
+    if crlf == -1 and lf == -1:
+        return end, end
+    if crlf != -1 and (lf == -1 or crlf + 1 <= lf):
+        return crlf + 4, crlf + 4
+    return lf + 2, lf + 2
+
+
+def parse_headers(block: bytes) -> list[tuple[str, str]]:
+    """Unfold a header block into (name, raw value) pairs, in order, names as written."""
+    text = block.decode("utf-8", errors="surrogateescape")
+    fields: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        if not line:
+            break
+        if line[0] in " \t" and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + " " + line.strip())
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            fields.append((name.strip(), value.strip()))
+    return fields
+
+
+def decode_value(value: str) -> str:
+    """RFC 2047 decoding for searching and display; undecodable words are kept as written."""
+    try:
+        return str(make_header(decode_header(value)))
+    except (ValueError, LookupError, UnicodeError):
+        return value
+
+
+def _get(fields: list[tuple[str, str]], name: str) -> str | None:
+    lname = name.lower()
+    for key, value in fields:
+        if key.lower() == lname:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
+def _addresses(value: str | None) -> list[list[str | None]] | None:
+    if not value:
+        return None
+    out: list[list[str | None]] = []
+    for name, addr in email.utils.getaddresses([value]):
+        if not addr and not name:
+            continue
+        mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
+        out.append([name or None, None, mailbox or None, host or None])
+    return out or None
+
+
+def envelope(fields: list[tuple[str, str]]) -> Json:
+    """Raw envelope fields in IMAP ENVELOPE order; From defaults Sender and Reply-To."""
+    from_ = _addresses(_get(fields, "From"))
+    return {
+        "date": _get(fields, "Date"),
+        "subject": _get(fields, "Subject"),
+        "from": from_,
+        "sender": _addresses(_get(fields, "Sender")) or from_,
+        "reply_to": _addresses(_get(fields, "Reply-To")) or from_,
+        "to": _addresses(_get(fields, "To")),
+        "cc": _addresses(_get(fields, "Cc")),
+        "bcc": _addresses(_get(fields, "Bcc")),
+        "in_reply_to": _get(fields, "In-Reply-To"),
+        "message_id": _get(fields, "Message-ID"),
+    }
+
+
+def _params(header_value: str | None, header: str = "content-type") -> tuple[str | None, list[list[str]]]:
+    if header_value is None:
+        return None, []
+    msg = Message()
+    msg[header] = header_value
+    params = msg.get_params(header=header) or []
+    if not params:
+        return None, []
+    main = params[0][0].strip().lower() or None
+    rest = []
+    for key, val in params[1:]:
+        if isinstance(val, tuple):  # RFC 2231 encoded
+            val = email.utils.collapse_rfc2231_value(val)
+        rest.append([key.lower(), str(val)])
+    return main, rest
+
+
+class _Counter:
+    parts = 0
+
+
+def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, counter: _Counter) -> Json:
+    counter.parts += 1
+    header_end, body_start = _header_end(raw, start, end)
+    fields = parse_headers(raw[start:header_end])
+    ctype, params = _params(_get(fields, "Content-Type"))
+    if not ctype or "/" not in ctype:
+        ctype, params = default_type, ([["charset", "us-ascii"]] if default_type == "text/plain" else [])
+    maintype, _, subtype = ctype.partition("/")
+    disp_type, disp_params = _params(_get(fields, "Content-Disposition"), "content-disposition")
+    body = raw[body_start:end]
+    part: Json = {
+        "header": [start, header_end],
+        "body": [body_start, end],
+        "type": maintype,
+        "subtype": subtype,
+        "params": params,
+        "id": _get(fields, "Content-ID"),
+        "description": _get(fields, "Content-Description"),
+        "encoding": (_get(fields, "Content-Transfer-Encoding") or "7bit").lower(),
+        "size": end - body_start,
+        "lines": body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0),
+        "md5": _get(fields, "Content-MD5"),
+        "disposition": [disp_type, disp_params] if disp_type else None,
+        "language": _get(fields, "Content-Language"),
+        "location": _get(fields, "Content-Location"),
+    }
+    if depth >= MAX_DEPTH or counter.parts >= MAX_PARTS:
+        return part
+    if maintype == "multipart":
+        boundary = dict((k, v) for k, v in params).get("boundary")
+        if boundary:
+            child_default = "message/rfc822" if subtype == "digest" else "text/plain"
+            part["parts"] = [
+                _part(raw, s, e, child_default, depth + 1, counter)
+                for s, e in _split_multipart(raw, body_start, end, boundary.encode("utf-8", "replace"))
+            ]
+    elif maintype == "message" and subtype in ("rfc822", "global"):
+        inner_end, _ = _header_end(raw, body_start, end)
+        inner_fields = parse_headers(raw[body_start:inner_end])
+        part["message"] = {
+            "envelope": envelope(inner_fields),
+            "part": _part(raw, body_start, end, "text/plain", depth + 1, counter),
+        }
+    return part
+
+
+def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+    """Byte ranges of the body parts between ``--boundary`` delimiter lines."""
+    delim = b"--" + boundary
+    spans: list[tuple[int, int]] = []
+    # Delimiters: at the very start of the body, or right after a line break.
+    pos = start if raw.startswith(delim, start) else raw.find(b"\n" + delim, start, end)
+    if pos == -1:
+        return spans
+    if pos != start:
+        pos += 1
+    part_start: int | None = None
+    while pos != -1 and pos < end:
+        if part_start is not None:
+            # The line break before a delimiter belongs to the delimiter.
+            part_end = pos - 1
+            if part_end > part_start and raw[part_end - 1 : part_end] == b"\r":
+                part_end -= 1
+            spans.append((part_start, max(part_start, part_end)))
+        after = pos + len(delim)
+        if raw.startswith(b"--", after):
+            break
+        line_end = raw.find(b"\n", after, end)
+        if line_end == -1:
+            break
+        part_start = line_end + 1
+        nxt = raw.find(b"\n" + delim, part_start - 1, end)
+        pos = nxt + 1 if nxt != -1 else -1
+    return spans
+
+
+def analyse(raw: bytes) -> Json:
+    """Everything FETCH and SEARCH need, computed once."""
+    header_end, _ = _header_end(raw, 0, len(raw))
+    fields = parse_headers(raw[:header_end])
+    root = _part(raw, 0, len(raw), "text/plain", 0, _Counter())
+    return {
+        "envelope": envelope(fields),
+        "headers": [[name, decode_value(value)] for name, value in fields],
+        "part": root,
+        "attachments": count_attachments(root),
+    }
+
+
+def count_attachments(part: Json) -> int:
+    """Parts a reader would call attachments: declared so, or non-text leaves with a file name."""
+    if "parts" in part:
+        return sum(count_attachments(p) for p in part["parts"])
+    disposition = part.get("disposition")
+    if disposition and disposition[0] == "attachment":
+        return 1
+    has_name = any(k in ("name", "filename") for k, _ in part.get("params", [])) or bool(
+        disposition and any(k == "filename" for k, _ in disposition[1])
+    )
+    return 1 if has_name and part["type"] != "text" else 0

@@ -1,0 +1,112 @@
+"""Tables of the message store: accounts (one per BAL), folders, messages, blobs, change feed.
+
+IMAP semantics live in the columns: each folder has a UIDVALIDITY, a strictly increasing
+UIDNEXT and a HIGHESTMODSEQ; each message a UID, flags and the MODSEQ of its last change.
+A body is stored once (``blobs``, keyed by a keyed digest) however many mailboxes hold it,
+encrypted in chunks (``blob_chunks``); its parsed structure is sealed beside it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mssante.db import Base
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL wants 64-bit ids.
+BigId = BigInteger().with_variant(Integer, "sqlite")
+
+
+class MailAccount(Base):
+    """The storage side of one BAL: its quota and usage counters."""
+
+    __tablename__ = "mail_accounts"
+
+    bal: Mapped[str] = mapped_column(String(320), primary_key=True)
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    message_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Folder(Base):
+    """An IMAP mailbox (folder) of a BAL; the name uses "/" as hierarchy delimiter."""
+
+    __tablename__ = "folders"
+    __table_args__ = (UniqueConstraint("bal", "name", name="uq_folders_bal_name"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    bal: Mapped[str] = mapped_column(ForeignKey("mail_accounts.bal", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(512))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
+    special_use: Mapped[str | None] = mapped_column(String(32))
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Blob(Base):
+    """One stored content, encrypted under its own data key wrapped by the key ring."""
+
+    __tablename__ = "blobs"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    digest: Mapped[bytes] = mapped_column(LargeBinary(32), unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    key_id: Mapped[str] = mapped_column(String(64))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    meta: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BlobChunk(Base):
+    __tablename__ = "blob_chunks"
+
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id", ondelete="CASCADE"), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Message(Base):
+    """A message in a folder: the per-mailbox state of a shared blob."""
+
+    __tablename__ = "messages"
+    __table_args__ = (UniqueConstraint("folder_id", "uid", name="uq_messages_folder_uid"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    internaldate: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    flags: Mapped[str] = mapped_column(Text, default="")
+    modseq: Mapped[int] = mapped_column(BigInteger)
+
+
+class Change(Base):
+    """The change feed: what happened in a folder, in modseq order (IDLE, CONDSTORE, replicas)."""
+
+    __tablename__ = "folder_changes"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"), index=True)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    kind: Mapped[str] = mapped_column(String(16))  # append | expunge | flags
+    uid: Mapped[int] = mapped_column(BigInteger)
+    flags: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

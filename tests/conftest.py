@@ -1,0 +1,76 @@
+"""Shared fixtures: a fresh database per test on SQLite, and on PostgreSQL when
+``MSSANTE_TEST_PG_URL`` is set (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/postgres``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from mssante.config import Settings, load_settings
+from mssante.runtime import Runtime, initialise, open_runtime
+
+PG_URL = os.environ.get("MSSANTE_TEST_PG_URL", "")
+BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
+
+
+@pytest.fixture(scope="session")
+def pg_server_url() -> str:
+    if not PG_URL:
+        pytest.skip("MSSANTE_TEST_PG_URL is not set")
+    return PG_URL
+
+
+def _create_pg_database() -> tuple[str, str]:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"mssante_t_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return name, make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg_database(name: str) -> None:
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A URL of an empty database: SQLite in tmp_path, or a new PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'data' / 'mssante.db'}"
+        return
+    name, url = _create_pg_database()
+    try:
+        yield url
+    finally:
+        _drop_pg_database(name)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    """Settings with a private data directory and the parametrised database."""
+    return load_settings(
+        None,
+        server={"data_dir": str(tmp_path / "data")},
+        database={"url": db_url},
+    )
+
+
+@pytest.fixture
+def runtime(settings: Settings) -> Iterator[Runtime]:
+    initialise(settings)
+    rt = open_runtime(settings)
+    try:
+        yield rt
+    finally:
+        rt.close()
