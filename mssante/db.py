@@ -34,6 +34,7 @@ class Base(DeclarativeBase):
 # Every module that declares tables, so that Alembic and the schema gate see them all.
 MODEL_MODULES = (
     "mssante.audit",
+    "annuaire.models",
     "mssante.store.models",
 )
 
