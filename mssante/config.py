@@ -106,6 +106,50 @@ class LogSection(_Section):
     format: Literal["text", "json"] = "text"
 
 
+# -- [auth] (identities and authentication, mssante/auth/) ------------------------------------
+class IssuerSection(_Section):
+    """One trusted OIDC issuer whose JWT access tokens are checked offline."""
+
+    kind: Literal["professional", "staff", "patient"] = "professional"
+    issuer: str
+    audience: list[str] = Field(min_length=1)
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    # Pro Santé Connect puts the IdNat_PS in ``preferred_username`` (and ``SubjectNameID``).
+    id_claim: str = "preferred_username"
+    algorithms: list[Literal["RS256", "ES256"]] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+
+    @model_validator(mode="after")
+    def _one_jwks_source(self) -> IssuerSection:
+        if (self.jwks_file is None) == (self.jwks_url is None):
+            raise ValueError("exactly one of jwks_file and jwks_url must be set")
+        return self
+
+
+class BruteForceSection(_Section):
+    window_seconds: float = Field(default=900.0, gt=0)
+    free_failures: int = Field(default=3, ge=0)
+    base_delay_seconds: float = Field(default=0.5, ge=0)
+    max_delay_seconds: float = Field(default=15.0, ge=0)
+    lockout_failures: int = Field(default=10, ge=1)
+    ip_lockout_failures: int = Field(default=50, ge=1)
+    lockout_seconds: float = Field(default=900.0, ge=0)
+
+
+class AuthSection(_Section):
+    mechanisms: list[Literal["EXTERNAL", "OAUTHBEARER", "XOAUTH2", "PLAIN"]] = Field(
+        default_factory=lambda: ["EXTERNAL", "OAUTHBEARER", "XOAUTH2", "PLAIN"]
+    )
+    cleartext_on_loopback: bool = False
+    clock_skew_seconds: float = Field(default=60.0, ge=0, le=600)
+    max_response_bytes: int = Field(default=16 * 1024, ge=512, le=1024 * 1024)
+    jwks_cache_seconds: float = Field(default=3600.0, ge=0)
+    jwks_min_refresh_seconds: float = Field(default=30.0, ge=0)
+    demo_idp: bool = False
+    issuers: dict[str, IssuerSection] = Field(default_factory=dict)
+    bruteforce: BruteForceSection = Field(default_factory=BruteForceSection)
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -124,6 +168,7 @@ class Settings(BaseSettings):
     imap: IMAPSection = Field(default_factory=IMAPSection)
     http: HTTPSection = Field(default_factory=HTTPSection)
     log: LogSection = Field(default_factory=LogSection)
+    auth: AuthSection = Field(default_factory=AuthSection)
 
     @classmethod
     def settings_customise_sources(
