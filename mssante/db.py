@@ -36,6 +36,7 @@ MODEL_MODULES = (
     "mssante.audit",
     "annuaire.models",
     "mssante.store.models",
+    "mssante.auth.models",
 )
 
 
