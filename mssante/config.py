@@ -250,7 +250,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"]
+        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
         raise ConfigError(_key_of(first["loc"]), problem) from None
     return settings
 

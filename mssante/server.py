@@ -1,0 +1,157 @@
+"""``mssante serve``: one asyncio event loop running every configured listener.
+
+Listeners are started in order and stopped in reverse order on SIGINT/SIGTERM: stop
+accepting, let in-flight work finish (bounded by ``server.shutdown_grace_seconds``), close
+the store (which drains the writer, so every acknowledged message is committed), exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from mssante.config import Settings
+from mssante.runtime import Runtime, initialise, open_runtime
+
+log = logging.getLogger("mssante")
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "at": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key in ("session", "peer", "listener"):
+            if hasattr(record, key):
+                doc[key] = getattr(record, key)
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return json.dumps(doc, ensure_ascii=False)
+
+
+def configure_logging(settings: Settings) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if settings.log.format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(settings.log.level)
+
+
+@dataclass
+class RunningListener:
+    name: str
+    protocol: str
+    host: str
+    port: int
+    tls: str
+    close: Callable[[], Awaitable[None]]
+
+
+ListenerStarter = Callable[[Runtime], Awaitable[list[RunningListener]]]
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class _EmbeddedUvicorn(uvicorn.Server):
+    """uvicorn inside our loop: the server process, not uvicorn, owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+async def start_http(runtime: Runtime) -> list[RunningListener]:
+    from mssante.http import create_app
+
+    settings = runtime.settings
+    if not settings.http.enabled:
+        return []
+    tls_files = settings.tls.cert_file and settings.tls.key_file
+    if not tls_files and not _is_loopback(settings.http.host):
+        raise OSError("refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file")
+    config = uvicorn.Config(
+        create_app(runtime),
+        host=settings.http.host,
+        port=settings.http.port,
+        log_level="warning",
+        lifespan="off",
+        ssl_certfile=str(settings.tls.cert_file) if tls_files else None,
+        ssl_keyfile=str(settings.tls.key_file) if tls_files else None,
+    )
+    server = _EmbeddedUvicorn(config)
+    task = asyncio.create_task(server.serve(), name="http")
+    while not server.started:
+        if task.done():
+            task.result()  # re-raise the bind error
+            raise OSError("HTTP listener stopped during start-up")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+
+    async def close() -> None:
+        server.should_exit = True
+        await task
+
+    return [RunningListener("http", "http", settings.http.host, port, "implicit" if tls_files else "none", close)]
+
+
+# Front doors start in this order (SMTP and IMAP join as they are built).
+LISTENER_STARTERS: list[ListenerStarter] = [start_http]
+
+
+async def serve_forever(runtime: Runtime, ready: Callable[[list[RunningListener]], None] | None = None) -> None:
+    """Start every listener, wait for SIGINT/SIGTERM, then shut down gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    running: list[RunningListener] = []
+    try:
+        for starter in LISTENER_STARTERS:
+            running.extend(await starter(runtime))
+        for item in running:
+            log.info("listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls)
+        if ready is not None:
+            ready(running)
+        await stop.wait()
+        log.info("shutting down")
+    finally:
+        for item in reversed(running):
+            try:
+                await asyncio.wait_for(item.close(), runtime.settings.server.shutdown_grace_seconds)
+            except (TimeoutError, Exception):
+                log.exception("listener %s did not stop cleanly", item.name)
+
+
+def run(settings: Settings, *, demo: bool = False) -> None:
+    configure_logging(settings)
+    if demo:
+        for line in initialise(settings):
+            log.info(line)
+    runtime = open_runtime(settings)
+    try:
+        asyncio.run(serve_forever(runtime))
+    finally:
+        runtime.close()
+        log.info("stopped; every acknowledged message is committed")

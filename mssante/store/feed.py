@@ -1,0 +1,72 @@
+"""In-process change feed: IDLE sessions subscribe to a folder and hear of its commits.
+
+The durable feed is the ``folder_changes`` table (every change with its modseq), which a
+session can always re-read with ``changes_since``; this hub only wakes listeners up at once
+after the writer's commit, from the writer thread into each listener's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import defaultdict
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class FolderChange:
+    folder_id: int
+    modseq: int
+    kind: str  # append | expunge | flags | deleted (the folder itself)
+    uid: int
+    flags: str | None = None
+
+
+class Subscription:
+    """A listener's queue of changes for one folder."""
+
+    def __init__(self, hub: ChangeHub, folder_id: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.hub = hub
+        self.folder_id = folder_id
+        self.loop = loop
+        self.queue: asyncio.Queue[FolderChange] = asyncio.Queue()
+
+    async def get(self) -> FolderChange:
+        return await self.queue.get()
+
+    def drain(self) -> list[FolderChange]:
+        out = []
+        while not self.queue.empty():
+            out.append(self.queue.get_nowait())
+        return out
+
+    def close(self) -> None:
+        self.hub.unsubscribe(self)
+
+
+class ChangeHub:
+    def __init__(self) -> None:
+        self._subs: dict[int, set[Subscription]] = defaultdict(set)
+        self._lock = threading.Lock()
+
+    def subscribe(self, folder_id: int) -> Subscription:
+        sub = Subscription(self, folder_id, asyncio.get_running_loop())
+        with self._lock:
+            self._subs[folder_id].add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        with self._lock:
+            subs = self._subs.get(sub.folder_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[sub.folder_id]
+
+    def publish(self, changes: list[FolderChange]) -> None:
+        """Called from the writer thread after a commit."""
+        with self._lock:
+            targets = [(sub, c) for c in changes for sub in self._subs.get(c.folder_id, ())]
+        for sub, change in targets:
+            if not sub.loop.is_closed():
+                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, change)

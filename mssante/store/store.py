@@ -1,0 +1,755 @@
+"""The message store API used by SMTP delivery, IMAP and the CLI.
+
+Writes go through the group-commit writer (one thread, one connection, durable before the
+caller hears "done"); reads run in worker threads on their own connections. Protocol code
+never writes SQL: it calls these methods, which is what keeps storage separate from
+protocol, as in Dovecot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from mssante import audit
+from mssante.audit import AuditEvent
+from mssante.crypto import KeyRing
+from mssante.store import blobs as blobstore
+from mssante.store.feed import ChangeHub, FolderChange
+from mssante.store.mime import analyse
+from mssante.store.models import Change, Folder, MailAccount, Message
+from mssante.store.writer import GroupCommitWriter, Notes
+
+accounts_t = MailAccount.__table__
+folders_t = Folder.__table__
+messages_t = Message.__table__
+changes_t = Change.__table__
+
+INBOX = "INBOX"
+DELIMITER = "/"
+# Folders every BAL gets, with their RFC 6154 special use.
+DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
+    (INBOX, None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Archive", "\\Archive"),
+)
+SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
+# Above this size, sealing and parsing run in a worker thread instead of the event loop.
+INLINE_PREP_LIMIT = 256 * 1024
+
+
+class StoreError(Exception):
+    """Base of the store's refusals; ``code`` is an IMAP response code when one fits."""
+
+    code: str | None = None
+
+
+class FolderNotFound(StoreError):
+    code = "NONEXISTENT"
+
+
+class FolderExists(StoreError):
+    code = "ALREADYEXISTS"
+
+
+class FolderNotAllowed(StoreError):
+    code = "CANNOT"
+
+
+class QuotaExceeded(StoreError):
+    code = "OVERQUOTA"
+
+    def __init__(self, bal: str) -> None:
+        super().__init__(f"mailbox {bal} is over its quota")
+        self.bal = bal
+
+
+@dataclass(frozen=True)
+class FolderInfo:
+    id: int
+    bal: str
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    folder: FolderInfo
+    messages: int
+    unseen: int
+    size: int
+
+
+@dataclass(frozen=True)
+class MessageRow:
+    uid: int
+    flags: tuple[str, ...]
+    size: int
+    internaldate: datetime
+    modseq: int
+    blob_id: int
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    uidvalidity: int
+    uid: int
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    uidvalidity: int
+    pairs: list[tuple[int, int]]  # (source uid, destination uid)
+
+
+def normalise_flags(flags: Iterable[str]) -> tuple[str, ...]:
+    """System flags in their canonical case, keywords as given; duplicates removed."""
+    seen: dict[str, str] = {}
+    for flag in flags:
+        canonical = SYSTEM_FLAGS.get(flag.lower(), flag)
+        seen.setdefault(canonical.lower(), canonical)
+    return tuple(sorted(seen.values(), key=str.lower))
+
+
+def _flags_text(flags: Iterable[str]) -> str:
+    return " ".join(normalise_flags(flags))
+
+
+def _split_flags(text: str) -> tuple[str, ...]:
+    return tuple(text.split()) if text else ()
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def _folder_info(row: Any) -> FolderInfo:
+    return FolderInfo(
+        row.id, row.bal, row.name, row.uidvalidity, row.uidnext, row.highestmodseq, row.special_use,
+        bool(row.subscribed),
+    )
+
+
+class MessageStore:
+    def __init__(
+        self,
+        engine: Engine,
+        writer_engine: Engine,
+        keyring: KeyRing,
+        *,
+        chunk_size: int = 64 * 1024,
+        group_commit: bool = True,
+        max_batch: int = 256,
+        default_quota: int | None = None,
+    ) -> None:
+        self.engine = engine
+        self.keyring = keyring
+        self.chunk_size = chunk_size
+        self.default_quota = default_quota
+        self.hub = ChangeHub()
+        self.writer = GroupCommitWriter(
+            writer_engine, group_commit=group_commit, max_batch=max_batch, after_commit=self.hub.publish
+        )
+        self.reader = blobstore.BlobReader(engine, keyring)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    # -- helpers run inside the writer's transaction -------------------------------------
+    def _insert_ignore(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            stmt = postgresql.insert(table).on_conflict_do_nothing()
+        else:
+            stmt = sqlite.insert(table).on_conflict_do_nothing()
+        session.execute(stmt, rows)
+
+    def _ensure_account(self, session: Session, bal: str) -> None:
+        if session.execute(select(accounts_t.c.bal).where(accounts_t.c.bal == bal)).first():
+            return
+        now = datetime.now(UTC)
+        self._insert_ignore(
+            session,
+            accounts_t,
+            [{"bal": bal, "quota_bytes": self.default_quota, "used_bytes": 0, "message_count": 0,
+              "created_at": now}],
+        )
+        base = int(time.time())
+        self._insert_ignore(
+            session,
+            folders_t,
+            [
+                {"bal": bal, "name": name, "uidvalidity": base, "uidnext": 1, "highestmodseq": 1,
+                 "special_use": use, "subscribed": True, "created_at": now}
+                for name, use in DEFAULT_FOLDERS
+            ],
+        )
+
+    @staticmethod
+    def _charge(session: Session, bal: str, size: int, count: int = 1) -> None:
+        """Add to the BAL's usage, refusing to go over its quota."""
+        charged = session.execute(
+            update(accounts_t)
+            .where(
+                accounts_t.c.bal == bal,
+                (accounts_t.c.quota_bytes.is_(None)) | (accounts_t.c.used_bytes + size <= accounts_t.c.quota_bytes),
+            )
+            .values(used_bytes=accounts_t.c.used_bytes + size, message_count=accounts_t.c.message_count + count)
+            .returning(accounts_t.c.bal)
+        ).first()
+        if charged is None:
+            raise QuotaExceeded(bal)
+
+    @staticmethod
+    def _refund(session: Session, bal: str, size: int, count: int) -> None:
+        session.execute(
+            update(accounts_t)
+            .where(accounts_t.c.bal == bal)
+            .values(used_bytes=accounts_t.c.used_bytes - size, message_count=accounts_t.c.message_count - count)
+        )
+
+    @staticmethod
+    def _allocate(session: Session, folder_filter: Any, count: int) -> tuple[int, int, int, str]:
+        """Reserve ``count`` UIDs and one modseq; the row lock makes it race-free across processes.
+
+        Returns (folder id, first uid, modseq, bal).
+        """
+        row = session.execute(
+            update(folders_t)
+            .where(folder_filter)
+            .values(uidnext=folders_t.c.uidnext + count, highestmodseq=folders_t.c.highestmodseq + 1)
+            .returning(folders_t.c.id, folders_t.c.uidnext, folders_t.c.highestmodseq, folders_t.c.bal)
+        ).first()
+        if row is None:
+            raise FolderNotFound("no such folder")
+        return row.id, row.uidnext - count, row.highestmodseq, row.bal
+
+    @staticmethod
+    def _bump_modseq(session: Session, folder_id: int) -> int:
+        return int(
+            session.execute(
+                update(folders_t)
+                .where(folders_t.c.id == folder_id)
+                .values(highestmodseq=folders_t.c.highestmodseq + 1)
+                .returning(folders_t.c.highestmodseq)
+            ).scalar_one()
+        )
+
+    # -- preparing content ----------------------------------------------------------------
+    def _prepare(self, raw: bytes) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+        meta = analyse(raw)
+        return blobstore.seal(self.keyring, raw, meta, self.chunk_size), meta
+
+    async def _prepare_async(self, raw: bytes) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+        if len(raw) > INLINE_PREP_LIMIT:
+            return await asyncio.to_thread(self._prepare, raw)
+        return self._prepare(raw)
+
+    # -- delivery ---------------------------------------------------------------------------
+    async def deliver(
+        self,
+        raw: bytes,
+        sender: str,
+        recipients: Sequence[str],
+        *,
+        actor: str | None = None,
+        source: str | None = None,
+        folder: str = INBOX,
+        extra_audit: Sequence[AuditEvent] = (),
+    ) -> dict[str, int]:
+        """Store one message for local recipients; returns {BAL: UID} once durably committed.
+
+        All or nothing: the blob, every mailbox entry, the usage counters and the audit records
+        commit together, or nothing does.
+        """
+        sealed, meta = await self._prepare_async(raw)
+        bals = list(dict.fromkeys(r.strip().lower() for r in recipients))
+        message_id = (meta["envelope"].get("message_id") or "")[:300] or None
+        return await self.writer.run(
+            lambda s: self._deliver_job(s, sealed, sender, bals, actor or sender, source, folder, message_id,
+                                        extra_audit)
+        )
+
+    def _deliver_job(
+        self,
+        session: Session,
+        sealed: blobstore.SealedBlob,
+        sender: str,
+        bals: list[str],
+        actor: str,
+        source: str | None,
+        folder: str,
+        message_id: str | None,
+        extra_audit: Sequence[AuditEvent],
+    ) -> tuple[dict[str, int], Notes]:
+        blob_id = blobstore.put(session, sealed)
+        now = datetime.now(UTC)
+        uids: dict[str, int] = {}
+        notes = Notes()
+        events: list[AuditEvent] = []
+        for bal in bals:
+            self._ensure_account(session, bal)
+            self._charge(session, bal, sealed.size)
+            folder_id, uid, modseq, _ = self._allocate(
+                session, and_(folders_t.c.bal == bal, folders_t.c.name == folder), 1
+            )
+            session.execute(
+                insert(messages_t).values(
+                    folder_id=folder_id, uid=uid, blob_id=blob_id, size=sealed.size, internaldate=now, flags="",
+                    modseq=modseq,
+                )
+            )
+            session.execute(
+                insert(changes_t).values(folder_id=folder_id, modseq=modseq, kind="append", uid=uid, at=now)
+            )
+            notes.append(FolderChange(folder_id, modseq, "append", uid))
+            uids[bal] = uid
+            events.append(
+                AuditEvent(actor=actor, action="message.deliver", bal=bal, object=f"{folder}/{uid}", source=source,
+                           detail={"from": sender, "message_id": message_id, "size": sealed.size})
+            )
+        audit.append(session, *events, *extra_audit, at=now)
+        return uids, notes
+
+    async def append(
+        self,
+        bal: str,
+        folder: str,
+        raw: bytes,
+        *,
+        flags: Iterable[str] = (),
+        internaldate: datetime | None = None,
+        actor: str,
+        source: str | None = None,
+    ) -> AppendResult:
+        """IMAP APPEND: add a message to a folder with flags and an internal date."""
+        sealed, _ = await self._prepare_async(raw)
+        flag_text = _flags_text(flags)
+        when = _utc(internaldate) if internaldate else datetime.now(UTC)
+        bal = bal.lower()
+
+        def job(session: Session) -> tuple[AppendResult, Notes]:
+            blob_id = blobstore.put(session, sealed)
+            self._charge(session, bal, sealed.size)
+            folder_id, uid, modseq, _ = self._allocate(
+                session, and_(folders_t.c.bal == bal, folders_t.c.name == folder), 1
+            )
+            uidvalidity = session.execute(
+                select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
+            ).scalar_one()
+            session.execute(
+                insert(messages_t).values(folder_id=folder_id, uid=uid, blob_id=blob_id, size=sealed.size,
+                                          internaldate=when, flags=flag_text, modseq=modseq)
+            )
+            session.execute(insert(changes_t).values(folder_id=folder_id, modseq=modseq, kind="append", uid=uid,
+                                                     flags=flag_text, at=datetime.now(UTC)))
+            audit.append(session, AuditEvent(actor=actor, action="message.append", bal=bal,
+                                             object=f"{folder}/{uid}", source=source,
+                                             detail={"size": sealed.size}))
+            return AppendResult(int(uidvalidity), uid), Notes([FolderChange(folder_id, modseq, "append", uid,
+                                                                            flag_text)])
+
+        return await self.writer.run(job)
+
+    # -- folders ------------------------------------------------------------------------------
+    async def ensure_account(self, bal: str) -> None:
+        """Create the BAL's storage and default folders if absent (idempotent)."""
+        await self.writer.run(lambda s: self._ensure_account(s, bal.lower()))
+
+    def _read(self, fn: Any) -> Any:
+        with Session(self.engine) as session:
+            return fn(session)
+
+    async def read(self, fn: Any) -> Any:
+        """Run ``fn(session)`` on a reader connection in a worker thread."""
+        return await asyncio.to_thread(self._read, fn)
+
+    async def folders(self, bal: str) -> list[FolderInfo]:
+        def q(s: Session) -> list[FolderInfo]:
+            rows = s.execute(select(folders_t).where(folders_t.c.bal == bal.lower()).order_by(folders_t.c.name))
+            return [_folder_info(r) for r in rows]
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def folder(self, bal: str, name: str) -> FolderInfo:
+        def q(s: Session) -> FolderInfo:
+            row = s.execute(
+                select(folders_t).where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
+            ).first()
+            if row is None:
+                raise FolderNotFound(f"no folder {name!r}")
+            return _folder_info(row)
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def status(self, bal: str, name: str) -> FolderStatus:
+        def q(s: Session) -> FolderStatus:
+            row = s.execute(
+                select(folders_t).where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
+            ).first()
+            if row is None:
+                raise FolderNotFound(f"no folder {name!r}")
+            info = _folder_info(row)
+            count, size = s.execute(
+                select(func.count(), func.coalesce(func.sum(messages_t.c.size), 0)).where(
+                    messages_t.c.folder_id == info.id
+                )
+            ).one()
+            flag_rows = s.execute(select(messages_t.c.flags).where(messages_t.c.folder_id == info.id)).scalars()
+            unseen = sum(1 for f in flag_rows if "\\Seen" not in _split_flags(f))
+            return FolderStatus(info, int(count), unseen, int(size))
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def create_folder(self, bal: str, name: str, special_use: str | None = None) -> FolderInfo:
+        """Create a folder and any missing parents ("a/b/c" creates "a" and "a/b")."""
+        bal = bal.lower()
+        if name.upper() == INBOX or not name or name.endswith(DELIMITER):
+            raise FolderExists(f"folder {name!r} already exists") if name.upper() == INBOX else FolderNotAllowed(
+                f"invalid folder name {name!r}"
+            )
+
+        def job(session: Session) -> FolderInfo:
+            self._ensure_account(session, bal)
+            exists = session.execute(
+                select(folders_t.c.id).where(folders_t.c.bal == bal, folders_t.c.name == name)
+            ).first()
+            if exists:
+                raise FolderExists(f"folder {name!r} already exists")
+            parts = name.split(DELIMITER)
+            now = datetime.now(UTC)
+            uidvalidity = self._next_uidvalidity(session, bal)
+            rows = [
+                {"bal": bal, "name": DELIMITER.join(parts[: i + 1]), "uidvalidity": uidvalidity, "uidnext": 1,
+                 "highestmodseq": 1, "special_use": special_use if i == len(parts) - 1 else None,
+                 "subscribed": True, "created_at": now}
+                for i in range(len(parts))
+            ]
+            self._insert_ignore(session, folders_t, rows)
+            row = session.execute(select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == name)).one()
+            return _folder_info(row)
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _next_uidvalidity(session: Session, bal: str) -> int:
+        # Strictly above any value this BAL ever used in a live folder, and at least "now":
+        # a deleted-then-recreated folder never reuses a UIDVALIDITY.
+        top = session.execute(select(func.max(folders_t.c.uidvalidity)).where(folders_t.c.bal == bal)).scalar()
+        return max(int(time.time()), int(top or 0) + 1)
+
+    async def delete_folder(self, bal: str, name: str, *, actor: str, source: str | None = None) -> None:
+        bal = bal.lower()
+        if name.upper() == INBOX:
+            raise FolderNotAllowed("INBOX cannot be deleted")
+
+        def job(session: Session) -> tuple[None, Notes]:
+            row = session.execute(
+                select(folders_t.c.id).where(folders_t.c.bal == bal, folders_t.c.name == name)
+            ).first()
+            if row is None:
+                raise FolderNotFound(f"no folder {name!r}")
+            fid = row.id
+            usage = session.execute(
+                select(func.count(), func.coalesce(func.sum(messages_t.c.size), 0)).where(
+                    messages_t.c.folder_id == fid
+                )
+            ).one()
+            blob_ids = list(session.execute(select(messages_t.c.blob_id).where(messages_t.c.folder_id == fid))
+                            .scalars())
+            session.execute(delete(messages_t).where(messages_t.c.folder_id == fid))
+            session.execute(delete(changes_t).where(changes_t.c.folder_id == fid))
+            session.execute(delete(folders_t).where(folders_t.c.id == fid))
+            self._refund(session, bal, int(usage[1]), int(usage[0]))
+            self._collect_blobs(session, blob_ids)
+            audit.append(session, AuditEvent(actor=actor, action="folder.delete", bal=bal, object=name, source=source,
+                                             detail={"messages": int(usage[0])}))
+            return None, Notes([FolderChange(fid, 0, "deleted", 0)])
+
+        await self.writer.run(job)
+
+    async def rename_folder(self, bal: str, old: str, new: str, *, actor: str, source: str | None = None) -> None:
+        """Rename a folder and its children; renaming INBOX moves its messages (RFC 3501 §6.3.5)."""
+        bal = bal.lower()
+        if new.upper() == INBOX or not new:
+            raise FolderExists("INBOX already exists")
+
+        def job(session: Session) -> tuple[None, Notes]:
+            src = session.execute(select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == old)).first()
+            if src is None:
+                raise FolderNotFound(f"no folder {old!r}")
+            if session.execute(select(folders_t.c.id).where(folders_t.c.bal == bal, folders_t.c.name == new)).first():
+                raise FolderExists(f"folder {new!r} already exists")
+            notes = Notes()
+            if old.upper() == INBOX:
+                uidvalidity = self._next_uidvalidity(session, bal)
+                dst_id = session.execute(
+                    insert(folders_t).values(
+                        bal=bal, name=new, uidvalidity=uidvalidity, uidnext=src.uidnext, highestmodseq=1,
+                        special_use=None, subscribed=True, created_at=datetime.now(UTC),
+                    ).returning(folders_t.c.id)
+                ).scalar_one()
+                uids = list(session.execute(select(messages_t.c.uid).where(messages_t.c.folder_id == src.id))
+                            .scalars())
+                session.execute(update(messages_t).where(messages_t.c.folder_id == src.id).values(folder_id=dst_id))
+                modseq = self._bump_modseq(session, src.id)
+                for uid in uids:
+                    session.execute(insert(changes_t).values(folder_id=src.id, modseq=modseq, kind="expunge",
+                                                             uid=uid, at=datetime.now(UTC)))
+                    notes.append(FolderChange(src.id, modseq, "expunge", uid))
+            else:
+                children = session.execute(
+                    select(folders_t.c.id, folders_t.c.name).where(
+                        folders_t.c.bal == bal, folders_t.c.name.startswith(old + DELIMITER, autoescape=True)
+                    )
+                ).all()
+                session.execute(update(folders_t).where(folders_t.c.id == src.id).values(name=new))
+                for child in children:
+                    session.execute(
+                        update(folders_t).where(folders_t.c.id == child.id).values(name=new + child.name[len(old):])
+                    )
+            audit.append(session, AuditEvent(actor=actor, action="folder.rename", bal=bal, object=f"{old} -> {new}",
+                                             source=source))
+            return None, notes
+
+        await self.writer.run(job)
+
+    async def set_subscribed(self, bal: str, name: str, subscribed: bool) -> None:
+        def job(session: Session) -> None:
+            done = session.execute(
+                update(folders_t)
+                .where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
+                .values(subscribed=subscribed)
+                .returning(folders_t.c.id)
+            ).first()
+            if done is None:
+                raise FolderNotFound(f"no folder {name!r}")
+
+        await self.writer.run(job)
+
+    # -- messages ---------------------------------------------------------------------------
+    async def messages(self, folder_id: int) -> list[MessageRow]:
+        """The folder's messages in UID order (flags, sizes, dates; no content)."""
+
+        def q(s: Session) -> list[MessageRow]:
+            rows = s.execute(
+                select(messages_t.c.uid, messages_t.c.flags, messages_t.c.size, messages_t.c.internaldate,
+                       messages_t.c.modseq, messages_t.c.blob_id)
+                .where(messages_t.c.folder_id == folder_id)
+                .order_by(messages_t.c.uid)
+            )
+            return [MessageRow(r.uid, _split_flags(r.flags), r.size, _utc(r.internaldate), r.modseq, r.blob_id)
+                    for r in rows]
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def meta(self, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Parsed structures (envelope, body structure, header index) of several messages."""
+        return await self.read(lambda s: self.reader.meta(s, blob_ids))  # type: ignore[no-any-return]
+
+    async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
+        """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch)."""
+        return await self.read(lambda s: self.reader.read(s, blob_id, start, end))  # type: ignore[no-any-return]
+
+    async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Plaintext by chunks, a chunk decrypted at a time: a large body never sits whole in memory."""
+        head = await self.read(lambda s: self.reader.header(s, blob_id))
+        stop = head.size if end is None else min(end, head.size)
+        step = head.chunk_size * 4
+        pos = start
+        while pos < stop:
+            upto = min(pos + step, stop)
+            yield await self.body(blob_id, pos, upto)
+            pos = upto
+
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: Iterable[str],
+        *,
+        actor: str,
+        bal: str | None = None,
+        source: str | None = None,
+        unchanged_since: int | None = None,
+    ) -> list[tuple[int, tuple[str, ...], int]]:
+        """Change flags; returns (uid, flags, modseq) of every message whose flags changed."""
+        wanted = normalise_flags(flags)
+        wanted_l = {f.lower() for f in wanted}
+        uid_list = sorted(set(uids))
+
+        def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
+            changed: list[tuple[int, str]] = []
+            for i in range(0, len(uid_list), 500):
+                rows = session.execute(
+                    select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
+                        messages_t.c.folder_id == folder_id, messages_t.c.uid.in_(uid_list[i : i + 500])
+                    )
+                )
+                for row in rows:
+                    if unchanged_since is not None and row.modseq > unchanged_since:
+                        continue
+                    current = _split_flags(row.flags)
+                    if mode == "add":
+                        new = normalise_flags((*current, *wanted))
+                    elif mode == "remove":
+                        new = tuple(f for f in current if f.lower() not in wanted_l)
+                    else:
+                        new = wanted
+                    if new != current:
+                        text = " ".join(new)
+                        changed.append((row.uid, text))
+                        session.execute(update(messages_t).where(messages_t.c.id == row.id).values(flags=text))
+            if not changed:
+                return [], Notes()
+            modseq = self._bump_modseq(session, folder_id)
+            now = datetime.now(UTC)
+            notes = Notes()
+            session.execute(
+                update(messages_t)
+                .where(messages_t.c.folder_id == folder_id, messages_t.c.uid.in_([u for u, _ in changed]))
+                .values(modseq=modseq)
+            )
+            session.execute(insert(changes_t), [
+                {"folder_id": folder_id, "modseq": modseq, "kind": "flags", "uid": uid, "flags": text, "at": now}
+                for uid, text in changed
+            ])
+            notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for uid, text in changed)
+            audit.append(session, AuditEvent(actor=actor, action="message.flags", bal=bal, source=source,
+                                             object=f"folder:{folder_id}",
+                                             detail={"mode": mode, "flags": list(wanted), "count": len(changed)}))
+            return [(uid, _split_flags(text), modseq) for uid, text in changed], notes
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    async def expunge(
+        self, folder_id: int, uids: Sequence[int] | None = None, *, actor: str, bal: str | None = None,
+        source: str | None = None,
+    ) -> list[int]:
+        """Remove the messages flagged \\Deleted (only among ``uids`` when given); returns their UIDs."""
+
+        def job(session: Session) -> tuple[list[int], Notes]:
+            query = select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size,
+                           messages_t.c.blob_id).where(messages_t.c.folder_id == folder_id)
+            if uids is not None:
+                query = query.where(messages_t.c.uid.in_(list(uids)))
+            doomed = [r for r in session.execute(query) if "\\Deleted" in _split_flags(r.flags)]
+            if not doomed:
+                return [], Notes()
+            return self._remove(session, folder_id, doomed, actor, bal, source, "message.expunge")
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    def _remove(
+        self, session: Session, folder_id: int, rows: list[Any], actor: str, bal: str | None, source: str | None,
+        action: str,
+    ) -> tuple[list[int], Notes]:
+        owner = session.execute(select(folders_t.c.bal).where(folders_t.c.id == folder_id)).scalar_one()
+        ids = [r.id for r in rows]
+        for i in range(0, len(ids), 500):
+            session.execute(delete(messages_t).where(messages_t.c.id.in_(ids[i : i + 500])))
+        modseq = self._bump_modseq(session, folder_id)
+        now = datetime.now(UTC)
+        uids = sorted(r.uid for r in rows)
+        session.execute(insert(changes_t), [
+            {"folder_id": folder_id, "modseq": modseq, "kind": "expunge", "uid": uid, "flags": None, "at": now}
+            for uid in uids
+        ])
+        self._refund(session, owner, sum(r.size for r in rows), len(rows))
+        self._collect_blobs(session, [r.blob_id for r in rows])
+        audit.append(session, AuditEvent(actor=actor, action=action, bal=bal or owner, source=source,
+                                         object=f"folder:{folder_id}", detail={"count": len(uids)}))
+        return uids, Notes(FolderChange(folder_id, modseq, "expunge", uid) for uid in uids)
+
+    @staticmethod
+    def _collect_blobs(session: Session, blob_ids: Iterable[int]) -> None:
+        """Delete blobs no message refers to any more (their chunks cascade)."""
+        candidates = sorted(set(blob_ids))
+        for i in range(0, len(candidates), 500):
+            chunk = candidates[i : i + 500]
+            used = set(session.execute(select(messages_t.c.blob_id).where(messages_t.c.blob_id.in_(chunk))).scalars())
+            orphans = [b for b in chunk if b not in used]
+            if orphans:
+                session.execute(delete(blobstore.blob_chunks).where(blobstore.blob_chunks.c.blob_id.in_(orphans)))
+                session.execute(delete(blobstore.blobs).where(blobstore.blobs.c.id.in_(orphans)))
+
+    async def copy(
+        self, src_folder_id: int, uids: Sequence[int], dst_bal: str, dst_name: str, *, actor: str,
+        move: bool = False, source: str | None = None,
+    ) -> CopyResult:
+        """COPY or MOVE messages to another folder (of the same or another BAL); blobs are shared."""
+        dst_bal = dst_bal.lower()
+        uid_list = sorted(set(uids))
+
+        def job(session: Session) -> tuple[CopyResult, Notes]:
+            dst = session.execute(
+                select(folders_t.c.id, folders_t.c.uidvalidity).where(
+                    folders_t.c.bal == dst_bal, folders_t.c.name == dst_name
+                )
+            ).first()
+            if dst is None:
+                raise FolderNotFound(f"no folder {dst_name!r}")
+            rows: list[Any] = []
+            for i in range(0, len(uid_list), 500):
+                rows.extend(session.execute(
+                    select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size,
+                           messages_t.c.blob_id, messages_t.c.internaldate)
+                    .where(messages_t.c.folder_id == src_folder_id, messages_t.c.uid.in_(uid_list[i : i + 500]))
+                ))
+            rows.sort(key=lambda r: r.uid)
+            if not rows:
+                return CopyResult(int(dst.uidvalidity), []), Notes()
+            self._charge(session, dst_bal, sum(r.size for r in rows), len(rows))
+            dst_id, first_uid, modseq, _ = self._allocate(session, folders_t.c.id == dst.id, len(rows))
+            now = datetime.now(UTC)
+            pairs = [(r.uid, first_uid + n) for n, r in enumerate(rows)]
+            session.execute(insert(messages_t), [
+                {"folder_id": dst_id, "uid": first_uid + n, "blob_id": r.blob_id, "size": r.size,
+                 "internaldate": r.internaldate, "flags": r.flags, "modseq": modseq}
+                for n, r in enumerate(rows)
+            ])
+            session.execute(insert(changes_t), [
+                {"folder_id": dst_id, "modseq": modseq, "kind": "append", "uid": new_uid, "flags": r.flags, "at": now}
+                for r, (_, new_uid) in zip(rows, pairs, strict=True)
+            ])
+            notes = Notes(FolderChange(dst_id, modseq, "append", new_uid) for _, new_uid in pairs)
+            audit.append(session, AuditEvent(actor=actor, action="message.move" if move else "message.copy",
+                                             bal=dst_bal, source=source, object=f"{dst_name}",
+                                             detail={"count": len(rows), "from_folder": src_folder_id}))
+            if move:
+                _, removed = self._remove(session, src_folder_id, rows, actor, None, source, "message.move_out")
+                notes.extend(removed)
+            return CopyResult(int(dst.uidvalidity), pairs), notes
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    async def changes_since(self, folder_id: int, modseq: int) -> list[FolderChange]:
+        """Durable changes of a folder after ``modseq`` (what a session missed, or another node did)."""
+
+        def q(s: Session) -> list[FolderChange]:
+            rows = s.execute(
+                select(changes_t).where(changes_t.c.folder_id == folder_id, changes_t.c.modseq > modseq)
+                .order_by(changes_t.c.id)
+            )
+            return [FolderChange(r.folder_id, r.modseq, r.kind, r.uid, r.flags) for r in rows]
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def record(self, *events: AuditEvent) -> None:
+        """Append audit events through the writer (for actions that change nothing else)."""
+        await self.writer.run(lambda s: audit.append(s, *events))

@@ -1,0 +1,193 @@
+"""The message store: race-free UIDs, group commit, atomicity, encryption at rest, IMAP state."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from mssante.crypto import KeyRing, KeyRingError
+from mssante.runtime import Runtime, open_runtime
+from mssante.store.blobs import rewrap_all
+from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
+from mssante.store.store import FolderExists, FolderNotFound, QuotaExceeded
+from tests.helpers import make_message
+
+DOC = "dr.durand@demo.mssante.fr"
+SECR = "secretariat@demo.mssante.fr"
+
+
+def count(rt: Runtime, model: type) -> int:
+    with Session(rt.engine) as s:
+        return int(s.execute(select(func.count()).select_from(model)).scalar_one())
+
+
+async def test_fifty_concurrent_deliveries_get_uids_1_to_50(runtime: Runtime) -> None:
+    results = await asyncio.gather(
+        *(runtime.store.deliver(make_message(subject=f"n{i}"), "dr.martin@demo.mssante.fr", [DOC])
+          for i in range(50))
+    )
+    uids = sorted(r[DOC] for r in results)
+    assert uids == list(range(1, 51))
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    assert inbox.uidnext == 51
+    rows = await runtime.store.messages(inbox.id)
+    assert [m.uid for m in rows] == list(range(1, 51))
+    # Group commit really grouped: fewer transactions than deliveries.
+    assert runtime.store.writer.batches < 50
+
+
+async def test_two_writers_on_one_database_never_share_a_uid(runtime: Runtime) -> None:
+    """Two stores (as two server processes would) allocate from the same row, race-free."""
+    second = open_runtime(runtime.settings)
+    try:
+        stores = [runtime.store, second.store]
+        results = await asyncio.gather(
+            *(stores[i % 2].deliver(make_message(subject=f"p{i}"), "a@demo.mssante.fr", [DOC]) for i in range(40))
+        )
+    finally:
+        second.close()
+    assert sorted(r[DOC] for r in results) == list(range(1, 41))
+
+
+async def test_one_blob_for_many_recipients_and_usage_counted(runtime: Runtime) -> None:
+    raw = make_message(size=10_000)
+    uids = await runtime.store.deliver(raw, "dr.martin@demo.mssante.fr", [DOC, SECR, DOC.upper()])
+    assert uids == {DOC: 1, SECR: 1}
+    assert count(runtime, Blob) == 1
+    with Session(runtime.engine) as s:
+        acct = s.get(MailAccount, DOC)
+        assert acct is not None and acct.used_bytes == len(raw) and acct.message_count == 1
+
+
+async def test_nothing_is_stored_in_clear(runtime: Runtime, tmp_path: Path) -> None:
+    marker = f"MARQUEUR-{uuid.uuid4().hex}"
+    raw = make_message(subject=f"Patient {marker}", body=f"Diagnostic {marker}\r\n", size=200_000)
+    await runtime.store.deliver(raw, "dr.martin@demo.mssante.fr", [DOC])
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    [msg] = await runtime.store.messages(inbox.id)
+    assert await runtime.store.body(msg.blob_id) == raw  # readable through the store …
+    meta = await runtime.store.meta([msg.blob_id])
+    assert marker in meta[msg.blob_id]["envelope"]["subject"]
+    runtime.close()
+    # … but neither the database files nor anything else in the data directory holds it in clear.
+    needle = marker.encode()
+    scanned = 0
+    for path in Path(runtime.settings.data_dir).rglob("*"):
+        if path.is_file():
+            scanned += 1
+            assert needle not in path.read_bytes(), f"{path} contains the marker in clear"
+    if runtime.settings.database_url.startswith("sqlite"):
+        assert scanned >= 2  # the key ring and the database file at least
+        return
+    # PostgreSQL: flush to disk, then grep this database's files and the WAL on the server.
+    with runtime.engine.connect() as conn:
+        conn.exec_driver_sql("CHECKPOINT")
+        data_dir = Path(conn.exec_driver_sql("SHOW data_directory").scalar_one())
+        oid = conn.exec_driver_sql("SELECT oid FROM pg_database WHERE datname = current_database()").scalar_one()
+    if not data_dir.is_dir():
+        pytest.skip("the PostgreSQL data directory is not on this machine")
+    files = [p for d in (data_dir / "base" / str(oid), data_dir / "pg_wal") for p in d.rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        assert needle not in path.read_bytes(), f"{path} contains the marker in clear"
+
+
+async def test_failed_delivery_leaves_no_partial_rows_and_no_orphan_blob(runtime: Runtime) -> None:
+    await runtime.store.ensure_account(SECR)
+    with Session(runtime.writer_engine) as s, s.begin():
+        s.execute(update(MailAccount).where(MailAccount.bal == SECR).values(quota_bytes=100))
+    before = {m: count(runtime, m) for m in (Blob, BlobChunk, Message, Change)}
+    # The first recipient succeeds inside the transaction, the second one is over quota.
+    with pytest.raises(QuotaExceeded):
+        await runtime.store.deliver(make_message(size=5000), "dr.martin@demo.mssante.fr", [DOC, SECR])
+    assert {m: count(runtime, m) for m in (Blob, BlobChunk, Message, Change)} == before
+    # The failure did not poison concurrent deliveries grouped in the same batch.
+    ok, bad = await asyncio.gather(
+        runtime.store.deliver(make_message(subject="ok"), "x@demo.mssante.fr", [DOC]),
+        runtime.store.deliver(make_message(subject="bad", size=5000), "x@demo.mssante.fr", [SECR]),
+        return_exceptions=True,
+    )
+    assert ok == {DOC: 1} and isinstance(bad, QuotaExceeded)
+    assert count(runtime, Blob) == 1
+
+
+async def test_flags_expunge_copy_move_keep_imap_state(runtime: Runtime) -> None:
+    store = runtime.store
+    for i in range(3):
+        await store.deliver(make_message(subject=f"m{i}"), "x@demo.mssante.fr", [DOC])
+    inbox = await store.folder(DOC, "INBOX")
+    changed = await store.store_flags(inbox.id, [1, 2], "add", ["\\seen", "$Urgent"], actor=DOC)
+    assert [(u, f) for u, f, _ in changed] == [(1, ("$Urgent", "\\Seen")), (2, ("$Urgent", "\\Seen"))]
+    assert changed[0][2] > inbox.highestmodseq
+    assert await store.store_flags(inbox.id, [1], "add", ["\\Seen"], actor=DOC) == []  # no change, no modseq
+    await store.create_folder(DOC, "Patients/Dupont")
+    assert {f.name for f in await store.folders(DOC)} >= {"Patients", "Patients/Dupont", "Sent", "Trash"}
+    with pytest.raises(FolderExists):
+        await store.create_folder(DOC, "Patients")
+    copied = await store.copy(inbox.id, [1, 3], DOC, "Patients/Dupont", actor=DOC)
+    assert copied.pairs == [(1, 1), (3, 2)]
+    moved = await store.copy(inbox.id, [2], DOC, "Archive", actor=DOC, move=True)
+    assert moved.pairs == [(2, 1)]
+    assert [m.uid for m in await store.messages(inbox.id)] == [1, 3]
+    await store.store_flags(inbox.id, [1], "add", ["\\Deleted"], actor=DOC)
+    assert await store.expunge(inbox.id, actor=DOC) == [1]
+    status = await store.status(DOC, "INBOX")
+    assert (status.messages, status.unseen) == (1, 1)
+    kinds = [c.kind for c in await store.changes_since(inbox.id, 0)]
+    assert kinds.count("append") == 3 and kinds.count("expunge") == 2 and "flags" in kinds
+    await store.rename_folder(DOC, "Patients", "Dossiers", actor=DOC)
+    assert "Dossiers/Dupont" in {f.name for f in await store.folders(DOC)}
+    await store.delete_folder(DOC, "Dossiers/Dupont", actor=DOC)
+    with pytest.raises(FolderNotFound):
+        await store.folder(DOC, "Dossiers/Dupont")
+    # Blobs still referenced survive; the usage counters follow.
+    with Session(runtime.engine) as s:
+        acct = s.get(MailAccount, DOC)
+        assert acct is not None and acct.message_count == 2
+
+
+async def test_change_feed_wakes_a_listener(runtime: Runtime) -> None:
+    await runtime.store.ensure_account(DOC)
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    sub = runtime.store.hub.subscribe(inbox.id)
+    try:
+        await runtime.store.deliver(make_message(), "x@demo.mssante.fr", [DOC])
+        change = await asyncio.wait_for(sub.get(), 5)
+        assert (change.kind, change.uid) == ("append", 1)
+    finally:
+        sub.close()
+
+
+async def test_large_message_streams_and_ranges(runtime: Runtime) -> None:
+    raw = make_message(size=3 * 1024 * 1024 + 17)
+    await runtime.store.deliver(raw, "x@demo.mssante.fr", [DOC])
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    [msg] = await runtime.store.messages(inbox.id)
+    pieces = [p async for p in runtime.store.stream(msg.blob_id)]
+    assert len(pieces) > 1 and max(map(len, pieces)) <= 4 * runtime.settings.storage.chunk_size
+    assert b"".join(pieces) == raw
+    assert await runtime.store.body(msg.blob_id, 100_000, 300_123) == raw[100_000:300_123]
+
+
+async def test_key_rotation_while_running_and_missing_keyring(runtime: Runtime) -> None:
+    await runtime.store.deliver(make_message(subject="avant rotation"), "x@demo.mssante.fr", [DOC])
+    # Another process (the CLI) rotates the ring and re-wraps the data keys …
+    ring = KeyRing.load(runtime.settings.keyring_path)
+    new_kid = ring.add_key()
+    assert rewrap_all(runtime.writer_engine, ring) == 1
+    with Session(runtime.engine) as s:
+        assert s.execute(select(Blob.key_id)).scalar_one() == new_kid
+    # … and the running store still reads it (it re-reads the ring on an unknown key id).
+    runtime.store.reader._keys.clear()
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    [msg] = await runtime.store.messages(inbox.id)
+    assert b"avant rotation" in await runtime.store.body(msg.blob_id)
+    # Without the ring, the server refuses to start with a clear message.
+    runtime.settings.keyring_path.rename(runtime.settings.keyring_path.with_suffix(".bak"))
+    with pytest.raises(KeyRingError, match="missing"):
+        open_runtime(runtime.settings)
