@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, TextIO
+from typing import IO, TextIO
 
 from annuaire.addresses import AddressError, parse
 from annuaire.identifiers import IdentifierError, idnat_from, parse_idnat_ps
@@ -136,7 +136,7 @@ _FOLDED = {_fold(c): c for c in COLUMNS}
 
 
 @contextmanager
-def open_text(path: Path) -> Iterator[tuple[TextIO, BinaryIO, int]]:
+def open_text(path: Path) -> Iterator[tuple[TextIO, IO[bytes], int]]:
     """Open a plain or zipped extraction as UTF-8 text.
 
     Yields the text stream, the underlying file (whose position measures progress) and the
@@ -144,14 +144,14 @@ def open_text(path: Path) -> Iterator[tuple[TextIO, BinaryIO, int]]:
     """
     try:
         size = path.stat().st_size
-        raw: BinaryIO = path.open("rb")
+        raw: IO[bytes] = path.open("rb")
     except OSError as exc:
         raise ImportFileError(f"cannot open {path}: {exc.strerror}") from exc
     with ExitStack() as stack:
         stack.enter_context(raw)
         magic = raw.read(4)
         raw.seek(0)
-        inner: BinaryIO = raw
+        inner: IO[bytes] = raw
         if magic == ZIP_MAGIC:
             try:
                 archive = stack.enter_context(zipfile.ZipFile(raw))
@@ -179,7 +179,9 @@ def _lines(text: TextIO, name: str) -> Iterator[tuple[int, str]]:
             f"{name}: not UTF-8 text (undecodable byte near line {number + 1}): convert it to UTF-8"
         ) from exc
     except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
-        raise ImportFileError(f"{name}: truncated or corrupt zip archive near line {number + 1} ({exc})") from exc
+        raise ImportFileError(
+            f"{name}: truncated or corrupt zip archive near line {number + 1} ({exc})"
+        ) from exc
 
 
 def _split(line: str) -> list[str]:
@@ -267,7 +269,8 @@ class RowParser:
             if v[4] and v[4] != idnat:
                 raise IdentifierError(
                     "idnat.mismatch",
-                    f"Identification nationale PP {v[4]!r} does not match type {v[2]!r} and identifier {v[3]!r}",
+                    f"Identification nationale PP {v[4]!r} does not match "
+                    f"type {v[2]!r} and identifier {v[3]!r}",
                 )
             parsed = parse_idnat_ps(idnat)
         else:

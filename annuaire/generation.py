@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, insert, select, update
 
 from annuaire.models import AnnuaireState
 
@@ -23,7 +23,7 @@ def bump(conn: Connection) -> None:
         .values(generation=AnnuaireState.generation + 1, changed_at=now)
     )
     if done.rowcount == 0:
-        conn.execute(AnnuaireState.__table__.insert().values(id=1, generation=1, changed_at=now))
+        conn.execute(insert(AnnuaireState).values(id=1, generation=1, changed_at=now))
 
 
 def current(conn: Connection) -> int:

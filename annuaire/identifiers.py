@@ -37,7 +37,9 @@ class IdentifierError(ValueError):
 
 def _digits(value: str, length: int, rule: str, what: str) -> str:
     if len(value) != length:
-        raise IdentifierError(f"{rule}.length", f"{what} must have {length} digits, got {len(value)}: {value!r}")
+        raise IdentifierError(
+            f"{rule}.length", f"{what} must have {length} digits, got {len(value)}: {value!r}"
+        )
     if not value.isascii() or not value.isdigit():
         raise IdentifierError(f"{rule}.digits", f"{what} must be digits only: {value!r}")
     return value
@@ -61,7 +63,8 @@ def validate_nir(value: str) -> str:
     nir = value.replace(" ", "").upper()
     if len(nir) != NIR_LENGTH:
         raise IdentifierError(
-            "nir.length", f"INS matricule must have 15 characters (13 + 2-digit key), got {len(nir)}: {value!r}"
+            "nir.length",
+            f"INS matricule must have 15 characters (13 + 2-digit key), got {len(nir)}: {value!r}",
         )
     department = nir[5:7]
     body = nir[:5] + ("00" if department in ("2A", "2B") else department) + nir[7:]
@@ -92,7 +95,9 @@ def validate_finess(value: str) -> str:
     """FINESS: 9 characters, digits, the department may be Corsican (2A/2B)."""
     finess = value.strip().upper()
     if len(finess) != FINESS_LENGTH:
-        raise IdentifierError("finess.length", f"FINESS number must have 9 characters, got {len(finess)}: {value!r}")
+        raise IdentifierError(
+            "finess.length", f"FINESS number must have 9 characters, got {len(finess)}: {value!r}"
+        )
     body = ("00" + finess[2:]) if finess[:2] in ("2A", "2B") else finess
     if not body.isascii() or not body.isdigit():
         raise IdentifierError("finess.digits", f"FINESS number must be digits (2A/2B allowed): {value!r}")

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     Column,
@@ -55,9 +55,9 @@ _seen = Table(
     prefixes=["TEMPORARY"],
 )
 
-_P = Professional.__table__
-_S = Structure.__table__
-_B = Bal.__table__
+_P = cast(Table, Professional.__table__)
+_S = cast(Table, Structure.__table__)
+_B = cast(Table, Bal.__table__)
 
 PROFESSIONAL_FIELDS = (
     "id_type",
@@ -206,7 +206,9 @@ class _Batcher:
         for row in rows:
             first = by_key.get(row.address_key)
             if first is not None:
-                report.reject(Reject(row.line, f"duplicate address {row.address} (first on line {first.line})"))
+                report.reject(
+                    Reject(row.line, f"duplicate address {row.address} (first on line {first.line})")
+                )
             else:
                 by_key[row.address_key] = row
 
@@ -244,14 +246,18 @@ class _Batcher:
             seen: dict[int, int] = {
                 bal_id: line
                 for bal_id, line in self.conn.execute(
-                    select(_seen.c.bal_id, _seen.c.line).where(_seen.c.bal_id.in_([r.id for r in existing.values()]))
+                    select(_seen.c.bal_id, _seen.c.line).where(
+                        _seen.c.bal_id.in_([r.id for r in existing.values()])
+                    )
                 )
             }
             for k, r in list(existing.items()):
                 if r.id in seen:
                     row = by_key.pop(k)
                     del existing[k]
-                    report.reject(Reject(row.line, f"duplicate address {row.address} (first on line {seen[r.id]})"))
+                    report.reject(
+                        Reject(row.line, f"duplicate address {row.address} (first on line {seen[r.id]})")
+                    )
 
         to_insert: list[dict[str, Any]] = []
         to_update: list[dict[str, Any]] = []
@@ -283,7 +289,9 @@ class _Batcher:
             elif _changed(current, wanted, BAL_FIELDS):
                 if not current.active:
                     report.reactivated += 1
-                to_update.append({"b_id": current.id, **wanted, "updated_at": self.now, "deactivated_at": None})
+                to_update.append(
+                    {"b_id": current.id, **wanted, "updated_at": self.now, "deactivated_at": None}
+                )
                 seen_rows.append({"bal_id": current.id, "line": row.line})
             else:
                 report.unchanged += 1

@@ -85,14 +85,10 @@ class Bal(Base):
     address_key: Mapped[str] = mapped_column(String(320), unique=True)
     domain: Mapped[str] = mapped_column(String(255), index=True)
     type: Mapped[str] = mapped_column(String(8))
-    professional_id: Mapped[int | None] = mapped_column(
-        ForeignKey("annuaire_professionals.id"), index=True
-    )
+    professional_id: Mapped[int | None] = mapped_column(ForeignKey("annuaire_professionals.id"), index=True)
     structure_id: Mapped[int | None] = mapped_column(ForeignKey("annuaire_structures.id"), index=True)
     # The professional answerable for an ORG or APP BAL (who grants membership and delegations).
-    responsible_id: Mapped[int | None] = mapped_column(
-        ForeignKey("annuaire_professionals.id"), index=True
-    )
+    responsible_id: Mapped[int | None] = mapped_column(ForeignKey("annuaire_professionals.id"), index=True)
     # Patient BALs: the INS matricule (15 digits, key included) the address is built on.
     ins: Mapped[str | None] = mapped_column(String(15), index=True)
     service: Mapped[str | None] = mapped_column(String(300))

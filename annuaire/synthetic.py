@@ -28,8 +28,9 @@ PRENOMS = (
     "Françoise", "Jacques", "Anne", "Christine", "Hélène", "Léa", "Chloé", "Lucas", "Hugo", "Zoé",
 )  # fmt: skip
 VILLES = (
-    ("75013", "75", "PARIS"), ("69003", "69", "LYON"), ("13005", "13", "MARSEILLE"), ("31000", "31", "TOULOUSE"),
-    ("20000", "2A", "AJACCIO"), ("20200", "2B", "BASTIA"), ("59000", "59", "LILLE"), ("33000", "33", "BORDEAUX"),
+    ("75013", "75", "PARIS"), ("69003", "69", "LYON"), ("13005", "13", "MARSEILLE"),
+    ("31000", "31", "TOULOUSE"), ("20000", "2A", "AJACCIO"), ("20200", "2B", "BASTIA"),
+    ("59000", "59", "LILLE"), ("33000", "33", "BORDEAUX"),
 )  # fmt: skip
 PROFESSIONS = (
     ("10", "Médecin", "SM54", "Médecine générale"),
@@ -107,7 +108,27 @@ def row_fields(i: int, rng: random.Random) -> list[str]:
     service = "" if pharmacy else rng.choice(("Cardiologie", "Urgences", "Secrétariat", "Imagerie", "DPI"))
     local = "officine" if pharmacy else _ascii(service or "accueil")
     address = f"{local}.{structure_no}.{i}@{domain}"
-    return [bal_type, address, "", "", "", s[0], s[1], service, "", "", "", "", "", "", "", "", "", "O", *s[2:]]
+    return [
+        bal_type,
+        address,
+        "",
+        "",
+        "",
+        s[0],
+        s[1],
+        service,
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "",
+        "O",
+        *s[2:],
+    ]
 
 
 def malform(fields: list[str], kind: str) -> list[str]:
@@ -160,9 +181,9 @@ def generate(
         with (
             zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive,
             archive.open("Extraction_Correspondance_MSSante.txt", "w") as raw,
+            io.TextIOWrapper(raw, encoding="utf-8", newline="") as text,
         ):
-            with io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
-                count, bad = write_rows(text, data)
+            count, bad = write_rows(text, data)
     else:
         with path.open("w", encoding="utf-8", newline="") as f:
             count, bad = write_rows(f, data)
