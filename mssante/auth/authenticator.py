@@ -1,0 +1,426 @@
+"""The authenticator facade the front doors (SMTP AUTH, IMAP AUTHENTICATE) call.
+
+Front doors speak base64 lines; this module decodes them, drives a sans-I/O mechanism
+(``mssante.auth.sasl``), checks credentials (passwords, tokens, certificates), applies the
+brute-force limits and writes every success and failure to the audit trail. Database, argon2
+and JWKS work runs in a worker thread (``asyncio.to_thread``): the event loop never blocks.
+
+Usage from a front door::
+
+    exchange = authenticator.begin("PLAIN", tls=tls_info(ssl_object), client_ip=ip, listener="submission")
+    result = await exchange.start(initial_response)          # base64 text, "=" for empty, or None
+    while isinstance(result, AuthChallenge):
+        send(result.challenge)                              # base64 text ("" for an empty challenge)
+        result = await exchange.step(read_line())           # "*" cancels
+    if isinstance(result, AuthFailure):
+        await asyncio.sleep(result.delay)                   # brute-force delay, then the error reply
+
+How a result maps to each protocol's reply is given by ``AuthFailure.smtp_reply`` and
+``AuthFailure.imap_reply``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, or_, update
+from sqlalchemy.orm import Session
+
+from mssante import audit
+from mssante.audit import AuditEvent
+from mssante.auth import accounts, passwords, throttle
+from mssante.auth.identity import Identity, IdentityKind
+from mssante.auth.models import LocalAccount
+from mssante.auth.offer import offered_mechanisms
+from mssante.auth.sasl import (
+    MECHANISMS,
+    Accept,
+    BearerCredential,
+    CertificateCredential,
+    Challenge,
+    Credential,
+    Event,
+    OAuthBearer,
+    PasswordCredential,
+    ServerMechanism,
+    Verify,
+    XOAuth2,
+)
+from mssante.auth.testidp import LocalIdP
+from mssante.auth.tokens import TokenError, TokenValidator
+from mssante.config import Settings
+from mssante.db import transaction
+from mssante.tls import TLSInfo
+
+# Decides whether ``identity`` may act as the requested authorization identity. Runs in the
+# worker thread with a read session. The delegation module supplies the real rule; the default
+# only accepts the identity naming itself.
+Authorize = Callable[[Session, Identity, str], bool]
+
+
+def authorize_self_only(_session: Session, identity: Identity, authzid: str) -> bool:
+    wanted = authzid.strip().lower()
+    return wanted in {identity.id.lower(), (identity.login or "").lower()}
+
+
+class FailureKind(StrEnum):
+    MALFORMED = "malformed"  # bad base64, bad SASL syntax, oversized
+    CANCELLED = "cancelled"  # the client sent "*"
+    REFUSED = "refused"  # wrong credentials, authzid not allowed
+    UNSUPPORTED = "unsupported"  # mechanism unknown or not offered here
+    ENCRYPTION_REQUIRED = "encryption_required"  # no TLS
+    LOCKED = "locked"  # brute-force lockout in force
+    TEMPORARY = "temporary"  # e.g. an issuer's JWKS cannot be fetched
+
+
+_SMTP = {
+    FailureKind.MALFORMED: "501 5.5.2 Cannot decode the SASL response",
+    FailureKind.CANCELLED: "501 5.7.0 Authentication cancelled",
+    FailureKind.REFUSED: "535 5.7.8 Authentication credentials invalid",
+    FailureKind.UNSUPPORTED: "504 5.5.4 Unrecognized authentication type",
+    FailureKind.ENCRYPTION_REQUIRED: "538 5.7.11 Encryption required for requested authentication mechanism",
+    FailureKind.LOCKED: "454 4.7.0 Temporary authentication failure, try again later",
+    FailureKind.TEMPORARY: "454 4.7.0 Temporary authentication failure",
+}
+_IMAP = {
+    FailureKind.MALFORMED: ("BAD", None, "Invalid SASL response"),
+    FailureKind.CANCELLED: ("BAD", None, "Authentication cancelled"),
+    FailureKind.REFUSED: ("NO", "AUTHENTICATIONFAILED", "Authentication failed"),
+    FailureKind.UNSUPPORTED: ("NO", "CANNOT", "Unsupported authentication mechanism"),
+    FailureKind.ENCRYPTION_REQUIRED: ("NO", "PRIVACYREQUIRED", "TLS is required to authenticate"),
+    FailureKind.LOCKED: ("NO", "UNAVAILABLE", "Too many failures, try again later"),
+    FailureKind.TEMPORARY: ("NO", "UNAVAILABLE", "Temporary authentication failure"),
+}
+
+
+@dataclass(frozen=True)
+class AuthChallenge:
+    challenge: str  # base64, "" for an empty challenge
+
+
+@dataclass(frozen=True)
+class AuthSuccess:
+    identity: Identity
+    mechanism: str
+    authzid: str | None = None  # requested and allowed; None = acting as itself
+
+
+@dataclass(frozen=True)
+class AuthFailure:
+    kind: FailureKind
+    reason: str
+    delay: float = 0.0  # seconds the front door waits before replying
+    retry_after: float | None = None  # POSIX time a lockout ends
+
+    @property
+    def smtp_reply(self) -> str:
+        return _SMTP[self.kind]
+
+    @property
+    def imap_reply(self) -> tuple[str, str | None, str]:
+        """(status, response code or None, text), e.g. ("NO", "AUTHENTICATIONFAILED", …)."""
+        return _IMAP[self.kind]
+
+
+AuthResult = AuthChallenge | AuthSuccess | AuthFailure
+
+
+@dataclass
+class _Checked:
+    """The worker thread's verdict on one credential."""
+
+    identity: Identity | None
+    reason: str = ""
+    kind: FailureKind = FailureKind.REFUSED
+    penalty: throttle.Penalty = field(default_factory=throttle.Penalty)
+    authzid: str | None = None
+
+
+class Authenticator:
+    """One per process; cheap to share between all sessions of all front doors."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings,
+        *,
+        writer_engine: Engine | None = None,
+        authorize: Authorize = authorize_self_only,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine, self.writer = engine, writer_engine or engine
+        self.settings, self.policy = settings, settings.auth.bruteforce
+        self.authorize, self.clock = authorize, clock
+        issuers = dict(settings.auth.issuers)
+        if settings.auth.demo_idp:
+            issuers.update(LocalIdP.for_settings(settings).issuers())
+        self.tokens = TokenValidator(
+            issuers,
+            skew=settings.auth.clock_skew_seconds,
+            jwks_ttl=settings.auth.jwks_cache_seconds,
+            jwks_min_refresh=settings.auth.jwks_min_refresh_seconds,
+        )
+
+    def mechanisms(self, tls: TLSInfo, *, cleartext_ok: bool = False) -> list[str]:
+        return offered_mechanisms(
+            self.settings.auth, tls, cleartext_ok=cleartext_ok, tokens=self.tokens.enabled
+        )
+
+    def begin(
+        self, mechanism: str, *, tls: TLSInfo, client_ip: str, listener: str = "", cleartext_ok: bool = False
+    ) -> Exchange:
+        return Exchange(self, mechanism.upper(), tls, client_ip, listener, cleartext_ok)
+
+    # -- worker-thread side ----------------------------------------------------------------
+    def _check(self, credential: Credential, ex: Exchange) -> _Checked:
+        now = self.clock()
+        key = _claimed_key(credential, ex.tls)
+        with Session(self.engine) as session:
+            lock = throttle.locked_until(
+                session, [(throttle.IP, ex.client_ip)] + ([(throttle.IDENTITY, key)] if key else []), now
+            )
+        if lock is not None:
+            checked = _Checked(None, "locked", FailureKind.LOCKED, throttle.Penalty(0.0, lock))
+            self._record(ex, checked, key, count=False)
+            return checked
+        checked = self._verify(credential, ex, now)
+        if checked.identity is not None and credential.authzid is not None:
+            with Session(self.engine) as session:
+                allowed = self.authorize(session, checked.identity, credential.authzid)
+                itself = authorize_self_only(session, checked.identity, credential.authzid)
+            if not allowed:
+                key = key or checked.identity.principal
+                checked = _Checked(None, "authorization identity not allowed")
+            elif not itself:
+                checked.authzid = credential.authzid
+        self._record(ex, checked, key or (checked.identity.principal if checked.identity else None))
+        return checked
+
+    def _verify(self, credential: Credential, ex: Exchange, now: float) -> _Checked:
+        if isinstance(credential, PasswordCredential):
+            return self._verify_password(credential, now)
+        if isinstance(credential, BearerCredential):
+            try:
+                identity, _claims = self.tokens.validate(credential.token)
+            except TokenError as exc:
+                kind = FailureKind.TEMPORARY if exc.reason == "jwks_unavailable" else FailureKind.REFUSED
+                return _Checked(None, f"token: {exc.reason}", kind)
+            with Session(self.engine) as session:
+                if accounts.disabled_identity(session, identity):
+                    return _Checked(None, "account disabled")
+            return _Checked(identity)
+        return self._verify_certificate(ex.tls)
+
+    def _verify_password(self, credential: PasswordCredential, now: float) -> _Checked:
+        with Session(self.engine) as session:
+            account = accounts.get(session, credential.authcid)
+        if account is None or not account.totp_secret:
+            ok = passwords.verify_password(account.password_hash if account else None, credential.password)
+            return self._password_verdict(account, ok)
+        for password, code in passwords.split_code(credential.password) or [(credential.password, "")]:
+            if not passwords.verify_password(account.password_hash, password):
+                continue
+            step = (
+                passwords.totp_step(account.totp_secret, code, account.totp_last_step, now) if code else None
+            )
+            # Claim the time step atomically: a code observed on the wire cannot be replayed.
+            if step is None or not self._claim_totp_step(account.id, step):
+                return _Checked(None, "bad or reused TOTP code")
+            return self._password_verdict(account, True)
+        return _Checked(None, "bad password")
+
+    def _claim_totp_step(self, account_id: int, step: int) -> bool:
+        with transaction(self.writer) as session:
+            result = session.execute(
+                update(LocalAccount)
+                .where(
+                    LocalAccount.id == account_id,
+                    or_(LocalAccount.totp_last_step.is_(None), LocalAccount.totp_last_step < step),
+                )
+                .values(totp_last_step=step)
+            )
+            return bool(getattr(result, "rowcount", 0) == 1)
+
+    @staticmethod
+    def _password_verdict(account: LocalAccount | None, ok: bool) -> _Checked:
+        if account is None:
+            return _Checked(None, "unknown login")
+        if account.kind == IdentityKind.APPLICATION:
+            return _Checked(None, "application accounts use EXTERNAL only")
+        if account.disabled:
+            return _Checked(None, "account disabled")
+        if not ok:
+            return _Checked(None, "bad password")
+        return _Checked(accounts.identity_of(account))
+
+    def _verify_certificate(self, tls: TLSInfo) -> _Checked:
+        if not tls.active or tls.peer is None:
+            return _Checked(None, "no verified client certificate")
+        with Session(self.engine) as session:
+            found = accounts.by_certificate(session, tls.peer.fingerprint)
+        if found is None:
+            return _Checked(None, "certificate not bound to an application account")
+        account, _cert = found
+        if account.disabled or account.kind != IdentityKind.APPLICATION:
+            return _Checked(None, "account disabled")
+        return _Checked(Identity.application(tls.peer.subject, tls.peer.fingerprint, login=account.login))
+
+    def _record(self, ex: Exchange, checked: _Checked, key: str | None, *, count: bool = True) -> None:
+        """Counters and audit in one transaction (so no attempt exists without its trace)."""
+        now = self.clock()
+        detail: dict[str, Any] = {"mechanism": ex.mechanism, "ip": ex.client_ip}
+        if ex.listener:
+            detail["listener"] = ex.listener
+        with transaction(self.writer) as session:
+            if checked.identity is not None:
+                throttle.record_success(session, key or checked.identity.principal)
+                if checked.authzid:
+                    detail["authzid"] = checked.authzid
+                audit.append(
+                    session,
+                    AuditEvent(
+                        actor=checked.identity.principal,
+                        action="auth.success",
+                        source=ex.client_ip,
+                        detail=detail,
+                    ),
+                )
+                return
+            if count:
+                penalties = [throttle.record_failure(session, self.policy, throttle.IP, ex.client_ip, now)]
+                if key:
+                    penalties.append(
+                        throttle.record_failure(session, self.policy, throttle.IDENTITY, key, now)
+                    )
+                checked.penalty = throttle.worst(*penalties)
+            detail["reason"] = checked.reason
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=key or "anonymous",
+                    action="auth.failure",
+                    outcome="refused",
+                    source=ex.client_ip,
+                    detail=detail,
+                ),
+            )
+
+    def _record_protocol_failure(self, ex: Exchange, kind: FailureKind, reason: str, count: bool) -> _Checked:
+        checked = _Checked(None, reason, kind)
+        self._record(ex, checked, None, count=count)
+        return checked
+
+
+def _claimed_key(credential: Credential, tls: TLSInfo) -> str | None:
+    """The identity an attempt claims, before checking: the key of its failure counter."""
+    if isinstance(credential, PasswordCredential):
+        return f"login:{accounts.normalise_login(credential.authcid)}"
+    if isinstance(credential, CertificateCredential) and tls.peer is not None:
+        return f"cert:{tls.peer.fingerprint}"
+    return None
+
+
+class Exchange:
+    """One SASL exchange on one connection."""
+
+    def __init__(
+        self,
+        auth: Authenticator,
+        mechanism: str,
+        tls: TLSInfo,
+        client_ip: str,
+        listener: str,
+        cleartext_ok: bool,
+    ) -> None:
+        self.auth, self.mechanism, self.tls = auth, mechanism, tls
+        self.client_ip, self.listener, self.cleartext_ok = client_ip, listener, cleartext_ok
+        self._mech: ServerMechanism | None = None
+        self._failure: _Checked | None = None
+        self._done = False
+
+    async def start(self, initial_response: str | None) -> AuthResult:
+        """``initial_response``: base64 text as on the wire ("=" means empty), or None."""
+        if not (self.tls.active or self.cleartext_ok):
+            return await self._fail(FailureKind.ENCRYPTION_REQUIRED, "no TLS", count=False)
+        offered = self.auth.mechanisms(self.tls, cleartext_ok=self.cleartext_ok)
+        if self.mechanism not in offered:
+            return await self._fail(
+                FailureKind.UNSUPPORTED, f"mechanism {self.mechanism[:20]!r} not offered", count=False
+            )
+        self._mech = self._make()
+        if initial_response is None:
+            return await self._drive(self._mech.receive(None))
+        return await self._feed(initial_response)
+
+    async def step(self, response: str) -> AuthResult:
+        """The client's next line (base64; "*" cancels the exchange)."""
+        if self._mech is None or self._done:
+            return AuthFailure(FailureKind.MALFORMED, "no exchange in progress")
+        if response.strip() == "*":
+            return await self._fail(FailureKind.CANCELLED, "cancelled by the client", count=False)
+        return await self._feed(response)
+
+    def _make(self) -> ServerMechanism:
+        cls = MECHANISMS[self.mechanism]
+        if cls is OAuthBearer:
+            return OAuthBearer(scope="openid")
+        if cls is XOAuth2:
+            return XOAuth2(scope="openid")
+        return cls()
+
+    async def _feed(self, line: str) -> AuthResult:
+        assert self._mech is not None
+        text = line.strip()
+        limit = self.auth.settings.auth.max_response_bytes
+        if len(text) > (limit * 4) // 3 + 4:
+            return await self._fail(FailureKind.MALFORMED, "response too long", count=True)
+        if text == "=":
+            data = b""
+        else:
+            try:
+                data = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                return await self._fail(FailureKind.MALFORMED, "bad base64", count=True)
+        return await self._drive(self._mech.receive(data))
+
+    async def _drive(self, event: Event) -> AuthResult:
+        assert self._mech is not None
+        while True:
+            if isinstance(event, Challenge):
+                return AuthChallenge(base64.b64encode(event.data).decode("ascii"))
+            if isinstance(event, Verify):
+                checked = await asyncio.to_thread(self.auth._check, event.credential, self)
+                if checked.identity is not None:
+                    event = self._mech.verdict(True)
+                    if isinstance(event, Accept):
+                        self._done = True
+                        return AuthSuccess(checked.identity, self.mechanism, checked.authzid)
+                    continue
+                self._failure = checked
+                if checked.kind is not FailureKind.REFUSED:
+                    self._done = True
+                    return _failure(checked)
+                event = self._mech.verdict(False)
+                continue
+            if isinstance(event, Accept):
+                raise AssertionError("a mechanism accepted without a verified credential")
+            self._done = True
+            if self._failure is not None:  # already checked, counted and audited
+                return _failure(self._failure)
+            return await self._fail(FailureKind.MALFORMED, event.reason, count=True)
+
+    async def _fail(self, kind: FailureKind, reason: str, *, count: bool) -> AuthFailure:
+        self._done = True
+        checked = await asyncio.to_thread(self.auth._record_protocol_failure, self, kind, reason, count)
+        return _failure(checked)
+
+
+def _failure(checked: _Checked) -> AuthFailure:
+    return AuthFailure(checked.kind, checked.reason, checked.penalty.delay, checked.penalty.locked_until)
