@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, Integer, String, Text, select, update
+from sqlalchemy import BigInteger, DateTime, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mssante.db import Base
+from mssante.sqlfast import dialect_of, run, timestamp
 
 GENESIS = "0" * 64
 
@@ -89,20 +90,15 @@ def append(session: Session, *events: AuditEvent, at: datetime | None = None) ->
     if not events:
         return
     when = at or datetime.now(UTC)
-    # Taking the row lock first (UPDATE … RETURNING) serialises concurrent appenders.
-    row = session.execute(
-        update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + len(events))
-        .returning(AuditHead.seq, AuditHead.hash)
-    ).one_or_none()
-    if row is None:
-        session.add(AuditHead(id=1, seq=0, hash=GENESIS))
-        session.flush()
-        row = session.execute(
-            update(AuditHead).where(AuditHead.id == 1).values(seq=AuditHead.seq + len(events))
-            .returning(AuditHead.seq, AuditHead.hash)
-        ).one()
-    last_seq, prev = row
-    seq = last_seq - len(events)
+    # Taking the head row's lock first (UPDATE … RETURNING) serialises concurrent appenders.
+    take = "UPDATE audit_head SET seq = seq + :n WHERE id = 1 RETURNING seq, hash"
+    row = run(session, take, {"n": len(events)}).first()
+    if row is None:  # a database created before the head row existed
+        run(session, "INSERT INTO audit_head (id, seq, hash) VALUES (1, 0, :genesis)", {"genesis": GENESIS})
+        row = run(session, take, {"n": len(events)}).one()
+    seq, prev = int(row[0]) - len(events), str(row[1])
+    stamp = timestamp(when, dialect_of(session))
+    rows = []
     for event in events:
         seq += 1
         fields = {
@@ -115,9 +111,15 @@ def append(session: Session, *events: AuditEvent, at: datetime | None = None) ->
             "detail": json.dumps(event.detail, sort_keys=True, ensure_ascii=False) if event.detail else None,
         }
         digest = _record_hash(seq, when, fields, prev)
-        session.add(AuditRecord(seq=seq, at=when, prev_hash=prev, hash=digest, **fields))
+        rows.append({"seq": seq, "at": stamp, "prev_hash": prev, "hash": digest, **fields})
         prev = digest
-    session.execute(update(AuditHead).where(AuditHead.id == 1).values(hash=prev))
+    run(
+        session,
+        "INSERT INTO audit_log "
+        "(seq, at, actor, bal, action, object, source, outcome, detail, prev_hash, hash) VALUES (:seq, :at, :actor, :bal, :action, :object, :source, :outcome, :detail, :prev_hash, :hash)",
+        rows,
+    )
+    run(session, "UPDATE audit_head SET hash = :hash WHERE id = 1", {"hash": prev})
 
 
 @dataclass(frozen=True)

@@ -117,7 +117,9 @@ class IssuerSection(_Section):
     jwks_url: str | None = None
     # Pro Santé Connect puts the IdNat_PS in ``preferred_username`` (and ``SubjectNameID``).
     id_claim: str = "preferred_username"
-    algorithms: list[Literal["RS256", "ES256"]] = Field(default_factory=lambda: ["RS256", "ES256"], min_length=1)
+    algorithms: list[Literal["RS256", "ES256"]] = Field(
+        default_factory=lambda: ["RS256", "ES256"], min_length=1
+    )
 
     @model_validator(mode="after")
     def _one_jwks_source(self) -> IssuerSection:
@@ -250,7 +252,11 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
         settings = Settings(**data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        problem = "unknown key" if first["type"] == "extra_forbidden" else first["msg"].removeprefix("Value error, ")
+        problem = (
+            "unknown key"
+            if first["type"] == "extra_forbidden"
+            else first["msg"].removeprefix("Value error, ")
+        )
         raise ConfigError(_key_of(first["loc"]), problem) from None
     return settings
 

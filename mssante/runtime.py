@@ -55,8 +55,9 @@ class Runtime:
 
 def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     """Open the database and key ring; refuse an outdated schema or a missing key ring."""
-    engine = make_engine(settings.database_url, echo=settings.database.echo,
-                         pool_size=settings.database.pool_size)
+    engine = make_engine(
+        settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
+    )
     if check_schema:
         require_current(engine)
     keyring = KeyRing.load(settings.keyring_path)

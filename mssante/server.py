@@ -89,7 +89,9 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         return []
     tls_files = settings.tls.cert_file and settings.tls.key_file
     if not tls_files and not _is_loopback(settings.http.host):
-        raise OSError("refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file")
+        raise OSError(
+            "refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file"
+        )
     config = uvicorn.Config(
         create_app(runtime),
         host=settings.http.host,
@@ -112,14 +114,18 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         server.should_exit = True
         await task
 
-    return [RunningListener("http", "http", settings.http.host, port, "implicit" if tls_files else "none", close)]
+    return [
+        RunningListener("http", "http", settings.http.host, port, "implicit" if tls_files else "none", close)
+    ]
 
 
 # Front doors start in this order (SMTP and IMAP join as they are built).
 LISTENER_STARTERS: list[ListenerStarter] = [start_http]
 
 
-async def serve_forever(runtime: Runtime, ready: Callable[[list[RunningListener]], None] | None = None) -> None:
+async def serve_forever(
+    runtime: Runtime, ready: Callable[[list[RunningListener]], None] | None = None
+) -> None:
     """Start every listener, wait for SIGINT/SIGTERM, then shut down gracefully."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -131,7 +137,9 @@ async def serve_forever(runtime: Runtime, ready: Callable[[list[RunningListener]
         for starter in LISTENER_STARTERS:
             running.extend(await starter(runtime))
         for item in running:
-            log.info("listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls)
+            log.info(
+                "listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls
+            )
         if ready is not None:
             ready(running)
         await stop.wait()

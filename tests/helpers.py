@@ -22,5 +22,5 @@ def make_message(
     if size is not None and len(data) < size:
         line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do eiusmod.\r\n"
         data += line * ((size - len(data)) // len(line) + 1)
-        data = data[:size - 2] + b"\r\n"
+        data = data[: size - 2] + b"\r\n"
     return data

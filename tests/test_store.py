@@ -28,8 +28,10 @@ def count(rt: Runtime, model: type) -> int:
 
 async def test_fifty_concurrent_deliveries_get_uids_1_to_50(runtime: Runtime) -> None:
     results = await asyncio.gather(
-        *(runtime.store.deliver(make_message(subject=f"n{i}"), "dr.martin@demo.mssante.fr", [DOC])
-          for i in range(50))
+        *(
+            runtime.store.deliver(make_message(subject=f"n{i}"), "dr.martin@demo.mssante.fr", [DOC])
+            for i in range(50)
+        )
     )
     uids = sorted(r[DOC] for r in results)
     assert uids == list(range(1, 51))
@@ -47,7 +49,10 @@ async def test_two_writers_on_one_database_never_share_a_uid(runtime: Runtime) -
     try:
         stores = [runtime.store, second.store]
         results = await asyncio.gather(
-            *(stores[i % 2].deliver(make_message(subject=f"p{i}"), "a@demo.mssante.fr", [DOC]) for i in range(40))
+            *(
+                stores[i % 2].deliver(make_message(subject=f"p{i}"), "a@demo.mssante.fr", [DOC])
+                for i in range(40)
+            )
         )
     finally:
         second.close()
@@ -88,10 +93,14 @@ async def test_nothing_is_stored_in_clear(runtime: Runtime, tmp_path: Path) -> N
     with runtime.engine.connect() as conn:
         conn.exec_driver_sql("CHECKPOINT")
         data_dir = Path(conn.exec_driver_sql("SHOW data_directory").scalar_one())
-        oid = conn.exec_driver_sql("SELECT oid FROM pg_database WHERE datname = current_database()").scalar_one()
+        oid = conn.exec_driver_sql(
+            "SELECT oid FROM pg_database WHERE datname = current_database()"
+        ).scalar_one()
     if not data_dir.is_dir():
         pytest.skip("the PostgreSQL data directory is not on this machine")
-    files = [p for d in (data_dir / "base" / str(oid), data_dir / "pg_wal") for p in d.rglob("*") if p.is_file()]
+    files = [
+        p for d in (data_dir / "base" / str(oid), data_dir / "pg_wal") for p in d.rglob("*") if p.is_file()
+    ]
     assert files
     for path in files:
         assert needle not in path.read_bytes(), f"{path} contains the marker in clear"

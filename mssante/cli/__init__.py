@@ -28,8 +28,12 @@ app = typer.Typer(
 def _root(
     config: Annotated[
         Path | None,
-        typer.Option("--config", "-c", help="TOML configuration file (default: $MSSANTE_CONFIG).",
-                     envvar="MSSANTE_CONFIG"),
+        typer.Option(
+            "--config",
+            "-c",
+            help="TOML configuration file (default: $MSSANTE_CONFIG).",
+            envvar="MSSANTE_CONFIG",
+        ),
     ] = None,
     data_dir: Annotated[
         Path | None, typer.Option("--data-dir", "-d", help="Data directory (overrides server.data_dir).")
@@ -143,8 +147,10 @@ def audit_verify() -> None:
     with Session(make_engine(cfg.database_url)) as session:
         result = audit.verify(session)
     if not result.ok:
-        fail(f"audit trail broken at record {result.broken_seq}: {result.reason} "
-             f"({result.checked} records verified before it)")
+        fail(
+            f"audit trail broken at record {result.broken_seq}: {result.reason} "
+            f"({result.checked} records verified before it)"
+        )
     console.print(f"audit trail intact: {result.checked} records")
 
 
@@ -166,14 +172,34 @@ def audit_show(
         rows = list(audit.for_bal(session, bal.strip().lower(), limit))
     if as_json:
         for r in rows:
-            print(json.dumps({"seq": r.seq, "at": r.at.isoformat(), "actor": r.actor, "bal": r.bal,
-                              "action": r.action, "object": r.object, "source": r.source,
-                              "outcome": r.outcome, "detail": r.detail}, ensure_ascii=False))
+            print(
+                json.dumps(
+                    {
+                        "seq": r.seq,
+                        "at": r.at.isoformat(),
+                        "actor": r.actor,
+                        "bal": r.bal,
+                        "action": r.action,
+                        "object": r.object,
+                        "source": r.source,
+                        "outcome": r.outcome,
+                        "detail": r.detail,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         return
     table = Table("seq", "when (UTC)", "actor", "action", "object", "from", "outcome")
     for r in rows:
-        table.add_row(str(r.seq), f"{r.at:%Y-%m-%d %H:%M:%S}", r.actor, r.action, r.object or "",
-                      r.source or "", r.outcome)
+        table.add_row(
+            str(r.seq),
+            f"{r.at:%Y-%m-%d %H:%M:%S}",
+            r.actor,
+            r.action,
+            r.object or "",
+            r.source or "",
+            r.outcome,
+        )
     console.print(table)
 
 

@@ -11,16 +11,17 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.orm import Session
 
 from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
+from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store.models import Blob, BlobChunk
 
-blobs = Blob.__table__
-blob_chunks = BlobChunk.__table__
+blobs = cast(Table, Blob.__table__)
+blob_chunks = cast(Table, BlobChunk.__table__)
 
 
 @dataclass(frozen=True)
@@ -43,31 +44,36 @@ def seal(keyring: KeyRing, data: bytes, meta: dict[str, Any] | None, chunk_size:
         key=keyring.wrap(data_key),
         chunks=seal_chunks(data_key, data, chunk_size),
         chunk_size=chunk_size,
-        meta=seal_small(data_key, json.dumps(meta, separators=(",", ":")).encode()) if meta is not None else None,
+        meta=seal_small(data_key, json.dumps(meta, separators=(",", ":")).encode())
+        if meta is not None
+        else None,
     )
 
 
 def put(session: Session, sealed: SealedBlob) -> int:
     """Store the blob unless an identical content is already there; return its id."""
-    existing = session.execute(select(blobs.c.id).where(blobs.c.digest == sealed.digest)).scalar()
+    existing = run(session, "SELECT id FROM blobs WHERE digest = :digest", {"digest": sealed.digest}).scalar()
     if existing is not None:
         return int(existing)
-    blob_id = session.execute(
-        insert(blobs)
-        .values(
-            digest=sealed.digest,
-            size=sealed.size,
-            key_id=sealed.key.key_id,
-            wrapped_key=sealed.key.wrapped,
-            chunk_count=len(sealed.chunks),
-            chunk_size=sealed.chunk_size,
-            meta=sealed.meta,
-            created_at=datetime.now(UTC),
-        )
-        .returning(blobs.c.id)
+    blob_id = run(
+        session,
+        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
+        "VALUES (:digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
+        {
+            "digest": sealed.digest,
+            "size": sealed.size,
+            "key_id": sealed.key.key_id,
+            "wrapped": sealed.key.wrapped,
+            "count": len(sealed.chunks),
+            "chunk_size": sealed.chunk_size,
+            "meta": sealed.meta,
+            "at": timestamp(datetime.now(UTC), dialect_of(session)),
+        },
     ).scalar_one()
-    session.execute(
-        insert(blob_chunks), [{"blob_id": blob_id, "seq": i, "data": c} for i, c in enumerate(sealed.chunks)]
+    run(
+        session,
+        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
+        [{"blob_id": blob_id, "seq": i, "data": c} for i, c in enumerate(sealed.chunks)],
     )
     return int(blob_id)
 
@@ -103,7 +109,11 @@ class BlobReader:
     def header(self, session: Session, blob_id: int) -> BlobHeader:
         row = session.execute(
             select(
-                blobs.c.size, blobs.c.chunk_count, blobs.c.chunk_size, blobs.c.key_id, blobs.c.wrapped_key,
+                blobs.c.size,
+                blobs.c.chunk_count,
+                blobs.c.chunk_size,
+                blobs.c.key_id,
+                blobs.c.wrapped_key,
                 blobs.c.meta,
             ).where(blobs.c.id == blob_id)
         ).one()
@@ -125,7 +135,9 @@ class BlobReader:
                     out[row.id] = json.loads(open_small(key, row.meta))
         return out
 
-    def iter_chunks(self, session: Session, blob_id: int, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+    def iter_chunks(
+        self, session: Session, blob_id: int, start: int = 0, end: int | None = None
+    ) -> Iterator[bytes]:
         """Plaintext of ``[start, end)`` chunk by chunk, opening only the chunks that overlap it."""
         head = self.header(session, blob_id)
         end = head.size if end is None else min(end, head.size)

@@ -13,25 +13,26 @@ import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
-from sqlalchemy import Engine, and_, delete, func, insert, select, update
+from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.crypto import KeyRing
+from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.mime import analyse
 from mssante.store.models import Change, Folder, MailAccount, Message
 from mssante.store.writer import GroupCommitWriter, Notes
 
-accounts_t = MailAccount.__table__
-folders_t = Folder.__table__
-messages_t = Message.__table__
-changes_t = Change.__table__
+accounts_t = cast(Table, MailAccount.__table__)
+folders_t = cast(Table, Folder.__table__)
+messages_t = cast(Table, Message.__table__)
+changes_t = cast(Table, Change.__table__)
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -139,7 +140,13 @@ def _utc(value: datetime) -> datetime:
 
 def _folder_info(row: Any) -> FolderInfo:
     return FolderInfo(
-        row.id, row.bal, row.name, row.uidvalidity, row.uidnext, row.highestmodseq, row.special_use,
+        row.id,
+        row.bal,
+        row.name,
+        row.uidvalidity,
+        row.uidnext,
+        row.highestmodseq,
+        row.special_use,
         bool(row.subscribed),
     )
 
@@ -172,11 +179,8 @@ class MessageStore:
     # -- helpers run inside the writer's transaction -------------------------------------
     def _insert_ignore(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
         dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            stmt = postgresql.insert(table).on_conflict_do_nothing()
-        else:
-            stmt = sqlite.insert(table).on_conflict_do_nothing()
-        session.execute(stmt, rows)
+        insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(insert_for(table).on_conflict_do_nothing(), rows)
 
     def _ensure_account(self, session: Session, bal: str) -> None:
         if session.execute(select(accounts_t.c.bal).where(accounts_t.c.bal == bal)).first():
@@ -185,16 +189,31 @@ class MessageStore:
         self._insert_ignore(
             session,
             accounts_t,
-            [{"bal": bal, "quota_bytes": self.default_quota, "used_bytes": 0, "message_count": 0,
-              "created_at": now}],
+            [
+                {
+                    "bal": bal,
+                    "quota_bytes": self.default_quota,
+                    "used_bytes": 0,
+                    "message_count": 0,
+                    "created_at": now,
+                }
+            ],
         )
         base = int(time.time())
         self._insert_ignore(
             session,
             folders_t,
             [
-                {"bal": bal, "name": name, "uidvalidity": base, "uidnext": 1, "highestmodseq": 1,
-                 "special_use": use, "subscribed": True, "created_at": now}
+                {
+                    "bal": bal,
+                    "name": name,
+                    "uidvalidity": base,
+                    "uidnext": 1,
+                    "highestmodseq": 1,
+                    "special_use": use,
+                    "subscribed": True,
+                    "created_at": now,
+                }
                 for name, use in DEFAULT_FOLDERS
             ],
         )
@@ -202,14 +221,11 @@ class MessageStore:
     @staticmethod
     def _charge(session: Session, bal: str, size: int, count: int = 1) -> None:
         """Add to the BAL's usage, refusing to go over its quota."""
-        charged = session.execute(
-            update(accounts_t)
-            .where(
-                accounts_t.c.bal == bal,
-                (accounts_t.c.quota_bytes.is_(None)) | (accounts_t.c.used_bytes + size <= accounts_t.c.quota_bytes),
-            )
-            .values(used_bytes=accounts_t.c.used_bytes + size, message_count=accounts_t.c.message_count + count)
-            .returning(accounts_t.c.bal)
+        charged = run(
+            session,
+            "UPDATE mail_accounts SET used_bytes = used_bytes + :size, message_count = message_count + :n "
+            "WHERE bal = :bal AND (quota_bytes IS NULL OR used_bytes + :size <= quota_bytes) RETURNING bal",
+            {"size": size, "n": count, "bal": bal},
         ).first()
         if charged is None:
             raise QuotaExceeded(bal)
@@ -219,24 +235,43 @@ class MessageStore:
         session.execute(
             update(accounts_t)
             .where(accounts_t.c.bal == bal)
-            .values(used_bytes=accounts_t.c.used_bytes - size, message_count=accounts_t.c.message_count - count)
+            .values(
+                used_bytes=accounts_t.c.used_bytes - size, message_count=accounts_t.c.message_count - count
+            )
         )
 
     @staticmethod
-    def _allocate(session: Session, folder_filter: Any, count: int) -> tuple[int, int, int, str]:
-        """Reserve ``count`` UIDs and one modseq; the row lock makes it race-free across processes.
+    def _allocate(
+        session: Session, count: int, *, folder_id: int | None = None, bal: str = "", name: str = ""
+    ) -> tuple[int, int, int] | None:
+        """Reserve ``count`` UIDs and one modseq in a folder (by id, or by BAL and name).
 
-        Returns (folder id, first uid, modseq, bal).
+        The UPDATE takes the folder's row lock (the write lock on SQLite), which makes UID
+        allocation race-free across threads and server processes. Returns (folder id, first
+        uid, modseq), or None when the folder does not exist.
         """
-        row = session.execute(
-            update(folders_t)
-            .where(folder_filter)
-            .values(uidnext=folders_t.c.uidnext + count, highestmodseq=folders_t.c.highestmodseq + 1)
-            .returning(folders_t.c.id, folders_t.c.uidnext, folders_t.c.highestmodseq, folders_t.c.bal)
+        where = "id = :fid" if folder_id is not None else "bal = :bal AND name = :name"
+        row = run(
+            session,
+            f"UPDATE folders SET uidnext = uidnext + :n, highestmodseq = highestmodseq + 1 WHERE {where} "
+            "RETURNING id, uidnext, highestmodseq",
+            {"n": count, "fid": folder_id, "bal": bal, "name": name},
         ).first()
         if row is None:
-            raise FolderNotFound("no such folder")
-        return row.id, row.uidnext - count, row.highestmodseq, row.bal
+            return None
+        return int(row[0]), int(row[1]) - count, int(row[2])
+
+    def _allocate_by_name(
+        self, session: Session, bal: str, name: str, count: int = 1
+    ) -> tuple[int, int, int]:
+        allocated = self._allocate(session, count, bal=bal, name=name)
+        if allocated is None and name == INBOX:
+            # First message for this BAL: create its storage, then allocate.
+            self._ensure_account(session, bal)
+            allocated = self._allocate(session, count, bal=bal, name=name)
+        if allocated is None:
+            raise FolderNotFound(f"no folder {name!r}")
+        return allocated
 
     @staticmethod
     def _bump_modseq(session: Session, folder_id: int) -> int:
@@ -279,10 +314,12 @@ class MessageStore:
         sealed, meta = await self._prepare_async(raw)
         bals = list(dict.fromkeys(r.strip().lower() for r in recipients))
         message_id = (meta["envelope"].get("message_id") or "")[:300] or None
-        return await self.writer.run(
-            lambda s: self._deliver_job(s, sealed, sender, bals, actor or sender, source, folder, message_id,
-                                        extra_audit)
+        uids: dict[str, int] = await self.writer.run(
+            lambda s: self._deliver_job(
+                s, sealed, sender, bals, actor or sender, source, folder, message_id, extra_audit
+            )
         )
+        return uids
 
     def _deliver_job(
         self,
@@ -298,29 +335,44 @@ class MessageStore:
     ) -> tuple[dict[str, int], Notes]:
         blob_id = blobstore.put(session, sealed)
         now = datetime.now(UTC)
+        at = timestamp(now, dialect_of(session))
         uids: dict[str, int] = {}
         notes = Notes()
         events: list[AuditEvent] = []
         for bal in bals:
-            self._ensure_account(session, bal)
+            folder_id, uid, modseq = self._allocate_by_name(session, bal, folder)
             self._charge(session, bal, sealed.size)
-            folder_id, uid, modseq, _ = self._allocate(
-                session, and_(folders_t.c.bal == bal, folders_t.c.name == folder), 1
+            params = {
+                "fid": folder_id,
+                "uid": uid,
+                "blob": blob_id,
+                "size": sealed.size,
+                "at": at,
+                "modseq": modseq,
+            }
+            run(
+                session,
+                "INSERT INTO messages (folder_id, uid, blob_id, size, internaldate, flags, modseq) "
+                "VALUES (:fid, :uid, :blob, :size, :at, '', :modseq)",
+                params,
             )
-            session.execute(
-                insert(messages_t).values(
-                    folder_id=folder_id, uid=uid, blob_id=blob_id, size=sealed.size, internaldate=now, flags="",
-                    modseq=modseq,
-                )
-            )
-            session.execute(
-                insert(changes_t).values(folder_id=folder_id, modseq=modseq, kind="append", uid=uid, at=now)
+            run(
+                session,
+                "INSERT INTO folder_changes (folder_id, modseq, kind, uid, at) "
+                "VALUES (:fid, :modseq, 'append', :uid, :at)",
+                params,
             )
             notes.append(FolderChange(folder_id, modseq, "append", uid))
             uids[bal] = uid
             events.append(
-                AuditEvent(actor=actor, action="message.deliver", bal=bal, object=f"{folder}/{uid}", source=source,
-                           detail={"from": sender, "message_id": message_id, "size": sealed.size})
+                AuditEvent(
+                    actor=actor,
+                    action="message.deliver",
+                    bal=bal,
+                    object=f"{folder}/{uid}",
+                    source=source,
+                    detail={"from": sender, "message_id": message_id, "size": sealed.size},
+                )
             )
         audit.append(session, *events, *extra_audit, at=now)
         return uids, notes
@@ -344,26 +396,49 @@ class MessageStore:
 
         def job(session: Session) -> tuple[AppendResult, Notes]:
             blob_id = blobstore.put(session, sealed)
+            folder_id, uid, modseq = self._allocate_by_name(session, bal, folder)
             self._charge(session, bal, sealed.size)
-            folder_id, uid, modseq, _ = self._allocate(
-                session, and_(folders_t.c.bal == bal, folders_t.c.name == folder), 1
-            )
             uidvalidity = session.execute(
                 select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
             ).scalar_one()
             session.execute(
-                insert(messages_t).values(folder_id=folder_id, uid=uid, blob_id=blob_id, size=sealed.size,
-                                          internaldate=when, flags=flag_text, modseq=modseq)
+                insert(messages_t).values(
+                    folder_id=folder_id,
+                    uid=uid,
+                    blob_id=blob_id,
+                    size=sealed.size,
+                    internaldate=when,
+                    flags=flag_text,
+                    modseq=modseq,
+                )
             )
-            session.execute(insert(changes_t).values(folder_id=folder_id, modseq=modseq, kind="append", uid=uid,
-                                                     flags=flag_text, at=datetime.now(UTC)))
-            audit.append(session, AuditEvent(actor=actor, action="message.append", bal=bal,
-                                             object=f"{folder}/{uid}", source=source,
-                                             detail={"size": sealed.size}))
-            return AppendResult(int(uidvalidity), uid), Notes([FolderChange(folder_id, modseq, "append", uid,
-                                                                            flag_text)])
+            session.execute(
+                insert(changes_t).values(
+                    folder_id=folder_id,
+                    modseq=modseq,
+                    kind="append",
+                    uid=uid,
+                    flags=flag_text,
+                    at=datetime.now(UTC),
+                )
+            )
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="message.append",
+                    bal=bal,
+                    object=f"{folder}/{uid}",
+                    source=source,
+                    detail={"size": sealed.size},
+                ),
+            )
+            return AppendResult(int(uidvalidity), uid), Notes(
+                [FolderChange(folder_id, modseq, "append", uid, flag_text)]
+            )
 
-        return await self.writer.run(job)
+        result: AppendResult = await self.writer.run(job)
+        return result
 
     # -- folders ------------------------------------------------------------------------------
     async def ensure_account(self, bal: str) -> None:
@@ -380,7 +455,9 @@ class MessageStore:
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: Session) -> list[FolderInfo]:
-            rows = s.execute(select(folders_t).where(folders_t.c.bal == bal.lower()).order_by(folders_t.c.name))
+            rows = s.execute(
+                select(folders_t).where(folders_t.c.bal == bal.lower()).order_by(folders_t.c.name)
+            )
             return [_folder_info(r) for r in rows]
 
         return await self.read(q)  # type: ignore[no-any-return]
@@ -409,7 +486,9 @@ class MessageStore:
                     messages_t.c.folder_id == info.id
                 )
             ).one()
-            flag_rows = s.execute(select(messages_t.c.flags).where(messages_t.c.folder_id == info.id)).scalars()
+            flag_rows = s.execute(
+                select(messages_t.c.flags).where(messages_t.c.folder_id == info.id)
+            ).scalars()
             unseen = sum(1 for f in flag_rows if "\\Seen" not in _split_flags(f))
             return FolderStatus(info, int(count), unseen, int(size))
 
@@ -419,8 +498,10 @@ class MessageStore:
         """Create a folder and any missing parents ("a/b/c" creates "a" and "a/b")."""
         bal = bal.lower()
         if name.upper() == INBOX or not name or name.endswith(DELIMITER):
-            raise FolderExists(f"folder {name!r} already exists") if name.upper() == INBOX else FolderNotAllowed(
-                f"invalid folder name {name!r}"
+            raise (
+                FolderExists(f"folder {name!r} already exists")
+                if name.upper() == INBOX
+                else FolderNotAllowed(f"invalid folder name {name!r}")
             )
 
         def job(session: Session) -> FolderInfo:
@@ -434,13 +515,22 @@ class MessageStore:
             now = datetime.now(UTC)
             uidvalidity = self._next_uidvalidity(session, bal)
             rows = [
-                {"bal": bal, "name": DELIMITER.join(parts[: i + 1]), "uidvalidity": uidvalidity, "uidnext": 1,
-                 "highestmodseq": 1, "special_use": special_use if i == len(parts) - 1 else None,
-                 "subscribed": True, "created_at": now}
+                {
+                    "bal": bal,
+                    "name": DELIMITER.join(parts[: i + 1]),
+                    "uidvalidity": uidvalidity,
+                    "uidnext": 1,
+                    "highestmodseq": 1,
+                    "special_use": special_use if i == len(parts) - 1 else None,
+                    "subscribed": True,
+                    "created_at": now,
+                }
                 for i in range(len(parts))
             ]
             self._insert_ignore(session, folders_t, rows)
-            row = session.execute(select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == name)).one()
+            row = session.execute(
+                select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == name)
+            ).one()
             return _folder_info(row)
 
         return await self.writer.run(job)  # type: ignore[no-any-return]
@@ -449,7 +539,9 @@ class MessageStore:
     def _next_uidvalidity(session: Session, bal: str) -> int:
         # Strictly above any value this BAL ever used in a live folder, and at least "now":
         # a deleted-then-recreated folder never reuses a UIDVALIDITY.
-        top = session.execute(select(func.max(folders_t.c.uidvalidity)).where(folders_t.c.bal == bal)).scalar()
+        top = session.execute(
+            select(func.max(folders_t.c.uidvalidity)).where(folders_t.c.bal == bal)
+        ).scalar()
         return max(int(time.time()), int(top or 0) + 1)
 
     async def delete_folder(self, bal: str, name: str, *, actor: str, source: str | None = None) -> None:
@@ -469,47 +561,79 @@ class MessageStore:
                     messages_t.c.folder_id == fid
                 )
             ).one()
-            blob_ids = list(session.execute(select(messages_t.c.blob_id).where(messages_t.c.folder_id == fid))
-                            .scalars())
+            blob_ids = list(
+                session.execute(select(messages_t.c.blob_id).where(messages_t.c.folder_id == fid)).scalars()
+            )
             session.execute(delete(messages_t).where(messages_t.c.folder_id == fid))
             session.execute(delete(changes_t).where(changes_t.c.folder_id == fid))
             session.execute(delete(folders_t).where(folders_t.c.id == fid))
             self._refund(session, bal, int(usage[1]), int(usage[0]))
             self._collect_blobs(session, blob_ids)
-            audit.append(session, AuditEvent(actor=actor, action="folder.delete", bal=bal, object=name, source=source,
-                                             detail={"messages": int(usage[0])}))
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="folder.delete",
+                    bal=bal,
+                    object=name,
+                    source=source,
+                    detail={"messages": int(usage[0])},
+                ),
+            )
             return None, Notes([FolderChange(fid, 0, "deleted", 0)])
 
         await self.writer.run(job)
 
-    async def rename_folder(self, bal: str, old: str, new: str, *, actor: str, source: str | None = None) -> None:
+    async def rename_folder(
+        self, bal: str, old: str, new: str, *, actor: str, source: str | None = None
+    ) -> None:
         """Rename a folder and its children; renaming INBOX moves its messages (RFC 3501 §6.3.5)."""
         bal = bal.lower()
         if new.upper() == INBOX or not new:
             raise FolderExists("INBOX already exists")
 
         def job(session: Session) -> tuple[None, Notes]:
-            src = session.execute(select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == old)).first()
+            src = session.execute(
+                select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == old)
+            ).first()
             if src is None:
                 raise FolderNotFound(f"no folder {old!r}")
-            if session.execute(select(folders_t.c.id).where(folders_t.c.bal == bal, folders_t.c.name == new)).first():
+            if session.execute(
+                select(folders_t.c.id).where(folders_t.c.bal == bal, folders_t.c.name == new)
+            ).first():
                 raise FolderExists(f"folder {new!r} already exists")
             notes = Notes()
             if old.upper() == INBOX:
                 uidvalidity = self._next_uidvalidity(session, bal)
                 dst_id = session.execute(
-                    insert(folders_t).values(
-                        bal=bal, name=new, uidvalidity=uidvalidity, uidnext=src.uidnext, highestmodseq=1,
-                        special_use=None, subscribed=True, created_at=datetime.now(UTC),
-                    ).returning(folders_t.c.id)
+                    insert(folders_t)
+                    .values(
+                        bal=bal,
+                        name=new,
+                        uidvalidity=uidvalidity,
+                        uidnext=src.uidnext,
+                        highestmodseq=1,
+                        special_use=None,
+                        subscribed=True,
+                        created_at=datetime.now(UTC),
+                    )
+                    .returning(folders_t.c.id)
                 ).scalar_one()
-                uids = list(session.execute(select(messages_t.c.uid).where(messages_t.c.folder_id == src.id))
-                            .scalars())
-                session.execute(update(messages_t).where(messages_t.c.folder_id == src.id).values(folder_id=dst_id))
+                uids = list(
+                    session.execute(
+                        select(messages_t.c.uid).where(messages_t.c.folder_id == src.id)
+                    ).scalars()
+                )
+                session.execute(
+                    update(messages_t).where(messages_t.c.folder_id == src.id).values(folder_id=dst_id)
+                )
                 modseq = self._bump_modseq(session, src.id)
                 for uid in uids:
-                    session.execute(insert(changes_t).values(folder_id=src.id, modseq=modseq, kind="expunge",
-                                                             uid=uid, at=datetime.now(UTC)))
+                    session.execute(
+                        insert(changes_t).values(
+                            folder_id=src.id, modseq=modseq, kind="expunge", uid=uid, at=datetime.now(UTC)
+                        )
+                    )
                     notes.append(FolderChange(src.id, modseq, "expunge", uid))
             else:
                 children = session.execute(
@@ -520,10 +644,16 @@ class MessageStore:
                 session.execute(update(folders_t).where(folders_t.c.id == src.id).values(name=new))
                 for child in children:
                     session.execute(
-                        update(folders_t).where(folders_t.c.id == child.id).values(name=new + child.name[len(old):])
+                        update(folders_t)
+                        .where(folders_t.c.id == child.id)
+                        .values(name=new + child.name[len(old) :])
                     )
-            audit.append(session, AuditEvent(actor=actor, action="folder.rename", bal=bal, object=f"{old} -> {new}",
-                                             source=source))
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor, action="folder.rename", bal=bal, object=f"{old} -> {new}", source=source
+                ),
+            )
             return None, notes
 
         await self.writer.run(job)
@@ -547,13 +677,21 @@ class MessageStore:
 
         def q(s: Session) -> list[MessageRow]:
             rows = s.execute(
-                select(messages_t.c.uid, messages_t.c.flags, messages_t.c.size, messages_t.c.internaldate,
-                       messages_t.c.modseq, messages_t.c.blob_id)
+                select(
+                    messages_t.c.uid,
+                    messages_t.c.flags,
+                    messages_t.c.size,
+                    messages_t.c.internaldate,
+                    messages_t.c.modseq,
+                    messages_t.c.blob_id,
+                )
                 .where(messages_t.c.folder_id == folder_id)
                 .order_by(messages_t.c.uid)
             )
-            return [MessageRow(r.uid, _split_flags(r.flags), r.size, _utc(r.internaldate), r.modseq, r.blob_id)
-                    for r in rows]
+            return [
+                MessageRow(r.uid, _split_flags(r.flags), r.size, _utc(r.internaldate), r.modseq, r.blob_id)
+                for r in rows
+            ]
 
         return await self.read(q)  # type: ignore[no-any-return]
 
@@ -614,7 +752,9 @@ class MessageStore:
                     if new != current:
                         text = " ".join(new)
                         changed.append((row.uid, text))
-                        session.execute(update(messages_t).where(messages_t.c.id == row.id).values(flags=text))
+                        session.execute(
+                            update(messages_t).where(messages_t.c.id == row.id).values(flags=text)
+                        )
             if not changed:
                 return [], Notes()
             modseq = self._bump_modseq(session, folder_id)
@@ -625,27 +765,51 @@ class MessageStore:
                 .where(messages_t.c.folder_id == folder_id, messages_t.c.uid.in_([u for u, _ in changed]))
                 .values(modseq=modseq)
             )
-            session.execute(insert(changes_t), [
-                {"folder_id": folder_id, "modseq": modseq, "kind": "flags", "uid": uid, "flags": text, "at": now}
-                for uid, text in changed
-            ])
+            session.execute(
+                insert(changes_t),
+                [
+                    {
+                        "folder_id": folder_id,
+                        "modseq": modseq,
+                        "kind": "flags",
+                        "uid": uid,
+                        "flags": text,
+                        "at": now,
+                    }
+                    for uid, text in changed
+                ],
+            )
             notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for uid, text in changed)
-            audit.append(session, AuditEvent(actor=actor, action="message.flags", bal=bal, source=source,
-                                             object=f"folder:{folder_id}",
-                                             detail={"mode": mode, "flags": list(wanted), "count": len(changed)}))
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="message.flags",
+                    bal=bal,
+                    source=source,
+                    object=f"folder:{folder_id}",
+                    detail={"mode": mode, "flags": list(wanted), "count": len(changed)},
+                ),
+            )
             return [(uid, _split_flags(text), modseq) for uid, text in changed], notes
 
         return await self.writer.run(job)  # type: ignore[no-any-return]
 
     async def expunge(
-        self, folder_id: int, uids: Sequence[int] | None = None, *, actor: str, bal: str | None = None,
+        self,
+        folder_id: int,
+        uids: Sequence[int] | None = None,
+        *,
+        actor: str,
+        bal: str | None = None,
         source: str | None = None,
     ) -> list[int]:
         """Remove the messages flagged \\Deleted (only among ``uids`` when given); returns their UIDs."""
 
         def job(session: Session) -> tuple[list[int], Notes]:
-            query = select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size,
-                           messages_t.c.blob_id).where(messages_t.c.folder_id == folder_id)
+            query = select(
+                messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size, messages_t.c.blob_id
+            ).where(messages_t.c.folder_id == folder_id)
             if uids is not None:
                 query = query.where(messages_t.c.uid.in_(list(uids)))
             doomed = [r for r in session.execute(query) if "\\Deleted" in _split_flags(r.flags)]
@@ -656,7 +820,13 @@ class MessageStore:
         return await self.writer.run(job)  # type: ignore[no-any-return]
 
     def _remove(
-        self, session: Session, folder_id: int, rows: list[Any], actor: str, bal: str | None, source: str | None,
+        self,
+        session: Session,
+        folder_id: int,
+        rows: list[Any],
+        actor: str,
+        bal: str | None,
+        source: str | None,
         action: str,
     ) -> tuple[list[int], Notes]:
         owner = session.execute(select(folders_t.c.bal).where(folders_t.c.id == folder_id)).scalar_one()
@@ -666,14 +836,33 @@ class MessageStore:
         modseq = self._bump_modseq(session, folder_id)
         now = datetime.now(UTC)
         uids = sorted(r.uid for r in rows)
-        session.execute(insert(changes_t), [
-            {"folder_id": folder_id, "modseq": modseq, "kind": "expunge", "uid": uid, "flags": None, "at": now}
-            for uid in uids
-        ])
+        session.execute(
+            insert(changes_t),
+            [
+                {
+                    "folder_id": folder_id,
+                    "modseq": modseq,
+                    "kind": "expunge",
+                    "uid": uid,
+                    "flags": None,
+                    "at": now,
+                }
+                for uid in uids
+            ],
+        )
         self._refund(session, owner, sum(r.size for r in rows), len(rows))
         self._collect_blobs(session, [r.blob_id for r in rows])
-        audit.append(session, AuditEvent(actor=actor, action=action, bal=bal or owner, source=source,
-                                         object=f"folder:{folder_id}", detail={"count": len(uids)}))
+        audit.append(
+            session,
+            AuditEvent(
+                actor=actor,
+                action=action,
+                bal=bal or owner,
+                source=source,
+                object=f"folder:{folder_id}",
+                detail={"count": len(uids)},
+            ),
+        )
         return uids, Notes(FolderChange(folder_id, modseq, "expunge", uid) for uid in uids)
 
     @staticmethod
@@ -682,15 +871,26 @@ class MessageStore:
         candidates = sorted(set(blob_ids))
         for i in range(0, len(candidates), 500):
             chunk = candidates[i : i + 500]
-            used = set(session.execute(select(messages_t.c.blob_id).where(messages_t.c.blob_id.in_(chunk))).scalars())
+            used = set(
+                session.execute(select(messages_t.c.blob_id).where(messages_t.c.blob_id.in_(chunk))).scalars()
+            )
             orphans = [b for b in chunk if b not in used]
             if orphans:
-                session.execute(delete(blobstore.blob_chunks).where(blobstore.blob_chunks.c.blob_id.in_(orphans)))
+                session.execute(
+                    delete(blobstore.blob_chunks).where(blobstore.blob_chunks.c.blob_id.in_(orphans))
+                )
                 session.execute(delete(blobstore.blobs).where(blobstore.blobs.c.id.in_(orphans)))
 
     async def copy(
-        self, src_folder_id: int, uids: Sequence[int], dst_bal: str, dst_name: str, *, actor: str,
-        move: bool = False, source: str | None = None,
+        self,
+        src_folder_id: int,
+        uids: Sequence[int],
+        dst_bal: str,
+        dst_name: str,
+        *,
+        actor: str,
+        move: bool = False,
+        source: str | None = None,
     ) -> CopyResult:
         """COPY or MOVE messages to another folder (of the same or another BAL); blobs are shared."""
         dst_bal = dst_bal.lower()
@@ -706,33 +906,75 @@ class MessageStore:
                 raise FolderNotFound(f"no folder {dst_name!r}")
             rows: list[Any] = []
             for i in range(0, len(uid_list), 500):
-                rows.extend(session.execute(
-                    select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size,
-                           messages_t.c.blob_id, messages_t.c.internaldate)
-                    .where(messages_t.c.folder_id == src_folder_id, messages_t.c.uid.in_(uid_list[i : i + 500]))
-                ))
+                rows.extend(
+                    session.execute(
+                        select(
+                            messages_t.c.id,
+                            messages_t.c.uid,
+                            messages_t.c.flags,
+                            messages_t.c.size,
+                            messages_t.c.blob_id,
+                            messages_t.c.internaldate,
+                        ).where(
+                            messages_t.c.folder_id == src_folder_id,
+                            messages_t.c.uid.in_(uid_list[i : i + 500]),
+                        )
+                    )
+                )
             rows.sort(key=lambda r: r.uid)
             if not rows:
                 return CopyResult(int(dst.uidvalidity), []), Notes()
             self._charge(session, dst_bal, sum(r.size for r in rows), len(rows))
-            dst_id, first_uid, modseq, _ = self._allocate(session, folders_t.c.id == dst.id, len(rows))
+            allocated = self._allocate(session, len(rows), folder_id=dst.id)
+            assert allocated is not None  # the row was just read in this transaction
+            dst_id, first_uid, modseq = allocated
             now = datetime.now(UTC)
             pairs = [(r.uid, first_uid + n) for n, r in enumerate(rows)]
-            session.execute(insert(messages_t), [
-                {"folder_id": dst_id, "uid": first_uid + n, "blob_id": r.blob_id, "size": r.size,
-                 "internaldate": r.internaldate, "flags": r.flags, "modseq": modseq}
-                for n, r in enumerate(rows)
-            ])
-            session.execute(insert(changes_t), [
-                {"folder_id": dst_id, "modseq": modseq, "kind": "append", "uid": new_uid, "flags": r.flags, "at": now}
-                for r, (_, new_uid) in zip(rows, pairs, strict=True)
-            ])
+            session.execute(
+                insert(messages_t),
+                [
+                    {
+                        "folder_id": dst_id,
+                        "uid": first_uid + n,
+                        "blob_id": r.blob_id,
+                        "size": r.size,
+                        "internaldate": r.internaldate,
+                        "flags": r.flags,
+                        "modseq": modseq,
+                    }
+                    for n, r in enumerate(rows)
+                ],
+            )
+            session.execute(
+                insert(changes_t),
+                [
+                    {
+                        "folder_id": dst_id,
+                        "modseq": modseq,
+                        "kind": "append",
+                        "uid": new_uid,
+                        "flags": r.flags,
+                        "at": now,
+                    }
+                    for r, (_, new_uid) in zip(rows, pairs, strict=True)
+                ],
+            )
             notes = Notes(FolderChange(dst_id, modseq, "append", new_uid) for _, new_uid in pairs)
-            audit.append(session, AuditEvent(actor=actor, action="message.move" if move else "message.copy",
-                                             bal=dst_bal, source=source, object=f"{dst_name}",
-                                             detail={"count": len(rows), "from_folder": src_folder_id}))
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="message.move" if move else "message.copy",
+                    bal=dst_bal,
+                    source=source,
+                    object=f"{dst_name}",
+                    detail={"count": len(rows), "from_folder": src_folder_id},
+                ),
+            )
             if move:
-                _, removed = self._remove(session, src_folder_id, rows, actor, None, source, "message.move_out")
+                _, removed = self._remove(
+                    session, src_folder_id, rows, actor, None, source, "message.move_out"
+                )
                 notes.extend(removed)
             return CopyResult(int(dst.uidvalidity), pairs), notes
 
@@ -743,7 +985,8 @@ class MessageStore:
 
         def q(s: Session) -> list[FolderChange]:
             rows = s.execute(
-                select(changes_t).where(changes_t.c.folder_id == folder_id, changes_t.c.modseq > modseq)
+                select(changes_t)
+                .where(changes_t.c.folder_id == folder_id, changes_t.c.modseq > modseq)
                 .order_by(changes_t.c.id)
             )
             return [FolderChange(r.folder_id, r.modseq, r.kind, r.uid, r.flags) for r in rows]

@@ -1,0 +1,5 @@
+"""``python -m mssante`` is the ``mssante`` command."""
+
+from mssante.cli import main
+
+main()

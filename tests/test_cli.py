@@ -1,0 +1,169 @@
+"""The command line as operators and scripts use it: exit codes, messages naming the key."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mssante.db import make_engine
+from mssante.schema import upgrade
+
+
+def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mssante", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=full_env,
+        timeout=120,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("content", "key", "problem"),
+    [
+        ('[server]\nhostnme = "x"\n', "server.hostnme", "unknown key"),
+        ("[smtp]\nsubmission_port = 70000\n", "smtp.submission_port", "between 1 and 65535"),
+        ('[imap]\nport = "imap"\n', "imap.port", "integer"),
+        ('[tls]\ncert_file = "/nonexistent/server.pem"\n', "tls.cert_file", "does not exist"),
+        ('[server]\ndata_dir = "/proc/1/nope/data"\n', "server.data_dir", "cannot be created"),
+        ("[storage\n", "(file)", "not valid TOML"),
+        ('[log]\nlevel = "LOUD"\n', "log.level", "Input should be"),
+    ],
+)
+def test_config_check_names_the_key_and_exits_2(tmp_path: Path, content: str, key: str, problem: str) -> None:
+    cfg = tmp_path / "mssante.toml"
+    cfg.write_text(content)
+    result = run("config", "check", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert key in result.stderr and problem in result.stderr
+
+
+def test_config_check_prints_effective_config_with_env_override(tmp_path: Path) -> None:
+    cfg = tmp_path / "mssante.toml"
+    cfg.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "d"}"\n[database]\nurl = "postgresql://u:secret@db/x"\n'
+    )
+    result = run("config", "check", str(cfg), cwd=tmp_path, env={"MSSANTE_IMAP__PORT": "1144"})
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["imap"]["port"] == 1144
+    assert "secret" not in result.stdout
+
+
+def test_unreadable_data_directory_is_refused(tmp_path: Path) -> None:
+    if os.geteuid() == 0:
+        # root reads everything: a regular file in place of the directory is the portable case.
+        (tmp_path / "data").write_text("not a directory")
+    else:
+        (tmp_path / "data").mkdir(mode=0o000)
+    result = run("--data-dir", str(tmp_path / "data"), "config", "check", cwd=tmp_path)
+    assert result.returncode == 2 and "server.data_dir" in result.stderr
+
+
+def test_init_serve_health_and_graceful_stop(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = run("--data-dir", str(data), "init", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    ring = data / "keyring.json"
+    assert ring.stat().st_mode & 0o777 == 0o600
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0  # idempotent
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+    env["MSSANTE_HTTP__PORT"] = str(port)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mssante", "--data-dir", str(data), "serve"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.communicate()[1]
+                assert time.monotonic() < deadline, "server did not start"
+                time.sleep(0.2)
+        assert answer.json()["status"] == "ok"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "every acknowledged message is committed" in err
+
+
+def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0
+    (data / "mssante.db").unlink()
+    engine = make_engine(f"sqlite:///{data / 'mssante.db'}")
+    upgrade(engine, "0001")  # a database left by an older version
+    engine.dispose()
+    result = run("--data-dir", str(data), "serve", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "revision 0001" in result.stderr and "mssante db upgrade" in result.stderr
+    upgraded = run("--data-dir", str(data), "db", "upgrade", cwd=tmp_path)
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert "0001 →" in upgraded.stdout
+
+
+def test_missing_keyring_stops_the_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0
+    (data / "keyring.json").unlink()
+    result = run("--data-dir", str(data), "serve", cwd=tmp_path)
+    assert result.returncode == 1 and "key ring" in result.stderr and "missing" in result.stderr
+
+
+def test_keys_rotate(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0
+    result = run("--data-dir", str(data), "keys", "rotate", cwd=tmp_path)
+    assert result.returncode == 0 and "k2-" in result.stdout
+    assert len(json.loads((data / "keyring.json").read_text())["keys"]) == 2
+
+
+def test_every_command_has_help(tmp_path: Path) -> None:
+    for args in (
+        ["--help"],
+        ["init", "--help"],
+        ["serve", "--help"],
+        ["db", "upgrade", "--help"],
+        ["config", "check", "--help"],
+        ["keys", "rotate", "--help"],
+        ["audit", "verify", "--help"],
+        ["audit", "show", "--help"],
+    ):
+        result = run(*args, cwd=tmp_path)
+        assert result.returncode == 0 and "Usage" in result.stdout, args
+    assert run("no-such-command", cwd=tmp_path).returncode == 2
+
+
+def test_upgrade_is_a_no_op_on_a_current_schema(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    upgrade(engine)
+    upgrade(engine)
+    engine.dispose()
