@@ -204,7 +204,7 @@ def audit_show(
 
 
 # Area command groups (annuaire, users, certificates, delegation, DMP, queue) mount here.
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("mssante.cli.annuaire",)
 
 
 def _mount_areas() -> None:
