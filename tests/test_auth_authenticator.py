@@ -23,10 +23,12 @@ from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess, 
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.auth.offer import cleartext_allowed
 from mssante.auth.testidp import LocalIdP
-from mssante.auth.testing import DevPKI, auth_engine, dev_pki, run_sasl, test_idp  # noqa: F401  (fixtures)
+from mssante.auth.testing import DevPKI, run_sasl
 from mssante.config import AuthSection, BruteForceSection, Settings
 from mssante.db import transaction
 from mssante.tls import TLSInfo, describe_certificate
+
+pytest_plugins = ("mssante.auth.testing",)
 
 IDNAT = "810102727017"
 INS = "255081416802538"

@@ -17,9 +17,10 @@ from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
 from mssante.auth.identity import IdentityKind
 from mssante.auth.testidp import DEMO_AUDIENCE, LocalIdP
-from mssante.auth.testing import test_idp  # noqa: F401  (fixture)
 from mssante.auth.tokens import TokenError, TokenValidator
 from mssante.config import IssuerSection
+
+pytest_plugins = ("mssante.auth.testing",)
 
 IDNAT = "810102727017"
 INS = "255081416802538"  # key verifies: 97 - (2550814168025 mod 97) = 38
