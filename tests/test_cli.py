@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -13,7 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
+from mssante.config import Settings
 from mssante.db import make_engine
 from mssante.schema import upgrade
 
@@ -167,3 +170,30 @@ def test_upgrade_is_a_no_op_on_a_current_schema(tmp_path: Path) -> None:
     upgrade(engine)
     upgrade(engine)
     engine.dispose()
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    out = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            out.extend(_keys(ann, f"{prefix}{name}."))
+        else:
+            out.append(prefix + name)
+    return out
+
+
+def test_example_configuration_is_valid_and_documents_every_key(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "config" / "mssante.example.toml"
+    text = example.read_text()
+    result = run("config", "check", str(example), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    missing = []
+    for key in _keys(Settings):
+        section, _, name = key.rpartition(".")
+        if f"[{key}." in text:  # a table of named entries, e.g. [auth.issuers.psc]
+            continue
+        header = f"[{section}]"
+        if header not in text or not re.search(rf"^#? ?{re.escape(name)} = ", text, re.M):
+            missing.append(key)
+    assert not missing, f"keys not documented in {example.name}: {missing}"
