@@ -20,10 +20,10 @@ from sqlalchemy.orm import Session
 from mssante import audit
 from mssante.auth import accounts
 from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess, FailureKind
+from mssante.auth.harness import DevPKI, run_sasl
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.auth.offer import cleartext_allowed
 from mssante.auth.testidp import LocalIdP
-from mssante.auth.testing import DevPKI, run_sasl
 from mssante.config import AuthSection, BruteForceSection, Settings
 from mssante.db import transaction
 from mssante.tls import TLSInfo, describe_certificate
