@@ -1,0 +1,148 @@
+"""FETCH responses: one message at a time, bodies streamed from the store.
+
+A response is a list of pieces, either bytes or a :class:`BlobSlice` — a byte range of a
+stored message that the connection copies out chunk by chunk, so a 20 MB ``BODY[]`` never
+sits whole in memory. Parsed structures (ENVELOPE, BODYSTRUCTURE, section offsets) come from
+the store's cached analysis, loaded in batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mssante.imap.commands import FetchItem, Section
+from mssante.imap.mailbox import Entry
+from mssante.imap.render import (
+    apply_partial,
+    body_structure,
+    envelope,
+    flag_list,
+    header_fields,
+    internaldate,
+    section_range,
+)
+from mssante.store.store import MessageStore
+
+Json = dict[str, Any]
+
+# Below this size a section is read in one go; above, it is streamed.
+STREAM_THRESHOLD = 256 * 1024
+
+_ALIASES = {"RFC822": Section(), "RFC822.HEADER": Section((), "HEADER"), "RFC822.TEXT": Section((), "TEXT")}
+
+
+@dataclass(frozen=True)
+class BlobSlice:
+    blob_id: int
+    start: int
+    end: int
+
+
+Piece = bytes | BlobSlice
+
+
+def needs_meta(items: tuple[FetchItem, ...]) -> bool:
+    """Whether the items need the parsed structure (everything but whole-message reads)."""
+    for item in items:
+        if item.name in ("ENVELOPE", "BODYSTRUCTURE") or (item.name == "BODY" and item.section is None):
+            return True
+        if item.section is not None and (item.section.part or item.section.text):
+            return True
+        if item.name in ("RFC822.HEADER", "RFC822.TEXT"):
+            return True
+    return False
+
+
+async def message_response(
+    store: MessageStore,
+    msn: int,
+    entry: Entry,
+    items: tuple[FetchItem, ...],
+    meta: Json | None,
+    *,
+    utf8: bool = False,
+) -> list[Piece]:
+    """``* <msn> FETCH (...)`` for one message, as pieces."""
+    pieces: list[Piece] = [b"* %d FETCH (" % msn]
+    first = True
+    for item in items:
+        if not first:
+            pieces.append(b" ")
+        first = False
+        pieces.extend(await _item(store, entry, item, meta, utf8))
+    pieces.append(b")\r\n")
+    return _merge(pieces)
+
+
+async def _item(
+    store: MessageStore, entry: Entry, item: FetchItem, meta: Json | None, utf8: bool
+) -> list[Piece]:
+    name = item.name
+    if name == "UID":
+        return [b"UID %d" % entry.uid]
+    if name == "FLAGS":
+        return [b"FLAGS " + flag_list(entry.flags)]
+    if name == "INTERNALDATE":
+        return [b"INTERNALDATE " + internaldate(entry.internaldate)]
+    if name == "RFC822.SIZE":
+        return [b"RFC822.SIZE %d" % entry.size]
+    if name == "ENVELOPE":
+        assert meta is not None
+        return [b"ENVELOPE " + envelope(meta["envelope"], utf8=utf8)]
+    if name == "BODYSTRUCTURE":
+        assert meta is not None
+        return [b"BODYSTRUCTURE " + body_structure(meta["part"], extended=True)]
+    if name == "BODY" and item.section is None:
+        assert meta is not None
+        return [b"BODY " + body_structure(meta["part"], extended=False)]
+    if name in _ALIASES:
+        return await _section(store, entry, _ALIASES[name], None, meta, name.encode())
+    assert item.section is not None
+    return await _section(store, entry, item.section, item.partial, meta, item.response_name().encode())
+
+
+async def _section(
+    store: MessageStore,
+    entry: Entry,
+    section: Section,
+    partial: tuple[int, int] | None,
+    meta: Json | None,
+    label: bytes,
+) -> list[Piece]:
+    if not section.part and not section.text:
+        start, end = 0, entry.size
+        found = None
+    else:
+        assert meta is not None
+        found = section_range(meta["part"], section)
+        if found is None:
+            return [label + b" NIL"]
+        start, end = found.start, found.end
+    if found is not None and found.filtered:
+        assert found.fields is not None
+        block = await store.body(entry.blob_id, start, end)
+        data = header_fields(block, found.fields, exclude=found.exclude)
+        if partial is not None:
+            low, high = apply_partial(0, len(data), partial)
+            data = data[low:high]
+        return [label + b" {%d}\r\n" % len(data) + data]
+    start, end = apply_partial(start, end, partial)
+    size = end - start
+    if size == 0:
+        return [label + b' ""']
+    if size <= STREAM_THRESHOLD:
+        data = await store.body(entry.blob_id, start, end)
+        return [label + b" {%d}\r\n" % len(data) + data]
+    return [label + b" {%d}\r\n" % size, BlobSlice(entry.blob_id, start, end)]
+
+
+def _merge(pieces: list[Piece]) -> list[Piece]:
+    """Join adjacent byte pieces so the connection writes few, larger buffers."""
+    out: list[Piece] = []
+    for piece in pieces:
+        if isinstance(piece, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] = out[-1] + piece
+        else:
+            out.append(piece)
+    return out

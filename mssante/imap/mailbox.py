@@ -1,0 +1,191 @@
+"""A session's view of its selected mailbox: message numbers, UIDs, flags, pending changes.
+
+Message sequence numbers belong to a session (RFC 3501 §2.3.1.2): they change only when this
+session is told so. Changes made by others (the store's change feed) are therefore absorbed
+into a pending list and reported only at the moments §5.2 and §7.4.1 allow: new messages
+(``EXISTS``) and flag changes (``FETCH``) after any command, expunges (``EXPUNGE``) only
+after commands other than FETCH, STORE and SEARCH. Until an expunge is reported the message
+keeps its number, so the numbers a client holds stay valid.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from mssante.imap.commands import SequenceSet
+from mssante.imap.render import flag_list
+from mssante.store.feed import FolderChange
+from mssante.store.store import FolderInfo, MessageRow
+
+
+@dataclass
+class Entry:
+    """What the session knows of one message without reading its content."""
+
+    uid: int
+    flags: tuple[str, ...]
+    size: int
+    internaldate: datetime
+    modseq: int
+    blob_id: int
+    expunged: bool = False  # expunged elsewhere, not yet reported to this session
+
+
+@dataclass
+class SelectedMailbox:
+    folder: FolderInfo
+    readonly: bool
+    uids: list[int] = field(default_factory=list)  # index + 1 is the message number
+    entries: dict[int, Entry] = field(default_factory=dict)
+    modseq: int = 0  # the highest change applied
+    _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
+    _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
+
+    @classmethod
+    def from_rows(cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool) -> SelectedMailbox:
+        box = cls(folder, readonly, modseq=folder.highestmodseq)
+        for row in rows:
+            box.uids.append(row.uid)
+            box.entries[row.uid] = Entry(
+                row.uid, tuple(row.flags), row.size, row.internaldate, row.modseq, row.blob_id
+            )
+        return box
+
+    # -- numbering -----------------------------------------------------------------------------
+    @property
+    def exists(self) -> int:
+        return len(self.uids)
+
+    def msn(self, uid: int) -> int | None:
+        index = bisect.bisect_left(self.uids, uid)
+        if index < len(self.uids) and self.uids[index] == uid:
+            return index + 1
+        return None
+
+    def resolve(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """(message number, UID) pairs a set designates, in message-number order.
+
+        Message numbers beyond the mailbox raise ``ValueError`` (a client error, answered BAD);
+        UIDs that do not exist are simply absent (RFC 3501 §6.4.8).
+        """
+        if not self.uids:
+            if not uid and any(start is not None or end is not None for start, end in sequence.ranges):
+                raise ValueError("Invalid message sequence number: the mailbox is empty")
+            return []
+        if uid:
+            largest = self.uids[-1]
+            out: list[tuple[int, int]] = []
+            for low, high in sorted(sequence.bounds(largest)):
+                start = bisect.bisect_left(self.uids, low)
+                stop = bisect.bisect_right(self.uids, high)
+                out.extend((i + 1, self.uids[i]) for i in range(start, stop))
+            return sorted(set(out))
+        count = len(self.uids)
+        for _low, high in sequence.bounds(count):
+            if high > count:
+                raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
+        return [(n, self.uids[n - 1]) for n in sequence.numbers(count)]
+
+    def first_unseen(self) -> int | None:
+        for index, uid in enumerate(self.uids):
+            if "\\Seen" not in self.entries[uid].flags:
+                return index + 1
+        return None
+
+    def keywords(self) -> list[str]:
+        found: dict[str, None] = {}
+        for entry in self.entries.values():
+            for flag in entry.flags:
+                if not flag.startswith("\\"):
+                    found.setdefault(flag)
+        return sorted(found)
+
+    # -- changes -------------------------------------------------------------------------------
+    def set_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
+        """This session's own STORE: applied at once, nothing pending."""
+        entry = self.entries.get(uid)
+        if entry is not None and modseq >= entry.modseq:
+            entry.flags, entry.modseq = flags, modseq
+            self._flag_news.discard(uid)
+
+    def remove(self, uids: Iterable[int]) -> list[int]:
+        """This session's own EXPUNGE/MOVE: the message numbers to report, highest first."""
+        numbers = []
+        for uid in sorted(set(uids), reverse=True):
+            n = self.msn(uid)
+            if n is None:
+                continue
+            numbers.append(n)
+            del self.uids[n - 1]
+            self.entries.pop(uid, None)
+            self._flag_news.discard(uid)
+        return numbers
+
+    def absorb(self, changes: Iterable[FolderChange]) -> list[int]:
+        """Take in changes from the feed; return UIDs of appended messages whose rows are needed."""
+        wanted: list[int] = []
+        for change in changes:
+            if change.folder_id != self.folder.id:
+                continue
+            self.modseq = max(self.modseq, change.modseq)
+            entry = self.entries.get(change.uid)
+            if change.kind == "append":
+                if (
+                    entry is None
+                    and change.uid not in self._new
+                    and (not self.uids or change.uid > self.uids[-1])
+                ):
+                    self._new.append(change.uid)
+                    wanted.append(change.uid)
+            elif change.kind == "expunge":
+                if entry is not None:
+                    entry.expunged = True
+                elif change.uid in self._new:
+                    self._new.remove(change.uid)
+            elif (
+                change.kind == "flags"
+                and entry is not None
+                and not entry.expunged
+                and change.modseq > entry.modseq
+            ):
+                flags = tuple(change.flags.split()) if change.flags else ()
+                entry.modseq = change.modseq
+                if flags != entry.flags:
+                    entry.flags = flags
+                    self._flag_news.add(change.uid)
+        return wanted
+
+    def add_rows(self, rows: Iterable[MessageRow]) -> None:
+        """Rows of messages announced by :meth:`absorb`, read from the store."""
+        for row in rows:
+            if row.uid in self._new and row.uid not in self.entries:
+                self.entries[row.uid] = Entry(
+                    row.uid, tuple(row.flags), row.size, row.internaldate, row.modseq, row.blob_id
+                )
+
+    def updates(self, *, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
+        """Untagged responses for what changed since the last report, in a safe order."""
+        out: list[bytes] = []
+        if allow_expunge:
+            gone = [uid for uid in self.uids if self.entries[uid].expunged]
+            out.extend(b"* %d EXPUNGE" % number for number in self.remove(gone))
+        # Announce new messages whose rows we have, in UID order.
+        arrived = [uid for uid in self._new if uid in self.entries]
+        if arrived:
+            for uid in sorted(arrived):
+                if not self.uids or uid > self.uids[-1]:
+                    self.uids.append(uid)
+                self._new.remove(uid)
+            out.append(b"* %d EXISTS" % len(self.uids))
+        for uid in sorted(self._flag_news):
+            n = self.msn(uid)
+            entry = self.entries.get(uid)
+            if n is None or entry is None or entry.expunged:
+                continue
+            uid_part = b"UID %d " % uid if with_uid else b""
+            out.append(b"* %d FETCH (%sFLAGS %s)" % (n, uid_part, flag_list(entry.flags)))
+        self._flag_news.clear()
+        return out

@@ -1,0 +1,194 @@
+"""The IMAP listeners: asyncio streams, STARTTLS (143-style) and implicit TLS (993-style).
+
+A :class:`Connection` moves bytes: it feeds the framer, hands complete commands to the
+parser and the session, answers the framer's refusals, sends ``+`` continuations for
+synchronising literals, and streams large FETCH bodies from the store. Idle clients are
+logged out (RFC 3501 §5.4: at least 30 minutes once authenticated; one minute before).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from dataclasses import dataclass
+
+from mssante.imap.fetch import BlobSlice, Piece
+from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
+from mssante.imap.gate import Gate
+from mssante.imap.parser import ParseError, parse_command
+from mssante.imap.session import LOGOUT, NOT_AUTHENTICATED, Session
+from mssante.store.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+READ_SIZE = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_line: int = 64 * 1024
+    max_literal: int = 64 * 1024
+    max_append: int = 25 * 1024 * 1024
+    preauth_timeout: float = 60.0
+    idle_timeout: float = 30 * 60.0
+
+
+class Connection:
+    """One client connection; implements the session's :class:`~mssante.imap.session.Channel`."""
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        server: ImapServer,
+        *,
+        tls: bool,
+    ) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.server = server
+        self.tls = tls
+        peer = writer.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        limits = server.limits
+        self.framer = Framer(
+            max_line=limits.max_line, max_literal=limits.max_literal, max_append=limits.max_append
+        )
+        self.session = Session(
+            self,
+            server.store,
+            server.gate,
+            starttls_available=server.tls_context is not None,
+            hostname=server.hostname,
+        )
+
+    # -- Channel ---------------------------------------------------------------------------------
+    async def write(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def write_pieces(self, pieces: list[Piece]) -> None:
+        for piece in pieces:
+            if isinstance(piece, BlobSlice):
+                async for chunk in self.server.store.stream(piece.blob_id, piece.start, piece.end):
+                    self.writer.write(chunk)
+                    await self.writer.drain()
+            else:
+                self.writer.write(piece)
+        await self.writer.drain()
+
+    async def read_line(self) -> bytes | None:
+        while True:
+            try:
+                line = self.framer.next_line()
+            except LineTooLong:
+                return b""
+            if line is not None:
+                return line
+            data = await self._read()
+            if not data:
+                return None
+            self.framer.feed(data)
+
+    async def start_tls(self) -> None:
+        assert self.server.tls_context is not None
+        # Nothing the client sent before the handshake may be taken as a command after it.
+        self.framer = Framer(
+            max_line=self.server.limits.max_line,
+            max_literal=self.server.limits.max_literal,
+            max_append=self.server.limits.max_append,
+        )
+        await self.writer.start_tls(self.server.tls_context)
+        self.tls = True
+
+    # -- loop -------------------------------------------------------------------------------------
+    async def _read(self) -> bytes:
+        timeout = (
+            self.server.limits.preauth_timeout
+            if self.session.state == NOT_AUTHENTICATED
+            else self.server.limits.idle_timeout
+        )
+        try:
+            return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+        except TimeoutError:
+            await self.write(b"* BYE Autologout; idle for too long\r\n")
+            return b""
+
+    async def run(self) -> None:
+        try:
+            await self.session.greet()
+            while self.session.state != LOGOUT:
+                event = self.framer.next_event()
+                if event is None:
+                    data = await self._read()
+                    if not data:
+                        return
+                    self.framer.feed(data)
+                    continue
+                if isinstance(event, NeedContinuation):
+                    await self.write(b"+ Ready for literal data\r\n")
+                elif isinstance(event, Rejected):
+                    await self.write(f"{event.tag} {event.response}\r\n".encode())
+                elif isinstance(event, CommandReady):
+                    await self._command(event.data)
+        except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
+            log.debug("IMAP connection %s ended: %s", self.peer, exc)
+        finally:
+            self.session.close()
+            with contextlib.suppress(Exception):
+                self.writer.close()
+                await asyncio.wait_for(self.writer.wait_closed(), 5)
+
+    async def _command(self, data: bytes) -> None:
+        try:
+            command = parse_command(data)
+        except ParseError as exc:
+            await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
+            return
+        await self.session.handle(command)
+
+
+class ImapServer:
+    """IMAP over the message store; ``start`` opens a listener (several may share one server)."""
+
+    def __init__(
+        self,
+        store: MessageStore,
+        gate: Gate,
+        *,
+        tls_context: ssl.SSLContext | None = None,
+        hostname: str = "localhost",
+        limits: Limits | None = None,
+    ) -> None:
+        self.store = store
+        self.gate = gate
+        self.tls_context = tls_context
+        self.hostname = hostname
+        self.limits = limits or Limits()
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
+        if implicit_tls and self.tls_context is None:
+            raise ValueError("implicit TLS needs a TLS context")
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self._connections.add(task)
+            try:
+                await Connection(reader, writer, self, tls=implicit_tls).run()
+            finally:
+                self._connections.discard(task)
+
+        return await asyncio.start_server(
+            accept, host, port, ssl=self.tls_context if implicit_tls else None, limit=READ_SIZE
+        )
+
+    async def close_connections(self) -> None:
+        for task in list(self._connections):
+            task.cancel()
+        for task in list(self._connections):
+            with contextlib.suppress(BaseException):
+                await task
