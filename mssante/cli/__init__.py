@@ -204,7 +204,12 @@ def audit_show(
 
 
 # Area command groups (annuaire, users, certificates, delegation, DMP, queue) mount here.
-SUBCOMMAND_MODULES: tuple[str, ...] = ("mssante.cli.annuaire",)
+SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "mssante.cli.annuaire",
+    "mssante.cli.certs",
+    "mssante.cli.users",
+    "mssante.cli.demo",
+)
 
 
 def _mount_areas() -> None:

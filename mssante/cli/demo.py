@@ -1,0 +1,76 @@
+"""``mssante demo …``: helpers for demo mode.
+
+``demo token --as IDNAT`` signs an access token with the local test identity provider (key in
+``<data_dir>/demo-idp/``), which the server trusts when ``auth.demo_idp`` is on (``serve --demo``),
+so that a newcomer can log in with any OAUTHBEARER/XOAUTH2-capable client.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated
+
+import typer
+
+from mssante.cli._common import EXIT_USAGE, command_group, err_console, fail, settings
+
+app = command_group("demo", "Demo mode helpers.")
+
+
+def _guess_kind(identifier: str) -> str:
+    from mssante.auth.identity import InvalidIdentity, check_idnat, check_ins
+
+    for kind, check in (("professional", check_idnat), ("patient", check_ins)):
+        try:
+            check(identifier)
+            return kind
+        except InvalidIdentity:
+            pass
+    return "staff"
+
+
+@app.command("token")
+def token(
+    identifier: Annotated[
+        str, typer.Option("--as", help="IdNat_PS (e.g. 810102727017), INS matricule or staff local id.")
+    ],
+    kind: Annotated[
+        str | None, typer.Option(help="professional, staff or patient (default: guessed from --as).")
+    ] = None,
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=60, max=86400)] = 3600,
+    sasl: Annotated[
+        str | None, typer.Option(help="Print the base64 SASL initial response for OAUTHBEARER or XOAUTH2.")
+    ] = None,
+) -> None:
+    """Print a signed access token (JWT) for the demo identity provider."""
+    from mssante.auth.identity import IdentityKind, InvalidIdentity, check_idnat, check_ins, check_local_id
+    from mssante.auth.testidp import LocalIdP
+
+    chosen = kind or _guess_kind(identifier)
+    checks = {"professional": check_idnat, "patient": check_ins, "staff": check_local_id}
+    if chosen not in checks:
+        fail("--kind must be professional, staff or patient", EXIT_USAGE)
+    try:
+        value = checks[chosen](identifier)
+    except InvalidIdentity as exc:
+        fail(str(exc), EXIT_USAGE)
+    cfg = settings()
+    try:
+        idp = LocalIdP.for_settings(cfg)
+    except (OSError, ValueError) as exc:
+        fail(f"demo identity provider: {exc}")
+    jwt = idp.token(value, IdentityKind(chosen), ttl=ttl)
+    if sasl is None:
+        print(jwt)
+        return
+    if sasl.upper() == "OAUTHBEARER":
+        message = f"n,,\x01auth=Bearer {jwt}\x01\x01"
+    elif sasl.upper() == "XOAUTH2":
+        message = f"user={value}\x01auth=Bearer {jwt}\x01\x01"
+    else:
+        fail("--sasl must be OAUTHBEARER or XOAUTH2", EXIT_USAGE)
+    print(base64.b64encode(message.encode()).decode())
+    if not cfg.auth.demo_idp:
+        err_console.print(
+            "note: the server trusts this token only with auth.demo_idp = true (serve --demo)", style="yellow"
+        )
