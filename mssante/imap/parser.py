@@ -195,7 +195,7 @@ class _Reader:
                     raise self.error("Invalid escape in quoted string")
                 out.append(data[self.pos])
                 self.pos += 1
-            elif char in (0x0D, 0x0A, 0x00) or (char >= 0x80 and not self.utf8):
+            elif char in (0x0D, 0x0A, 0x00):  # 8-bit is UTF-8 as in RFC 9051; names still check
                 raise self.error("Invalid character in quoted string")
             else:
                 out.append(char)

@@ -179,6 +179,10 @@ class ImapServer:
             self._connections.add(task)
             try:
                 await Connection(reader, writer, self, tls=implicit_tls).run()
+            except asyncio.CancelledError:
+                # Server shutdown: the connection is closed by run()'s cleanup; ending the
+                # handler normally keeps asyncio from logging the cancellation as an error.
+                pass
             finally:
                 self._connections.discard(task)
 

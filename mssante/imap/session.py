@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import UTC
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -496,7 +497,8 @@ class Session:
                 args.mailbox,
                 args.message,
                 flags=args.flags,
-                internaldate=args.internaldate,
+                # In UTC: SQLite keeps no zone, so an offset would be silently dropped.
+                internaldate=args.internaldate.astimezone(UTC) if args.internaldate else None,
                 actor=self.actor,
                 source=self.source,
             )
