@@ -152,6 +152,40 @@ class AuthSection(_Section):
     bruteforce: BruteForceSection = Field(default_factory=BruteForceSection)
 
 
+# -- [notify] (events to patients and others, mssante/notify.py) ------------------------------
+class NotifySection(_Section):
+    """Where notification events go: a webhook (HMAC-SHA256 signed POST) or, unset, the log."""
+
+    webhook_url: str | None = None
+    secret: str | None = None
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    max_attempts: int = Field(default=8, ge=1, le=100)
+    backoff_base_seconds: float = Field(default=1.0, ge=0)
+    backoff_max_seconds: float = Field(default=300.0, ge=0)
+    queue_size: int = Field(default=10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _secret_with_webhook(self) -> NotifySection:
+        if self.webhook_url and not self.secret:
+            raise ValueError("a webhook_url needs a secret (the HMAC-SHA256 key)")
+        if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
+            raise ValueError("webhook_url must be an http(s) URL")
+        return self
+
+
+# -- [dmp] (the DMP store, dmp/) ----------------------------------------------------------------
+class DMPSection(_Section):
+    """The DMP store: gateway address for XDM deposits, reference tables, unpacking bounds."""
+
+    gateway_address: str = "dmp@demo.mssante.fr"
+    config_dir: Path | None = None
+    staff_profession: str = "54"
+    max_package_bytes: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
+    max_files: int = Field(default=64, ge=1)
+    max_ratio: int = Field(default=100, ge=1)
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -171,6 +205,8 @@ class Settings(BaseSettings):
     http: HTTPSection = Field(default_factory=HTTPSection)
     log: LogSection = Field(default_factory=LogSection)
     auth: AuthSection = Field(default_factory=AuthSection)
+    notify: NotifySection = Field(default_factory=NotifySection)
+    dmp: DMPSection = Field(default_factory=DMPSection)
 
     @classmethod
     def settings_customise_sources(
