@@ -37,6 +37,7 @@ MODEL_MODULES = (
     "annuaire.models",
     "mssante.store.models",
     "mssante.auth.models",
+    "dmp.models",
 )
 
 

@@ -1,0 +1,187 @@
+"""Every access decision of the DMP store, as pure functions of plain facts.
+
+Nothing here reads a database or a clock: the service gathers the facts (who acts, the
+patient's consent state, the document's flags, the matrix) and asks. Each answer is a
+:class:`Decision` whose ``reason`` is what the trace and the refusal message say.
+
+The rules (seed document, DESIGN.md §5):
+
+* every registered professional may feed, and only for a patient with a *qualified* INS;
+* only a document's author may mask, unmask, replace or delete it;
+* a professional reads a document only if the patient has not opposed, the professional has
+  consent (care team = presumed consent, or consent recorded) or uses break-glass while the
+  patient allows emergency access, the matrix allows the profession for the type, and the
+  document is not ``MASQUE_PS`` unless the reader is its author;
+* the patient sees everything but ``INVISIBLE_PATIENT``; a legal representative everything
+  but ``INVISIBLE_REP_LEGAUX`` and what hides from the patient;
+* deleted and replaced versions are read by nobody through the normal paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from dmp.codes import Matrix
+
+
+class Role(StrEnum):
+    PROFESSIONAL = "professional"
+    PATIENT = "patient"
+    LEGAL_REPRESENTATIVE = "legal_representative"
+
+
+class Consent(StrEnum):
+    """On what ground a professional's read was allowed (recorded in the trace)."""
+
+    CARE_TEAM = "care_team"
+    RECORDED = "recorded"
+    BREAK_GLASS = "break_glass"
+    AUTHOR = "author"
+
+
+# Visibility flags (TRE_A07 / MetaDMPMSS).
+MASQUE_PS = "MASQUE_PS"
+INVISIBLE_PATIENT = "INVISIBLE_PATIENT"
+INVISIBLE_REP_LEGAUX = "INVISIBLE_REP_LEGAUX"
+VISIBILITY_FLAGS = (MASQUE_PS, INVISIBLE_PATIENT, INVISIBLE_REP_LEGAUX)
+
+# Identity status of an INS: only QUAL (qualified) may be fed.
+QUALIFIED = "QUAL"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """Who acts. ``id`` is the IdNat_PS (professional, staff local id) or the INS (patient,
+    legal representative); ``registered`` says the professional is in the annuaire."""
+
+    role: Role
+    id: str
+    profession: str | None = None
+    registered: bool = False
+
+
+@dataclass(frozen=True)
+class PatientFacts:
+    ins: str
+    identity_status: str
+    opposition: bool = False
+    emergency_access: bool = True
+    care_team: frozenset[str] = frozenset()
+    consents: frozenset[str] = frozenset()
+    legal_representatives: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class DocumentFacts:
+    type_code: str
+    author: str
+    flags: frozenset[str] = frozenset()
+    status: str = "current"
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    reason: str
+    consent: Consent | None = None
+
+    def __bool__(self) -> bool:
+        return self.allowed
+
+
+def _no(reason: str) -> Decision:
+    return Decision(False, reason)
+
+
+def may_feed(actor: Actor, patient: PatientFacts) -> Decision:
+    if actor.role is not Role.PROFESSIONAL or not actor.registered:
+        return _no("only a professional registered in the annuaire may feed the DMP")
+    if patient.identity_status != QUALIFIED:
+        return _no(f"the patient's INS is not qualified (status {patient.identity_status})")
+    return Decision(True, "registered professional, qualified INS")
+
+
+def may_manage(actor: Actor, document: DocumentFacts) -> Decision:
+    """Mask, unmask, replace, delete: the author only, on a current version."""
+    if actor.role is not Role.PROFESSIONAL or actor.id != document.author:
+        return _no("only the author of a document may mask, unmask, replace or delete it")
+    if document.status != "current":
+        return _no(f"the document is {document.status}")
+    return Decision(True, "author", Consent.AUTHOR)
+
+
+def record_access(actor: Actor, patient: PatientFacts, *, break_glass: bool = False) -> Decision:
+    """May this actor open the patient's record at all (before looking at any document)?"""
+    if actor.role is Role.PATIENT:
+        if actor.id == patient.ins:
+            return Decision(True, "the patient")
+        return _no("a patient may only open their own record")
+    if actor.role is Role.LEGAL_REPRESENTATIVE:
+        if actor.id in patient.legal_representatives:
+            return Decision(True, "legal representative")
+        return _no("not a legal representative of this patient")
+    if patient.opposition:
+        return _no("the patient has opposed access to the DMP")
+    if actor.id in patient.care_team:
+        return Decision(True, "member of the care team (presumed consent)", Consent.CARE_TEAM)
+    if actor.id in patient.consents:
+        return Decision(True, "consent recorded", Consent.RECORDED)
+    if break_glass:
+        if patient.emergency_access:
+            return Decision(True, "break-glass (emergency access)", Consent.BREAK_GLASS)
+        return _no("the patient has not authorised emergency access (break-glass)")
+    return _no("no consent: not in the care team and no consent recorded")
+
+
+def visible(actor: Actor, patient: PatientFacts, document: DocumentFacts, matrix: Matrix) -> Decision:
+    """Given record access, may this actor see this document (in a list or by reading it)?"""
+    if document.status != "current":
+        return _no(f"the document is {document.status}")
+    flags = document.flags
+    if actor.role is Role.PATIENT:
+        if INVISIBLE_PATIENT in flags:
+            return _no("hidden from the patient (INVISIBLE_PATIENT)")
+        return Decision(True, "the patient")
+    if actor.role is Role.LEGAL_REPRESENTATIVE:
+        if INVISIBLE_REP_LEGAUX in flags or INVISIBLE_PATIENT in flags:
+            return _no("hidden from legal representatives")
+        return Decision(True, "legal representative")
+    if MASQUE_PS in flags and actor.id != document.author:
+        return _no("masked to professionals (MASQUE_PS)")
+    if not matrix.may_read(actor.profession, document.type_code):
+        return _no(
+            f"the authorisation matrix {matrix.version} does not allow profession "
+            f"{actor.profession or 'unknown'} to read type {document.type_code}"
+        )
+    return Decision(True, "authorisation matrix")
+
+
+def may_read(
+    actor: Actor,
+    patient: PatientFacts,
+    document: DocumentFacts,
+    matrix: Matrix,
+    *,
+    break_glass: bool = False,
+) -> Decision:
+    """Record access and document visibility together (one document)."""
+    opened = record_access(actor, patient, break_glass=break_glass)
+    if not opened:
+        return opened
+    seen = visible(actor, patient, document, matrix)
+    if not seen:
+        return seen
+    return Decision(True, f"{opened.reason}; {seen.reason}", opened.consent)
+
+
+def may_read_history(actor: Actor, patient: PatientFacts) -> Decision:
+    """The access trace is the patient's (and their legal representatives')."""
+    if actor.role in (Role.PATIENT, Role.LEGAL_REPRESENTATIVE):
+        return record_access(actor, patient)
+    return _no("only the patient and their legal representatives read the access history")
+
+
+def outside_care_team(actor: Actor, patient: PatientFacts) -> bool:
+    """A professional read that the patient must be told about."""
+    return actor.role is Role.PROFESSIONAL and actor.id not in patient.care_team
