@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC
 from collections.abc import Awaitable, Callable
+from datetime import UTC
 from typing import Protocol
 
 from mssante import __version__ as _version
@@ -45,7 +45,7 @@ from mssante.imap.gate import Gate, Principal, Refusal, plain_initial
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
 from mssante.imap.search import Candidate, matches, needs
-from mssante.store.feed import Subscription
+from mssante.store.feed import FolderChange, Subscription
 from mssante.store.store import FolderNotFound, MessageStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -250,11 +250,20 @@ class Session:
         allow_expunge = command.uid or command.name not in ("FETCH", "STORE", "SEARCH")
         await self._sync(allow_expunge=allow_expunge, durable=durable, with_uid=command.uid)
 
-    async def _sync(self, *, allow_expunge: bool, durable: bool = False, with_uid: bool = False) -> None:
+    async def _sync(
+        self,
+        *,
+        allow_expunge: bool,
+        durable: bool = False,
+        with_uid: bool = False,
+        heard: list[FolderChange] | None = None,
+    ) -> None:
         box = self.box
         if box is None:
             return
-        changes = self.subscription.drain() if self.subscription is not None else []
+        changes = list(heard or [])
+        if self.subscription is not None:
+            changes += self.subscription.drain()
         if durable:
             changes += await self.store.changes_since(box.folder.id, box.modseq)
             changes.sort(key=lambda c: c.modseq)
@@ -523,10 +532,8 @@ class Session:
                 done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
                 if change_task is not None:
                     if change_task in done:
-                        assert self.box is not None
-                        self.box.absorb([change_task.result()])
                         await asyncio.sleep(0)  # let a burst of changes arrive together
-                        await self._sync(allow_expunge=True)
+                        await self._sync(allow_expunge=True, heard=[change_task.result()])
                     else:
                         change_task.cancel()
                 if reader in done:

@@ -10,6 +10,8 @@ Dialogue format, one directive per line:
 ``# ...``        a comment; blank lines are ignored
 ``@starttls``    (connection 1) upgrade to TLS after the server's OK to STARTTLS
 ``@plain``       (first line only) connect without TLS instead of implicit TLS
+``@settle``      wait 50 ms: the change feed reaches other sessions just after the author
+                 hears its OK, so a step that depends on another session's change waits
 """
 
 from __future__ import annotations
@@ -221,6 +223,9 @@ async def run_dialogue(running: Running, path: Path) -> None:
             stripped = text.strip()
             if not stripped or stripped.startswith("#") or stripped == "@plain":
                 continue
+            if stripped == "@settle":
+                await asyncio.sleep(0.05)
+                continue
             if stripped == "@starttls":
                 await (await client("")).start_tls(running)
                 continue
@@ -232,7 +237,12 @@ async def run_dialogue(running: Running, path: Path) -> None:
             if kind == "C":
                 await c.send(body.encode("utf-8").replace(b"\\r\\n", b"\r\n") + b"\r\n")
                 continue
-            got = await c.line()
+            try:
+                got = await c.line()
+            except TimeoutError:
+                raise AssertionError(
+                    f"{path.name}:{number}: expected {body!r}, server sent nothing"
+                ) from None
             if not pattern(body).fullmatch(got):
                 raise AssertionError(f"{path.name}:{number}: expected {body!r}\n{' ' * 20}got {got!r}")
     finally:
