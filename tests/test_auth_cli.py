@@ -158,3 +158,17 @@ async def test_demo_token_is_trusted_in_demo_mode(data_dir: Path) -> None:
     normal = Authenticator(engine, load_settings(None, server={"data_dir": str(data_dir)}))
     assert normal.mechanisms(TLS) == ["PLAIN"]
     engine.dispose()
+
+
+def test_prepare_demo(data_dir: Path) -> None:
+    from mssante.auth.devpki import prepare_demo
+
+    settings = load_settings(None, server={"data_dir": str(data_dir)})
+    done = prepare_demo(settings)
+    assert len(done) == 3 and settings.auth.demo_idp
+    assert settings.tls.cert_file == data_dir / "certs" / "server.pem"
+    assert server_context(settings.tls, client_certs="optional") is not None
+    again = load_settings(None, server={"data_dir": str(data_dir)})
+    assert prepare_demo(again) == [
+        "trusting the local demo identity provider (mssante demo token --as IDNAT)"
+    ]

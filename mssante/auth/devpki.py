@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from mssante.config import Settings
 from mssante.tls import fingerprint
 
 RSA_BITS = 2048
@@ -182,3 +183,39 @@ class DevCA:
 def server_hostnames(configured: str) -> list[str]:
     """The names a development server certificate covers: the configured host name and loopback."""
     return list(dict.fromkeys([configured, "localhost", "127.0.0.1"]))
+
+
+def ensure_dev_pki(directory: Path, hostname: str, *, force: bool = False) -> tuple[DevCA, list[str]]:
+    """The development CA and server certificate in ``directory``, created when missing (or
+    replaced with ``force``); returns the CA and what was done."""
+    done: list[str] = []
+    if force or not (directory / "ca.pem").exists():
+        ca = DevCA.create(directory)
+        done.append(f"created development CA {ca.cert_file}")
+    else:
+        ca = DevCA.load(directory)
+    if force or not (directory / "server.pem").exists():
+        names = server_hostnames(hostname)
+        issued = ca.issue_server(directory, names)
+        done.append(f"created server certificate {issued.cert_file} for {', '.join(names)}")
+    return ca, done
+
+
+def prepare_demo(settings: Settings) -> list[str]:
+    """Make a settings object ready for demo mode (``serve --demo``), saying what it did.
+
+    Creates the development PKI in ``<data_dir>/certs`` when missing, points the unset ``tls.*``
+    files at it, and trusts the local test identity provider (``auth.demo_idp``), so that
+    ``mssante demo token --as IDNAT`` gives a working OAUTHBEARER/XOAUTH2 login.
+    """
+    directory = settings.data_dir / "certs"
+    _ca, done = ensure_dev_pki(directory, settings.server.hostname)
+    tls = settings.tls
+    if tls.cert_file is None:
+        tls.cert_file, tls.key_file = directory / "server.pem", directory / "server.key"
+    if tls.ca_file is None:
+        tls.ca_file = directory / "ca.pem"
+    if not settings.auth.demo_idp:
+        settings.auth.demo_idp = True
+        done.append("trusting the local demo identity provider (mssante demo token --as IDNAT)")
+    return done

@@ -19,6 +19,11 @@ from mssante.cli._common import command_group, console, fail, settings
 app = command_group("certs", "Certificates (development PKI).")
 
 
+def _say(text: str, *, markup: bool = True) -> None:
+    # Paths and fingerprints are copied by hand: never wrap them.
+    console.print(text, highlight=False, soft_wrap=True, markup=markup)
+
+
 @app.command("dev")
 def dev(
     app_names: Annotated[
@@ -30,37 +35,31 @@ def dev(
     ] = False,
 ) -> None:
     """Create a development CA, a server certificate and client certificates for APP mailboxes."""
-    from mssante.auth.devpki import DevCA, server_hostnames
+    from mssante.auth.devpki import ensure_dev_pki
 
     cfg = settings()
     directory = cfg.data_dir / "certs"
     try:
-        if force or not (directory / "ca.pem").exists():
-            ca = DevCA.create(directory)
-            console.print(f"created development CA {ca.cert_file}")
-        else:
-            ca = DevCA.load(directory)
-            console.print(f"using existing development CA {ca.cert_file}")
-        if force or not (directory / "server.pem").exists():
-            names = server_hostnames(cfg.server.hostname)
-            server = ca.issue_server(directory, names)
-            console.print(f"server certificate {server.cert_file} for {', '.join(names)}")
+        ca, done = ensure_dev_pki(directory, cfg.server.hostname, force=force)
+        for line in done or [f"using existing development CA {ca.cert_file}"]:
+            _say(line)
         for name in app_names or []:
             client = ca.issue_client(directory / "clients", name)
-            console.print(f"client certificate {client.cert_file} (key {client.key_file})")
-            console.print(f"  subject {client.subject}")
-            console.print(f"  sha256  {client.fingerprint}")
-            console.print(f"  bind it: mssante user add <login> --kind application --cert {client.cert_file}")
+            _say(f"client certificate {client.cert_file} (key {client.key_file})")
+            _say(f"  subject {client.subject}")
+            _say(f"  sha256  {client.fingerprint}")
+            _say(
+                f"  bind it: mssante user add <login> --kind application --cert {client.cert_file}",
+            )
     except (OSError, ValueError) as exc:
         fail(f"cannot write the development PKI in {directory}: {exc}")
     _print_config(directory)
 
 
 def _print_config(directory: Path) -> None:
-    console.print("configuration:", highlight=False)
-    console.print(
+    _say("configuration:")
+    _say(
         f'[tls]\ncert_file = "{directory / "server.pem"}"\nkey_file = "{directory / "server.key"}"\n'
         f'ca_file = "{directory / "ca.pem"}"',
-        highlight=False,
         markup=False,
     )

@@ -110,7 +110,7 @@ def add(
             return f"{account.login}: application {row.subject} sha256 {row.fingerprint}"
         return f"{account.login}: {accounts.identity_of(account).principal}"
 
-    console.print(f"created {_write(work)}", highlight=False)
+    console.print(f"created {_write(work)}", highlight=False, soft_wrap=True)
 
 
 @app.command("passwd")
@@ -132,8 +132,13 @@ def totp(login: str) -> None:
     actor = _actor()
     secret = _write(lambda s: accounts.enrol_totp(s, login, actor=actor))
     issuer = settings().server.hostname
-    console.print(f"TOTP secret: {secret}", highlight=False)
-    console.print(passwords.totp_uri(secret, login.strip().lower(), issuer), highlight=False, markup=False)
+    console.print(f"TOTP secret: {secret}", highlight=False, soft_wrap=True)
+    console.print(
+        passwords.totp_uri(secret, login.strip().lower(), issuer),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
     console.print("From now on, log in with the password followed by the 6-digit code (or password:code).")
 
 
