@@ -354,3 +354,13 @@ async def test_event_loop_stays_free(make_auth: MakeAuth, doctor: str) -> None:
     await task
     assert all(isinstance(r, AuthSuccess) for r, _ in results)
     assert max(gaps) < 0.1, f"event loop blocked for {max(gaps):.3f}s while {elapsed:.3f}s of auth ran"
+
+
+def test_ip_counter_keys() -> None:
+    from mssante.auth.throttle import ip_key
+
+    assert ip_key("192.0.2.1") == "192.0.2.1"
+    assert ip_key("::ffff:192.0.2.1") == "192.0.2.1"
+    assert ip_key("2001:db8:1:2:aaaa::1") == ip_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
+    assert ip_key("fe80::1%eth0") == "fe80::/64"
+    assert ip_key("not an address") == "not an address"

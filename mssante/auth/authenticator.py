@@ -184,7 +184,9 @@ class Authenticator:
         key = _claimed_key(credential, ex.tls)
         with Session(self.engine) as session:
             lock = throttle.locked_until(
-                session, [(throttle.IP, ex.client_ip)] + ([(throttle.IDENTITY, key)] if key else []), now
+                session,
+                [(throttle.IP, throttle.ip_key(ex.client_ip))] + ([(throttle.IDENTITY, key)] if key else []),
+                now,
             )
         if lock is not None:
             checked = _Checked(None, "locked", FailureKind.LOCKED, throttle.Penalty(0.0, lock))
@@ -294,7 +296,8 @@ class Authenticator:
                 )
                 return
             if count:
-                penalties = [throttle.record_failure(session, self.policy, throttle.IP, ex.client_ip, now)]
+                ip = throttle.ip_key(ex.client_ip)
+                penalties = [throttle.record_failure(session, self.policy, throttle.IP, ip, now)]
                 if key:
                     penalties.append(
                         throttle.record_failure(session, self.policy, throttle.IDENTITY, key, now)

@@ -12,6 +12,7 @@ The delay is returned, not slept: the front door awaits it, the event loop stays
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 
 from sqlalchemy import delete, select
@@ -28,6 +29,20 @@ IDENTITY, IP = "identity", "ip"
 class Penalty:
     delay: float = 0.0
     locked_until: float | None = None
+
+
+def ip_key(address: str) -> str:
+    """The counter key of a client address: IPv4 as is (IPv4-mapped IPv6 unwrapped), IPv6 by
+    its /64, since one host usually holds a whole /64 and could rotate through it."""
+    try:
+        ip = ipaddress.ip_address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return address[:64]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    return str(ip)
 
 
 def locked_until(session: Session, keys: list[tuple[str, str]], now: float) -> float | None:
