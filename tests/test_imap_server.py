@@ -1,0 +1,76 @@
+"""Server behaviour that dialogues cannot show: memory bounds under hostile input, streaming
+of large bodies, the audit trail of reads."""
+
+from __future__ import annotations
+
+import asyncio
+import tracemalloc
+from pathlib import Path
+
+from sqlalchemy import text
+
+from mssante.imap.server import Limits
+from mssante.runtime import Runtime
+from tests.helpers import make_message
+from tests.imap_dialogues.harness import Client, running_server
+
+BAL = "alice@demo.mssante.fr"
+
+
+async def _login(client: Client) -> None:
+    await client.line()
+    await client.send(b"a LOGIN alice wonderland\r\n")
+    assert (await client.line()).startswith("a OK")
+
+
+async def test_endless_line_and_huge_literal_keep_memory_bounded(runtime: Runtime, tmp_path: Path) -> None:
+    limits = Limits(max_line=8192, max_literal=8192)
+    async with running_server(runtime.store, tmp_path / "tls", limits=limits) as running:
+        client = await Client.connect(running)
+        await _login(client)
+        tracemalloc.start()
+        try:
+            await client.send(b"x1 SEARCH ")
+            for _ in range(200):  # 10 MB without a line break
+                await client.send(b"SUBJECT abc " * 4096)
+            await client.send(b"ALL\r\n")
+            assert await client.line(timeout=30) == "x1 BAD Command line too long"
+            # A non-synchronising literal beyond the limit: refused, counted off, never stored.
+            await client.send(b"x2 LOGIN {10000000+}\r\n")
+            for _ in range(100):
+                await client.send(b"\0" * 100_000)
+            await client.send(b" pw\r\n")
+            assert await client.line(timeout=30) == "x2 BAD Literal too large"
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024, peak
+        await client.send(b"x3 NOOP\r\n")
+        assert await client.line() == "x3 OK NOOP completed"
+        await client.close()
+
+
+async def test_large_body_streams_byte_identical_and_reads_are_audited(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    big = make_message(to=BAL, size=3 * 1024 * 1024)
+    await runtime.store.deliver(big, "dr.martin@demo.mssante.fr", [BAL])
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await _login(client)
+        await client.send(b"s SELECT INBOX\r\n")
+        while not (await client.line()).startswith("s OK"):
+            pass
+        await client.send(b"f FETCH 1 BODY.PEEK[]<1000.2000000>\r\n")
+        head = await asyncio.wait_for(client.reader.readline(), 5)
+        assert head == b"* 1 FETCH (BODY[]<1000> {2000000}\r\n"
+        body = await asyncio.wait_for(client.reader.readexactly(2_000_000), 10)
+        assert body == big[1000:2_001_000]
+        assert await client.line() == ")"
+        assert await client.line() == "f OK FETCH completed"
+        await client.send(b"l LOGOUT\r\n")
+        await client.line()
+        await client.close()
+    with runtime.engine.connect() as conn:
+        actions = [r[0] for r in conn.execute(text("SELECT action FROM audit_log ORDER BY seq"))]
+    assert "folder.select" in actions and "message.read" in actions
