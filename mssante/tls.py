@@ -118,6 +118,7 @@ class PeerCertificate:
     fingerprint: str  # SHA-256 of the DER encoding, lowercase hex
     issuer: str
     not_after: datetime
+    dns_names: tuple[str, ...] = ()  # subjectAltName DNS entries: what the relay gate matches
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +141,17 @@ def fingerprint(der: bytes) -> str:
 
 def describe_certificate(der: bytes) -> PeerCertificate:
     cert = x509.load_der_x509_certificate(der)
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        dns_names = tuple(name.lower() for name in san.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        dns_names = ()
     return PeerCertificate(
         subject=cert.subject.rfc4514_string(),
         fingerprint=fingerprint(der),
         issuer=cert.issuer.rfc4514_string(),
         not_after=cert.not_valid_after_utc,
+        dns_names=dns_names,
     )
 
 

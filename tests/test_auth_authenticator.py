@@ -364,3 +364,24 @@ def test_ip_counter_keys() -> None:
     assert ip_key("2001:db8:1:2:aaaa::1") == ip_key("2001:db8:1:2:bbbb::9") == "2001:db8:1:2::/64"
     assert ip_key("fe80::1%eth0") == "fe80::/64"
     assert ip_key("not an address") == "not an address"
+
+
+def test_failure_counters_are_race_free(auth_engine: Engine) -> None:
+    """Several server processes count failures of one key at once: no lost update, no error."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mssante.auth import throttle
+    from mssante.auth.models import FailureCounter
+
+    policy = BruteForceSection(lockout_failures=1000)
+
+    def fail_five(_: int) -> None:
+        for _ in range(5):
+            with transaction(auth_engine) as s:
+                throttle.record_failure(s, policy, throttle.IDENTITY, "login:target", time.time())
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(fail_five, range(8)))
+    with Session(auth_engine) as s:
+        row = s.scalars(select(FailureCounter).where(FailureCounter.key == "login:target")).one()
+    assert row.failures == 40

@@ -24,7 +24,14 @@ from mssante.auth.harness import DevPKI, run_sasl
 from mssante.auth.identity import IdentityKind
 from mssante.config import MSSANTE_CIPHERS, Settings, TLSSection
 from mssante.db import transaction
-from mssante.tls import ClientCertMode, TLSConfigError, client_context, server_context, tls_info
+from mssante.tls import (
+    ClientCertMode,
+    TLSConfigError,
+    client_context,
+    describe_certificate,
+    server_context,
+    tls_info,
+)
 
 pytest_plugins = ("mssante.auth.testing",)
 
@@ -132,6 +139,19 @@ def test_weak_suites_refused_and_mssante_suites_accepted(
     for suite in MSSANTE_CIPHERS.split(":"):
         assert s_client(policy_server.port, "-tls1_2", "-cipher", suite, tmp=tmp_path), suite
     assert s_client(policy_server.port, "-tls1_3", tmp=tmp_path)
+
+
+def test_describe_certificate(dev_pki: DevPKI) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    der = x509.load_pem_x509_certificate(dev_pki.server.cert_file.read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    peer = describe_certificate(der)
+    assert peer.fingerprint == dev_pki.server.fingerprint
+    assert peer.dns_names == ("localhost",)  # 127.0.0.1 is an IP entry, not a DNS name
+    assert peer.issuer == dev_pki.ca.cert.subject.rfc4514_string()
 
 
 def test_contexts_refuse_bad_configuration(dev_pki: DevPKI) -> None:
