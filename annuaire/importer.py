@@ -195,9 +195,23 @@ class _Batcher:
             if k not in existing
         ]
         if missing:
-            for r in self.conn.execute(insert(table).returning(table.c.id, key_col), missing):
-                ids[r._mapping[key]] = r.id
+            ids.update(self._insert(table, key, missing))
         return ids, len(missing), len(to_update)
+
+    def _insert(self, table: Table, key: str, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Bulk insert, then read the new ids back by key.
+
+        Plain executemany rather than INSERT … RETURNING: psycopg re-parses every multi-row
+        RETURNING statement, which made PostgreSQL imports three times slower.
+        """
+        self.conn.execute(insert(table), rows)
+        key_col = table.c[key]
+        return {
+            k: i
+            for i, k in self.conn.execute(
+                select(table.c.id, key_col).where(key_col.in_([r[key] for r in rows]))
+            )
+        }
 
     def apply(self, rows: list[ExtractionRow]) -> None:
         report = self.report
@@ -300,8 +314,8 @@ class _Batcher:
             self.conn.execute(update(_B).where(_B.c.id == bindparam("b_id")), to_update)
         if to_insert:
             lines = {r["address_key"]: r.pop("_line") for r in to_insert}
-            for r in self.conn.execute(insert(_B).returning(_B.c.id, _B.c.address_key), to_insert):
-                seen_rows.append({"bal_id": r.id, "line": lines[r.address_key]})
+            for k, bal_id in self._insert(_B, "address_key", to_insert).items():
+                seen_rows.append({"bal_id": bal_id, "line": lines[k]})
         if seen_rows:
             self.conn.execute(insert(_seen), seen_rows)
         report.added += len(to_insert)
