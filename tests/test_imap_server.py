@@ -71,6 +71,10 @@ async def test_large_body_streams_byte_identical_and_reads_are_audited(
         await client.send(b"l LOGOUT\r\n")
         await client.line()
         await client.close()
-    with runtime.engine.connect() as conn:
-        actions = [r[0] for r in conn.execute(text("SELECT action FROM audit_log ORDER BY seq"))]
+    for _ in range(100):  # read traces join the writer's next group commit
+        with runtime.engine.connect() as conn:
+            actions = [r[0] for r in conn.execute(text("SELECT action FROM audit_log ORDER BY seq"))]
+        if "message.read" in actions:
+            break
+        await asyncio.sleep(0.02)
     assert "folder.select" in actions and "message.read" in actions

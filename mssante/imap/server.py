@@ -24,6 +24,7 @@ from mssante.store.store import MessageStore
 log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
+WRITE_HIGH_WATER = 256 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Connection:
         self.writer = writer
         self.server = server
         self.tls = tls
+        self.task: asyncio.Task[object] | None = None
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         limits = server.limits
@@ -67,7 +69,9 @@ class Connection:
     # -- Channel ---------------------------------------------------------------------------------
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
-        await self.writer.drain()
+        # The transport sends at once when it can; wait only when the client reads slowly.
+        if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            await self.writer.drain()
 
     async def write_pieces(self, pieces: list[Piece]) -> None:
         for piece in pieces:
@@ -77,7 +81,8 @@ class Connection:
                     await self.writer.drain()
             else:
                 self.writer.write(piece)
-        await self.writer.drain()
+        if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
+            await self.writer.drain()
 
     async def read_line(self) -> bytes | None:
         while True:
@@ -117,6 +122,7 @@ class Connection:
             return b""
 
     async def run(self) -> None:
+        self.task = asyncio.current_task()
         try:
             await self.session.greet()
             while self.session.state != LOGOUT:
@@ -136,7 +142,7 @@ class Connection:
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.debug("IMAP connection %s ended: %s", self.peer, exc)
         finally:
-            self.session.close()
+            await self.session.finish()
             with contextlib.suppress(Exception):
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
@@ -167,32 +173,40 @@ class ImapServer:
         self.tls_context = tls_context
         self.hostname = hostname
         self.limits = limits or Limits()
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: set[Connection] = set()
 
     async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
         if implicit_tls and self.tls_context is None:
             raise ValueError("implicit TLS needs a TLS context")
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            task = asyncio.current_task()
-            assert task is not None
-            self._connections.add(task)
+            connection = Connection(reader, writer, self, tls=implicit_tls)
+            self._connections.add(connection)
             try:
-                await Connection(reader, writer, self, tls=implicit_tls).run()
+                await connection.run()
             except asyncio.CancelledError:
-                # Server shutdown: the connection is closed by run()'s cleanup; ending the
-                # handler normally keeps asyncio from logging the cancellation as an error.
+                # Forced shutdown: run()'s cleanup closed the socket; ending the handler
+                # normally keeps asyncio from logging the cancellation as an error.
                 pass
             finally:
-                self._connections.discard(task)
+                self._connections.discard(connection)
 
         return await asyncio.start_server(
             accept, host, port, ssl=self.tls_context if implicit_tls else None, limit=READ_SIZE
         )
 
-    async def close_connections(self) -> None:
-        for task in list(self._connections):
+    async def close_connections(self, timeout: float = 5.0) -> None:
+        """Shut every connection: close its socket, let its session finish (pending audit
+        records), and cancel only what is still running after ``timeout``."""
+        connections = list(self._connections)
+        for connection in connections:
+            connection.writer.close()
+        tasks = [c.task for c in connections if c.task is not None]
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
             task.cancel()
-        for task in list(self._connections):
+        for task in pending:
             with contextlib.suppress(BaseException):
                 await task

@@ -145,6 +145,7 @@ class Session:
         self.principal: Principal | None = None
         self.box: SelectedMailbox | None = None
         self.subscription: Subscription | None = None
+        self._traces: set[asyncio.Future[None]] = set()
         self._handlers: dict[str, tuple[tuple[str, ...], Callable[[Command], Awaitable[str]]]] = {
             "CAPABILITY": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), self._capability),
             "NOOP": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), self._noop),
@@ -275,6 +276,28 @@ class Session:
         for line in box.updates(allow_expunge=allow_expunge, with_uid=with_uid):
             await self.channel.write(line + b"\r\n")
 
+    def _trace(self, event: AuditEvent) -> None:
+        """Record a read in the audit trail without holding the answer for the commit.
+
+        The read has happened whether or not the client waits; the record joins the writer's
+        next group commit, and :meth:`finish` waits for every pending record.
+        """
+        task = asyncio.ensure_future(self.store.record(event))
+        self._traces.add(task)
+        task.add_done_callback(self._traced)
+
+    def _traced(self, task: asyncio.Future[None]) -> None:
+        self._traces.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("IMAP audit record failed: %s", task.exception())
+
+    async def finish(self) -> None:
+        """End of connection: stop listening and wait for pending audit records."""
+        self.close()
+        if self._traces:
+            # Shielded: a connection torn down mid-way must not cancel a record in the writer.
+            await asyncio.shield(asyncio.gather(*self._traces, return_exceptions=True))
+
     def _wire_name(self, name: str) -> bytes:
         return astring(mutf7.encode(name))
 
@@ -395,7 +418,7 @@ class Session:
             await self.untagged(f"OK [UNSEEN {unseen}] First unseen")
         await self.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
         await self.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID")
-        await self.store.record(
+        self._trace(
             AuditEvent(
                 actor=self.actor,
                 action="folder.examine" if readonly else "folder.select",
@@ -620,7 +643,7 @@ class Session:
                 pieces = await message_response(self.store, n, entry, items, metas.get(entry.blob_id))
                 await self.channel.write_pieces(pieces)
         if bodies and live:
-            await self.store.record(
+            self._trace(
                 AuditEvent(
                     actor=self.actor,
                     action="message.read",
