@@ -4,13 +4,16 @@ keeps what it was given. Only tests import this module (``pytest_plugins = ("dmp
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import date
 
 import pytest
 
 from annuaire.service import add_bal, add_patient_bal, add_professional
+from dmp.models import OID_INS_NIR
 from dmp.service import DMPService, Traits
+from dmp.xdm import XdmAuthor, XdmDocument, XdmPackage, XdmPatient
 from mssante.config import NotifySection
 from mssante.db import transaction
 from mssante.notify import Event, Notifier
@@ -78,3 +81,45 @@ def dmp_service(runtime: Runtime) -> Iterator[DMPService]:
     seed(service)
     yield service
     service.notifier.close()
+
+
+def cda(
+    ins: str = INS, type_code: str = "34112-3", title: str = "CR d'hospitalisation", oid: str = OID_INS_NIR
+) -> bytes:
+    """A minimal CDA R2 whose recordTarget carries the INS (enough for the deposit checks)."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        '<ClinicalDocument xmlns="urn:hl7-org:v3">'
+        f'<code code="{type_code}" codeSystem="2.16.840.1.113883.6.1"/><title>{title}</title>'
+        f'<recordTarget><patientRole><id root="{oid}" extension="{ins}"/></patientRole></recordTarget>'
+        "<component><nonXMLBody><text>Séjour, SECRET-CONTENT.</text></nonXMLBody></component>"
+        "</ClinicalDocument>"
+    ).encode()
+
+
+PDF = b"%PDF-1.4\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n"
+
+
+def package(
+    *,
+    ins: str = INS,
+    author: str = MEDECIN_TRAITANT,
+    documents: tuple[XdmDocument, ...] | None = None,
+    traits: Traits = TRAITS,
+    with_pdf: bool = False,
+) -> XdmPackage:
+    """A package for ``ins`` with one CDA (and optionally its PDF rendering)."""
+    who = XdmAuthor(author, PROFESSIONS.get(author, "10"), "Médecin", "PRO", "Test", "1750000000", "CH TEST")
+    docs = documents or (
+        XdmDocument(cda(ins), "34112-3", "CR d'hospitalisation", who, unique_id=f"2.25.{uuid.uuid4().int}"),
+    )
+    if with_pdf:
+        docs += (
+            XdmDocument(PDF, "34112-3", "CR (PDF)", who, format="PDF", mime_type="application/pdf",
+                        unique_id=f"2.25.{uuid.uuid4().int}"),
+        )  # fmt: skip
+    patient = XdmPatient(
+        ins, OID_INS_NIR, traits.birth_name, traits.first_given_name, traits.given_names,
+        traits.birth_date, traits.sex, traits.birthplace,
+    )  # fmt: skip
+    return XdmPackage(patient, docs, submission_id=f"2.25.{uuid.uuid4().int}")
