@@ -25,6 +25,7 @@ from mssante.auth.identity import Identity, IdentityKind
 from mssante.auth.offer import cleartext_allowed
 from mssante.auth.testidp import LocalIdP
 from mssante.config import AuthSection, BruteForceSection, Settings
+from mssante.crypto import KeyRing
 from mssante.db import transaction
 from mssante.tls import TLSInfo, describe_certificate
 
@@ -124,9 +125,15 @@ async def test_plain_wrong_password_and_unknown_login(
         assert audit.verify(s).ok
 
 
-async def test_plain_with_totp(make_auth: MakeAuth, doctor: str, auth_engine: Engine) -> None:
+async def test_plain_with_totp(
+    make_auth: MakeAuth, doctor: str, auth_engine: Engine, settings: Settings
+) -> None:
+    ring = KeyRing.load(settings.keyring_path)
     with transaction(auth_engine) as s:
-        secret = accounts.enrol_totp(s, doctor)
+        secret = accounts.enrol_totp(s, ring, doctor)
+        stored = accounts.get(s, doctor)
+        assert stored is not None and stored.totp_secret and secret not in stored.totp_secret
+        assert accounts.open_totp(ring, stored.totp_secret) == secret
     auth = make_auth()
     totp = pyotp.TOTP(secret)
     result, _ = await run_sasl(auth, "PLAIN", [plain(doctor, PASSWORD)], tls=TLS)

@@ -19,6 +19,7 @@ from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess
 from mssante.auth.harness import run_sasl
 from mssante.cli import app
 from mssante.config import load_settings
+from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.schema import upgrade
 from mssante.tls import TLSInfo, server_context
@@ -33,6 +34,7 @@ def data_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in [k for k in os.environ if k.startswith("MSSANTE_")]:
         monkeypatch.delenv(name)
     data = tmp_path / "data"
+    KeyRing.create(data / "keyring.json")
     engine = make_engine(f"sqlite:///{data / 'mssante.db'}")
     upgrade(engine)
     engine.dispose()

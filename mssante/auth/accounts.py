@@ -6,6 +6,8 @@ worker thread). Every change is written to the audit trail in the same transacti
 
 from __future__ import annotations
 
+import base64
+import binascii
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -25,6 +27,7 @@ from mssante.auth.identity import (
     check_local_id,
 )
 from mssante.auth.models import AccountCertificate, LocalAccount
+from mssante.crypto import KeyRing, KeyRingError, SealedKey
 from mssante.tls import fingerprint
 
 
@@ -117,13 +120,30 @@ def set_password(session: Session, login: str, password: str, *, actor: str = "o
     )
 
 
-def enrol_totp(session: Session, login: str, *, actor: str = "operator") -> str:
-    """Give the account a new TOTP secret (replacing any previous one) and return it."""
+def seal_totp(ring: KeyRing, secret: str) -> str:
+    """A TOTP secret as stored: wrapped by the key ring's active key."""
+    sealed = ring.wrap(base64.b32decode(secret))
+    return f"{sealed.key_id}:{base64.b64encode(sealed.wrapped).decode('ascii')}"
+
+
+def open_totp(ring: KeyRing, stored: str) -> str:
+    """The base32 TOTP secret of a stored value; KeyRingError if it cannot be opened."""
+    key_id, _, data = stored.partition(":")
+    try:
+        wrapped = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyRingError("stored TOTP secret is corrupt") from None
+    return base64.b32encode(ring.unwrap(SealedKey(key_id, wrapped))).decode("ascii")
+
+
+def enrol_totp(session: Session, ring: KeyRing, login: str, *, actor: str = "operator") -> str:
+    """Give the account a new TOTP secret (replacing any previous one), stored sealed by the key
+    ring; returns the secret in clear, to show once to the user."""
     account = _require(session, login)
     if account.kind == IdentityKind.APPLICATION:
         raise AccountError("application accounts authenticate by client certificate only")
     secret = passwords.new_totp_secret()
-    account.totp_secret, account.totp_last_step = secret, None
+    account.totp_secret, account.totp_last_step = seal_totp(ring, secret), None
     account.updated_at = datetime.now(UTC)
     audit.append(
         session,

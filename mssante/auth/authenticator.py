@@ -56,6 +56,7 @@ from mssante.auth.sasl import (
 from mssante.auth.testidp import LocalIdP
 from mssante.auth.tokens import TokenError, TokenValidator
 from mssante.config import Settings
+from mssante.crypto import KeyRing, KeyRingError
 from mssante.db import transaction
 from mssante.tls import TLSInfo
 
@@ -154,8 +155,10 @@ class Authenticator:
         writer_engine: Engine | None = None,
         authorize: Authorize = authorize_self_only,
         clock: Callable[[], float] = time.time,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.engine, self.writer = engine, writer_engine or engine
+        self._keyring = keyring  # opens TOTP secrets; loaded from storage.keyring when first needed
         self.settings, self.policy = settings, settings.auth.bruteforce
         self.authorize, self.clock = authorize, clock
         issuers = dict(settings.auth.issuers)
@@ -226,17 +229,24 @@ class Authenticator:
         if account is None or not account.totp_secret:
             ok = passwords.verify_password(account.password_hash if account else None, credential.password)
             return self._password_verdict(account, ok)
+        try:
+            secret = accounts.open_totp(self._ring(), account.totp_secret)
+        except KeyRingError as exc:
+            return _Checked(None, f"TOTP secret cannot be opened: {exc}", FailureKind.TEMPORARY)
         for password, code in passwords.split_code(credential.password) or [(credential.password, "")]:
             if not passwords.verify_password(account.password_hash, password):
                 continue
-            step = (
-                passwords.totp_step(account.totp_secret, code, account.totp_last_step, now) if code else None
-            )
+            step = passwords.totp_step(secret, code, account.totp_last_step, now) if code else None
             # Claim the time step atomically: a code observed on the wire cannot be replayed.
             if step is None or not self._claim_totp_step(account.id, step):
                 return _Checked(None, "bad or reused TOTP code")
             return self._password_verdict(account, True)
         return _Checked(None, "bad password")
+
+    def _ring(self) -> KeyRing:
+        if self._keyring is None:
+            self._keyring = KeyRing.load(self.settings.keyring_path)
+        return self._keyring
 
     def _claim_totp_step(self, account_id: int, step: int) -> bool:
         with transaction(self.writer) as session:

@@ -35,7 +35,8 @@ class LocalAccount(Base):
     local_id: Mapped[str | None] = mapped_column(String(128), index=True)
     display_name: Mapped[str | None] = mapped_column(String(200))
     password_hash: Mapped[str | None] = mapped_column(String(200))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    # Sealed with the key ring (``<key id>:<base64>``): a copied database reveals no second factor.
+    totp_secret: Mapped[str | None] = mapped_column(String(128))
     # Last accepted TOTP time step: a code is accepted once (no replay within its window).
     totp_last_step: Mapped[int | None] = mapped_column(BigInteger)
     disabled: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -16,6 +16,7 @@ from mssante.auth.devpki import DevCA
 from mssante.auth.harness import DevPKI
 from mssante.auth.testidp import LocalIdP
 from mssante.config import Settings
+from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.schema import upgrade
 
@@ -38,7 +39,10 @@ def dev_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPKI:
 
 @pytest.fixture
 def auth_engine(settings: Settings) -> Iterator[Engine]:
-    """An engine on the (parametrised) test database with the schema at head."""
+    """An engine on the (parametrised) test database with the schema at head, and the key ring
+    of ``settings`` (which seals TOTP secrets)."""
+    if not settings.keyring_path.exists():
+        KeyRing.create(settings.keyring_path)
     engine = make_engine(settings.database_url, writer=True)
     upgrade(engine)
     try:

@@ -128,10 +128,16 @@ def passwd(login: str, password_stdin: PasswordStdin = False) -> None:
 def totp(login: str) -> None:
     """Enrol (or re-enrol) a TOTP second factor; prints the secret and the otpauth:// URI once."""
     from mssante.auth import accounts, passwords
+    from mssante.crypto import KeyRing, KeyRingError
 
+    cfg = settings()
+    try:
+        ring = KeyRing.load(cfg.keyring_path)
+    except KeyRingError as exc:
+        fail(str(exc))
     actor = _actor()
-    secret = _write(lambda s: accounts.enrol_totp(s, login, actor=actor))
-    issuer = settings().server.hostname
+    secret = _write(lambda s: accounts.enrol_totp(s, ring, login, actor=actor))
+    issuer = cfg.server.hostname
     console.print(f"TOTP secret: {secret}", highlight=False, soft_wrap=True)
     console.print(
         passwords.totp_uri(secret, login.strip().lower(), issuer),
