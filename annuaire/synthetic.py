@@ -188,3 +188,16 @@ def generate(
         with path.open("w", encoding="utf-8", newline="") as f:
             count, bad = write_rows(f, data)
     return GeneratedFile(path, count, len(bad), bad)
+
+
+def write_finess_categories(path: Path, rows: int) -> int:
+    """A FINESS category file for the structures of an extraction of ``rows`` rows
+    (pharmacies 620, the others centres de santé 124); returns the number of pharmacies."""
+    pharmacies = 0
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("finess;categorie\n")
+        for n in range((rows + 9) // 10):
+            pharmacy = n % 7 == 0
+            pharmacies += pharmacy
+            f.write(f"{finess_of(n)};{'620' if pharmacy else '124'}\n")
+    return pharmacies

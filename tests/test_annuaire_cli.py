@@ -117,6 +117,12 @@ def test_whitelist_and_accounts(cli: Cli, tmp_path: Path) -> None:
         "type,address,professional,nom,profession\nPER,j.d@demo.mssante.fr,810000000042,D,60\n"
     )
     assert json.loads(cli("annuaire", "accounts", "import", str(accounts), "--json"))["added"] == 1
+    cli("annuaire", "add", "structure", "--id", "750000001", "--raison-sociale", "Pharmacie du Centre")
+    categories = tmp_path / "finess.csv"
+    categories.write_text("finess;categorie\n750000001;620\n")
+    assert (
+        json.loads(cli("annuaire", "finess", "import", str(categories), "--json"))["structures_updated"] == 1
+    )
 
 
 def test_usage_error_exits_2(tmp_path: Path) -> None:

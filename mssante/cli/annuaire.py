@@ -25,8 +25,10 @@ app = command_group("annuaire", "Directory of professionals, structures and mail
 whitelist_app = command_group("whitelist", "Operator whitelist (liste blanche).")
 accounts_app = command_group("accounts", "The operator's own accounts (TOML or CSV).")
 add_app = command_group("add", "Add or update a local entry of the annuaire.")
+finess_app = command_group("finess", "FINESS establishment categories of the structures.")
 app.add_typer(whitelist_app)
 app.add_typer(accounts_app)
+app.add_typer(finess_app)
 app.add_typer(add_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
@@ -92,7 +94,12 @@ def _print_report(report: Any, as_json: bool) -> None:
         str(report.rejected), str(report.rows), f"{report.seconds:.1f}",
     )  # fmt: skip
     console.print(table)
-    if report.professionals_added or report.structures_added or report.professionals_updated:
+    if (
+        report.professionals_added
+        or report.professionals_updated
+        or report.structures_added
+        or report.structures_updated
+    ):
         console.print(
             f"professionals: {report.professionals_added} added, {report.professionals_updated} updated; "
             f"structures: {report.structures_added} added, {report.structures_updated} updated"
@@ -180,6 +187,18 @@ def accounts_import(
 
     engine = _engine(writer=True)
     _print_report(_refused(lambda: import_accounts(engine, file, actor=_actor())), as_json)
+
+
+@finess_app.command("import")
+def finess_import(
+    file: Annotated[Path, typer.Argument(help="CSV 'finess;categorie', or the public FINESS (etalab) file.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Set the FINESS category of known structures (620 marks the pharmacies d'officine)."""
+    from annuaire.finess import import_categories
+
+    engine = _engine(writer=True)
+    _print_report(_refused(lambda: import_categories(engine, file, actor=_actor())), as_json)
 
 
 def _records_table(records: list[Any]) -> Table:
