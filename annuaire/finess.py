@@ -126,7 +126,7 @@ def import_categories(engine: Engine, path: Path, *, actor: str = "system") -> I
         audit.append(
             session,
             audit.AuditEvent(
-                actor=actor, action="annuaire.finess.import", object=path.name, source="annuaire",
+                actor=actor, action="annuaire.finess.import", object=path.name,
                 detail=report.counts(),
             ),
         )  # fmt: skip

@@ -382,7 +382,6 @@ def _record(session: Session, report: ImportReport, actor: str) -> None:
             actor=actor,
             action="annuaire.import",
             object=Path(report.file).name,
-            source="cli",
             outcome="ok",
             detail={**report.counts(), "full": report.full},
         ),

@@ -65,7 +65,7 @@ def _trace(
     generation.bump(session.connection())
     audit.append(
         session,
-        audit.AuditEvent(actor=actor, action=action, bal=bal, object=obj, source="annuaire", detail=detail),
+        audit.AuditEvent(actor=actor, action=action, bal=bal, object=obj, detail=detail),
     )
 
 

@@ -100,7 +100,6 @@ def import_whitelist(engine: Engine, path: Path, *, actor: str = "system") -> Im
                 actor=actor,
                 action="annuaire.whitelist.import",
                 object=source,
-                source="annuaire",
                 detail=report.counts(),
             ),
         )
