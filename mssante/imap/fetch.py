@@ -75,30 +75,46 @@ async def message_response(
     return _merge(pieces)
 
 
+def has_content(items: tuple[FetchItem, ...]) -> bool:
+    """Whether any item reads message content (then responses are built one by one)."""
+    return any(item.section is not None or item.name in _ALIASES for item in items)
+
+
+def metadata_response(
+    msn: int, entry: Entry, items: tuple[FetchItem, ...], meta: Json | None, *, utf8: bool = False
+) -> bytes:
+    """``* <msn> FETCH (...)`` for items that need no content: built without awaiting."""
+    return b"* %d FETCH (" % msn + b" ".join(_simple(entry, item, meta, utf8) for item in items) + b")\r\n"
+
+
+def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> bytes:
+    name = item.name
+    if name == "UID":
+        return b"UID %d" % entry.uid
+    if name == "FLAGS":
+        return b"FLAGS " + flag_list(entry.flags)
+    if name == "INTERNALDATE":
+        return b"INTERNALDATE " + internaldate(entry.internaldate)
+    if name == "RFC822.SIZE":
+        return b"RFC822.SIZE %d" % entry.size
+    assert meta is not None
+    if name == "ENVELOPE":
+        return b"ENVELOPE " + envelope(meta["envelope"], utf8=utf8)
+    if name == "BODYSTRUCTURE":
+        return b"BODYSTRUCTURE " + body_structure(meta["part"], extended=True)
+    if name == "BODY" and item.section is None:
+        return b"BODY " + body_structure(meta["part"], extended=False)
+    raise ValueError(f"{name} needs the message content")
+
+
 async def _item(
     store: MessageStore, entry: Entry, item: FetchItem, meta: Json | None, utf8: bool
 ) -> list[Piece]:
     name = item.name
-    if name == "UID":
-        return [b"UID %d" % entry.uid]
-    if name == "FLAGS":
-        return [b"FLAGS " + flag_list(entry.flags)]
-    if name == "INTERNALDATE":
-        return [b"INTERNALDATE " + internaldate(entry.internaldate)]
-    if name == "RFC822.SIZE":
-        return [b"RFC822.SIZE %d" % entry.size]
-    if name == "ENVELOPE":
-        assert meta is not None
-        return [b"ENVELOPE " + envelope(meta["envelope"], utf8=utf8)]
-    if name == "BODYSTRUCTURE":
-        assert meta is not None
-        return [b"BODYSTRUCTURE " + body_structure(meta["part"], extended=True)]
-    if name == "BODY" and item.section is None:
-        assert meta is not None
-        return [b"BODY " + body_structure(meta["part"], extended=False)]
     if name in _ALIASES:
         return await _section(store, entry, _ALIASES[name], None, meta, name.encode())
-    assert item.section is not None
+    if item.section is None:
+        return [_simple(entry, item, meta, utf8)]
     return await _section(store, entry, item.section, item.partial, meta, item.response_name().encode())
 
 

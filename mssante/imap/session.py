@@ -40,7 +40,7 @@ from mssante.imap.commands import (
     Status,
     Store,
 )
-from mssante.imap.fetch import Piece, message_response, needs_meta
+from mssante.imap.fetch import Piece, has_content, message_response, metadata_response, needs_meta
 from mssante.imap.gate import Gate, Principal, Refusal, plain_initial
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
@@ -73,6 +73,7 @@ BASE_CAPABILITIES = (
 )
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
+BODY_READ_AHEAD = 16
 
 
 class Channel(Protocol):
@@ -632,17 +633,23 @@ class Session:
                 for uid, flags, modseq in changed:
                     box.set_flags(uid, flags, modseq)
         with_meta = needs_meta(items)
-        bodies = any(
-            i.section is not None or (i.name.startswith("RFC822") and i.name != "RFC822.SIZE") for i in items
-        )
+        content = has_content(items)
         for i in range(0, len(live), META_BATCH):
             batch = live[i : i + META_BATCH]
             metas = await self.store.meta([box.entries[uid].blob_id for _, uid in batch]) if with_meta else {}
+            if not content:
+                await self.channel.write(
+                    b"".join(
+                        metadata_response(n, box.entries[uid], items, metas.get(box.entries[uid].blob_id))
+                        for n, uid in batch
+                    )
+                )
+                continue
             for n, uid in batch:
                 entry = box.entries[uid]
                 pieces = await message_response(self.store, n, entry, items, metas.get(entry.blob_id))
                 await self.channel.write_pieces(pieces)
-        if bodies and live:
+        if content and live:
             self._trace(
                 AuditEvent(
                     actor=self.actor,
@@ -699,13 +706,18 @@ class Session:
         candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
         for start in range(0, len(candidates), META_BATCH):
             batch = candidates[start : start + META_BATCH]
+            batch = [(n, e) for n, e in batch if not e.expunged]
             metas = await self.store.meta([e.blob_id for _, e in batch]) if want_meta else {}
-            for n, entry in batch:
-                if entry.expunged:
-                    continue
-                candidate = Candidate(n, entry, box.exists, largest_uid, metas.get(entry.blob_id))
-                if want_body:
-                    candidate.raw = await self.store.body(entry.blob_id)
+            raws: list[bytes | None] = [None] * len(batch)
+            if want_body:
+                # Bodies are decrypted by the store's worker threads, several at a time.
+                for k in range(0, len(batch), BODY_READ_AHEAD):
+                    chunk = batch[k : k + BODY_READ_AHEAD]
+                    raws[k : k + len(chunk)] = await asyncio.gather(
+                        *(self.store.body(e.blob_id) for _, e in chunk)
+                    )
+            for (n, entry), raw in zip(batch, raws, strict=True):
+                candidate = Candidate(n, entry, box.exists, largest_uid, metas.get(entry.blob_id), raw)
                 if matches(args.key, candidate):
                     found.append(entry.uid if command.uid else n)
         await self.untagged("SEARCH" + "".join(f" {n}" for n in found))
