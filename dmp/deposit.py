@@ -21,8 +21,10 @@ metadata is the acting professional — and must be registered in the annuaire, 
 from __future__ import annotations
 
 import logging
+import unicodedata
 from dataclasses import dataclass, field
 from email import policy
+from email.header import Header
 from email.message import EmailMessage, Message
 from email.mime.application import MIMEApplication
 from email.mime.base import MIMEBase
@@ -78,6 +80,11 @@ class DepositResult:
     @property
     def ok(self) -> bool:
         return self.code is None
+
+
+def _ascii(text: str) -> str:
+    """MDN fields are US-ASCII (RFC 8098): the label without its accents."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
 class _Failure(Exception):
@@ -266,7 +273,9 @@ class Depositor:
             to = sender_bal
         outer["From"] = self.gateway
         outer["To"] = to
-        outer["Subject"] = subject if not result.ok else f"Accusé de traitement : {subject}"
+        outer["Subject"] = Header(
+            subject if not result.ok else f"Accusé de traitement : {subject}", "utf-8"
+        ).encode()
         outer["Date"] = formatdate(localtime=False)
         outer["Message-ID"] = make_msgid(domain=self.gateway.split("@", 1)[-1])
         original_id = str(original.get("Message-ID") or "").strip()
@@ -274,7 +283,7 @@ class Depositor:
             outer["In-Reply-To"] = original_id
             outer["References"] = original_id
         outer["Auto-Submitted"] = "auto-replied"
-        return Answer(self.gateway, to, outer.as_bytes(policy=policy.SMTP))
+        return Answer(self.gateway, to, outer.as_bytes(policy=policy.compat32.clone(linesep="\r\n")))
 
     def _human(self, result: DepositResult) -> str:
         if result.ok:
@@ -298,7 +307,8 @@ class Depositor:
         outer.attach(MIMEText(self._human(result), "plain", "utf-8"))
         disposition = "automatic-action/MDN-sent-automatically; processed"
         if not result.ok:
-            disposition += f"/Error: {result.code}^{LABELS.get(result.code or E_OTHER, LABELS[E_OTHER])}"
+            label = LABELS.get(result.code or E_OTHER, LABELS[E_OTHER])
+            disposition += f"/Error: {result.code}^{_ascii(label)}"
         original_recipient = str(original.get("Original-Recipient") or f"rfc822;{target}").strip()
         fields = [
             f"Reporting-UA: {self.settings.server.hostname}; mssante",
@@ -309,9 +319,8 @@ class Depositor:
             fields.append(f"Original-Message-ID: {str(original['Message-ID']).strip()}")
         fields.append(f"Disposition: {disposition}")
         report = MIMEBase("message", "disposition-notification")
-        report.set_payload("\r\n".join(fields) + "\r\n", charset="utf-8")
-        del report["Content-Transfer-Encoding"]
-        report["Content-Transfer-Encoding"] = "8bit"
+        report.set_payload("\r\n".join(fields) + "\r\n")
+        report["Content-Transfer-Encoding"] = "7bit"
         outer.attach(report)
         self._reattach(outer, attached)
         return outer
