@@ -97,14 +97,37 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % entry.size
+    if name in STRUCTURE_ITEMS and not utf8 and entry.rendered is not None:
+        cached = entry.rendered.get(name)
+        if cached is not None:
+            return cached
     assert meta is not None
     if name == "ENVELOPE":
-        return b"ENVELOPE " + envelope(meta["envelope"], utf8=utf8)
-    if name == "BODYSTRUCTURE":
-        return b"BODYSTRUCTURE " + body_structure(meta["part"], extended=True)
-    if name == "BODY" and item.section is None:
-        return b"BODY " + body_structure(meta["part"], extended=False)
-    raise ValueError(f"{name} needs the message content")
+        rendered = b"ENVELOPE " + envelope(meta["envelope"], utf8=utf8)
+    elif name == "BODYSTRUCTURE":
+        rendered = b"BODYSTRUCTURE " + body_structure(meta["part"], extended=True)
+    elif name == "BODY" and item.section is None:
+        rendered = b"BODY " + body_structure(meta["part"], extended=False)
+    else:
+        raise ValueError(f"{name} needs the message content")
+    if not utf8:
+        if entry.rendered is None:
+            entry.rendered = {}
+        entry.rendered[name] = rendered
+    return rendered
+
+
+STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
+
+
+def missing_structures(entries: list[Entry], items: tuple[FetchItem, ...]) -> list[int]:
+    """Blobs whose stored structure must still be read: not yet rendered in this session.
+
+    Renderings live on the session's entries (keyed by UID, never reused in a mailbox), not
+    in a process-wide cache keyed by blob id, which a database may reuse after a deletion.
+    """
+    names = [i.name for i in items if i.name in STRUCTURE_ITEMS and i.section is None]
+    return [e.blob_id for e in entries if e.rendered is None or any(n not in e.rendered for n in names)]
 
 
 async def _item(

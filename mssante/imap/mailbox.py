@@ -32,6 +32,7 @@ class Entry:
     modseq: int
     blob_id: int
     expunged: bool = False  # expunged elsewhere, not yet reported to this session
+    rendered: dict[str, bytes] | None = None  # ENVELOPE/BODYSTRUCTURE already rendered once
 
 
 @dataclass

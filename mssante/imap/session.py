@@ -15,7 +15,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC
-from typing import Protocol
+from typing import Any, Protocol
 
 from mssante import __version__ as _version
 from mssante.audit import AuditEvent
@@ -40,7 +40,14 @@ from mssante.imap.commands import (
     Status,
     Store,
 )
-from mssante.imap.fetch import Piece, has_content, message_response, metadata_response, needs_meta
+from mssante.imap.fetch import (
+    Piece,
+    has_content,
+    message_response,
+    metadata_response,
+    missing_structures,
+    needs_meta,
+)
 from mssante.imap.gate import Gate, Principal, Refusal, plain_initial
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
@@ -636,7 +643,11 @@ class Session:
         content = has_content(items)
         for i in range(0, len(live), META_BATCH):
             batch = live[i : i + META_BATCH]
-            metas = await self.store.meta([box.entries[uid].blob_id for _, uid in batch]) if with_meta else {}
+            metas: dict[int, Any] = {}
+            if with_meta:
+                entries = [box.entries[uid] for _, uid in batch]
+                wanted = [e.blob_id for e in entries] if content else missing_structures(entries, items)
+                metas = await self.store.meta(wanted) if wanted else {}
             if not content:
                 await self.channel.write(
                     b"".join(
