@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from mssante import __version__
 
 # Each area exposes ``router`` (a FastAPI APIRouter) and, optionally, ``bind(app, runtime)``.
-ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir",)
+ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
 
 
 def create_app(runtime: Any) -> FastAPI:
