@@ -83,8 +83,22 @@ class SMTPSection(ListenerSection):
     submissions_port: Port = 2465
     relay_port: Port = 2525
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    max_recipients: int = Field(default=100, ge=1, le=10_000)
+    max_connections: int = Field(default=500, ge=1)
+    max_connections_per_ip: int = Field(default=20, ge=1)
+    timeout_seconds: float = Field(default=300.0, gt=0)
 
     _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
+
+
+class DKIMSection(_Section):
+    # Per-domain keys <keys_dir>/<domain>.<selector>.key; default <data_dir>/dkim.
+    keys_dir: Path | None = None
+    selector: str = "mssante"
+    reject_on_fail: bool = False
+    # TXT records of other operators' keys, one file "<selector>._domainkey.<domain>.txt" each,
+    # consulted before DNS (closed networks, tests).
+    records_dir: Path | None = None
 
 
 class IMAPSection(ListenerSection):
@@ -117,9 +131,7 @@ class IssuerSection(_Section):
     jwks_url: str | None = None
     # Pro Santé Connect puts the IdNat_PS in ``preferred_username`` (and ``SubjectNameID``).
     id_claim: str = "preferred_username"
-    algorithms: list[Literal["RS256", "ES256"]] = Field(
-        default_factory=lambda: ["RS256", "ES256"], min_length=1
-    )
+    algorithms: list[Literal["RS256", "ES256"]] = Field(default=["RS256", "ES256"], min_length=1)
 
     @model_validator(mode="after")
     def _one_jwks_source(self) -> IssuerSection:
@@ -140,7 +152,7 @@ class BruteForceSection(_Section):
 
 class AuthSection(_Section):
     mechanisms: list[Literal["EXTERNAL", "OAUTHBEARER", "XOAUTH2", "PLAIN"]] = Field(
-        default_factory=lambda: ["EXTERNAL", "OAUTHBEARER", "XOAUTH2", "PLAIN"]
+        default=["EXTERNAL", "OAUTHBEARER", "XOAUTH2", "PLAIN"]
     )
     cleartext_on_loopback: bool = False
     clock_skew_seconds: float = Field(default=60.0, ge=0, le=600)
@@ -204,6 +216,7 @@ class Settings(BaseSettings):
     imap: IMAPSection = Field(default_factory=IMAPSection)
     http: HTTPSection = Field(default_factory=HTTPSection)
     log: LogSection = Field(default_factory=LogSection)
+    dkim: DKIMSection = Field(default_factory=DKIMSection)
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
@@ -225,6 +238,8 @@ class Settings(BaseSettings):
         data = self.server.data_dir
         if self.storage.keyring is None:
             self.storage.keyring = data / "keyring.json"
+        if self.dkim.keys_dir is None:
+            self.dkim.keys_dir = data / "dkim"
         return self
 
     # Derived values -----------------------------------------------------------------

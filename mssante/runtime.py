@@ -11,9 +11,12 @@ from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 
+from annuaire.lookup import Annuaire
+from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.policy import Policy
 from mssante.schema import require_current, upgrade
 from mssante.store.store import MessageStore
 
@@ -45,6 +48,9 @@ class Runtime:
     writer_engine: Engine
     keyring: KeyRing
     store: MessageStore
+    annuaire: Annuaire
+    authenticator: Authenticator | None
+    policy: Policy | None
     extras: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -73,4 +79,7 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
         max_batch=settings.storage.max_batch,
         default_quota=settings.storage.default_quota_mb * 1024 * 1024 or None,
     )
-    return Runtime(settings, engine, writer_engine, keyring, store)
+    annuaire = Annuaire(engine)
+    authenticator = Authenticator(engine, settings, writer_engine=writer_engine)
+    policy = Policy(annuaire, settings.server.domains)
+    return Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy)

@@ -51,6 +51,8 @@ def configure_logging(settings: Settings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log.level)
+    # aiosmtpd logs every command line at INFO (addresses included): keep that for DEBUG.
+    logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))
 
 
 @dataclass
@@ -119,8 +121,11 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
     ]
 
 
-# Front doors start in this order (SMTP and IMAP join as they are built).
-LISTENER_STARTERS: list[ListenerStarter] = [start_http]
+def listener_starters() -> list[ListenerStarter]:
+    """Front doors, in start order (imported here: they depend on this module's types)."""
+    from mssante.smtp.listeners import start_smtp
+
+    return [start_http, start_smtp]
 
 
 async def serve_forever(
@@ -134,7 +139,7 @@ async def serve_forever(
             loop.add_signal_handler(sig, stop.set)
     running: list[RunningListener] = []
     try:
-        for starter in LISTENER_STARTERS:
+        for starter in listener_starters():
             running.extend(await starter(runtime))
         for item in running:
             log.info(
@@ -154,12 +159,21 @@ async def serve_forever(
 
 def run(settings: Settings, *, demo: bool = False) -> None:
     configure_logging(settings)
+    ready: Callable[[list[RunningListener]], None] | None = None
     if demo:
-        for line in initialise(settings):
+        from mssante import demo as demo_mode
+
+        for line in [*demo_mode.demo_settings(settings), *initialise(settings)]:
             log.info(line)
+        document = demo_mode.setup(settings)
+
+        def ready(listeners: list[RunningListener]) -> None:
+            path = demo_mode.write_demo_json(settings, document, listeners)
+            log.info("demo ready: accounts, passwords and ports in %s", path)
+
     runtime = open_runtime(settings)
     try:
-        asyncio.run(serve_forever(runtime))
+        asyncio.run(serve_forever(runtime, ready))
     finally:
         runtime.close()
         log.info("stopped; every acknowledged message is committed")

@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 
 from mssante.config import Settings, load_settings
 from mssante.runtime import Runtime, initialise, open_runtime
+from tests.demo_server import DemoServer, start_demo
 
 PG_URL = os.environ.get("MSSANTE_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
@@ -74,3 +75,15 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
         yield rt
     finally:
         rt.close()
+
+
+@pytest.fixture(scope="session")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    """One ``mssante serve --demo`` process shared by the end-to-end tests of a run."""
+    # Many concurrent sessions come from 127.0.0.1 in the load tests.
+    server = start_demo(tmp_path_factory.mktemp("demo") / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200"})
+    try:
+        yield server
+    finally:
+        code = server.stop()
+        assert code == 0, f"demo server exited with {code}:\n{server.log()}"

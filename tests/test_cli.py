@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -19,6 +17,7 @@ from pydantic import BaseModel
 from mssante.config import Settings
 from mssante.db import make_engine
 from mssante.schema import upgrade
+from tests.demo_server import start_demo
 
 
 def run(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -63,13 +62,13 @@ def test_config_check_names_the_key_and_exits_2(tmp_path: Path, content: str, ke
 def test_config_check_prints_effective_config_with_env_override(tmp_path: Path) -> None:
     cfg = tmp_path / "mssante.toml"
     cfg.write_text(
-        f'[server]\ndata_dir = "{tmp_path / "d"}"\n[database]\nurl = "postgresql://u:secret@db/x"\n'
+        f'[server]\ndata_dir = "{tmp_path / "d"}"\n[database]\nurl = "postgresql://u:s3cr3t-pw@db/x"\n'
     )
     result = run("config", "check", str(cfg), cwd=tmp_path, env={"MSSANTE_IMAP__PORT": "1144"})
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["imap"]["port"] == 1144
-    assert "secret" not in result.stdout
+    assert "s3cr3t-pw" not in result.stdout
 
 
 def test_unreadable_data_directory_is_refused(tmp_path: Path) -> None:
@@ -82,40 +81,44 @@ def test_unreadable_data_directory_is_refused(tmp_path: Path) -> None:
     assert result.returncode == 2 and "server.data_dir" in result.stderr
 
 
-def test_init_serve_health_and_graceful_stop(tmp_path: Path) -> None:
+def test_init_is_idempotent_and_keyring_private(tmp_path: Path) -> None:
     data = tmp_path / "data"
     first = run("--data-dir", str(data), "init", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    ring = data / "keyring.json"
-    assert ring.stat().st_mode & 0o777 == 0o600
-    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0  # idempotent
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
-    env["MSSANTE_HTTP__PORT"] = str(port)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mssante", "--data-dir", str(data), "serve"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    assert (data / "keyring.json").stat().st_mode & 0o777 == 0o600
+    assert data.stat().st_mode & 0o777 == 0o700
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0
+
+
+def test_serve_without_tls_certificates_says_how_to_get_them(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("--data-dir", str(data), "init", cwd=tmp_path).returncode == 0
+    env = {"MSSANTE_HTTP__PORT": "0", "MSSANTE_SMTP__SUBMISSION_PORT": "0"}
+    result = run("--data-dir", str(data), "serve", cwd=tmp_path, env=env)
+    assert result.returncode == 1
+    assert "tls.cert_file" in result.stderr and "mssante certs dev" in result.stderr
+
+
+def test_demo_serve_health_over_tls_and_graceful_stop(tmp_path: Path) -> None:
+    server = start_demo(tmp_path / "data")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                answer = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
-                break
-            except httpx.TransportError:
-                assert proc.poll() is None, proc.communicate()[1]
-                assert time.monotonic() < deadline, "server did not start"
-                time.sleep(0.2)
+        assert {item["name"] for item in server.doc["listeners"]} >= {
+            "http",
+            "submission",
+            "submissions",
+            "relay",
+        }
+        http = server.listener("http")
+        assert http["tls"] == "implicit"
+        answer = httpx.get(f"https://127.0.0.1:{http['port']}/health", verify=server.ca_cert, timeout=5)
         assert answer.json()["status"] == "ok"
+        kinds = {a["kind"] for a in server.doc["accounts"]}
+        assert kinds >= {"professional", "org", "pharmacy", "app", "patient"}
+        assert (tmp_path / "data" / "demo.json").stat().st_mode & 0o777 == 0o600
     finally:
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "every acknowledged message is committed" in err
+        code = server.stop()
+    assert code == 0, server.log()
+    assert "every acknowledged message is committed" in server.log()
 
 
 def test_serve_refuses_an_outdated_schema_until_db_upgrade(tmp_path: Path) -> None:

@@ -63,9 +63,10 @@ def serve(
     from mssante.crypto import KeyRingError
     from mssante.schema import SchemaOutdated
     from mssante.server import run
+    from mssante.tls import TLSConfigError
 
     cfg = settings()
-    with runtime_errors(SchemaOutdated, KeyRingError, OSError):
+    with runtime_errors(SchemaOutdated, KeyRingError, TLSConfigError, OSError):
         run(cfg, demo=demo)
 
 
@@ -209,6 +210,8 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.certs",
     "mssante.cli.users",
     "mssante.cli.demo",
+    "mssante.cli.dkim",
+    "mssante.cli.dmp",
 )
 
 

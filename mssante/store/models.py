@@ -110,3 +110,27 @@ class Change(Base):
     uid: Mapped[int] = mapped_column(BigInteger)
     flags: Mapped[str | None] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class OutboundEntry(Base):
+    """A message waiting to leave for another operator: one entry per (message, remote domain).
+
+    Created in the same transaction that accepts the message, removed once delivered or
+    bounced (with a DSN). Several server processes share the queue: a worker claims an entry
+    with a lease (``claimed_until``) taken under a row lock.
+    """
+
+    __tablename__ = "outbound_queue"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"), index=True)
+    mail_from: Mapped[str] = mapped_column(String(320))
+    domain: Mapped[str] = mapped_column(String(253), index=True)
+    recipients: Mapped[str] = mapped_column(Text)  # JSON list of addresses still to deliver
+    message_id: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -9,6 +9,7 @@ protocol, as in Dovecot.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
@@ -26,13 +27,14 @@ from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.mime import analyse
-from mssante.store.models import Change, Folder, MailAccount, Message
+from mssante.store.models import Change, Folder, MailAccount, Message, OutboundEntry
 from mssante.store.writer import GroupCommitWriter, Notes
 
 accounts_t = cast(Table, MailAccount.__table__)
 folders_t = cast(Table, Folder.__table__)
 messages_t = cast(Table, Message.__table__)
 changes_t = cast(Table, Change.__table__)
+queue_t = cast(Table, OutboundEntry.__table__)
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -109,6 +111,14 @@ class MessageRow:
 class AppendResult:
     uidvalidity: int
     uid: int
+
+
+@dataclass(frozen=True)
+class Outbound:
+    """What leaves for other operators: the (DKIM-signed) bytes and the recipients by domain."""
+
+    raw: bytes
+    recipients: dict[str, list[str]]
 
 
 @dataclass(frozen=True)
@@ -305,18 +315,34 @@ class MessageStore:
         source: str | None = None,
         folder: str = INBOX,
         extra_audit: Sequence[AuditEvent] = (),
+        outbound: Outbound | None = None,
     ) -> dict[str, int]:
-        """Store one message for local recipients; returns {BAL: UID} once durably committed.
+        """Store one message for local recipients and queue it for remote ones.
 
-        All or nothing: the blob, every mailbox entry, the usage counters and the audit records
-        commit together, or nothing does.
+        Returns {BAL: UID} once durably committed. All or nothing: the blob, every mailbox
+        entry, the queue entries, the usage counters and the audit records commit together, or
+        nothing does.
         """
         sealed, meta = await self._prepare_async(raw)
         bals = list(dict.fromkeys(r.strip().lower() for r in recipients))
         message_id = (meta["envelope"].get("message_id") or "")[:300] or None
+        sealed_out = None
+        if outbound is not None and outbound.recipients:
+            sealed_out = await asyncio.to_thread(
+                blobstore.seal, self.keyring, outbound.raw, None, self.chunk_size
+            )
         uids: dict[str, int] = await self.writer.run(
             lambda s: self._deliver_job(
-                s, sealed, sender, bals, actor or sender, source, folder, message_id, extra_audit
+                s,
+                sealed,
+                sender,
+                bals,
+                actor or sender,
+                source,
+                folder,
+                message_id,
+                extra_audit,
+                (sealed_out, outbound) if sealed_out is not None and outbound is not None else None,
             )
         )
         return uids
@@ -332,13 +358,18 @@ class MessageStore:
         folder: str,
         message_id: str | None,
         extra_audit: Sequence[AuditEvent],
+        outbound: tuple[blobstore.SealedBlob, Outbound] | None = None,
     ) -> tuple[dict[str, int], Notes]:
-        blob_id = blobstore.put(session, sealed)
         now = datetime.now(UTC)
         at = timestamp(now, dialect_of(session))
         uids: dict[str, int] = {}
         notes = Notes()
         events: list[AuditEvent] = []
+        if outbound is not None:
+            events.extend(
+                self._enqueue(session, outbound[0], outbound[1], sender, message_id, actor, source, at)
+            )
+        blob_id = blobstore.put(session, sealed) if bals else 0
         for bal in bals:
             folder_id, uid, modseq = self._allocate_by_name(session, bal, folder)
             self._charge(session, bal, sealed.size)
@@ -376,6 +407,47 @@ class MessageStore:
             )
         audit.append(session, *events, *extra_audit, at=now)
         return uids, notes
+
+    @staticmethod
+    def _enqueue(
+        session: Session,
+        sealed: blobstore.SealedBlob,
+        outbound: Outbound,
+        sender: str,
+        message_id: str | None,
+        actor: str,
+        source: str | None,
+        at: Any,
+    ) -> list[AuditEvent]:
+        """One queue entry per remote domain, in the accepting transaction."""
+        blob_id = blobstore.put(session, sealed)
+        events = []
+        for domain, addresses in sorted(outbound.recipients.items()):
+            run(
+                session,
+                "INSERT INTO outbound_queue (blob_id, mail_from, domain, recipients, message_id, created_at, "
+                "next_attempt_at, attempts, delay_warned) "
+                "VALUES (:blob, :sender, :domain, :rcpts, :mid, :at, :at, 0, :false)",
+                {
+                    "blob": blob_id,
+                    "sender": sender,
+                    "domain": domain,
+                    "rcpts": json.dumps(sorted(addresses)),
+                    "mid": message_id,
+                    "at": at,
+                    "false": False,
+                },
+            )
+            events.append(
+                AuditEvent(
+                    actor=actor,
+                    action="message.queue",
+                    object=domain,
+                    source=source,
+                    detail={"from": sender, "to": sorted(addresses), "message_id": message_id},
+                )
+            )
+        return events
 
     async def append(
         self,
@@ -873,6 +945,9 @@ class MessageStore:
             chunk = candidates[i : i + 500]
             used = set(
                 session.execute(select(messages_t.c.blob_id).where(messages_t.c.blob_id.in_(chunk))).scalars()
+            )
+            used |= set(
+                session.execute(select(queue_t.c.blob_id).where(queue_t.c.blob_id.in_(chunk))).scalars()
             )
             orphans = [b for b in chunk if b not in used]
             if orphans:

@@ -1,0 +1,272 @@
+"""Demo mode (``mssante serve --demo``): a realistic operator anyone can try with a mail client.
+
+It creates, once, in the data directory: the development PKI, an operator ``demo.mssante.fr``
+hosting two doctors (PER BALs bound to their RPPS), a cardiology service
+(ORG BAL), a pharmacy (ORG BAL of a pharmacie d'officine), a hospital software (APP BAL with a
+client certificate) and two patients with qualified INS; and writes ``demo.json``, whose shape
+is a public contract (scripts and people use it to connect; extend it, never break it)::
+
+    {"domain", "patient_domain", "ca_cert",
+     "listeners": [{"name", "protocol", "host", "port", "tls"}],
+     "accounts": [{"address", "kind", "login", "password", "client_cert", "client_key", "delegated"}]}
+
+Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from annuaire import service as annuaire_service
+from annuaire.identifiers import nir_key
+from mssante.auth import accounts
+from mssante.auth.devpki import DevCA, prepare_demo
+from mssante.config import Settings
+from mssante.db import make_engine
+from mssante.server import RunningListener
+from mssante.smtp.dkim import generate_key, key_path
+
+DOMAIN = "demo.mssante.fr"
+PATIENT_DOMAIN = "patient.mssante.fr"
+ACTOR = "demo-setup"
+
+
+def _ins(first13: str) -> str:
+    return f"{first13}{nir_key(first13):02d}"
+
+
+@dataclass(frozen=True)
+class DemoAccount:
+    address: str
+    kind: str  # professional | secretary | org | pharmacy | app | patient
+    login: str
+    identity_kind: str  # the auth account kind behind the login
+    identifier: str | None
+    display_name: str
+    delegated: list[str] = field(default_factory=list)
+
+
+CH: dict[str, Any] = {
+    "identifier": "750000019",
+    "raison_sociale": "Centre hospitalier de Démo",
+    "categorie": "101",
+}
+PHARMACY: dict[str, Any] = {
+    "identifier": "750000027",
+    "raison_sociale": "Pharmacie du Parc",
+    "categorie": "620",
+}
+MARTIN: dict[str, Any] = {
+    "idnat": "810100000011",
+    "nom": "MARTIN",
+    "prenom": "Claire",
+    "profession_code": "10",
+}
+DURAND: dict[str, Any] = {"idnat": "810100000029", "nom": "DURAND", "prenom": "Paul", "profession_code": "10"}
+BERNARD: dict[str, Any] = {
+    "idnat": "810100000037",
+    "nom": "BERNARD",
+    "prenom": "Sophie",
+    "profession_code": "21",
+}
+PATIENTS = [
+    {"ins": _ins("2800175123456"), "name": "Marie DUPONT"},
+    {"ins": _ins("1750569123789"), "name": "Jean LEROY"},
+]
+
+ACCOUNTS = [
+    DemoAccount(
+        f"claire.martin@{DOMAIN}",
+        "professional",
+        f"claire.martin@{DOMAIN}",
+        "professional",
+        MARTIN["idnat"],
+        "Dr Claire MARTIN",
+    ),
+    DemoAccount(
+        f"paul.durand@{DOMAIN}",
+        "professional",
+        f"paul.durand@{DOMAIN}",
+        "professional",
+        DURAND["idnat"],
+        "Dr Paul DURAND",
+    ),
+    DemoAccount(
+        f"cardiologie@{DOMAIN}",
+        "org",
+        f"paul.durand@{DOMAIN}",
+        "professional",
+        DURAND["idnat"],
+        "Service de cardiologie",
+    ),
+    DemoAccount(
+        f"pharmacie.parc@{DOMAIN}",
+        "pharmacy",
+        f"sophie.bernard@{DOMAIN}",
+        "professional",
+        BERNARD["idnat"],
+        "Pharmacie du Parc",
+    ),
+    DemoAccount(f"dpi@{DOMAIN}", "app", f"dpi@{DOMAIN}", "application", None, "DPI du CH de Démo"),
+    *(
+        DemoAccount(
+            f"{p['ins']}@{PATIENT_DOMAIN}",
+            "patient",
+            f"{p['ins']}@{PATIENT_DOMAIN}",
+            "patient",
+            p["ins"],
+            p["name"],
+        )
+        for p in PATIENTS
+    ),
+]
+
+
+def demo_settings(settings: Settings) -> list[str]:
+    """Adjust settings for demo mode (domains, PKI, demo identity provider)."""
+    done = prepare_demo(settings)
+    domains = list(dict.fromkeys([*settings.server.domains, DOMAIN, PATIENT_DOMAIN]))
+    if domains != settings.server.domains:
+        settings.server.domains = domains
+    settings.server.patient_domain = PATIENT_DOMAIN
+    assert settings.dkim.keys_dir is not None
+    if not key_path(settings.dkim.keys_dir, DOMAIN, settings.dkim.selector).exists():
+        generate_key(settings.dkim.keys_dir, DOMAIN, settings.dkim.selector)
+        done.append(f"created the DKIM key of {DOMAIN} (selector {settings.dkim.selector})")
+    return done
+
+
+def _populate(session: Session) -> None:
+    svc = annuaire_service
+    svc.add_structure(session, id_type="FINESS", actor=ACTOR, **CH)
+    svc.add_structure(session, id_type="FINESS", actor=ACTOR, **PHARMACY)
+    for person in (MARTIN, DURAND, BERNARD):
+        svc.add_professional(session, actor=ACTOR, **person)
+    svc.add_bal(
+        session, address=f"claire.martin@{DOMAIN}", type="PER", professional=MARTIN["idnat"], actor=ACTOR
+    )
+    svc.add_bal(
+        session, address=f"paul.durand@{DOMAIN}", type="PER", professional=DURAND["idnat"], actor=ACTOR
+    )
+    svc.add_bal(
+        session,
+        address=f"cardiologie@{DOMAIN}",
+        type="ORG",
+        structure=CH["identifier"],
+        responsible=DURAND["idnat"],
+        service="Cardiologie",
+        description="Secrétariat de cardiologie",
+        actor=ACTOR,
+    )
+    svc.add_bal(
+        session,
+        address=f"pharmacie.parc@{DOMAIN}",
+        type="ORG",
+        structure=PHARMACY["identifier"],
+        responsible=BERNARD["idnat"],
+        description="Pharmacie d'officine",
+        actor=ACTOR,
+    )
+    svc.add_bal(
+        session,
+        address=f"dpi@{DOMAIN}",
+        type="APP",
+        structure=CH["identifier"],
+        responsible=DURAND["idnat"],
+        description="Envois automatiques du DPI",
+        actor=ACTOR,
+    )
+    for patient in PATIENTS:
+        svc.add_patient_bal(session, ins=patient["ins"], domain=PATIENT_DOMAIN, actor=ACTOR)
+    svc.add_operator_domain(session, domain=DOMAIN, actor=ACTOR)
+    svc.add_operator_domain(session, domain=PATIENT_DOMAIN, actor=ACTOR)
+
+
+def _create_logins(session: Session, certs_dir: Path, passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Accounts behind the demo logins; returns client certificate paths of APP accounts."""
+    client_files: dict[str, dict[str, str]] = {}
+    for acct in ACCOUNTS:
+        if accounts.get(session, acct.login) is None:
+            if acct.identity_kind == "application":
+                accounts.create(
+                    session, acct.login, "application", display_name=acct.display_name, actor=ACTOR
+                )
+            else:
+                accounts.create(
+                    session,
+                    acct.login,
+                    acct.identity_kind,
+                    acct.identifier,
+                    display_name=acct.display_name,
+                    password=passwords[acct.login],
+                    actor=ACTOR,
+                )
+        if acct.identity_kind == "application":
+            cert = certs_dir / "clients" / f"{acct.login}.pem"
+            key = certs_dir / "clients" / f"{acct.login}.key"
+            if not cert.exists():
+                issued = DevCA.load(certs_dir).issue_client(certs_dir / "clients", acct.login)
+                cert, key = issued.cert_file, issued.key_file
+                accounts.add_certificate(session, acct.login, cert.read_bytes(), actor=ACTOR)
+            client_files[acct.login] = {"cert": str(cert.resolve()), "key": str(key.resolve())}
+    return client_files
+
+
+def setup(settings: Settings) -> dict[str, Any]:
+    """Create the demo operator if absent (idempotent); returns the demo.json document so far."""
+    path = settings.data_dir / "demo.json"
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    known = {a["login"]: a.get("password") for a in previous.get("accounts", [])}
+    passwords = {
+        a.login: known.get(a.login) or secrets.token_urlsafe(12)
+        for a in ACCOUNTS
+        if a.identity_kind != "application"
+    }
+    certs_dir = settings.data_dir / "certs"
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        with Session(engine) as session, session.begin():
+            _populate(session)
+            client_files = _create_logins(session, certs_dir, passwords)
+    finally:
+        engine.dispose()
+    return {
+        "domain": DOMAIN,
+        "patient_domain": PATIENT_DOMAIN,
+        "ca_cert": str((certs_dir / "ca.pem").resolve()),
+        "listeners": [],
+        "accounts": [
+            {
+                "address": a.address,
+                "kind": a.kind,
+                "login": a.login,
+                "password": passwords.get(a.login),
+                "client_cert": client_files.get(a.login, {}).get("cert"),
+                "client_key": client_files.get(a.login, {}).get("key"),
+                "delegated": a.delegated,
+            }
+            for a in ACCOUNTS
+        ],
+    }
+
+
+def write_demo_json(settings: Settings, document: dict[str, Any], listeners: list[RunningListener]) -> Path:
+    document = dict(document)
+    document["listeners"] = [
+        {"name": item.name, "protocol": item.protocol, "host": item.host, "port": item.port, "tls": item.tls}
+        for item in listeners
+    ]
+    path = settings.data_dir / "demo.json"
+    tmp = path.with_suffix(".json.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(document, fh, indent=2, ensure_ascii=False)
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,243 @@
+"""The trust-space policy: every decision about who may send what to whom, in one place.
+
+Front doors (SMTP submission, relay-in) parse and answer; they ask this module and relay its
+verdict, an RFC 3463 enhanced status code with a human reason. The module decides from the
+authenticated identity, the envelope, the headers, the annuaire and the effective rights
+(``delegation.rights``); it performs no I/O of its own beyond the annuaire look-ups it is
+given, which is what makes it testable rule by rule.
+
+Deny by default: a sender must be a published, active BAL hosted here that the identity may
+send as; a local recipient must be a published, active BAL; a remote recipient's domain must
+be on the operator whitelist (liste blanche). Nothing else leaves or enters: the server is never
+an open relay, authenticated or not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from delegation.rights import BalFacts, effective_rights, owns
+from delegation.rights import Right as _Right
+from mssante.auth.identity import Identity, IdentityKind
+
+TRUST_SPACE_SUFFIX = ".mssante.fr"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Accept, or refuse with an SMTP code, an RFC 3463 enhanced code and a reason."""
+
+    ok: bool
+    code: int
+    status: str
+    reason: str
+
+    @property
+    def smtp(self) -> str:
+        return f"{self.code} {self.status} {self.reason}"
+
+
+def accept(status: str, reason: str) -> Verdict:
+    return Verdict(True, 250, status, reason)
+
+
+def refuse(reason: str, *, code: int = 550, status: str = "5.7.1") -> Verdict:
+    return Verdict(False, code, status, reason)
+
+
+@dataclass(frozen=True)
+class Recipient:
+    """An accepted recipient and where it goes."""
+
+    address: str  # the BAL's comparison key (lower-cased)
+    route: Literal["local", "remote"]
+    domain: str
+
+
+@dataclass(frozen=True)
+class RcptVerdict:
+    verdict: Verdict
+    recipient: Recipient | None = None
+
+
+class DirectoryBal(BalFacts, Protocol):
+    @property
+    def address(self) -> str: ...
+    @property
+    def domain(self) -> str: ...
+    @property
+    def is_pharmacy_org(self) -> bool: ...
+
+
+class Directory(Protocol):
+    """The annuaire look-ups the policy needs (``annuaire.lookup.Annuaire`` satisfies it)."""
+
+    def bal(self, address: str) -> DirectoryBal | None: ...
+    def is_domain_whitelisted(self, domain: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What the policy reads from a message's header (parsed by the front door)."""
+
+    from_addresses: tuple[str, ...]
+    in_reply_to: tuple[str, ...] = ()
+    references: tuple[str, ...] = ()
+    attachments: int = 0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class MessageVerdict:
+    verdict: Verdict
+    # The delegate's identity for a ``Sender:`` header, when sending on behalf of the BAL.
+    on_behalf_of: str | None = None
+
+
+class PatientRules(Protocol):
+    """Hook for the rules of patient senders (MSSanté citoyenne)."""
+
+    def recipient(self, patient: Identity, sender: DirectoryBal, rcpt: DirectoryBal) -> Verdict | None: ...
+    def message(
+        self, patient: Identity, sender: DirectoryBal, recipients: tuple[Recipient, ...], facts: MessageFacts
+    ) -> Verdict | None: ...
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2].strip().rstrip(".").lower()
+
+
+def _plain(address: str) -> str:
+    value = address.strip()
+    if value.startswith("<") and value.endswith(">"):
+        value = value[1:-1].strip()
+    return value
+
+
+class Policy:
+    def __init__(
+        self,
+        directory: Directory,
+        local_domains: list[str] | tuple[str, ...],
+        *,
+        patient_rules: PatientRules | None = None,
+    ) -> None:
+        self.directory = directory
+        self.local_domains = frozenset(d.lower() for d in local_domains)
+        self.patient_rules = patient_rules
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in self.local_domains
+
+    # -- submission -----------------------------------------------------------------------
+    def sender(self, identity: Identity | None, mail_from: str) -> tuple[Verdict, DirectoryBal | None]:
+        """MAIL FROM on submission: a published, active BAL hosted here the identity may send as."""
+        if identity is None:
+            return refuse("Authentication required", code=530, status="5.7.0"), None
+        address = _plain(mail_from)
+        if not address:
+            return refuse("The null sender <> cannot be used for submission", code=553, status="5.1.7"), None
+        bal = self.directory.bal(address)
+        if bal is None or not bal.active:
+            return refuse(f"<{address}> is not a published, active mailbox (BAL) of the annuaire"), None
+        if not self.is_local(bal.domain):
+            return refuse(f"<{address}> is not hosted by this operator"), None
+        if _Right.SEND_ON_BEHALF not in effective_rights(identity, bal):
+            return refuse(f"{identity.principal} may not send as <{bal.address}>"), None
+        return accept("2.1.0", f"Sender <{bal.address}> OK"), bal
+
+    def recipient(self, identity: Identity, sender: DirectoryBal, rcpt_to: str) -> RcptVerdict:
+        """RCPT TO on submission: local published BALs, or whitelisted operator domains."""
+        address = _plain(rcpt_to)
+        domain = _domain_of(address)
+        if "@" not in address or not domain:
+            return RcptVerdict(refuse(f"<{address}> is not a valid address", code=501, status="5.1.3"))
+        if self.is_local(domain):
+            bal = self.directory.bal(address)
+            if bal is None or not bal.active:
+                return RcptVerdict(
+                    refuse(f"<{address}>: no such mailbox (BAL) in the annuaire", status="5.1.1")
+                )
+            if identity.kind is IdentityKind.PATIENT and self.patient_rules is not None:
+                verdict = self.patient_rules.recipient(identity, sender, bal)
+                if verdict is not None and not verdict.ok:
+                    return RcptVerdict(verdict)
+            return RcptVerdict(
+                accept("2.1.5", f"Recipient <{bal.address}> OK"), Recipient(bal.key, "local", domain)
+            )
+        if not self.directory.is_domain_whitelisted(domain):
+            where = (
+                "is not a whitelisted operator domain of the MSSanté space"
+                if domain.endswith(TRUST_SPACE_SUFFIX)
+                else "is outside the MSSanté trust space"
+            )
+            return RcptVerdict(refuse(f"<{address}>: domain {domain} {where}; relaying refused"))
+        if identity.kind is IdentityKind.PATIENT and self.patient_rules is not None:
+            remote = self.directory.bal(address)
+            if remote is not None:
+                verdict = self.patient_rules.recipient(identity, sender, remote)
+                if verdict is not None and not verdict.ok:
+                    return RcptVerdict(verdict)
+        return RcptVerdict(
+            accept("2.1.5", f"Recipient <{address}> OK (relayed to its operator)"),
+            Recipient(address.lower(), "remote", domain),
+        )
+
+    def message(
+        self,
+        identity: Identity,
+        sender: DirectoryBal,
+        recipients: tuple[Recipient, ...],
+        facts: MessageFacts,
+    ) -> MessageVerdict:
+        """After DATA: ``From:`` must be the sending BAL; a delegate is named in ``Sender:``."""
+        if len(facts.from_addresses) != 1:
+            return MessageVerdict(refuse("The message must have exactly one From: address", status="5.6.0"))
+        if _plain(facts.from_addresses[0]).lower() != sender.key:
+            return MessageVerdict(
+                refuse(f"From: <{facts.from_addresses[0]}> must be the sending mailbox <{sender.address}>")
+            )
+        if identity.kind is IdentityKind.PATIENT and self.patient_rules is not None:
+            verdict = self.patient_rules.message(identity, sender, recipients, facts)
+            if verdict is not None and not verdict.ok:
+                return MessageVerdict(verdict)
+        delegate = None if owns(identity, sender) else (identity.login or identity.principal)
+        return MessageVerdict(accept("2.6.0", "Message accepted"), delegate)
+
+    # -- relay-in -------------------------------------------------------------------------
+    def relay_peer(self, peer_domains: tuple[str, ...]) -> Verdict:
+        """The sending operator (names of its verified certificate) must be whitelisted."""
+        for name in peer_domains:
+            if self.directory.is_domain_whitelisted(name):
+                return accept("2.7.0", f"Operator {name} recognised")
+        shown = ", ".join(peer_domains) or "no name"
+        return refuse(
+            f"The client certificate ({shown}) names no whitelisted operator domain", status="5.7.1"
+        )
+
+    def relay_sender(self, mail_from: str) -> Verdict:
+        address = _plain(mail_from)
+        if not address:  # DSNs travel with a null sender
+            return accept("2.1.0", "Null sender OK")
+        domain = _domain_of(address)
+        if self.is_local(domain):
+            return refuse(f"<{address}> claims a domain hosted here; refused from another operator")
+        if not self.directory.is_domain_whitelisted(domain):
+            return refuse(f"<{address}>: domain {domain} is outside the MSSanté trust space")
+        return accept("2.1.0", f"Sender <{address}> OK")
+
+    def relay_recipient(self, rcpt_to: str) -> RcptVerdict:
+        """Relay-in delivers only to this operator's published, active BALs."""
+        address = _plain(rcpt_to)
+        domain = _domain_of(address)
+        if not self.is_local(domain):
+            return RcptVerdict(
+                refuse(f"<{address}>: this server does not relay for {domain or 'that domain'}")
+            )
+        bal = self.directory.bal(address)
+        if bal is None or not bal.active:
+            return RcptVerdict(refuse(f"<{address}>: no such mailbox (BAL) in the annuaire", status="5.1.1"))
+        return RcptVerdict(
+            accept("2.1.5", f"Recipient <{bal.address}> OK"), Recipient(bal.key, "local", domain)
+        )

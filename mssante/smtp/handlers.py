@@ -1,0 +1,279 @@
+"""SMTP handlers: submission (authenticated professionals, staff, software, patients) and
+relay-in (other operators). They turn envelope and data into questions for the policy, and an
+accepted message into one durable store transaction; ``250`` is answered only after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from typing import Any
+
+from aiosmtpd.smtp import Envelope, Session
+
+from mssante.audit import AuditEvent
+from mssante.auth.authenticator import AuthSuccess
+from mssante.auth.identity import IdentityKind
+from mssante.policy import DirectoryBal, Policy, Recipient
+from mssante.smtp import dkim, hygiene
+from mssante.smtp.session import MSSanteSMTP
+from mssante.store.store import MessageStore, Outbound, QuotaExceeded, StoreError
+
+log = logging.getLogger("mssante.smtp")
+
+
+class _Base:
+    protocol = "ESMTP"
+
+    def __init__(self, *, store: MessageStore, policy: Policy, hostname: str, max_recipients: int) -> None:
+        self.store = store
+        self.policy = policy
+        self.hostname = hostname
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self, server: MSSanteSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        kept = [r for r in responses[1:-1] if not r.startswith("250-AUTH")]
+        extra = ["250-PIPELINING", "250-ENHANCEDSTATUSCODES"]
+        mechanisms = server.mechanisms()
+        if mechanisms:
+            extra.append("250-AUTH " + " ".join(mechanisms))
+        return [responses[0], *kept, *extra, "250 HELP"]
+
+    def _reset(self, envelope: Envelope) -> None:
+        envelope.routes = []  # type: ignore[attr-defined]
+
+    async def handle_RSET(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
+        return "250 2.0.0 OK"
+
+    def _trace(
+        self,
+        server: MSSanteSMTP,
+        session: Session,
+        recipient: str | None,
+        authenticated: str | None,
+        on_behalf_of: str | None,
+        has_message_id: bool,
+        domain: str,
+    ) -> bytes:
+        tls = server.tls
+        return hygiene.trace_headers(
+            hostname=self.hostname,
+            helo=session.host_name or "unknown",
+            peer_ip=server.peer_ip,
+            protocol=("ESMTPSA" if authenticated else "ESMTPS") if tls.active else "ESMTP",
+            recipient=recipient,
+            session_id=server.session_id,
+            tls=f"{tls.version} {tls.cipher}" if tls.active else None,
+            authenticated=authenticated,
+            on_behalf_of=on_behalf_of,
+            domain=domain,
+            has_message_id=has_message_id,
+        )
+
+    async def _store(
+        self,
+        server: MSSanteSMTP,
+        raw: bytes,
+        sender: str,
+        routes: list[Recipient],
+        actor: str,
+        outbound_raw: bytes | None = None,
+        extra_audit: tuple[AuditEvent, ...] = (),
+    ) -> str:
+        local = [r.address for r in routes if r.route == "local"]
+        remote: dict[str, list[str]] = defaultdict(list)
+        for r in routes:
+            if r.route == "remote":
+                remote[r.domain].append(r.address)
+        outbound = Outbound(outbound_raw or raw, dict(remote)) if remote else None
+        try:
+            await self.store.deliver(
+                raw,
+                sender,
+                local,
+                actor=actor,
+                source=server.peer_ip,
+                outbound=outbound,
+                extra_audit=extra_audit,
+            )
+        except QuotaExceeded as exc:
+            return f"552 5.2.2 Mailbox <{exc.bal}> is over its quota"
+        except StoreError as exc:
+            log.error("delivery refused by the store: %s", exc, extra={"session": server.session_id})
+            return "451 4.3.0 The message could not be stored; nothing was accepted, try again later"
+        except Exception:
+            log.exception("delivery failed", extra={"session": server.session_id})
+            return "451 4.3.0 Temporary failure; nothing was accepted, try again later"
+        log.info(
+            "accepted from %s for %d local, %d remote recipient(s)",
+            sender,
+            len(local),
+            sum(len(v) for v in remote.values()),
+            extra={"session": server.session_id},
+        )
+        return f"250 2.0.0 Message accepted (id {server.session_id})"
+
+
+class SubmissionHandler(_Base):
+    """Submission (587/465): AUTH required; MSSanté policy on sender, recipients and headers."""
+
+    def __init__(self, *, signer: dkim.Signer, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.signer = signer
+
+    @staticmethod
+    def _auth(session: Session) -> AuthSuccess:
+        result = session.auth_data
+        assert isinstance(result, AuthSuccess)
+        return result
+
+    async def handle_MAIL(
+        self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        identity = self._auth(session).identity
+        verdict, bal = await asyncio.to_thread(self.policy.sender, identity, address)
+        if not verdict.ok:
+            return verdict.smtp
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.sender_bal = bal  # type: ignore[attr-defined]
+        self._reset(envelope)
+        return verdict.smtp
+
+    async def handle_RCPT(
+        self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
+        identity = self._auth(session).identity
+        sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
+        result = await asyncio.to_thread(self.policy.recipient, identity, sender, address)
+        if result.recipient is None:
+            return result.verdict.smtp
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
+        return result.verdict.smtp
+
+    async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
+        auth = self._auth(session)
+        identity = auth.identity
+        sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
+        routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
+        data = envelope.original_content or b""
+        facts, problem, has_id = hygiene.inspect(
+            data, count_attachments=identity.kind is IdentityKind.PATIENT
+        )
+        if problem is not None:
+            return problem.smtp
+        decision = self.policy.message(identity, sender, tuple(routes), facts)
+        if not decision.verdict.ok:
+            return decision.verdict.smtp
+        local_domain = sender.domain
+        trace = self._trace(
+            server,
+            session,
+            routes[0].address if len(routes) == 1 else None,
+            identity.login or identity.principal,
+            decision.on_behalf_of,
+            has_id,
+            local_domain,
+        )
+        raw = trace + data
+        outbound_raw = None
+        if any(r.route == "remote" for r in routes):
+            outbound_raw = await asyncio.to_thread(self.signer.sign, raw, local_domain)
+        extra: tuple[AuditEvent, ...] = ()
+        if decision.on_behalf_of:
+            extra = (
+                AuditEvent(
+                    actor=identity.principal,
+                    action="message.send_on_behalf",
+                    bal=sender.key,
+                    source=server.peer_ip,
+                    detail={"to": [r.address for r in routes]},
+                ),
+            )
+        return await self._store(server, raw, sender.key, routes, identity.principal, outbound_raw, extra)
+
+
+class RelayHandler(_Base):
+    """Relay-in (25): another operator, identified by its verified client certificate."""
+
+    def __init__(self, *, dkim_reject_on_fail: bool, dkim_dns: Any = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reject_on_fail = dkim_reject_on_fail
+        self.dkim_dns = dkim_dns
+
+    async def handle_MAIL(
+        self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
+    ) -> str:
+        tls = server.tls
+        if not tls.active:
+            return "530 5.7.0 Must issue a STARTTLS command first"
+        names = peer_names(server)
+        if tls.peer is None or not names:
+            return "530 5.7.0 A client certificate of a whitelisted operator is required"
+        peer = await asyncio.to_thread(self.policy.relay_peer, names)
+        if not peer.ok:
+            return peer.smtp
+        verdict = await asyncio.to_thread(self.policy.relay_sender, address)
+        if not verdict.ok:
+            return verdict.smtp
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.peer_names = names  # type: ignore[attr-defined]
+        self._reset(envelope)
+        return verdict.smtp
+
+    async def handle_RCPT(
+        self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
+    ) -> str:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
+        result = await asyncio.to_thread(self.policy.relay_recipient, address)
+        if result.recipient is None:
+            return result.verdict.smtp
+        envelope.rcpt_tos.append(address)
+        envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
+        return result.verdict.smtp
+
+    async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        offset = hygiene.bare_line_end(data)
+        if offset is not None:
+            return f"550 5.6.0 bare CR or LF at byte {offset}: lines must end with CRLF"
+        verification = await asyncio.to_thread(dkim.verify, data, self.dkim_dns)
+        if verification.result == "fail" and self.reject_on_fail:
+            return "550 5.7.20 DKIM signature did not verify"
+        routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
+        peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
+        trace = self._trace(
+            server,
+            session,
+            routes[0].address if len(routes) == 1 else None,
+            None,
+            None,
+            True,
+            routes[0].domain,
+        )
+        raw = trace + verification.header(self.hostname) + data
+        return await self._store(server, raw, envelope.mail_from or "", routes, f"operator:{peer}")
+
+
+def peer_names(server: MSSanteSMTP) -> tuple[str, ...]:
+    """DNS names of the verified client certificate (SAN dNSName, else CN), lower-cased."""
+    if server.transport is None:
+        return ()
+    ssl_object = server.transport.get_extra_info("ssl_object")
+    if ssl_object is None or server.tls.peer is None:
+        return ()
+    cert = ssl_object.getpeercert() or {}
+    names = [v for k, v in cert.get("subjectAltName", ()) if k == "DNS"]
+    if not names:
+        names = [v for rdn in cert.get("subject", ()) for k, v in rdn if k == "commonName"]
+    return tuple(dict.fromkeys(n.lower().rstrip(".") for n in names))

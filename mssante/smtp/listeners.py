@@ -1,0 +1,141 @@
+"""Starting the SMTP front doors: submission (STARTTLS), submissions (implicit TLS), relay-in.
+
+Each listener is an asyncio server whose protocol is an ``MSSanteSMTP`` session bound to a
+handler; the TLS contexts come from ``mssante.tls`` (one TLS policy for the whole product).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from pathlib import Path
+from typing import Any
+
+import dns.resolver
+
+from mssante.runtime import Runtime
+from mssante.server import RunningListener
+from mssante.smtp import dkim
+from mssante.smtp.handlers import RelayHandler, SubmissionHandler
+from mssante.smtp.session import ConnectionLimits, MSSanteSMTP
+from mssante.tls import ClientCertMode, server_context
+
+log = logging.getLogger("mssante.smtp")
+
+
+def dkim_resolver(records_dir: Path | None) -> Any:
+    """TXT look-ups for DKIM: the configured records directory first, then DNS."""
+
+    def lookup(name: bytes, timeout: int = 5) -> bytes | None:
+        text = name.decode().rstrip(".")
+        if records_dir is not None:
+            path = records_dir / f"{text}.txt"
+            if path.is_file():
+                return path.read_bytes().strip()
+        try:
+            answer = dns.resolver.resolve(text, "TXT", lifetime=timeout)
+        except Exception:
+            return None
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    return lookup
+
+
+async def _serve(
+    name: str,
+    host: str,
+    port: int,
+    factory: Any,
+    *,
+    implicit: ssl.SSLContext | None,
+    tls_mode: str,
+) -> RunningListener:
+    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=implicit)
+    bound = server.sockets[0].getsockname()[1]
+
+    async def close() -> None:
+        server.close()
+        await server.wait_closed()
+
+    return RunningListener(name, "smtp", host, bound, tls_mode, close)
+
+
+async def start_smtp(runtime: Runtime) -> list[RunningListener]:
+    settings = runtime.settings
+    smtp = settings.smtp
+    if runtime.policy is None or runtime.authenticator is None:
+        return []
+    common = {
+        "store": runtime.store,
+        "policy": runtime.policy,
+        "hostname": settings.server.hostname,
+        "max_recipients": smtp.max_recipients,
+    }
+    assert settings.dkim.keys_dir is not None
+    submission = SubmissionHandler(
+        signer=dkim.Signer(settings.dkim.keys_dir, settings.dkim.selector), **common
+    )
+    relay = RelayHandler(
+        dkim_reject_on_fail=settings.dkim.reject_on_fail,
+        dkim_dns=dkim_resolver(settings.dkim.records_dir),
+        **common,
+    )
+    # Submission offers EXTERNAL to software, so it asks for (optional) client certificates.
+    client_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
+    relay_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
+    limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
+    session_args: dict[str, Any] = {
+        "hostname": settings.server.hostname,
+        "ident": "mssante ESMTP",
+        "data_size_limit": smtp.max_message_size,
+        "timeout": smtp.timeout_seconds,
+        "limits": limits,
+    }
+
+    def submission_session(tls_ctx: ssl.SSLContext | None, listener: str) -> Any:
+        return lambda: MSSanteSMTP(
+            submission,
+            listener=listener,
+            authenticator=runtime.authenticator,
+            tls_context=tls_ctx,
+            require_starttls=tls_ctx is not None,
+            auth_required=True,
+            auth_require_tls=True,
+            **session_args,
+        )
+
+    listeners = [
+        await _serve(
+            "submission",
+            smtp.host,
+            smtp.submission_port,
+            submission_session(client_ctx, "submission"),
+            implicit=None,
+            tls_mode="starttls",
+        ),
+        await _serve(
+            "submissions",
+            smtp.host,
+            smtp.submissions_port,
+            submission_session(None, "submissions"),
+            implicit=client_ctx,
+            tls_mode="implicit",
+        ),
+        await _serve(
+            "relay",
+            smtp.host,
+            smtp.relay_port,
+            lambda: MSSanteSMTP(
+                relay,
+                listener="relay",
+                authenticator=None,
+                tls_context=relay_ctx,
+                require_starttls=True,
+                **session_args,
+            ),
+            implicit=None,
+            tls_mode="starttls",
+        ),
+    ]
+    return listeners

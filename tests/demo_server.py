@@ -1,0 +1,91 @@
+"""A real ``mssante serve --demo`` process for end-to-end tests: every port chosen by the
+system on 127.0.0.1, connection details read from its ``demo.json`` (the public contract)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PORT_KEYS = (
+    "MSSANTE_SMTP__SUBMISSION_PORT",
+    "MSSANTE_SMTP__SUBMISSIONS_PORT",
+    "MSSANTE_SMTP__RELAY_PORT",
+    "MSSANTE_IMAP__PORT",
+    "MSSANTE_IMAP__TLS_PORT",
+    "MSSANTE_HTTP__PORT",
+)
+
+
+@dataclass
+class DemoServer:
+    process: subprocess.Popen[str]
+    data_dir: Path
+    doc: dict[str, Any]
+    log_path: Path
+
+    def listener(self, name: str) -> dict[str, Any]:
+        for item in self.doc["listeners"]:
+            if item["name"] == name:
+                return dict(item)
+        raise KeyError(name)
+
+    def port(self, name: str) -> int:
+        return int(self.listener(name)["port"])
+
+    def account(self, address: str) -> dict[str, Any]:
+        for item in self.doc["accounts"]:
+            if item["address"] == address:
+                return dict(item)
+        raise KeyError(address)
+
+    @property
+    def ca_cert(self) -> str:
+        return str(self.doc["ca_cert"])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return int(self.process.returncode)
+
+
+def start_demo(data_dir: Path, env: dict[str, str] | None = None, timeout: float = 60) -> DemoServer:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+    full_env.update({key: "0" for key in PORT_KEYS})
+    full_env.update(env or {})
+    data_dir.mkdir(parents=True, exist_ok=True)
+    demo_json = data_dir / "demo.json"
+    if demo_json.exists():
+        demo_json.unlink()  # rewritten once the listeners are up
+    log_path = data_dir / "server.log"
+    log = open(log_path, "w")  # noqa: SIM115 - the process owns it
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mssante", "--data-dir", str(data_dir), "serve", "--demo"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=full_env,
+        text=True,
+    )
+    deadline = time.monotonic() + timeout
+    while not demo_json.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"demo server exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"demo server did not start:\n{log_path.read_text()}")
+        time.sleep(0.1)
+    return DemoServer(process, data_dir, json.loads(demo_json.read_text()), log_path)
