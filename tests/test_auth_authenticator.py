@@ -392,3 +392,18 @@ def test_failure_counters_are_race_free(auth_engine: Engine) -> None:
     with Session(auth_engine) as s:
         row = s.scalars(select(FailureCounter).where(FailureCounter.key == "login:target")).one()
     assert row.failures == 40
+
+
+def test_http_bearer(make_auth: MakeAuth, test_idp: LocalIdP, auth_engine: Engine) -> None:
+    auth = make_auth()
+    result = auth.authenticate_bearer(test_idp.token(IDNAT), client_ip="192.0.2.80")
+    assert isinstance(result, AuthSuccess) and result.identity.id == IDNAT
+    result = auth.authenticate_bearer(test_idp.token(IDNAT, audience="x"), client_ip="192.0.2.80")
+    assert isinstance(result, AuthFailure) and result.reason == "token: audience"
+    rows = audit_rows(auth_engine)[-2:]
+    assert [r.action for r in rows] == ["auth.success", "auth.failure"]
+    assert json.loads(rows[0].detail or "{}") == {
+        "mechanism": "HTTP-BEARER",
+        "ip": "192.0.2.80",
+        "listener": "http",
+    }

@@ -181,6 +181,16 @@ class Authenticator:
     ) -> Exchange:
         return Exchange(self, mechanism.upper(), tls, client_ip, listener, cleartext_ok)
 
+    def authenticate_bearer(self, token: str, *, client_ip: str, listener: str = "http") -> AuthResult:
+        """A bearer token of an HTTP API (``Authorization: Bearer …``), with the same checks,
+        brute-force counters and audit as SASL. Blocking: call it from a worker thread (FastAPI
+        runs plain ``def`` dependencies in one)."""
+        exchange = Exchange(self, "HTTP-BEARER", TLSInfo(active=True), client_ip, listener, False)
+        checked = self._check(BearerCredential(token.strip()), exchange)
+        if checked.identity is None:
+            return _failure(checked)
+        return AuthSuccess(checked.identity, "HTTP-BEARER")
+
     # -- worker-thread side ----------------------------------------------------------------
     def _check(self, credential: Credential, ex: Exchange) -> _Checked:
         now = self.clock()
