@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mssante.tls import TLSInfo
+
 
 @dataclass(frozen=True)
 class Principal:
@@ -38,12 +40,12 @@ Respond = Callable[[str], Awaitable[str]]
 
 
 class Gate(Protocol):
-    def mechanisms(self, *, tls: bool) -> list[str]:
+    def mechanisms(self, *, tls: TLSInfo) -> list[str]:
         """SASL mechanisms to advertise (``AUTH=...``) on this transport."""
         ...
 
     async def authenticate(
-        self, mechanism: str, initial: str | None, respond: Respond, *, tls: bool, peer: str
+        self, mechanism: str, initial: str | None, respond: Respond, *, tls: TLSInfo, peer: str
     ) -> Principal | Refusal:
         """Run one SASL exchange; ``initial`` is the SASL-IR response (base64 or ``=``)."""
         ...

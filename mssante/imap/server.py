@@ -20,6 +20,7 @@ from mssante.imap.gate import Gate
 from mssante.imap.parser import ParseError, parse_command
 from mssante.imap.session import LOGOUT, NOT_AUTHENTICATED, Session
 from mssante.store.store import MessageStore
+from mssante.tls import TLSInfo, tls_info
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ class Connection:
         )
 
     # -- Channel ---------------------------------------------------------------------------------
+    @property
+    def tls_info(self) -> TLSInfo:
+        return tls_info(self.writer.get_extra_info("ssl_object")) if self.tls else TLSInfo.cleartext()
+
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
         # The transport sends at once when it can; wait only when the client reads slowly.

@@ -54,6 +54,7 @@ from mssante.imap.render import astring, flag_list, string
 from mssante.imap.search import Candidate, matches, needs
 from mssante.store.feed import FolderChange, Subscription
 from mssante.store.store import FolderNotFound, MessageStore, StoreError
+from mssante.tls import TLSInfo
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,9 @@ class Channel(Protocol):
 
     tls: bool
     peer: str
+
+    @property
+    def tls_info(self) -> TLSInfo: ...
 
     async def write(self, data: bytes) -> None: ...
 
@@ -209,7 +213,7 @@ class Session:
                 caps.append("STARTTLS")
             if not self.channel.tls:
                 caps.append("LOGINDISABLED")
-            caps += [f"AUTH={m}" for m in self.gate.mechanisms(tls=self.channel.tls)]
+            caps += [f"AUTH={m}" for m in self.gate.mechanisms(tls=self.channel.tls_info)]
         return caps
 
     async def untagged(self, line: bytes | str) -> None:
@@ -355,7 +359,7 @@ class Session:
         if not self.channel.tls:
             raise No("Authentication is disabled before STARTTLS", "PRIVACYREQUIRED")
         mechanism = command.args.mechanism
-        if mechanism not in self.gate.mechanisms(tls=True):
+        if mechanism not in self.gate.mechanisms(tls=self.channel.tls_info):
             raise No(f"Mechanism {mechanism} is not supported", "CANNOT")
         initial = command.args.initial.decode("ascii") if command.args.initial is not None else None
         return await self._run_sasl(mechanism, initial, interactive=True)
@@ -375,7 +379,7 @@ class Session:
 
         try:
             result = await self.gate.authenticate(
-                mechanism, initial, respond, tls=self.channel.tls, peer=self.channel.peer
+                mechanism, initial, respond, tls=self.channel.tls_info, peer=self.channel.peer
             )
         except _Cancelled:
             raise Bad("Authentication cancelled") from None

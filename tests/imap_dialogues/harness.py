@@ -35,6 +35,7 @@ from cryptography.x509.oid import NameOID
 from mssante.imap.gate import Principal, Refusal, Respond, decode_plain
 from mssante.imap.server import ImapServer, Limits
 from mssante.store.store import MessageStore
+from mssante.tls import TLSInfo
 
 DIALOGUES = Path(__file__).parent
 USERS = {
@@ -106,11 +107,11 @@ class DictGate:
     def __init__(self, users: dict[str, tuple[str, str]] | None = None) -> None:
         self.users = users or USERS
 
-    def mechanisms(self, *, tls: bool) -> list[str]:
-        return ["PLAIN"] if tls else []
+    def mechanisms(self, *, tls: TLSInfo) -> list[str]:
+        return ["PLAIN"] if tls.active else []
 
     async def authenticate(
-        self, mechanism: str, initial: str | None, respond: Respond, *, tls: bool, peer: str
+        self, mechanism: str, initial: str | None, respond: Respond, *, tls: TLSInfo, peer: str
     ) -> Principal | Refusal:
         if mechanism != "PLAIN":
             return Refusal("Unsupported mechanism", "CANNOT")
