@@ -24,9 +24,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from dmp.service import DMPError, DMPService
-from mssante.auth.authenticator import Authenticator
+from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess
 from mssante.auth.identity import Identity, IdentityKind
-from mssante.auth.tokens import TokenError
 
 router = APIRouter(prefix="/dmp", tags=["dmp"])
 
@@ -52,14 +51,15 @@ def _authenticator(request: Request) -> Authenticator:
 
 
 def _identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
+    """The bearer token's identity, with the same checks, counters and audit as SASL."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthenticated("a bearer token is required")
-    try:
-        identity, _claims = _authenticator(request).tokens.validate(token.strip())
-    except TokenError as exc:
-        raise _unauthenticated(str(exc)) from None
-    return identity
+    client_ip = request.client.host if request.client else "0.0.0.0"
+    result = _authenticator(request).authenticate_bearer(token, client_ip=client_ip, listener="http-dmp")
+    if not isinstance(result, AuthSuccess):
+        raise _unauthenticated(result.reason if isinstance(result, AuthFailure) else "authentication failed")
+    return result.identity
 
 
 Who = Annotated[Identity, Depends(_identity)]
