@@ -78,3 +78,20 @@ async def test_large_body_streams_byte_identical_and_reads_are_audited(
             break
         await asyncio.sleep(0.02)
     assert "folder.select" in actions and "message.read" in actions
+
+
+async def test_plaintext_pipelined_after_starttls_is_discarded(runtime: Runtime, tmp_path: Path) -> None:
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running, tls=False)
+        await client.line()
+        # An attacker in the middle appends a command after STARTTLS, in clear text.
+        await client.send(b"a STARTTLS\r\n")
+        await client.send(b"b LOGIN alice wonderland\r\n")
+        assert await client.line() == "a OK Begin TLS negotiation now"
+        await client.start_tls(running)
+        await client.send(b"c CAPABILITY\r\n")
+        assert (await client.line()).startswith("* CAPABILITY ")
+        assert await client.line() == "c OK CAPABILITY completed"
+        await client.send(b"d SELECT INBOX\r\n")
+        assert await client.line() == "d BAD SELECT is not valid in the not authenticated state"
+        await client.close()

@@ -104,12 +104,19 @@ class Connection:
 
     async def start_tls(self) -> None:
         assert self.server.tls_context is not None
-        # Nothing the client sent before the handshake may be taken as a command after it.
+        await self.writer.drain()
+        # Nothing the client sent before the handshake may be taken as a command after it
+        # (STARTTLS command injection, CVE-2011-0411): drop what the framer holds and what
+        # the stream reader buffered. No await separates this from start_tls, which stops
+        # reading plaintext before it yields.
         self.framer = Framer(
             max_line=self.server.limits.max_line,
             max_literal=self.server.limits.max_literal,
             max_append=self.server.limits.max_append,
         )
+        buffered = getattr(self.reader, "_buffer", None)
+        if isinstance(buffered, bytearray):
+            buffered.clear()
         await self.writer.start_tls(self.server.tls_context)
         self.tls = True
 

@@ -250,6 +250,12 @@ class Session:
             code = f"[{exc.code}] " if exc.code else ""
             await self.channel.write(f"{tag} NO {code}{exc}\r\n".encode())
             return
+        except (ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("IMAP %s failed for %s", command.name, self.channel.peer)
+            await self.channel.write(f"{tag} NO [SERVERBUG] Internal error, the incident is logged\r\n".encode())
+            return
         if self.state == LOGOUT:
             await self.channel.write(f"{tag} OK {text}\r\n".encode())
             return
