@@ -41,12 +41,9 @@ def _service(request: Request) -> DMPService:
 
 
 def _authenticator(request: Request) -> Authenticator:
-    runtime = request.app.state.runtime
-    found = runtime.extras.get("authenticator")
-    if found is None:
-        found = Authenticator(runtime.engine, runtime.settings, writer_engine=runtime.writer_engine)
-        runtime.extras["authenticator"] = found
-    assert isinstance(found, Authenticator)
+    found = getattr(request.app.state.runtime, "authenticator", None)
+    if not isinstance(found, Authenticator):
+        raise HTTPException(503, detail="authentication is not configured on this server")
     return found
 
 

@@ -229,7 +229,13 @@ class DMPService:
         """The service of a ``mssante.runtime.Runtime``, created once and kept in its extras."""
         found = runtime.extras.get("dmp")
         if found is None:
-            found = cls(runtime.engine, runtime.writer_engine, runtime.keyring, runtime.settings)
+            found = cls(
+                runtime.engine,
+                runtime.writer_engine,
+                runtime.keyring,
+                runtime.settings,
+                annuaire=getattr(runtime, "annuaire", None),
+            )
             runtime.extras["dmp"] = found
         return found  # type: ignore[no-any-return]
 

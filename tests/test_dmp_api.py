@@ -15,6 +15,7 @@ import uvicorn
 
 from dmp.service import DMPService, DocumentMeta
 from dmp.testing import INS, MEDECIN, MEDECIN_TRAITANT, REP_INS, cda, seed
+from mssante.auth.authenticator import Authenticator
 from mssante.auth.identity import Identity
 from mssante.auth.testidp import LocalIdP
 from mssante.config import NotifySection
@@ -38,6 +39,9 @@ def api(
     runtime: Runtime, test_idp: LocalIdP, receiver: Receiver
 ) -> Iterator[tuple[httpx.Client, DMPService]]:
     runtime.settings.auth.issuers = test_idp.issuers()
+    runtime.authenticator = Authenticator(
+        runtime.engine, runtime.settings, writer_engine=runtime.writer_engine
+    )
     runtime.settings.notify = NotifySection(
         webhook_url=receiver.url, secret=SECRET, backoff_base_seconds=0.05
     )
