@@ -17,6 +17,7 @@ from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.policy import Policy
+from mssante.smtp.hooks import HookRunner
 from mssante.schema import require_current, upgrade
 from mssante.store.store import MessageStore
 
@@ -51,6 +52,7 @@ class Runtime:
     annuaire: Annuaire
     authenticator: Authenticator | None
     policy: Policy | None
+    delivery_hooks: HookRunner = field(default_factory=lambda: HookRunner([]))
     extras: dict[str, object] = field(default_factory=dict)
 
     def close(self) -> None:

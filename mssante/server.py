@@ -150,11 +150,17 @@ async def serve_forever(
         await stop.wait()
         log.info("shutting down")
     finally:
+        grace = runtime.settings.server.shutdown_grace_seconds
         for item in reversed(running):
             try:
-                await asyncio.wait_for(item.close(), runtime.settings.server.shutdown_grace_seconds)
+                await asyncio.wait_for(item.close(), grace)
             except (TimeoutError, Exception):
                 log.exception("listener %s did not stop cleanly", item.name)
+        # Background work on accepted messages (notifications, DMP deposits) finishes too.
+        try:
+            await asyncio.wait_for(runtime.delivery_hooks.drain(), grace)
+        except TimeoutError:
+            log.warning("delivery hooks still running after %.0f s; stopping anyway", grace)
 
 
 def run(settings: Settings, *, demo: bool = False) -> None:

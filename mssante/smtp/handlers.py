@@ -17,6 +17,7 @@ from mssante.auth.authenticator import AuthSuccess
 from mssante.auth.identity import IdentityKind
 from mssante.policy import DirectoryBal, Policy, Recipient
 from mssante.smtp import dkim, hygiene
+from mssante.smtp.hooks import DeliveryContext, HookRunner
 from mssante.smtp.session import MSSanteSMTP
 from mssante.store.store import MessageStore, Outbound, QuotaExceeded, StoreError
 
@@ -26,11 +27,14 @@ log = logging.getLogger("mssante.smtp")
 class _Base:
     protocol = "ESMTP"
 
-    def __init__(self, *, store: MessageStore, policy: Policy, hostname: str, max_recipients: int) -> None:
+    def __init__(
+        self, *, store: MessageStore, policy: Policy, hostname: str, max_recipients: int, hooks: HookRunner
+    ) -> None:
         self.store = store
         self.policy = policy
         self.hostname = hostname
         self.max_recipients = max_recipients
+        self.hooks = hooks
 
     async def handle_EHLO(
         self, server: MSSanteSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -56,8 +60,7 @@ class _Base:
         recipient: str | None,
         authenticated: str | None,
         on_behalf_of: str | None,
-        has_message_id: bool,
-        domain: str,
+        message_id: str | None,
     ) -> bytes:
         tls = server.tls
         return hygiene.trace_headers(
@@ -70,20 +73,18 @@ class _Base:
             tls=f"{tls.version} {tls.cipher}" if tls.active else None,
             authenticated=authenticated,
             on_behalf_of=on_behalf_of,
-            domain=domain,
-            has_message_id=has_message_id,
+            new_message_id=message_id,
         )
 
     async def _store(
         self,
         server: MSSanteSMTP,
-        raw: bytes,
-        sender: str,
-        routes: list[Recipient],
+        ctx: DeliveryContext,
         actor: str,
         outbound_raw: bytes | None = None,
         extra_audit: tuple[AuditEvent, ...] = (),
     ) -> str:
+        raw, sender, routes = ctx.raw, ctx.mail_from, list(ctx.recipients)
         local = [r.address for r in routes if r.route == "local"]
         remote: dict[str, list[str]] = defaultdict(list)
         for r in routes:
@@ -91,7 +92,7 @@ class _Base:
                 remote[r.domain].append(r.address)
         outbound = Outbound(outbound_raw or raw, dict(remote)) if remote else None
         try:
-            await self.store.deliver(
+            ctx.uids = await self.store.deliver(
                 raw,
                 sender,
                 local,
@@ -99,6 +100,7 @@ class _Base:
                 source=server.peer_ip,
                 outbound=outbound,
                 extra_audit=extra_audit,
+                also=self.hooks.writes(ctx),
             )
         except QuotaExceeded as exc:
             return f"552 5.2.2 Mailbox <{exc.bal}> is over its quota"
@@ -115,6 +117,7 @@ class _Base:
             sum(len(v) for v in remote.values()),
             extra={"session": server.session_id},
         )
+        self.hooks.committed(ctx)
         return f"250 2.0.0 Message accepted (id {server.session_id})"
 
 
@@ -174,14 +177,14 @@ class SubmissionHandler(_Base):
         if not decision.verdict.ok:
             return decision.verdict.smtp
         local_domain = sender.domain
+        message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(local_domain)
         trace = self._trace(
             server,
             session,
             routes[0].address if len(routes) == 1 else None,
             identity.login or identity.principal,
             decision.on_behalf_of,
-            has_id,
-            local_domain,
+            None if has_id else message_id,
         )
         raw = trace + data
         outbound_raw = None
@@ -198,7 +201,10 @@ class SubmissionHandler(_Base):
                     detail={"to": [r.address for r in routes]},
                 ),
             )
-        return await self._store(server, raw, sender.key, routes, identity.principal, outbound_raw, extra)
+        ctx = DeliveryContext(
+            "submission", identity, sender.key, sender, tuple(routes), facts, raw, message_id
+        )
+        return await self._store(server, ctx, identity.principal, outbound_raw, extra)
 
 
 class RelayHandler(_Base):
@@ -252,17 +258,21 @@ class RelayHandler(_Base):
             return "550 5.7.20 DKIM signature did not verify"
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
         peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
+        facts, _, has_id = hygiene.inspect(data)
+        message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(self.hostname)
         trace = self._trace(
             server,
             session,
             routes[0].address if len(routes) == 1 else None,
             None,
             None,
-            True,
-            routes[0].domain,
+            None if has_id else message_id,
         )
         raw = trace + verification.header(self.hostname) + data
-        return await self._store(server, raw, envelope.mail_from or "", routes, f"operator:{peer}")
+        ctx = DeliveryContext(
+            "relay", None, envelope.mail_from or "", None, tuple(routes), facts, raw, message_id
+        )
+        return await self._store(server, ctx, f"operator:{peer}")
 
 
 def peer_names(server: MSSanteSMTP) -> tuple[str, ...]:

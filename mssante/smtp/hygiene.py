@@ -81,6 +81,10 @@ def inspect(data: bytes, *, count_attachments: bool = False) -> tuple[MessageFac
     return facts, None, bool(_values(fields, "Message-ID"))
 
 
+def new_message_id(domain: str) -> str:
+    return make_msgid(domain=domain)
+
+
 def trace_headers(
     *,
     hostname: str,
@@ -92,8 +96,7 @@ def trace_headers(
     tls: str | None,
     authenticated: str | None,
     on_behalf_of: str | None,
-    domain: str,
-    has_message_id: bool,
+    new_message_id: str | None,
 ) -> bytes:
     """The header lines this server adds on top of an accepted message."""
     now = format_datetime(datetime.now(UTC))
@@ -106,6 +109,6 @@ def trace_headers(
     ]
     if on_behalf_of:
         lines.append(f"Sender: {on_behalf_of}\r\n")
-    if not has_message_id:
-        lines.append(f"Message-ID: {make_msgid(domain=domain)}\r\n")
+    if new_message_id:
+        lines.append(f"Message-ID: {new_message_id}\r\n")
     return "".join(lines).encode("utf-8")

@@ -71,6 +71,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
         "policy": runtime.policy,
         "hostname": settings.server.hostname,
         "max_recipients": smtp.max_recipients,
+        "hooks": runtime.delivery_hooks,
     }
     assert settings.dkim.keys_dir is not None
     submission = SubmissionHandler(

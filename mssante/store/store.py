@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, cast
@@ -316,11 +316,13 @@ class MessageStore:
         folder: str = INBOX,
         extra_audit: Sequence[AuditEvent] = (),
         outbound: Outbound | None = None,
+        also: Sequence[Callable[[Session], None]] = (),
     ) -> dict[str, int]:
         """Store one message for local recipients and queue it for remote ones.
 
         Returns {BAL: UID} once durably committed. All or nothing: the blob, every mailbox
-        entry, the queue entries, the usage counters and the audit records commit together, or
+        entry, the queue entries, the usage counters, the audit records and the writes of the
+        ``also`` callables (domain records such as patient conversations) commit together, or
         nothing does.
         """
         sealed, meta = await self._prepare_async(raw)
@@ -343,6 +345,7 @@ class MessageStore:
                 message_id,
                 extra_audit,
                 (sealed_out, outbound) if sealed_out is not None and outbound is not None else None,
+                also,
             )
         )
         return uids
@@ -359,6 +362,7 @@ class MessageStore:
         message_id: str | None,
         extra_audit: Sequence[AuditEvent],
         outbound: tuple[blobstore.SealedBlob, Outbound] | None = None,
+        also: Sequence[Callable[[Session], None]] = (),
     ) -> tuple[dict[str, int], Notes]:
         now = datetime.now(UTC)
         at = timestamp(now, dialect_of(session))
@@ -405,6 +409,8 @@ class MessageStore:
                     detail={"from": sender, "message_id": message_id, "size": sealed.size},
                 )
             )
+        for write in also:
+            write(session)
         audit.append(session, *events, *extra_audit, at=now)
         return uids, notes
 

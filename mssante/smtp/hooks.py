@@ -1,0 +1,73 @@
+"""Delivery hooks: how domain features take part in an accepted message without owning SMTP.
+
+A hook sees each message the front door is about to store. It may add writes to the very
+transaction that stores the message (``in_transaction``: e.g. a patient conversation record,
+so the record exists exactly when the message does) and act once the message is durable
+(``after_commit``: e.g. notify a patient, deposit an XDM package in the DMP and answer the
+sender). ``after_commit`` runs in the background: the sender already has its ``250``, and a
+hook failure never loses or delays mail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session
+
+from mssante.auth.identity import Identity
+from mssante.policy import DirectoryBal, MessageFacts, Recipient
+
+log = logging.getLogger("mssante.smtp")
+
+
+@dataclass
+class DeliveryContext:
+    """One accepted message, as the hooks see it."""
+
+    channel: str  # "submission" or "relay"
+    identity: Identity | None  # the authenticated sender (None on relay-in)
+    mail_from: str
+    sender_bal: DirectoryBal | None
+    recipients: tuple[Recipient, ...]
+    facts: MessageFacts
+    raw: bytes  # the message as stored (with our trace headers)
+    message_id: str | None
+    uids: dict[str, int] = field(default_factory=dict)  # filled after the commit
+
+
+class DeliveryHook(Protocol):
+    def in_transaction(self, ctx: DeliveryContext) -> Callable[[Session], None] | None: ...
+
+    async def after_commit(self, ctx: DeliveryContext) -> None: ...
+
+
+class HookRunner:
+    """Runs the hooks' background work, keeps track of it for a graceful shutdown."""
+
+    def __init__(self, hooks: list[DeliveryHook]) -> None:
+        self.hooks = hooks
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def writes(self, ctx: DeliveryContext) -> list[Callable[[Session], None]]:
+        return [w for w in (h.in_transaction(ctx) for h in self.hooks) if w is not None]
+
+    def committed(self, ctx: DeliveryContext) -> None:
+        for hook in self.hooks:
+            task = asyncio.create_task(self._guarded(hook, ctx))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guarded(hook: DeliveryHook, ctx: DeliveryContext) -> None:
+        try:
+            await hook.after_commit(ctx)
+        except Exception:
+            log.exception("delivery hook %s failed (the message itself is stored)", type(hook).__name__)
+
+    async def drain(self) -> None:
+        if self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
