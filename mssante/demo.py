@@ -33,7 +33,7 @@ from mssante.db import make_engine
 from mssante.server import RunningListener
 from mssante.smtp.dkim import generate_key, key_path
 
-DOMAIN = "demo.mssante.fr"
+DEFAULT_DOMAIN = "demo.mssante.fr"
 PATIENT_DOMAIN = "patient.mssante.fr"
 ACTOR = "demo-setup"
 
@@ -81,83 +81,92 @@ PATIENTS = [
     {"ins": _ins("1750569123789"), "name": "Jean LEROY"},
 ]
 
-ACCOUNTS = [
-    DemoAccount(
-        f"claire.martin@{DOMAIN}",
-        "professional",
-        f"claire.martin@{DOMAIN}",
-        "professional",
-        MARTIN["idnat"],
-        "Dr Claire MARTIN",
-    ),
-    DemoAccount(
-        f"paul.durand@{DOMAIN}",
-        "professional",
-        f"paul.durand@{DOMAIN}",
-        "professional",
-        DURAND["idnat"],
-        "Dr Paul DURAND",
-    ),
-    DemoAccount(
-        f"cardiologie@{DOMAIN}",
-        "org",
-        f"paul.durand@{DOMAIN}",
-        "professional",
-        DURAND["idnat"],
-        "Service de cardiologie",
-    ),
-    DemoAccount(
-        f"pharmacie.parc@{DOMAIN}",
-        "pharmacy",
-        f"sophie.bernard@{DOMAIN}",
-        "professional",
-        BERNARD["idnat"],
-        "Pharmacie du Parc",
-    ),
-    DemoAccount(f"dpi@{DOMAIN}", "app", f"dpi@{DOMAIN}", "application", None, "DPI du CH de Démo"),
-    *(
+
+def demo_accounts(domain: str) -> list[DemoAccount]:
+    """The demo logins of an operator hosting ``domain`` (its first configured domain)."""
+    return [
         DemoAccount(
-            f"{p['ins']}@{PATIENT_DOMAIN}",
-            "patient",
-            f"{p['ins']}@{PATIENT_DOMAIN}",
-            "patient",
-            p["ins"],
-            p["name"],
-        )
-        for p in PATIENTS
-    ),
-]
+            f"claire.martin@{domain}",
+            "professional",
+            f"claire.martin@{domain}",
+            "professional",
+            MARTIN["idnat"],
+            "Dr Claire MARTIN",
+        ),
+        DemoAccount(
+            f"paul.durand@{domain}",
+            "professional",
+            f"paul.durand@{domain}",
+            "professional",
+            DURAND["idnat"],
+            "Dr Paul DURAND",
+        ),
+        DemoAccount(
+            f"cardiologie@{domain}",
+            "org",
+            f"paul.durand@{domain}",
+            "professional",
+            DURAND["idnat"],
+            "Service de cardiologie",
+        ),
+        DemoAccount(
+            f"pharmacie.parc@{domain}",
+            "pharmacy",
+            f"sophie.bernard@{domain}",
+            "professional",
+            BERNARD["idnat"],
+            "Pharmacie du Parc",
+        ),
+        DemoAccount(f"dpi@{domain}", "app", f"dpi@{domain}", "application", None, "DPI du CH de Démo"),
+        *(
+            DemoAccount(
+                f"{p['ins']}@{PATIENT_DOMAIN}",
+                "patient",
+                f"{p['ins']}@{PATIENT_DOMAIN}",
+                "patient",
+                p["ins"],
+                p["name"],
+            )
+            for p in PATIENTS
+        ),
+    ]
 
 
 def demo_settings(settings: Settings) -> list[str]:
     """Adjust settings for demo mode (domains, PKI, demo identity provider)."""
     done = prepare_demo(settings)
-    domains = list(dict.fromkeys([*settings.server.domains, DOMAIN, PATIENT_DOMAIN]))
+    domain = operator_domain(settings)
+    domains = list(dict.fromkeys([*settings.server.domains, domain, PATIENT_DOMAIN]))
     if domains != settings.server.domains:
         settings.server.domains = domains
     settings.server.patient_domain = PATIENT_DOMAIN
     assert settings.dkim.keys_dir is not None
-    if not key_path(settings.dkim.keys_dir, DOMAIN, settings.dkim.selector).exists():
-        generate_key(settings.dkim.keys_dir, DOMAIN, settings.dkim.selector)
-        done.append(f"created the DKIM key of {DOMAIN} (selector {settings.dkim.selector})")
+    if not key_path(settings.dkim.keys_dir, domain, settings.dkim.selector).exists():
+        generate_key(settings.dkim.keys_dir, domain, settings.dkim.selector)
+        done.append(f"created the DKIM key of {domain} (selector {settings.dkim.selector})")
     return done
 
 
-def _populate(session: Session) -> None:
+def operator_domain(settings: Settings) -> str:
+    """The demo operator's domain: the first configured domain (``demo.mssante.fr`` by default)."""
+    return settings.server.domains[0] if settings.server.domains else DEFAULT_DOMAIN
+
+
+def _populate(session: Session, domain: str) -> None:
     svc = annuaire_service
     svc.add_structure(session, id_type="FINESS", actor=ACTOR, **CH)
     svc.add_structure(session, id_type="FINESS", actor=ACTOR, **PHARMACY)
     for person in (MARTIN, DURAND, BERNARD):
         svc.add_professional(session, actor=ACTOR, **person)
     svc.add_bal(
-        session, address=f"claire.martin@{DOMAIN}", type="PER", professional=MARTIN["idnat"], actor=ACTOR
+        session, address=f"claire.martin@{domain}", type="PER", professional=MARTIN["idnat"], actor=ACTOR
     )
     svc.add_bal(
-        session, address=f"paul.durand@{DOMAIN}", type="PER", professional=DURAND["idnat"], actor=ACTOR
+        session, address=f"paul.durand@{domain}", type="PER", professional=DURAND["idnat"], actor=ACTOR
     )
     svc.add_bal(
         session,
-        address=f"cardiologie@{DOMAIN}",
+        address=f"cardiologie@{domain}",
         type="ORG",
         structure=CH["identifier"],
         responsible=DURAND["idnat"],
@@ -167,7 +176,7 @@ def _populate(session: Session) -> None:
     )
     svc.add_bal(
         session,
-        address=f"pharmacie.parc@{DOMAIN}",
+        address=f"pharmacie.parc@{domain}",
         type="ORG",
         structure=PHARMACY["identifier"],
         responsible=BERNARD["idnat"],
@@ -176,7 +185,7 @@ def _populate(session: Session) -> None:
     )
     svc.add_bal(
         session,
-        address=f"dpi@{DOMAIN}",
+        address=f"dpi@{domain}",
         type="APP",
         structure=CH["identifier"],
         responsible=DURAND["idnat"],
@@ -185,14 +194,16 @@ def _populate(session: Session) -> None:
     )
     for patient in PATIENTS:
         svc.add_patient_bal(session, ins=patient["ins"], domain=PATIENT_DOMAIN, actor=ACTOR)
-    svc.add_operator_domain(session, domain=DOMAIN, actor=ACTOR)
+    svc.add_operator_domain(session, domain=domain, actor=ACTOR)
     svc.add_operator_domain(session, domain=PATIENT_DOMAIN, actor=ACTOR)
 
 
-def _create_logins(session: Session, certs_dir: Path, passwords: dict[str, str]) -> dict[str, dict[str, str]]:
+def _create_logins(
+    session: Session, certs_dir: Path, passwords: dict[str, str], logins: list[DemoAccount]
+) -> dict[str, dict[str, str]]:
     """Accounts behind the demo logins; returns client certificate paths of APP accounts."""
     client_files: dict[str, dict[str, str]] = {}
-    for acct in ACCOUNTS:
+    for acct in logins:
         if accounts.get(session, acct.login) is None:
             if acct.identity_kind == "application":
                 accounts.create(
@@ -222,23 +233,25 @@ def _create_logins(session: Session, certs_dir: Path, passwords: dict[str, str])
 def setup(settings: Settings) -> dict[str, Any]:
     """Create the demo operator if absent (idempotent); returns the demo.json document so far."""
     path = settings.data_dir / "demo.json"
+    domain = operator_domain(settings)
+    logins = demo_accounts(domain)
     previous = json.loads(path.read_text()) if path.exists() else {}
     known = {a["login"]: a.get("password") for a in previous.get("accounts", [])}
     passwords = {
         a.login: known.get(a.login) or secrets.token_urlsafe(12)
-        for a in ACCOUNTS
+        for a in logins
         if a.identity_kind != "application"
     }
     certs_dir = settings.data_dir / "certs"
     engine = make_engine(settings.database_url, writer=True)
     try:
         with Session(engine) as session, session.begin():
-            _populate(session)
-            client_files = _create_logins(session, certs_dir, passwords)
+            _populate(session, domain)
+            client_files = _create_logins(session, certs_dir, passwords, logins)
     finally:
         engine.dispose()
     return {
-        "domain": DOMAIN,
+        "domain": domain,
         "patient_domain": PATIENT_DOMAIN,
         "ca_cert": str((certs_dir / "ca.pem").resolve()),
         "listeners": [],
@@ -252,7 +265,7 @@ def setup(settings: Settings) -> dict[str, Any]:
                 "client_key": client_files.get(a.login, {}).get("key"),
                 "delegated": a.delegated,
             }
-            for a in ACCOUNTS
+            for a in logins
         ],
     }
 
