@@ -97,7 +97,9 @@ def test_add_show_search_disable(cli: Cli) -> None:
     assert "Pharmacie du Centre" in cli("annuaire", "search", "pharmacie")
     assert "no BAL" in cli("annuaire", "show", "nobody@demo.mssante.fr", code=1)
 
-    assert "updated" in cli("annuaire", "disable", "officine@demo.mssante.fr")
+    disabled = json.loads(cli("annuaire", "disable", "officine@demo.mssante.fr", "--json"))
+    assert disabled == {"object": "officine@demo.mssante.fr", "status": "updated"}
+    assert "unchanged" in cli("annuaire", "disable", "officine@demo.mssante.fr")
     assert json.loads(cli("annuaire", "show", "officine@demo.mssante.fr", "--json"))["active"] is False
     cli("annuaire", "enable", "officine@demo.mssante.fr")
     assert "no BAL" in cli("annuaire", "disable", "nobody@demo.mssante.fr", code=1)

@@ -247,7 +247,8 @@ def show(
     console.print(table)
 
 
-def _write(work: Callable[[Any], Any], what: str) -> None:
+def _write(work: Callable[[Any], Any], what: str, as_json: bool) -> None:
+    """One write in its own transaction; prints ``added``/``updated``/``unchanged``."""
     from mssante.db import transaction
 
     def run() -> str:
@@ -255,7 +256,11 @@ def _write(work: Callable[[Any], Any], what: str) -> None:
             status: str = work(session).status
             return status
 
-    console.print(f"{what}: {_refused(run)}")
+    status = _refused(run)
+    if as_json:
+        print(json.dumps({"object": what, "status": status}, ensure_ascii=False))
+    else:
+        console.print(f"{what}: {status}")
 
 
 @add_app.command("professional")
@@ -264,12 +269,14 @@ def add_professional(
     nom: Annotated[str, typer.Option(help="Nom d'exercice.")],
     prenom: Annotated[str | None, typer.Option(help="Prénom d'exercice.")] = None,
     profession: Annotated[str | None, typer.Option(help="Profession code (TRE_G15), e.g. 10.")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Add or update a professional."""
     from annuaire import service
 
-    _write(lambda s: service.add_professional(s, idnat=idnat, nom=nom, prenom=prenom,
-                                              profession_code=profession, actor=_actor()), idnat)  # fmt: skip
+    _write(lambda s: service.add_professional(
+        s, idnat=idnat, nom=nom, prenom=prenom, profession_code=profession, actor=_actor()),
+        idnat, as_json)  # fmt: skip
 
 
 @add_app.command("structure")
@@ -280,13 +287,14 @@ def add_structure(
     categorie: Annotated[
         str | None, typer.Option(help="FINESS category (620 = pharmacie d'officine).")
     ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Add or update a structure."""
     from annuaire import service
 
     _write(lambda s: service.add_structure(
         s, identifier=identifier, raison_sociale=raison_sociale, id_type=id_type, categorie=categorie,
-        actor=_actor()), identifier)  # fmt: skip
+        actor=_actor()), identifier, as_json)  # fmt: skip
 
 
 @add_app.command("bal")
@@ -299,6 +307,7 @@ def add_bal(
     service_name: Annotated[str | None, typer.Option("--service", help="Service de rattachement.")] = None,
     description: Annotated[str | None, typer.Option(help="What the BAL is for.")] = None,
     liste_rouge: Annotated[bool, typer.Option("--liste-rouge", help="Unlisted: never published.")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """Add or update a local BAL (and activate it)."""
     from annuaire import service
@@ -306,30 +315,41 @@ def add_bal(
     _write(lambda s: service.add_bal(
         s, address=address, type=bal_type, professional=professional, structure=structure,
         responsible=responsible, service=service_name, description=description, liste_rouge=liste_rouge,
-        actor=_actor()), address)  # fmt: skip
+        actor=_actor()), address, as_json)  # fmt: skip
 
 
 @add_app.command("patient")
 def add_patient(
     ins: Annotated[str, typer.Argument(help="INS matricule (15 characters, key included).")],
+    as_json: JsonOption = False,
 ) -> None:
     """Create the BAL <INS>@patient.mssante.fr of a patient."""
     from annuaire import service
 
-    _write(lambda s: service.add_patient_bal(s, ins=ins, actor=_actor()), ins)
+    _write(lambda s: service.add_patient_bal(s, ins=ins, actor=_actor()), ins, as_json)
 
 
 @app.command("disable")
-def disable(address: Annotated[str, typer.Argument(help="The BAL to deactivate (never deleted).")]) -> None:
+def disable(
+    address: Annotated[str, typer.Argument(help="The BAL to deactivate (never deleted).")],
+    as_json: JsonOption = False,
+) -> None:
     """Deactivate a BAL: it can neither send nor receive, its data are kept."""
     from annuaire import service
 
-    _write(lambda s: service.set_bal_active(s, address=address, active=False, actor=_actor()), address)
+    _write(
+        lambda s: service.set_bal_active(s, address=address, active=False, actor=_actor()), address, as_json
+    )
 
 
 @app.command("enable")
-def enable(address: Annotated[str, typer.Argument(help="The BAL to re-activate.")]) -> None:
+def enable(
+    address: Annotated[str, typer.Argument(help="The BAL to re-activate.")],
+    as_json: JsonOption = False,
+) -> None:
     """Re-activate a BAL that was disabled."""
     from annuaire import service
 
-    _write(lambda s: service.set_bal_active(s, address=address, active=True, actor=_actor()), address)
+    _write(
+        lambda s: service.set_bal_active(s, address=address, active=True, actor=_actor()), address, as_json
+    )
