@@ -38,6 +38,7 @@ MODEL_MODULES = (
     "mssante.store.models",
     "mssante.auth.models",
     "dmp.models",
+    "mssante.patients.models",
 )
 
 
