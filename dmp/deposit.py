@@ -42,6 +42,7 @@ from dmp.service import (
     DMPService,
     DocumentInfo,
     DocumentMeta,
+    FeedItem,
     PatientInfo,
 )
 from dmp.xdm import ZIP_NAME, XdmPackage
@@ -209,31 +210,33 @@ class Depositor:
     def _feed(
         self, package: XdmPackage, patient: PatientInfo, sender: Identity, source: str
     ) -> list[DocumentInfo]:
-        out = []
-        for doc in package.documents:
-            if doc.type_code not in self.service.codes.type_codes:
-                raise _Failure(E_OTHER, f"type code {doc.type_code} is not in JDV_J07")
-        for doc in package.documents:
-            acting = self._acting(sender, doc.author.idnat)
-            meta = DocumentMeta(
-                type_code=doc.type_code,
-                title=doc.title,
-                format=doc.format,
-                mime_type=doc.mime_type,
-                created_at=doc.created_at,
-                unique_id=doc.unique_id or None,
-                author_structure=doc.author.structure,
-                flags=doc.flags,
+        """All documents of the package, or none: one author per package."""
+        authors = {doc.author.idnat for doc in package.documents}
+        if len(authors) != 1:
+            raise _Failure(E_OTHER, "the documents of one package must have one author")
+        items = [
+            FeedItem(
+                doc.content,
+                DocumentMeta(
+                    type_code=doc.type_code,
+                    title=doc.title,
+                    format=doc.format,
+                    mime_type=doc.mime_type,
+                    created_at=doc.created_at,
+                    unique_id=doc.unique_id or None,
+                    author_structure=doc.author.structure,
+                    flags=doc.flags,
+                ),
+                doc.replaces,
             )
-            try:
-                out.append(
-                    self.service.feed(
-                        acting, patient.ins, doc.content, meta, replaces=doc.replaces, source=source
-                    )
-                )
-            except DMPError as exc:
-                raise _Failure(exc.code, str(exc)) from None
-        return out
+            for doc in package.documents
+        ]
+        try:
+            return self.service.feed_many(
+                self._acting(sender, authors.pop()), patient.ins, items, source=source
+            )
+        except DMPError as exc:
+            raise _Failure(exc.code, str(exc)) from None
 
     @staticmethod
     def _acting(sender: Identity, author: str) -> Identity:

@@ -256,3 +256,10 @@ def test_automatic_messages_get_no_answer(dmp_service: DMPService) -> None:
         dmp_service, xdm.build(package(ins=UNKNOWN_INS)), headers={"Auto-Submitted": "auto-replied"}
     )
     assert result.code == 902 and result.answer is None
+
+
+def test_a_package_is_deposited_whole_or_not_at_all(dmp_service: DMPService) -> None:
+    doc = package().documents[0]
+    bad_replacement = replace(doc, unique_id="2.25.77", replaces="2.25.404")
+    _error(_send(dmp_service, xdm.build(package(documents=(doc, bad_replacement)))), 900)
+    assert _stored(dmp_service) == 0 and _count_blobs(dmp_service) == 0
