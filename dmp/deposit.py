@@ -362,7 +362,10 @@ def build_message(
     notification_to: str | None = None,
     body: str = "Document transmis par messagerie sécurisée de santé.",
 ) -> EmailMessage:
-    """A message carrying an XDM package as the ANS guide describes (for send-xdm and tests)."""
+    """A message carrying an XDM package as the ANS guide describes (for send-xdm and tests).
+
+    Serialise it with ``as_bytes(policy=email.policy.SMTP)``: SMTP wants CRLF line ends.
+    """
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
     msg["Date"] = formatdate(localtime=False)

@@ -31,6 +31,7 @@ from mssante.runtime import Runtime, initialise, open_runtime
 from mssante.smtp.hooks import HookRunner
 from mssante.smtp.listeners import start_smtp
 from tests.mailbox import StoredMail, wait_for
+from tests.test_cli import run
 
 MARTIN = "claire.martin@demo.mssante.fr"
 GATEWAY = "dmp@demo.mssante.fr"
@@ -119,3 +120,21 @@ async def test_deposit_through_submission_with_mdn(server: Server, ins: str, cod
         assert str(email.header.make_header(email.header.decode_header(answer["Subject"]))).startswith(
             f"[KO Intégration système !][{code}] XDM/1.0/DDM+"
         )
+
+
+async def test_send_xdm_command(server: Server, tmp_path: Path) -> None:
+    zip_file = tmp_path / "IHE_XDM.ZIP"
+    zip_file.write_bytes(_xdm())
+    args = ["dmp", "send-xdm", str(zip_file), "--from", MARTIN, "--to", GATEWAY, "--port", str(server.port),
+            "--ca-file", server.ca_file, "--subject", "XDM/1.0/DDM+CR DUPONT MARIE 19800101"]  # fmt: skip
+    done = await asyncio.to_thread(run, *args, cwd=tmp_path, env={"MSSANTE_SMTP_PASSWORD": server.password})
+    assert done.returncode == 0, done.stderr
+    stored = StoredMail(server.data_dir)
+    try:
+        await wait_for(lambda: len(stored.messages(MARTIN)) == 1)
+        [raw] = stored.messages(MARTIN)
+        [sent] = stored.messages(GATEWAY)
+    finally:
+        stored.close()
+    assert b"Disposition: automatic-action/MDN-sent-automatically; processed\r\n" in raw
+    assert b"X-MSS-CODECDA: 34112-3\r\n" in sent and b"X-MSS-INS: O\r\n" in sent

@@ -299,3 +299,54 @@ def xdm_build(
                          given_names=first_given_name, birth_date=born, sex=sex)  # fmt: skip
     out.write_bytes(build(XdmPackage(patient, tuple(docs), submission_id=f"2.25.{uuid.uuid4().int}")))
     console.print(f"wrote {out} ({out.stat().st_size} bytes, {len(docs)} document(s))")
+
+
+@app.command("send-xdm")
+def send_xdm(
+    package_file: Annotated[Path, typer.Argument(help="The IHE_XDM.ZIP to send.")],
+    sender: Annotated[str, typer.Option("--from", help="Sender BAL.")],
+    to: Annotated[str, typer.Option(help="The patient's BAL or the DMP gateway address.")],
+    subject: Annotated[str, typer.Option(help="XDM/1.0/DDM+<libellé> <NOM> <prénom> <date de naissance>.")],
+    login: Annotated[str, typer.Option(help="Submission login (default: the sender BAL).")] = "",
+    password_env: Annotated[str, typer.Option(help="Environment variable holding the password.")] = (
+        "MSSANTE_SMTP_PASSWORD"
+    ),
+    host: Annotated[str, typer.Option(help="Submission server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Submission port (STARTTLS).")] = 2587,
+    ca_file: Annotated[Path | None, typer.Option(help="CA to verify the server (default: system).")] = None,
+    mdn: Annotated[bool, typer.Option("--mdn/--no-mdn", help="Ask for a disposition notification.")] = True,
+) -> None:
+    """Send an XDM package through submission, with the ANS headers (X-MSS-INS, X-MSS-CODECDA)."""
+    import os
+    import smtplib
+    import ssl
+    from email import policy
+
+    from dmp.deposit import build_message
+    from dmp.xdm_reader import Limits, XdmError, read
+    from mssante.config import DMPSection
+
+    try:
+        data = package_file.read_bytes()
+        packages = read(data, Limits.of(DMPSection()))
+    except OSError as exc:
+        fail(f"cannot read {package_file}: {exc.strerror}")
+    except XdmError as exc:
+        fail(f"[{exc.code}] {package_file}: {exc}")
+    password = os.environ.get(password_env)
+    if not password:
+        fail(f"set the password in ${password_env}", EXIT_USAGE)
+    codes = list(dict.fromkeys(d.type_code for p in packages for d in p.documents if d.format == "CDA_R2"))
+    msg = build_message(data, sender=sender, to=to, subject=subject, cda_codes=codes,
+                        notification_to=sender if mdn else None)  # fmt: skip
+    context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    try:
+        with smtplib.SMTP(host, port, timeout=60) as client:
+            client.starttls(context=context)
+            client.login(login or sender, password)
+            refused = client.sendmail(sender, [to], msg.as_bytes(policy=policy.SMTP))
+    except (smtplib.SMTPException, OSError) as exc:
+        fail(f"submission failed: {exc}")
+    if refused:
+        fail(f"refused: {refused}")
+    console.print(f"sent {package_file.name} to {to} ({msg['Message-ID']})", highlight=False)
