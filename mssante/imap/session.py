@@ -254,7 +254,9 @@ class Session:
             raise
         except Exception:
             log.exception("IMAP %s failed for %s", command.name, self.channel.peer)
-            await self.channel.write(f"{tag} NO [SERVERBUG] Internal error, the incident is logged\r\n".encode())
+            await self.channel.write(
+                f"{tag} NO [SERVERBUG] Internal error, the incident is logged\r\n".encode()
+            )
             return
         if self.state == LOGOUT:
             await self.channel.write(f"{tag} OK {text}\r\n".encode())
@@ -463,6 +465,17 @@ class Session:
         if not name or "//" in name:
             raise No("Invalid mailbox name", "CANNOT")
         await self.store.create_folder(self.bal, name, uses[0] if uses else None)
+        # The store audits DELETE and RENAME itself; CREATE is traced here.
+        self._trace(
+            AuditEvent(
+                actor=self.actor,
+                action="folder.create",
+                bal=self.bal,
+                object=name,
+                source=self.source,
+                detail={"special_use": uses[0]} if uses else None,
+            )
+        )
         return "CREATE completed"
 
     async def _delete(self, command: Command) -> str:
