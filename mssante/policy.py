@@ -85,6 +85,8 @@ class MessageFacts:
     in_reply_to: tuple[str, ...] = ()
     references: tuple[str, ...] = ()
     attachments: int = 0
+    # ``type/subtype`` of each attachment (counted for patient senders only, like ``attachments``).
+    attachment_types: tuple[str, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
 
 

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_datetime
 
 from mssante.policy import MessageFacts
-from mssante.store.mime import analyse, parse_headers
+from mssante.store.mime import analyse, attachment_types, parse_headers
 
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _MSGID = re.compile(r"<[^<>\s]+>")
@@ -71,11 +71,13 @@ def inspect(data: bytes, *, count_attachments: bool = False) -> tuple[MessageFac
         parsedate_to_datetime(dates[0])
     except (TypeError, ValueError):
         return empty, Problem("5.6.0", f"the Date: header {dates[0][:60]!r} is not an RFC 5322 date"), False
+    analysis = analyse(data) if count_attachments else None
     facts = MessageFacts(
         from_addresses=addresses,
         in_reply_to=tuple(_MSGID.findall(" ".join(_values(fields, "In-Reply-To")))),
         references=tuple(_MSGID.findall(" ".join(_values(fields, "References")))),
-        attachments=int(analyse(data)["attachments"]) if count_attachments else 0,
+        attachments=int(analysis["attachments"]) if analysis else 0,
+        attachment_types=attachment_types(analysis["part"]) if analysis else (),
         headers={k.lower(): v for k, v in fields},
     )
     return facts, None, bool(_values(fields, "Message-ID"))

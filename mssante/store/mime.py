@@ -216,3 +216,12 @@ def count_attachments(part: Json) -> int:
         disposition and any(k == "filename" for k, _ in disposition[1])
     )
     return 1 if has_name and part["type"] != "text" else 0
+
+
+def attachment_types(part: Json) -> tuple[str, ...]:
+    """``type/subtype`` of each part :func:`count_attachments` counts, in order."""
+    if "parts" in part:
+        return tuple(t for p in part["parts"] for t in attachment_types(p))
+    if count_attachments(part):
+        return (f"{part['type']}/{part['subtype']}".lower(),)
+    return ()
