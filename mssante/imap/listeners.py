@@ -1,0 +1,78 @@
+"""The IMAP front doors of ``mssante serve``: STARTTLS (``imap.port``) and implicit TLS
+(``imap.tls_port``), authenticated by ``mssante.auth`` and opened on the BAL the policy allows.
+
+``start_imap`` has the signature of :data:`mssante.server.ListenerStarter`: adding it to
+``listener_starters()`` is what puts IMAP in ``mssante serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from delegation.rights import Right, effective_rights
+from mssante.auth.identity import Identity
+from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
+from mssante.imap.server import ImapServer, Limits
+from mssante.policy import Policy
+from mssante.runtime import Runtime
+from mssante.server import RunningListener
+from mssante.tls import ClientCertMode, server_context
+
+
+def policy_bal_resolver(policy: Policy) -> ResolveBal:
+    """The BAL a session opens: the SASL authorization identity if one was allowed, else the
+    login (a BAL address for local accounts), provided the identity may read it.
+
+    TODO(policy owner): this is an access decision; it belongs in ``Policy`` beside
+    ``sender``/``recipient`` (e.g. ``Policy.mailbox(identity, address)``), and should move there.
+    """
+
+    def decide(identity: Identity, authzid: str | None) -> str | None:
+        address = authzid or identity.login
+        if not address:
+            return None
+        bal = policy.directory.bal(address)
+        if bal is None or Right.READ not in effective_rights(identity, bal):
+            return None
+        return bal.address
+
+    async def resolve(identity: Identity, authzid: str | None) -> str | None:
+        return await asyncio.to_thread(decide, identity, authzid)
+
+    return resolve
+
+
+async def start_imap(runtime: Runtime) -> list[RunningListener]:
+    settings = runtime.settings
+    if runtime.policy is None or runtime.authenticator is None:
+        return []
+    # Client certificates are asked for (and verified) so that APP BALs can use SASL EXTERNAL.
+    context = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
+    gate = AuthenticatorGate(runtime.authenticator, policy_bal_resolver(runtime.policy))
+    server = ImapServer(
+        runtime.store,
+        gate,
+        tls_context=context,
+        hostname=settings.server.hostname,
+        limits=Limits(max_append=settings.smtp.max_message_size),
+    )
+    imap = settings.imap
+    starttls = await server.start(imap.host, imap.port)
+    implicit = await server.start(imap.host, imap.tls_port, implicit_tls=True)
+    closed = False
+
+    async def close() -> None:
+        nonlocal closed
+        if closed:
+            return
+        closed = True
+        for listener in (starttls, implicit):
+            listener.close()
+        await server.close_connections()
+        for listener in (starttls, implicit):
+            await listener.wait_closed()
+
+    return [
+        RunningListener("imap", "imap", imap.host, starttls.sockets[0].getsockname()[1], "starttls", close),
+        RunningListener("imaps", "imap", imap.host, implicit.sockets[0].getsockname()[1], "implicit", close),
+    ]
