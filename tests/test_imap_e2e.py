@@ -122,3 +122,21 @@ async def test_refusals_wrong_password_and_login_without_a_readable_bal(demo_doo
     # The pharmacist's login is not itself a BAL: she authenticates, but opens nothing.
     refused = await asyncio.to_thread(attempt, pharmacy["login"], pharmacy["password"])
     assert "AUTHORIZATIONFAILED" in refused
+
+
+async def test_application_authenticates_with_its_certificate(demo_doors: Demo) -> None:
+    app = next(a for a in demo_doors.document["accounts"] if a["address"].startswith("dpi@"))
+
+    def attempt() -> tuple[str, list[bytes]]:
+        context = ssl.create_default_context(cafile=demo_doors.ca_file)
+        context.load_cert_chain(app["client_cert"], app["client_key"])
+        with imaplib.IMAP4_SSL("localhost", demo_doors.ports["imaps"], ssl_context=context) as imap:
+            assert "AUTH=EXTERNAL" in imap.capabilities
+            typ, _ = imap.authenticate("EXTERNAL", lambda _: b"")
+            listing = imap.list()[1]
+            imap.logout()
+            return typ, listing
+
+    typ, listing = await asyncio.to_thread(attempt)
+    assert typ == "OK"
+    assert b'(\\HasNoChildren) "/" INBOX' in listing
