@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request
 from fastapi.responses import JSONResponse
@@ -173,30 +173,19 @@ class Visibility(BaseModel):
     reason: str | None = None
 
 
-@router.post("/documents/{unique_id}/mask")
-def mask(unique_id: str, body: Visibility, who: Who, service: Service, request: Request) -> Any:
+@router.post("/documents/{unique_id}/{change}")
+def set_visibility(
+    unique_id: str,
+    change: Literal["mask", "unmask"],
+    body: Visibility,
+    who: Who,
+    service: Service,
+    request: Request,
+) -> Any:
+    """``mask`` or ``unmask``: the author hides a document from professionals, patient or representatives."""
+    on = change == "mask"
     found = _call(
-        service.set_visibility,
-        who,
-        unique_id,
-        body.flags,
-        on=True,
-        reason=body.reason,
-        source=_source(request),
-    )
-    return found if isinstance(found, JSONResponse) else found.as_json()
-
-
-@router.post("/documents/{unique_id}/unmask")
-def unmask(unique_id: str, body: Visibility, who: Who, service: Service, request: Request) -> Any:
-    found = _call(
-        service.set_visibility,
-        who,
-        unique_id,
-        body.flags,
-        on=False,
-        reason=body.reason,
-        source=_source(request),
+        service.set_visibility, who, unique_id, body.flags, on=on, reason=body.reason, source=_source(request)
     )
     return found if isinstance(found, JSONResponse) else found.as_json()
 

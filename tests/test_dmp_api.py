@@ -139,6 +139,15 @@ def test_masking_over_http(api: tuple[httpx.Client, DMPService], test_idp: Local
     patient = _auth(test_idp, INS, "patient")
     assert client.get("/dmp/me/documents", headers=patient).json() == {"documents": []}
     assert client.get(f"/dmp/documents/{uid}", headers=patient).status_code == 403
+    author = _auth(test_idp, MEDECIN_TRAITANT)
+    assert (
+        client.post(
+            f"/dmp/documents/{uid}/unmask", json={"flags": ["INVISIBLE_PATIENT"]}, headers=author
+        ).json()["flags"]
+        == []
+    )
+    assert client.get(f"/dmp/documents/{uid}", headers=patient).status_code == 200
+    assert client.post(f"/dmp/documents/{uid}/hide", json={"flags": []}, headers=author).status_code == 422
     not_author = client.delete(f"/dmp/documents/{uid}", headers=_auth(test_idp, MEDECIN))
     assert not_author.status_code == 403 and not_author.json()["code"] == 901
     assert (
