@@ -201,7 +201,7 @@ def documents_list(
     with _service() as service:
         found = service.list_documents(
             who, ins, type_code=type_code, author_profession=author_profession,
-            break_glass=break_glass, reason=reason, source="cli",
+            break_glass=break_glass, reason=reason, source=_operator(),
         )  # fmt: skip
     if as_json:
         console.print_json(json.dumps([d.as_json() for d in found]))
@@ -238,7 +238,7 @@ IdArgument = Annotated[str, typer.Argument(help="Unique id of the document.")]
 def mask(document: IdArgument, actor: AsOption, flag: FlagOption) -> None:
     """Mask a document (its author only)."""
     with _service() as service:
-        info = service.set_visibility(_identity(actor), document, flag, on=True, source="cli")
+        info = service.set_visibility(_identity(actor), document, flag, on=True, source=_operator())
     console.print(f"{info.unique_id}: {', '.join(info.flags) or 'visible to all'}")
 
 
@@ -246,7 +246,7 @@ def mask(document: IdArgument, actor: AsOption, flag: FlagOption) -> None:
 def unmask(document: IdArgument, actor: AsOption, flag: FlagOption) -> None:
     """Unmask a document (its author only)."""
     with _service() as service:
-        info = service.set_visibility(_identity(actor), document, flag, on=False, source="cli")
+        info = service.set_visibility(_identity(actor), document, flag, on=False, source=_operator())
     console.print(f"{info.unique_id}: {', '.join(info.flags) or 'visible to all'}")
 
 
@@ -256,7 +256,7 @@ def delete(
 ) -> None:
     """Delete a document (its author only; the trace keeps it)."""
     with _service() as service:
-        info = service.delete(_identity(actor), document, reason=reason, source="cli")
+        info = service.delete(_identity(actor), document, reason=reason, source=_operator())
     console.print(f"{info.unique_id}: {info.status}")
 
 
