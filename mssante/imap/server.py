@@ -153,6 +153,8 @@ class Connection:
                     await self._command(event.data)
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.debug("IMAP connection %s ended: %s", self.peer, exc)
+        except Exception:
+            log.exception("IMAP connection %s failed", self.peer)
         finally:
             await self.session.finish()
             with contextlib.suppress(Exception):

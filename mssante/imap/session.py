@@ -49,7 +49,7 @@ from mssante.imap.fetch import (
     needs_meta,
 )
 from mssante.imap.gate import Gate, Principal, Refusal, plain_initial
-from mssante.imap.mailbox import SelectedMailbox
+from mssante.imap.mailbox import Entry, SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
 from mssante.imap.search import Candidate, matches, needs
 from mssante.store.feed import FolderChange, Subscription
@@ -82,6 +82,24 @@ BASE_CAPABILITIES = (
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
 BODY_READ_AHEAD = 16
+BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
+def _read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
+    """Split messages into groups read together: at most BODY_READ_AHEAD messages and
+    BODY_READ_AHEAD_BYTES bytes (a single larger message makes a group of its own)."""
+    groups: list[list[tuple[int, Entry]]] = []
+    current: list[tuple[int, Entry]] = []
+    size = 0
+    for item in batch:
+        if current and (len(current) >= BODY_READ_AHEAD or size + item[1].size > BODY_READ_AHEAD_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item[1].size
+    if current:
+        groups.append(current)
+    return groups
 
 
 class Channel(Protocol):
@@ -742,18 +760,15 @@ class Session:
             batch = candidates[start : start + META_BATCH]
             batch = [(n, e) for n, e in batch if not e.expunged]
             metas = await self.store.meta([e.blob_id for _, e in batch]) if want_meta else {}
-            raws: list[bytes | None] = [None] * len(batch)
-            if want_body:
-                # Bodies are decrypted by the store's worker threads, several at a time.
-                for k in range(0, len(batch), BODY_READ_AHEAD):
-                    chunk = batch[k : k + BODY_READ_AHEAD]
-                    raws[k : k + len(chunk)] = await asyncio.gather(
-                        *(self.store.body(e.blob_id) for _, e in chunk)
-                    )
-            for (n, entry), raw in zip(batch, raws, strict=True):
-                candidate = Candidate(n, entry, box.exists, largest_uid, metas.get(entry.blob_id), raw)
-                if matches(args.key, candidate):
-                    found.append(entry.uid if command.uid else n)
+            for group in _read_ahead_groups(batch) if want_body else [batch]:
+                raws: list[bytes | None] = [None] * len(group)
+                if want_body:
+                    # Decrypted by the store's worker threads, a bounded group at a time.
+                    raws = list(await asyncio.gather(*(self.store.body(e.blob_id) for _, e in group)))
+                for (n, entry), raw in zip(group, raws, strict=True):
+                    candidate = Candidate(n, entry, box.exists, largest_uid, metas.get(entry.blob_id), raw)
+                    if matches(args.key, candidate):
+                        found.append(entry.uid if command.uid else n)
         await self.untagged("SEARCH" + "".join(f" {n}" for n in found))
         return f"{'UID ' if command.uid else ''}SEARCH completed"
 
