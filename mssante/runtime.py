@@ -16,9 +16,13 @@ from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.notify import Notifier
+from mssante.patients.conversations import ConversationBook
+from mssante.patients.hook import PatientHook
+from mssante.patients.rules import PatientMailRules
 from mssante.policy import Policy
-from mssante.smtp.hooks import HookRunner
 from mssante.schema import require_current, upgrade
+from mssante.smtp.hooks import HookRunner
 from mssante.store.store import MessageStore
 
 
@@ -54,11 +58,14 @@ class Runtime:
     policy: Policy | None
     delivery_hooks: HookRunner = field(default_factory=lambda: HookRunner([]))
     extras: dict[str, object] = field(default_factory=dict)
+    notifier: Notifier | None = None  # one per process: patient and DMP notifications
 
     def close(self) -> None:
         self.store.close()
         self.engine.dispose()
         self.writer_engine.dispose()
+        if self.notifier is not None:
+            self.notifier.close()
 
 
 def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
@@ -83,5 +90,10 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     )
     annuaire = Annuaire(engine)
     authenticator = Authenticator(engine, settings, writer_engine=writer_engine)
-    policy = Policy(annuaire, settings.server.domains)
-    return Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy)
+    notifier = Notifier(settings.notify)
+    patient_rules = PatientMailRules(annuaire, ConversationBook(engine))
+    policy = Policy(annuaire, settings.server.domains, patient_rules=patient_rules)
+    hooks = HookRunner([PatientHook(annuaire, notifier)])
+    runtime = Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy, hooks)
+    runtime.notifier = notifier
+    return runtime

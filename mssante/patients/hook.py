@@ -6,7 +6,10 @@ joins the conversation it answers (or, to a pharmacy, opens one). The record com
 the message or not at all, so the patient rules never see a conversation without its message.
 
 After the commit it notifies each patient who received the message: recipient INS, time and
-the sender's display name, never a subject or a body (``mssante.notify``).
+the sender's display name, never a subject or a body (``mssante.notify``). The name is the
+annuaire's (the professional's name, the structure and service of an ORG BAL) whenever the
+sender is published there, so a sender cannot pose as someone else in a notification; only
+for senders unknown to the annuaire is the ``From:`` display name used.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import getaddresses
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -23,7 +26,7 @@ from mssante.auth.identity import IdentityKind
 from mssante.notify import Event, Notifier
 from mssante.patients.conversations import cited, message_id, record_from_patient, record_to_patient
 from mssante.patients.rules import is_patient_bal
-from mssante.policy import Directory
+from mssante.policy import Directory, DirectoryBal
 
 if TYPE_CHECKING:
     from mssante.smtp.hooks import DeliveryContext
@@ -35,6 +38,48 @@ EVENT_KIND = "patient.message.received"
 class _Patient:
     address: str  # comparison key
     ins: str
+
+
+class _Person(Protocol):
+    @property
+    def nom(self) -> str | None: ...
+    @property
+    def prenom(self) -> str | None: ...
+
+
+class _Structure(Protocol):
+    @property
+    def raison_sociale(self) -> str | None: ...
+
+
+class _Bal(DirectoryBal, Protocol):
+    @property
+    def structure_identifier(self) -> str | None: ...
+    @property
+    def service(self) -> str | None: ...
+
+
+class Annuaire(Directory, Protocol):
+    """The look-ups the hook needs (``annuaire.lookup.Annuaire`` satisfies it)."""
+
+    def bal(self, address: str) -> _Bal | None: ...
+    def professional(self, idnat: str) -> _Person | None: ...
+    def structure(self, identifier: str) -> _Structure | None: ...
+
+
+def annuaire_name(annuaire: Annuaire, bal: _Bal) -> str | None:
+    """How the annuaire names a BAL's holder: « Claire MARTIN », « Pharmacie du Parc — Cardiologie »."""
+    if bal.professional_idnat:
+        person = annuaire.professional(bal.professional_idnat)
+        if person is not None:
+            return " ".join(p for p in (person.prenom, person.nom) if p) or None
+        return None
+    structure = annuaire.structure(bal.structure_identifier) if bal.structure_identifier else None
+    if structure is None or not structure.raison_sociale:
+        return None
+    if bal.service:
+        return f"{structure.raison_sociale} — {bal.service}"
+    return structure.raison_sociale
 
 
 def display_name(from_header: str | None, fallback: str) -> str:
@@ -51,7 +96,7 @@ def display_name(from_header: str | None, fallback: str) -> str:
 
 
 class PatientHook:
-    def __init__(self, directory: Directory, notifier: Notifier) -> None:
+    def __init__(self, directory: Annuaire, notifier: Notifier) -> None:
         self.directory = directory
         self.notifier = notifier
 
@@ -120,6 +165,10 @@ class PatientHook:
         patients = [p for p in self._patients(ctx) if p.address in ctx.uids]
         if not patients:
             return
-        name = display_name(ctx.facts.headers.get("from"), self._professional(ctx))
+        professional = self._professional(ctx)
+        bal = self.directory.bal(professional)
+        name = (bal is not None and annuaire_name(self.directory, bal)) or display_name(
+            ctx.facts.headers.get("from"), professional
+        )
         for patient in patients:
             self.notifier.notify(Event(EVENT_KIND, patient.address, {"ins": patient.ins, "sender": name}))
