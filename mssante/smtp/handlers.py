@@ -173,7 +173,7 @@ class SubmissionHandler(_Base):
         )
         if problem is not None:
             return problem.smtp
-        decision = self.policy.message(identity, sender, tuple(routes), facts)
+        decision = await asyncio.to_thread(self.policy.message, identity, sender, tuple(routes), facts)
         if not decision.verdict.ok:
             return decision.verdict.smtp
         local_domain = sender.domain
