@@ -10,7 +10,8 @@ Professionals: ``GET /dmp/patients/{ins}`` (search by INS), ``GET /dmp/patients/
 ``reason``), ``GET /dmp/documents/{id}`` (metadata and base64 content), ``POST
 /dmp/documents/{id}/mask`` and ``/unmask`` (``{"flags": [...]}``), ``DELETE /dmp/documents/{id}``.
 Patients (and legal representatives, with the represented patient's INS in the path):
-``GET /dmp/me/documents``, ``GET /dmp/me/history``, ``GET /dmp/patients/{ins}/history``.
+``GET /dmp/me/documents``, ``GET /dmp/me/history``, ``GET /dmp/patients/{ins}/history``,
+``PUT /dmp/patients/{ins}/opposition`` and ``/emergency-access`` (``{"value": true}``).
 """
 
 from __future__ import annotations
@@ -132,6 +133,22 @@ def patient_history(ins: str, who: Who, service: Service) -> Any:
     if isinstance(found, JSONResponse):
         return found
     return {"history": [h.as_json() for h in found]}
+
+
+class Choice(BaseModel):
+    value: bool
+
+
+@router.put("/patients/{ins}/{setting}")
+def patient_setting(
+    ins: str, setting: Literal["opposition", "emergency-access"], body: Choice, who: Who, service: Service
+) -> Any:
+    """The patient (or a legal representative) opposes access, or allows emergency access."""
+    change = service.set_opposition if setting == "opposition" else service.set_emergency_access
+    found = _call(change, ins, body.value, actor=who)
+    if isinstance(found, JSONResponse):
+        return found
+    return {"opposition": found.opposition, "emergency_access": found.emergency_access}
 
 
 @router.get("/me/documents")

@@ -182,6 +182,13 @@ def may_read_history(actor: Actor, patient: PatientFacts) -> Decision:
     return _no("only the patient and their legal representatives read the access history")
 
 
+def may_manage_consent(actor: Actor, patient: PatientFacts) -> Decision:
+    """Opposition and emergency access are the patient's choices (or a legal representative's)."""
+    if actor.role in (Role.PATIENT, Role.LEGAL_REPRESENTATIVE):
+        return record_access(actor, patient)
+    return _no("only the patient and their legal representatives set opposition and emergency access")
+
+
 def outside_care_team(actor: Actor, patient: PatientFacts) -> bool:
     """A professional read that the patient must be told about."""
     return actor.role is Role.PROFESSIONAL and actor.id not in patient.care_team

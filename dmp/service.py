@@ -428,26 +428,38 @@ class DMPService:
             raise NotFound(f"no patient with INS {ins} in the DMP", E_UNKNOWN_PATIENT)
         return loaded.info
 
-    def _change_patient(self, ins: str, actor: str, action: str, reason: str, change: Any) -> PatientInfo:
+    def _change_patient(
+        self, ins: str, actor: str | Identity, action: str, reason: str, change: Any
+    ) -> PatientInfo:
+        """Change a patient as the operator (``actor`` is a str) or as the patient or a legal
+        representative (an :class:`Identity`, checked by the rules and traced either way)."""
+        who: Actor | None = None
         with transaction(self.writer) as s:
             loaded = self._load(s, _ins(ins))
             if loaded is None:
                 raise NotFound(f"no patient with INS {ins} in the DMP", E_UNKNOWN_PATIENT)
-            change(s, loaded.row)
-            loaded.row.updated_at = _now()
-            s.flush()
-            self._trace(s, actor, None, action, patient=loaded.row, reason=reason)
-            fresh = self._load(s, loaded.row.ins)
+            decision = rules.Decision(True, reason)
+            if isinstance(actor, Identity):
+                who = self.actor(actor, loaded.info)
+                decision = rules.may_manage_consent(who, loaded.info.facts())
+            if decision:
+                change(s, loaded.row)
+                loaded.row.updated_at = _now()
+                s.flush()
+                self._trace(s, actor, who, action, patient=loaded.row, reason=reason)
+                fresh = self._load(s, loaded.row.ins)
+        if not decision:
+            self._refuse(actor, who, action, decision.reason, ins=ins)
         assert fresh is not None
         return fresh.info
 
-    def set_opposition(self, ins: str, opposed: bool, *, actor: str) -> PatientInfo:
+    def set_opposition(self, ins: str, opposed: bool, *, actor: str | Identity) -> PatientInfo:
         return self._change_patient(
             ins, actor, "patient.opposition", "opposed" if opposed else "opposition lifted",
             lambda _s, row: setattr(row, "opposition", opposed),
         )  # fmt: skip
 
-    def set_emergency_access(self, ins: str, allowed: bool, *, actor: str) -> PatientInfo:
+    def set_emergency_access(self, ins: str, allowed: bool, *, actor: str | Identity) -> PatientInfo:
         return self._change_patient(
             ins, actor, "patient.emergency_access", "allowed" if allowed else "refused",
             lambda _s, row: setattr(row, "emergency_access", allowed),

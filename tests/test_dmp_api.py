@@ -163,3 +163,32 @@ def test_tokens_are_required(api: tuple[httpx.Client, DMPService], test_idp: Loc
     expired = {"Authorization": f"Bearer {test_idp.token(INS, 'patient', ttl=-3600)}"}
     assert client.get("/dmp/me/documents", headers=expired).status_code == 401
     assert client.get("/dmp/documents/2.25.1", headers=_auth(test_idp, MEDECIN)).status_code == 404
+
+
+def test_patient_sets_opposition_and_emergency_access(
+    api: tuple[httpx.Client, DMPService], test_idp: LocalIdP
+) -> None:
+    client, _service = api
+    patient, rep = _auth(test_idp, INS, "patient"), _auth(test_idp, REP_INS, "patient")
+    traitant = _auth(test_idp, MEDECIN_TRAITANT)
+    opposed = client.put(f"/dmp/patients/{INS}/opposition", json={"value": True}, headers=patient)
+    assert opposed.json() == {"opposition": True, "emergency_access": True}
+    assert client.get(f"/dmp/patients/{INS}/documents", headers=traitant).status_code == 403
+    assert (
+        client.put(f"/dmp/patients/{INS}/opposition", json={"value": False}, headers=rep).status_code == 200
+    )
+    assert client.get(f"/dmp/patients/{INS}/documents", headers=traitant).status_code == 200
+    refused = client.put(f"/dmp/patients/{INS}/emergency-access", json={"value": False}, headers=traitant)
+    assert refused.status_code == 403
+    allowed = client.put(f"/dmp/patients/{INS}/emergency-access", json={"value": False}, headers=patient)
+    assert allowed.json() == {"opposition": False, "emergency_access": False}
+    history = client.get("/dmp/me/history", headers=patient).json()["history"]
+    changes = [(h["action"], h["outcome"], h["role"]) for h in history if h["action"].startswith("patient.")][
+        -4:
+    ]
+    assert changes == [
+        ("patient.opposition", "ok", "patient"),
+        ("patient.opposition", "ok", "legal_representative"),
+        ("patient.emergency_access", "refused", "professional"),
+        ("patient.emergency_access", "ok", "patient"),
+    ]

@@ -22,6 +22,7 @@ from dmp.rules import (
     Role,
     may_feed,
     may_manage,
+    may_manage_consent,
     may_read,
     may_read_history,
     outside_care_team,
@@ -224,3 +225,14 @@ def test_a_missing_row_is_an_error(config_copy: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     with pytest.raises(CodesError, match="no row for type code"):
         codes.load(config_copy)
+
+
+def test_consent_settings_are_the_patients() -> None:
+    patient = PatientFacts(
+        INS, "QUAL", care_team=frozenset({AUTHOR}), legal_representatives=frozenset({REP_INS})
+    )
+    assert may_manage_consent(ACTORS["patient"], patient) and may_manage_consent(
+        ACTORS["representant"], patient
+    )
+    assert not may_manage_consent(ACTORS["auteur"], patient)
+    assert not may_manage_consent(Actor(Role.PATIENT, "185057800608491"), patient)
