@@ -171,3 +171,20 @@ def test_hash_and_size_mismatch() -> None:
 
 def test_document_missing_from_package() -> None:
     _refused(rezip(xdm.build(package()), {"IHE_XDM/SUBSET01/DOC0001.XML": None}), match="not in the package")
+
+
+def test_a_lying_declared_size_is_caught() -> None:
+    """A central directory that under-declares a member's size (to slip past the bounds)."""
+    built = bytearray(xdm.build(package()))
+    name = b"IHE_XDM/SUBSET01/DOC0001.XML"
+    entry = built.find(b"PK\x01\x02")
+    while entry != -1:
+        name_len = int.from_bytes(built[entry + 28 : entry + 30], "little")
+        if bytes(built[entry + 46 : entry + 46 + name_len]) == name:
+            built[entry + 24 : entry + 28] = (10).to_bytes(4, "little")  # uncompressed size
+            break
+        entry = built.find(b"PK\x01\x02", entry + 4)
+    else:
+        raise AssertionError("member not found")
+    error = _refused(bytes(built))
+    assert "cannot be read" in str(error)  # zipfile stops at the declared size: the CRC fails
