@@ -4,6 +4,7 @@ of large bodies, the audit trail of reads."""
 from __future__ import annotations
 
 import asyncio
+import json
 import tracemalloc
 from pathlib import Path
 
@@ -95,3 +96,33 @@ async def test_plaintext_pipelined_after_starttls_is_discarded(runtime: Runtime,
         await client.send(b"d SELECT INBOX\r\n")
         assert await client.line() == "d BAD SELECT is not valid in the not authenticated state"
         await client.close()
+
+
+async def test_reads_are_aggregated_into_one_audit_record(runtime: Runtime, tmp_path: Path) -> None:
+    for n in range(3):
+        await runtime.store.deliver(make_message(to=BAL, subject=f"m{n}"), "dr.martin@demo.mssante.fr", [BAL])
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await _login(client)
+        await client.send(b"s SELECT INBOX\r\n")
+        while not (await client.line()).startswith("s OK"):
+            pass
+        for n in (1, 2, 3, 2):
+            await client.send(b"f FETCH %d BODY.PEEK[TEXT]\r\n" % n)
+            assert (await client.line()).startswith(f"* {n} FETCH (BODY[TEXT] ")
+            assert await client.line() == "f OK FETCH completed"
+        await client.send(b"f FETCH 1:3 (FLAGS ENVELOPE)\r\n")  # no content read: not traced
+        for _ in range(4):
+            await client.line()
+        await client.send(b"l LOGOUT\r\n")
+        await client.line()
+        await client.line()
+        await client.close()
+    for _ in range(100):
+        with runtime.engine.connect() as conn:
+            reads = conn.execute(text("SELECT detail FROM audit_log WHERE action = 'message.read'")).all()
+        if reads:
+            break
+        await asyncio.sleep(0.02)
+    assert len(reads) == 1
+    assert json.loads(reads[0][0]) == {"count": 3, "uids": "1:3", "commands": 4}

@@ -82,6 +82,8 @@ BASE_CAPABILITIES = (
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
 BODY_READ_AHEAD = 16
+READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
+READ_TRACE_MAX = 10_000
 BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 
@@ -176,6 +178,10 @@ class Session:
         self.box: SelectedMailbox | None = None
         self.subscription: Subscription | None = None
         self._traces: set[asyncio.Future[None]] = set()
+        self._reads: set[int] = set()
+        self._reads_folder: str | None = None
+        self._read_commands = 0
+        self._reads_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[str, tuple[tuple[str, ...], Callable[[Command], Awaitable[str]]]] = {
             "CAPABILITY": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), self._capability),
             "NOOP": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), self._noop),
@@ -329,8 +335,50 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("IMAP audit record failed: %s", task.exception())
 
+    def _note_read(self, folder: str, uids: list[int]) -> None:
+        """Remember that message content was read; traced by :meth:`_flush_reads`.
+
+        Reads are aggregated per folder over at most READ_TRACE_DELAY seconds (or
+        READ_TRACE_MAX messages) into one audit record listing the UIDs: a client fetching
+        bodies one by one costs one record a second, not one per command.
+        """
+        if self._reads_folder != folder:
+            self._flush_reads()
+            self._reads_folder = folder
+        self._reads.update(uids)
+        self._read_commands += 1
+        if len(self._reads) >= READ_TRACE_MAX:
+            self._flush_reads()
+        elif self._reads_timer is None:
+            self._reads_timer = asyncio.get_running_loop().call_later(READ_TRACE_DELAY, self._flush_reads)
+
+    def _flush_reads(self) -> None:
+        if self._reads_timer is not None:
+            self._reads_timer.cancel()
+            self._reads_timer = None
+        if self._reads and self._reads_folder is not None:
+            uids = sorted(self._reads)
+            self._trace(
+                AuditEvent(
+                    actor=self.actor,
+                    action="message.read",
+                    bal=self.bal,
+                    object=self._reads_folder,
+                    source=self.source,
+                    detail={
+                        "count": len(uids),
+                        "uids": compress(uids)[:1000],
+                        "commands": self._read_commands,
+                    },
+                )
+            )
+        self._reads.clear()
+        self._read_commands = 0
+
     async def finish(self) -> None:
-        """End of connection: stop listening and wait for pending audit records."""
+        """End of connection: trace pending reads, stop listening, wait for audit records."""
+        if self.principal is not None:
+            self._flush_reads()
         self.close()
         if self._traces:
             # Shielded: a connection torn down mid-way must not cancel a record in the writer.
@@ -469,6 +517,7 @@ class Session:
         return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
 
     def _deselect(self) -> None:
+        self._flush_reads()
         self.close()
         self.box = None
         if self.state == SELECTED:
@@ -702,16 +751,7 @@ class Session:
                 pieces = await message_response(self.store, n, entry, items, metas.get(entry.blob_id))
                 await self.channel.write_pieces(pieces)
         if content and live:
-            self._trace(
-                AuditEvent(
-                    actor=self.actor,
-                    action="message.read",
-                    bal=self.bal,
-                    object=box.folder.name,
-                    source=self.source,
-                    detail={"count": len(live), "uids": compress([uid for _, uid in live])[:1000]},
-                )
-            )
+            self._note_read(box.folder.name, [uid for _, uid in live])
         if len(live) < len(targets):
             raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
         return f"{'UID ' if command.uid else ''}FETCH completed"
