@@ -19,17 +19,22 @@ import json
 import os
 import secrets
 from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
 from annuaire.identifiers import nir_key
+from dmp.service import DMPService, Traits
 from mssante.auth import accounts
 from mssante.auth.devpki import DevCA, prepare_demo
 from mssante.config import Settings
+from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.patients.identity import open_patient_bal
 from mssante.server import RunningListener
 from mssante.smtp.dkim import generate_key, key_path
 
@@ -76,9 +81,17 @@ BERNARD: dict[str, Any] = {
     "prenom": "Sophie",
     "profession_code": "21",
 }
-PATIENTS = [
-    {"ins": _ins("2800175123456"), "name": "Marie DUPONT"},
-    {"ins": _ins("1750569123789"), "name": "Jean LEROY"},
+PATIENTS: list[dict[str, Any]] = [
+    {
+        "ins": _ins("2800175123456"),
+        "name": "Marie DUPONT",
+        "traits": Traits("DUPONT", "Marie", "Marie Anne", date(1980, 1, 15), "F", "75056"),
+    },
+    {
+        "ins": _ins("1750569123789"),
+        "name": "Jean LEROY",
+        "traits": Traits("LEROY", "Jean", "Jean Pierre", date(1975, 5, 20), "M", "69123"),
+    },
 ]
 
 
@@ -193,9 +206,17 @@ def _populate(session: Session, domain: str) -> None:
         actor=ACTOR,
     )
     for patient in PATIENTS:
-        svc.add_patient_bal(session, ins=patient["ins"], domain=PATIENT_DOMAIN, actor=ACTOR)
+        open_patient_bal(session, ins=patient["ins"], domain=PATIENT_DOMAIN, actor=ACTOR)
     svc.add_operator_domain(session, domain=domain, actor=ACTOR)
     svc.add_operator_domain(session, domain=PATIENT_DOMAIN, actor=ACTOR)
+
+
+def _qualify_patients(settings: Settings, engine: Engine) -> None:
+    """The demo patients' INS, qualified with their traits, in the register of identities (the
+    DMP's): a patient BAL is opened only for a qualified INS."""
+    service = DMPService(engine, engine, KeyRing.load(settings.keyring_path), settings)
+    for patient in PATIENTS:
+        service.add_patient(ins=patient["ins"], traits=patient["traits"], actor=ACTOR)
 
 
 def _create_logins(
@@ -245,6 +266,7 @@ def setup(settings: Settings) -> dict[str, Any]:
     certs_dir = settings.data_dir / "certs"
     engine = make_engine(settings.database_url, writer=True)
     try:
+        _qualify_patients(settings, engine)
         with Session(engine) as session, session.begin():
             _populate(session, domain)
             client_files = _create_logins(session, certs_dir, passwords, logins)
