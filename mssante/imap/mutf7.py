@@ -49,7 +49,7 @@ def decode(name: str) -> str:
     while i < length:
         char = name[i]
         if not 0x20 <= ord(char) <= 0x7E:
-            raise MUTF7Error("mailbox name contains a non-ASCII character outside a shift")
+            raise MUTF7Error("mailbox name contains a character that is not printable ASCII outside a shift")
         if char != "&":
             out.append(char)
             i += 1

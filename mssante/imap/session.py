@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from typing import Any, Protocol
@@ -81,6 +82,7 @@ BASE_CAPABILITIES = (
 )
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 BODY_READ_AHEAD = 16
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
 READ_TRACE_MAX = 10_000
@@ -251,49 +253,43 @@ class Session:
     async def handle(self, command: Command) -> None:
         """Run one command and write its tagged response (and any pending updates)."""
         allowed, handler = self._handlers[command.name]
-        tag = command.tag
         if self.state not in allowed:
-            await self.channel.write(
-                f"{tag} BAD {command.name} is not valid in the {self.state} state\r\n".encode()
-            )
+            await self._tagged(command, "BAD", f"{command.name} is not valid in the {self.state} state")
             return
         try:
             text = await handler(command)
         except _Silent:
             return
         except Bad as exc:
-            await self.channel.write(f"{tag} BAD {exc}\r\n".encode())
+            await self._tagged(command, "BAD", str(exc))
             return
-        except No as exc:
+        except (No, StoreError) as exc:
             await self._report(command)
-            code = f"[{exc.code}] " if exc.code else ""
-            await self.channel.write(f"{tag} NO {code}{exc}\r\n".encode())
-            return
-        except StoreError as exc:
-            await self._report(command)
-            code = f"[{exc.code}] " if exc.code else ""
-            await self.channel.write(f"{tag} NO {code}{exc}\r\n".encode())
+            await self._tagged(command, "NO", str(exc) or "Failed", exc.code)
             return
         except (ConnectionError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("IMAP %s failed for %s", command.name, self.channel.peer)
-            await self.channel.write(
-                f"{tag} NO [SERVERBUG] Internal error, the incident is logged\r\n".encode()
-            )
+            await self._tagged(command, "NO", "Internal error, the incident is logged", "SERVERBUG")
             return
-        if self.state == LOGOUT:
-            await self.channel.write(f"{tag} OK {text}\r\n".encode())
-            return
-        await self._report(command)
-        await self.channel.write(f"{tag} OK {text}\r\n".encode())
+        if self.state != LOGOUT:
+            await self._report(command)
+        await self._tagged(command, "OK", text)
 
-    async def _report(self, command: Command, *, durable: bool = False) -> None:
+    async def _tagged(self, command: Command, status: str, text: str, code: str | None = None) -> None:
+        # Texts may quote client input (a mailbox name sent as a literal can hold CR LF):
+        # control characters never reach the wire, so a response cannot be forged.
+        text = _CONTROL.sub("?", text)
+        code_text = f"[{code}] " if code else ""
+        await self.channel.write(f"{command.tag} {status} {code_text}{text}\r\n".encode())
+
+    async def _report(self, command: Command) -> None:
         """Send what others changed, as far as this command allows."""
         if self.box is None or self.state != SELECTED:
             return
         allow_expunge = command.uid or command.name not in ("FETCH", "STORE", "SEARCH")
-        await self._sync(allow_expunge=allow_expunge, durable=durable, with_uid=command.uid)
+        await self._sync(allow_expunge=allow_expunge, with_uid=command.uid)
 
     async def _sync(
         self,
