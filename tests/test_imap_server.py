@@ -126,3 +126,20 @@ async def test_reads_are_aggregated_into_one_audit_record(runtime: Runtime, tmp_
         await asyncio.sleep(0.02)
     assert len(reads) == 1
     assert json.loads(reads[0][0]) == {"count": 3, "uids": "1:3", "commands": 4}
+
+
+async def test_idle_client_is_logged_out(runtime: Runtime, tmp_path: Path) -> None:
+    limits = Limits(preauth_timeout=0.2, idle_timeout=0.4)
+    async with running_server(runtime.store, tmp_path / "tls", limits=limits) as running:
+        silent = await Client.connect(running)
+        await silent.line()
+        assert await silent.line() == "* BYE Autologout; idle for too long"
+        assert await silent.reader.read() == b""
+        await silent.close()
+        client = await Client.connect(running)
+        await _login(client)  # the longer authenticated timeout now applies
+        await asyncio.sleep(0.3)
+        await client.send(b"n NOOP\r\n")
+        assert await client.line() == "n OK NOOP completed"
+        assert await client.line() == "* BYE Autologout; idle for too long"
+        await client.close()
