@@ -4,6 +4,7 @@ of large bodies, the audit trail of reads."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import tracemalloc
 from pathlib import Path
@@ -142,4 +143,37 @@ async def test_idle_client_is_logged_out(runtime: Runtime, tmp_path: Path) -> No
         await client.send(b"n NOOP\r\n")
         assert await client.line() == "n OK NOOP completed"
         assert await client.line() == "* BYE Autologout; idle for too long"
+        await client.close()
+
+
+async def test_fetch_of_a_large_body_is_streamed_with_bounded_memory(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    big = make_message(to=BAL, size=12 * 1024 * 1024)
+    await runtime.store.deliver(big, "dr.martin@demo.mssante.fr", [BAL])
+    expected = hashlib.sha256(big).hexdigest()
+    del big
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await _login(client)
+        await client.send(b"s SELECT INBOX\r\n")
+        while not (await client.line()).startswith("s OK"):
+            pass
+        tracemalloc.start()
+        try:
+            await client.send(b"f FETCH 1 BODY.PEEK[]\r\n")
+            head = await asyncio.wait_for(client.reader.readline(), 10)
+            size = int(head.rsplit(b"{", 1)[1].rstrip(b"}\r\n"))
+            digest = hashlib.sha256()
+            while size:
+                chunk = await asyncio.wait_for(client.reader.read(min(size, 65536)), 10)
+                digest.update(chunk)
+                size -= len(chunk)
+            assert await client.line() == ")"
+            assert await client.line() == "f OK FETCH completed"
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert digest.hexdigest() == expected
+        assert peak < 3 * 1024 * 1024, peak  # the 12 MB body never sits whole in memory
         await client.close()
