@@ -247,6 +247,7 @@ class DMPService:
                 runtime.writer_engine,
                 runtime.keyring,
                 runtime.settings,
+                notifier=Notifier.of_runtime(runtime),
                 annuaire=getattr(runtime, "annuaire", None),
             )
             runtime.extras["dmp"] = found

@@ -24,6 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
 
@@ -98,6 +99,15 @@ class Notifier:
         self._in_flight = 0
         self._stopping = False
         self._thread: threading.Thread | None = None
+
+    @classmethod
+    def of_runtime(cls, runtime: Any) -> Notifier:
+        """The one notifier of a process (kept in the runtime's extras), shared by every area."""
+        found = getattr(runtime, "notifier", None) or runtime.extras.get("notifier")
+        if not isinstance(found, Notifier):
+            found = cls(runtime.settings.notify)
+            runtime.extras["notifier"] = found
+        return found
 
     @property
     def uses_webhook(self) -> bool:

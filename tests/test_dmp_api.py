@@ -20,7 +20,7 @@ from mssante.auth.identity import Identity
 from mssante.auth.testidp import LocalIdP
 from mssante.config import NotifySection
 from mssante.http import create_app
-from mssante.notify import SIGNATURE_HEADER, verify
+from mssante.notify import SIGNATURE_HEADER, Notifier, verify
 from mssante.runtime import Runtime
 from tests.test_notify import SECRET, Receiver
 
@@ -45,6 +45,9 @@ def api(
     runtime.settings.notify = NotifySection(
         webhook_url=receiver.url, secret=SECRET, backoff_base_seconds=0.05
     )
+    if runtime.notifier is not None:
+        runtime.notifier.close()
+    runtime.notifier = Notifier(runtime.settings.notify)
     service = DMPService.from_runtime(runtime)
     seed(service)
     server = uvicorn.Server(

@@ -10,7 +10,6 @@ import smtplib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
 from email import policy
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from dmp import xdm
 from dmp.deposit import build_message
 from dmp.hook import DMPDepositHook
 from dmp.service import DMPService, Traits
-from dmp.testing import package
+from dmp.testing import UNKNOWN_INS, package
 from mssante import demo
 from mssante.auth.identity import Identity
 from mssante.config import load_settings
@@ -36,7 +35,7 @@ from tests.test_cli import run
 MARTIN = "claire.martin@demo.mssante.fr"
 GATEWAY = "dmp@demo.mssante.fr"
 INS = demo.PATIENTS[0]["ins"]
-TRAITS = Traits("DUPONT", "MARIE", "MARIE", date(1980, 1, 1), "F")
+TRAITS: Traits = demo.PATIENTS[0]["traits"]  # qualified in the DMP by the demo set-up
 
 
 @dataclass
@@ -64,7 +63,6 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
         add_bal(s, address=GATEWAY, type="APP", structure=demo.CH["identifier"],
                 responsible=demo.DURAND["idnat"], description="Passerelle DMP", actor="test")  # fmt: skip
     runtime.annuaire.invalidate()
-    service.add_patient(ins=INS, traits=TRAITS, actor="test")
     runtime.delivery_hooks = HookRunner([DMPDepositHook.from_runtime(runtime)])
     listeners = await start_smtp(runtime)
     port = next(item.port for item in listeners if item.name == "submission")
@@ -90,7 +88,7 @@ def _xdm(ins: str = INS) -> bytes:
     return xdm.build(package(ins=ins, author=demo.MARTIN["idnat"], traits=TRAITS, with_pdf=True))
 
 
-@pytest.mark.parametrize(("ins", "code"), [(INS, None), (demo.PATIENTS[1]["ins"], 902)])
+@pytest.mark.parametrize(("ins", "code"), [(INS, None), (UNKNOWN_INS, 902)])
 async def test_deposit_through_submission_with_mdn(server: Server, ins: str, code: int | None) -> None:
     subject = f"XDM/1.0/DDM+CR d'hospitalisation DUPONT MARIE 19800101 {ins[-4:]}"
     msg = build_message(_xdm(ins), sender=MARTIN, to=GATEWAY, subject=subject, cda_codes=["34112-3"],
