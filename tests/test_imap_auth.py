@@ -83,4 +83,5 @@ def test_plain_initial_matches_rfc4616() -> None:
     assert base64.b64decode(wire) == b"\0dr.martin\0" + PASSWORD.encode()
     assert decode_plain(wire) == ("", "dr.martin", PASSWORD)
     assert decode_plain("not base64!") is None
+    assert decode_plain(plain_initial("x", "\udce9")) is None  # Latin-1 "é": not UTF-8, refused
     assert decode_plain(base64.b64encode(b"only-one-part").decode()) is None

@@ -53,7 +53,11 @@ class Gate(Protocol):
 
 def plain_initial(user: str, password: str) -> str:
     """LOGIN as a SASL PLAIN initial response (RFC 4616), so one code path checks passwords."""
-    return base64.b64encode(b"\0" + user.encode() + b"\0" + password.encode()).decode("ascii")
+    # The parser keeps stray 8-bit bytes as surrogates: they go back on the wire unchanged.
+    raw = (
+        b"\0" + user.encode("utf-8", "surrogateescape") + b"\0" + password.encode("utf-8", "surrogateescape")
+    )
+    return base64.b64encode(raw).decode("ascii")
 
 
 def decode_plain(text: str) -> tuple[str, str, str] | None:
