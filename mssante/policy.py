@@ -104,6 +104,7 @@ class PatientRules(Protocol):
     def message(
         self, patient: Identity, sender: DirectoryBal, recipients: tuple[Recipient, ...], facts: MessageFacts
     ) -> Verdict | None: ...
+    def outside(self, patient: Identity, address: str) -> Verdict: ...
 
 
 def _domain_of(address: str) -> str:
@@ -169,6 +170,8 @@ class Policy:
                 accept("2.1.5", f"Recipient <{bal.address}> OK"), Recipient(bal.key, "local", domain)
             )
         if not self.directory.is_domain_whitelisted(domain):
+            if identity.kind is IdentityKind.PATIENT and self.patient_rules is not None:
+                return RcptVerdict(self.patient_rules.outside(identity, address))
             where = (
                 "is not a whitelisted operator domain of the MSSanté space"
                 if domain.endswith(TRUST_SPACE_SUFFIX)

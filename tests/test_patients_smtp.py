@@ -320,7 +320,13 @@ def test_patients_cannot_write_to_other_patients_applications_or_outside(demo: D
         "Les patients ne peuvent pas écrire à une BAL applicative",
         f"Patients may not write to an application mailbox (APP BAL) (<{DPI}>)",
     )
-    refused(send(demo, patient, patient, ["quelqu.un@gmail.com"], raw), "RCPT", "outside the MSSant")
+    for outsider in ("quelqu.un@gmail.com", "dr.x@operateur-inconnu.mssante.fr"):
+        refused(
+            send(demo, patient, patient, [outsider], raw),
+            "RCPT",
+            f"Les patients n'écrivent qu'au sein de l'espace de confiance MSSanté (<{outsider}>)",
+            f"Patients may only write within the MSSanté trust space (<{outsider}>)",
+        )
 
 
 def test_professionals_are_not_bound_by_patient_rules(demo: DemoServer, stored: StoredMail) -> None:

@@ -68,6 +68,13 @@ def not_allowed(address: str) -> Verdict:
     )
 
 
+def outside(address: str) -> Verdict:
+    return _no(
+        f"Les patients n'écrivent qu'au sein de l'espace de confiance MSSanté (<{address}>)",
+        f"Patients may only write within the MSSanté trust space (<{address}>)",
+    )
+
+
 def never_received(address: str) -> Verdict:
     return _no(
         f"Ce message ne répond à aucun message que vous avez reçu de <{address}>",
@@ -120,6 +127,10 @@ class PatientMailRules:
         if rcpt.type == APP:
             return to_application(rcpt.address)
         return None
+
+    def outside(self, patient: Identity, address: str) -> Verdict:
+        """RCPT: a domain that is not a whitelisted operator of the trust space."""
+        return outside(address)
 
     def message(
         self, patient: Identity, sender: DirectoryBal, recipients: tuple[Recipient, ...], facts: MessageFacts
