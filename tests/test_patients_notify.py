@@ -4,6 +4,8 @@ receiver that checks the HMAC signature, and a webhook that goes down while mail
 from __future__ import annotations
 
 import json
+import smtplib
+import ssl
 import threading
 import time
 import uuid
@@ -13,7 +15,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
+from annuaire import service as annuaire_service
+from mssante.audit import AuditRecord
+from mssante.auth.devpki import DevCA
+from mssante.config import load_settings
+from mssante.db import make_engine
 from mssante.notify import ATTEMPT_HEADER, EVENT_HEADER, SIGNATURE_HEADER, sign, verify
 from tests.demo_server import DemoServer, start_demo
 from tests.mailbox import StoredMail
@@ -182,3 +191,58 @@ def test_replies_from_patients_notify_nobody(server: DemoServer, receiver: Recei
     time.sleep(0.5)
     assert len(receiver.events(patient)) == count
     assert all(json.loads(b)["recipient"] != MARTIN for _, b in receiver.received)
+
+
+EXTERNAL_OPERATOR = "cabinet-externe.mssante.fr"
+
+
+def test_a_professional_of_another_operator_opens_a_conversation_through_relay_in(
+    server: DemoServer, receiver: Receiver
+) -> None:
+    """Relay-in: the conversation is recorded against the remote professional's BAL; the
+    patient's reply goes back through the outbound queue; the notification uses the From: name
+    (the remote BAL is not in this operator's annuaire)."""
+    settings = load_settings(None, server={"data_dir": str(server.data_dir)})
+    engine = make_engine(settings.database_url, writer=True)
+    with Session(engine) as session, session.begin():
+        annuaire_service.add_operator_domain(session, domain=EXTERNAL_OPERATOR, actor="test")
+    engine.dispose()
+    issued = DevCA.load(server.data_dir / "certs").issue_client(server.data_dir / "peer", EXTERNAL_OPERATOR)
+    context = ssl.create_default_context(cafile=server.ca_cert)
+    context.load_cert_chain(issued.cert_file, issued.key_file)
+    patient = patients(server)[0]
+    remote = f"dr.externe@{EXTERNAL_OPERATOR}"
+    already = len(receiver.events(patient))
+    msgid, raw = mail(remote, [patient], "Avis", from_name="Dr Externe")
+    deadline = time.monotonic() + 10
+    with smtplib.SMTP("127.0.0.1", server.port("relay"), timeout=30) as client:
+        client.starttls(context=context)
+        client.ehlo("mx.cabinet-externe.test")
+        while (reply := client.mail(remote))[0] != 250 and time.monotonic() < deadline:
+            time.sleep(0.3)  # the server sees the new whitelist entry within a second
+            client.rset()
+        assert reply[0] == 250, reply
+        assert client.rcpt(patient)[0] == 250
+        assert client.data(raw)[0] == 250
+    [(_, event, _)] = receiver.wait(patient, already + 1)[already:]
+    assert event["data"]["sender"] == "Dr Externe"
+    # The patient may answer the remote professional, and only them.
+    reply_id, raw = mail(patient, [remote], "Re: Avis", in_reply_to=msgid)
+    assert send(server, patient, patient, [remote], raw).ok
+    # Queued for the other operator in the accepting transaction (read from the audit trail:
+    # the relay worker may already have taken the queue entry).
+    engine = make_engine(settings.database_url)
+    with Session(engine) as session:
+        details = session.scalars(
+            select(AuditRecord.detail).where(
+                AuditRecord.action == "message.queue", AuditRecord.object == EXTERNAL_OPERATOR
+            )
+        ).all()
+    engine.dispose()
+    assert [d for d in map(json.loads, details) if d["message_id"] == reply_id] == [
+        {"from": patient, "to": [remote], "message_id": reply_id}
+    ]
+    other = f"dr.autre@{EXTERNAL_OPERATOR}"
+    _, raw = mail(patient, [other], "Re: Avis", in_reply_to=msgid)
+    reply = send(server, patient, patient, [other], raw)
+    assert (reply.stage, reply.code) == ("DATA", 550) and f"pas à <{other}>" in reply.text, reply
