@@ -20,13 +20,16 @@ from time import perf_counter
 from typing import Any, cast
 
 from sqlalchemy import (
+    ARRAY,
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Integer,
     MetaData,
     Table,
     and_,
+    any_,
     bindparam,
     exists,
     insert,
@@ -176,7 +179,9 @@ class _Batcher:
         existing = {
             r._mapping[key]: r
             for r in self.conn.execute(
-                select(table.c.id, key_col, *(table.c[f] for f in fields)).where(key_col.in_(list(wanted)))
+                select(table.c.id, key_col, *(table.c[f] for f in fields)).where(
+                    self._among(key_col, list(wanted))
+                )
             )
         }
         ids = {k: r.id for k, r in existing.items()}
@@ -198,6 +203,13 @@ class _Batcher:
         if missing:
             ids.update(self._insert(table, key, missing))
         return ids, len(missing), len(to_update)
+
+    def _among(self, column: ColumnElement[Any], values: list[Any]) -> ColumnElement[bool]:
+        """``column IN values``; on PostgreSQL ``= ANY(array)``, one short statement that the
+        driver parses once instead of a new 2000-placeholder text per batch."""
+        if self.conn.dialect.name == "postgresql":
+            return column == any_(bindparam(None, values, type_=ARRAY(column.type)))
+        return column.in_(values)
 
     def _bulk(self, table: Table, rows: list[dict[str, Any]]) -> None:
         """Insert many rows: COPY on PostgreSQL (one statement per batch instead of one per row,
@@ -223,7 +235,7 @@ class _Batcher:
         return {
             k: i
             for i, k in self.conn.execute(
-                select(table.c.id, key_col).where(key_col.in_([r[key] for r in rows]))
+                select(table.c.id, key_col).where(self._among(key_col, [r[key] for r in rows]))
             )
         }
 
@@ -265,7 +277,7 @@ class _Batcher:
             r.address_key: r
             for r in self.conn.execute(
                 select(_B.c.id, _B.c.address_key, *(_B.c[f] for f in BAL_FIELDS)).where(
-                    _B.c.address_key.in_(list(by_key))
+                    self._among(_B.c.address_key, list(by_key))
                 )
             )
         }
@@ -275,7 +287,7 @@ class _Batcher:
                 bal_id: line
                 for bal_id, line in self.conn.execute(
                     select(_seen.c.bal_id, _seen.c.line).where(
-                        _seen.c.bal_id.in_([r.id for r in existing.values()])
+                        self._among(_seen.c.bal_id, [r.id for r in existing.values()])
                     )
                 )
             }
