@@ -116,7 +116,8 @@ def append(session: Session, *events: AuditEvent, at: datetime | None = None) ->
     run(
         session,
         "INSERT INTO audit_log "
-        "(seq, at, actor, bal, action, object, source, outcome, detail, prev_hash, hash) VALUES (:seq, :at, :actor, :bal, :action, :object, :source, :outcome, :detail, :prev_hash, :hash)",
+        "(seq, at, actor, bal, action, object, source, outcome, detail, prev_hash, hash) "
+        "VALUES (:seq, :at, :actor, :bal, :action, :object, :source, :outcome, :detail, :prev_hash, :hash)",
         rows,
     )
     run(session, "UPDATE audit_head SET hash = :hash WHERE id = 1", {"hash": prev})

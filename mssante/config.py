@@ -91,6 +91,36 @@ class SMTPSection(ListenerSection):
     _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
 
 
+class RelaySection(_Section):
+    """Delivery to other operators of the trust space (the outbound queue's workers)."""
+
+    enabled: bool = True
+    # Static routes, domain → "host:port" (closed networks, tests); other domains use DNS MX.
+    routes: dict[str, str] = Field(default_factory=dict)
+    # Seconds to wait before each retry of a temporary failure; the last one repeats.
+    retry_schedule: list[float] = Field(default=[60, 300, 900, 3600, 14400], min_length=1)
+    # A message still undelivered after this long is returned to its sender (5 days).
+    max_age_seconds: float = Field(default=5 * 24 * 3600, gt=0)
+    # Warn the sender once when a message has waited this long (0: never).
+    delay_warning_seconds: float = Field(default=4 * 3600, ge=0)
+    poll_seconds: float = Field(default=5.0, gt=0)
+    concurrency: int = Field(default=10, ge=1, le=500)
+    lease_seconds: float = Field(default=300.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+    # Certificate presented to other operators (default: tls.cert_file / tls.key_file).
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
+
+    @field_validator("routes")
+    @classmethod
+    def _routes(cls, value: dict[str, str]) -> dict[str, str]:
+        for domain, target in value.items():
+            host, _, port = target.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"route of {domain}: {target!r} is not host:port")
+        return {d.lower(): t for d, t in value.items()}
+
+
 class DKIMSection(_Section):
     # Per-domain keys <keys_dir>/<domain>.<selector>.key; default <data_dir>/dkim.
     keys_dir: Path | None = None
@@ -217,6 +247,7 @@ class Settings(BaseSettings):
     http: HTTPSection = Field(default_factory=HTTPSection)
     log: LogSection = Field(default_factory=LogSection)
     dkim: DKIMSection = Field(default_factory=DKIMSection)
+    relay: RelaySection = Field(default_factory=RelaySection)
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
@@ -318,6 +349,9 @@ def check_settings(settings: Settings) -> None:
         value = getattr(settings.tls, key)
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"tls.{key}", f"file {value} does not exist")
+    for name, issuer in settings.auth.issuers.items():
+        if issuer.jwks_file is not None and not Path(issuer.jwks_file).is_file():
+            raise ConfigError(f"auth.issuers.{name}.jwks_file", f"file {issuer.jwks_file} does not exist")
     data_dir = settings.server.data_dir
     if data_dir.exists():
         if not data_dir.is_dir():

@@ -220,12 +220,20 @@ def _qualify_patients(settings: Settings, engine: Engine) -> None:
 
 
 def _create_logins(
-    session: Session, certs_dir: Path, passwords: dict[str, str], logins: list[DemoAccount]
+    session: Session,
+    certs_dir: Path,
+    passwords: dict[str, str],
+    logins: list[DemoAccount],
+    known: set[str],
 ) -> dict[str, dict[str, str]]:
     """Accounts behind the demo logins; returns client certificate paths of APP accounts."""
     client_files: dict[str, dict[str, str]] = {}
     for acct in logins:
-        if accounts.get(session, acct.login) is None:
+        existing = accounts.get(session, acct.login)
+        if existing is not None and acct.identity_kind != "application" and acct.login not in known:
+            # demo.json was lost: give the account a password demo.json will tell again.
+            accounts.set_password(session, acct.login, passwords[acct.login], actor=ACTOR)
+        if existing is None:
             if acct.identity_kind == "application":
                 accounts.create(
                     session, acct.login, "application", display_name=acct.display_name, actor=ACTOR
@@ -269,13 +277,14 @@ def setup(settings: Settings) -> dict[str, Any]:
         _qualify_patients(settings, engine)
         with Session(engine) as session, session.begin():
             _populate(session, domain)
-            client_files = _create_logins(session, certs_dir, passwords, logins)
+            known_logins = {login for login, password in known.items() if password}
+            client_files = _create_logins(session, certs_dir, passwords, logins, known_logins)
     finally:
         engine.dispose()
     return {
         "domain": domain,
         "patient_domain": PATIENT_DOMAIN,
-        "ca_cert": str((certs_dir / "ca.pem").resolve()),
+        "ca_cert": str(Path(settings.tls.ca_file or certs_dir / "ca.pem").resolve()),
         "listeners": [],
         "accounts": [
             {
@@ -297,6 +306,7 @@ def write_demo_json(settings: Settings, document: dict[str, Any], listeners: lis
     document["listeners"] = [
         {"name": item.name, "protocol": item.protocol, "host": item.host, "port": item.port, "tls": item.tls}
         for item in listeners
+        if item.public
     ]
     path = settings.data_dir / "demo.json"
     tmp = path.with_suffix(".json.tmp")

@@ -21,8 +21,15 @@ def create_app(runtime: Any) -> FastAPI:
     app.state.runtime = runtime
 
     @app.get("/health")
-    def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    def health() -> dict[str, Any]:
+        """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age."""
+        from sqlalchemy.orm import Session
+
+        from mssante.smtp.relay import queue_stats
+
+        with Session(runtime.engine) as session:
+            queue = queue_stats(session)
+        return {"status": "ok", "version": __version__, "queue": queue}
 
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)

@@ -89,7 +89,7 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
         default_quota=settings.storage.default_quota_mb * 1024 * 1024 or None,
     )
     annuaire = Annuaire(engine)
-    authenticator = Authenticator(engine, settings, writer_engine=writer_engine)
+    authenticator = Authenticator(engine, settings, writer_engine=writer_engine, keyring=keyring)
     notifier = Notifier(settings.notify)
     patient_rules = PatientMailRules(annuaire, ConversationBook(engine))
     policy = Policy(annuaire, settings.server.domains, patient_rules=patient_rules)

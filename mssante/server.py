@@ -63,6 +63,8 @@ class RunningListener:
     port: int
     tls: str
     close: Callable[[], Awaitable[None]]
+    # False for background workers (outbound relay): not a port anyone connects to.
+    public: bool = True
 
 
 ListenerStarter = Callable[[Runtime], Awaitable[list[RunningListener]]]
@@ -124,8 +126,9 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here: they depend on this module's types)."""
     from mssante.smtp.listeners import start_smtp
+    from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp]
+    return [start_http, start_smtp, start_relay]
 
 
 async def serve_forever(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any, Unpack
+from typing import Any
 
 from sqlalchemy import CursorResult
 from sqlalchemy.orm import Session
@@ -41,7 +41,7 @@ def dialect_of(session: Session) -> str:
 
 def run(
     session: Session, sql: str, params: dict[str, Any] | list[dict[str, Any]] | None = None
-) -> CursorResult[Unpack[tuple[Any, ...]]]:
+) -> CursorResult[*tuple[Any, ...]]:
     """Execute driver SQL on the session's connection (inside its transaction)."""
     conn = session.connection()
     return conn.exec_driver_sql(adapt(sql, conn.dialect.name), params if params is not None else {})

@@ -200,3 +200,17 @@ async def test_key_rotation_while_running_and_missing_keyring(runtime: Runtime) 
     runtime.settings.keyring_path.rename(runtime.settings.keyring_path.with_suffix(".bak"))
     with pytest.raises(KeyRingError, match="missing"):
         open_runtime(runtime.settings)
+
+
+async def test_a_reused_blob_id_never_meets_a_stale_data_key(runtime: Runtime) -> None:
+    """SQLite reuses the id of the last deleted row: reading must not use the old blob's key."""
+    store = runtime.store
+    await store.deliver(make_message(subject="premier"), "x@demo.mssante.fr", [DOC])
+    inbox = await store.folder(DOC, "INBOX")
+    [first] = await store.messages(inbox.id)
+    assert b"premier" in await store.body(first.blob_id)  # its data key is now cached
+    await store.store_flags(inbox.id, [first.uid], "add", ["\\Deleted"], actor=DOC)
+    await store.expunge(inbox.id, actor=DOC)
+    await store.deliver(make_message(subject="second"), "x@demo.mssante.fr", [DOC])
+    [second] = await store.messages(inbox.id)
+    assert b"second" in await store.body(second.blob_id)

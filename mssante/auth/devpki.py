@@ -119,7 +119,7 @@ class DevCA:
         cert_file: Path,
         key_file: Path,
         subject: x509.Name,
-        usage: x509.ObjectIdentifier,
+        usages: list[x509.ObjectIdentifier],
         sans: list[x509.GeneralName],
         days: int,
     ) -> Issued:
@@ -134,7 +134,7 @@ class DevCA:
             .not_valid_before(now - timedelta(minutes=5))
             .not_valid_after(now + timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), critical=False
             )
@@ -160,7 +160,8 @@ class DevCA:
             directory / "server.pem",
             directory / "server.key",
             subject,
-            ExtendedKeyUsageOID.SERVER_AUTH,
+            # Also a client certificate: the operator presents it when relaying to other operators.
+            [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
             sans,
             days,
         )
@@ -174,7 +175,7 @@ class DevCA:
             directory / f"{safe}.pem",
             directory / f"{safe}.key",
             _name(name, organisation),
-            ExtendedKeyUsageOID.CLIENT_AUTH,
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
             [],
             days,
         )

@@ -212,6 +212,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.demo",
     "mssante.cli.dkim",
     "mssante.cli.dmp",
+    "mssante.cli.queue",
     "mssante.patients.cli",
 )
 

@@ -87,6 +87,8 @@ class MSSanteSMTP(SMTP):
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, authenticator=_deny_builtin_auth, enable_SMTPUTF8=True, **kwargs)
+        # Clients (Thunderbird among them) send OAUTHBEARER tokens on the AUTH line itself (SASL-IR).
+        self.command_size_limits["AUTH"] = MAX_AUTH_LINE
         self.listener = listener
         self.auth = authenticator
         self.limits = limits

@@ -94,16 +94,18 @@ class BlobReader:
     def __init__(self, engine: Engine, keyring: KeyRing, cache_size: int = 4096) -> None:
         self.engine = engine
         self.keyring = keyring
-        self._keys: dict[tuple[int, str], bytes] = {}
+        self._keys: dict[tuple[str, bytes], bytes] = {}
         self._cache_size = cache_size
 
-    def _data_key(self, blob_id: int, key_id: str, wrapped: bytes) -> bytes:
-        cached = self._keys.get((blob_id, key_id))
+    def _data_key(self, key_id: str, wrapped: bytes) -> bytes:
+        # Keyed by the wrapped key itself (unique per blob, random nonce): blob ids may be reused
+        # after a blob is collected, a stale entry would then open nothing.
+        cached = self._keys.get((key_id, wrapped))
         if cached is None:
             cached = self.keyring.unwrap(SealedKey(key_id, wrapped))
             if len(self._keys) >= self._cache_size:
                 self._keys.pop(next(iter(self._keys)))
-            self._keys[(blob_id, key_id)] = cached
+            self._keys[(key_id, wrapped)] = cached
         return cached
 
     def header(self, session: Session, blob_id: int) -> BlobHeader:
@@ -117,7 +119,7 @@ class BlobReader:
                 blobs.c.meta,
             ).where(blobs.c.id == blob_id)
         ).one()
-        key = self._data_key(blob_id, row.key_id, row.wrapped_key)
+        key = self._data_key(row.key_id, row.wrapped_key)
         return BlobHeader(blob_id, row.size, row.chunk_count, row.chunk_size, key, row.meta)
 
     def meta(self, session: Session, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -131,7 +133,7 @@ class BlobReader:
             )
             for row in rows:
                 if row.meta is not None:
-                    key = self._data_key(row.id, row.key_id, row.wrapped_key)
+                    key = self._data_key(row.key_id, row.wrapped_key)
                     out[row.id] = json.loads(open_small(key, row.meta))
         return out
 

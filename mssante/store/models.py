@@ -133,4 +133,6 @@ class OutboundEntry(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
     claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The node (server.hostname) holding the lease: a restarted node frees its own leases at once.
+    claimed_by: Mapped[str | None] = mapped_column(String(255))
     delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)

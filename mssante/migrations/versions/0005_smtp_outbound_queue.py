@@ -31,6 +31,7 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("claimed_until", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("claimed_by", sa.String(length=255), nullable=True),
         sa.Column("delay_warned", sa.Boolean(), nullable=False),
         sa.ForeignKeyConstraint(["blob_id"], ["blobs.id"], name=op.f("fk_outbound_queue_blob_id_blobs")),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_outbound_queue")),
