@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime
 from typing import Any, NoReturn
 
 from sqlalchemy import Engine, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from annuaire.lookup import Annuaire
 from dmp import codes as dmp_codes
@@ -654,6 +654,13 @@ class DMPService:
             changed_at=now,
         )
 
+    @staticmethod
+    def _replaces(s: Session, row: Document) -> str | None:
+        """The unique id of the version this one replaced (the replacement chain, one step back)."""
+        if row.replaces_id is None:
+            return None
+        return s.scalars(select(Document.unique_id).where(Document.id == row.replaces_id)).first()
+
     def _info(self, row: Document, ins: str, replaces: str | None = None) -> DocumentInfo:
         return DocumentInfo(
             unique_id=row.unique_id,
@@ -717,8 +724,11 @@ class DMPService:
             decision = self._open_record(s, identity, loaded, actor, "list", break_glass, reason, source)
             found: list[DocumentInfo] = []
             if decision:
-                query = select(Document).where(
-                    Document.patient_id == loaded.row.id, Document.status == "current"
+                older = aliased(Document)
+                query = (
+                    select(Document, older.unique_id)
+                    .outerjoin(older, older.id == Document.replaces_id)
+                    .where(Document.patient_id == loaded.row.id, Document.status == "current")
                 )
                 if type_code:
                     query = query.where(Document.type_code == type_code)
@@ -728,8 +738,10 @@ class DMPService:
                     query = query.where(Document.submitted_at >= since)
                 if until:
                     query = query.where(Document.submitted_at < until)
-                for row in s.scalars(query.order_by(Document.submitted_at.desc(), Document.id.desc())):
-                    info = self._info(row, loaded.row.ins)
+                for row, replaces in s.execute(
+                    query.order_by(Document.submitted_at.desc(), Document.id.desc())
+                ):
+                    info = self._info(row, loaded.row.ins, replaces)
                     if rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix):
                         found.append(info)
                 self._trace(
@@ -762,7 +774,7 @@ class DMPService:
             raise NotFound(f"no document {unique_id} in the DMP")
         with self._patient_for(identity, ins, "read", source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
-            info = self._info(row, ins)
+            info = self._info(row, ins, self._replaces(s, row))
             decision = self._open_record(s, identity, loaded, actor, "read", break_glass, reason, source)
             if decision:
                 seen = rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix)
@@ -811,7 +823,7 @@ class DMPService:
                 self._trace(
                     s, identity, actor, action, patient=loaded.row, document=row, reason=reason, source=source
                 )
-                info = self._info(row, ins)
+                info = self._info(row, ins, self._replaces(s, row))
         if not decision:
             code = E_NOT_AUTHOR if actor.id != row.author_idnat else E_VERSION
             self._refuse(

@@ -135,7 +135,9 @@ def test_delete_and_replace(dmp_service: DMPService) -> None:
     assert refused.value.code == 901
     new = dmp_service.feed(TRAITANT, INS, b"<v2/>", meta, replaces=uid)
     assert new.replaces == uid
-    assert [d.unique_id for d in dmp_service.list_documents(TRAITANT, INS)] == [new.unique_id]
+    [listed] = dmp_service.list_documents(TRAITANT, INS)
+    assert listed.unique_id == new.unique_id and listed.replaces == uid
+    assert dmp_service.read(PATIENT, new.unique_id)[0].replaces == uid
     with pytest.raises(Refused) as again:
         dmp_service.feed(TRAITANT, INS, b"<v3/>", meta, replaces=uid)
     assert again.value.code == 900  # replacing an old version
