@@ -67,7 +67,10 @@ def send(server: DemoServer, sender: str, to: str, subject: str) -> None:
     with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=60) as client:
         client.starttls(context=ctx)
         client.login(account["login"], account["password"])
-        text = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {formatdate()}\r\n\r\nBonjour confrère.\r\n"
+        text = (
+            f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {formatdate()}\r\n"
+            "\r\nBonjour confrère.\r\n"
+        )
         client.sendmail(sender, [to], text.encode())
 
 

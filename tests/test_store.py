@@ -214,3 +214,30 @@ async def test_a_reused_blob_id_never_meets_a_stale_data_key(runtime: Runtime) -
     await store.deliver(make_message(subject="second"), "x@demo.mssante.fr", [DOC])
     [second] = await store.messages(inbox.id)
     assert b"second" in await store.body(second.blob_id)
+
+
+async def test_a_cancelled_caller_does_not_stop_the_writer(runtime: Runtime) -> None:
+    store = runtime.store
+    tasks = [
+        asyncio.create_task(store.deliver(make_message(subject=f"c{i}"), "x@demo.mssante.fr", [DOC]))
+        for i in range(20)
+    ]
+    await asyncio.sleep(0)
+    for task in tasks[::2]:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    # The writer still works after callers gave up (some of those jobs may have committed).
+    assert await store.deliver(make_message(subject="after"), "x@demo.mssante.fr", [DOC])
+    assert store.writer._thread.is_alive()
+
+
+async def test_internaldate_keeps_its_instant_whatever_the_offset(runtime: Runtime) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    await runtime.store.ensure_account(DOC)
+    paris = datetime(2026, 7, 14, 10, 30, tzinfo=timezone(timedelta(hours=2)))
+    await runtime.store.append(DOC, "INBOX", make_message(), internaldate=paris, actor=DOC)
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    [msg] = await runtime.store.messages(inbox.id)
+    assert msg.internaldate == paris
+    assert await runtime.store.messages(inbox.id, since_uid=msg.uid) == []

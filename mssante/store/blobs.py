@@ -8,6 +8,7 @@ which is what lets IMAP stream a large body or serve ``BODY[]<start.len>`` cheap
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,11 +92,12 @@ class BlobHeader:
 class BlobReader:
     """Reads sealed blobs; data keys are cached (they are small and unwrapping costs a decrypt)."""
 
-    def __init__(self, engine: Engine, keyring: KeyRing, cache_size: int = 4096) -> None:
+    def __init__(self, engine: Engine, keyring: KeyRing, cache_size: int = 65536) -> None:
         self.engine = engine
         self.keyring = keyring
         self._keys: dict[tuple[str, bytes], bytes] = {}
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def _data_key(self, key_id: str, wrapped: bytes) -> bytes:
         # Keyed by the wrapped key itself (unique per blob, random nonce): blob ids may be reused
@@ -103,9 +105,10 @@ class BlobReader:
         cached = self._keys.get((key_id, wrapped))
         if cached is None:
             cached = self.keyring.unwrap(SealedKey(key_id, wrapped))
-            if len(self._keys) >= self._cache_size:
-                self._keys.pop(next(iter(self._keys)))
-            self._keys[(key_id, wrapped)] = cached
+            with self._lock:  # readers run in several worker threads
+                if len(self._keys) >= self._cache_size:
+                    self._keys.pop(next(iter(self._keys)), None)
+                self._keys[(key_id, wrapped)] = cached
         return cached
 
     def header(self, session: Session, blob_id: int) -> BlobHeader:

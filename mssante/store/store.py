@@ -145,7 +145,8 @@ def _split_flags(text: str) -> tuple[str, ...]:
 
 
 def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """Aware and in UTC: SQLite keeps no offset, so every stored time must already be UTC."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _folder_info(row: Any) -> FolderInfo:
@@ -750,8 +751,8 @@ class MessageStore:
         await self.writer.run(job)
 
     # -- messages ---------------------------------------------------------------------------
-    async def messages(self, folder_id: int) -> list[MessageRow]:
-        """The folder's messages in UID order (flags, sizes, dates; no content)."""
+    async def messages(self, folder_id: int, since_uid: int = 0) -> list[MessageRow]:
+        """The folder's messages in UID order (flags, sizes, dates; no content), UIDs > ``since_uid``."""
 
         def q(s: Session) -> list[MessageRow]:
             rows = s.execute(
@@ -763,7 +764,7 @@ class MessageStore:
                     messages_t.c.modseq,
                     messages_t.c.blob_id,
                 )
-                .where(messages_t.c.folder_id == folder_id)
+                .where(messages_t.c.folder_id == folder_id, messages_t.c.uid > since_uid)
                 .order_by(messages_t.c.uid)
             )
             return [

@@ -124,6 +124,8 @@ class GroupCommitWriter:
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
                 for item in batch:
+                    if not item.future.set_running_or_notify_cancel():
+                        continue  # the caller gave up before the job ran: nothing to do
                     # A lone job needs no savepoint: its failure rolls the transaction back.
                     savepoint = session.begin_nested() if len(batch) > 1 else None
                     try:
@@ -140,21 +142,27 @@ class GroupCommitWriter:
         except Exception as exc:
             # The commit (or the lone job) failed: nothing of this batch is durable.
             for item in batch:
-                item.future.set_exception(exc)
+                if not item.future.done():
+                    item.future.set_exception(exc)
             return
         finally:
             self.batches += 1
             self.jobs += len(batch)
-        for item, error in failed:
-            item.future.set_exception(error)
         notes: list[Any] = []
+        results: list[tuple[_Item, Any]] = []
         for item, result in ok:
             if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Notes):
                 result, item_notes = result
                 notes.extend(item_notes)
-            item.future.set_result(result)
+            results.append((item, result))
+        # Listeners hear of the change before its author hears "done" (IMAP: another session
+        # must not run its next command without seeing what the first one already reported).
         if notes and self.after_commit is not None:
             try:
                 self.after_commit(notes)
             except Exception:  # a listener must never break the writer
                 log.exception("change-feed listener failed")
+        for item, error in failed:
+            item.future.set_exception(error)
+        for item, result in results:
+            item.future.set_result(result)
