@@ -77,8 +77,8 @@ class ConversationBook:
                 ConversationMessage.message_id.in_(ids),
             )
         )
-        with Session(self.engine) as session:
-            rows = session.execute(query).all()
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
         return [Received(r[0], r[1], r[2], r[3] is not None) for r in rows]
 
 
