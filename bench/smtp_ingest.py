@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -497,17 +497,18 @@ def main() -> None:
         "seconds_per_level": args.seconds,
     }
     base = Path(tempfile.mkdtemp(prefix="mssante-smtp-bench-"))
-    run: Callable[[Awaitable[dict[str, Any]]], dict[str, Any]] = asyncio.run
     try:
         demo, target = start_mssante(base)
         try:
-            result["mssante"] = run(measure(target, args.connections, args.seconds, args.size, args.big_mib))
+            result["mssante"] = asyncio.run(
+                measure(target, args.connections, args.seconds, args.size, args.big_mib)
+            )
         finally:
             demo.stop()
         if args.with_postfix:
             stop, target = start_postfix(base)
             try:
-                result["postfix"] = run(
+                result["postfix"] = asyncio.run(
                     measure(target, args.connections, args.seconds, args.size, args.big_mib)
                 )
                 result["postfix"]["version"] = subprocess.run(

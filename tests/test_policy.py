@@ -324,6 +324,9 @@ class RefusingPatientRules:
     ) -> Verdict | None:
         return Verdict(False, 550, "5.7.1", "too many attachments")
 
+    def outside(self, patient: Identity, address: str) -> Verdict:
+        return Verdict(False, 550, "5.7.1", f"<{address}>: a patient writes only within the MSSanté space")
+
 
 def test_patient_rules_are_asked_for_patients_only() -> None:
     rules = RefusingPatientRules()
@@ -344,8 +347,25 @@ def test_patient_rules_are_asked_for_patients_only() -> None:
         "5.7.1",
         "too many attachments",
     )
+    # Outside the trust space, a patient is answered in the patient rules' words.
+    for outside in ("someone@gmail.com", f"dr.z@{UNLISTED}"):
+        refused = policy.recipient(PATIENT_ID, PATIENT, outside)
+        check(
+            refused.verdict,
+            False,
+            550,
+            "5.7.1",
+            f"<{outside}>: a patient writes only within the MSSanté space",
+        )
     # Professionals never meet the patient rules.
     assert policy.recipient(PRO_MARTIN, MARTIN, DURAND.address).verdict.ok
+    check(
+        policy.recipient(PRO_MARTIN, MARTIN, "someone@gmail.com").verdict,
+        False,
+        550,
+        "5.7.1",
+        "<someone@gmail.com>: domain gmail.com is outside the MSSanté trust space; relaying refused",
+    )
     assert policy.message(PRO_MARTIN, MARTIN, routes, MessageFacts((MARTIN.address,))).verdict.ok
     assert rules.asked == [DURAND.key, ELSEWHERE.key]
 
