@@ -24,14 +24,20 @@ log = logging.getLogger("dmp.deposit")
 
 
 class AcceptedMessage(Protocol):
-    """What the hook reads of the front door's delivery context."""
+    """What the hook reads of the front door's delivery context (read-only members)."""
 
-    channel: str
-    identity: Identity | None
-    mail_from: str
-    sender_bal: Any
-    recipients: Sequence[Any]
-    raw: bytes
+    @property
+    def channel(self) -> str: ...
+    @property
+    def identity(self) -> Identity | None: ...
+    @property
+    def mail_from(self) -> str: ...
+    @property
+    def sender_bal(self) -> Any: ...
+    @property
+    def recipients(self) -> Sequence[Any]: ...
+    @property
+    def raw(self) -> bytes: ...
 
 
 class Store(Protocol):

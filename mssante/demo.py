@@ -153,6 +153,7 @@ def demo_settings(settings: Settings) -> list[str]:
     if domains != settings.server.domains:
         settings.server.domains = domains
     settings.server.patient_domain = PATIENT_DOMAIN
+    settings.dmp.gateway_address = f"dmp@{domain}"
     assert settings.dkim.keys_dir is not None
     if not key_path(settings.dkim.keys_dir, domain, settings.dkim.selector).exists():
         generate_key(settings.dkim.keys_dir, domain, settings.dkim.selector)
@@ -203,6 +204,16 @@ def _populate(session: Session, domain: str) -> None:
         structure=CH["identifier"],
         responsible=DURAND["idnat"],
         description="Envois automatiques du DPI",
+        actor=ACTOR,
+    )
+    # The DMP gateway: messages carrying an IHE XDM package sent here are deposited in the DMP.
+    svc.add_bal(
+        session,
+        address=f"dmp@{domain}",
+        type="APP",
+        structure=CH["identifier"],
+        responsible=DURAND["idnat"],
+        description="Passerelle DMP (dépôt des paquets XDM)",
         actor=ACTOR,
     )
     for patient in PATIENTS:

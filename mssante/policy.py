@@ -210,6 +210,15 @@ class Policy:
         delegate = None if owns(identity, sender) else (identity.login or identity.principal)
         return MessageVerdict(accept("2.6.0", "Message accepted"), delegate)
 
+    # -- mailbox access (IMAP) --------------------------------------------------------------
+    def mailbox(self, identity: Identity, address: str) -> DirectoryBal | None:
+        """The BAL an IMAP session may open as its own: a published, active BAL the identity
+        may read. None otherwise (the front door then answers as for a missing mailbox)."""
+        bal = self.directory.bal(_plain(address))
+        if bal is None or _Right.READ not in effective_rights(identity, bal):
+            return None
+        return bal
+
     # -- relay-in -------------------------------------------------------------------------
     def relay_peer(self, peer_domains: tuple[str, ...]) -> Verdict:
         """The sending operator (names of its verified certificate) must be whitelisted."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from annuaire.lookup import Annuaire
+from dmp.hook import DMPDepositHook
 from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
@@ -96,4 +97,5 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     hooks = HookRunner([PatientHook(annuaire, notifier)])
     runtime = Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy, hooks)
     runtime.notifier = notifier
+    hooks.hooks.append(DMPDepositHook.from_runtime(runtime))
     return runtime

@@ -125,10 +125,11 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 
 def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here: they depend on this module's types)."""
+    from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp, start_relay]
+    return [start_http, start_smtp, start_imap, start_relay]
 
 
 async def serve_forever(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 
-from delegation.rights import Right, effective_rights
 from mssante.auth.identity import Identity
 from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
@@ -21,20 +20,14 @@ from mssante.tls import ClientCertMode, server_context
 
 def policy_bal_resolver(policy: Policy) -> ResolveBal:
     """The BAL a session opens: the SASL authorization identity if one was allowed, else the
-    login (a BAL address for local accounts), provided the identity may read it.
-
-    TODO(policy owner): this is an access decision; it belongs in ``Policy`` beside
-    ``sender``/``recipient`` (e.g. ``Policy.mailbox(identity, address)``), and should move there.
-    """
+    login (a BAL address for local accounts); ``Policy.mailbox`` decides."""
 
     def decide(identity: Identity, authzid: str | None) -> str | None:
         address = authzid or identity.login
         if not address:
             return None
-        bal = policy.directory.bal(address)
-        if bal is None or Right.READ not in effective_rights(identity, bal):
-            return None
-        return bal.address
+        bal = policy.mailbox(identity, address)
+        return bal.address if bal is not None else None
 
     async def resolve(identity: Identity, authzid: str | None) -> str | None:
         return await asyncio.to_thread(decide, identity, authzid)

@@ -9,6 +9,7 @@ protocol, as in Dovecot.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.crypto import KeyRing
+from mssante.db import Base, load_all_models
 from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
@@ -125,6 +127,19 @@ class Outbound:
 class CopyResult:
     uidvalidity: int
     pairs: list[tuple[int, int]]  # (source uid, destination uid)
+
+
+@functools.cache
+def blob_holders() -> tuple[Any, ...]:
+    """Columns that hold a reference to a blob (except the blob's own chunks)."""
+    load_all_models()
+    return tuple(
+        fk.parent
+        for table in Base.metadata.tables.values()
+        if table.name != "blob_chunks"
+        for fk in table.foreign_keys
+        if fk.column.table.name == "blobs"
+    )
 
 
 def normalise_flags(flags: Iterable[str]) -> tuple[str, ...]:
@@ -946,16 +961,18 @@ class MessageStore:
 
     @staticmethod
     def _collect_blobs(session: Session, blob_ids: Iterable[int]) -> None:
-        """Delete blobs no message refers to any more (their chunks cascade)."""
+        """Delete blobs nothing refers to any more (their chunks cascade).
+
+        "Anything" is every column of the schema with a foreign key to ``blobs.id`` (messages,
+        queue entries, DMP documents…), found from the one MetaData: a new kind of holder is
+        covered without touching this code.
+        """
         candidates = sorted(set(blob_ids))
         for i in range(0, len(candidates), 500):
             chunk = candidates[i : i + 500]
-            used = set(
-                session.execute(select(messages_t.c.blob_id).where(messages_t.c.blob_id.in_(chunk))).scalars()
-            )
-            used |= set(
-                session.execute(select(queue_t.c.blob_id).where(queue_t.c.blob_id.in_(chunk))).scalars()
-            )
+            used: set[int] = set()
+            for column in blob_holders():
+                used |= set(session.execute(select(column).where(column.in_(chunk))).scalars())
             orphans = [b for b in chunk if b not in used]
             if orphans:
                 session.execute(
