@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from collections.abc import Callable
 
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from annuaire import service as annuaire_service
 from mssante.audit import AuditRecord
+from mssante.config import NotifySection
 from mssante.db import transaction
+from mssante.notify import Notifier
 from mssante.patients.conversations import (
     ConversationBook,
     cited,
@@ -13,7 +20,10 @@ from mssante.patients.conversations import (
     record_from_patient,
     record_to_patient,
 )
+from mssante.patients.hook import PatientHook
+from mssante.policy import MessageFacts, Recipient
 from mssante.runtime import Runtime
+from mssante.smtp.hooks import DeliveryContext
 
 PATIENT = "280017512345610@patient.mssante.fr"
 OTHER = "175056912378901@patient.mssante.fr"
@@ -85,3 +95,34 @@ def test_a_patient_opens_a_conversation_with_a_pharmacy(runtime: Runtime) -> Non
     # The same Message-ID recorded twice (a resend) stays one entry.
     assert to_patient(runtime, "<ok@pharmacie>", ("<rx@patient>",), pro=PHARMACIE) == opened
     assert len(ConversationBook(runtime.engine).received(PATIENT, ["<ok@pharmacie>"])) == 1
+
+
+def test_fin_on_a_first_message_opens_it_closed(runtime: Runtime) -> None:
+    """``X-MSS-MES: FIN`` on a first message: information the patient cannot answer."""
+    to_patient(runtime, "<info@demo>", fin=True)
+    assert [r.closed for r in ConversationBook(runtime.engine).received(PATIENT, ["<info@demo>"])] == [True]
+
+
+async def test_no_conversation_without_its_message(runtime: Runtime) -> None:
+    """The hook's record commits with the message or not at all: here a write after it fails."""
+    with transaction(runtime.writer_engine) as s:
+        annuaire_service.add_patient_bal(s, ins=PATIENT.partition("@")[0], actor="test")
+    hook = PatientHook(runtime.annuaire, Notifier(NotifySection()))
+
+    def broken(session: Session) -> None:
+        raise RuntimeError("a later write of the same transaction fails")
+
+    async def deliver(msgid: str, *also: Callable[[Session], None]) -> dict[str, int]:
+        raw = f"From: {MARTIN}\r\nMessage-ID: {msgid}\r\nSubject: x\r\n\r\nBonjour\r\n".encode()
+        routes = (Recipient(PATIENT, "local", "patient.mssante.fr"),)
+        ctx = DeliveryContext("relay", None, MARTIN, None, routes, MessageFacts((MARTIN,)), raw, msgid)
+        write = hook.in_transaction(ctx)
+        assert write is not None
+        return await runtime.store.deliver(raw, MARTIN, [PATIENT], also=[write, *also])
+
+    with pytest.raises(RuntimeError, match="a later write"):
+        await deliver("<lost@demo>", broken)
+    book = ConversationBook(runtime.engine)
+    assert book.received(PATIENT, ["<lost@demo>"]) == []
+    assert await deliver("<kept@demo>") == {PATIENT: 1}
+    assert [r.professional_bal for r in book.received(PATIENT, ["<kept@demo>"])] == [MARTIN]
