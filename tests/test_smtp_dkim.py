@@ -296,12 +296,6 @@ def test_mail_dkim_refuses_a_tampered_body(dns_server: DNSResponder, signed: byt
     assert result.stdout.splitlines()[:2] == ["fail", "fail (body has been altered)"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Signer signs each present header once (h=subject, to, ...), so a second Subject:/To:/Date: "
-    "inserted above the original still verifies while mail readers show the first one (RFC 6376 §8.15). "
-    "Fix: oversign, i.e. list each SIGNED_HEADERS name once more than it occurs in include_headers.",
-)
 @pytest.mark.parametrize("injected", ["Subject: Annulation du rendez-vous", f"To: <patient@{PARTNER}>"])
 def test_a_header_added_above_a_signed_one_breaks_the_signature(
     dns_server: DNSResponder, signed: bytes, injected: str
@@ -390,12 +384,6 @@ def authentication_results(raw: bytes) -> str:
     return found[0]
 
 
-BODY_RESULT_BUG = (
-    "mssante.smtp.dkim.verify maps every dkim.DKIMException to temperror, but dkimpy reports a body "
-    "hash mismatch as ValidationError: an altered body is labelled dkim=temperror (no header.d), and "
-    "reject_on_fail lets it in. Fix: ValidationError -> fail, KeyFormatError/MessageFormatError -> "
-    "permerror, only DnsTimeoutError -> temperror."
-)
 
 
 def relayed_message(partner: Partner, case: str, subject: str) -> bytes:
@@ -417,11 +405,7 @@ def relayed_message(partner: Partner, case: str, subject: str) -> bytes:
     [
         ("signed", f"dkim=pass header.d={PARTNER}"),
         ("altered header", f'dkim=fail reason="signature did not verify" header.d={PARTNER}'),
-        pytest.param(
-            "altered body",
-            f'dkim=fail reason="signature did not verify" header.d={PARTNER}',
-            marks=pytest.mark.xfail(strict=True, reason=BODY_RESULT_BUG),
-        ),
+        ("altered body", f'dkim=fail reason="signature did not verify" header.d={PARTNER}'),
         ("unsigned", 'dkim=none reason="no signature"'),
     ],
 )
@@ -466,7 +450,7 @@ def strict_context(strict_server: DemoServer, tmp_path_factory: pytest.TempPathF
     "case",
     [
         "altered header",
-        pytest.param("altered body", marks=pytest.mark.xfail(strict=True, reason=BODY_RESULT_BUG)),
+        "altered body",
     ],
 )
 def test_reject_on_fail_refuses_altered_messages(

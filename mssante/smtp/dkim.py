@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import base64
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import dkim
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+
+from mssante.store.mime import parse_headers
 
 # Headers covered by our signatures (From is mandatory; the rest protect what readers see).
 SIGNED_HEADERS = [
@@ -87,12 +90,17 @@ class Signer:
         key = self._key(domain.lower())
         if key is None:
             return message
+        # Oversign (RFC 6376 §8.15): each name is listed once more than it occurs, so a Subject:
+        # or To: added above a signed one (or where there was none) breaks the signature.
+        end = message.find(b"\r\n\r\n")
+        present = Counter(name.lower().encode() for name, _ in parse_headers(message[: end + 2]))
+        include = [name for name in SIGNED_HEADERS for _ in range(present[name] + 1)]
         signature = dkim.sign(
             message,
             self.selector.encode(),
             domain.lower().encode(),
             key,
-            include_headers=SIGNED_HEADERS,
+            include_headers=include,
             canonicalize=(b"relaxed", b"relaxed"),
         )
         return bytes(signature) + message
@@ -100,7 +108,7 @@ class Signer:
 
 @dataclass(frozen=True)
 class Verification:
-    result: str  # pass | fail | none | temperror
+    result: str  # pass | fail | none | permerror | temperror (RFC 8601)
     domain: str | None
     reason: str = ""
 
@@ -110,6 +118,10 @@ class Verification:
         return f"Authentication-Results: {authserv_id}; dkim={self.result}{reason}{domain}\r\n".encode()
 
 
+def _domain(checker: dkim.DKIM) -> str | None:
+    return checker.domain.decode() if checker.domain else None
+
+
 def verify(message: bytes, dnsfunc: object | None = None) -> Verification:
     """Verify the first DKIM signature. ``dnsfunc`` resolves TXT records (tests, closed networks)."""
     if b"dkim-signature:" not in message[: message.find(b"\r\n\r\n") + 2].lower():
@@ -117,7 +129,11 @@ def verify(message: bytes, dnsfunc: object | None = None) -> Verification:
     checker = dkim.DKIM(message)
     try:
         ok = checker.verify(dnsfunc=dnsfunc) if dnsfunc is not None else checker.verify()
-    except dkim.DKIMException as exc:
-        return Verification("temperror", None, str(exc)[:100])
-    domain = checker.domain.decode() if checker.domain else None
+    except dkim.DnsTimeoutError as exc:
+        return Verification("temperror", _domain(checker), str(exc)[:100])
+    except dkim.ValidationError:  # e.g. the body hash does not match: the message was altered
+        return Verification("fail", _domain(checker), "signature did not verify")
+    except dkim.DKIMException as exc:  # malformed signature or key
+        return Verification("permerror", _domain(checker), str(exc)[:100])
+    domain = _domain(checker)
     return Verification("pass" if ok else "fail", domain, "" if ok else "signature did not verify")

@@ -254,7 +254,7 @@ class RelayHandler(_Base):
         if offset is not None:
             return f"550 5.6.0 bare CR or LF at byte {offset}: lines must end with CRLF"
         verification = await asyncio.to_thread(dkim.verify, data, self.dkim_dns)
-        if verification.result == "fail" and self.reject_on_fail:
+        if verification.result in ("fail", "permerror") and self.reject_on_fail:
             return "550 5.7.20 DKIM signature did not verify"
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
         peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
