@@ -598,3 +598,43 @@ def test_local_domains_compare_without_case() -> None:
 def test_recipient_local_part_must_be_a_dot_atom(rcpt_to: str) -> None:
     result = POLICY.recipient(PRO_MARTIN, MARTIN, rcpt_to)
     assert (result.verdict.code, result.verdict.status) == (501, "5.1.3") and result.recipient is None
+
+
+# -- mailbox access (IMAP) -----------------------------------------------------------------------
+
+MAILBOX_TABLE = [
+    # who, address asked for, the BAL opened (None: refused, answered as a missing mailbox)
+    ("martin", MARTIN.address, MARTIN),
+    ("martin", "<Claire.Martin@DEMO.mssante.fr>", MARTIN),
+    ("durand", CARDIO.address, CARDIO),  # responsible of the ORG BAL
+    ("durand", DPI.address, DPI),  # responsible of the APP BAL
+    ("dpi", DPI.address, DPI),  # the application itself
+    ("patient", PATIENT.address, PATIENT),
+    ("martin", DURAND.address, None),  # a colleague's BAL
+    ("martin", CARDIO.address, None),
+    ("dpi", MARTIN.address, None),
+    ("other-app", DPI.address, None),
+    ("other-patient", PATIENT.address, None),
+    ("secretary", CARDIO.address, None),  # no grants yet
+    ("martin", RETIRED.address, None),  # her own, but deactivated
+    ("martin", f"inconnu@{LOCAL}", None),
+    ("martin", "pas-une-adresse", None),
+]
+
+
+@pytest.mark.parametrize(("who", "address", "opened"), MAILBOX_TABLE)
+def test_mailbox(who: str, address: str, opened: FakeBal | None) -> None:
+    identity = IDENTITIES[who]
+    assert identity is not None
+    assert POLICY.mailbox(identity, address) == opened
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="Policy.mailbox does not check that the BAL is hosted here (Policy.sender does): a doctor "
+    "whose other BAL, at another operator, is in the imported national annuaire can open it over our "
+    "IMAP (authzid), and the session creates a local mailbox for it (store.ensure_account). "
+    "Fix: return None unless self.is_local(bal.domain).",
+)
+def test_mailbox_of_another_operator_is_not_opened_here() -> None:
+    assert POLICY.mailbox(PRO_MARTIN, ELSEWHERE.address) is None
