@@ -39,6 +39,7 @@ MODEL_MODULES = (
     "mssante.auth.models",
     "dmp.models",
     "mssante.patients.models",
+    "delegation.models",
 )
 
 

@@ -1,8 +1,9 @@
 """Demo mode (``mssante serve --demo``): a realistic operator anyone can try with a mail client.
 
 It creates, once, in the data directory: the development PKI, an operator ``demo.mssante.fr``
-hosting two doctors (PER BALs bound to their RPPS), a cardiology service
-(ORG BAL), a pharmacy (ORG BAL of a pharmacie d'officine), a hospital software (APP BAL with a
+hosting two doctors (PER BALs bound to their RPPS), a medical secretary with a delegation on
+Dr MARTIN's BAL, a cardiology service (ORG BAL, responsible Dr DURAND, members Dr MARTIN and the
+front desk), a pharmacy (ORG BAL of a pharmacie d'officine), a hospital software (APP BAL with a
 client certificate) and two patients with qualified INS; and writes ``demo.json``, whose shape
 is a public contract (scripts and people use it to connect; extend it, never break it)::
 
@@ -23,7 +24,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
@@ -31,6 +32,7 @@ from annuaire.identifiers import nir_key
 from dmp.service import DMPService, Traits
 from mssante.auth import accounts
 from mssante.auth.devpki import DevCA, prepare_demo
+from mssante.auth.identity import Identity
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
@@ -105,6 +107,7 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "professional",
             MARTIN["idnat"],
             "Dr Claire MARTIN",
+            [f"cardiologie@{domain}"],
         ),
         DemoAccount(
             f"paul.durand@{domain}",
@@ -131,6 +134,26 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "Pharmacie du Parc",
         ),
         DemoAccount(f"dpi@{domain}", "app", f"dpi@{domain}", "application", None, "DPI du CH de Démo"),
+        # A medical secretary with a delegation on Dr MARTIN's BAL (reads, sorts, sends on behalf).
+        DemoAccount(
+            f"secretaire.martin@{domain}",
+            "secretary",
+            f"secretaire.martin@{domain}",
+            "staff",
+            "secretaire.martin",
+            "Julie ROBERT (secrétariat du Dr MARTIN)",
+            [f"claire.martin@{domain}"],
+        ),
+        # The cardiology service's front desk: a member of the ORG BAL.
+        DemoAccount(
+            f"accueil.cardiologie@{domain}",
+            "secretary",
+            f"accueil.cardiologie@{domain}",
+            "staff",
+            "accueil.cardiologie",
+            "Accueil de cardiologie",
+            [f"cardiologie@{domain}"],
+        ),
         *(
             DemoAccount(
                 f"{p['ins']}@{PATIENT_DOMAIN}",
@@ -270,6 +293,56 @@ def _create_logins(
     return client_files
 
 
+@dataclass(frozen=True)
+class _DemoBal:
+    """The facts of a demo BAL the delegation rules need (the annuaire rows are not committed yet)."""
+
+    key: str
+    type: str
+    professional_idnat: str | None = None
+    responsible_idnat: str | None = None
+    active: bool = True
+    ins: str | None = None
+
+
+DEMO_RIGHTS = "lrswite send"  # read, sort, file into folders, send on behalf
+
+
+def _delegate(session: Session, domain: str) -> None:
+    """The demo's delegation and memberships, each written once (a revocation made later by
+    the operator is not undone by the next start)."""
+    from delegation import grants
+    from delegation.models import Grant
+    from delegation.rights import parse_rights
+
+    wanted = [
+        (_DemoBal(f"claire.martin@{domain}", "PER", professional_idnat=MARTIN["idnat"]),
+         Identity.staff("secretaire.martin"), "delegate"),
+        (_DemoBal(f"cardiologie@{domain}", "ORG", responsible_idnat=DURAND["idnat"]),
+         Identity.professional(MARTIN["idnat"]), "member"),
+        (_DemoBal(f"cardiologie@{domain}", "ORG", responsible_idnat=DURAND["idnat"]),
+         Identity.staff("accueil.cardiologie"), "member"),
+    ]  # fmt: skip
+    for bal, grantee, role in wanted:
+        exists = session.scalars(
+            select(Grant.id).where(
+                Grant.bal == bal.key, Grant.grantee == grantee.principal, Grant.role == role
+            )
+        ).first()
+        if exists is None:
+            grants.grant(
+                session,
+                bal=bal,
+                grantee=grantee,
+                rights=parse_rights(DEMO_RIGHTS),
+                actor=None,
+                operator=ACTOR,
+                reason="demo operator",
+                role=role,
+                source="demo",
+            )
+
+
 def setup(settings: Settings) -> dict[str, Any]:
     """Create the demo operator if absent (idempotent); returns the demo.json document so far."""
     path = settings.data_dir / "demo.json"
@@ -290,6 +363,7 @@ def setup(settings: Settings) -> dict[str, Any]:
             _populate(session, domain)
             known_logins = {login for login, password in known.items() if password}
             client_files = _create_logins(session, certs_dir, passwords, logins, known_logins)
+            _delegate(session, domain)
     finally:
         engine.dispose()
     return {

@@ -15,9 +15,10 @@ an open relay, authenticated or not.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Literal, Protocol
 
-from delegation.rights import BalFacts, effective_rights, owns
+from delegation.rights import BalFacts, GrantSource, owns, rights_until
 from delegation.rights import Right as _Right
 from mssante.auth.identity import Identity, IdentityKind
 
@@ -125,10 +126,23 @@ class Policy:
         local_domains: list[str] | tuple[str, ...],
         *,
         patient_rules: PatientRules | None = None,
+        grants: GrantSource | None = None,
     ) -> None:
         self.directory = directory
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self.patient_rules = patient_rules
+        self.grants = grants  # memberships and delegations (``delegation.grants.GrantBook``)
+
+    # -- rights -----------------------------------------------------------------------------
+    def rights(self, identity: Identity, bal: BalFacts | None) -> frozenset[_Right]:
+        """Effective rights: ownership ∪ membership ∪ grants in force (``delegation.rights``)."""
+        return rights_until(identity, bal, self.grants)[0]
+
+    def rights_until(
+        self, identity: Identity, bal: BalFacts | None
+    ) -> tuple[frozenset[_Right], datetime | None]:
+        """The rights, and the earliest expiry of a grant they depend on (None: no expiry)."""
+        return rights_until(identity, bal, self.grants)
 
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.local_domains
@@ -146,7 +160,7 @@ class Policy:
             return refuse(f"<{address}> is not a published, active mailbox (BAL) of the annuaire"), None
         if not self.is_local(bal.domain):
             return refuse(f"<{address}> is not hosted by this operator"), None
-        if _Right.SEND_ON_BEHALF not in effective_rights(identity, bal):
+        if _Right.SEND_ON_BEHALF not in self.rights(identity, bal):
             return refuse(f"{identity.principal} may not send as <{bal.address}>"), None
         return accept("2.1.0", f"Sender <{bal.address}> OK"), bal
 
@@ -215,7 +229,7 @@ class Policy:
         """The BAL an IMAP session may open as its own: a published, active BAL the identity
         may read. None otherwise (the front door then answers as for a missing mailbox)."""
         bal = self.directory.bal(_plain(address))
-        if bal is None or _Right.READ not in effective_rights(identity, bal):
+        if bal is None or _Right.READ not in self.rights(identity, bal):
             return None
         return bal
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import Engine
 
 from annuaire.lookup import Annuaire
+from delegation.authz import sasl_authorizer
+from delegation.grants import GrantBook
 from dmp.hook import DMPDepositHook
 from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
@@ -60,6 +62,7 @@ class Runtime:
     delivery_hooks: HookRunner = field(default_factory=lambda: HookRunner([]))
     extras: dict[str, object] = field(default_factory=dict)
     notifier: Notifier | None = None  # one per process: patient and DMP notifications
+    grants: GrantBook | None = None  # delegations and ORG memberships in force
 
     def close(self) -> None:
         self.store.close()
@@ -90,12 +93,16 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
         default_quota=settings.storage.default_quota_mb * 1024 * 1024 or None,
     )
     annuaire = Annuaire(engine)
-    authenticator = Authenticator(engine, settings, writer_engine=writer_engine, keyring=keyring)
     notifier = Notifier(settings.notify)
     patient_rules = PatientMailRules(annuaire, ConversationBook(engine))
-    policy = Policy(annuaire, settings.server.domains, patient_rules=patient_rules)
+    grants = GrantBook(engine)
+    policy = Policy(annuaire, settings.server.domains, patient_rules=patient_rules, grants=grants)
+    authenticator = Authenticator(
+        engine, settings, writer_engine=writer_engine, keyring=keyring, authorize=sasl_authorizer(policy)
+    )
     hooks = HookRunner([PatientHook(annuaire, notifier)])
     runtime = Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy, hooks)
     runtime.notifier = notifier
+    runtime.grants = grants
     hooks.hooks.append(DMPDepositHook.from_runtime(runtime))
     return runtime

@@ -214,6 +214,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.dmp",
     "mssante.cli.queue",
     "mssante.patients.cli",
+    "mssante.cli.delegation",
 )
 
 
