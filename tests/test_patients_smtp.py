@@ -95,7 +95,8 @@ def send(demo: DemoServer, login: str, sender: str, to: list[str], raw: bytes) -
     with smtplib.SMTP("127.0.0.1", demo.port("submission"), timeout=30) as client:
         client.starttls(context=ssl.create_default_context(cafile=demo.ca_cert))
         client.login(account["login"], account["password"])
-        code, text = client.mail(sender)
+        # SMTPUTF8: the replies' French reasons then come with their accents (RFC 6531).
+        code, text = client.mail(sender, ["SMTPUTF8"])
         if code != 250:
             return Reply("MAIL", code, text.decode())
         for rcpt in to:

@@ -33,8 +33,10 @@ def stored(demo: DemoServer) -> Iterator[StoredMail]:
 
 
 def message(sender: str, to: str, subject: str, body: str = "Bonjour,\r\nmessage de test.\r\n") -> str:
-    return (f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {formatdate()}\r\n"
-            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}")
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {formatdate()}\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    )
 
 
 def tls_context(demo: DemoServer) -> ssl.SSLContext:
@@ -56,7 +58,9 @@ def unique(label: str) -> str:
     return f"{label} {uuid.uuid4().hex[:10]}"
 
 
-def test_professional_sends_to_a_colleague_and_the_message_is_stored(demo: DemoServer, stored: StoredMail) -> None:
+def test_professional_sends_to_a_colleague_and_the_message_is_stored(
+    demo: DemoServer, stored: StoredMail
+) -> None:
     subject = unique("CR consultation")
     with connect(demo) as client:
         refused = client.sendmail(MARTIN, [DURAND, CARDIO], message(MARTIN, DURAND, subject))
@@ -82,7 +86,12 @@ def test_implicit_tls_submission(demo: DemoServer, stored: StoredMail) -> None:
     ("sender", "recipient", "code", "fragment"),
     [
         # the authenticated professional may not send as a colleague
-        (DURAND, MARTIN, 550, b"5.7.1 professional:810100000011 may not send as <paul.durand@demo.mssante.fr>"),
+        (
+            DURAND,
+            MARTIN,
+            550,
+            b"5.7.1 professional:810100000011 may not send as <paul.durand@demo.mssante.fr>",
+        ),
         # a sender that is not in the annuaire
         ("inconnu@demo.mssante.fr", DURAND, 550, b"5.7.1 <inconnu@demo.mssante.fr> is not a published"),
         # the null sender is for DSNs only
@@ -100,12 +109,18 @@ def test_sender_rules(demo: DemoServer, sender: str, recipient: str, code: int, 
     [
         ("personne@demo.mssante.fr", 550, b"5.1.1 <personne@demo.mssante.fr>: no such mailbox (BAL)"),
         ("someone@gmail.com", 550, b"5.7.1 <someone@gmail.com>: domain gmail.com is outside the MSSant"),
-        ("dr.x@autre-operateur.mssante.fr", 550, b"5.7.1 <dr.x@autre-operateur.mssante.fr>: domain "
-                                                 b"autre-operateur.mssante.fr is not a whitelisted operator"),
+        (
+            "dr.x@autre-operateur.mssante.fr",
+            550,
+            b"5.7.1 <dr.x@autre-operateur.mssante.fr>: domain "
+            b"autre-operateur.mssante.fr is not a whitelisted operator",
+        ),
         ("pas-une-adresse", 501, b"5.1.3"),
     ],
 )
-def test_recipient_rules_and_no_open_relay(demo: DemoServer, recipient: str, code: int, fragment: bytes) -> None:
+def test_recipient_rules_and_no_open_relay(
+    demo: DemoServer, recipient: str, code: int, fragment: bytes
+) -> None:
     with connect(demo) as client:
         assert client.mail(MARTIN)[0] == 250
         reply = client.rcpt(recipient)
@@ -151,13 +166,20 @@ def test_from_header_must_be_the_sending_bal(demo: DemoServer) -> None:
 @pytest.mark.parametrize(
     ("headers", "fragment"),
     [
-        ("To: x@demo.mssante.fr\r\nSubject: sans expediteur\r\nDate: Thu, 26 Nov 2026 10:00:00 +0100\r\n",
-         b"5.6.0 the message must have exactly one From: header"),
-        (f"From: {MARTIN}\r\nTo: x\r\nSubject: sans date\r\n", b"5.6.0 the message must have exactly one Date:"),
+        (
+            "To: x@demo.mssante.fr\r\nSubject: sans expediteur\r\nDate: Thu, 26 Nov 2026 10:00:00 +0100\r\n",
+            b"5.6.0 the message must have exactly one From: header",
+        ),
+        (
+            f"From: {MARTIN}\r\nTo: x\r\nSubject: sans date\r\n",
+            b"5.6.0 the message must have exactly one Date:",
+        ),
         (f"From: {MARTIN}\r\nSubject: date fausse\r\nDate: hier soir\r\n", b"5.6.0 the Date: header"),
     ],
 )
-def test_messages_without_valid_from_or_date_are_refused(demo: DemoServer, headers: str, fragment: bytes) -> None:
+def test_messages_without_valid_from_or_date_are_refused(
+    demo: DemoServer, headers: str, fragment: bytes
+) -> None:
     with connect(demo) as client, pytest.raises(smtplib.SMTPDataError) as info:
         client.sendmail(MARTIN, [DURAND], headers + "\r\ncorps\r\n")
     assert info.value.smtp_code == 550 and fragment in info.value.smtp_error
@@ -214,7 +236,7 @@ def test_smuggling_vectors_never_split_a_message(demo: DemoServer, stored: Store
         f"From: {MARTIN}\r\nTo: {DURAND}\r\nSubject: {outer}\r\nDate: {formatdate()}\r\n\r\nhello".encode()
         + vector
         + f"MAIL FROM:<{MARTIN}>\r\nRCPT TO:<{DURAND}>\r\nDATA\r\nFrom: {MARTIN}\r\nSubject: {smuggled}\r\n"
-          f"Date: {formatdate()}\r\n\r\nsmuggled\r\n".encode()
+        f"Date: {formatdate()}\r\n\r\nsmuggled\r\n".encode()
         + b".\r\n"
     )
     replies = _pipeline(demo, [f"MAIL FROM:<{MARTIN}>\r\nRCPT TO:<{DURAND}>\r\nDATA\r\n".encode(), data])
@@ -244,7 +266,9 @@ def test_commands_pipelined_before_starttls_handshake_are_discarded(demo: DemoSe
     sock.close()
 
 
-def test_hundred_concurrent_senders_each_message_stored_exactly_once(demo: DemoServer, stored: StoredMail) -> None:
+def test_hundred_concurrent_senders_each_message_stored_exactly_once(
+    demo: DemoServer, stored: StoredMail
+) -> None:
     batch = uuid.uuid4().hex[:8]
 
     def send(n: int) -> str:
@@ -266,17 +290,41 @@ def test_hundred_concurrent_senders_each_message_stored_exactly_once(demo: DemoS
 def test_swaks_sends_and_sees_policy_refusals(demo: DemoServer, stored: StoredMail) -> None:
     account = demo.account(MARTIN)
     subject = unique("swaks")
-    base = ["swaks", "--server", "127.0.0.1", "--port", str(demo.port("submission")), "--tls",
-            "--tls-verify", "--tls-ca-path", demo.ca_cert, "--tls-sni", "localhost",
-            "--auth", "PLAIN", "--auth-user", account["login"], "--auth-password", account["password"],
-            "--from", MARTIN, "--header", f"Subject: {subject}", "--ehlo", "swaks.test"]
+    base = [
+        "swaks",
+        "--server",
+        "127.0.0.1",
+        "--port",
+        str(demo.port("submission")),
+        "--tls",
+        "--tls-verify",
+        "--tls-ca-path",
+        demo.ca_cert,
+        "--tls-sni",
+        "localhost",
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        account["login"],
+        "--auth-password",
+        account["password"],
+        "--from",
+        MARTIN,
+        "--header",
+        f"Subject: {subject}",
+        "--ehlo",
+        "swaks.test",
+    ]
     ok = subprocess.run([*base, "--to", DURAND], capture_output=True, text=True, timeout=60)
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert "250 2.0.0 Message accepted" in ok.stdout
     assert len(stored.with_subject(DURAND, subject)) == 1
     refused = subprocess.run([*base, "--to", "someone@gmail.com"], capture_output=True, text=True, timeout=60)
     assert refused.returncode != 0
-    assert "550 5.7.1 <someone@gmail.com>: domain gmail.com is outside the MSSanté trust space" in refused.stdout
+    # No SMTPUTF8 in this transaction: the reply is folded to ASCII (RFC 6531).
+    assert (
+        "550 5.7.1 <someone@gmail.com>: domain gmail.com is outside the MSSante trust space" in refused.stdout
+    )
 
 
 def test_connections_per_client_address_are_capped(tmp_path: Path) -> None:
@@ -295,3 +343,32 @@ def test_connections_per_client_address_are_capped(tmp_path: Path) -> None:
             sock.close()
     finally:
         assert server.stop() == 0
+
+
+def test_replies_are_utf8_only_in_smtputf8_transactions(demo: DemoServer) -> None:
+    with connect(demo) as client:
+        assert client.mail(MARTIN)[0] == 250
+        code, reply = client.rcpt("someone@gmail.com")
+        assert code == 550 and reply.isascii() and b"MSSante trust space" in reply
+        client.rset()
+        assert client.mail(MARTIN, ["SMTPUTF8"])[0] == 250
+        code, reply = client.rcpt("someone@gmail.com")
+        assert code == 550 and "MSSanté trust space" in reply.decode()
+
+
+def test_policy_refusals_are_in_the_audit_trail(demo: DemoServer, stored: StoredMail) -> None:
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from mssante.audit import AuditRecord
+
+    with connect(demo) as client:
+        assert client.mail(DURAND)[0] == 550
+    with Session(stored.engine) as session:
+        refusals = session.scalars(
+            select(AuditRecord).where(AuditRecord.action == "smtp.refused", AuditRecord.object == DURAND)
+        ).all()
+    assert refusals, "the refusal was not traced"
+    last = refusals[-1]
+    assert (last.actor, last.outcome, last.source) == ("professional:810100000011", "5.7.1", "127.0.0.1")
+    assert '"stage": "MAIL"' in (last.detail or "")

@@ -47,6 +47,32 @@ class _Base:
             extra.append("250-AUTH " + " ".join(mechanisms))
         return [responses[0], *kept, *extra, "250 HELP"]
 
+    async def _refuse(
+        self,
+        server: MSSanteSMTP,
+        actor: str,
+        stage: str,
+        reply: str,
+        *,
+        bal: str | None = None,
+        address: str | None = None,
+    ) -> str:
+        """Answer a policy refusal, once it is in the audit trail (who tried what, and why not)."""
+        code, _, rest = reply.partition(" ")
+        status, _, reason = rest.partition(" ")
+        await self.store.record(
+            AuditEvent(
+                actor=actor,
+                action="smtp.refused",
+                bal=bal,
+                object=address,
+                source=server.peer_ip,
+                outcome=status or code,
+                detail={"stage": stage, "listener": server.listener, "reason": reason[:300]},
+            )
+        )
+        return reply
+
     def _reset(self, envelope: Envelope) -> None:
         envelope.routes = []  # type: ignore[attr-defined]
 
@@ -140,7 +166,7 @@ class SubmissionHandler(_Base):
         identity = self._auth(session).identity
         verdict, bal = await asyncio.to_thread(self.policy.sender, identity, address)
         if not verdict.ok:
-            return verdict.smtp
+            return await self._refuse(server, identity.principal, "MAIL", verdict.smtp, address=address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.sender_bal = bal  # type: ignore[attr-defined]
@@ -156,7 +182,9 @@ class SubmissionHandler(_Base):
         sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
         result = await asyncio.to_thread(self.policy.recipient, identity, sender, address)
         if result.recipient is None:
-            return result.verdict.smtp
+            return await self._refuse(
+                server, identity.principal, "RCPT", result.verdict.smtp, bal=sender.key, address=address
+            )
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
@@ -172,10 +200,12 @@ class SubmissionHandler(_Base):
             data, count_attachments=identity.kind is IdentityKind.PATIENT
         )
         if problem is not None:
-            return problem.smtp
+            return await self._refuse(server, identity.principal, "DATA", problem.smtp, bal=sender.key)
         decision = await asyncio.to_thread(self.policy.message, identity, sender, tuple(routes), facts)
         if not decision.verdict.ok:
-            return decision.verdict.smtp
+            return await self._refuse(
+                server, identity.principal, "DATA", decision.verdict.smtp, bal=sender.key
+            )
         local_domain = sender.domain
         message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(local_domain)
         trace = self._trace(
@@ -224,12 +254,13 @@ class RelayHandler(_Base):
         names = peer_names(server)
         if tls.peer is None or not names:
             return "530 5.7.0 A client certificate of a whitelisted operator is required"
+        actor = f"operator:{','.join(names)}"
         peer = await asyncio.to_thread(self.policy.relay_peer, names)
         if not peer.ok:
-            return peer.smtp
+            return await self._refuse(server, actor, "MAIL", peer.smtp, address=address)
         verdict = await asyncio.to_thread(self.policy.relay_sender, address)
         if not verdict.ok:
-            return verdict.smtp
+            return await self._refuse(server, actor, "MAIL", verdict.smtp, address=address)
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         envelope.peer_names = names  # type: ignore[attr-defined]
@@ -243,7 +274,8 @@ class RelayHandler(_Base):
             return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
         result = await asyncio.to_thread(self.policy.relay_recipient, address)
         if result.recipient is None:
-            return result.verdict.smtp
+            actor = f"operator:{','.join(envelope.peer_names)}"  # type: ignore[attr-defined]
+            return await self._refuse(server, actor, "RCPT", result.verdict.smtp, address=address)
         envelope.rcpt_tos.append(address)
         envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
         return result.verdict.smtp

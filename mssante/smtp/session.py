@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import unicodedata
 import uuid
 from collections import Counter
 from typing import Any
@@ -47,6 +48,12 @@ _DEFAULT_ENHANCED = {
     "555": "5.5.4",
 }
 MAX_AUTH_LINE = 64 * 1024
+
+
+def ascii_fold(text: str) -> str:
+    """ "Réponse refusée" → "Reponse refusee": accents dropped, anything else non-ASCII → "?"."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).encode("ascii", "replace").decode()
 
 
 class ConnectionLimits:
@@ -97,6 +104,7 @@ class MSSanteSMTP(SMTP):
         self._peer_ip = ""
         self._admitted = False
         self._in_greeting = False
+        self._data_reply_utf8 = False
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -140,10 +148,19 @@ class MSSanteSMTP(SMTP):
     # -- replies --------------------------------------------------------------------------
     async def push(self, status: Any) -> None:
         """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO."""
+        utf8 = bool(self.envelope and self.envelope.smtp_utf8) or self._data_reply_utf8
+        self._data_reply_utf8 = False
+        if isinstance(status, str) and not status.isascii() and not utf8:
+            status = ascii_fold(status)  # RFC 6531: UTF-8 replies only to SMTPUTF8 transactions
         code = status[:3]
         if not self._in_greeting and not _HAS_ENHANCED.match(status) and code in _DEFAULT_ENHANCED:
             status = f"{code}{status[3:4] or ' '}{_DEFAULT_ENHANCED[code]} {status[4:]}".rstrip()
         await super().push(status)
+
+    def _set_post_data_state(self) -> None:
+        # aiosmtpd resets the envelope before pushing the DATA reply: remember its SMTPUTF8.
+        self._data_reply_utf8 = bool(self.envelope and self.envelope.smtp_utf8)
+        super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self._in_greeting = True
