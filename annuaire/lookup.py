@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 from time import monotonic
-from typing import Any, Protocol
+from typing import Any
 
 from sqlalchemy import Engine, bindparam, select
 from sqlalchemy.orm import Session, aliased
@@ -283,18 +283,3 @@ class Annuaire:
         except AddressError:
             return False
         return wanted in self.whitelist()
-
-
-class _HasEngine(Protocol):
-    engine: Engine
-    extras: dict[str, object]
-
-
-def from_runtime(runtime: _HasEngine) -> Annuaire:
-    """The process's one look-up service (kept in ``runtime.extras``), so that every caller
-    shares one cache and one ``invalidate()``."""
-    found = runtime.extras.get("annuaire")
-    if not isinstance(found, Annuaire):
-        found = Annuaire(runtime.engine)
-        runtime.extras["annuaire"] = found
-    return found

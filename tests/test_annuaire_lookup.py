@@ -11,10 +11,9 @@ from sqlalchemy import Engine
 
 from annuaire import service, synthetic
 from annuaire.importer import import_extraction
-from annuaire.lookup import Annuaire, from_runtime
+from annuaire.lookup import Annuaire
 from annuaire.whitelist import import_whitelist
 from mssante.db import make_engine, transaction
-from mssante.runtime import Runtime
 from mssante.schema import upgrade
 
 PHARMACIST = "810102727017"
@@ -120,9 +119,3 @@ def test_lookup_rate(engine: Engine, tmp_path: Path) -> None:
     rate = n / (time.perf_counter() - started)
     print(f"{rate:,.0f} look-ups/s")
     assert rate > 50_000
-
-
-def test_one_shared_service_per_runtime(runtime: Runtime) -> None:
-    first = from_runtime(runtime)
-    assert from_runtime(runtime) is first
-    assert first.bal("nobody@demo.mssante.fr") is None
