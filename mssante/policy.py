@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
+from annuaire.addresses import AddressError
+from annuaire.addresses import parse as parse_address
 from delegation.rights import BalFacts, GrantSource, owns, rights_until
 from delegation.rights import Right as _Right
 from mssante.auth.identity import Identity, IdentityKind
@@ -167,9 +169,11 @@ class Policy:
     def recipient(self, identity: Identity, sender: DirectoryBal, rcpt_to: str) -> RcptVerdict:
         """RCPT TO on submission: local published BALs, or whitelisted operator domains."""
         address = _plain(rcpt_to)
-        domain = _domain_of(address)
-        if "@" not in address or not domain:
+        try:
+            parsed = parse_address(address)
+        except AddressError:
             return RcptVerdict(refuse(f"<{address}> is not a valid address", code=501, status="5.1.3"))
+        domain = parsed.domain
         if self.is_local(domain):
             bal = self.directory.bal(address)
             if bal is None or not bal.active:
@@ -226,10 +230,11 @@ class Policy:
 
     # -- mailbox access (IMAP) --------------------------------------------------------------
     def mailbox(self, identity: Identity, address: str) -> DirectoryBal | None:
-        """The BAL an IMAP session may open as its own: a published, active BAL the identity
-        may read. None otherwise (the front door then answers as for a missing mailbox)."""
+        """The BAL an IMAP session may open as its own: a published, active BAL hosted here that
+        the identity may read. None otherwise (the front door then answers as for a missing
+        mailbox)."""
         bal = self.directory.bal(_plain(address))
-        if bal is None or _Right.READ not in self.rights(identity, bal):
+        if bal is None or not self.is_local(bal.domain) or _Right.READ not in self.rights(identity, bal):
             return None
         return bal
 

@@ -588,12 +588,6 @@ def test_local_domains_compare_without_case() -> None:
     check(verdict, False, 550, "5.7.1", f"<{PATIENT.address}> is not hosted by this operator")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Policy.recipient checks only for an '@' and a domain: a remote address whose local part is "
-    "not a dot-atom (quoted forms the annuaire refuses as confusion attacks, a lone dot) is accepted "
-    "and queued; aiosmtpd lets both through. Fix: parse with annuaire.addresses.parse, 501 5.1.3.",
-)
 @pytest.mark.parametrize("rcpt_to", [f"<.@{REMOTE}>", f'<"dr.y@{LOCAL}"@{REMOTE}>', f"<a..b@{REMOTE}>"])
 def test_recipient_local_part_must_be_a_dot_atom(rcpt_to: str) -> None:
     result = POLICY.recipient(PRO_MARTIN, MARTIN, rcpt_to)
@@ -629,12 +623,5 @@ def test_mailbox(who: str, address: str, opened: FakeBal | None) -> None:
     assert POLICY.mailbox(identity, address) == opened
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Policy.mailbox does not check that the BAL is hosted here (Policy.sender does): a doctor "
-    "whose other BAL, at another operator, is in the imported national annuaire can open it over our "
-    "IMAP (authzid), and the session creates a local mailbox for it (store.ensure_account). "
-    "Fix: return None unless self.is_local(bal.domain).",
-)
 def test_mailbox_of_another_operator_is_not_opened_here() -> None:
     assert POLICY.mailbox(PRO_MARTIN, ELSEWHERE.address) is None
