@@ -22,11 +22,18 @@ ResolveBal = Callable[[Identity, str | None], Awaitable[str | None]]
 
 class AuthenticatorGate:
     def __init__(
-        self, authenticator: Authenticator, resolve_bal: ResolveBal, *, listener: str = "imap"
+        self,
+        authenticator: Authenticator,
+        resolve_bal: ResolveBal,
+        *,
+        listener: str = "imap",
+        without_bal: Callable[[Identity], bool] = lambda _identity: False,
     ) -> None:
         self.authenticator = authenticator
         self.resolve_bal = resolve_bal
         self.listener = listener
+        # Identities that may log in with no BAL of their own (staff: only shared BALs).
+        self.without_bal = without_bal
 
     def mechanisms(self, *, tls: TLSInfo) -> list[str]:
         return self.authenticator.mechanisms(tls)
@@ -44,6 +51,6 @@ class AuthenticatorGate:
             return Refusal(text, code, status=status, delay=result.delay)
         assert isinstance(result, AuthSuccess)
         bal = await self.resolve_bal(result.identity, result.authzid)
-        if bal is None:
+        if bal is None and (result.authzid or not self.without_bal(result.identity)):
             return Refusal("No mailbox for this identity", "AUTHORIZATIONFAILED")
-        return Principal(actor=result.identity.principal, bal=bal)
+        return Principal(actor=result.identity.principal, bal=bal, identity=result.identity)

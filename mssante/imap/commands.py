@@ -153,6 +153,15 @@ class ListArgs:
 
 
 @dataclass(frozen=True)
+class AclArgs:
+    """GETACL/MYRIGHTS (mailbox), DELETEACL/LISTRIGHTS (+ identifier), SETACL (+ rights)."""
+
+    mailbox: str
+    identifier: str | None = None
+    rights: str | None = None
+
+
+@dataclass(frozen=True)
 class Status:
     mailbox: str
     items: tuple[str, ...]
@@ -227,6 +236,7 @@ Arguments = (
     | Expunge
     | Enable
     | Id
+    | AclArgs
     | None
 )
 

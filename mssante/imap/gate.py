@@ -14,15 +14,19 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from mssante.auth.identity import Identity
 from mssante.tls import TLSInfo
 
 
 @dataclass(frozen=True)
 class Principal:
-    """Who the session acts as: ``actor`` for the audit trail, ``bal`` the mailbox it opens."""
+    """Who the session acts as: ``actor`` for the audit trail, ``bal`` the mailbox it opens as
+    its own (None: an identity with no BAL of its own, e.g. a secretary, who works in the
+    shared namespace), ``identity`` for the rights questions."""
 
     actor: str
-    bal: str
+    bal: str | None
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mssante.auth.identity import Identity
+from delegation.imap import DelegationAccess
+from mssante.auth.identity import Identity, IdentityKind
 from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
 from mssante.policy import Policy
@@ -35,19 +36,31 @@ def policy_bal_resolver(policy: Policy) -> ResolveBal:
     return resolve
 
 
+def works_without_bal(identity: Identity) -> bool:
+    """Staff (a secretary) and professionals may log in with no BAL of their own: they work in
+    the shared namespace on the BALs delegated to them or whose ORG they belong to."""
+    return identity.kind in (IdentityKind.STAFF, IdentityKind.PROFESSIONAL)
+
+
 async def start_imap(runtime: Runtime) -> list[RunningListener]:
     settings = runtime.settings
     if runtime.policy is None or runtime.authenticator is None:
         return []
     # Client certificates are asked for (and verified) so that APP BALs can use SASL EXTERNAL.
     context = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
-    gate = AuthenticatorGate(runtime.authenticator, policy_bal_resolver(runtime.policy))
+    gate = AuthenticatorGate(
+        runtime.authenticator, policy_bal_resolver(runtime.policy), without_bal=works_without_bal
+    )
+    access = None
+    if runtime.grants is not None:
+        access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
     server = ImapServer(
         runtime.store,
         gate,
         tls_context=context,
         hostname=settings.server.hostname,
         limits=Limits(max_append=settings.smtp.max_message_size),
+        access=access,
     )
     imap = settings.imap
     starttls = await server.start(imap.host, imap.port)

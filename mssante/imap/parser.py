@@ -15,6 +15,7 @@ from datetime import date, datetime, timedelta, timezone
 
 from mssante.imap import mutf7
 from mssante.imap.commands import (
+    AclArgs,
     Append,
     Authenticate,
     Command,
@@ -627,7 +628,27 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
     if name == "ID":
         r.sp()
         return Command(tag, name, Id(_id_params(r)))
+    if name in _ACL_COMMANDS:
+        return Command(tag, name, _acl_args(r, name))
     raise r.error(f"Unknown command {name}")
+
+
+_ACL_COMMANDS = {"GETACL", "MYRIGHTS", "SETACL", "DELETEACL", "LISTRIGHTS"}
+
+
+def _acl_args(r: _Reader, name: str) -> AclArgs:
+    """RFC 4314: ``GETACL mailbox``, ``SETACL mailbox identifier rights``, ``DELETEACL mailbox
+    identifier``, ``LISTRIGHTS mailbox identifier``, ``MYRIGHTS mailbox``."""
+    r.sp()
+    mailbox = r.mailbox()
+    if name in ("GETACL", "MYRIGHTS"):
+        return AclArgs(mailbox)
+    r.sp()
+    identifier = r.astring()
+    if name != "SETACL":
+        return AclArgs(mailbox, identifier)
+    r.sp()
+    return AclArgs(mailbox, identifier, r.astring())
 
 
 def _create_params(r: _Reader) -> tuple[str, ...]:

@@ -14,6 +14,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
 from mssante.imap.gate import Gate
@@ -65,6 +66,7 @@ class Connection:
             server.gate,
             starttls_available=server.tls_context is not None,
             hostname=server.hostname,
+            access=server.access,
         )
 
     # -- Channel ---------------------------------------------------------------------------------
@@ -181,9 +183,11 @@ class ImapServer:
         tls_context: ssl.SSLContext | None = None,
         hostname: str = "localhost",
         limits: Limits | None = None,
+        access: Access | None = None,
     ) -> None:
         self.store = store
         self.gate = gate
+        self.access = access  # rights on BALs (delegation); None: each session's own BAL only
         self.tls_context = tls_context
         self.hostname = hostname
         self.limits = limits or Limits()

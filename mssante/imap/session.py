@@ -15,13 +15,16 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from delegation.rights import Right
 from mssante import __version__ as _version
 from mssante.audit import AuditEvent
 from mssante.imap import listing, mutf7
+from mssante.imap.access import NONE, SHARED_PREFIX, Access, AclRefused, OwnerOnly, Rights
 from mssante.imap.commands import (
+    AclArgs,
     Append,
     Authenticate,
     Command,
@@ -54,7 +57,7 @@ from mssante.imap.mailbox import Entry, SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
 from mssante.imap.search import Candidate, matches, needs
 from mssante.store.feed import FolderChange, Subscription
-from mssante.store.store import FolderNotFound, MessageStore, StoreError
+from mssante.store.store import FolderInfo, FolderNotFound, MessageStore, StoreError
 from mssante.tls import TLSInfo
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,8 @@ BASE_CAPABILITIES = (
     "MOVE",
     "SPECIAL-USE",
     "CHILDREN",
+    "ACL",
+    "RIGHTS=texk",
 )
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
@@ -87,6 +92,21 @@ BODY_READ_AHEAD = 16
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
 READ_TRACE_MAX = 10_000
 BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
+# RFC 4314: which right a flag change needs.
+_FLAG_RIGHT = {"\\Seen": Right.KEEP_SEEN, "\\Deleted": Right.DELETE_MESSAGES}
+_WRITE_RIGHTS = frozenset(
+    {Right.KEEP_SEEN, Right.WRITE_FLAGS, Right.DELETE_MESSAGES, Right.EXPUNGE, Right.INSERT}
+)
+_LEGACY_RIGHTS = {"c": "k", "d": "xte"}  # RFC 4314 §2.1.1: obsolete RFC 2086 letters
+
+
+def _flag_right(flag: str) -> Right:
+    return _FLAG_RIGHT.get(flag, Right.WRITE_FLAGS)
+
+
+def _canonical_folder(name: str) -> str:
+    head, sep, rest = name.partition("/")
+    return "INBOX" + sep + rest if head.upper() == "INBOX" else name
 
 
 def _read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
@@ -169,19 +189,24 @@ class Session:
         *,
         starttls_available: bool,
         hostname: str = "localhost",
+        access: Access | None = None,
     ) -> None:
         self.channel = channel
         self.store = store
         self.gate = gate
+        self.access: Access = access or OwnerOnly()
         self.starttls_available = starttls_available
         self.hostname = hostname
         self.state = NOT_AUTHENTICATED
         self.principal: Principal | None = None
         self.box: SelectedMailbox | None = None
+        self.box_bal = ""  # the BAL of the selected mailbox (own or shared)
+        self.box_rights: Rights = NONE
+        self._opened: set[str] = set()  # BALs whose storage exists
         self.subscription: Subscription | None = None
         self._traces: set[asyncio.Future[None]] = set()
         self._reads: set[int] = set()
-        self._reads_folder: str | None = None
+        self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
         self._read_commands = 0
         self._reads_timer: asyncio.TimerHandle | None = None
         self._handlers: dict[str, tuple[tuple[str, ...], Callable[[Command], Awaitable[str]]]] = {
@@ -215,6 +240,11 @@ class Session:
             "STORE": ((SELECTED,), self._store),
             "COPY": ((SELECTED,), self._copy),
             "MOVE": ((SELECTED,), self._copy),
+            "GETACL": ((AUTHENTICATED, SELECTED), self._getacl),
+            "SETACL": ((AUTHENTICATED, SELECTED), self._setacl),
+            "DELETEACL": ((AUTHENTICATED, SELECTED), self._setacl),
+            "LISTRIGHTS": ((AUTHENTICATED, SELECTED), self._listrights),
+            "MYRIGHTS": ((AUTHENTICATED, SELECTED), self._myrights),
         }
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -228,9 +258,53 @@ class Session:
         return self.principal.actor
 
     @property
-    def bal(self) -> str:
+    def own_bal(self) -> str | None:
         assert self.principal is not None
-        return self.principal.bal
+        return self.principal.bal.lower() if self.principal.bal else None
+
+    # -- rights (asked of the Access, decided by delegation) -----------------------------------
+    def _split(self, name: str) -> tuple[str | None, str]:
+        """(BAL key, folder) a mailbox name designates: ``Partagé/<bal>/<folder>`` in the shared
+        namespace, any other name in the session's own BAL."""
+        head, sep, rest = name.partition("/")
+        if head == SHARED_PREFIX:
+            bal, _, folder = rest.partition("/")
+            return (bal.lower() or None) if sep else None, _canonical_folder(folder)
+        return self.own_bal, name
+
+    def _shown(self, bal: str, folder: str) -> str:
+        """The name a folder of ``bal`` has for this session."""
+        return folder if bal == self.own_bal else f"{SHARED_PREFIX}/{bal}/{folder}"
+
+    async def _rights(self, bal: str) -> Rights:
+        assert self.principal is not None
+        return await self.access.rights(self.principal, bal)
+
+    async def _open(self, name: str, *needed: Right) -> tuple[str, str, Rights]:
+        """The BAL and folder of ``name`` with the rights held there; a BAL the identity may
+        not see is answered exactly as a missing mailbox (nothing leaks its existence)."""
+        bal, folder = self._split(name)
+        rights = await self._rights(bal) if bal and folder else NONE
+        if bal is None or not rights.visible:
+            raise No(f"Mailbox {name} does not exist", "NONEXISTENT")
+        missing = "".join(r.value for r in needed if r not in rights)
+        if missing:
+            raise No(f"Permission denied on {name} (right {missing} needed)", "NOPERM")
+        if bal not in self._opened:
+            await self.store.ensure_account(bal)
+            self._opened.add(bal)
+        return bal, folder, rights
+
+    async def _recheck(self) -> None:
+        """Before each command on a selected mailbox: rights are read afresh (revocation and
+        expiry count at once); without ``r`` any more the mailbox is closed."""
+        rights = await self._rights(self.box_bal)
+        if Right.READ not in rights:
+            bal = self.box_bal
+            self._deselect()
+            await self.untagged("OK [CLOSED] Access to this mailbox was revoked")
+            raise No(f"Access to {bal} was revoked: mailbox closed", "NOPERM")
+        self.box_rights = rights
 
     def capabilities(self) -> list[str]:
         caps = list(BASE_CAPABILITIES)
@@ -257,6 +331,8 @@ class Session:
             await self._tagged(command, "BAD", f"{command.name} is not valid in the {self.state} state")
             return
         try:
+            if self.state == SELECTED and command.name not in ("LOGOUT", "CAPABILITY"):
+                await self._recheck()
             text = await handler(command)
         except _Silent:
             return
@@ -331,7 +407,7 @@ class Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("IMAP audit record failed: %s", task.exception())
 
-    def _note_read(self, folder: str, uids: list[int]) -> None:
+    def _note_read(self, folder: tuple[str, str], uids: list[int]) -> None:
         """Remember that message content was read; traced by :meth:`_flush_reads`.
 
         Reads are aggregated per folder over at most READ_TRACE_DELAY seconds (or
@@ -354,18 +430,22 @@ class Session:
             self._reads_timer = None
         if self._reads and self._reads_folder is not None:
             uids = sorted(self._reads)
+            bal, folder = self._reads_folder
+            detail: dict[str, Any] = {
+                "count": len(uids),
+                "uids": compress(uids)[:1000],
+                "commands": self._read_commands,
+            }
+            if bal != self.own_bal or not self.box_rights.owner:
+                detail["delegated"] = True
             self._trace(
                 AuditEvent(
                     actor=self.actor,
                     action="message.read",
-                    bal=self.bal,
-                    object=self._reads_folder,
+                    bal=bal,
+                    object=folder,
                     source=self.source,
-                    detail={
-                        "count": len(uids),
-                        "uids": compress(uids)[:1000],
-                        "commands": self._read_commands,
-                    },
+                    detail=detail,
                 )
             )
         self._reads.clear()
@@ -461,7 +541,9 @@ class Session:
             raise No(result.text, result.code)
         self.principal = result
         self.state = AUTHENTICATED
-        await self.store.ensure_account(result.bal)
+        if result.bal is not None:
+            await self.store.ensure_account(result.bal)
+            self._opened.add(result.bal.lower())
         return f"[CAPABILITY {' '.join(self.capabilities())}] Logged in"
 
     # -- authenticated --------------------------------------------------------------------------
@@ -472,26 +554,34 @@ class Session:
         return "ENABLE completed"
 
     async def _namespace(self, command: Command) -> str:
-        await self.untagged('NAMESPACE (("" "/")) NIL NIL')
+        # Personal namespace (the session's own BAL), no other users', the shared BALs.
+        shared = b'(("' + mutf7.encode(SHARED_PREFIX + "/").encode() + b'" "/"))'
+        await self.untagged(b'NAMESPACE (("" "/")) NIL ' + shared)
         return "NAMESPACE completed"
 
     async def _select(self, command: Command) -> str:
         assert isinstance(command.args, MailboxArg)
         if command.args.params:
             raise Bad("SELECT parameters are not supported")
-        readonly = command.name == "EXAMINE"
         self._deselect()
+        bal, name, rights = await self._open(command.args.mailbox, Right.READ)
+        # RFC 4314 §4: without any right to change the mailbox it opens read-only.
+        readonly = command.name == "EXAMINE" or not (rights.rights & _WRITE_RIGHTS)
         try:
-            folder = await self.store.folder(self.bal, command.args.mailbox)
+            folder = await self.store.folder(bal, name)
         except FolderNotFound:
             raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
         subscription = self.store.hub.subscribe(folder.id)
         rows = await self.store.messages(folder.id)
         box = SelectedMailbox.from_rows(folder, rows, readonly=readonly)
         self.box, self.subscription, self.state = box, subscription, SELECTED
+        self.box_bal, self.box_rights = bal, rights
         flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *box.keywords()]
         await self.untagged(b"FLAGS " + flag_list(flags))
-        permanent = "()" if readonly else "(" + " ".join([*flags[:5], "\\*"]) + ")"
+        settable = [f for f in flags[:5] if _flag_right(f) in rights]
+        if Right.WRITE_FLAGS in rights:
+            settable.append("\\*")
+        permanent = "()" if readonly else "(" + " ".join(settable) + ")"
         await self.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted")
         await self.untagged(f"{box.exists} EXISTS")
         await self.untagged("0 RECENT")
@@ -504,10 +594,10 @@ class Session:
             AuditEvent(
                 actor=self.actor,
                 action="folder.examine" if readonly else "folder.select",
-                bal=self.bal,
+                bal=bal,
                 object=folder.name,
                 source=self.source,
-                detail={"messages": box.exists},
+                detail={"messages": box.exists, **({} if rights.owner else {"delegated": True})},
             )
         )
         return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
@@ -516,24 +606,25 @@ class Session:
         self._flush_reads()
         self.close()
         self.box = None
+        self.box_rights = NONE
         if self.state == SELECTED:
             self.state = AUTHENTICATED
 
     async def _create(self, command: Command) -> str:
         assert isinstance(command.args, Create)
-        name = command.args.mailbox.rstrip("/")
         uses = command.args.special_use
         if len(uses) > 1 or any(u not in SPECIAL_USES for u in uses):
             raise No("Unsupported special-use attribute", "USEATTR")
-        if not name or "//" in name:
+        bal, name, _rights = await self._open(command.args.mailbox.rstrip("/"), Right.CREATE)
+        if not name or "//" in name or name.partition("/")[0] == SHARED_PREFIX:
             raise No("Invalid mailbox name", "CANNOT")
-        await self.store.create_folder(self.bal, name, uses[0] if uses else None)
+        await self.store.create_folder(bal, name, uses[0] if uses else None)
         # The store audits DELETE and RENAME itself; CREATE is traced here.
         self._trace(
             AuditEvent(
                 actor=self.actor,
                 action="folder.create",
-                bal=self.bal,
+                bal=bal,
                 object=name,
                 source=self.source,
                 detail={"special_use": uses[0]} if uses else None,
@@ -543,28 +634,33 @@ class Session:
 
     async def _delete(self, command: Command) -> str:
         assert isinstance(command.args, MailboxArg)
-        name = command.args.mailbox
-        if self.box is not None and self.box.folder.name == name:
+        bal, name, _rights = await self._open(command.args.mailbox, Right.DELETE_FOLDER)
+        if self.box is not None and self.box_bal == bal and self.box.folder.name == name:
             self._deselect()
         try:
-            await self.store.delete_folder(self.bal, name, actor=self.actor, source=self.source)
+            await self.store.delete_folder(bal, name, actor=self.actor, source=self.source)
         except FolderNotFound:
             raise No(f"Mailbox {name} does not exist", "NONEXISTENT") from None
         return "DELETE completed"
 
     async def _rename(self, command: Command) -> str:
         assert isinstance(command.args, Rename)
+        bal, old, _rights = await self._open(command.args.old, Right.DELETE_FOLDER)
+        new_bal, new, _rights = await self._open(command.args.new, Right.CREATE)
+        if new_bal != bal:
+            raise No("A mailbox cannot be renamed into another BAL", "CANNOT")
         try:
-            await self.store.rename_folder(
-                self.bal, command.args.old, command.args.new, actor=self.actor, source=self.source
-            )
+            await self.store.rename_folder(bal, old, new, actor=self.actor, source=self.source)
         except FolderNotFound:
             raise No(f"Mailbox {command.args.old} does not exist", "NONEXISTENT") from None
         return "RENAME completed"
 
     async def _subscribe(self, command: Command) -> str:
         assert isinstance(command.args, MailboxArg)
-        await self.store.set_subscribed(self.bal, command.args.mailbox, command.name == "SUBSCRIBE")
+        bal, name, _rights = await self._open(command.args.mailbox)
+        # Shared folders count as subscribed: their flag is their holder's, not ours.
+        if bal == self.own_bal:
+            await self.store.set_subscribed(bal, name, command.name == "SUBSCRIBE")
         return f"{command.name} completed"
 
     async def _list(self, command: Command) -> str:
@@ -573,32 +669,49 @@ class Session:
         if args.patterns == ("",) and not args.selection:
             await self.untagged(f'{command.name} (\\Noselect) "/" ""')
             return f"{command.name} completed"
-        folders = await self.store.folders(self.bal)
-        names = [f.name for f in folders]
+        # (name, folder or None for a \Noselect level of the shared namespace, subscribed)
+        visible: list[tuple[str, FolderInfo | None, bool]] = []
+        own = self.own_bal
+        if own is not None and (await self._rights(own)).visible:
+            visible += [(f.name, f, f.subscribed) for f in await self.store.folders(own)]
+        assert self.principal is not None
+        shared = [b for b in await self.access.shared(self.principal) if b != own]
+        if shared:
+            visible.append((SHARED_PREFIX, None, True))
+        for bal in shared:
+            if bal not in self._opened:
+                await self.store.ensure_account(bal)
+                self._opened.add(bal)
+            visible.append((f"{SHARED_PREFIX}/{bal}", None, True))
+            visible += [(self._shown(bal, f.name), f, True) for f in await self.store.folders(bal)]
+        names = [name for name, _, _ in visible]
         subscribed_only = command.name == "LSUB" or "SUBSCRIBED" in args.selection
         special_only = "SPECIAL-USE" in args.selection
         show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
-        for folder in sorted(folders, key=lambda f: (f.name != "INBOX", f.name)):
-            if not any(listing.matches(folder.name, args.reference, p) for p in args.patterns):
+        for name, folder, subscribed in sorted(visible, key=lambda v: (v[0] != "INBOX", v[0])):
+            if not any(listing.matches(name, args.reference, p) for p in args.patterns):
                 continue
-            if subscribed_only and not folder.subscribed:
+            if subscribed_only and not subscribed:
                 continue
-            if special_only and not folder.special_use:
+            if special_only and (folder is None or not folder.special_use):
                 continue
-            attributes = ["\\HasChildren" if listing.has_children(folder.name, names) else "\\HasNoChildren"]
-            if show_subscribed and folder.subscribed:
+            attributes = ["\\HasChildren" if listing.has_children(name, names) else "\\HasNoChildren"]
+            if folder is None:
+                attributes.insert(0, "\\Noselect")
+            if show_subscribed and subscribed:
                 attributes.append("\\Subscribed")
-            if folder.special_use and command.name == "LIST":
+            if folder is not None and folder.special_use and command.name == "LIST":
                 attributes.append(folder.special_use)
             await self.untagged(
-                f'{command.name} ({" ".join(attributes)}) "/" '.encode() + self._wire_name(folder.name)
+                f'{command.name} ({" ".join(attributes)}) "/" '.encode() + self._wire_name(name)
             )
         return f"{command.name} completed"
 
     async def _status(self, command: Command) -> str:
         assert isinstance(command.args, Status)
+        bal, name, _rights = await self._open(command.args.mailbox, Right.READ)
         try:
-            status = await self.store.status(self.bal, command.args.mailbox)
+            status = await self.store.status(bal, name)
         except FolderNotFound:
             raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
         values = {
@@ -611,18 +724,21 @@ class Session:
             "HIGHESTMODSEQ": status.folder.highestmodseq,
         }
         items = " ".join(f"{item} {values[item]}" for item in command.args.items)
-        await self.untagged(b"STATUS " + self._wire_name(status.folder.name) + f" ({items})".encode())
+        shown = self._shown(bal, status.folder.name)
+        await self.untagged(b"STATUS " + self._wire_name(shown) + f" ({items})".encode())
         return "STATUS completed"
 
     async def _append(self, command: Command) -> str:
         args = command.args
         assert isinstance(args, Append)
+        bal, name, rights = await self._open(args.mailbox, Right.INSERT)
         try:
             result = await self.store.append(
-                self.bal,
-                args.mailbox,
+                bal,
+                name,
                 args.message,
-                flags=args.flags,
+                # RFC 4314 §4: flags the identity may not set are dropped.
+                flags=[f for f in args.flags if _flag_right(f) in rights],
                 # In UTC: SQLite keeps no zone, so an offset would be silently dropped.
                 internaldate=args.internaldate.astimezone(UTC) if args.internaldate else None,
                 actor=self.actor,
@@ -630,7 +746,7 @@ class Session:
             )
         except StoreError as exc:
             raise _store_no(exc, trycreate=True) from None
-        if self.box is not None and self.box.folder.name == args.mailbox:
+        if self.box is not None and self.box_bal == bal and self.box.folder.name == name:
             await self._sync(allow_expunge=False, durable=True)
         return f"[APPENDUID {result.uidvalidity} {result.uid}] APPEND completed"
 
@@ -639,14 +755,30 @@ class Session:
         if self.box is not None:
             await self._sync(allow_expunge=True, durable=True)
         reader = asyncio.ensure_future(self.channel.read_line())
+        grants = asyncio.ensure_future(self.access.changed())
         try:
             while True:
-                waiters: set[asyncio.Future[object]] = {reader}  # type: ignore[arg-type]
+                waiters: set[asyncio.Future[object]] = {reader, grants}  # type: ignore[arg-type]
                 change_task = None
                 if self.subscription is not None:
                     change_task = asyncio.ensure_future(self.subscription.get())
                     waiters.add(change_task)  # type: ignore[arg-type]
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                timeout = None
+                if self.box is not None and self.box_rights.until is not None:
+                    timeout = max(0.0, (self.box_rights.until - datetime.now(UTC)).total_seconds())
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if self.box is not None and (grants in done or not done):
+                    # Grants changed somewhere, or ours expired: still allowed to read?
+                    if grants in done:
+                        grants = asyncio.ensure_future(self.access.changed())
+                    rights = await self._rights(self.box_bal)
+                    if Right.READ not in rights:
+                        if change_task is not None:
+                            change_task.cancel()
+                        await self._revoked_bye()
+                    self.box_rights = rights
+                elif grants in done:
+                    grants = asyncio.ensure_future(self.access.changed())
                 if change_task is not None:
                     if change_task in done:
                         await asyncio.sleep(0)  # let a burst of changes arrive together
@@ -663,6 +795,16 @@ class Session:
         finally:
             if not reader.done():
                 reader.cancel()
+            grants.cancel()
+
+    async def _revoked_bye(self) -> None:
+        """Rights on the selected BAL are gone while idling: no further data, end the session."""
+        bal = self.box_bal
+        self._deselect()
+        await self.untagged(f"BYE Access to {bal} was revoked")
+        self.close()
+        self.state = LOGOUT
+        raise _Silent()
 
     # -- selected -------------------------------------------------------------------------------
     def _selected(self) -> SelectedMailbox:
@@ -671,8 +813,8 @@ class Session:
 
     async def _close(self, command: Command) -> str:
         box = self._selected()
-        if command.name == "CLOSE" and not box.readonly:
-            await self.store.expunge(box.folder.id, actor=self.actor, bal=self.bal, source=self.source)
+        if command.name == "CLOSE" and not box.readonly and Right.EXPUNGE in self.box_rights:
+            await self.store.expunge(box.folder.id, actor=self.actor, bal=self.box_bal, source=self.source)
         self._deselect()
         return f"{command.name} completed"
 
@@ -681,11 +823,13 @@ class Session:
         assert isinstance(command.args, Expunge)
         if box.readonly:
             raise No("Mailbox is read-only", "READ-ONLY")
+        if Right.EXPUNGE not in self.box_rights:
+            raise No("Permission denied: expunge (e) is not granted", "NOPERM")
         uids = None
         if command.args.uids is not None:
             uids = [uid for _, uid in box.resolve(command.args.uids, uid=True)]
         removed = await self.store.expunge(
-            box.folder.id, uids, actor=self.actor, bal=self.bal, source=self.source
+            box.folder.id, uids, actor=self.actor, bal=self.box_bal, source=self.source
         )
         for n in box.remove(removed):
             await self.untagged(b"%d EXPUNGE" % n)
@@ -707,7 +851,9 @@ class Session:
         items = args.items
         if command.uid and not any(i.name == "UID" for i in items):
             items = (FetchItem("UID"), *items)
-        sets_seen = not box.readonly and any(i.sets_seen for i in items)
+        sets_seen = (
+            not box.readonly and Right.KEEP_SEEN in self.box_rights and any(i.sets_seen for i in items)
+        )
         if sets_seen and not any(i.name == "FLAGS" for i in items):
             items = (*items, FetchItem("FLAGS"))
         live = [(n, uid) for n, uid in targets if not box.entries[uid].expunged]
@@ -720,7 +866,7 @@ class Session:
                     "add",
                     ["\\Seen"],
                     actor=self.actor,
-                    bal=self.bal,
+                    bal=self.box_bal,
                     source=self.source,
                 )
                 for uid, flags, modseq in changed:
@@ -747,7 +893,7 @@ class Session:
                 pieces = await message_response(self.store, n, entry, items, metas.get(entry.blob_id))
                 await self.channel.write_pieces(pieces)
         if content and live:
-            self._note_read(box.folder.name, [uid for _, uid in live])
+            self._note_read((self.box_bal, box.folder.name), [uid for _, uid in live])
         if len(live) < len(targets):
             raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
         return f"{'UID ' if command.uid else ''}FETCH completed"
@@ -758,6 +904,12 @@ class Session:
         assert isinstance(args, Store)
         if box.readonly:
             raise No("Mailbox is read-only", "READ-ONLY")
+        needed = {_flag_right(f) for f in args.flags}
+        if args.mode == "":  # replacing may remove any flag
+            needed |= {Right.KEEP_SEEN, Right.WRITE_FLAGS, Right.DELETE_MESSAGES}
+        missing = "".join(r.value for r in sorted(needed) if r not in self.box_rights)
+        if missing:
+            raise No(f"Permission denied: these flags need the right(s) {missing}", "NOPERM")
         targets = [
             (n, uid) for n, uid in self._resolve(command, args.sequence) if not box.entries[uid].expunged
         ]
@@ -769,7 +921,7 @@ class Session:
                 mode,  # type: ignore[arg-type]
                 args.flags,
                 actor=self.actor,
-                bal=self.bal,
+                bal=self.box_bal,
                 source=self.source,
             )
             for uid, flags, modseq in changed:
@@ -815,6 +967,9 @@ class Session:
         move = command.name == "MOVE"
         if move and box.readonly:
             raise No("Mailbox is read-only", "READ-ONLY")
+        if move and not {Right.DELETE_MESSAGES, Right.EXPUNGE} <= self.box_rights.rights:
+            raise No("Permission denied: moving out needs the rights t and e", "NOPERM")
+        dst_bal, dst_name, _rights = await self._open(args.mailbox, Right.INSERT)
         targets = [
             (n, uid) for n, uid in self._resolve(command, args.sequence) if not box.entries[uid].expunged
         ]
@@ -824,8 +979,8 @@ class Session:
             result = await self.store.copy(
                 box.folder.id,
                 [uid for _, uid in targets],
-                self.bal,
-                args.mailbox,
+                dst_bal,
+                dst_name,
                 actor=self.actor,
                 move=move,
                 source=self.source,
@@ -837,13 +992,73 @@ class Session:
             f"{compress([d for _, d in result.pairs])}"
         )
         if not move:
-            if args.mailbox == box.folder.name:
+            if dst_bal == self.box_bal and dst_name == box.folder.name:
                 await self._sync(allow_expunge=False, durable=True)
             return f"[{code}] COPY completed"
         await self.untagged(f"OK [{code}] Moved")
         for n in box.remove([s for s, _ in result.pairs]):
             await self.untagged(b"%d EXPUNGE" % n)
         return "MOVE completed"
+
+    # -- ACL (RFC 4314) ---------------------------------------------------------------------------
+    # Rights are held per BAL: an ACL read or set on any folder of a BAL is the BAL's.
+    async def _acl_target(self, name: str, *needed: Right) -> tuple[str, Rights]:
+        bal, folder, rights = await self._open(name, *needed)
+        try:
+            await self.store.folder(bal, folder)
+        except FolderNotFound:
+            raise No(f"Mailbox {name} does not exist", "NONEXISTENT") from None
+        return bal, rights
+
+    async def _getacl(self, command: Command) -> str:
+        args = command.args
+        assert isinstance(args, AclArgs) and self.principal is not None
+        bal, _rights = await self._acl_target(args.mailbox, Right.ADMINISTER)
+        entries = await self.access.acl(self.principal, bal)
+        await self.untagged(
+            b"ACL "
+            + self._wire_name(args.mailbox)
+            + b"".join(b" " + astring(who) + b" " + astring(letters) for who, letters in entries)
+        )
+        return "GETACL completed"
+
+    async def _setacl(self, command: Command) -> str:
+        args = command.args
+        assert isinstance(args, AclArgs) and args.identifier is not None and self.principal is not None
+        bal, _rights = await self._acl_target(args.mailbox)
+        try:
+            if command.name == "SETACL":
+                assert args.rights is not None
+                letters = args.rights
+                for old, new in _LEGACY_RIGHTS.items():
+                    letters = letters.replace(old, new)
+                await self.access.set_acl(self.principal, bal, args.identifier, letters, self.source)
+            else:
+                await self.access.delete_acl(self.principal, bal, args.identifier, self.source)
+        except AclRefused as exc:
+            raise No(str(exc), "NOPERM") from None
+        return f"{command.name} completed"
+
+    async def _listrights(self, command: Command) -> str:
+        args = command.args
+        assert isinstance(args, AclArgs) and args.identifier is not None
+        await self._acl_target(args.mailbox, Right.ADMINISTER)
+        await self.untagged(
+            b"LISTRIGHTS "
+            + self._wire_name(args.mailbox)
+            + b" "
+            + astring(args.identifier)
+            + b' "" l r s w i k x t e a'
+        )
+        return "LISTRIGHTS completed"
+
+    async def _myrights(self, command: Command) -> str:
+        args = command.args
+        assert isinstance(args, AclArgs)
+        _bal, rights = await self._acl_target(args.mailbox)
+        letters = "".join(c for c in "lrswikxtea" if Right(c) in rights)
+        await self.untagged(b"MYRIGHTS " + self._wire_name(args.mailbox) + b" " + astring(letters))
+        return "MYRIGHTS completed"
 
 
 class _Cancelled(Exception):

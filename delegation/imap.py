@@ -1,0 +1,195 @@
+"""The IMAP server's :class:`~mssante.imap.access.Access`: rights from the one function
+(``Policy.rights_until`` → ``delegation.rights``), ACL edits under ``delegation.rules``.
+
+``changed()`` is how idling sessions learn of a revocation made by any process: one poller
+per server reads the generation counter while someone waits, and wakes every waiter when it
+moves. Sessions re-read their rights at each command anyway (the book re-checks the counter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, aliased
+
+from annuaire.models import Bal, Professional
+from delegation import grants as service
+from delegation.grants import GrantBook
+from delegation.models import MEMBER
+from delegation.rights import (
+    IMAP_RIGHTS,
+    NO_RIGHTS,
+    BalFacts,
+    InvalidRights,
+    Right,
+    imap_letters,
+    owns,
+    parse_rights,
+)
+from delegation.rules import Refused
+from mssante.auth.identity import Identity, IdentityKind
+from mssante.db import transaction
+from mssante.imap.access import AclRefused, Rights
+from mssante.imap.gate import Principal
+from mssante.policy import Policy
+
+POLL_SECONDS = 0.25
+
+
+class DelegationAccess:
+    def __init__(
+        self, policy: Policy, book: GrantBook, writer: Engine, *, poll: float = POLL_SECONDS
+    ) -> None:
+        self.policy = policy
+        self.book = book
+        self.writer = writer
+        self.poll = poll
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- rights ----------------------------------------------------------------------------------
+    def _bal(self, bal: str) -> BalFacts | None:
+        return self.policy.directory.bal(bal)
+
+    def _rights(self, identity: Identity | None, bal: str) -> Rights:
+        info = self._bal(bal)
+        if identity is None or info is None:
+            return Rights(NO_RIGHTS)
+        rights, until = self.policy.rights_until(identity, info)
+        return Rights(rights, owner=owns(identity, info), until=until)
+
+    async def rights(self, principal: Principal, bal: str) -> Rights:
+        return await asyncio.to_thread(self._rights, principal.identity, bal)
+
+    def _held(self, identity: Identity) -> list[str]:
+        """Active BALs the identity holds: PER/CAB bound to it, ORG/APP it is responsible for."""
+        if identity.kind is not IdentityKind.PROFESSIONAL:
+            return []
+        owner, responsible = aliased(Professional), aliased(Professional)
+        query = (
+            select(Bal.address_key)
+            .outerjoin(owner, owner.id == Bal.professional_id)
+            .outerjoin(responsible, responsible.id == Bal.responsible_id)
+            .where(Bal.active.is_(True), (owner.idnat == identity.id) | (responsible.idnat == identity.id))
+        )
+        with Session(self.book.engine) as session:
+            return list(session.scalars(query).all())
+
+    def _shared(self, identity: Identity | None) -> list[str]:
+        if identity is None:
+            return []
+        keys = set(self._held(identity))
+        for key in self.book.bals_of(identity):
+            if Right.LOOKUP in self._rights(identity, key):
+                keys.add(key)
+        return sorted(keys)
+
+    async def shared(self, principal: Principal) -> list[str]:
+        own = principal.bal.lower() if principal.bal else None
+        return [b for b in await asyncio.to_thread(self._shared, principal.identity) if b != own]
+
+    # -- ACL -------------------------------------------------------------------------------------
+    def _holder(self, info: BalFacts) -> str | None:
+        idnat = info.responsible_idnat if info.type in ("ORG", "APP") else info.professional_idnat
+        return f"{IdentityKind.PROFESSIONAL.value}:{idnat}" if idnat else None
+
+    def _acl(self, bal: str) -> list[tuple[str, str]]:
+        info = self._bal(bal)
+        if info is None:
+            return []
+        merged: dict[str, frozenset[Right]] = {}
+        holder = self._holder(info)
+        if holder is not None:
+            merged[holder] = IMAP_RIGHTS
+        for g in self.book.on_bal(info.key):
+            merged[g.grantee] = merged.get(g.grantee, NO_RIGHTS) | g.rights
+        with Session(self.book.engine) as session:
+            out = [(service.label(session, who), imap_letters(rights)) for who, rights in merged.items()]
+        return [(who, letters) for who, letters in out if letters]
+
+    async def acl(self, principal: Principal, bal: str) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(self._acl, bal)
+
+    def _set(self, principal: Principal, bal: str, identifier: str, letters: str | None, source: str) -> None:
+        actor = principal.identity
+        info = self._bal(bal)
+        if actor is None or info is None:
+            raise AclRefused("No rights can be granted here")
+        actor_rights = self.policy.rights(actor, info)
+        try:
+            with transaction(self.writer) as session:
+                grantee = service.resolve_grantee(session, identifier)
+                in_force = [g for g in self.book.on_bal(info.key) if g.grantee == grantee.principal]
+                role = MEMBER if any(g.role == MEMBER for g in in_force) else "delegate"
+                current = NO_RIGHTS.union(*(g.rights for g in in_force if g.role == role))
+                if letters is None:
+                    wanted = current - IMAP_RIGHTS  # DELETEACL: the IMAP rights; send stays
+                else:
+                    mode, text = (letters[0], letters[1:]) if letters[:1] in ("+", "-") else ("", letters)
+                    if "p" in text:
+                        raise Refused("the right p (post) is not supported")
+                    given = parse_rights(text) & IMAP_RIGHTS if text else NO_RIGHTS
+                    if mode == "+":
+                        wanted = current | given
+                    elif mode == "-":
+                        wanted = current - given
+                    else:
+                        wanted = given | (current - IMAP_RIGHTS)
+                if wanted == current:
+                    return
+                expires = min((g.expires_at for g in in_force if g.expires_at), default=None)
+                if wanted:
+                    service.grant(
+                        session,
+                        bal=info,
+                        grantee=grantee,
+                        rights=wanted,
+                        actor=actor,
+                        actor_rights=actor_rights,
+                        expires_at=expires,
+                        role=role,
+                        source=source,
+                    )
+                else:
+                    service.revoke(
+                        session,
+                        bal=info,
+                        grantee=grantee.principal,
+                        actor=actor,
+                        actor_rights=actor_rights,
+                        role=role,
+                        source=source,
+                    )
+        except (Refused, InvalidRights) as exc:
+            raise AclRefused(str(exc)) from None
+
+    async def set_acl(
+        self, principal: Principal, bal: str, identifier: str, letters: str, source: str
+    ) -> None:
+        await asyncio.to_thread(self._set, principal, bal, identifier, letters, source)
+
+    async def delete_acl(self, principal: Principal, bal: str, identifier: str, source: str) -> None:
+        await asyncio.to_thread(self._set, principal, bal, identifier, None, source)
+
+    # -- change notification --------------------------------------------------------------------
+    async def changed(self) -> None:
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        if self._poller is None or self._poller.done():
+            self._poller = asyncio.ensure_future(self._poll())
+        try:
+            await waiter
+        finally:
+            self._waiters.discard(waiter)
+
+    async def _poll(self) -> None:
+        seen = await asyncio.to_thread(self.book.generation)
+        while self._waiters:
+            await asyncio.sleep(self.poll)
+            current = await asyncio.to_thread(self.book.generation)
+            if current != seen:
+                seen = current
+                for waiter in list(self._waiters):
+                    if not waiter.done():
+                        waiter.set_result(None)
