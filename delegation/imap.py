@@ -53,9 +53,9 @@ class DelegationAccess:
         return self.policy.directory.bal(bal)
 
     def _rights(self, identity: Identity | None, bal: str) -> Rights:
-        info = self._bal(bal)
-        if identity is None or info is None:
-            return Rights(NO_RIGHTS)
+        info = self.policy.directory.bal(bal)
+        if identity is None or info is None or not self.policy.is_local(info.domain):
+            return Rights(NO_RIGHTS)  # a BAL hosted elsewhere is never opened here
         rights, until = self.policy.rights_until(identity, info)
         return Rights(rights, owner=owns(identity, info), until=until)
 

@@ -38,7 +38,7 @@ class Right(StrEnum):
 ALL_RIGHTS = frozenset(Right)
 NO_RIGHTS: frozenset[Right] = frozenset()
 IMAP_RIGHTS = frozenset(r for r in Right if r is not Right.SEND_ON_BEHALF)
-IMAP_ORDER = "lrswipkxtea"  # RFC 4314 order; "p" (post) is never granted here
+IMAP_ORDER = "lrswikxtea"  # RFC 4314 order, without "p" (post), never granted here
 
 # Rights spelled as words (CLI); each also accepted as its letter.
 WORDS: dict[str, frozenset[Right]] = {
