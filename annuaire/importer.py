@@ -367,6 +367,7 @@ def import_extraction(
         conn = session.connection()
         _seen.drop(conn, checkfirst=True)
         _seen.create(conn)
+        _index_lookups_only(conn, True)
         batcher = _Batcher(conn, report, now)
         pending: list[ExtractionRow] = []
         for item in read(path, noms, progress):
@@ -380,12 +381,24 @@ def import_extraction(
                 pending = []
         if pending:
             batcher.apply(pending)
+        _index_lookups_only(conn, False)
         if full:
             report.deactivated = _deactivate_vanished(conn, now)
         _seen.drop(conn)
         report.seconds = perf_counter() - started
         _record(session, report, actor)
     return report
+
+
+def _index_lookups_only(conn: Connection, on: bool) -> None:
+    """On PostgreSQL, keep the batch look-ups on their indexes for this transaction.
+
+    The tables grow inside the import's own transaction, which no ANALYZE has seen: the
+    planner then estimates them empty and picks sequential scans, one per batch over an
+    ever larger table (the import went quadratic: 45 s for 300k rows, most in those scans).
+    """
+    if conn.dialect.name == "postgresql":
+        conn.exec_driver_sql(f"SET LOCAL enable_seqscan = {'off' if on else 'on'}")
 
 
 def _deactivate_vanished(conn: Connection, now: datetime) -> int:
