@@ -4,7 +4,8 @@
 ``mailbox-mss`` (starts with, case-insensitive — FHIR's default string search),
 ``mailbox-mss:contains`` (substring, case-insensitive) and ``mailbox-mss:exact`` (the address
 as published), a comma meaning "or" inside one parameter and repeated parameters meaning
-"and", plus ``_count``. The answer is a ``searchset`` Bundle.
+"and", plus ``_count``. The answer is a ``searchset`` Bundle. ``GET /fhir/Practitioner/{IdNat_PS}``
+and ``/fhir/Organization/{identifier}`` read one resource.
 
 Only active BALs that are not on the liste rouge are ever shown, and patient BALs never: a
 directory client must not learn that an unlisted address exists. PER/CAB BALs appear on the
@@ -308,6 +309,35 @@ def search_practitioner_role(request: Request) -> JSONResponse:
     return _bundle(request, "PractitionerRole", int(total), resources)
 
 
+def _search_organizations(
+    conn: Connection, conds: list[ColumnElement[bool]], count: int, noms: Nomenclatures
+) -> tuple[int, list[dict[str, Any]]]:
+    public = _public(_types(noms, HOLDER_STRUCTURE))
+    total = conn.execute(select(func.count(distinct(Bal.structure_id))).where(public, *conds)).scalar_one()
+    ids = list(
+        conn.execute(
+            select(Bal.structure_id)
+            .where(public, Bal.structure_id.is_not(None), *conds)
+            .distinct()
+            .order_by(Bal.structure_id)
+            .limit(count)
+        ).scalars()
+    )
+    structures = {s.id: s for s in conn.execute(select(Structure).where(Structure.id.in_(ids)))}
+    bals: dict[int | None, list[Any]] = defaultdict(list)
+    responsible_name = func.trim(
+        func.coalesce(_Responsible.prenom, "") + " " + func.coalesce(_Responsible.nom, "")
+    )
+    for b in conn.execute(
+        select(*_BAL_COLUMNS, responsible_name.label("responsible_display"))
+        .outerjoin(_Responsible, _Responsible.id == Bal.responsible_id)
+        .where(public, Bal.structure_id.in_(ids))
+        .order_by(Bal.address_key)
+    ):
+        bals[b.structure_id].append(b)
+    return int(total), [_organization(structures[i], bals[i], noms) for i in ids if i in structures]
+
+
 @router.get("/Organization")
 def search_organization(request: Request) -> JSONResponse:
     """Structures holding a public ORG/APP BAL that matches."""
@@ -316,31 +346,37 @@ def search_organization(request: Request) -> JSONResponse:
         conds, count = _mailbox_conditions(request), _count(request)
     except SearchError as exc:
         return _outcome(400, str(exc))
-    public = _public(_types(noms, HOLDER_STRUCTURE))
     with _engine(request).connect() as conn:
-        total = conn.execute(
-            select(func.count(distinct(Bal.structure_id))).where(public, *conds)
-        ).scalar_one()
-        ids = list(
-            conn.execute(
-                select(Bal.structure_id)
-                .where(public, Bal.structure_id.is_not(None), *conds)
-                .distinct()
-                .order_by(Bal.structure_id)
-                .limit(count)
-            ).scalars()
-        )
-        structures = {s.id: s for s in conn.execute(select(Structure).where(Structure.id.in_(ids)))}
-        bals: dict[int | None, list[Any]] = defaultdict(list)
-        responsible_name = func.trim(
-            func.coalesce(_Responsible.prenom, "") + " " + func.coalesce(_Responsible.nom, "")
-        )
-        for b in conn.execute(
-            select(*_BAL_COLUMNS, responsible_name.label("responsible_display"))
-            .outerjoin(_Responsible, _Responsible.id == Bal.responsible_id)
-            .where(public, Bal.structure_id.in_(ids))
-            .order_by(Bal.address_key)
-        ):
-            bals[b.structure_id].append(b)
-    resources = [_organization(structures[i], bals[i], noms) for i in ids if i in structures]
-    return _bundle(request, "Organization", int(total), resources)
+        total, resources = _search_organizations(conn, conds, count, noms)
+    return _bundle(request, "Organization", total, resources)
+
+
+def _resource(resource: dict[str, Any] | None, what: str) -> JSONResponse:
+    if resource is None:
+        # Also for a holder whose BALs are all unlisted: its existence is not published.
+        return _outcome(404, f"{what} is not in the public directory")
+    return JSONResponse(resource, media_type=FHIR_JSON)
+
+
+@router.get("/Practitioner/{idnat}")
+def read_practitioner(request: Request, idnat: str) -> JSONResponse:
+    """One practitioner by IdNat_PS, if it holds a public BAL."""
+    noms = default_nomenclatures()
+    holder = (
+        Bal.professional_id == select(Professional.id).where(Professional.idnat == idnat).scalar_subquery()
+    )
+    with _engine(request).connect() as conn:
+        _, found = _search_practitioners(conn, [holder], 1, noms)
+    return _resource(_practitioner(*found[0], noms) if found else None, f"Practitioner/{idnat}")
+
+
+@router.get("/Organization/{identifier}")
+def read_organization(request: Request, identifier: str) -> JSONResponse:
+    """One structure by identifier, if it holds a public ORG/APP BAL."""
+    noms = default_nomenclatures()
+    holder = (
+        Bal.structure_id == select(Structure.id).where(Structure.identifier == identifier).scalar_subquery()
+    )
+    with _engine(request).connect() as conn:
+        _, found = _search_organizations(conn, [holder], 1, noms)
+    return _resource(found[0] if found else None, f"Organization/{identifier}")

@@ -18,6 +18,7 @@ from mssante.runtime import Runtime
 
 MARIE = "810102727017"
 PAUL = "810000000042"
+HIDDEN = "810000000099"
 
 
 def _seed(runtime: Runtime) -> None:
@@ -43,6 +44,9 @@ def _seed(runtime: Runtime) -> None:
                         actor="t")  # fmt: skip
         service.add_bal(s, address="lgo@demo.mssante.fr", type="APP", structure="750000001", actor="t")
         service.add_patient_bal(s, ins="288091234567894", actor="t")
+        service.add_professional(s, idnat=HIDDEN, nom="CACHÉ", profession_code="10", actor="t")
+        service.add_bal(s, address="cache@demo.mssante.fr", type="PER", professional=HIDDEN, liste_rouge=True,
+                        actor="t")  # fmt: skip
 
 
 @pytest.fixture
@@ -153,3 +157,18 @@ def test_bad_parameters_get_an_operation_outcome(base_url: str) -> None:
         response = httpx.get(f"{base_url}/fhir/Practitioner", params=params, timeout=10)
         assert response.status_code == 400, params
         assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_read_by_id(base_url: str) -> None:
+    response = httpx.get(f"{base_url}/fhir/Practitioner/{MARIE}", timeout=10)
+    assert response.status_code == 200 and response.headers["content-type"].startswith(
+        "application/fhir+json"
+    )
+    practitioner = response.json()
+    assert practitioner["resourceType"] == "Practitioner" and practitioner["id"] == MARIE
+    assert "secret.martin@demo.mssante.fr" not in _addresses(practitioner)
+    org = httpx.get(f"{base_url}/fhir/Organization/750000001", timeout=10).json()
+    assert org["resourceType"] == "Organization" and org["name"] == "Pharmacie du Centre"
+    for missing in ("Practitioner/899999999999", f"Practitioner/{HIDDEN}", "Organization/999999999"):
+        response = httpx.get(f"{base_url}/fhir/{missing}", timeout=10)
+        assert response.status_code == 404 and response.json()["resourceType"] == "OperationOutcome"
