@@ -372,3 +372,35 @@ def test_policy_refusals_are_in_the_audit_trail(demo: DemoServer, stored: Stored
     last = refusals[-1]
     assert (last.actor, last.outcome, last.source) == ("professional:810100000011", "5.7.1", "127.0.0.1")
     assert '"stage": "MAIL"' in (last.detail or "")
+
+
+def test_oversized_messages_and_overlong_lines_are_refused_and_nothing_stored(tmp_path: Path) -> None:
+    server = start_demo(tmp_path / "data", {"MSSANTE_SMTP__MAX_MESSAGE_SIZE": "100000"})
+    view = StoredMail(server.data_dir)
+    try:
+        big, long_line = unique("trop gros"), unique("ligne longue")
+        with connect(server) as client:
+            code, features = client.ehlo("client.test")
+            assert b"SIZE 100000" in features
+            small = message(MARTIN, DURAND, big)
+            assert client.sendmail(MARTIN, [DURAND], small) == {}
+            # A client announcing the size is stopped at MAIL …
+            oversized = message(MARTIN, DURAND, big, ("y" * 70 + "\r\n") * 2000)
+            with pytest.raises(smtplib.SMTPSenderRefused) as refused:
+                client.sendmail(MARTIN, [DURAND], oversized)
+            assert refused.value.smtp_code == 552
+            # … one that does not is stopped after DATA, having sent everything.
+            for data, code, text in (
+                (oversized, 552, b"5.3.4"),
+                (message(MARTIN, DURAND, long_line, "z" * 2000 + "\r\n"), 500, b"Line too long"),
+            ):
+                assert client.mail(MARTIN)[0] == 250 and client.rcpt(DURAND)[0] == 250
+                reply = client.data(data.encode())
+                assert reply[0] == code and text in reply[1], reply
+            # The session is still usable after both refusals.
+            assert client.sendmail(MARTIN, [DURAND], message(MARTIN, DURAND, unique("ok"))) == {}
+        assert view.with_subject(DURAND, long_line) == []
+        assert len(view.with_subject(DURAND, big)) == 1  # only the first, small one
+    finally:
+        view.close()
+        assert server.stop() == 0

@@ -217,6 +217,9 @@ class SubmissionHandler(_Base):
             None if has_id else message_id,
         )
         raw = trace + data
+        # Let the received copy go: only the stored form stays in memory (large messages).
+        envelope.original_content = envelope.content = None
+        del data
         outbound_raw = None
         if any(r.route == "remote" for r in routes):
             outbound_raw = await asyncio.to_thread(self.signer.sign, raw, local_domain)
@@ -281,7 +284,8 @@ class RelayHandler(_Base):
         return result.verdict.smtp
 
     async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
-        data = envelope.original_content or b""
+        data = bytes(envelope.original_content or b"")  # dkimpy wants bytes
+        envelope.original_content = envelope.content = None
         offset = hygiene.bare_line_end(data)
         if offset is not None:
             return f"550 5.6.0 bare CR or LF at byte {offset}: lines must end with CRLF"
@@ -301,6 +305,7 @@ class RelayHandler(_Base):
             None if has_id else message_id,
         )
         raw = trace + verification.header(self.hostname) + data
+        del data
         ctx = DeliveryContext(
             "relay", None, envelope.mail_from or "", None, tuple(routes), facts, raw, message_id
         )

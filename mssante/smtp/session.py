@@ -17,7 +17,7 @@ import uuid
 from collections import Counter
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, AuthResult
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
 from mssante.tls import TLSInfo, tls_info
@@ -48,6 +48,7 @@ _DEFAULT_ENHANCED = {
     "555": "5.5.4",
 }
 MAX_AUTH_LINE = 64 * 1024
+RFC_LINE_LIMIT = 1001  # 998 octets + CRLF (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
 
 
 def ascii_fold(text: str) -> str:
@@ -82,6 +83,11 @@ def _deny_builtin_auth(*_args: Any) -> AuthResult:
 
 class MSSanteSMTP(SMTP):
     """One SMTP session of a listener."""
+
+    # The stream reader's line limit: Pro Santé Connect tokens exceed aiosmtpd's 1001 bytes. Every
+    # path keeps its own check: command lines (command_size_limits), DATA lines (RFC_LINE_LIMIT),
+    # SASL responses (MAX_AUTH_LINE).
+    line_length_limit = MAX_AUTH_LINE
 
     def __init__(
         self,
@@ -156,6 +162,58 @@ class MSSanteSMTP(SMTP):
         if not self._in_greeting and not _HAS_ENHANCED.match(status) and code in _DEFAULT_ENHANCED:
             status = f"{code}{status[3:4] or ' '}{_DEFAULT_ENHANCED[code]} {status[4:]}".rstrip()
         await super().push(status)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """DATA into one growing buffer: a 20 MiB message costs about 20 MiB, not a list of
+        line objects plus their joined copy. Dot-unstuffing, the 1001-byte line limit and the
+        size limit are as RFC 5321 §4.5.2 and aiosmtpd have them; only CRLF.CRLF ends the data."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        buffer = bytearray()
+        limit = self.data_size_limit
+        too_long = too_much = False
+        size = 0
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as exc:
+                too_long = True
+                await self._reader.read(exc.consumed)
+                continue
+            except asyncio.IncompleteReadError:
+                return  # the client went away mid-DATA: nothing was accepted
+            if line == b".\r\n":
+                break
+            size += len(line)
+            if len(line) > RFC_LINE_LIMIT:
+                too_long = True
+            if limit and size > limit:
+                too_much = True
+            if too_long or too_much:
+                buffer.clear()  # keep reading to the end, keep nothing
+                continue
+            buffer += line[1:] if line.startswith(b".") else line
+        else:
+            return
+        if too_long or too_much:
+            self._set_post_data_state()
+            await self.push(
+                "552 5.3.4 Message too big" if too_much else "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+            )
+            return
+        self.envelope.original_content = self.envelope.content = buffer  # type: ignore[assignment]
+        del buffer
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     def _set_post_data_state(self) -> None:
         # aiosmtpd resets the envelope before pushing the DATA reply: remember its SMTPUTF8.

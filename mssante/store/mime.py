@@ -125,7 +125,10 @@ def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, count
         ctype, params = default_type, ([["charset", "us-ascii"]] if default_type == "text/plain" else [])
     maintype, _, subtype = ctype.partition("/")
     disp_type, disp_params = _params(_get(fields, "Content-Disposition"), "content-disposition")
-    body = raw[body_start:end]
+    # Counted in place: slicing a 20 MiB attachment's body would copy it.
+    lines = raw.count(b"\n", body_start, end)
+    if end > body_start and raw[end - 1 : end] != b"\n":
+        lines += 1
     part: Json = {
         "header": [start, header_end],
         "body": [body_start, end],
@@ -136,7 +139,7 @@ def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, count
         "description": _get(fields, "Content-Description"),
         "encoding": (_get(fields, "Content-Transfer-Encoding") or "7bit").lower(),
         "size": end - body_start,
-        "lines": body.count(b"\n") + (1 if body and not body.endswith(b"\n") else 0),
+        "lines": lines,
         "md5": _get(fields, "Content-MD5"),
         "disposition": [disp_type, disp_params] if disp_type else None,
         "language": _get(fields, "Content-Language"),
