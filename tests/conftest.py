@@ -81,7 +81,9 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """One ``mssante serve --demo`` process shared by the end-to-end tests of a run."""
     # Many concurrent sessions come from 127.0.0.1 in the load tests.
-    server = start_demo(tmp_path_factory.mktemp("demo") / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200"})
+    server = start_demo(
+        tmp_path_factory.mktemp("demo") / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200"}
+    )
     try:
         yield server
     finally:

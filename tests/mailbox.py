@@ -40,7 +40,9 @@ class StoredMail:
 
     def queued(self) -> list[tuple[str, list[str], bytes]]:
         with Session(self.engine) as s:
-            rows = s.execute(select(OutboundEntry.domain, OutboundEntry.recipients, OutboundEntry.blob_id)).all()
+            rows = s.execute(
+                select(OutboundEntry.domain, OutboundEntry.recipients, OutboundEntry.blob_id)
+            ).all()
             return [(r.domain, json.loads(r.recipients), self.reader.read(s, r.blob_id)) for r in rows]
 
     def close(self) -> None:

@@ -384,8 +384,6 @@ def authentication_results(raw: bytes) -> str:
     return found[0]
 
 
-
-
 def relayed_message(partner: Partner, case: str, subject: str) -> bytes:
     """A message of the partner's doctor: signed, signed then altered, or unsigned."""
     raw = message(REMOTE_DOCTOR, DURAND, subject, "Bonjour,\r\n\r\nle compte rendu du patient suit.\r\n")
