@@ -35,19 +35,30 @@ class _JSONFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key in ("session", "peer", "listener"):
-            if hasattr(record, key):
+            if getattr(record, key, "-") != "-":
                 doc[key] = getattr(record, key)
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, ensure_ascii=False)
 
 
+class _SessionField(logging.Filter):
+    """Every line names its session ("-" outside one), so one conversation can be followed."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "session"):
+            record.session = "-"
+        return True
+
+
 def configure_logging(settings: Settings) -> None:
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(_SessionField())
     if settings.log.format == "json":
         handler.setFormatter(_JSONFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        text = "%(asctime)s %(levelname)s %(name)s [%(session)s] %(message)s"
+        handler.setFormatter(logging.Formatter(text))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.log.level)
