@@ -914,6 +914,18 @@ class Session:
             (n, uid) for n, uid in self._resolve(command, args.sequence) if not box.entries[uid].expunged
         ]
         mode = {"+": "add", "-": "remove", "": "replace"}[args.mode]
+        # What the client expects; .SILENT still reports flags that others changed meanwhile.
+        given = set(args.flags)
+        expected = {
+            uid: (
+                set(box.entries[uid].flags) | given
+                if mode == "add"
+                else set(box.entries[uid].flags) - given
+                if mode == "remove"
+                else given
+            )
+            for _, uid in targets
+        }
         if targets:
             changed = await self.store.store_flags(
                 box.folder.id,
@@ -926,8 +938,8 @@ class Session:
             )
             for uid, flags, modseq in changed:
                 box.set_flags(uid, flags, modseq)
-        if not args.silent:
-            for n, uid in targets:
+        for n, uid in targets:
+            if not args.silent or set(box.entries[uid].flags) != expected[uid]:
                 uid_part = b"UID %d " % uid if command.uid else b""
                 await self.untagged(
                     b"%d FETCH (%sFLAGS %s)" % (n, uid_part, flag_list(box.entries[uid].flags))
