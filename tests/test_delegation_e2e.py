@@ -135,8 +135,9 @@ class Imap:
         try:
             self.send("z LOGOUT")
             self.file.read()
-        except OSError:
+        except (OSError, ValueError):
             pass
+        self.file.close()  # the socket stays open while its file object is
         self.sock.close()
 
 
