@@ -48,6 +48,7 @@ def api(
     if runtime.notifier is not None:
         runtime.notifier.close()
     runtime.notifier = Notifier(runtime.settings.notify)
+    runtime.extras.pop("dmp", None)  # the runtime's service was made with the previous notifier
     service = DMPService.from_runtime(runtime)
     seed(service)
     server = uvicorn.Server(
