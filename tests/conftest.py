@@ -80,10 +80,15 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """One ``mssante serve --demo`` process shared by the end-to-end tests of a run."""
-    # Many concurrent sessions come from 127.0.0.1 in the load tests.
-    server = start_demo(
-        tmp_path_factory.mktemp("demo") / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200"}
-    )
+    # Every test connects from 127.0.0.1: the per-address limits (connections, brute-force delays
+    # and lockout, tested on servers of their own) would otherwise make tests wait on each other.
+    env = {
+        "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200",
+        "MSSANTE_AUTH__BRUTEFORCE__BASE_DELAY_SECONDS": "0.01",
+        "MSSANTE_AUTH__BRUTEFORCE__MAX_DELAY_SECONDS": "0.05",
+        "MSSANTE_AUTH__BRUTEFORCE__IP_LOCKOUT_FAILURES": "100000",
+    }
+    server = start_demo(tmp_path_factory.mktemp("demo") / "data", env)
     try:
         yield server
     finally:
