@@ -323,10 +323,13 @@ def add_patient(
     ins: Annotated[str, typer.Argument(help="INS matricule (15 characters, key included).")],
     as_json: JsonOption = False,
 ) -> None:
-    """Create the BAL <INS>@patient.mssante.fr of a patient."""
-    from annuaire import service
+    """Create the BAL <INS>@patient.mssante.fr of a patient whose INS is qualified (DMP register)."""
+    from mssante.patients.identity import NotQualified, open_patient_bal
 
-    _write(lambda s: service.add_patient_bal(s, ins=ins, actor=_actor()), ins, as_json)
+    try:
+        _write(lambda s: open_patient_bal(s, ins=ins, actor=_actor()), ins, as_json)
+    except NotQualified as exc:
+        fail(str(exc))
 
 
 @app.command("disable")
