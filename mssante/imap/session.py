@@ -755,7 +755,7 @@ class Session:
         if self.box is not None:
             await self._sync(allow_expunge=True, durable=True)
         reader = asyncio.ensure_future(self.channel.read_line())
-        grants = asyncio.ensure_future(self.access.changed())
+        grants = self._watch_grants()
         try:
             while True:
                 waiters: set[asyncio.Future[object]] = {reader, grants}  # type: ignore[arg-type]
@@ -770,7 +770,7 @@ class Session:
                 if self.box is not None and (grants in done or not done):
                     # Grants changed somewhere, or ours expired: still allowed to read?
                     if grants in done:
-                        grants = asyncio.ensure_future(self.access.changed())
+                        grants = self._watch_grants()
                     rights = await self._rights(self.box_bal)
                     if Right.READ not in rights:
                         if change_task is not None:
@@ -778,7 +778,7 @@ class Session:
                         await self._revoked_bye()
                     self.box_rights = rights
                 elif grants in done:
-                    grants = asyncio.ensure_future(self.access.changed())
+                    grants = self._watch_grants()
                 if change_task is not None:
                     if change_task in done:
                         await asyncio.sleep(0)  # let a burst of changes arrive together
@@ -796,6 +796,13 @@ class Session:
             if not reader.done():
                 reader.cancel()
             grants.cancel()
+
+    def _watch_grants(self) -> asyncio.Future[None]:
+        """Resolves when grants may have changed — watched only for a BAL held by grant (a
+        holder's rights do not depend on grants)."""
+        if self.box is None or self.box_rights.owner:
+            return asyncio.get_running_loop().create_future()  # never resolves
+        return asyncio.ensure_future(self.access.changed())
 
     async def _revoked_bye(self) -> None:
         """Rights on the selected BAL are gone while idling: no further data, end the session."""
