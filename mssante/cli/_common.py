@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any, NoReturn
 
 import typer
 from rich.console import Console
+from sqlalchemy import Engine
 
 from mssante.config import ConfigError, Settings, load_settings
 
@@ -51,6 +53,27 @@ def runtime_errors(*kinds: type[Exception]) -> Iterator[None]:
         yield
     except kinds as exc:
         fail(str(exc))
+
+
+def operator_actor() -> str:
+    """The audit actor of a command run by the operator: ``cli:<system user>``."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
+def checked_engine(writer: bool = False) -> Engine:
+    """The configured database, refused (exit 1) unless its schema is the code's."""
+    from mssante.db import make_engine
+    from mssante.schema import SchemaOutdated, require_current
+
+    engine = make_engine(settings().database_url, writer=writer)
+    try:
+        require_current(engine)
+    except SchemaOutdated as exc:
+        fail(str(exc))
+    return engine
 
 
 def command_group(name: str, help_text: str) -> typer.Typer:

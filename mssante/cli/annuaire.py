@@ -7,7 +7,6 @@ was refused (nothing changed), 2 bad usage.
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,9 +16,10 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
 from rich.table import Table
-from sqlalchemy import Engine
 
-from mssante.cli._common import command_group, console, fail, settings
+from mssante.cli._common import checked_engine as _engine
+from mssante.cli._common import command_group, console, fail
+from mssante.cli._common import operator_actor as _actor
 
 app = command_group("annuaire", "Directory of professionals, structures and mailboxes (BAL).")
 whitelist_app = command_group("whitelist", "Operator whitelist (liste blanche).")
@@ -33,25 +33,6 @@ app.add_typer(add_app)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 T = TypeVar("T")
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _engine(writer: bool = False) -> Engine:
-    from mssante.db import make_engine
-    from mssante.schema import SchemaOutdated, require_current
-
-    engine = make_engine(settings().database_url, writer=writer)
-    try:
-        require_current(engine)
-    except SchemaOutdated as exc:
-        fail(str(exc))
-    return engine
 
 
 @contextmanager

@@ -9,7 +9,6 @@ staff member; the same rules as over HTTP apply and the action is traced. Exit c
 
 from __future__ import annotations
 
-import getpass
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +20,7 @@ import typer
 from rich.table import Table
 
 from mssante.cli._common import EXIT_USAGE, command_group, console, fail, settings
+from mssante.cli._common import operator_actor as _operator
 
 app = command_group("dmp", "DMP store: patients, documents, access history, XDM packages.")
 patient_app = command_group("patient", "Patients of the DMP (INS, traits, consent state).")
@@ -34,13 +34,6 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON 
 InsOption = Annotated[str, typer.Option("--ins", help="INS matricule (15 characters).")]
 AsOption = Annotated[str, typer.Option("--as", help="Who acts: IdNat_PS, INS (patient) or staff id.")]
 T = TypeVar("T")
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
 
 
 @contextmanager

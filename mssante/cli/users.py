@@ -8,7 +8,6 @@ password, appended or after a colon (``secret:123456``).
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from collections.abc import Callable
@@ -16,10 +15,12 @@ from pathlib import Path
 from typing import Annotated, TypeVar
 
 import typer
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mssante.cli._common import EXIT_USAGE, command_group, console, fail, settings
+from mssante.cli._common import checked_engine as _engine
+from mssante.cli._common import operator_actor as _actor
 
 app = command_group("user", "Local accounts: passwords, TOTP, application certificates.")
 T = TypeVar("T")
@@ -27,25 +28,6 @@ T = TypeVar("T")
 PasswordStdin = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
 ]
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _engine() -> Engine:
-    from mssante.db import make_engine
-    from mssante.schema import SchemaOutdated, require_current
-
-    engine = make_engine(settings().database_url, writer=True)
-    try:
-        require_current(engine)
-    except SchemaOutdated as exc:
-        fail(str(exc))
-    return engine
 
 
 def _password(from_stdin: bool) -> str:
@@ -61,7 +43,7 @@ def _write(work: Callable[..., T]) -> T:
     from mssante.db import transaction
 
     try:
-        with transaction(_engine()) as session:
+        with transaction(_engine(writer=True)) as session:
             return work(session)
     except (AccountError, WeakPassword) as exc:
         fail(str(exc))
@@ -192,7 +174,7 @@ def list_accounts(
 
     from mssante.auth.models import LocalAccount
 
-    with Session(_engine()) as session:
+    with Session(_engine(writer=True)) as session:
         rows = list(session.scalars(select(LocalAccount).order_by(LocalAccount.login)))
     records = [
         {

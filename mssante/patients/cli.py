@@ -2,36 +2,18 @@
 
 from __future__ import annotations
 
-import getpass
 import json
 from typing import Annotated
 
 import typer
-from sqlalchemy import Engine, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from mssante.cli._common import checked_engine as _engine
 from mssante.cli._common import command_group, console, fail, settings
+from mssante.cli._common import operator_actor as _actor
 
 app = command_group("patients", "Patient mailboxes (MSSanté citoyenne): BALs and conversations.")
-
-
-def _actor() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _engine(writer: bool = False) -> Engine:
-    from mssante.db import make_engine
-    from mssante.schema import SchemaOutdated, require_current
-
-    engine = make_engine(settings().database_url, writer=writer)
-    try:
-        require_current(engine)
-    except SchemaOutdated as exc:
-        fail(str(exc))
-    return engine
 
 
 @app.command("open-bal")
