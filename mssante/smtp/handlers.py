@@ -73,8 +73,25 @@ class _Base:
         )
         return reply
 
-    def _reset(self, envelope: Envelope) -> None:
+    @staticmethod
+    def _accept_mail(envelope: Envelope, address: str, options: list[str], **facts: object) -> None:
+        """Record an accepted MAIL FROM and what was learnt deciding it (sender BAL, peer)."""
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        for key, value in facts.items():
+            setattr(envelope, key, value)
         envelope.routes = []  # type: ignore[attr-defined]
+
+    def _too_many(self, envelope: Envelope) -> str | None:
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
+        return None
+
+    @staticmethod
+    def _accept_rcpt(envelope: Envelope, address: str, options: list[str], recipient: Recipient) -> None:
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        envelope.routes.append(recipient)  # type: ignore[attr-defined]
 
     async def handle_RSET(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
         return "250 2.0.0 OK"
@@ -167,17 +184,14 @@ class SubmissionHandler(_Base):
         verdict, bal = await asyncio.to_thread(self.policy.sender, identity, address)
         if not verdict.ok:
             return await self._refuse(server, identity.principal, "MAIL", verdict.smtp, address=address)
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        envelope.sender_bal = bal  # type: ignore[attr-defined]
-        self._reset(envelope)
+        self._accept_mail(envelope, address, mail_options, sender_bal=bal)
         return verdict.smtp
 
     async def handle_RCPT(
         self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
+        if (too_many := self._too_many(envelope)) is not None:
+            return too_many
         identity = self._auth(session).identity
         sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
         result = await asyncio.to_thread(self.policy.recipient, identity, sender, address)
@@ -185,9 +199,7 @@ class SubmissionHandler(_Base):
             return await self._refuse(
                 server, identity.principal, "RCPT", result.verdict.smtp, bal=sender.key, address=address
             )
-        envelope.rcpt_tos.append(address)
-        envelope.rcpt_options.extend(rcpt_options)
-        envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
+        self._accept_rcpt(envelope, address, rcpt_options, result.recipient)
         return result.verdict.smtp
 
     async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
@@ -264,23 +276,19 @@ class RelayHandler(_Base):
         verdict = await asyncio.to_thread(self.policy.relay_sender, address)
         if not verdict.ok:
             return await self._refuse(server, actor, "MAIL", verdict.smtp, address=address)
-        envelope.mail_from = address
-        envelope.mail_options.extend(mail_options)
-        envelope.peer_names = names  # type: ignore[attr-defined]
-        self._reset(envelope)
+        self._accept_mail(envelope, address, mail_options, peer_names=names)
         return verdict.smtp
 
     async def handle_RCPT(
         self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, rcpt_options: list[str]
     ) -> str:
-        if len(envelope.rcpt_tos) >= self.max_recipients:
-            return f"452 4.5.3 Too many recipients (at most {self.max_recipients} per message)"
+        if (too_many := self._too_many(envelope)) is not None:
+            return too_many
         result = await asyncio.to_thread(self.policy.relay_recipient, address)
         if result.recipient is None:
             actor = f"operator:{','.join(envelope.peer_names)}"  # type: ignore[attr-defined]
             return await self._refuse(server, actor, "RCPT", result.verdict.smtp, address=address)
-        envelope.rcpt_tos.append(address)
-        envelope.routes.append(result.recipient)  # type: ignore[attr-defined]
+        self._accept_rcpt(envelope, address, rcpt_options, result.recipient)
         return result.verdict.smtp
 
     async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
