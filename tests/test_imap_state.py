@@ -176,11 +176,11 @@ def test_compress_uid_sets() -> None:
 
 
 def test_search_reads_bodies_in_bounded_groups() -> None:
-    from mssante.imap.session import BODY_READ_AHEAD, _read_ahead_groups
+    from mssante.imap.search import BODY_READ_AHEAD, read_ahead_groups
 
-    b = box(*range(1, 41))
+    b = box(*range(1, 2 * BODY_READ_AHEAD + 9))
     entries = [(n, b.entries[uid]) for n, uid in enumerate(b.uids, 1)]
-    assert [len(g) for g in _read_ahead_groups(entries)] == [BODY_READ_AHEAD, BODY_READ_AHEAD, 8]
+    assert [len(g) for g in read_ahead_groups(entries)] == [BODY_READ_AHEAD, BODY_READ_AHEAD, 8]
     for entry in b.entries.values():
         entry.size = 5 * 1024 * 1024
-    assert [len(g) for g in _read_ahead_groups(entries[:3])] == [1, 1, 1]
+    assert [len(g) for g in read_ahead_groups(entries[:3])] == [1, 1, 1]

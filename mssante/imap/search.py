@@ -5,6 +5,11 @@ the header index the store cached at delivery (decoded RFC 2047 values); only BO
 need the message itself, which is then decrypted, and its text parts decoded from their
 transfer encoding and charset, so that a search for ``ordonnance`` finds it in a base64 or
 quoted-printable body. Matching is case-insensitive substring matching, as the RFC asks.
+
+A search that needs bodies runs in one of the store's worker threads a batch at a time: the
+first chunk of a group of messages is read in one query, a body is decrypted only when the
+program reaches a BODY or TEXT key for it (TEXT tries the cached headers first), and a large
+body is read further only while the needle has not been found.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ from datetime import date
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from mssante.imap.commands import SearchKey
 from mssante.imap.mailbox import Entry
+from mssante.store.blobs import Prefix
+from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
 
@@ -37,16 +46,72 @@ _FLAG_KEYS = {
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 
 
+# A group of messages whose first chunks are read together: at most BODY_READ_AHEAD messages
+# and BODY_READ_AHEAD_BYTES bytes (a single larger message makes a group of its own).
+BODY_READ_AHEAD = 64
+BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
 @dataclass
 class Candidate:
-    """One message under test; ``meta`` and ``raw`` are loaded only when the program needs them."""
+    """One message under test; ``meta`` and ``raw`` are loaded only when the program needs them.
+
+    ``raw`` is the whole message, or a :class:`Prefix` read further only as matching needs."""
 
     msn: int
     entry: Entry
     largest_msn: int
     largest_uid: int
     meta: Json | None = None
-    raw: bytes | None = None
+    raw: bytes | Prefix | None = None
+
+
+def read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
+    groups: list[list[tuple[int, Entry]]] = []
+    current: list[tuple[int, Entry]] = []
+    size = 0
+    for item in batch:
+        if current and (len(current) >= BODY_READ_AHEAD or size + item[1].size > BODY_READ_AHEAD_BYTES):
+            groups.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item[1].size
+    if current:
+        groups.append(current)
+    return groups
+
+
+async def select(
+    store: MessageStore,
+    key: SearchKey,
+    batch: list[tuple[int, Entry]],
+    largest_msn: int,
+    largest_uid: int,
+) -> list[tuple[int, Entry]]:
+    """The (message number, entry) pairs of ``batch`` that ``key`` matches."""
+    want_meta, want_body = needs(key)
+    if not want_body:
+        metas = await store.meta([e.blob_id for _, e in batch]) if want_meta else {}
+        return [
+            (n, e)
+            for n, e in batch
+            if matches(key, Candidate(n, e, largest_msn, largest_uid, metas.get(e.blob_id)))
+        ]
+
+    def scan(session: Session) -> list[tuple[int, Entry]]:
+        metas = store.reader.meta(session, [e.blob_id for _, e in batch])
+        found: list[tuple[int, Entry]] = []
+        for group in read_ahead_groups(batch):
+            bodies = store.reader.prefixes(session, [e.blob_id for _, e in group])
+            for n, e in group:
+                candidate = Candidate(
+                    n, e, largest_msn, largest_uid, metas.get(e.blob_id), bodies.get(e.blob_id)
+                )
+                if matches(key, candidate):
+                    found.append((n, e))
+        return found
+
+    return await store.read(scan)  # type: ignore[no-any-return]
 
 
 def needs(key: SearchKey) -> tuple[bool, bool]:
@@ -105,11 +170,11 @@ def matches(key: SearchKey, c: Candidate) -> bool:
     if name == "HEADER":
         return _header_contains(c.meta, str(args[0]), str(args[1]))
     if name == "BODY":
-        return _contains(body_text(c.raw, c.meta), str(args[0]))
+        return _body_contains(c, str(args[0]))
     if name == "TEXT":
         needle = str(args[0])
         headers = "\n".join(f"{n}: {v}" for n, v in (c.meta or {}).get("headers", []))
-        return _contains(headers, needle) or _contains(body_text(c.raw, c.meta), needle)
+        return _contains(headers, needle) or _body_contains(c, needle)
     raise ValueError(f"unknown search key {name}")
 
 
@@ -143,31 +208,51 @@ def _header_contains(meta: Json | None, field: str, needle: str) -> bool:
     return False
 
 
-def body_text(raw: bytes | None, meta: Json | None) -> str:
-    """The text parts of a message, decoded, joined: what BODY searches."""
+def _body_contains(c: Candidate, needle: str) -> bool:
+    """Whether the decoded text parts hold ``needle``, reading a partial body further only
+    until it is found: a hit in a prefix is a hit in the whole (see :func:`body_text`)."""
+    body = c.raw
+    if not isinstance(body, Prefix):
+        return _contains(body_text(body, c.meta), needle)
+    while True:
+        if _contains(body_text(body.data, c.meta, complete=body.complete), needle):
+            return True
+        if not body.grow():
+            return False
+
+
+def body_text(raw: bytes | None, meta: Json | None, *, complete: bool = True) -> str:
+    """The text parts of a message, decoded, joined: what BODY searches.
+
+    Of an incomplete message (``raw`` is only its start), a part cut short is kept only when
+    its bytes are its text (7bit, 8bit, binary): what is returned is then part of the whole
+    message's text, never text it does not have."""
     if raw is None or meta is None:
         return ""
     pieces: list[str] = []
-    _collect(raw, meta["part"], pieces)
+    _collect(raw, meta["part"], pieces, complete or len(raw))
     return "\n".join(pieces)
 
 
-def _collect(raw: bytes, part: Json, pieces: list[str]) -> None:
+def _collect(raw: bytes, part: Json, pieces: list[str], complete: bool | int) -> None:
+    # ``complete`` is True, or the length of the prefix held.
     if "parts" in part:
         for child in part["parts"]:
-            _collect(raw, child, pieces)
+            _collect(raw, child, pieces, complete)
         return
     message = part.get("message")
     if message is not None:
         start, end = message["part"]["header"]
         pieces.append(raw[start:end].decode("utf-8", "replace"))
-        _collect(raw, message["part"], pieces)
+        _collect(raw, message["part"], pieces, complete)
         return
     if part["type"] != "text":
         return
     start, end = part["body"]
-    data = raw[start:end]
     encoding = part.get("encoding", "7bit")
+    if complete is not True and end > complete and encoding in ("base64", "quoted-printable"):
+        return  # decoded only once whole
+    data = raw[start:end]
     try:
         if encoding == "base64":
             data = base64.b64decode(data, validate=False)

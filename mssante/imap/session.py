@@ -21,7 +21,7 @@ from typing import Any, Protocol
 from delegation.rights import Right
 from mssante import __version__ as _version
 from mssante.audit import AuditEvent
-from mssante.imap import listing, mutf7
+from mssante.imap import listing, mutf7, search
 from mssante.imap.access import NONE, SHARED_PREFIX, Access, AclRefused, OwnerOnly, Rights
 from mssante.imap.commands import (
     AclArgs,
@@ -53,9 +53,8 @@ from mssante.imap.fetch import (
     needs_meta,
 )
 from mssante.imap.gate import Gate, Principal, Refusal, plain_initial
-from mssante.imap.mailbox import Entry, SelectedMailbox
+from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, flag_list, string
-from mssante.imap.search import Candidate, matches, needs
 from mssante.store.feed import FolderChange, Subscription
 from mssante.store.store import FolderInfo, FolderNotFound, MessageStore, StoreError
 from mssante.tls import TLSInfo
@@ -88,10 +87,8 @@ BASE_CAPABILITIES = (
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
 META_BATCH = 500
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-BODY_READ_AHEAD = 16
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
 READ_TRACE_MAX = 10_000
-BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
 # RFC 4314: which right a flag change needs.
 _FLAG_RIGHT = {"\\Seen": Right.KEEP_SEEN, "\\Deleted": Right.DELETE_MESSAGES}
 _WRITE_RIGHTS = frozenset(
@@ -107,23 +104,6 @@ def _flag_right(flag: str) -> Right:
 def _canonical_folder(name: str) -> str:
     head, sep, rest = name.partition("/")
     return "INBOX" + sep + rest if head.upper() == "INBOX" else name
-
-
-def _read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
-    """Split messages into groups read together: at most BODY_READ_AHEAD messages and
-    BODY_READ_AHEAD_BYTES bytes (a single larger message makes a group of its own)."""
-    groups: list[list[tuple[int, Entry]]] = []
-    current: list[tuple[int, Entry]] = []
-    size = 0
-    for item in batch:
-        if current and (len(current) >= BODY_READ_AHEAD or size + item[1].size > BODY_READ_AHEAD_BYTES):
-            groups.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += item[1].size
-    if current:
-        groups.append(current)
-    return groups
 
 
 class Channel(Protocol):
@@ -959,23 +939,13 @@ class Session:
         assert isinstance(args, Search)
         if args.returns is not None:
             raise Bad("SEARCH RETURN (ESEARCH) is not supported")
-        want_meta, want_body = needs(args.key)
         largest_uid = box.uids[-1] if box.uids else 0
         found: list[int] = []
         candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
         for start in range(0, len(candidates), META_BATCH):
-            batch = candidates[start : start + META_BATCH]
-            batch = [(n, e) for n, e in batch if not e.expunged]
-            metas = await self.store.meta([e.blob_id for _, e in batch]) if want_meta else {}
-            for group in _read_ahead_groups(batch) if want_body else [batch]:
-                raws: list[bytes | None] = [None] * len(group)
-                if want_body:
-                    # Decrypted by the store's worker threads, a bounded group at a time.
-                    raws = list(await asyncio.gather(*(self.store.body(e.blob_id) for _, e in group)))
-                for (n, entry), raw in zip(group, raws, strict=True):
-                    candidate = Candidate(n, entry, box.exists, largest_uid, metas.get(entry.blob_id), raw)
-                    if matches(args.key, candidate):
-                        found.append(entry.uid if command.uid else n)
+            batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
+            for n, entry in await search.select(self.store, args.key, batch, box.exists, largest_uid):
+                found.append(entry.uid if command.uid else n)
         await self.untagged("SEARCH" + "".join(f" {n}" for n in found))
         return f"{'UID ' if command.uid else ''}SEARCH completed"
 

@@ -164,6 +164,15 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+def _stored_time(value: datetime | str) -> datetime:
+    """A timestamp read with driver SQL: SQLite gives SQLAlchemy's naive UTC text."""
+    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+
+
+# FolderInfo's fields, in order, for driver SQL reads.
+_FOLDER_COLUMNS = "id, bal, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+
+
 def _folder_info(row: Any) -> FolderInfo:
     return FolderInfo(
         row.id,
@@ -549,42 +558,40 @@ class MessageStore:
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: Session) -> list[FolderInfo]:
-            rows = s.execute(
-                select(folders_t).where(folders_t.c.bal == bal.lower()).order_by(folders_t.c.name)
+            rows = run(
+                s,
+                f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal ORDER BY name",
+                {"bal": bal.lower()},
             )
             return [_folder_info(r) for r in rows]
 
         return await self.read(q)  # type: ignore[no-any-return]
 
-    async def folder(self, bal: str, name: str) -> FolderInfo:
-        def q(s: Session) -> FolderInfo:
-            row = s.execute(
-                select(folders_t).where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
-            ).first()
-            if row is None:
-                raise FolderNotFound(f"no folder {name!r}")
-            return _folder_info(row)
+    @staticmethod
+    def _folder_row(s: Session, bal: str, name: str) -> FolderInfo:
+        row = run(
+            s,
+            f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name",
+            {"bal": bal.lower(), "name": name},
+        ).first()
+        if row is None:
+            raise FolderNotFound(f"no folder {name!r}")
+        return _folder_info(row)
 
-        return await self.read(q)  # type: ignore[no-any-return]
+    async def folder(self, bal: str, name: str) -> FolderInfo:
+        return await self.read(lambda s: self._folder_row(s, bal, name))  # type: ignore[no-any-return]
 
     async def status(self, bal: str, name: str) -> FolderStatus:
         def q(s: Session) -> FolderStatus:
-            row = s.execute(
-                select(folders_t).where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
-            ).first()
-            if row is None:
-                raise FolderNotFound(f"no folder {name!r}")
-            info = _folder_info(row)
-            count, size = s.execute(
-                select(func.count(), func.coalesce(func.sum(messages_t.c.size), 0)).where(
-                    messages_t.c.folder_id == info.id
-                )
-            ).one()
-            flag_rows = s.execute(
-                select(messages_t.c.flags).where(messages_t.c.folder_id == info.id)
-            ).scalars()
-            unseen = sum(1 for f in flag_rows if "\\Seen" not in _split_flags(f))
-            return FolderStatus(info, int(count), unseen, int(size))
+            info = self._folder_row(s, bal, name)
+            count = size = unseen = 0
+            for msg_size, flags in run(
+                s, "SELECT size, flags FROM messages WHERE folder_id = :f", {"f": info.id}
+            ):
+                count += 1
+                size += msg_size
+                unseen += "\\Seen" not in _split_flags(flags)
+            return FolderStatus(info, count, unseen, size)
 
         return await self.read(q)  # type: ignore[no-any-return]
 
@@ -770,21 +777,15 @@ class MessageStore:
         """The folder's messages in UID order (flags, sizes, dates; no content), UIDs > ``since_uid``."""
 
         def q(s: Session) -> list[MessageRow]:
-            rows = s.execute(
-                select(
-                    messages_t.c.uid,
-                    messages_t.c.flags,
-                    messages_t.c.size,
-                    messages_t.c.internaldate,
-                    messages_t.c.modseq,
-                    messages_t.c.blob_id,
-                )
-                .where(messages_t.c.folder_id == folder_id, messages_t.c.uid > since_uid)
-                .order_by(messages_t.c.uid)
+            rows = run(
+                s,
+                "SELECT uid, flags, size, internaldate, modseq, blob_id FROM messages "
+                "WHERE folder_id = :f AND uid > :since ORDER BY uid",
+                {"f": folder_id, "since": since_uid},
             )
             return [
-                MessageRow(r.uid, _split_flags(r.flags), r.size, _utc(r.internaldate), r.modseq, r.blob_id)
-                for r in rows
+                MessageRow(uid, _split_flags(flags), size, _stored_time(at), modseq, blob_id)
+                for uid, flags, size, at, modseq, blob_id in rows
             ]
 
         return await self.read(q)  # type: ignore[no-any-return]
@@ -1083,12 +1084,13 @@ class MessageStore:
         """Durable changes of a folder after ``modseq`` (what a session missed, or another node did)."""
 
         def q(s: Session) -> list[FolderChange]:
-            rows = s.execute(
-                select(changes_t)
-                .where(changes_t.c.folder_id == folder_id, changes_t.c.modseq > modseq)
-                .order_by(changes_t.c.id)
+            rows = run(
+                s,
+                "SELECT folder_id, modseq, kind, uid, flags FROM folder_changes "
+                "WHERE folder_id = :f AND modseq > :m ORDER BY id",
+                {"f": folder_id, "m": modseq},
             )
-            return [FolderChange(r.folder_id, r.modseq, r.kind, r.uid, r.flags) for r in rows]
+            return [FolderChange(*r) for r in rows]
 
         return await self.read(q)  # type: ignore[no-any-return]
 
