@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -73,6 +74,21 @@ async def _ingest(url: str, data_dir: Path, producers: int, total: int, group: b
     }
 
 
+def _fsync_rate(directory: Path, count: int = 300) -> float:
+    """Durable small writes per second on this disk: the cost group commit amortises."""
+    path = directory / "fsync.probe"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        start = time.perf_counter()
+        for i in range(count):
+            os.pwrite(fd, i.to_bytes(8, "big") * 512, 0)
+            os.fdatasync(fd)
+        return count / (time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+
+
 def _pg_database(admin_url: str) -> tuple[str, str]:
     name = f"mssante_bench_{uuid.uuid4().hex[:8]}"
     admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -99,9 +115,11 @@ def main() -> None:
     results: dict[str, Any] = {
         "benchmark": "store_ingest",
         "message_size": 10 * 1024,
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "runs": [],
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        results["machine"]["fsyncs_per_second"] = round(_fsync_rate(Path(tmp)), 1)
     backends = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     for backend in backends:
         for producers in [int(p) for p in args.producers.split(",")]:
