@@ -45,7 +45,7 @@ class DelegationAccess:
         self.book = book
         self.writer = writer
         self.poll = poll
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: dict[asyncio.Future[None], int | None] = {}
         self._poller: asyncio.Task[None] | None = None
 
     # -- rights ----------------------------------------------------------------------------------
@@ -56,8 +56,12 @@ class DelegationAccess:
         info = self.policy.directory.bal(bal)
         if identity is None or info is None or not self.policy.is_local(info.domain):
             return Rights(NO_RIGHTS)  # a BAL hosted elsewhere is never opened here
+        if owns(identity, info):
+            return Rights(self.policy.rights(identity, info), owner=True)
+        # Read before the rights: a change committed after this number is one changed() reports.
+        generation = self.book.generation()
         rights, until = self.policy.rights_until(identity, info)
-        return Rights(rights, owner=owns(identity, info), until=until)
+        return Rights(rights, until=until, generation=generation)
 
     async def rights(self, principal: Principal, bal: str) -> Rights:
         return await asyncio.to_thread(self._rights, principal.identity, bal)
@@ -173,23 +177,24 @@ class DelegationAccess:
         await asyncio.to_thread(self._set, principal, bal, identifier, None, source)
 
     # -- change notification --------------------------------------------------------------------
-    async def changed(self) -> None:
+    async def changed(self, since: int | None) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
+        self._waiters[waiter] = since
         if self._poller is None or self._poller.done():
             self._poller = asyncio.ensure_future(self._poll())
         try:
             await waiter
         finally:
-            self._waiters.discard(waiter)
+            self._waiters.pop(waiter, None)
 
     async def _poll(self) -> None:
-        seen = await asyncio.to_thread(self.book.generation)
+        """While someone waits: read the generation, wake whoever saw an older one, sleep."""
         while self._waiters:
-            await asyncio.sleep(self.poll)
             current = await asyncio.to_thread(self.book.generation)
-            if current != seen:
-                seen = current
-                for waiter in list(self._waiters):
-                    if not waiter.done():
+            for waiter, since in list(self._waiters.items()):
+                if not waiter.done() and (since is None or current != since):
+                    if since is None:
+                        self._waiters[waiter] = current  # a baseline: wake at the next change
+                    else:
                         waiter.set_result(None)
+            await asyncio.sleep(self.poll)

@@ -29,6 +29,7 @@ class Rights:
     rights: frozenset[Right]
     owner: bool = False
     until: datetime | None = None
+    generation: int | None = None  # the grants' generation they were read at (see changed())
 
     def __contains__(self, right: object) -> bool:
         return right in self.rights
@@ -64,8 +65,8 @@ class Access(Protocol):
 
     async def delete_acl(self, principal: Principal, bal: str, identifier: str, source: str) -> None: ...
 
-    async def changed(self) -> None:
-        """Return when grants may have changed (a revocation made by any process)."""
+    async def changed(self, since: int | None) -> None:
+        """Return when grants changed (in any process) after generation ``since``."""
         ...
 
 
@@ -91,5 +92,5 @@ class OwnerOnly:
     async def delete_acl(self, principal: Principal, bal: str, identifier: str, source: str) -> None:
         raise AclRefused("This server keeps no access control lists")
 
-    async def changed(self) -> None:
+    async def changed(self, since: int | None) -> None:
         await asyncio.Event().wait()

@@ -749,14 +749,14 @@ class Session:
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if self.box is not None and (grants in done or not done):
                     # Grants changed somewhere, or ours expired: still allowed to read?
-                    if grants in done:
-                        grants = self._watch_grants()
                     rights = await self._rights(self.box_bal)
                     if Right.READ not in rights:
                         if change_task is not None:
                             change_task.cancel()
                         await self._revoked_bye()
                     self.box_rights = rights
+                    if grants in done:
+                        grants = self._watch_grants()  # from the generation just read
                 elif grants in done:
                     grants = self._watch_grants()
                 if change_task is not None:
@@ -782,7 +782,7 @@ class Session:
         holder's rights do not depend on grants)."""
         if self.box is None or self.box_rights.owner:
             return asyncio.get_running_loop().create_future()  # never resolves
-        return asyncio.ensure_future(self.access.changed())
+        return asyncio.ensure_future(self.access.changed(self.box_rights.generation))
 
     async def _revoked_bye(self) -> None:
         """Rights on the selected BAL are gone while idling: no further data, end the session."""

@@ -1,0 +1,98 @@
+"""Delegation over IMAP in process, on each database backend (SQLite, and PostgreSQL when
+configured): the demo operator's grants, the shared namespace, ACL edits, and a revocation
+written by another connection reaching a live session and an idling one."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from annuaire.lookup import Annuaire
+from delegation import grants
+from mssante import demo
+from mssante.config import Settings
+from mssante.db import transaction
+from mssante.imap.listeners import start_imap
+from mssante.runtime import Runtime, initialise, open_runtime
+from tests.test_delegation_e2e import MARTIN, SECRETARY, Imap, named, shared
+
+
+@dataclass
+class Doors:
+    """What :class:`tests.test_delegation_e2e.Imap` needs of a server."""
+
+    runtime: Runtime
+    ports: dict[str, int]
+    ca_cert: str
+    document: dict[str, Any]
+
+    def port(self, name: str) -> int:
+        return self.ports[name]
+
+    def account(self, address: str) -> dict[str, Any]:
+        return dict(next(a for a in self.document["accounts"] if a["address"] == address))
+
+
+@pytest.fixture
+async def doors(settings: Settings) -> AsyncIterator[Doors]:
+    settings.imap.port = settings.imap.tls_port = 0
+    demo.demo_settings(settings)
+    initialise(settings)
+    document = demo.setup(settings)
+    runtime = open_runtime(settings)
+    listeners = await start_imap(runtime)
+    try:
+        yield Doors(runtime, {item.name: item.port for item in listeners}, document["ca_cert"], document)
+    finally:
+        for item in reversed(listeners):
+            await item.close()
+        runtime.close()
+
+
+def _revoke(doors: Doors) -> None:
+    bal = Annuaire(doors.runtime.engine).bal(MARTIN)
+    assert bal is not None
+    with transaction(doors.runtime.writer_engine) as session:
+        grants.revoke(
+            session, bal=bal, grantee="staff:secretaire.martin", actor=None, operator="test", reason="t"
+        )
+
+
+def _scenario(doors: Doors) -> None:
+    secretary = Imap(doors)  # type: ignore[arg-type]
+    idler = Imap(doors)  # type: ignore[arg-type]
+    doctor = Imap(doors)  # type: ignore[arg-type]
+    try:
+        for client, login in ((secretary, SECRETARY), (idler, SECRETARY), (doctor, MARTIN)):
+            assert client.login(doors, login).startswith("OK")  # type: ignore[arg-type]
+        namespace = secretary.ok("NAMESPACE")
+        assert namespace == [b'* NAMESPACE (("" "/")) NIL (("Partag&AOk-/" "/"))']
+        listed = b"\n".join(secretary.ok('LIST "" "*"'))
+        assert named(MARTIN).encode() in listed and b"cardiologie" not in listed
+        # The demo grant: read, sort, file, send (lrswite send); she keeps \Seen, sets flags.
+        assert secretary.command(f"SELECT {shared(MARTIN)}")[0].startswith("OK [READ-WRITE]")
+        assert secretary.ok(f"MYRIGHTS {shared(MARTIN)}") == [f"* MYRIGHTS {named(MARTIN)} lrswite".encode()]
+        assert doctor.ok("GETACL INBOX") == [f"* ACL INBOX {MARTIN} lrswikxtea {SECRETARY} lrswite".encode()]
+        doctor.ok(f"SETACL INBOX {SECRETARY} -we")
+        assert secretary.command("UID STORE 1:* +FLAGS (\\Flagged)")[0].startswith("NO [NOPERM]")
+        assert secretary.ok(f"MYRIGHTS {shared(MARTIN)}") == [f"* MYRIGHTS {named(MARTIN)} lrsit".encode()]
+        idler.ok(f"EXAMINE {shared(MARTIN)}")
+        idler.send("i1 IDLE")
+        assert idler.line().startswith(b"+ ")
+        _revoke(doors)
+        assert idler.line() == f"* BYE Access to {MARTIN} was revoked".encode()
+        status, untagged = secretary.command("NOOP")
+        assert status.startswith("NO [NOPERM]") and untagged[-1].startswith(b"* OK [CLOSED]")
+        assert secretary.command(f"STATUS {shared(MARTIN)} (MESSAGES)")[0].startswith("NO [NONEXISTENT]")
+        assert secretary.ok('LIST "" "*"') == []
+    finally:
+        for client in (secretary, idler, doctor):
+            client.close()
+
+
+async def test_shared_namespace_acl_and_revocation_on_each_backend(doors: Doors) -> None:
+    await asyncio.to_thread(_scenario, doors)
