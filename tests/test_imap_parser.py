@@ -444,3 +444,20 @@ def test_enable_and_id() -> None:
     )
     assert p("a ID ()").args == Id(())
     bad("a ID (name Thunderbird)")
+
+
+def test_acl_commands() -> None:
+    """RFC 4314: GETACL/MYRIGHTS take a mailbox, DELETEACL/LISTRIGHTS an identifier, SETACL rights."""
+    from mssante.imap.commands import AclArgs
+
+    assert p("a GETACL INBOX").args == AclArgs("INBOX")
+    assert p('a MYRIGHTS "Partag&AOk-/x@demo.mssante.fr/INBOX"').args == AclArgs(
+        "Partagé/x@demo.mssante.fr/INBOX"
+    )
+    assert p("a SETACL inbox secretaire.martin@demo.mssante.fr +lrs").args == AclArgs(
+        "INBOX", "secretaire.martin@demo.mssante.fr", "+lrs"
+    )
+    assert p('a DELETEACL Archive "staff:x"').args == AclArgs("Archive", "staff:x")
+    assert p("a LISTRIGHTS INBOX someone").args == AclArgs("INBOX", "someone")
+    for line in ("a SETACL INBOX someone", "a GETACL", "a DELETEACL INBOX", "a MYRIGHTS INBOX extra"):
+        assert bad(line).tag == "a"

@@ -3,7 +3,9 @@
 One :class:`Session` per connection. It receives parsed commands, checks that the command is
 valid in the current state (not authenticated → authenticated → selected → logout), calls
 the store, and writes responses through its :class:`Channel`. Who may open which BAL is not
-decided here: the :class:`~mssante.imap.gate.Gate` says which BAL the session acts for.
+decided here: the :class:`~mssante.imap.gate.Gate` says which BAL the session acts for, and
+:class:`~mssante.imap.access.Access` (delegation) gives the rights held on each BAL — the own
+one and those of the shared namespace ``Partagé/<bal>/…`` — asked afresh before every operation.
 
 Pending changes made by other sessions are reported after every command, expunges only
 after commands that allow them (see :mod:`mssante.imap.mailbox`).
