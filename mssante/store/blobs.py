@@ -8,6 +8,7 @@ which is what lets IMAP stream a large body or serve ``BODY[]<start.len>`` cheap
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -90,6 +91,18 @@ class BlobHeader:
     meta: bytes | None
 
 
+# Where reads run: an ORM session (in a worker thread), or a plain SQLite connection kept by
+# the store for the small reads it runs on the event loop (see ``MessageStore.read``).
+Reads = Session | sqlite3.Connection
+
+
+def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+    """All rows of a driver-SQL query (fetched whole: no statement stays open on SQLite)."""
+    if isinstance(db, Session):
+        return run(db, sql, params).all()  # type: ignore[return-value]
+    return db.execute(sql, params or {}).fetchall()
+
+
 def id_list(ids: Iterable[int]) -> str:
     """Blob ids inlined in an ``IN (...)`` list: integers only, so nothing can be injected, and
     the SQL text stays the driver's own (no per-call statement building)."""
@@ -132,20 +145,23 @@ class BlobReader:
                 self._keys[(key_id, wrapped)] = cached
         return cached
 
-    def header(self, session: Session, blob_id: int) -> BlobHeader:
-        row = run(
+    def header(self, session: Reads, blob_id: int) -> BlobHeader:
+        found = rows_of(
             session,
             "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id",
             {"id": blob_id},
-        ).one()
+        )
+        if not found:
+            raise NoResultFound(f"no blob {blob_id}")
+        row = found[0]
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
-    def meta(self, session: Session, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
+    def meta(self, session: Reads, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500)."""
         out: dict[int, dict[str, Any]] = {}
         for i in range(0, len(blob_ids), 500):
-            rows = run(
+            rows = rows_of(
                 session,
                 "SELECT id, key_id, wrapped_key, meta FROM blobs "
                 f"WHERE id IN ({id_list(blob_ids[i : i + 500])}) AND meta IS NOT NULL",
@@ -155,13 +171,13 @@ class BlobReader:
         return out
 
     def iter_chunks(
-        self, session: Session, blob_id: int, start: int = 0, end: int | None = None
+        self, session: Reads, blob_id: int, start: int = 0, end: int | None = None
     ) -> Iterator[bytes]:
         """Plaintext of ``[start, end)`` chunk by chunk, opening only the chunks that overlap it."""
         stop = _NO_END if end is None else end
         if start >= stop:
             return
-        rows = run(session, _READ, {"id": blob_id, "start": start, "stop": stop}).all()
+        rows = rows_of(session, _READ, {"id": blob_id, "start": start, "stop": stop})
         if not rows:
             raise NoResultFound(f"no blob {blob_id}")
         size, count, chunk_size, key_id, wrapped = rows[0][:5]
@@ -175,14 +191,14 @@ class BlobReader:
             lo, hi = max(start - base, 0), min(stop - base, len(plain))
             yield plain[lo:hi]
 
-    def read(self, session: Session, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
+    def read(self, session: Reads, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
         return b"".join(self.iter_chunks(session, blob_id, start, end))
 
-    def prefixes(self, session: Session, blob_ids: list[int]) -> dict[int, Prefix]:
+    def prefixes(self, session: Reads, blob_ids: list[int]) -> dict[int, Prefix]:
         """Each blob's first chunk (one query for all), decrypted when first looked at: the start
         of a scan that reads further chunks only if asked (:meth:`Prefix.grow`)."""
         out: dict[int, Prefix] = {}
-        rows = run(
+        rows = rows_of(
             session,
             "SELECT b.id, b.chunk_count, b.key_id, b.wrapped_key, c.data FROM blobs b "
             "JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0 "
@@ -197,7 +213,7 @@ class Prefix:
     """The plaintext of a blob read from its start, a few chunks at a time: a scan (SEARCH BODY)
     stops at its first hit without decrypting the rest of a large message."""
 
-    def __init__(self, session: Session, blob_id: int, key: bytes, count: int, sealed: bytes) -> None:
+    def __init__(self, session: Reads, blob_id: int, key: bytes, count: int, sealed: bytes) -> None:
         self._session = session
         self._blob_id = blob_id
         self._key = key
@@ -223,11 +239,11 @@ class Prefix:
         if self.complete:
             return False
         upto = min(self._read * 2, self._count)
-        rows = run(
+        rows = rows_of(
             self._session,
             "SELECT seq, data FROM blob_chunks WHERE blob_id = :id AND seq >= :lo AND seq < :hi ORDER BY seq",
             {"id": self._blob_id, "lo": self._read, "hi": upto},
-        ).all()
+        )
         self._data = self.data + b"".join(open_chunks(self._key, ((r[0], r[1]) for r in rows), self._count))
         self._read = upto
         return True

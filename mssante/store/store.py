@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -51,6 +53,9 @@ DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
 # Above this size, sealing and parsing run in a worker thread instead of the event loop.
 INLINE_PREP_LIMIT = 256 * 1024
+# Reads at most this large (bytes of a body, structures of messages) run inline on SQLite.
+INLINE_READ_BYTES = 256 * 1024
+INLINE_READ_META = 16
 
 
 class StoreError(Exception):
@@ -207,9 +212,16 @@ class MessageStore:
             writer_engine, group_commit=group_commit, max_batch=max_batch, after_commit=self.hub.publish
         )
         self.reader = blobstore.BlobReader(engine, keyring)
+        self._inline_reads = engine.dialect.name == "sqlite"
+        self._loop_local = threading.local()
+        self._loop_connections: list[Any] = []
 
     def close(self) -> None:
         self.writer.close()
+        for conn in self._loop_connections:
+            conn.close()
+        self._loop_connections.clear()
+        self._loop_local = threading.local()
 
     # -- helpers run inside the writer's transaction -------------------------------------
     def _insert_ignore(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -552,9 +564,28 @@ class MessageStore:
         with Session(self.engine) as session:
             return fn(session)
 
-    async def read(self, fn: Any) -> Any:
-        """Run ``fn(session)`` on a reader connection in a worker thread."""
+    async def read(self, fn: Any, *, small: bool = False) -> Any:
+        """Run ``fn(session)`` on a reader connection in a worker thread.
+
+        A ``small`` read on SQLite runs at once instead: a few pages of a local WAL database
+        (where readers never wait for the writer) cost less than the hop to a worker thread
+        and back, which was most of a single-message FETCH. PostgreSQL reads, and large ones,
+        always leave the event loop.
+        """
+        if small and self._inline_reads:
+            return fn(self._loop_connection())
         return await asyncio.to_thread(self._read, fn)
+
+    def _loop_connection(self) -> sqlite3.Connection:
+        """The calling thread's own SQLite connection for inline reads, taken once from the pool
+        (its PRAGMAs set) and kept: no session or pool check-out per read. Outside of an explicit
+        transaction each statement sees the latest commit."""
+        conn: sqlite3.Connection | None = getattr(self._loop_local, "conn", None)
+        if conn is None:
+            proxied = self.engine.raw_connection()
+            self._loop_connections.append(proxied)
+            conn = self._loop_local.conn = cast(sqlite3.Connection, proxied.driver_connection)
+        return conn
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: Session) -> list[FolderInfo]:
@@ -792,15 +823,20 @@ class MessageStore:
 
     async def meta(self, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
         """Parsed structures (envelope, body structure, header index) of several messages."""
-        return await self.read(lambda s: self.reader.meta(s, blob_ids))  # type: ignore[no-any-return]
+        return await self.read(  # type: ignore[no-any-return]
+            lambda s: self.reader.meta(s, blob_ids), small=len(blob_ids) <= INLINE_READ_META
+        )
 
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch)."""
-        return await self.read(lambda s: self.reader.read(s, blob_id, start, end))  # type: ignore[no-any-return]
+        return await self.read(  # type: ignore[no-any-return]
+            lambda s: self.reader.read(s, blob_id, start, end),
+            small=end is not None and end - start <= INLINE_READ_BYTES,
+        )
 
     async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Plaintext by chunks, a chunk decrypted at a time: a large body never sits whole in memory."""
-        head = await self.read(lambda s: self.reader.header(s, blob_id))
+        head = await self.read(lambda s: self.reader.header(s, blob_id), small=True)
         stop = head.size if end is None else min(end, head.size)
         step = head.chunk_size * 4
         pos = start
