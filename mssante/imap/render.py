@@ -33,6 +33,11 @@ _EMPTY_TEXT_PART = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
 
 def string(value: str | bytes, *, utf8: bool = False) -> bytes:
     """An IMAP string: quoted when possible, a literal otherwise."""
+    if isinstance(value, str) and value.isascii() and value.isprintable() and len(value) <= _MAX_QUOTED:
+        # The common case (printable ASCII: always quotable) without the regular expression.
+        if "\\" in value or '"' in value:
+            value = value.replace("\\", "\\\\").replace('"', '\\"')
+        return b'"' + value.encode("ascii") + b'"'
     raw = value.encode("utf-8", "surrogateescape") if isinstance(value, str) else value
     if len(raw) <= _MAX_QUOTED and _QUOTABLE.fullmatch(raw):
         return b'"' + raw.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
@@ -43,6 +48,10 @@ def string(value: str | bytes, *, utf8: bool = False) -> bytes:
 
 def nstring(value: str | bytes | None, *, utf8: bool = False) -> bytes:
     return b"NIL" if value is None else string(value, utf8=utf8)
+
+
+def _address(address: list[str | None], utf8: bool) -> bytes:
+    return b"(" + b" ".join([b"NIL" if v is None else string(v, utf8=utf8) for v in address]) + b")"
 
 
 def astring(value: str) -> bytes:
@@ -76,11 +85,7 @@ def internaldate(when: datetime) -> bytes:
 def _address_list(addresses: list[list[str | None]] | None, utf8: bool) -> bytes:
     if not addresses:
         return b"NIL"
-    return (
-        b"("
-        + b"".join(b"(" + b" ".join(nstring(v, utf8=utf8) for v in address) + b")" for address in addresses)
-        + b")"
-    )
+    return b"(" + b"".join([_address(address, utf8) for address in addresses]) + b")"
 
 
 def envelope(env: Json, *, utf8: bool = False) -> bytes:
