@@ -360,7 +360,10 @@ async def test_event_loop_stays_free(make_auth: MakeAuth, doctor: str) -> None:
     stop.set()
     await task
     assert all(isinstance(r, AuthSuccess) for r, _ in results)
-    assert max(gaps) < 0.1, f"event loop blocked for {max(gaps):.3f}s while {elapsed:.3f}s of auth ran"
+    # A loop blocked by argon2 would tick a handful of times (once per hash); a free one ticks
+    # every few milliseconds. Counting ticks, not timing one gap, holds on a loaded machine.
+    assert len(gaps) > 20, f"only {len(gaps)} ticks while {elapsed:.3f}s of auth ran"
+    assert max(gaps) < 0.5, f"event loop blocked for {max(gaps):.3f}s while {elapsed:.3f}s of auth ran"
 
 
 def test_ip_counter_keys() -> None:
