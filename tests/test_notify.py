@@ -114,7 +114,7 @@ def test_slow_webhook_does_not_block_callers(receiver: Receiver) -> None:
     time.sleep(0.1)  # the worker is now waiting on the stalled receiver
     started = time.perf_counter()
     notifier.notify(Event("b", "r"))
-    assert time.perf_counter() - started < 0.05
+    assert time.perf_counter() - started < 1.0  # an inline send would wait the 5 s time-out
     receiver.stall.clear()
     assert notifier.flush(10)
     notifier.close()
