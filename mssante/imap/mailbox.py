@@ -21,7 +21,7 @@ from mssante.store.feed import FolderChange
 from mssante.store.store import FolderInfo, MessageRow
 
 
-@dataclass
+@dataclass(slots=True)
 class Entry:
     """What the session knows of one message without reading its content."""
 
@@ -48,11 +48,10 @@ class SelectedMailbox:
     @classmethod
     def from_rows(cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool) -> SelectedMailbox:
         box = cls(folder, readonly, modseq=folder.highestmodseq)
-        for row in rows:
-            box.uids.append(row.uid)
-            box.entries[row.uid] = Entry(
-                row.uid, tuple(row.flags), row.size, row.internaldate, row.modseq, row.blob_id
-            )
+        entries = box.entries
+        for uid, flags, size, when, modseq, blob_id in rows:
+            entries[uid] = Entry(uid, tuple(flags), size, when, modseq, blob_id)
+        box.uids = list(entries)
         return box
 
     # -- numbering -----------------------------------------------------------------------------

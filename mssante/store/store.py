@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -104,8 +104,9 @@ class FolderStatus:
     size: int
 
 
-@dataclass(frozen=True)
-class MessageRow:
+class MessageRow(NamedTuple):
+    """A message without its content; a named tuple because a SELECT builds thousands."""
+
     uid: int
     flags: tuple[str, ...]
     size: int
@@ -171,7 +172,9 @@ def _utc(value: datetime) -> datetime:
 
 def _stored_time(value: datetime | str) -> datetime:
     """A timestamp read with driver SQL: SQLite gives SQLAlchemy's naive UTC text."""
-    return _utc(datetime.fromisoformat(value) if isinstance(value, str) else value)
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    return _utc(value)
 
 
 # FolderInfo's fields, in order, for driver SQL reads.
@@ -813,7 +816,7 @@ class MessageStore:
                 "SELECT uid, flags, size, internaldate, modseq, blob_id FROM messages "
                 "WHERE folder_id = :f AND uid > :since ORDER BY uid",
                 {"f": folder_id, "since": since_uid},
-            )
+            ).all()
             return [
                 MessageRow(uid, _split_flags(flags), size, _stored_time(at), modseq, blob_id)
                 for uid, flags, size, at, modseq, blob_id in rows
