@@ -1,0 +1,91 @@
+"""SEARCH BODY/TEXT over sealed messages read chunk by chunk: hits anywhere in a body (first
+chunk, last chunk, inside a base64 part cut by chunk boundaries), headers first for TEXT, and a
+body left partly unread once the needle is found."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.orm import Session
+
+from mssante.config import Settings, load_settings
+from mssante.imap import search
+from mssante.imap.commands import SearchKey
+from mssante.imap.mailbox import SelectedMailbox
+from mssante.imap.parser import parse_command
+from mssante.runtime import Runtime, initialise, open_runtime
+from tests.helpers import make_message
+
+BAL = "dr.durand@demo.mssante.fr"
+FILLER = "Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do eiusmod.\r\n" * 500
+
+
+@pytest.fixture
+def small_chunks(tmp_path: Path, db_url: str) -> Iterator[Runtime]:
+    settings: Settings = load_settings(
+        None,
+        server={"data_dir": str(tmp_path / "data")},
+        database={"url": db_url},
+        storage={"chunk_size": 4096},
+    )
+    initialise(settings)
+    rt = open_runtime(settings)
+    try:
+        yield rt
+    finally:
+        rt.close()
+
+
+def _base64_message(text: str) -> bytes:
+    encoded = base64.encodebytes(text.encode()).replace(b"\n", b"\r\n")
+    return (
+        b"From: labo@demo.mssante.fr\r\nTo: " + BAL.encode() + b"\r\nSubject: base64\r\n"
+        b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
+        b"--XX\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + encoded
+        + b"--XX--\r\n"
+    )
+
+
+def _key(program: str) -> SearchKey:
+    return parse_command(f"a SEARCH {program}".encode()).args.key  # type: ignore[union-attr,no-any-return]
+
+
+async def test_body_search_reads_chunks_until_the_first_hit(small_chunks: Runtime) -> None:
+    store = small_chunks.store
+    messages = [
+        make_message(to=BAL, subject="early", body="hémoglobine glyquée\r\n" + FILLER),
+        make_message(to=BAL, subject="late", body=FILLER + "glyquée en fin\r\n"),
+        _base64_message(FILLER + "Hémoglobine GLYQUÉE au milieu\r\n" + FILLER),
+        make_message(to=BAL, subject="nothing", body=FILLER),
+        make_message(to=BAL, subject="Sujet glyquée", body=FILLER),
+    ]
+    for raw in messages:
+        assert len(raw) > 4 * 4096  # several chunks each
+        await store.deliver(raw, "labo@demo.mssante.fr", [BAL])
+    folder = await store.folder(BAL, "INBOX")
+    box = SelectedMailbox.from_rows(folder, await store.messages(folder.id), readonly=True)
+    batch = [(n, box.entries[uid]) for n, uid in enumerate(box.uids, 1)]
+
+    async def found(program: str) -> list[int]:
+        return [n for n, _ in await search.select(store, _key(program), batch, box.exists, box.uids[-1])]
+
+    assert await found('BODY "glyquée"') == [1, 2, 3]
+    assert await found('TEXT "GLYQUÉE"') == [1, 2, 3, 5]  # the subject counts for TEXT
+    assert await found("UNSEEN BODY absent") == []
+
+    # The early hit leaves the rest of its body unread (and undecrypted).
+    entry = box.entries[box.uids[0]]
+    with Session(small_chunks.engine) as session:
+        prefix = store.reader.prefixes(session, [entry.blob_id])[entry.blob_id]
+        candidate = search.Candidate(
+            1, entry, 5, 5, store.reader.meta(session, [entry.blob_id])[entry.blob_id], prefix
+        )
+        assert search.matches(_key('BODY "hémoglobine"'), candidate)
+        assert not prefix.complete and len(prefix.data) == 4096
+        # A miss reads it all, and finds what a whole read finds.
+        assert not search.matches(_key("BODY absent"), candidate)
+        assert prefix.complete and prefix.data == messages[0]
