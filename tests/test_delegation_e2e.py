@@ -237,6 +237,8 @@ def test_secretary_sees_no_other_bal_and_nothing_leaks_its_existence(demo: DemoS
     names = [line.rsplit(b' "/" ', 1)[1].strip(b'"') for line in listed]
     assert names and all(n == SHARED.encode() or n.startswith(f"{SHARED}/{MARTIN}".encode()) for n in names)
     assert f"{SHARED}/{MARTIN}/INBOX".encode() in names
+    assert f"{SHARED}/{MARTIN}/Sent".encode() in names
+    assert not any(b"\\Sent" in line for line in listed)  # special uses stay the holder's
     for bal in (DURAND, CARDIO, "nobody@demo.mssante.fr"):  # existing but forbidden, or missing
         for command in (
             f"SELECT {shared(bal)}",

@@ -675,15 +675,18 @@ class Session:
                 continue
             if subscribed_only and not subscribed:
                 continue
-            if special_only and (folder is None or not folder.special_use):
+            # Special uses are the session's own: a client must not file its Sent into a shared BAL.
+            in_shared = name.startswith(SHARED_PREFIX + "/")
+            use = folder.special_use if folder is not None and not in_shared else None
+            if special_only and not use:
                 continue
             attributes = ["\\HasChildren" if listing.has_children(name, names) else "\\HasNoChildren"]
             if folder is None:
                 attributes.insert(0, "\\Noselect")
             if show_subscribed and subscribed:
                 attributes.append("\\Subscribed")
-            if folder is not None and folder.special_use and command.name == "LIST":
-                attributes.append(folder.special_use)
+            if use and command.name == "LIST":
+                attributes.append(use)
             await self.untagged(
                 f'{command.name} ({" ".join(attributes)}) "/" '.encode() + self._wire_name(name)
             )
