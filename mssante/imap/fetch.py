@@ -75,6 +75,12 @@ async def message_response(
     return _merge(pieces)
 
 
+def meta_part(items: tuple[FetchItem, ...]) -> str | None:
+    """ "envelope" when ENVELOPE is the only structure the items need, else None (all of it)."""
+    needing = [i for i in items if needs_meta((i,))]
+    return "envelope" if needing and all(i.name == "ENVELOPE" for i in needing) else None
+
+
 def has_content(items: tuple[FetchItem, ...]) -> bool:
     """Whether any item reads message content (then responses are built one by one)."""
     return any(item.section is not None or item.name in _ALIASES for item in items)

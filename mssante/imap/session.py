@@ -50,6 +50,7 @@ from mssante.imap.fetch import (
     Piece,
     has_content,
     message_response,
+    meta_part,
     metadata_response,
     missing_structures,
     needs_meta,
@@ -871,7 +872,7 @@ class Session:
             if with_meta:
                 entries = [box.entries[uid] for _, uid in batch]
                 wanted = [e.blob_id for e in entries] if content else missing_structures(entries, items)
-                metas = await self.store.meta(wanted) if wanted else {}
+                metas = await self.store.meta(wanted, meta_part(items)) if wanted else {}
             if not content:
                 await self.channel.write(
                     b"".join(

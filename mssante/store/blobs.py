@@ -91,6 +91,21 @@ class BlobHeader:
     meta: bytes | None
 
 
+_DECODER = json.JSONDecoder()
+
+
+def parse_meta(data: bytes, only: str | None = None) -> dict[str, Any]:
+    """A stored structure, or only its first key's value when ``only`` names it: ENVELOPE needs
+    the envelope alone, written first, and the header index after it is most of the text. Any
+    other layout is parsed whole."""
+    if only is not None:
+        head = b'{"' + only.encode() + b'":'
+        if data.startswith(head):
+            value, _ = _DECODER.raw_decode(data.decode(), len(head))
+            return {only: value}
+    return cast(dict[str, Any], json.loads(data))
+
+
 # Where reads run: an ORM session (in a worker thread), or a plain SQLite connection kept by
 # the store for the small reads it runs on the event loop (see ``MessageStore.read``).
 Reads = Session | sqlite3.Connection
@@ -157,8 +172,9 @@ class BlobReader:
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
-    def meta(self, session: Reads, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Parsed structures of several blobs, decrypted (one query per 500)."""
+    def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
+        """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
+        just that key of each when it can be parsed alone (see :func:`parse_meta`)."""
         out: dict[int, dict[str, Any]] = {}
         for i in range(0, len(blob_ids), 500):
             rows = rows_of(
@@ -167,7 +183,7 @@ class BlobReader:
                 f"WHERE id IN ({id_list(blob_ids[i : i + 500])}) AND meta IS NOT NULL",
             )
             for blob_id, key_id, wrapped, sealed in rows:
-                out[blob_id] = json.loads(open_small(self._data_key(key_id, wrapped), sealed))
+                out[blob_id] = parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
         return out
 
     def iter_chunks(

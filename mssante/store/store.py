@@ -824,10 +824,11 @@ class MessageStore:
 
         return await self.read(q)  # type: ignore[no-any-return]
 
-    async def meta(self, blob_ids: list[int]) -> dict[int, dict[str, Any]]:
-        """Parsed structures (envelope, body structure, header index) of several messages."""
+    async def meta(self, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
+        """Parsed structures (envelope, body structure, header index) of several messages;
+        ``only="envelope"`` when nothing else is needed (cheaper to parse)."""
         return await self.read(  # type: ignore[no-any-return]
-            lambda s: self.reader.meta(s, blob_ids), small=len(blob_ids) <= INLINE_READ_META
+            lambda s: self.reader.meta(s, blob_ids, only), small=len(blob_ids) <= INLINE_READ_META
         )
 
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
