@@ -8,7 +8,6 @@ is the operator's and needs ``--reason``; holders of a BAL grant from their mail
 
 from __future__ import annotations
 
-import getpass
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -18,7 +17,9 @@ import typer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from mssante.cli._common import EXIT_USAGE, command_group, console, fail, settings
+from mssante.cli._common import EXIT_USAGE, command_group, console, fail
+from mssante.cli._common import checked_engine as _engine
+from mssante.cli._common import operator_actor as _operator
 
 app = command_group("delegation", "Delegations and ORG memberships: grant, revoke, list.")
 
@@ -26,25 +27,6 @@ Reason = Annotated[str, typer.Option("--reason", help="Why (mandatory for the op
 Member = Annotated[bool, typer.Option("--member", help="An ORG BAL membership rather than a delegation.")]
 _DURATION = re.compile(r"^(\d+)\s*([smhd])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
-
-
-def _operator() -> str:
-    try:
-        return f"cli:{getpass.getuser()}"
-    except (KeyError, OSError):
-        return "cli"
-
-
-def _engine() -> Engine:
-    from mssante.db import make_engine
-    from mssante.schema import SchemaOutdated, require_current
-
-    engine = make_engine(settings().database_url, writer=True)
-    try:
-        require_current(engine)
-    except SchemaOutdated as exc:
-        fail(str(exc))
-    return engine
 
 
 def _expiry(text: str | None) -> datetime | None:
@@ -90,7 +72,7 @@ def grant_cmd(
     except InvalidRights as exc:
         fail(str(exc), EXIT_USAGE)
     until = _expiry(expires)
-    engine = _engine()
+    engine = _engine(writer=True)
     info = _bal(engine, bal)
     try:
         with transaction(engine) as session:
@@ -127,7 +109,7 @@ def revoke_cmd(
     from delegation.rules import Refused
     from mssante.db import transaction
 
-    engine = _engine()
+    engine = _engine(writer=True)
     info = _bal(engine, bal)
     try:
         with transaction(engine) as session:
@@ -161,7 +143,7 @@ def list_cmd(
     from delegation.grants import GrantBook, label
     from delegation.rights import format_rights
 
-    engine = _engine()
+    engine = _engine(writer=True)
     try:
         info = _bal(engine, bal)
         rows = GrantBook(engine).on_bal(info.key, history=history)
@@ -222,7 +204,7 @@ def rights_cmd(
     from delegation.rights import format_rights, rights_until
     from delegation.rules import Refused
 
-    engine = _engine()
+    engine = _engine(writer=True)
     try:
         info = _bal(engine, bal)
         with Session(engine) as session:
