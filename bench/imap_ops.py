@@ -2,7 +2,8 @@
 
 Usage:
     .venv/bin/python bench/imap_ops.py [--messages 10000] [--size 10240] [--fetches 1000]
-                                       [--clients 10] [--seconds 10] [--with-dovecot] [--out FILE]
+                                       [--clients 10] [--seconds 10] [--repeat 5] [--with-dovecot]
+                                       [--out FILE]
 
 Our server runs in its own process (SQLite store in a temporary directory, implicit TLS on
 loopback with a throw-away certificate); the mailbox is filled through ``MessageStore.deliver``
@@ -14,8 +15,9 @@ Maildir files. The machine's own mail setup is never read or touched, and Doveco
 at the end.
 
 The same workload runs against each server, one after the other, measured with imaplib. On one
-connection: SELECT, ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)`` (twice: cold, then
-warm), ``UID SEARCH TEXT <rare word>``, and random single-message ``BODY.PEEK[]`` fetches; then
+connection: SELECT (first, then again), ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)``
+(cold, then warm), ``UID SEARCH TEXT <rare word>`` (medians of ``--repeat`` runs, except the
+first SELECT and the cold ENVELOPE), and random single-message ``BODY.PEEK[]`` fetches; then
 operations per second with concurrent clients on a mixed workload; then our server's peak RSS.
 Prints JSON, with each ratio (ours / Dovecot for times, Dovecot / ours for rates: above 1 means
 we are slower). It measures; it does not judge.
@@ -35,6 +37,7 @@ import random
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -231,17 +234,25 @@ def _timed(fn: Any) -> float:
     return round(time.perf_counter() - start, 4)
 
 
-def _single(connect: Connect, messages: int, fetches: int) -> dict[str, Any]:
+def _median(fn: Any, repeat: int) -> float:
+    return round(statistics.median(_timed(fn) for _ in range(repeat)), 4)
+
+
+def _single(connect: Connect, messages: int, fetches: int, repeat: int) -> dict[str, Any]:
+    """Each timing is the median of ``repeat`` runs, except the first SELECT and the first
+    ENVELOPE fetch (cold: nothing of the structures rendered or cached yet), measured once."""
     imap = connect()
     out: dict[str, Any] = {}
-    out["select_s"] = _timed(lambda: imap.select("INBOX"))
-    out["uid_fetch_flags_s"] = _timed(lambda: imap.uid("FETCH", "1:*", "(FLAGS)"))
+    out["select_first_s"] = _timed(lambda: imap.select("INBOX"))
+    out["select_s"] = _median(lambda: imap.select("INBOX"), repeat)
+    out["uid_fetch_flags_s"] = _median(lambda: imap.uid("FETCH", "1:*", "(FLAGS)"), repeat)
     out["fetch_envelope_cold_s"] = _timed(lambda: imap.fetch("1:*", "(ENVELOPE)"))
-    out["fetch_envelope_warm_s"] = _timed(lambda: imap.fetch("1:*", "(ENVELOPE)"))
+    out["fetch_envelope_warm_s"] = _median(lambda: imap.fetch("1:*", "(ENVELOPE)"), repeat)
     found: list[Any] = []
-    out["uid_search_text_rare_s"] = _timed(lambda: found.append(imap.uid("SEARCH", "TEXT", RARE)))
+    out["uid_search_text_rare_s"] = _median(lambda: found.append(imap.uid("SEARCH", "TEXT", RARE)), repeat)
     out["uid_search_text_hits"] = len(found[0][1][0].split())
-    numbers = [random.Random(7).randint(1, messages) for _ in range(fetches)]
+    rng = random.Random(7)
+    numbers = [rng.randint(1, messages) for _ in range(fetches)]
     elapsed = _timed(lambda: [imap.fetch(str(n), "(BODY.PEEK[])") for n in numbers])
     out["body_fetches"] = fetches
     out["body_fetches_per_s"] = round(fetches / elapsed, 1)
@@ -292,7 +303,7 @@ def _mixed(connect: Connect, messages: int, clients: int, seconds: float) -> dic
 
 def _workload(connect: Connect, args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "single_connection": _single(connect, args.messages, args.fetches),
+        "single_connection": _single(connect, args.messages, args.fetches, args.repeat),
         "mixed": _mixed(connect, args.messages, args.clients, args.seconds),
     }
 
@@ -331,6 +342,7 @@ def main() -> None:
     parser.add_argument("--fetches", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--repeat", type=int, default=5, help="runs per timing (median reported)")
     parser.add_argument("--with-dovecot", action="store_true", help="also measure Dovecot, same run")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
