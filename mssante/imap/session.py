@@ -370,7 +370,8 @@ class Session:
         wanted = box.absorb(changes)
         if wanted:
             want = set(wanted)
-            rows = await self.store.messages(box.folder.id)
+            # Only the rows of the new messages: a busy 10,000-message mailbox is not reread.
+            rows = await self.store.messages(box.folder.id, since_uid=min(want) - 1)
             box.add_rows(r for r in rows if r.uid in want)
         for line in box.updates(allow_expunge=allow_expunge, with_uid=with_uid):
             await self.channel.write(line + b"\r\n")

@@ -181,6 +181,11 @@ def _stored_time(value: datetime | str) -> datetime:
 _FOLDER_COLUMNS = "id, bal, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
 
 
+def _folder_tuple(r: Any) -> FolderInfo:
+    """FolderInfo from a driver-SQL row of ``_FOLDER_COLUMNS`` (SQLite gives 0/1 for booleans)."""
+    return FolderInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
+
+
 def _folder_info(row: Any) -> FolderInfo:
     return FolderInfo(
         row.id,
@@ -591,29 +596,29 @@ class MessageStore:
         return conn
 
     async def folders(self, bal: str) -> list[FolderInfo]:
-        def q(s: Session) -> list[FolderInfo]:
-            rows = run(
+        def q(s: blobstore.Reads) -> list[FolderInfo]:
+            rows = blobstore.rows_of(
                 s,
                 f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal ORDER BY name",
                 {"bal": bal.lower()},
             )
-            return [_folder_info(r) for r in rows]
+            return [_folder_tuple(r) for r in rows]
 
-        return await self.read(q)  # type: ignore[no-any-return]
+        return await self.read(q, small=True)  # type: ignore[no-any-return]
 
     @staticmethod
-    def _folder_row(s: Session, bal: str, name: str) -> FolderInfo:
-        row = run(
+    def _folder_row(s: blobstore.Reads, bal: str, name: str) -> FolderInfo:
+        rows = blobstore.rows_of(
             s,
             f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name",
             {"bal": bal.lower(), "name": name},
-        ).first()
-        if row is None:
+        )
+        if not rows:
             raise FolderNotFound(f"no folder {name!r}")
-        return _folder_info(row)
+        return _folder_tuple(rows[0])
 
     async def folder(self, bal: str, name: str) -> FolderInfo:
-        return await self.read(lambda s: self._folder_row(s, bal, name))  # type: ignore[no-any-return]
+        return await self.read(lambda s: self._folder_row(s, bal, name), small=True)  # type: ignore[no-any-return]
 
     async def status(self, bal: str, name: str) -> FolderStatus:
         def q(s: Session) -> FolderStatus:
