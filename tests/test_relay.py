@@ -388,3 +388,38 @@ def test_health_reports_queue_depth(world: World) -> None:
     http = world.op1.server.listener("http")
     answer = httpx.get(f"https://127.0.0.1:{http['port']}/health", verify=str(world.ca.cert_file), timeout=5)
     assert answer.json()["queue"] == {"depth": 0, "oldest_age_seconds": 0.0}
+
+
+def test_delay_warning_then_expiry_each_tell_the_sender_once(tmp_path: Path) -> None:
+    """A peer that never answers: one "delayed" DSN after relay.delay_warning_seconds, then the
+    message is returned ("failed", 4.4.7) after relay.max_age_seconds and leaves the queue."""
+    dead = free_port()  # nothing listens there
+    server = start_demo(
+        tmp_path / "data",
+        {
+            "MSSANTE_RELAY__ROUTES": json.dumps({OP2: f"127.0.0.1:{dead}"}),
+            "MSSANTE_RELAY__RETRY_SCHEDULE": "[0.5]",
+            "MSSANTE_RELAY__POLL_SECONDS": "0.2",
+            "MSSANTE_RELAY__DELAY_WARNING_SECONDS": "1",
+            "MSSANTE_RELAY__MAX_AGE_SECONDS": "4",
+        },
+    )
+    op = Operator(OP1, tmp_path / "data", {}, 0, server)
+    try:
+        whitelist(op.data_dir, OP2)
+        time.sleep(1.2)  # the annuaire cache notices the whitelist
+        subject = f"en attente {uuid.uuid4().hex[:8]}"
+        send(server, SENDER, f"paul.durand@{OP2}", subject)
+
+        def reports(action: str) -> list[bytes]:
+            return [m for m in _dsns(op, subject) if f"Action: {action}".encode() in m]
+
+        [delayed] = wait_until(lambda: reports("delayed"), what="delay warning")
+        assert b"Status: 4.0.0" in delayed and queue_of(op)  # still queued, still retried
+        [failed] = wait_until(lambda: reports("failed"), what="expiry DSN")
+        assert b"Status: 4.4.7" in failed and b"gave up after" in failed
+        wait_until(lambda: not queue_of(op), what="entry removed")
+        time.sleep(1.0)
+        assert len(reports("delayed")) == 1 and len(reports("failed")) == 1
+    finally:
+        assert server.stop() == 0
