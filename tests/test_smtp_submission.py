@@ -327,8 +327,10 @@ def test_swaks_sends_and_sees_policy_refusals(demo: DemoServer, stored: StoredMa
     )
 
 
-def test_connections_per_client_address_are_capped(tmp_path: Path) -> None:
-    server = start_demo(tmp_path / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "2"})
+def test_connections_per_client_address_are_capped_and_idle_ones_closed(tmp_path: Path) -> None:
+    server = start_demo(
+        tmp_path / "data", {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "2", "MSSANTE_SMTP__TIMEOUT_SECONDS": "3"}
+    )
     try:
         port = server.port("submission")
         first, second = (socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2))
@@ -341,6 +343,13 @@ def test_connections_per_client_address_are_capped(tmp_path: Path) -> None:
         assert fourth.recv(100).startswith(b"220")
         for sock in (second, third, fourth):
             sock.close()
+        # An idle session is closed after smtp.timeout_seconds, and its slot freed.
+        idle = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert idle.recv(100).startswith(b"220")
+        time.sleep(3.5)
+        closing = idle.recv(200)
+        assert closing == b"" or closing.startswith(b"421"), closing
+        idle.close()
     finally:
         assert server.stop() == 0
 
