@@ -159,7 +159,8 @@ class Connection:
             else self.server.limits.idle_timeout
         )
         try:
-            return await asyncio.wait_for(self.reader.read(READ_SIZE), timeout)
+            async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+                return await self.reader.read(READ_SIZE)
         except TimeoutError:
             await self.write(b"* BYE Autologout; idle for too long\r\n")
             return b""
