@@ -3,16 +3,16 @@
 Usage:
     .venv/bin/python bench/imap_ops.py [--messages 10000] [--size 10240] [--fetches 1000]
                                        [--clients 10] [--seconds 10] [--repeat 5] [--with-dovecot]
-                                       [--out FILE]
+                                       [--pg-url postgresql+psycopg://...] [--out FILE]
 
-Our server runs in its own process (SQLite store in a temporary directory, implicit TLS on
-loopback with a throw-away certificate); the mailbox is filled through ``MessageStore.deliver``
-before the listener opens. With ``--with-dovecot``, a throw-away Dovecot from Debian's
-``dovecot-imapd`` (installed with apt-get when missing) runs beside it: its own config, base
-and state directories, log and Maildir in the temporary directory, implicit TLS with the same
-certificate, a passwd-file user, a free port on 127.0.0.1; the same messages are written as
-Maildir files. The machine's own mail setup is never read or touched, and Dovecot is stopped
-at the end.
+Our server runs in its own process (SQLite store in a temporary directory, or a fresh database
+on the PostgreSQL server of ``--pg-url``; implicit TLS on loopback with a throw-away
+certificate); the mailbox is filled through ``MessageStore.deliver`` before the listener opens.
+With ``--with-dovecot``, a throw-away Dovecot from Debian's ``dovecot-imapd`` (installed with
+apt-get when missing) runs beside it: its own config, base and state directories, log and
+Maildir in the temporary directory, implicit TLS with the same certificate, a passwd-file
+user, a free port on 127.0.0.1; the same messages are written as Maildir files. The
+machine's own mail setup is never read or touched, and Dovecot is stopped at the end.
 
 The same workload runs against each server, one after the other, measured with imaplib. On one
 connection: SELECT (first, then again), ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)``
@@ -43,11 +43,14 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import create_engine, make_url, text
 
 from mssante.config import load_settings
 from mssante.imap.server import ImapServer
@@ -78,10 +81,8 @@ def mailbox(messages: int, size: int) -> Callable[[int], bytes]:
 
 
 # -- our server ----------------------------------------------------------------------------------
-async def _serve(data_dir: Path, messages: int, size: int, tls_dir: Path, ports: Any) -> None:
-    settings = load_settings(
-        None, server={"data_dir": str(data_dir)}, database={"url": f"sqlite:///{data_dir / 'mssante.db'}"}
-    )
+async def _serve(data_dir: Path, url: str, messages: int, size: int, tls_dir: Path, ports: Any) -> None:
+    settings = load_settings(None, server={"data_dir": str(data_dir)}, database={"url": url})
     initialise(settings)
     rt = open_runtime(settings)
     await rt.store.ensure_account(BAL)
@@ -102,8 +103,25 @@ async def _serve(data_dir: Path, messages: int, size: int, tls_dir: Path, ports:
     await asyncio.Event().wait()
 
 
-def _server_process(data_dir: str, messages: int, size: int, tls_dir: str, ports: Any) -> None:
-    asyncio.run(_serve(Path(data_dir), messages, size, Path(tls_dir), ports))
+def _server_process(data_dir: str, url: str, messages: int, size: int, tls_dir: str, ports: Any) -> None:
+    asyncio.run(_serve(Path(data_dir), url, messages, size, Path(tls_dir), ports))
+
+
+def _pg_database(admin_url: str) -> tuple[str, str]:
+    """A fresh database on the given PostgreSQL server, for our store (dropped at the end)."""
+    name = f"mssante_bench_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return name, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+
+
+def _drop_pg(admin_url: str, name: str) -> None:
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
 
 
 # -- Dovecot ---------------------------------------------------------------------------------------
@@ -344,13 +362,17 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--repeat", type=int, default=5, help="runs per timing (median reported)")
     parser.add_argument("--with-dovecot", action="store_true", help="also measure Dovecot, same run")
+    parser.add_argument("--pg-url", default="", help="our store on PostgreSQL (a database is created)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="mssante-imap-bench-") as tmp:
         root = Path(tmp)
         ports: Any = multiprocessing.Queue()
         (root / "mssante").mkdir(mode=0o700)
-        served = (str(root / "mssante"), args.messages, args.size, str(root / "tls"), ports)
+        pg_name, url = (
+            _pg_database(args.pg_url) if args.pg_url else ("", f"sqlite:///{root / 'mssante' / 'mssante.db'}")
+        )
+        served = (str(root / "mssante"), url, args.messages, args.size, str(root / "tls"), ports)
         proc = multiprocessing.Process(target=_server_process, args=served)
         proc.start()
         dovecot: Dovecot | None = None
@@ -363,7 +385,7 @@ def main() -> None:
                 "cpus": os.cpu_count(),
                 "messages": args.messages,
                 "message_size": args.size,
-                "mssante": {"fill_seconds": round(fill, 2)},
+                "mssante": {"store": make_url(url).get_backend_name(), "fill_seconds": round(fill, 2)},
                 "dovecot": None,
             }
             result["mssante"].update(_workload(_connector(port, ca_file), args))
@@ -379,6 +401,8 @@ def main() -> None:
                 dovecot.stop()
             proc.terminate()
             proc.join()
+            if pg_name:
+                _drop_pg(args.pg_url, pg_name)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
