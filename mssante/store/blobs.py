@@ -8,7 +8,6 @@ which is what lets IMAP stream a large body or serve ``BODY[]<start.len>`` cheap
 from __future__ import annotations
 
 import json
-import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
 from mssante.sqlfast import adapt, dialect_of, run, timestamp
+from mssante.store.kept import Kept
 from mssante.store.models import Blob, BlobChunk
 
 blobs = cast(Table, Blob.__table__)
@@ -106,9 +106,9 @@ def parse_meta(data: bytes, only: str | None = None) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(data))
 
 
-# Where reads run: an ORM session (in a worker thread), or a plain SQLite connection kept by
-# the store for the small reads it runs on the event loop (see ``MessageStore.read``).
-Reads = Session | sqlite3.Connection
+# Where reads run: an ORM session, or a connection the store keeps for small reads (see
+# ``MessageStore.read``).
+Reads = Session | Kept
 
 
 def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
@@ -119,7 +119,7 @@ def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[A
         conn = db.connection()
         driver: Any = conn.connection.driver_connection
         return driver.execute(adapt(sql, conn.dialect.name), params or {}).fetchall()  # type: ignore[no-any-return]
-    return db.execute(sql, params or {}).fetchall()
+    return db.rows(sql, params)
 
 
 def id_list(ids: Iterable[int]) -> str:

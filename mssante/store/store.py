@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, cast
@@ -30,6 +29,7 @@ from mssante.db import Base, load_all_models
 from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
+from mssante.store.kept import KeptConnections
 from mssante.store.mime import analyse
 from mssante.store.models import Change, Folder, MailAccount, Message, OutboundEntry
 from mssante.store.writer import GroupCommitWriter, Notes
@@ -56,6 +56,8 @@ INLINE_PREP_LIMIT = 256 * 1024
 # Reads at most this large (bytes of a body, structures of messages) run inline on SQLite.
 INLINE_READ_BYTES = 256 * 1024
 INLINE_READ_META = 16
+# Threads (each with its kept connection) for small reads on PostgreSQL.
+READ_THREADS = 2
 
 
 class StoreError(Exception):
@@ -223,16 +225,18 @@ class MessageStore:
             writer_engine, group_commit=group_commit, max_batch=max_batch, after_commit=self.hub.publish
         )
         self.reader = blobstore.BlobReader(engine, keyring)
-        self._inline_reads = engine.dialect.name == "sqlite"
-        self._loop_local = threading.local()
-        self._loop_connections: list[Any] = []
+        self._kept = KeptConnections(engine)
+        self._read_threads = (
+            None
+            if engine.dialect.name == "sqlite"
+            else ThreadPoolExecutor(READ_THREADS, thread_name_prefix="store-read")
+        )
 
     def close(self) -> None:
         self.writer.close()
-        for conn in self._loop_connections:
-            conn.close()
-        self._loop_connections.clear()
-        self._loop_local = threading.local()
+        if self._read_threads is not None:
+            self._read_threads.shutdown(wait=True)
+        self._kept.close()
 
     # -- helpers run inside the writer's transaction -------------------------------------
     def _insert_ignore(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
@@ -578,25 +582,26 @@ class MessageStore:
     async def read(self, fn: Any, *, small: bool = False) -> Any:
         """Run ``fn(session)`` on a reader connection in a worker thread.
 
-        A ``small`` read on SQLite runs at once instead: a few pages of a local WAL database
-        (where readers never wait for the writer) cost less than the hop to a worker thread
-        and back, which was most of a single-message FETCH. PostgreSQL reads, and large ones,
-        always leave the event loop.
+        A ``small`` read (one message, a folder row) runs on a connection kept for such reads
+        (:mod:`mssante.store.kept`). On SQLite it runs at once, on the event loop: a few pages
+        of a local WAL database, where readers never wait for the writer, cost less than the
+        hop to a worker thread and back, which was most of a single-message FETCH. On
+        PostgreSQL it runs in one of the store's own reader threads (a network round trip
+        never blocks the event loop).
         """
-        if small and self._inline_reads:
-            return fn(self._loop_connection())
-        return await asyncio.to_thread(self._read, fn)
+        if not small:
+            return await asyncio.to_thread(self._read, fn)
+        if self._read_threads is None:
+            return self._read_kept(fn)
+        return await asyncio.get_running_loop().run_in_executor(self._read_threads, self._read_kept, fn)
 
-    def _loop_connection(self) -> sqlite3.Connection:
-        """The calling thread's own SQLite connection for inline reads, taken once from the pool
-        (its PRAGMAs set) and kept: no session or pool check-out per read. Outside of an explicit
-        transaction each statement sees the latest commit."""
-        conn: sqlite3.Connection | None = getattr(self._loop_local, "conn", None)
-        if conn is None:
-            proxied = self.engine.raw_connection()
-            self._loop_connections.append(proxied)
-            conn = self._loop_local.conn = cast(sqlite3.Connection, proxied.driver_connection)
-        return conn
+    def _read_kept(self, fn: Any) -> Any:
+        try:
+            return fn(self._kept.get())
+        except self._kept.lost:
+            # The kept connection broke (a database restart): drop it, read through a session.
+            self._kept.drop()
+            return self._read(fn)
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: blobstore.Reads) -> list[FolderInfo]:

@@ -1,0 +1,77 @@
+"""Connections kept for the store's small reads: no session, no pool check-out, no transaction.
+
+A single-message FETCH is a statement of a few microseconds; around it, an ORM session costs a
+pool check-out, a BEGIN and a ROLLBACK (on PostgreSQL, two more round trips to the server).
+Each thread that runs small reads keeps one connection of the engine instead, in autocommit:
+every statement sees the latest commit, and no transaction stays open between reads.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from typing import Any, cast
+
+from sqlalchemy import Engine
+
+from mssante.sqlfast import adapt
+
+
+class Kept:
+    """One pooled DBAPI connection held by one thread."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.dialect = engine.dialect.name
+        self._proxied = engine.raw_connection()  # PRAGMAs and pre-ping done by the pool
+        self._driver: Any = cast(Any, self._proxied.driver_connection)
+        if not isinstance(self._driver, sqlite3.Connection):
+            # sqlite3 opens no transaction for a SELECT; psycopg would, without autocommit.
+            self._driver.autocommit = True
+
+    def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """All rows (fetched whole: no statement stays open)."""
+        return self._driver.execute(adapt(sql, self.dialect), params or {}).fetchall()  # type: ignore[no-any-return]
+
+    def release(self) -> None:
+        """Back to the pool as it came (no autocommit), or closed if it is broken."""
+        try:
+            if not isinstance(self._driver, sqlite3.Connection):
+                self._driver.autocommit = False
+            self._proxied.close()
+        except Exception:
+            self._proxied.invalidate()
+
+
+class KeptConnections:
+    """The kept connection of each thread that reads, for one engine."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.lost: type[Exception] = engine.dialect.loaded_dbapi.OperationalError
+        self._local = threading.local()
+        self._all: list[Kept] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> Kept:
+        kept: Kept | None = getattr(self._local, "kept", None)
+        if kept is None:
+            kept = self._local.kept = Kept(self.engine)
+            with self._lock:
+                self._all.append(kept)
+        return kept
+
+    def drop(self) -> None:
+        """Give up this thread's connection (it failed: a server restart, say)."""
+        kept: Kept | None = getattr(self._local, "kept", None)
+        if kept is not None:
+            self._local.kept = None
+            with self._lock:
+                self._all.remove(kept)
+            kept.release()
+
+    def close(self) -> None:
+        with self._lock:
+            kept, self._all = self._all, []
+        for k in kept:
+            k.release()
+        self._local = threading.local()
