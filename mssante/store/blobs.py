@@ -19,8 +19,8 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
-from mssante.sqlfast import adapt, dialect_of, run, timestamp
-from mssante.store.kept import Kept
+from mssante.sqlfast import dialect_of, run, timestamp
+from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
 
 blobs = cast(Table, Blob.__table__)
@@ -118,7 +118,7 @@ def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[A
     if isinstance(db, Session):
         conn = db.connection()
         driver: Any = conn.connection.driver_connection
-        return driver.execute(adapt(sql, conn.dialect.name), params or {}).fetchall()  # type: ignore[no-any-return]
+        return fetch_all(driver, conn.dialect.name, sql, params)
     return db.rows(sql, params)
 
 

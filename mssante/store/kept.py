@@ -30,7 +30,7 @@ class Kept:
 
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """All rows (fetched whole: no statement stays open)."""
-        return self._driver.execute(adapt(sql, self.dialect), params or {}).fetchall()  # type: ignore[no-any-return]
+        return fetch_all(self._driver, self.dialect, sql, params)
 
     def release(self) -> None:
         """Back to the pool as it came (no autocommit), or closed if it is broken."""
@@ -40,6 +40,14 @@ class Kept:
             self._proxied.close()
         except Exception:
             self._proxied.invalidate()
+
+
+def fetch_all(driver: Any, dialect: str, sql: str, params: dict[str, Any] | None) -> list[Any]:
+    """All rows of driver SQL on a DBAPI connection; PostgreSQL sends them in binary (sealed
+    chunks as bytes, not as hexadecimal text twice their size)."""
+    if dialect == "postgresql":
+        return driver.execute(adapt(sql, dialect), params or {}, binary=True).fetchall()  # type: ignore[no-any-return]
+    return driver.execute(sql, params or {}).fetchall()  # type: ignore[no-any-return]
 
 
 class KeptConnections:
