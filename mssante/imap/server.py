@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 
 READ_SIZE = 64 * 1024
 WRITE_HIGH_WATER = 256 * 1024
+# Queued responses leave at the end of the event-loop step, or once this much is queued (a
+# long FETCH streams to the client while it is being built).
+FLUSH_SIZE = 32 * 1024
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,7 @@ class Connection:
     async def write(self, data: bytes) -> None:
         self._send(data)
         # The transport sends at once when it can; wait only when the client reads slowly.
-        if self._pending_size > WRITE_HIGH_WATER:
+        if self._pending_size >= FLUSH_SIZE:
             self._flush()
         if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await self.writer.drain()
@@ -94,7 +97,7 @@ class Connection:
                     await self.writer.drain()
             else:
                 self._send(piece)
-        if self._pending_size > WRITE_HIGH_WATER:
+        if self._pending_size >= FLUSH_SIZE:
             self._flush()
         if self.writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER:
             await self.writer.drain()
