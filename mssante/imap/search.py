@@ -43,6 +43,7 @@ _FLAG_KEYS = {
     "UNFLAGGED": ("\\Flagged", False),
     "UNSEEN": ("\\Seen", False),
 }
+_ENCODED = ("base64", "quoted-printable")
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 
 
@@ -243,6 +244,8 @@ def _collect(raw: bytes, part: Json, pieces: list[str], complete: bool | int) ->
     message = part.get("message")
     if message is not None:
         start, end = message["part"]["header"]
+        if complete is not True and start >= complete:
+            return  # not read yet: no piece, not even an empty one and its separator
         pieces.append(raw[start:end].decode("utf-8", "replace"))
         _collect(raw, message["part"], pieces, complete)
         return
@@ -250,8 +253,8 @@ def _collect(raw: bytes, part: Json, pieces: list[str], complete: bool | int) ->
         return
     start, end = part["body"]
     encoding = part.get("encoding", "7bit")
-    if complete is not True and end > complete and encoding in ("base64", "quoted-printable"):
-        return  # decoded only once whole
+    if complete is not True and (start >= complete or (end > complete and encoding in _ENCODED)):
+        return  # not read yet, or cut short and decoded only once whole
     data = raw[start:end]
     try:
         if encoding == "base64":
