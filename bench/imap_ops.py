@@ -146,6 +146,8 @@ class Dovecot:
     """A throw-away Dovecot: everything under ``root``, stopped by :meth:`stop`."""
 
     def __init__(self, root: Path, cert: Path, messages: int, size: int) -> None:
+        if os.geteuid() != 0:
+            raise SystemExit("--with-dovecot needs root (apt-get, and Dovecot's own users)")
         self.root = root
         self.binary = _ensure_dovecot()
         self.port = _free_port()
