@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import string
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -43,6 +44,13 @@ from mssante.smtp.dkim import generate_key, key_path
 DEFAULT_DOMAIN = "demo.mssante.fr"
 PATIENT_DOMAIN = "patient.mssante.fr"
 ACTOR = "demo-setup"
+
+
+def _password() -> str:
+    """16 letters and digits: no leading "-" that command-line tools (swaks, curl) would take
+    for an option, nothing a shell would need quoted."""
+    alphabet = string.ascii_letters + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(16))
 
 
 def _ins(first13: str) -> str:
@@ -351,7 +359,7 @@ def setup(settings: Settings) -> dict[str, Any]:
     previous = json.loads(path.read_text()) if path.exists() else {}
     known = {a["login"]: a.get("password") for a in previous.get("accounts", [])}
     passwords = {
-        a.login: known.get(a.login) or secrets.token_urlsafe(12)
+        a.login: known.get(a.login) or _password()
         for a in logins
         if a.identity_kind != "application"
     }
