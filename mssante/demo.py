@@ -359,9 +359,7 @@ def setup(settings: Settings) -> dict[str, Any]:
     previous = json.loads(path.read_text()) if path.exists() else {}
     known = {a["login"]: a.get("password") for a in previous.get("accounts", [])}
     passwords = {
-        a.login: known.get(a.login) or _password()
-        for a in logins
-        if a.identity_kind != "application"
+        a.login: known.get(a.login) or _password() for a in logins if a.identity_kind != "application"
     }
     certs_dir = settings.data_dir / "certs"
     engine = make_engine(settings.database_url, writer=True)
