@@ -17,6 +17,9 @@ from mssante.config import Settings, load_settings
 from mssante.runtime import Runtime, initialise, open_runtime
 from tests.demo_server import DemoServer, start_demo
 
+# Fixtures of the areas (test identity provider and PKI, DMP seeds), for every test module.
+pytest_plugins = ("mssante.auth.testing", "dmp.testing")
+
 PG_URL = os.environ.get("MSSANTE_TEST_PG_URL", "")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
 

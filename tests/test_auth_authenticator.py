@@ -29,8 +29,6 @@ from mssante.crypto import KeyRing
 from mssante.db import transaction
 from mssante.tls import TLSInfo, describe_certificate
 
-pytest_plugins = ("mssante.auth.testing",)
-
 IDNAT = "810102727017"
 INS = "255081416802538"
 PASSWORD = "correct horse battery staple"

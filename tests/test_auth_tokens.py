@@ -20,8 +20,6 @@ from mssante.auth.testidp import DEMO_AUDIENCE, LocalIdP
 from mssante.auth.tokens import TokenError, TokenValidator
 from mssante.config import IssuerSection
 
-pytest_plugins = ("mssante.auth.testing",)
-
 IDNAT = "810102727017"
 INS = "255081416802538"  # key verifies: 97 - (2550814168025 mod 97) = 38
 

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import subprocess
 import sys
 from pathlib import Path
@@ -110,7 +111,11 @@ def test_demo_serve_health_over_tls_and_graceful_stop(tmp_path: Path) -> None:
         }
         http = server.listener("http")
         assert http["tls"] == "implicit"
-        answer = httpx.get(f"https://127.0.0.1:{http['port']}/health", verify=server.ca_cert, timeout=5)
+        answer = httpx.get(
+            f"https://127.0.0.1:{http['port']}/health",
+            verify=ssl.create_default_context(cafile=server.ca_cert),
+            timeout=5,
+        )
         assert answer.json()["status"] == "ok"
         kinds = {a["kind"] for a in server.doc["accounts"]}
         assert kinds >= {"professional", "org", "pharmacy", "app", "patient"}

@@ -24,8 +24,6 @@ from mssante.notify import SIGNATURE_HEADER, Notifier, verify
 from mssante.runtime import Runtime
 from tests.test_notify import SECRET, Receiver
 
-pytest_plugins = ("mssante.auth.testing",)
-
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:

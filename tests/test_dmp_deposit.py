@@ -29,8 +29,6 @@ from dmp.testing import (
 )
 from mssante.auth.identity import Identity
 
-pytest_plugins = ("dmp.testing",)
-
 GATEWAY = "dmp@demo.mssante.fr"
 SUBJECT = "XDM/1.0/DDM+CR d'hospitalisation DUPONT MARIE 19790305"
 SENDER = Identity.professional(MEDECIN_TRAITANT)

@@ -23,8 +23,6 @@ from dmp.testing import (
 from mssante.audit import AuditRecord
 from mssante.auth.identity import Identity
 
-pytest_plugins = ("dmp.testing",)
-
 CDA = b"<ClinicalDocument xmlns='urn:hl7-org:v3'><title>CR</title>SECRET-CONTENT</ClinicalDocument>"
 TRAITANT = Identity.professional(MEDECIN_TRAITANT)
 AUTRE_MEDECIN = Identity.professional(MEDECIN)

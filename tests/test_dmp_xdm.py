@@ -13,8 +13,6 @@ from dmp import xdm
 from dmp.testing import INS, PDF, package
 from dmp.xdm_reader import Limits, XdmError, read
 
-pytest_plugins = ("dmp.testing",)
-
 LIMITS = Limits(max_package_bytes=2 * 1024 * 1024, max_file_bytes=1024 * 1024, max_files=16, max_ratio=100)
 
 
@@ -86,7 +84,7 @@ def test_visibility_codes_and_replacement_travel() -> None:
     )
 
 
-def _refused(data: bytes, code: int = 906, match: str = "") -> XdmError:
+def _refused(data: bytes, code: int = 906, match: str | None = None) -> XdmError:
     with pytest.raises(XdmError, match=match) as caught:
         read(data, LIMITS)
     assert caught.value.code == code

@@ -20,8 +20,6 @@ from mssante.imap.server import ImapServer
 from mssante.runtime import Runtime
 from tests.imap_dialogues.harness import make_tls
 
-pytest_plugins = ("mssante.auth.testing",)
-
 IDNAT = "810102727017"
 PASSWORD = "correct horse battery staple"
 BAL = "dr.martin@demo.mssante.fr"

@@ -386,7 +386,11 @@ def test_health_reports_queue_depth(world: World) -> None:
 
     assert world.op1.server is not None
     http = world.op1.server.listener("http")
-    answer = httpx.get(f"https://127.0.0.1:{http['port']}/health", verify=str(world.ca.cert_file), timeout=5)
+    answer = httpx.get(
+        f"https://127.0.0.1:{http['port']}/health",
+        verify=ssl.create_default_context(cafile=str(world.ca.cert_file)),
+        timeout=5,
+    )
     assert answer.json()["queue"] == {"depth": 0, "oldest_age_seconds": 0.0}
 
 

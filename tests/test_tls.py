@@ -33,8 +33,6 @@ from mssante.tls import (
     tls_info,
 )
 
-pytest_plugins = ("mssante.auth.testing",)
-
 OPENSSL = shutil.which("openssl")
 
 
