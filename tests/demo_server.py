@@ -49,6 +49,16 @@ class DemoServer:
     def ca_cert(self) -> str:
         return str(self.doc["ca_cert"])
 
+    def token(self, identifier: str, kind: str = "professional") -> str:
+        """An access token from the demo identity provider (`mssante demo token`)."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+        done = subprocess.run(
+            [sys.executable, "-m", "mssante", "--data-dir", str(self.data_dir), "demo", "token",
+             "--as", identifier, "--kind", kind],
+            capture_output=True, text=True, env=env, timeout=60, check=True,
+        )  # fmt: skip
+        return done.stdout.strip().splitlines()[-1]
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 

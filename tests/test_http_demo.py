@@ -3,10 +3,7 @@ tokens — the FHIR directory, and the DMP seen by a professional and by a patie
 
 from __future__ import annotations
 
-import os
 import ssl
-import subprocess
-import sys
 
 import httpx
 import pytest
@@ -14,20 +11,6 @@ import pytest
 from tests.demo_server import DemoServer
 
 MARTIN_IDNAT = "810100000011"
-
-
-def token(demo: DemoServer, identifier: str, kind: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
-    command = ["demo", "token", "--as", identifier, "--kind", kind]
-    done = subprocess.run(
-        [sys.executable, "-m", "mssante", "--data-dir", str(demo.data_dir), *command],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
 
 
 @pytest.fixture
@@ -56,10 +39,10 @@ def test_dmp_api_over_tls_for_a_professional_and_a_patient(demo: DemoServer, htt
     patient = next(a for a in demo.doc["accounts"] if a["kind"] == "patient")
     ins = patient["address"].split("@", 1)[0]
     assert https.get(f"/dmp/patients/{ins}").status_code == 401  # no token, no access
-    doctor = {"Authorization": f"Bearer {token(demo, MARTIN_IDNAT, 'professional')}"}
+    doctor = {"Authorization": f"Bearer {demo.token(MARTIN_IDNAT, 'professional')}"}
     found = https.get(f"/dmp/patients/{ins}", headers=doctor)
     assert found.status_code == 200, found.text
-    me = {"Authorization": f"Bearer {token(demo, ins, 'patient')}"}
+    me = {"Authorization": f"Bearer {demo.token(ins, 'patient')}"}
     mine = https.get("/dmp/me/documents", headers=me)
     assert mine.status_code == 200 and "documents" in mine.json()
     history = https.get("/dmp/me/history", headers=me).json()["history"]

@@ -4,10 +4,7 @@ with tokens from `mssante demo token` (the demo identity provider the demo serve
 from __future__ import annotations
 
 import imaplib
-import os
 import ssl
-import subprocess
-import sys
 
 import pytest
 
@@ -17,19 +14,6 @@ MARTIN = "claire.martin@demo.mssante.fr"
 MARTIN_IDNAT = "810100000011"
 
 
-def token(demo: DemoServer, idnat: str) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
-    done = subprocess.run(
-        [sys.executable, "-m", "mssante", "--data-dir", str(demo.data_dir), "demo", "token", "--as", idnat],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=60,
-        check=True,
-    )
-    return done.stdout.strip().splitlines()[-1]
-
-
 def connect(demo: DemoServer) -> imaplib.IMAP4_SSL:
     ctx = ssl.create_default_context(cafile=demo.ca_cert)
     return imaplib.IMAP4_SSL("127.0.0.1", demo.port("imaps"), ssl_context=ctx, timeout=30)
@@ -37,7 +21,7 @@ def connect(demo: DemoServer) -> imaplib.IMAP4_SSL:
 
 @pytest.mark.parametrize("mechanism", ["OAUTHBEARER", "XOAUTH2"])
 def test_token_login_opens_the_professionals_bal(demo: DemoServer, mechanism: str) -> None:
-    jwt = token(demo, MARTIN_IDNAT)
+    jwt = demo.token(MARTIN_IDNAT)
     if mechanism == "OAUTHBEARER":
         initial = f"n,a={MARTIN},\x01auth=Bearer {jwt}\x01\x01"
     else:
@@ -54,7 +38,7 @@ def test_token_login_opens_the_professionals_bal(demo: DemoServer, mechanism: st
 
 
 def test_a_forged_token_is_refused(demo: DemoServer) -> None:
-    jwt = token(demo, MARTIN_IDNAT)
+    jwt = demo.token(MARTIN_IDNAT)
     header, payload, signature = jwt.split(".")
     forged = f"{header}.{payload}.{signature[:-4]}AAAA"
     client = connect(demo)
