@@ -284,7 +284,7 @@ class RelayWorker:
             )
         else:
             session.execute(delete(queue_t).where(queue_t.c.id == entry.id))
-            MessageStore._collect_blobs(session, [entry.blob_id])
+            MessageStore.collect_blobs(session, [entry.blob_id])
         audit.append(session, *events)
 
     # -- SMTP client ----------------------------------------------------------------------
@@ -472,7 +472,7 @@ async def drop_entry(settings: Settings, store: MessageStore, entry_id: int, rea
 
     def remove(session: Session) -> None:
         session.execute(delete(queue_t).where(queue_t.c.id == entry_id))
-        MessageStore._collect_blobs(session, [row.blob_id])
+        MessageStore.collect_blobs(session, [row.blob_id])
         audit.append(
             session,
             AuditEvent(

@@ -716,7 +716,7 @@ class MessageStore:
             session.execute(delete(changes_t).where(changes_t.c.folder_id == fid))
             session.execute(delete(folders_t).where(folders_t.c.id == fid))
             self._refund(session, bal, int(usage[1]), int(usage[0]))
-            self._collect_blobs(session, blob_ids)
+            self.collect_blobs(session, blob_ids)
             audit.append(
                 session,
                 AuditEvent(
@@ -999,7 +999,7 @@ class MessageStore:
             ],
         )
         self._refund(session, owner, sum(r.size for r in rows), len(rows))
-        self._collect_blobs(session, [r.blob_id for r in rows])
+        self.collect_blobs(session, [r.blob_id for r in rows])
         audit.append(
             session,
             AuditEvent(
@@ -1014,7 +1014,7 @@ class MessageStore:
         return uids, Notes(FolderChange(folder_id, modseq, "expunge", uid) for uid in uids)
 
     @staticmethod
-    def _collect_blobs(session: Session, blob_ids: Iterable[int]) -> None:
+    def collect_blobs(session: Session, blob_ids: Iterable[int]) -> None:
         """Delete blobs nothing refers to any more (their chunks cascade).
 
         "Anything" is every column of the schema with a foreign key to ``blobs.id`` (messages,
