@@ -41,6 +41,7 @@ from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import transaction
 from mssante.notify import Event, Notifier
+from mssante.sqlfast import utc
 from mssante.store import blobs
 
 # ANS integration error codes (guide "transmission LPS doc CDA courriel MSS").
@@ -193,10 +194,6 @@ class _Loaded:
 
     row: Patient
     info: PatientInfo
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _now() -> datetime:
@@ -671,8 +668,8 @@ class DMPService:
             author_idnat=row.author_idnat,
             author_profession=row.author_profession,
             author_structure=row.author_structure,
-            created_at=_utc(row.created_at),
-            submitted_at=_utc(row.submitted_at),
+            created_at=utc(row.created_at),
+            submitted_at=utc(row.submitted_at),
             format=row.format,
             mime_type=row.mime_type,
             size=row.size,
@@ -909,6 +906,6 @@ class DMPService:
                 .order_by(TraceEntry.id)
             ).all()
         return [
-            TraceInfo(_utc(t.at), t.action, t.outcome, t.actor, t.role, t.profession, t.reason, uid)
+            TraceInfo(utc(t.at), t.action, t.outcome, t.actor, t.role, t.profession, t.reason, uid)
             for t, uid in rows
         ]

@@ -21,7 +21,7 @@ from sqlalchemy import BigInteger, DateTime, Integer, String, Text, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mssante.db import Base
-from mssante.sqlfast import dialect_of, run, timestamp
+from mssante.sqlfast import dialect_of, run, timestamp, utc
 
 GENESIS = "0" * 64
 
@@ -134,11 +134,6 @@ class VerifyResult:
         return self.broken_seq is None
 
 
-def _as_utc(value: datetime) -> datetime:
-    # SQLite hands back naive datetimes; they were written in UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def verify(session: Session, batch: int = 5000) -> VerifyResult:
     """Walk the chain in order; report the first record whose hash or link does not hold."""
     prev, expected_seq, checked = GENESIS, 1, 0
@@ -163,7 +158,7 @@ def verify(session: Session, batch: int = 5000) -> VerifyResult:
                 "outcome": r.outcome,
                 "detail": r.detail,
             }
-            if _record_hash(r.seq, _as_utc(r.at), fields, r.prev_hash) != r.hash:
+            if _record_hash(r.seq, utc(r.at), fields, r.prev_hash) != r.hash:
                 return VerifyResult(checked, r.seq, "content does not match its hash (edited)")
             prev, expected_seq, checked, last = r.hash, r.seq + 1, checked + 1, r.seq
         session.expunge_all()

@@ -35,6 +35,11 @@ def timestamp(value: datetime, dialect: str) -> Any:
     return value
 
 
+def utc(value: datetime) -> datetime:
+    """A timestamp as read back, aware and in UTC: SQLite hands back naive UTC text."""
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 def dialect_of(session: Session) -> str:
     return session.get_bind().dialect.name
 

@@ -22,8 +22,9 @@ app = command_group("queue", "Outbound queue (mail for other operators).")
 
 
 def _age(value: datetime) -> str:
-    when = value if value.tzinfo else value.replace(tzinfo=UTC)
-    seconds = int((datetime.now(UTC) - when).total_seconds())
+    from mssante.sqlfast import utc
+
+    seconds = int((datetime.now(UTC) - utc(value)).total_seconds())
     return (
         f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
         if seconds >= 3600

@@ -35,6 +35,7 @@ from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.config import Settings
 from mssante.smtp import dsn
+from mssante.sqlfast import utc
 from mssante.store.models import OutboundEntry
 from mssante.store.store import MessageStore
 from mssante.tls import client_context
@@ -71,10 +72,6 @@ class PermanentError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _code_status(code: int, message: str) -> str:
@@ -172,7 +169,7 @@ class RelayWorker:
                 r.domain,
                 json.loads(r.recipients),
                 r.attempts,
-                _utc(r.created_at),
+                utc(r.created_at),
                 bool(r.delay_warned),
             )
             for r in rows
@@ -421,7 +418,7 @@ def queue_stats(session: Session) -> dict[str, Any]:
     from sqlalchemy import func
 
     count, oldest = session.execute(select(func.count(), func.min(queue_t.c.created_at))).one()
-    age = (datetime.now(UTC) - _utc(oldest)).total_seconds() if oldest else 0.0
+    age = (datetime.now(UTC) - utc(oldest)).total_seconds() if oldest else 0.0
     return {"depth": int(count), "oldest_age_seconds": round(age, 1)}
 
 
@@ -494,7 +491,7 @@ async def drop_entry(settings: Settings, store: MessageStore, entry_id: int, rea
             reporting_mta=settings.server.hostname,
             sender=row.mail_from,
             original=raw,
-            arrival=_utc(row.created_at),
+            arrival=utc(row.created_at),
             statuses=statuses,
             now=now,
         )

@@ -26,7 +26,7 @@ from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.crypto import KeyRing
 from mssante.db import Base, load_all_models
-from mssante.sqlfast import dialect_of, run, timestamp
+from mssante.sqlfast import dialect_of, run, timestamp, utc
 from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.kept import KeptConnections
@@ -167,19 +167,14 @@ def _split_flags(text: str) -> tuple[str, ...]:
     return tuple(text.split()) if text else ()
 
 
-def _utc(value: datetime) -> datetime:
-    """Aware and in UTC: SQLite keeps no offset, so every stored time must already be UTC."""
-    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def _stored_time(value: datetime | str) -> datetime:
     """A timestamp read with driver SQL: SQLite gives SQLAlchemy's naive UTC text."""
     if isinstance(value, str):
         # Naive text is UTC; parsing it with its offset written out is 4x faster than replace().
         if len(value) <= 26:
             return datetime.fromisoformat(value + "+00:00")
-        return _utc(datetime.fromisoformat(value))
-    return _utc(value)
+        return utc(datetime.fromisoformat(value))
+    return utc(value)
 
 
 # FolderInfo's fields, in order, for driver SQL reads.
@@ -521,7 +516,7 @@ class MessageStore:
         """IMAP APPEND: add a message to a folder with flags and an internal date."""
         sealed, _ = await self._prepare_async(raw)
         flag_text = _flags_text(flags)
-        when = _utc(internaldate) if internaldate else datetime.now(UTC)
+        when = utc(internaldate) if internaldate else datetime.now(UTC)
         bal = bal.lower()
 
         def job(session: Session) -> tuple[AppendResult, Notes]:
