@@ -1,5 +1,5 @@
 """The HTTP listener's application: health, and the routers of each area (FHIR directory,
-DMP API), served by uvicorn inside the server's event loop.
+DMP API, client autoconfiguration), served by uvicorn inside the server's event loop.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from mssante import __version__
 
 # Each area exposes ``router`` (a FastAPI APIRouter) and, optionally, ``bind(app, runtime)``.
-ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
+ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api", "mssante.clientconfig.http")
 
 
 def create_app(runtime: Any) -> FastAPI:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -63,6 +64,9 @@ class Runtime:
     extras: dict[str, object] = field(default_factory=dict)
     notifier: Notifier | None = None  # one per process: patient and DMP notifications
     grants: GrantBook | None = None  # delegations and ORG memberships in force
+    # The bound public listeners (``mssante.server.RunningListener``), once ``serve`` started
+    # them: what autoconfiguration tells clients (real ports, even when 0 was configured).
+    listeners: list[Any] = field(default_factory=list)
 
     def close(self) -> None:
         self.store.close()
