@@ -8,11 +8,11 @@ from datetime import UTC, date, datetime
 import pytest
 
 from mssante.imap import listing
-from mssante.imap.commands import SearchKey, SequenceSet
+from mssante.imap.commands.values import SearchKey, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_command
+from mssante.imap.render import compress
 from mssante.imap.search import Candidate, body_text, matches, needs
-from mssante.imap.session import compress
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
 from mssante.store.store import FolderInfo, MessageRow
