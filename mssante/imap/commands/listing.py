@@ -16,6 +16,17 @@ if TYPE_CHECKING:
     from mssante.imap.session import Session
 
 SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _check_new_name(name: str) -> None:
+    """A name a folder may be given: one that LIST can name back. ``*`` and ``%`` are the
+    list-wildcards, which RFC 3501 §5.1 advises against in names (a LIST for such a folder
+    matches others too); control characters cannot be shown by any client."""
+    if any(c in listing.WILDCARDS for c in name):
+        raise No('Mailbox names may not contain the LIST wildcards "*" or "%"', "CANNOT")
+    if any(c in _CONTROL for c in name):
+        raise No("Mailbox names may not contain control characters", "CANNOT")
 
 
 async def cmd_create(session: Session, command: Command) -> str:
@@ -23,6 +34,7 @@ async def cmd_create(session: Session, command: Command) -> str:
     uses = command.args.special_use
     if len(uses) > 1 or any(u not in SPECIAL_USES for u in uses):
         raise No("Unsupported special-use attribute", "USEATTR")
+    _check_new_name(command.args.mailbox)
     bal, name, _rights = await session.open(command.args.mailbox.rstrip("/"), Right.CREATE)
     if not name or "//" in name or name.partition("/")[0] == SHARED_PREFIX:
         raise No("Invalid mailbox name", "CANNOT")
@@ -55,6 +67,7 @@ async def cmd_delete(session: Session, command: Command) -> str:
 
 async def cmd_rename(session: Session, command: Command) -> str:
     assert isinstance(command.args, Rename)
+    _check_new_name(command.args.new)
     bal, old, _rights = await session.open(command.args.old, Right.DELETE_FOLDER)
     new_bal, new, _rights = await session.open(command.args.new, Right.CREATE)
     if new_bal != bal:
@@ -81,6 +94,12 @@ async def cmd_list(session: Session, command: Command) -> str:
     if args.patterns == ("",) and not args.selection:
         await session.untagged(f'{command.name} (\\Noselect) "/" ""')
         return f"{command.name} completed"
+    if len(args.patterns) > listing.MAX_PATTERNS:
+        raise No(f"Too many mailbox patterns (at most {listing.MAX_PATTERNS})", "LIMIT")
+    try:
+        patterns = [listing.compile_pattern(args.reference, p) for p in args.patterns]
+    except listing.PatternTooLong as exc:
+        raise No(str(exc), "LIMIT") from None
     # (name, folder or None for a \Noselect level of the shared namespace, subscribed)
     visible: list[tuple[str, FolderInfo | None, bool]] = []
     own = session.own_bal
@@ -101,7 +120,7 @@ async def cmd_list(session: Session, command: Command) -> str:
     special_only = "SPECIAL-USE" in args.selection
     show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
     for name, folder, subscribed in sorted(visible, key=lambda v: (v[0] != "INBOX", v[0])):
-        if not any(listing.matches(name, args.reference, p) for p in args.patterns):
+        if not any(p.matches(name) for p in patterns):
             continue
         if subscribed_only and not subscribed:
             continue
