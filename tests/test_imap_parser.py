@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from mssante.imap import mutf7
-from mssante.imap.commands import (
+from mssante.imap.commands.values import (
     Append,
     CopyMove,
     Create,
@@ -448,7 +448,7 @@ def test_enable_and_id() -> None:
 
 def test_acl_commands() -> None:
     """RFC 4314: GETACL/MYRIGHTS take a mailbox, DELETEACL/LISTRIGHTS an identifier, SETACL rights."""
-    from mssante.imap.commands import AclArgs
+    from mssante.imap.commands.values import AclArgs
 
     assert p("a GETACL INBOX").args == AclArgs("INBOX")
     assert p('a MYRIGHTS "Partag&AOk-/x@demo.mssante.fr/INBOX"').args == AclArgs(

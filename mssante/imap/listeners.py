@@ -1,7 +1,7 @@
 """The IMAP front doors of ``mssante serve``: STARTTLS (``imap.port``) and implicit TLS
 (``imap.tls_port``), authenticated by ``mssante.auth`` and opened on the BAL the policy allows.
 
-``start_imap`` has the signature of :data:`mssante.server.ListenerStarter`: adding it to
+``start_imap`` has the signature of :data:`mssante.listening.ListenerStarter`: adding it to
 ``listener_starters()`` is what puts IMAP in ``mssante serve``.
 """
 
@@ -13,9 +13,9 @@ from delegation.imap import DelegationAccess
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
+from mssante.listening import RunningListener
 from mssante.policy import Policy
 from mssante.runtime import Runtime
-from mssante.server import RunningListener
 from mssante.tls import ClientCertMode, server_context
 
 

@@ -19,7 +19,8 @@ from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
 from mssante.imap.gate import Gate
 from mssante.imap.parser import ParseError, parse_command
-from mssante.imap.session import LOGOUT, NOT_AUTHENTICATED, Session
+from mssante.imap.session import Session
+from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
 from mssante.store.store import MessageStore
 from mssante.tls import TLSInfo, tls_info
 
