@@ -71,13 +71,18 @@ def reachable(policy: Policy, book: GrantBook, identity: Identity) -> list[Reach
 def default_bal(policy: Policy, book: GrantBook, identity: Identity) -> str | None:
     """The BAL a login opens as its own when it names none: the BAL at its login if it may read
     it, else its single readable BAL (the secretary of one doctor, the pharmacist of one
-    pharmacy, the front desk of one service); None when there are none or several."""
+    pharmacy, the front desk of one service), else the one personal (PER/CAB) BAL it holds;
+    None otherwise (several BALs and none its own: they are all in the shared namespace)."""
     if identity.login:
         own = policy.mailbox(identity, identity.login)
         if own is not None:
             return own.address
     readable = [r for r in reachable(policy, book, identity) if r.readable]
-    return readable[0].bal.address if len(readable) == 1 else None
+    if len(readable) == 1:
+        return readable[0].bal.address
+    # A token login (Pro Santé Connect) names no address: its personal BAL, if it has one.
+    personal = [r for r in readable if r.holder and r.bal.type in ("PER", "CAB")]
+    return personal[0].bal.address if len(personal) == 1 else None
 
 
 def via(book: GrantBook, identity: Identity, reach: Reach) -> str:

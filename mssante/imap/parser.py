@@ -599,6 +599,12 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         if r.peek() == b'"':
             when = r.date_time()
             r.sp()
+        if r.accept(b"UTF8 ("):  # RFC 6855 §4: a message with UTF-8 headers
+            if r.peek() != b"~":
+                raise r.error("APPEND UTF8 needs a literal8 (~{n})")
+            message = r.literal()
+            r.expect(b")")
+            return Command(tag, name, Append(mailbox, flags, when, message))
         if r.peek() not in (b"{", b"~"):
             raise r.error("APPEND needs the message as a literal")
         return Command(tag, name, Append(mailbox, flags, when, r.literal()))
