@@ -21,6 +21,7 @@ from mssante.config import Settings
 from mssante.smtp.dkim import key_path, txt_record
 
 MTA_STS_MAX_AGE = 7 * 24 * 3600
+TTL = 3600
 
 
 def mta_sts_policy(settings: Settings) -> str:
@@ -39,7 +40,7 @@ def _dkim(keys_dir: Path, domain: str, selector: str) -> list[str]:
     if not path.exists():
         return [f"; no DKIM key for {domain}: create it with `mssante dkim keygen {domain}`"]
     name, _, value = txt_record(path, domain, selector).partition(" IN TXT ")
-    return [f"{name} IN TXT {_quoted(value.strip().strip(chr(34)))}"]
+    return [f"{name} {TTL} IN TXT {_quoted(value.strip().strip(chr(34)))}"]
 
 
 def records(settings: Settings, domain: str) -> list[str]:
@@ -51,27 +52,27 @@ def records(settings: Settings, domain: str) -> list[str]:
     sts_id = hashlib.sha256(policy.encode()).hexdigest()[:20]
     lines = [
         f"; DNS records of {domain}, served by {host}",
-        f"{zone} IN MX 10 {host}",
+        f"{zone} {TTL} IN MX 10 {host}",
     ]
     if smtp.relay_port != 25:
         lines.append(f"; the relay-in listener is on port {smtp.relay_port}: MX delivery needs port 25")
     lines += [
         "; RFC 6186 / RFC 8314: mail clients find the servers (implicit TLS preferred)",
-        f"_submissions._tcp.{zone} IN SRV 0 1 {smtp.submissions_port} {host}",
-        f"_submission._tcp.{zone} IN SRV 10 1 {smtp.submission_port} {host}",
-        f"_imaps._tcp.{zone} IN SRV 0 1 {imap.tls_port} {host}",
-        f"_imap._tcp.{zone} IN SRV 10 1 {imap.port} {host}",
-        f"_pop3s._tcp.{zone} IN SRV 0 0 0 .",
-        f"_pop3._tcp.{zone} IN SRV 0 0 0 .",
+        f"_submissions._tcp.{zone} {TTL} IN SRV 0 1 {smtp.submissions_port} {host}",
+        f"_submission._tcp.{zone} {TTL} IN SRV 10 1 {smtp.submission_port} {host}",
+        f"_imaps._tcp.{zone} {TTL} IN SRV 0 1 {imap.tls_port} {host}",
+        f"_imap._tcp.{zone} {TTL} IN SRV 10 1 {imap.port} {host}",
+        f"_pop3s._tcp.{zone} {TTL} IN SRV 0 0 0 .",
+        f"_pop3._tcp.{zone} {TTL} IN SRV 0 0 0 .",
         "; autoconfiguration: Thunderbird (https://autoconfig.<domain>/mail/config-v1.1.xml) and Outlook",
-        f"autoconfig.{zone} IN CNAME {host}",
-        f"_autodiscover._tcp.{zone} IN SRV 0 1 {settings.http.port} {host}",
+        f"autoconfig.{zone} {TTL} IN CNAME {host}",
+        f"_autodiscover._tcp.{zone} {TTL} IN SRV 0 1 {settings.http.port} {host}",
         "; DKIM",
         *_dkim(settings.dkim.keys_dir or settings.data_dir / "dkim", domain, settings.dkim.selector),
         "; MTA-STS (policy at https://mta-sts.<domain>/.well-known/mta-sts.txt, port 443) and TLS-RPT",
-        f"mta-sts.{zone} IN CNAME {host}",
-        f'_mta-sts.{zone} IN TXT "v=STSv1; id={sts_id}"',
+        f"mta-sts.{zone} {TTL} IN CNAME {host}",
+        f'_mta-sts.{zone} {TTL} IN TXT "v=STSv1; id={sts_id}"',
         f"; TLS reports go to tls-rpt@{domain}: publish that BAL, or change rua",
-        f'_smtp._tls.{zone} IN TXT "v=TLSRPTv1; rua=mailto:tls-rpt@{domain}"',
+        f'_smtp._tls.{zone} {TTL} IN TXT "v=TLSRPTv1; rua=mailto:tls-rpt@{domain}"',
     ]
     return lines
