@@ -228,6 +228,29 @@ class DMPSection(_Section):
     max_ratio: int = Field(default=100, ge=1)
 
 
+# -- [annuaire] and [whitelist] (lists fetched by the server on a schedule, annuaire/updates.py) --
+class _ScheduledListSection(_Section):
+    """A list the server downloads itself over HTTPS (empty ``url``: imported by hand only)."""
+
+    # Certificate authorities that sign the source's HTTPS certificate (default: the system's).
+    ca_file: Path | None = None
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    # Past this age without a successful fetch, every check logs a warning (and /health says so).
+    stale_after_seconds: int = Field(default=3 * 86400, ge=60)
+
+
+class AnnuaireSection(_ScheduledListSection):
+    extraction_url: str = ""
+    interval_seconds: int = Field(default=86400, ge=10)
+
+
+class WhitelistSection(_ScheduledListSection):
+    url: str = ""
+    interval_seconds: int = Field(default=3600, ge=10)
+    stale_after_seconds: int = Field(default=86400, ge=60)
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -251,6 +274,8 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
+    annuaire: AnnuaireSection = Field(default_factory=AnnuaireSection)
+    whitelist: WhitelistSection = Field(default_factory=WhitelistSection)
 
     @classmethod
     def settings_customise_sources(
