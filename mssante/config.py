@@ -134,6 +134,18 @@ class DKIMSection(_Section):
 class IMAPSection(ListenerSection):
     port: Port = 1143
     tls_port: Port = 1993
+    # Both IMAP ports together: in total and per client address (a clinic behind NAT counts once).
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=50, ge=1)
+    # Before login: the largest literal (a LOGIN password, an ID value), the time to log in
+    # from the connection on, the time to finish a command once begun, the invalid commands
+    # tolerated.
+    preauth_max_literal: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    login_timeout_seconds: float = Field(default=60.0, gt=0)
+    preauth_command_timeout_seconds: float = Field(default=15.0, gt=0)
+    preauth_max_errors: int = Field(default=10, ge=1)
+    # Once logged in: no command for this long ends the session (RFC 3501 §5.4: at least 30 min).
+    idle_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     _ports = field_validator("port", "tls_port")(_check_port)
 
