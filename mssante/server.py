@@ -121,11 +121,12 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 
 def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here, when serving: they import the whole stack)."""
+    from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp, start_imap, start_relay]
+    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
 
 
 async def serve_forever(
