@@ -19,6 +19,7 @@ import pytest
 from delegation.rights import imap_letters, parse_rights
 from mssante.auth.sasl import PasswordCredential, Plain, Reject, Verify, split_delegate
 from mssante.clientconfig.dns import records
+from mssante.clientconfig.endpoints import Endpoint, endpoints, public_host
 from mssante.config import load_settings
 from mssante.smtp.dkim import generate_key
 from tests.clients_setup import DOMAIN, DURAND, MARTIN, PHARMACY, cli, demo_person, staff, tls
@@ -37,6 +38,22 @@ def test_bal_star_login_is_the_authorization_identity() -> None:
     assert event == Verify(PasswordCredential(ACCUEIL, "pw", CARDIO))
     both = Plain().receive(f"{MARTIN}\0{CARDIO}*{ACCUEIL}\0pw".encode())
     assert isinstance(both, Reject) and both.malformed
+
+
+# -- endpoints -----------------------------------------------------------------------------------
+def test_endpoints_are_named_by_the_public_host_unless_bound_to_loopback(tmp_path: Path) -> None:
+    settings = load_settings(None, server={"data_dir": str(tmp_path), "hostname": "mx.example.fr"})
+    assert public_host("127.0.0.1", "mx.example.fr") == "127.0.0.1"
+    assert public_host("::1", "mx.example.fr") == "::1"
+    assert public_host("0.0.0.0", "mx.example.fr") == "mx.example.fr"
+    assert public_host("192.0.2.7", "mx.example.fr") == "mx.example.fr"
+    settings.imap.host = settings.smtp.host = "0.0.0.0"
+    found = endpoints(settings)  # no server running: the configuration
+    assert found.imap == (
+        Endpoint("imap", "mx.example.fr", settings.imap.tls_port, "implicit"),
+        Endpoint("imap", "mx.example.fr", settings.imap.port, "starttls"),
+    )
+    assert [e.port for e in found.smtp] == [settings.smtp.submissions_port, settings.smtp.submission_port]
 
 
 # -- DNS ---------------------------------------------------------------------------------------

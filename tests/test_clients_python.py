@@ -9,6 +9,8 @@ pharmacy does the same with a plain login; UTF-8 subject, body and folder names 
 from __future__ import annotations
 
 import email.policy
+import imaplib
+import json
 import socket
 import ssl
 import uuid
@@ -26,6 +28,7 @@ from tests.clients_setup import (
     PHARMACY,
     Person,
     check_reply,
+    cli,
     deliver,
     demo_person,
     headers,
@@ -88,6 +91,30 @@ def test_secretary_with_authzid_in_imapclient(demo: DemoServer, secretary: Perso
     finally:
         client.logout()
     check_reply(demo, MARTIN, secretary, subject)
+    trail = [json.loads(line) for line in cli(demo, "audit", "show", "--bal", MARTIN, "--json").splitlines()]
+    actor = f"staff:{secretary.login.split('@')[0]}"
+    assert any(e["action"] == "mailbox.open_on_behalf" and e["actor"] == actor for e in trail)
+
+
+def test_read_only_delegate_gets_read_only_and_noperm(demo: DemoServer) -> None:
+    reader = staff(demo, "lecture", {MARTIN: "read-only"})
+    client = imapclient(demo)
+    try:
+        client.login(reader.as_delegate(MARTIN), reader.password)
+        with pytest.raises(imaplib.IMAP4.readonly):  # imaplib's word for SELECT's [READ-ONLY]
+            client.select_folder("INBOX")
+    finally:
+        client.shutdown()  # imaplib refuses any further command, LOGOUT included
+    client = imapclient(demo)
+    try:
+        client.login(reader.as_delegate(MARTIN), reader.password)
+        with pytest.raises(Exception, match=r"NOPERM"):
+            client.append("Sent", letter(MARTIN, DURAND, "Brouillon").as_bytes())
+    finally:
+        client.logout()
+    with smtp(demo, reader.as_delegate(MARTIN), reader.password) as sender:
+        code, text = sender.mail(MARTIN)
+    assert code == 550 and b"may not send as" in text  # no "send" right: SMTP refuses
 
 
 async def test_secretary_with_bal_star_login_in_aioimaplib(demo: DemoServer, secretary: Person) -> None:
