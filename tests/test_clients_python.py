@@ -246,3 +246,22 @@ def test_mailbox_names_are_modified_utf7_unless_utf8_accept(demo: DemoServer) ->
         assert namespace == '* NAMESPACE (("" "/")) NIL (("Partagé/" "/"))'.encode()
     finally:
         raw.close()
+
+
+def test_a_secretary_of_several_bals_works_in_the_shared_namespace(
+    demo: DemoServer, secretary: Person
+) -> None:
+    raw = Raw(demo)
+    try:
+        assert raw.command(f"LOGIN {secretary.login} {secretary.password}")[-1].split()[1] == b"OK"
+        # Two BALs and none of her own: no personal namespace, each BAL under Partagé/.
+        assert raw.command("NAMESPACE")[0] == b'* NAMESPACE NIL NIL (("Partag&AOk-/" "/"))'
+        listed = b"\n".join(raw.command('LIST "" "*"'))
+        for bal in (MARTIN, CARDIO):
+            assert (
+                f'"Partag&AOk-/{bal}/INBOX"'.encode() in listed
+                or f"Partag&AOk-/{bal}/INBOX".encode() in listed
+            )
+        assert raw.command("SELECT INBOX")[-1].split()[1:3] == [b"NO", b"[NONEXISTENT]"]
+    finally:
+        raw.close()

@@ -55,5 +55,7 @@ async def cmd_namespace(session: Session, command: Command) -> str:
     prefix = SHARED_PREFIX + "/"
     quoted = string(prefix, utf8=True) if session.utf8 else string(mutf7.encode(prefix))
     shared = b"((" + quoted + b' "/"))'
-    await session.untagged(b'NAMESPACE (("" "/")) NIL ' + shared)
+    # A login with several delegated BALs and none of its own has no personal namespace.
+    personal = b'(("" "/"))' if session.own_bal is not None else b"NIL"
+    await session.untagged(b"NAMESPACE " + personal + b" NIL " + shared)
     return "NAMESPACE completed"
