@@ -9,6 +9,7 @@ from typing import Any, NoReturn, Self
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from annuaire.identifiers import structure_number
 from annuaire.lookup import Annuaire
 from dmp import codes as dmp_codes
 from dmp import rules
@@ -82,6 +83,34 @@ class ServiceCore:
             )
             runtime.extras["dmp"] = found
         return found  # type: ignore[no-any-return]
+
+    def structures_of(self, idnat: str) -> frozenset[str]:
+        """The structures (bare numbers) of a professional's BALs in the annuaire: where they practise."""
+        return frozenset(
+            structure_number(b.structure_identifier)
+            for b in self.annuaire.bals_of_professional(idnat)
+            if b.structure_identifier
+        )
+
+    def same_organisation(self, idnat: str, extra: frozenset[str], document: Document) -> bool:
+        """Is ``idnat`` (or the sending BAL's structures ``extra``) of the organisation of the
+        author of ``document`` (the author's BAL structures, or the institution the document
+        declared)? ANS guide, error 901."""
+        theirs = set(self.structures_of(document.author_idnat))
+        if document.author_structure:
+            theirs.add(structure_number(document.author_structure))
+        return bool((self.structures_of(idnat) | extra) & theirs)
+
+    def document_ref(self, ins: str, ref: str) -> str | None:
+        """The unique id of a patient's document named by its unique id or its sender's entryUUID."""
+        with Session(self.engine) as s:
+            found: str | None = s.scalars(
+                select(Document.unique_id)
+                .join(Patient, Patient.id == Document.patient_id)
+                .where(Patient.ins == ins, (Document.unique_id == ref) | (Document.entry_uuid == ref))
+                .order_by(Document.id.desc())
+            ).first()
+        return found
 
     def patient_bal(self, ins: str) -> str:
         return f"{ins}@{self.settings.server.patient_domain}"
@@ -185,6 +214,7 @@ class ServiceCore:
         unique_id: str | None = None,
         source: str | None = None,
         error: type[DMPError] = Refused,
+        detail: dict[str, Any] | None = None,
     ) -> NoReturn:
         with transaction(self.writer) as s:
             patient = s.scalars(select(Patient).where(Patient.ins == ins)).first() if ins else None
@@ -195,9 +225,16 @@ class ServiceCore:
             )
             self._trace(
                 s, identity, actor, action, patient=patient, document=document,
-                outcome="refused", reason=message, source=source, detail={"code": code},
+                outcome="refused", reason=message, source=source, detail={"code": code, **(detail or {})},
             )  # fmt: skip
         raise error(message, code)
+
+    def refuse_deposit(
+        self, sender: Identity, reason: str, *, ins: str, source: str | None, detail: dict[str, Any]
+    ) -> NoReturn:
+        """Trace a deposit refused before any document is touched (the sender may not deposit
+        for this author: the trace names both) and raise :class:`Refused` (906)."""
+        self._refuse(sender, None, "feed", reason, ins=ins, source=source, detail=detail)
 
     def _notify(self, kind: str, ins: str, **data: str) -> None:
         self.notifier.notify(Event(kind, self.patient_bal(ins), data))

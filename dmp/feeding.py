@@ -4,6 +4,7 @@ import hashlib
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -56,22 +57,42 @@ class Feeding(ServiceCore):
             raise DMPError(f"unknown visibility code(s) {', '.join(sorted(unknown))}")
 
     def _replaced(
-        self, s: Session, actor: Actor, patient: Patient, replaces: str
+        self, s: Session, actor: Actor, patient: Patient, replaces: str, structures: frozenset[str]
     ) -> tuple[Document | None, tuple[str, int, str | None] | None]:
-        """The version a new document replaces, or why it may not replace it (900/901)."""
-        old = s.scalars(select(Document).where(Document.unique_id == replaces)).first()
-        if old is None or old.patient_id != patient.id:
+        """The version a new document replaces (by unique id or the sender's entryUUID), or why
+        it may not replace it: 900 unknown or not the current version, 901 not the author nor
+        of the author's organisation."""
+        old = s.scalars(
+            select(Document)
+            .where(Document.patient_id == patient.id)
+            .where((Document.unique_id == replaces) | (Document.entry_uuid == replaces))
+            .order_by(Document.id.desc())
+        ).first()
+        if old is None:
             return None, (f"no document {replaces} for this patient to replace", E_VERSION, None)
-        managed = rules.may_manage(actor, DocumentFacts(old.type_code, old.author_idnat, status=old.status))
+        colleague = self.same_organisation(actor.id, structures, old)
+        facts = DocumentFacts(old.type_code, old.author_idnat, status=old.status)
+        managed = rules.may_replace_or_delete(actor, facts, same_organisation=colleague)
         if not managed:
-            code = E_NOT_AUTHOR if old.status == "current" else E_VERSION
-            return None, (managed.reason, code, old.unique_id)
+            person_ok = actor.id == old.author_idnat or colleague
+            return None, (managed.reason, E_VERSION if person_ok else E_NOT_AUTHOR, old.unique_id)
         return old, None
 
     def feed_many(
-        self, identity: Identity, ins: str, items: Sequence[FeedItem], *, source: str | None = None
+        self,
+        identity: Identity,
+        ins: str,
+        items: Sequence[FeedItem],
+        *,
+        source: str | None = None,
+        structures: frozenset[str] = frozenset(),
+        detail: dict[str, Any] | None = None,
     ) -> list[DocumentInfo]:
-        """Deposit several documents of one author for one patient: all of them, or none."""
+        """Deposit several documents of one author for one patient: all of them, or none.
+
+        ``structures`` are those of the BAL the request came from (for 901: a replacement by a
+        member of the author's organisation); ``detail`` goes to the audit trail (sender, headers).
+        """
         for item in items:
             self._check_meta(item.meta)
         chunk = self.settings.storage.chunk_size
@@ -91,7 +112,7 @@ class Feeding(ServiceCore):
                         break
                     old: Document | None = None
                     if item.replaces:
-                        old, refusal = self._replaced(s, actor, loaded.row, item.replaces)
+                        old, refusal = self._replaced(s, actor, loaded.row, item.replaces, structures)
                         if refusal is not None:
                             break
                     unique_id = item.meta.unique_id or f"2.25.{uuid.uuid4().int}"
@@ -112,7 +133,7 @@ class Feeding(ServiceCore):
                     s.flush()
                     self._trace(
                         s, identity, actor, "replace" if old else "feed", patient=loaded.row, document=row,
-                        reason=decision.reason, source=source,
+                        reason=decision.reason, source=source, detail=detail,
                     )  # fmt: skip
                     infos.append(self._info(row, loaded.row.ins, old.unique_id if old else None))
                 if refusal is not None:
@@ -167,4 +188,8 @@ class Feeding(ServiceCore):
             blob_id=blob_id,
             source=source,
             changed_at=now,
+            entry_uuid=meta.entry_uuid,
+            mss_ins=meta.mss_ins,
+            mss_codecda=(meta.mss_codecda or "")[:300] or None,
+            mss_nil=(meta.mss_nil or "")[:300] or None,
         )

@@ -25,7 +25,11 @@ class Managing(ServiceCore):
         change: Any,
         reason: str | None,
         source: str | None,
+        structures: frozenset[str] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> DocumentInfo:
+        """Change a document; ``structures`` not None means a replace/delete rule (author or the
+        author's organisation, 900/901), None the author-only rule of masking."""
         with Session(self.engine) as s:
             ins = s.scalars(
                 select(Patient.ins)
@@ -36,17 +40,23 @@ class Managing(ServiceCore):
             raise NotFound(f"no document {unique_id} in the DMP")
         with self._patient_for(identity, ins, action, source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
-            decision = rules.may_manage(actor, self._info(row, ins).facts())
+            facts = self._info(row, ins).facts()
+            colleague = structures is not None and self.same_organisation(actor.id, structures, row)
+            if structures is None:
+                decision = rules.may_manage(actor, facts)
+            else:
+                decision = rules.may_replace_or_delete(actor, facts, same_organisation=colleague)
             if decision:
                 change(row)
                 row.changed_at = _now()
                 s.flush()
                 self._trace(
-                    s, identity, actor, action, patient=loaded.row, document=row, reason=reason, source=source
-                )
+                    s, identity, actor, action, patient=loaded.row, document=row, reason=reason,
+                    source=source, detail=detail,
+                )  # fmt: skip
                 info = self._info(row, ins, self._replaces(s, row))
         if not decision:
-            code = E_NOT_AUTHOR if actor.id != row.author_idnat else E_VERSION
+            code = E_NOT_AUTHOR if actor.id != row.author_idnat and not colleague else E_VERSION
             self._refuse(
                 identity,
                 actor,
@@ -85,9 +95,19 @@ class Managing(ServiceCore):
         return self._manage(identity, unique_id, action, change, reason or ",".join(sorted(wanted)), source)
 
     def delete(
-        self, identity: Identity, unique_id: str, *, reason: str | None = None, source: str | None = None
+        self,
+        identity: Identity,
+        unique_id: str,
+        *,
+        reason: str | None = None,
+        source: str | None = None,
+        structures: frozenset[str] = frozenset(),
+        detail: dict[str, Any] | None = None,
     ) -> DocumentInfo:
-        """Delete a document (its author only). The row stays, with status ``deleted``, for the trace."""
+        """Delete the current version of a document: its author or a professional of the author's
+        organisation (``structures``: those of the sending BAL, if any). The row stays, with
+        status ``deleted``, for the trace."""
         return self._manage(
-            identity, unique_id, "delete", lambda row: setattr(row, "status", "deleted"), reason, source
-        )
+            identity, unique_id, "delete", lambda row: setattr(row, "status", "deleted"), reason, source,
+            structures, detail,
+        )  # fmt: skip

@@ -93,6 +93,12 @@ class DocumentMeta:
     unique_id: str | None = None
     author_structure: str | None = None
     flags: frozenset[str] = frozenset()
+    # From an XDM deposit: the sender's entryUUID, and the message's X-MSS-INS, X-MSS-CODECDA
+    # and X-MSS-NIL as declared (recorded even when they disagree with the package).
+    entry_uuid: str | None = None
+    mss_ins: str | None = None
+    mss_codecda: str | None = None
+    mss_nil: str | None = None
 
 
 @dataclass(frozen=True)

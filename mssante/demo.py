@@ -185,6 +185,7 @@ def demo_settings(settings: Settings) -> list[str]:
         settings.server.domains = domains
     settings.server.patient_domain = PATIENT_DOMAIN
     settings.dmp.gateway_address = f"dmp@{domain}"
+    settings.dmp.test_ins_oids = True  # DPI test harnesses use the INS-NIR test and demo OIDs
     assert settings.dkim.keys_dir is not None
     if not key_path(settings.dkim.keys_dir, domain, settings.dkim.selector).exists():
         generate_key(settings.dkim.keys_dir, domain, settings.dkim.selector)

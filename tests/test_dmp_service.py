@@ -141,7 +141,7 @@ def test_delete_and_replace(dmp_service: DMPService) -> None:
     assert again.value.code == 900  # replacing an old version
     with pytest.raises(Refused) as not_author:
         dmp_service.delete(AUTRE_MEDECIN, new.unique_id)
-    assert not_author.value.code == 901
+    assert not_author.value.code == 901  # neither the author nor of the author's CH
     dmp_service.delete(TRAITANT, new.unique_id, reason="erreur de patient")
     assert dmp_service.list_documents(TRAITANT, INS) == []
     with pytest.raises(Refused, match="deleted"):
