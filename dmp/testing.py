@@ -127,12 +127,13 @@ def package(
     documents: tuple[XdmDocument, ...] | None = None,
     traits: Traits = TRAITS,
     with_pdf: bool = False,
+    oid: str = OID_INS_NIR,
 ) -> XdmPackage:
     """A package for ``ins`` with one CDA (and optionally its PDF rendering)."""
     who = XdmAuthor(author, PROFESSIONS.get(author, "10"), "Médecin", "PRO", "Test", "1750000000", "CH TEST")
     docs = documents or (
         XdmDocument(
-            cda(ins, traits=traits),
+            cda(ins, traits=traits, oid=oid),
             "34112-3",
             "CR d'hospitalisation",
             who,
@@ -145,7 +146,7 @@ def package(
                         unique_id=f"2.25.{uuid.uuid4().int}"),
         )  # fmt: skip
     patient = XdmPatient(
-        ins, OID_INS_NIR, traits.birth_name, traits.first_given_name, traits.given_names,
+        ins, oid, traits.birth_name, traits.first_given_name, traits.given_names,
         traits.birth_date, traits.sex, traits.birthplace,
     )  # fmt: skip
     return XdmPackage(patient, docs, submission_id=f"2.25.{uuid.uuid4().int}")
