@@ -301,3 +301,25 @@ def test_a_package_is_deposited_whole_or_not_at_all(dmp_service: DMPService) -> 
     bad_replacement = replace(doc, unique_id="2.25.77", replaces="2.25.404")
     _error(_send(dmp_service, xdm.build(package(documents=(doc, bad_replacement)))), 900)
     assert _stored(dmp_service) == 0 and _count_blobs(dmp_service) == 0
+
+
+def test_birthplace_differs_only_when_both_sides_have_it(dmp_service: DMPService) -> None:
+    elsewhere = replace(TRAITS, birthplace="13055")
+    _error(_send(dmp_service, xdm.build(package(traits=elsewhere))), 904)
+    unknown_place = replace(TRAITS, birthplace=None)
+    assert _send(dmp_service, xdm.build(package(traits=unknown_place))).ok
+
+
+def test_mss_headers_are_recorded_with_the_document_and_in_the_audit(dmp_service: DMPService) -> None:
+    result = _send(dmp_service, xdm.build(package()), headers={"X-MSS-NIL": "DPI-Test 4.2", "X-MSS-INS": "N"})
+    assert result.ok
+    with dmp_service.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT mss_ins, mss_codecda, mss_nil FROM dmp_documents WHERE unique_id = :u"),
+            {"u": result.documents[0].unique_id},
+        ).one()
+        details = [
+            str(d) for (d,) in conn.execute(text("SELECT detail FROM audit_log WHERE action = 'dmp.feed'"))
+        ]
+    assert tuple(row) == ("N", "34112-3", "DPI-Test 4.2")
+    assert any("DPI-Test 4.2" in d and "X-MSS-INS: N" in d for d in details)
