@@ -1,7 +1,7 @@
 """dmp: entryUUID and MSSanté header values (X-MSS-INS, X-MSS-CODECDA, X-MSS-NIL) of deposits
 
 Revision ID: 0010
-Revises: 0007
+Revises: 0017
 Create Date: 2026-12-05 23:50:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0010"
-down_revision: str | None = "0007"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
