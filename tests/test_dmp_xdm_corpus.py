@@ -587,3 +587,16 @@ def test_deposit_to_the_patient_bal_is_answered_from_that_bal(cast: Cast) -> Non
     sent = send(cast, msg, login=martin)
     [raw] = answers_to(cast, str(msg["Message-ID"]), login=martin, bal=martin)
     check_answer(raw, sent, code=None, receiving=patient_bal, to=martin, subject=subject, zip_bytes=zip_bytes)
+
+
+def test_demo_json_carries_what_a_dpi_harness_needs(demo: DemoServer) -> None:
+    doc = demo.doc
+    assert doc["dmp_gateway"] == f"dmp@{doc['domain']}"
+    martin = demo.account(f"claire.martin@{doc['domain']}")
+    assert martin["idnat"] == "8" + martin["rpps"] and len(martin["rpps"]) == 11
+    for patient in (a for a in doc["accounts"] if a["kind"] == "patient"):
+        assert patient["address"] == f"{patient['ins']}@{doc['patient_domain']}"
+        assert patient["ins_oid"] == "1.2.250.1.213.1.4.11"
+        assert set(patient["traits"]) == {
+            "birth_name", "first_given_name", "given_names", "birth_date", "sex", "birthplace"
+        }  # fmt: skip
