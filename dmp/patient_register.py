@@ -10,6 +10,7 @@ from dmp import rules
 from dmp.core import ServiceCore
 from dmp.models import (
     INS_OIDS,
+    PRODUCTION_INS_OIDS,
     CareTeamMember,
     LegalRepresentative,
     Patient,
@@ -43,10 +44,12 @@ class PatientRegister(ServiceCore):
         ins_oid: str = INS_OIDS[0],
         actor: str,
     ) -> PatientInfo:
-        """Create or update a patient (INS, OID, traits, identity status)."""
+        """Create or update a patient (INS, OID, traits, identity status). The INS-NIR test and
+        demo OIDs only where ``dmp.test_ins_oids`` allows them (never in production)."""
         ins = _ins(ins)
-        if ins_oid not in INS_OIDS:
-            raise DMPError(f"{ins_oid} is not an INS OID ({', '.join(INS_OIDS)})", E_NO_INS)
+        accepted = INS_OIDS if self.settings.dmp.test_ins_oids else PRODUCTION_INS_OIDS
+        if ins_oid not in accepted:
+            raise DMPError(f"{ins_oid} is not an accepted INS OID here ({', '.join(accepted)})", E_NO_INS)
         if identity_status not in IDENTITY_STATUSES:
             raise DMPError(
                 f"identity status {identity_status!r} is not one of {', '.join(IDENTITY_STATUSES)}"
