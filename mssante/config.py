@@ -171,13 +171,24 @@ class IssuerSection(_Section):
 
 
 class BruteForceSection(_Section):
+    """Counters per (login, client address) and per address (``mssante.auth.throttle``);
+    the account itself is never locked."""
+
     window_seconds: float = Field(default=900.0, gt=0)
     free_failures: int = Field(default=3, ge=0)
+    ip_free_failures: int = Field(default=10, ge=0)
     base_delay_seconds: float = Field(default=0.5, ge=0)
     max_delay_seconds: float = Field(default=15.0, ge=0)
     lockout_failures: int = Field(default=10, ge=1)
     ip_lockout_failures: int = Field(default=50, ge=1)
     lockout_seconds: float = Field(default=900.0, ge=0)
+
+
+class CredentialCacheSection(_Section):
+    """Verified passwords remembered in memory (``mssante.auth.credcache``); 0 disables."""
+
+    ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 class AuthSection(_Section):
@@ -192,6 +203,11 @@ class AuthSection(_Section):
     demo_idp: bool = False
     issuers: dict[str, IssuerSection] = Field(default_factory=dict)
     bruteforce: BruteForceSection = Field(default_factory=BruteForceSection)
+    credential_cache: CredentialCacheSection = Field(default_factory=CredentialCacheSection)
+    # Password hashes (argon2id) are checked in their own pool of this many threads (0: half
+    # the CPUs, at least 1); at most hash_queue checks wait, further logins get a temporary error.
+    hash_workers: int = Field(default=0, ge=0, le=64)
+    hash_queue: int = Field(default=256, ge=1, le=100_000)
 
 
 # -- [notify] (events to patients and others, mssante/notify.py) ------------------------------
