@@ -475,3 +475,36 @@ def test_http_bearer(make_auth: MakeAuth, test_idp: LocalIdP, auth_engine: Engin
         "ip": "192.0.2.80",
         "listener": "http",
     }
+
+
+async def test_hash_pool_bounds_a_login_storm(
+    make_auth: MakeAuth, doctor: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Password checks queue behind the pool's workers; beyond the queue a login gets a
+    temporary error at once instead of waiting (and holding a connection) for minutes."""
+    from mssante.auth import passwords
+    from mssante.auth.hashing import HashPool
+
+    real = passwords.verify_password
+
+    def slow(stored: str | None, password: str) -> bool:
+        time.sleep(0.5)  # a hash that outlasts the storm's arrival, however loaded the machine
+        return real(stored, password)
+
+    monkeypatch.setattr(passwords, "verify_password", slow)
+    auth = make_auth()
+    auth.cache.ttl = 0  # every login hashes
+    auth.hashes = HashPool(workers=1, queue=2)
+    results = await asyncio.gather(
+        *(
+            run_sasl(auth, "PLAIN", [plain(doctor, PASSWORD)], tls=TLS, client_ip=f"192.0.2.{i}")
+            for i in range(8)
+        )
+    )
+    kinds = [r.kind if isinstance(r, AuthFailure) else "ok" for r, _ in results]
+    assert kinds.count("ok") >= 3 and FailureKind.TEMPORARY in kinds
+    busy = next(r for r, _ in results if isinstance(r, AuthFailure))
+    assert busy.smtp_reply.startswith("454 4.7.0") and busy.imap_reply[1] == "UNAVAILABLE"
+    assert auth.hashes.pending == 0
+    result, _ = await run_sasl(auth, "PLAIN", [plain(doctor, PASSWORD)], tls=TLS)
+    assert isinstance(result, AuthSuccess)  # the storm over, logins work again
