@@ -83,3 +83,17 @@ def test_second_connection_resumes(
     assert connect(demo, ctx) is False  # a full handshake first
     assert connect(demo, ctx) is True  # then resumed from its ticket
     assert ctx.version == version.name.replace("_", ".")
+
+
+def test_client_certificate_survives_resumption(demo: DemoServer) -> None:
+    """An application that resumes still authenticates with its certificate (SASL EXTERNAL):
+    the verified certificate travels in the ticket, it is not lost nor replaced."""
+    app = next(a for a in demo.doc["accounts"] if a["kind"] == "app")
+    ctx = client_context(demo, ssl.TLSVersion.TLSv1_3)
+    ctx.load_cert_chain(app["client_cert"], app["client_key"])
+    for resumed in (False, True):
+        imap = imaplib.IMAP4_SSL("localhost", demo.port("imaps"), ssl_context=ctx, timeout=30)
+        assert "AUTH=EXTERNAL" in imap.capabilities
+        typ, _ = imap.authenticate("EXTERNAL", lambda _: b"")
+        assert typ == "OK" and ctx.keep(imap.sock) is resumed
+        imap.logout()
