@@ -69,6 +69,8 @@ class Runtime:
     listeners: list[RunningListener] = field(default_factory=list)
 
     def close(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.close()
         self.store.close()
         self.engine.dispose()
         self.writer_engine.dispose()
