@@ -20,6 +20,7 @@ from typing import Any
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
+from mssante.smtp.syntax import HELO_REFUSAL, command_line_problem, valid_helo
 from mssante.tls import TLSInfo, tls_info
 
 log = logging.getLogger("mssante.smtp")
@@ -74,6 +75,31 @@ class ConnectionLimits:
         self.open[ip] -= 1
         if self.open[ip] <= 0:
             del self.open[ip]
+
+
+class CommandLineError(Exception):
+    """A command line refused before it is parsed (bare CR or LF, control character)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+class StrictLineReader(asyncio.StreamReader):
+    """The session's stream: lines read up to LF (commands, SASL responses) must end in CRLF.
+
+    aiosmtpd reads every command with ``readuntil()`` (LF) and only strips the line end, so a
+    bare LF would end a command and a bare CR would travel inside it (into the HELO name, then
+    the ``Received:`` header). The check sits where lines are cut, for every command at once;
+    the refusal surfaces through ``handle_exception`` as a ``500 5.5.2`` reply and the session
+    goes on with the next line. DATA reads its own lines (``smtp_DATA``).
+    """
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if separator == b"\n" and (problem := command_line_problem(line)) is not None:
+            raise CommandLineError(problem)
+        return line
 
 
 def _deny_builtin_auth(*_args: Any) -> AuthResult:
@@ -141,6 +167,22 @@ class MSSanteSMTP(SMTP):
         self.limits.release(self._peer_ip)
         super().connection_lost(error)
 
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # aiosmtpd builds a plain StreamReader in its constructor; the data the transport feeds
+        # it is the same, only the way lines are cut is ours.
+        reader.__class__ = StrictLineReader
+        super()._cb_client_connected(reader, writer)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, CommandLineError):
+            log.info(
+                "refused command line: %s",
+                error.reply,
+                extra={"session": self.session_id, "listener": self.listener},
+            )
+            return error.reply
+        return await super().handle_exception(error)
+
     @property
     def peer_ip(self) -> str:
         return self._peer_ip
@@ -166,7 +208,14 @@ class MSSanteSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         """DATA into one growing buffer: a 20 MiB message costs about 20 MiB, not a list of
         line objects plus their joined copy. Dot-unstuffing, the 1001-byte line limit and the
-        size limit are as RFC 5321 §4.5.2 and aiosmtpd have them; only CRLF.CRLF ends the data."""
+        size limit are as RFC 5321 §4.5.2 and aiosmtpd have them.
+
+        Line ends as Postfix's ``smtpd_forbid_bare_newline = normal``: a line ended by a bare LF
+        is accepted and stored with CRLF (scripts sending ``msg.as_bytes()`` do that), but only
+        ``<CR><LF>.<CR><LF>`` ends the data. A lone ``.`` line touching a bare LF (``<LF>.<LF>``,
+        ``<LF>.<CR><LF>``, ``<CR><LF>.<LF>``: what SMTP smuggling relies on, since another
+        server may read it as the end) and a bare CR anywhere refuse the message, after reading
+        it to its real end, so nothing of it is ever taken for a command."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -179,35 +228,48 @@ class MSSanteSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         buffer = bytearray()
         limit = self.data_size_limit
-        too_long = too_much = False
-        size = 0
+        problem: str | None = None
+        previous_crlf = True  # the 354 reply counts as a line start
+        number = 0
         while self.transport is not None:
             try:
-                line = await self._reader.readuntil(b"\r\n")
+                line = await self._reader.readuntil(b"\n")
             except asyncio.LimitOverrunError as exc:
-                too_long = True
+                problem = problem or "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
                 await self._reader.read(exc.consumed)
+                previous_crlf = False
                 continue
             except asyncio.IncompleteReadError:
                 return  # the client went away mid-DATA: nothing was accepted
-            if line == b".\r\n":
-                break
-            size += len(line)
-            if len(line) > RFC_LINE_LIMIT:
-                too_long = True
-            if limit and size > limit:
-                too_much = True
-            if too_long or too_much:
-                buffer.clear()  # keep reading to the end, keep nothing
+            number += 1
+            crlf = line.endswith(b"\r\n")
+            content = line[:-2] if crlf else line[:-1]
+            if content == b".":
+                if crlf and previous_crlf:
+                    break
+                problem = problem or (
+                    f"550 5.6.0 A lone '.' line next to a bare LF (line {number}) is refused as SMTP"
+                    " smuggling: end data with <CR><LF>.<CR><LF>"
+                )
+            previous_crlf = crlf
+            if problem is not None:
+                continue  # keep reading to the end, keep nothing
+            if b"\r" in content:
+                problem = f"550 5.6.0 Bare CR at line {number}: a CR must be followed by LF"
+            elif len(content) + 2 > RFC_LINE_LIMIT:
+                problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+            elif limit and len(buffer) + len(content) + 2 > limit:
+                problem = "552 5.3.4 Message too big"
+            if problem is not None:
+                buffer.clear()
                 continue
-            buffer += line[1:] if line.startswith(b".") else line
+            buffer += content[1:] if content.startswith(b".") else content
+            buffer += b"\r\n"
         else:
             return
-        if too_long or too_much:
+        if problem is not None:
             self._set_post_data_state()
-            await self.push(
-                "552 5.3.4 Message too big" if too_much else "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-            )
+            await self.push(problem)
             return
         self.envelope.original_content = self.envelope.content = buffer  # type: ignore[assignment]
         del buffer
@@ -221,6 +283,9 @@ class MSSanteSMTP(SMTP):
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push(HELO_REFUSAL)
+            return
         self._in_greeting = True
         try:
             await super().smtp_EHLO(hostname)
@@ -228,6 +293,9 @@ class MSSanteSMTP(SMTP):
             self._in_greeting = False
 
     async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push(HELO_REFUSAL)
+            return
         self._in_greeting = True
         try:
             await super().smtp_HELO(hostname)
