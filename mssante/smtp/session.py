@@ -85,19 +85,25 @@ class CommandLineError(Exception):
         self.reply = reply
 
 
-class StrictLineReader(asyncio.StreamReader):
-    """The session's stream: lines read up to LF (commands, SASL responses) must end in CRLF.
+_COMMAND_LINE: Any = object()  # the default separator: a call without one is a command read
 
-    aiosmtpd reads every command with ``readuntil()`` (LF) and only strips the line end, so a
-    bare LF would end a command and a bare CR would travel inside it (into the HELO name, then
-    the ``Received:`` header). The check sits where lines are cut, for every command at once;
-    the refusal surfaces through ``handle_exception`` as a ``500 5.5.2`` reply and the session
-    goes on with the next line. DATA reads its own lines (``smtp_DATA``).
+
+class StrictLineReader(asyncio.StreamReader):
+    """The session's stream: command lines (and SASL responses) must end in CRLF.
+
+    aiosmtpd reads every command with ``readuntil()`` (up to LF) and only strips the line end,
+    so a bare LF would end a command and a bare CR would travel inside it (into the HELO name,
+    then the ``Received:`` header). The check sits where command lines are cut, for every
+    command at once: a call without a separator is a command read (DATA passes its own and
+    keeps its own rules, ``smtp_DATA``). The refusal surfaces through ``handle_exception`` as a
+    ``500 5.5.2`` reply and the session goes on with the next line.
     """
 
-    async def readuntil(self, separator: Any = b"\n") -> bytes:
-        line = await super().readuntil(separator)
-        if separator == b"\n" and (problem := command_line_problem(line)) is not None:
+    async def readuntil(self, separator: Any = _COMMAND_LINE) -> bytes:
+        if separator is not _COMMAND_LINE:
+            return await super().readuntil(separator)
+        line = await super().readuntil(b"\n")
+        if (problem := command_line_problem(line)) is not None:
             raise CommandLineError(problem)
         return line
 
@@ -339,7 +345,7 @@ class MSSanteSMTP(SMTP):
         while isinstance(result, AuthChallenge):
             await self.push(f"334 {result.challenge}".rstrip() if result.challenge else "334 ")
             try:
-                line = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout_duration)
+                line = await asyncio.wait_for(self._reader.readuntil(), self._timeout_duration)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                 await self.push("501 5.5.2 Authentication response too long or missing")
                 return
