@@ -25,6 +25,7 @@ from mssante.tls import TLSInfo, tls_info
 
 log = logging.getLogger("mssante.smtp")
 
+_REPLY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
 _DEFAULT_ENHANCED = {
     "221": "2.0.0",
@@ -201,9 +202,14 @@ class MSSanteSMTP(SMTP):
 
     # -- replies --------------------------------------------------------------------------
     async def push(self, status: Any) -> None:
-        """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO."""
+        """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO.
+
+        A reply may quote the client (an unknown command, an address): no control character
+        of it is ever written back, so a reply line stays one line."""
         utf8 = bool(self.envelope and self.envelope.smtp_utf8) or self._data_reply_utf8
         self._data_reply_utf8 = False
+        if isinstance(status, str):
+            status = _REPLY_CONTROL.sub("?", status)
         if isinstance(status, str) and not status.isascii() and not utf8:
             status = ascii_fold(status)  # RFC 6531: UTF-8 replies only to SMTPUTF8 transactions
         code = status[:3]

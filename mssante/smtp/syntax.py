@@ -12,8 +12,8 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# Any C0 control or DEL, except the TAB some clients put between a command and its argument.
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# Any C0 control (TAB included: RFC 5321 separates with SP) or DEL.
+_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 # RFC 5321 sub-domain; "_" is tolerated inside a label (Windows host names use it; it is inert).
 _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?"
 _DOMAIN = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
