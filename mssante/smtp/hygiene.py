@@ -11,6 +11,7 @@ BAL (the one ``Sender:``: a client's own is kept or dropped as the policy says).
 
 from __future__ import annotations
 
+import email.policy
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -77,6 +78,23 @@ def header_problem(block: bytes, *, smtputf8: bool) -> Problem | None:
     return None
 
 
+def from_addresses(value: str) -> tuple[str, ...]:
+    """The ``From:`` addresses as readers will show them; () when that is not certain.
+
+    Python's header parser (the default policy, as in clients and scripts) and the classic
+    ``getaddresses`` (what IMAP ENVELOPE is built with) must both read the value without a
+    defect and find the same addresses: an address only one of them sees is a spoofing tool.
+    """
+    header = email.policy.default.header_factory("From", value)
+    if header.defects:
+        return ()
+    modern = tuple(a.addr_spec for a in header.addresses)
+    classic = tuple(addr for _, addr in getaddresses([value]) if addr)
+    if [a.lower() for a in modern] != [a.lower() for a in classic]:
+        return ()
+    return modern
+
+
 def report_type(content_type: str | None) -> str | None:
     """The ``report-type`` of a ``multipart/report`` top-level type, else None."""
     if not content_type:
@@ -111,7 +129,7 @@ def inspect(
     froms = _values(fields, "From")
     if len(froms) != 1:
         return empty, Problem("5.6.0", "the message must have exactly one From: header"), False
-    addresses = tuple(addr for _, addr in getaddresses(froms) if addr)
+    addresses = from_addresses(froms[0])
     if not addresses or any("@" not in a for a in addresses):
         return empty, Problem("5.6.0", "the From: header holds no valid address"), False
     dates = _values(fields, "Date")
