@@ -51,6 +51,44 @@ _DEFAULT_ENHANCED = {
 }
 MAX_AUTH_LINE = 64 * 1024
 RFC_LINE_LIMIT = 1001  # 998 octets + CRLF (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
+END_OF_DATA = b"\r\n.\r\n"
+DATA_CHUNK = 64 * 1024
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# A lone "." line with a bare LF on either side of it (the end of data is found before).
+_LONE_DOT = re.compile(rb"(?<!\r)\n\.\r?\n|\r\n\.\n")
+# Tried only at line starts, so the scan stays linear whatever the line lengths.
+_LONG_LINE = re.compile(rb"\n[^\r\n]{%d}" % (RFC_LINE_LIMIT - 1))
+
+
+def data_problem(buffer: bytearray, start: int, end: int, line: int) -> str | None:
+    """Why the complete lines ``buffer[start:end]`` of DATA are refused, or None.
+
+    ``buffer[start - 2 : start]`` is the end of the line before (CRLF before the first one);
+    ``line`` is the number of the first line, for the reply.
+    """
+    if (match := _BARE_CR.search(buffer, start, end)) is not None:
+        at = line + buffer.count(b"\n", start, match.start())
+        return f"550 5.6.0 Bare CR at line {at}: a CR must be followed by LF"
+    if (match := _LONE_DOT.search(buffer, start - 2, end)) is not None:
+        at = line + buffer.count(b"\n", start, match.end() - 1)
+        return (
+            f"550 5.6.0 A lone '.' line next to a bare LF (line {at}) is refused as SMTP smuggling:"
+            " end data with <CR><LF>.<CR><LF>"
+        )
+    if _LONG_LINE.search(buffer, start - 1, end) is not None:
+        return "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+    return None
+
+
+def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes:
+    """The complete lines ``buffer[start:end]`` as stored: each ended by CRLF, dots unstuffed
+    (RFC 5321 §4.5.2). Copies again only what needs it."""
+    lines = bytes(buffer[start:end])
+    if lines.count(b"\n") != lines.count(b"\r\n"):  # some end with a bare LF
+        lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if lines.startswith(b".") or b"\n." in lines:
+        lines = (b"\n" + lines).replace(b"\n.", b"\n")[1:]
+    return lines
 
 
 def ascii_fold(text: str) -> str:
@@ -107,6 +145,11 @@ class StrictLineReader(asyncio.StreamReader):
         if (problem := command_line_problem(line)) is not None:
             raise CommandLineError(problem)
         return line
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes read past the end of DATA (pipelined commands) for the next read."""
+        if data:
+            self._buffer[0:0] = data  # type: ignore[attr-defined]
 
 
 def _deny_builtin_auth(*_args: Any) -> AuthResult:
@@ -218,16 +261,17 @@ class MSSanteSMTP(SMTP):
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA into one growing buffer: a 20 MiB message costs about 20 MiB, not a list of
-        line objects plus their joined copy. Dot-unstuffing, the 1001-byte line limit and the
-        size limit are as RFC 5321 §4.5.2 and aiosmtpd have them.
+        """DATA read in chunks up to the first ``<CR><LF>.<CR><LF>``, judged line by line.
 
-        Line ends as Postfix's ``smtpd_forbid_bare_newline = normal``: a line ended by a bare LF
-        is accepted and stored with CRLF (scripts sending ``msg.as_bytes()`` do that), but only
+        Line ends as Postfix's ``smtpd_forbid_bare_newline = normal``: lines ended by a bare LF
+        are accepted and stored with CRLF (scripts sending ``msg.as_bytes()`` do that), but only
         ``<CR><LF>.<CR><LF>`` ends the data. A lone ``.`` line touching a bare LF (``<LF>.<LF>``,
         ``<LF>.<CR><LF>``, ``<CR><LF>.<LF>``: what SMTP smuggling relies on, since another
-        server may read it as the end) and a bare CR anywhere refuse the message, after reading
-        it to its real end, so nothing of it is ever taken for a command."""
+        server may take it for the end) and a bare CR anywhere refuse the message, read to its
+        real end, so nothing of it is ever taken for a command. Each 64 KiB chunk is checked and
+        normalised by a few passes in C, whatever its number of lines (25 MiB of empty lines
+        cost what 25 MiB of text costs), and the event loop is let go between chunks.
+        """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -238,53 +282,48 @@ class MSSanteSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        buffer = bytearray()
-        limit = self.data_size_limit
+        reader = self._reader
+        assert isinstance(reader, StrictLineReader)
+        content = bytearray()
+        # Two bytes of the line before (the CRLF of the DATA command at first), then what is not
+        # yet a complete line.
+        pending = bytearray(b"\r\n")
         problem: str | None = None
-        previous_crlf = True  # the 354 reply counts as a line start
-        number = 0
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\n")
-            except asyncio.LimitOverrunError as exc:
-                problem = problem or "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-                await self._reader.read(exc.consumed)
-                previous_crlf = False
-                continue
-            except asyncio.IncompleteReadError:
+        line = 1
+        while True:
+            chunk = await reader.read(DATA_CHUNK)
+            if not chunk:
                 return  # the client went away mid-DATA: nothing was accepted
-            number += 1
-            crlf = line.endswith(b"\r\n")
-            content = line[:-2] if crlf else line[:-1]
-            if content == b".":
-                if crlf and previous_crlf:
-                    break
-                problem = problem or (
-                    f"550 5.6.0 A lone '.' line next to a bare LF (line {number}) is refused as SMTP"
-                    " smuggling: end data with <CR><LF>.<CR><LF>"
-                )
-            previous_crlf = crlf
+            search = max(len(pending) - len(END_OF_DATA) + 1, 0)
+            pending += chunk
+            end = pending.find(END_OF_DATA, search)
+            if end != -1:
+                reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
+                del pending[end + 2 :]  # the last line keeps its CRLF
+            complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
+            if problem is None:
+                problem = data_problem(pending, 2, complete, line)
+                if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
+                    problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+                if problem is None:
+                    content += normalise_lines(pending, 2, complete)
+                    if self.data_size_limit and len(content) > self.data_size_limit:
+                        problem = "552 5.3.4 Message too big"
+                if problem is not None:
+                    content = bytearray()  # keep reading to the end, keep nothing
+            line += pending.count(b"\n", 2, complete)
+            del pending[: complete - 2]
             if problem is not None:
-                continue  # keep reading to the end, keep nothing
-            if b"\r" in content:
-                problem = f"550 5.6.0 Bare CR at line {number}: a CR must be followed by LF"
-            elif len(content) + 2 > RFC_LINE_LIMIT:
-                problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-            elif limit and len(buffer) + len(content) + 2 > limit:
-                problem = "552 5.3.4 Message too big"
-            if problem is not None:
-                buffer.clear()
-                continue
-            buffer += content[1:] if content.startswith(b".") else content
-            buffer += b"\r\n"
-        else:
-            return
+                del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
+            if end != -1:
+                break
+            await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
         if problem is not None:
             self._set_post_data_state()
             await self.push(problem)
             return
-        self.envelope.original_content = self.envelope.content = buffer  # type: ignore[assignment]
-        del buffer
+        self.envelope.original_content = self.envelope.content = content  # type: ignore[assignment]
+        del content
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
