@@ -385,3 +385,19 @@ def test_command_fuzzer(demo: DemoServer, stored: StoredMail) -> None:
     assert elapsed < 90, f"{FUZZ_CASES} cases took {elapsed:.0f} s"
     assert {bal: len(stored.messages(bal)) for bal in before} == before
     served_within(demo)
+
+
+def test_millions_of_empty_lines_do_not_freeze_the_server(demo: DemoServer, stored: StoredMail) -> None:
+    """8 MiB of bare-LF empty lines in one DATA: other clients are served meanwhile, and the
+    message (no From:) is refused whole."""
+    wire = authenticated_dpi(demo)
+    try:
+        for line in (f"MAIL FROM:<{DPI}>", f"RCPT TO:<{DURAND}>", "DATA"):
+            assert wire.command(line)[-1][:1] in (b"2", b"3")
+        wire.send(b"\n" * (8 * 1024 * 1024))
+        waits = [served_within(demo) for _ in range(3)]
+        answer = wire.command(b"\r\n.")  # a bare LF before the dot would not end it
+    finally:
+        wire.close()
+    assert answer[-1].startswith(b"550 5.6.0 the message must have exactly one From: header"), answer
+    assert max(waits) < 1.0
