@@ -14,13 +14,13 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from mssante.config import Settings
+from mssante.listening import ListenerStarter, RunningListener
 from mssante.runtime import Runtime, initialise, open_runtime
 
 log = logging.getLogger("mssante")
@@ -66,21 +66,6 @@ def configure_logging(settings: Settings) -> None:
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))
 
 
-@dataclass
-class RunningListener:
-    name: str
-    protocol: str
-    host: str
-    port: int
-    tls: str
-    close: Callable[[], Awaitable[None]]
-    # False for background workers (outbound relay): not a port anyone connects to.
-    public: bool = True
-
-
-ListenerStarter = Callable[[Runtime], Awaitable[list[RunningListener]]]
-
-
 def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -97,7 +82,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 async def start_http(runtime: Runtime) -> list[RunningListener]:
-    from mssante.http import create_app
+    from mssante.http import uvicorn_config
 
     settings = runtime.settings
     if not settings.http.enabled:
@@ -107,15 +92,7 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         raise OSError(
             "refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file"
         )
-    config = uvicorn.Config(
-        create_app(runtime),
-        host=settings.http.host,
-        port=settings.http.port,
-        log_level="warning",
-        lifespan="off",
-        ssl_certfile=str(settings.tls.cert_file) if tls_files else None,
-        ssl_keyfile=str(settings.tls.key_file) if tls_files else None,
-    )
+    config = uvicorn_config(runtime, tls=bool(tls_files))
     server = _EmbeddedUvicorn(config)
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
@@ -135,12 +112,13 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 
 
 def listener_starters() -> list[ListenerStarter]:
-    """Front doors, in start order (imported here: they depend on this module's types)."""
+    """Front doors, in start order (imported here, when serving: they import the whole stack)."""
+    from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp, start_imap, start_relay]
+    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
 
 
 async def serve_forever(
