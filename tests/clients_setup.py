@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import make_msgid
 
+from annuaire.lookup import Annuaire
+from delegation import grants
+from mssante.config import load_settings
+from mssante.db import make_engine, transaction
 from tests.demo_server import DemoServer
 
 DOMAIN = "demo.mssante.fr"
@@ -50,15 +54,36 @@ class Person:
         return f"{bal}*{self.login}"
 
 
+_GRANTED: list[tuple[str, str]] = []  # (BAL, grantee principal) given by staff(), revoked after
+
+
 def staff(demo: DemoServer, label: str, grants: dict[str, str]) -> Person:
-    """A new staff login (``mssante user add``) with the grants ``{BAL: rights}``."""
+    """A new staff login (``mssante user add``) with the grants ``{BAL: rights}``; each test
+    module revokes them when it ends (:func:`revoke_grants`), so no other module sees them."""
     local = f"{label}.{uuid.uuid4().hex[:6]}"
     person = Person(f"{local}@{DOMAIN}", uuid.uuid4().hex)
     cli(demo, "user", "add", person.login, "--kind", "staff", "--id", local, "--password-stdin",
         stdin=person.password + "\n")  # fmt: skip
     for bal, rights in grants.items():
         cli(demo, "delegation", "grant", bal, person.login, rights, "--reason", "test des clients")
+        _GRANTED.append((bal, f"staff:{local}"))
     return person
+
+
+def revoke_grants(demo: DemoServer) -> None:
+    """Revoke what :func:`staff` granted, in the demo's database (as the CLI would, faster)."""
+    settings = load_settings(None, server={"data_dir": str(demo.data_dir)})
+    engine = make_engine(settings.database_url, writer=True)
+    try:
+        annuaire = Annuaire(engine)
+        while _GRANTED:
+            address, grantee = _GRANTED.pop()
+            bal = annuaire.bal(address)
+            assert bal is not None
+            with transaction(engine) as session:
+                grants.revoke(session, bal=bal, grantee=grantee, actor=None, operator="test", reason="fin")
+    finally:
+        engine.dispose()
 
 
 def demo_person(demo: DemoServer, address: str) -> Person:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import imaplib
 import smtplib
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 
 import dns.rdatatype
@@ -22,8 +23,15 @@ from mssante.clientconfig.dns import records
 from mssante.clientconfig.endpoints import Endpoint, endpoints, public_host
 from mssante.config import load_settings
 from mssante.smtp.dkim import generate_key
-from tests.clients_setup import DOMAIN, DURAND, MARTIN, PHARMACY, cli, demo_person, staff, tls
+from tests.clients_setup import DOMAIN, DURAND, MARTIN, PHARMACY, cli, demo_person, revoke_grants, staff, tls
 from tests.demo_server import DemoServer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grants_revoked_after(demo: DemoServer) -> Iterator[None]:
+    yield
+    revoke_grants(demo)
+
 
 CARDIO = f"cardiologie@{DOMAIN}"
 ACCUEIL = f"accueil.cardiologie@{DOMAIN}"

@@ -16,12 +16,30 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clients_setup import DURAND, MARTIN, check_reply, deliver, headers, letter, smtp, staff
+from tests.clients_setup import (
+    DURAND,
+    MARTIN,
+    check_reply,
+    deliver,
+    headers,
+    letter,
+    revoke_grants,
+    smtp,
+    staff,
+)
 from tests.demo_server import DemoServer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grants_revoked_after(demo: DemoServer) -> Iterator[None]:
+    yield
+    revoke_grants(demo)
+
 
 MBSYNC, NEOMUTT, SCRIPT = shutil.which("mbsync"), shutil.which("neomutt"), shutil.which("script")
 

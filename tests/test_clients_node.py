@@ -11,12 +11,20 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.clients_setup import DURAND, MARTIN, PHARMACY, Person, check_reply, deliver, staff
+from tests.clients_setup import DURAND, MARTIN, PHARMACY, Person, check_reply, deliver, revoke_grants, staff
 from tests.demo_server import DemoServer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grants_revoked_after(demo: DemoServer) -> Iterator[None]:
+    yield
+    revoke_grants(demo)
+
 
 PACKAGES = ("imapflow@>=1.0.160", "nodemailer@>=6.9")
 SCRIPT = Path(__file__).parent / "node" / "delegate.cjs"

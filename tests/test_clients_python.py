@@ -14,6 +14,7 @@ import json
 import socket
 import ssl
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import aioimaplib
@@ -33,11 +34,19 @@ from tests.clients_setup import (
     demo_person,
     headers,
     letter,
+    revoke_grants,
     smtp,
     staff,
     tls,
 )
 from tests.demo_server import DemoServer
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grants_revoked_after(demo: DemoServer) -> Iterator[None]:
+    yield
+    revoke_grants(demo)
+
 
 CARDIO = "cardiologie@demo.mssante.fr"
 
