@@ -1,0 +1,587 @@
+"""Dovecot's imaptest in stress mode against our IMAPS listener and a throw-away Dovecot, like for like.
+
+Usage (root, for Dovecot's users and apt-get):
+    .venv/bin/python bench/imaptest_stress.py --imaptest /path/to/imaptest
+        [--clients 10 50] [--seconds 60] [--mbox-messages 100] [--logins 200] [--idle 1000]
+        [--inbox-messages 20000]
+        [--pg-url postgresql+psycopg://...] [--no-dovecot] [--out FILE]
+
+imaptest (github dovecot/imaptest, built against Debian's ``dovecot-dev``) is not packaged; give
+its path. Both servers get the same conditions: implicit TLS on 127.0.0.1 with the same RSA
+certificate (the demo's), the same login and the *same* argon2id hash (ours, copied into
+Dovecot's passwd-file as ``{ARGON2ID}``), a verified-credential cache on both (ours by default,
+Dovecot's ``auth_cache_size``), the same mbox that imaptest appends from, the same clients and
+duration. Ours is ``mssante serve --demo`` in its own process (SQLite, or a fresh database on
+``--pg-url``); Dovecot comes from Debian's ``dovecot-imapd`` (installed when missing) with its
+config, state and Maildir in a temporary directory, high-performance login processes, stopped at
+the end. The machine's own mail setup is never read or touched.
+
+Measured, for each server: imaptest stress commands/s for each ``--clients`` count, with a login
+per session and with ``logout=0``, and the errors it printed; login latency (new TLS connection
+to tagged LOGIN OK) p50/p99 over ``--logins`` logins from 10 threads; the memory cost of
+``--idle`` connections logged in with INBOX selected and left idle: growth of the serving
+processes only (ours: the server process; Dovecot: its master and every child), as RSS and as
+PSS (shared pages counted once, fairer to Dovecot's process per session), then again after they
+all log out. Ratios are ours/Dovecot for costs and Dovecot/ours for rates (above 1: we are
+worse). Prints JSON; it measures, it does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import pwd
+import re
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sqlalchemy import create_engine, make_url, text
+
+from tests.helpers import make_message
+
+LOGIN = "claire.martin@demo.mssante.fr"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_mbox(path: Path, messages: int) -> None:
+    """The messages imaptest appends, the same file for both servers (sizes 2 to 11 KB)."""
+    with path.open("wb") as out:
+        for i in range(messages):
+            body = make_message(subject=f"stress {i}", size=2000 + (i % 7) * 1500)
+            out.write(b"From dr.martin@demo.mssante.fr Sat Dec  5 10:00:00 2026\r\n" + body + b"\r\n")
+
+
+# -- the servers ---------------------------------------------------------------------------------
+class Ours:
+    """``mssante serve --demo`` with only the IMAPS listener of interest reachable."""
+
+    def __init__(self, root: Path, url: str) -> None:
+        self.root = root
+        self.port = _free_port()
+        env = {k: v for k, v in os.environ.items() if k != "MSSANTE_CONFIG"}
+        env.update(
+            MSSANTE_DATABASE__URL=url,
+            MSSANTE_SMTP__SUBMISSION_PORT="0",
+            MSSANTE_SMTP__SUBMISSIONS_PORT="0",
+            MSSANTE_SMTP__RELAY_PORT="0",
+            MSSANTE_HTTP__PORT="0",
+            MSSANTE_IMAP__PORT=str(_free_port()),
+            MSSANTE_IMAP__TLS_PORT=str(self.port),
+            MSSANTE_IMAP__MAX_CONNECTIONS="5000",
+            MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP="5000",
+            MSSANTE_RELAY__ENABLED="false",
+        )
+        self.log = (root / "serve.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mssante", "--data-dir", str(root / "data"), "serve", "--demo"],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        demo = root / "data" / "demo.json"
+        deadline = time.monotonic() + 300
+        while not (demo.exists() and demo.stat().st_size):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"our server did not start: {(root / 'serve.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        accounts = json.loads(demo.read_text())["accounts"]
+        self.password = next(a["password"] for a in accounts if a["login"] == LOGIN)
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            self.password_hash = conn.execute(
+                text("SELECT password_hash FROM auth_accounts WHERE login = :l"), {"l": LOGIN}
+            ).scalar_one()
+        engine.dispose()
+        self.cert, self.key = root / "data" / "certs" / "server.pem", root / "data" / "certs" / "server.key"
+        self.pids = lambda: _tree(self.process.pid)
+
+    def tracebacks(self) -> int:
+        return (self.root / "serve.log").read_text(errors="replace").count("Traceback")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+
+
+def _ensure_dovecot_imapd() -> str:
+    if not Path("/usr/lib/dovecot/imap").exists():
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "dovecot-imapd"], check=True, env=env
+        )
+    return shutil.which("dovecot") or "/usr/sbin/dovecot"
+
+
+class Dovecot:
+    """A throw-away Dovecot with the same certificate, login and password hash as ours."""
+
+    def __init__(self, root: Path, ours: Ours) -> None:
+        if os.geteuid() != 0:
+            raise SystemExit("Dovecot needs root (apt-get, and Dovecot's own users); or pass --no-dovecot")
+        self.binary = _ensure_dovecot_imapd()
+        self.root = root
+        self.port = _free_port()
+        user = pwd.getpwnam("nobody")
+        root.mkdir(parents=True)
+        os.chmod(root.parent, 0o755)
+        os.chmod(root, 0o755)
+        home = root / "home"
+        (home / LOGIN / "Maildir").mkdir(parents=True)
+        for path in (home, *home.rglob("*")):
+            os.chown(path, user.pw_uid, user.pw_gid)
+        (root / "passwd").write_text(f"{LOGIN}:{{ARGON2ID}}{ours.password_hash}::::::\n")
+        dh = Path("/usr/share/dovecot/dh.pem")
+        config = root / "dovecot.conf"
+        config.write_text(
+            f"""protocols = imap
+listen = 127.0.0.1
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = mssante-stress-{os.getpid()}
+log_path = {root}/dovecot.log
+ssl = required
+ssl_cert = <{ours.cert}
+ssl_key = <{ours.key}
+{f"ssl_dh = <{dh}" if dh.exists() else ""}
+auth_mechanisms = plain login
+auth_cache_size = 10M
+auth_cache_ttl = 5 mins
+passdb {{
+  driver = passwd-file
+  args = username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid={user.pw_uid} gid={user.pw_gid} home={home}/%u
+}}
+first_valid_uid = {user.pw_uid}
+first_valid_gid = {user.pw_gid}
+mail_location = maildir:~/Maildir
+default_process_limit = 5000
+default_client_limit = 10000
+service imap-login {{
+  inet_listener imap {{
+    port = 0
+  }}
+  inet_listener imaps {{
+    address = 127.0.0.1
+    port = {self.port}
+    ssl = yes
+  }}
+  service_count = 0
+  process_min_avail = 2
+  client_limit = 5000
+}}
+service imap {{
+  process_limit = 5000
+}}
+service anvil {{
+  client_limit = 10100
+}}
+protocol imap {{
+  mail_max_userip_connections = 5000
+}}
+"""
+        )
+        self.process = subprocess.Popen([self.binary, "-F", "-c", str(config)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    log = root / "dovecot.log"
+                    raise RuntimeError(
+                        f"Dovecot did not start: {log.read_text()[-2000:] if log.exists() else ''}"
+                    ) from None
+                time.sleep(0.1)
+        self.password = ours.password
+        self.version = subprocess.run(
+            [self.binary, "--version"], capture_output=True, text=True
+        ).stdout.strip()
+        self.pids = lambda: _tree(self.process.pid)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+# -- memory ------------------------------------------------------------------------------------------
+def _tree(root_pid: int) -> list[int]:
+    """``root_pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root_pid]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(children.get(pid, []))
+    return out
+
+
+def _memory_kib(pids: list[int]) -> dict[str, int]:
+    rss = pss = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Rss:"):
+                    rss += int(line.split()[1])
+                elif line.startswith("Pss:"):
+                    pss += int(line.split()[1])
+    return {"rss_kib": rss, "pss_kib": pss, "processes": len(pids)}
+
+
+# -- imaptest ----------------------------------------------------------------------------------------
+def run_imaptest(
+    imaptest: str, port: int, password: str, mbox: Path, clients: int, seconds: int, logout: bool
+) -> dict[str, Any]:
+    args = [imaptest, "host=127.0.0.1", f"port={port}", "ssl=any-cert", f"user={LOGIN}", f"pass={password}",
+            f"mbox={mbox}", f"clients={clients}", f"secs={seconds}"]  # fmt: skip
+    if not logout:
+        args.append("logout=0")
+    env = {**os.environ, "LD_LIBRARY_PATH": "/usr/lib/dovecot"}
+    done = subprocess.run(
+        args, capture_output=True, text=True, errors="replace", env=env, timeout=seconds + 120
+    )
+    return parse_imaptest(done.stdout + done.stderr, seconds)
+
+
+def parse_imaptest(output: str, seconds: int) -> dict[str, Any]:
+    """Totals per command and commands/s from imaptest's last table; the mean of its per-interval
+    login times; the error lines it printed (first few kept)."""
+    lines = output.splitlines()
+    totals: dict[str, int] = {}
+    if "Totals:" in lines:
+        at = lines.index("Totals:")
+        names = lines[at + 1].split()
+        counts = next(
+            (ln.split() for ln in lines[at + 2 :] if re.fullmatch(r"[\d ]+", ln.strip() or "x")), []
+        )
+        totals = dict(zip(names, map(int, counts), strict=False))
+    header = next((ln.split() for ln in lines if ln.startswith("Logi")), [])
+    login_ms = [
+        int(ln.split()[header.index("Logi")])
+        for ln in lines
+        if ln.endswith("ms/cmd avg") and "Logi" in header
+    ]
+    errors = [ln for ln in lines if ln.startswith("Error:")]
+    return {
+        "commands": sum(totals.values()),
+        "commands_per_s": round(sum(totals.values()) / seconds, 1),
+        "totals": totals,
+        "login_ms_avg_per_interval": round(statistics.mean(login_ms), 1) if login_ms else None,
+        "errors": len(errors),
+        "serverbug": sum("SERVERBUG" in ln for ln in errors),
+        "first_errors": errors[:5],
+    }
+
+
+# -- logins and idle sessions ------------------------------------------------------------------------
+def _client_context() -> ssl.SSLContext:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE  # the same self-signed server certificate on both sides
+    return context
+
+
+def login_latency(port: int, password: str, logins: int, threads: int = 10) -> dict[str, Any]:
+    """New TLS connection + LOGIN per sample; time from connect() to the tagged OK."""
+    import imaplib
+
+    context = _client_context()
+    samples: list[float] = []
+    errors: list[str] = []
+    todo = iter(range(logins))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while True:
+            with lock:
+                if next(todo, None) is None:
+                    return
+            started = time.perf_counter()
+            try:
+                imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context)
+                imap.login(LOGIN, password)
+                elapsed = time.perf_counter() - started
+                imap.logout()
+                samples.append(elapsed)
+            except Exception as exc:  # reported, not hidden
+                errors.append(repr(exc))
+
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    samples.sort()
+
+    def pct(p: float) -> float | None:
+        return round(samples[min(len(samples) - 1, int(p * len(samples)))] * 1000, 1) if samples else None
+
+    return {"logins": len(samples), "threads": threads, "p50_ms": pct(0.5), "p99_ms": pct(0.99),
+            "errors": len(errors), "first_errors": errors[:3]}  # fmt: skip
+
+
+async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dict[str, Any]:
+    context = _client_context()
+    gate = asyncio.Semaphore(20)
+    sessions: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    errors: list[str] = []
+
+    async def command(
+        reader: asyncio.StreamReader, writer: asyncio.StreamWriter, tag: str, line: str
+    ) -> None:
+        writer.write(f"{tag} {line}\r\n".encode())
+        while True:
+            answer = await reader.readline()
+            if not answer:
+                raise ConnectionError("closed")
+            if answer.startswith(tag.encode() + b" "):
+                if not answer.startswith(tag.encode() + b" OK"):
+                    raise RuntimeError(answer.decode(errors="replace").strip())
+                return
+
+    async def open_one() -> None:
+        async with gate:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, limit=1 << 20)
+                await reader.readline()
+                await command(reader, writer, "a", f'LOGIN "{LOGIN}" "{password}"')
+                await command(reader, writer, "b", "SELECT INBOX")
+                sessions.append((reader, writer))
+            except Exception as exc:
+                errors.append(repr(exc))
+
+    await asyncio.sleep(1)
+    before = _memory_kib(pids())
+    started = time.perf_counter()
+    await asyncio.gather(*(open_one() for _ in range(count)))
+    opened_s = time.perf_counter() - started
+    await asyncio.sleep(3)
+    during = _memory_kib(pids())
+
+    async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async with gate:
+            with contextlib.suppress(Exception):
+                await command(reader, writer, "z", "LOGOUT")
+                writer.close()
+
+    await asyncio.gather(*(close(r, w) for r, w in sessions))
+    await asyncio.sleep(5)
+    after = _memory_kib(pids())
+    n = max(1, len(sessions))
+    return {
+        "sessions": len(sessions),
+        "open_seconds": round(opened_s, 2),
+        "before": before,
+        "idle": during,
+        "after_logout": after,
+        "per_session_rss_kib": round((during["rss_kib"] - before["rss_kib"]) / n, 1),
+        "per_session_pss_kib": round((during["pss_kib"] - before["pss_kib"]) / n, 1),
+        "rss_after_logout_vs_before": round(after["rss_kib"] / before["rss_kib"], 3)
+        if before["rss_kib"]
+        else None,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+    }
+
+
+def idle_memory(port: int, password: str, count: int, pids: Any) -> dict[str, Any]:
+    return asyncio.run(_idle_sessions(port, password, count, pids))
+
+
+def fill_inbox(port: int, password: str, messages: int, threads: int = 4) -> float:
+    """APPEND ``messages`` messages to INBOX over IMAP (the same path on both servers, each
+    indexing as it goes), from ``threads`` connections; returns the seconds taken."""
+    import imaplib
+
+    context = _client_context()
+    todo = iter(range(messages))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context)
+        imap.login(LOGIN, password)
+        while True:
+            with lock:
+                seq = next(todo, None)
+            if seq is None:
+                break
+            imap.append("INBOX", None, None, make_message(subject=f"bulk {seq}", size=4000))
+        imap.logout()
+
+    started = time.perf_counter()
+    pool = [threading.Thread(target=worker) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    for t in pool:
+        t.join()
+    return round(time.perf_counter() - started, 1)
+
+
+# -- main ----------------------------------------------------------------------------------------------
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+@contextlib.contextmanager
+def _database(pg_url: str, root: Path) -> Iterator[str]:
+    if not pg_url:
+        yield f"sqlite:///{root / 'data' / 'mssante.db'}"
+        return
+    name = f"mssante_stress_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 2) if a and b else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--imaptest", default=os.environ.get("IMAPTEST", "imaptest"))
+    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--seconds", type=int, default=60)
+    parser.add_argument("--mbox-messages", type=int, default=100)
+    parser.add_argument("--logins", type=int, default=200, help="login latency samples (0: skip)")
+    parser.add_argument(
+        "--idle", type=int, default=1000, help="idle sessions for the memory figure (0: skip)"
+    )
+    parser.add_argument(
+        "--inbox-messages",
+        type=int,
+        default=0,
+        help="APPEND this many messages to INBOX before the idle sessions",
+    )
+    parser.add_argument("--pg-url", default="", help="our store on PostgreSQL (a database is created)")
+    parser.add_argument("--no-dovecot", action="store_true")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    imaptest = shutil.which(args.imaptest) or args.imaptest
+    if not Path(imaptest).exists():
+        raise SystemExit(f"imaptest not found at {args.imaptest!r}: build it and pass --imaptest PATH")
+    result: dict[str, Any] = {
+        "benchmark": "imaptest_stress",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "seconds": args.seconds,
+        "mbox_messages": args.mbox_messages,
+        "inbox_messages_added_before_idle": args.inbox_messages,
+        "transport": "implicit TLS (same RSA 2048 certificate), same argon2id hash, credential cache on both",
+        "loadavg_before": _loadavg(),
+    }
+    with tempfile.TemporaryDirectory(prefix="mssante-imaptest-") as tmp:
+        root = Path(tmp)
+        mbox = root / "source.mbox"
+        write_mbox(mbox, args.mbox_messages)
+        (root / "ours").mkdir()
+        with _database(args.pg_url, root / "ours") as url:
+            ours = Ours(root / "ours", url)
+            dovecot = None
+            try:
+                result["mssante"] = {"store": make_url(url).get_backend_name(), "stress": {}}
+                servers: list[tuple[str, Any]] = [("mssante", ours)]
+                if not args.no_dovecot:
+                    dovecot = Dovecot(root / "dovecot", ours)
+                    result["dovecot"] = {"version": dovecot.version, "stress": {}}
+                    servers.append(("dovecot", dovecot))
+                for clients in args.clients:
+                    for logout in (True, False):
+                        key = f"{clients}_clients_{'with_logins' if logout else 'logout_0'}"
+                        for name, server in servers:  # interleaved: ours, Dovecot, per setting
+                            run = run_imaptest(
+                                imaptest, server.port, server.password, mbox, clients, args.seconds, logout
+                            )
+                            result[name]["stress"][key] = run
+                if args.logins:
+                    for name, server in servers:
+                        result[name]["login_latency"] = login_latency(
+                            server.port, server.password, args.logins
+                        )
+                if args.idle:
+                    for name, server in servers:
+                        if args.inbox_messages:
+                            result[name]["inbox_fill_s"] = fill_inbox(
+                                server.port, server.password, args.inbox_messages
+                            )
+                        result[name]["idle_sessions"] = idle_memory(
+                            server.port, server.password, args.idle, server.pids
+                        )
+                result["mssante"]["server_tracebacks"] = ours.tracebacks()
+            finally:
+                if dovecot is not None:
+                    dovecot.stop()
+                ours.stop()
+    if "dovecot" in result:
+        ratios: dict[str, float | None] = {}
+        for key, run in result["mssante"]["stress"].items():
+            ratios[f"commands_per_s_{key}"] = _ratio(
+                result["dovecot"]["stress"][key]["commands_per_s"], run["commands_per_s"]
+            )
+        for p in ("p50_ms", "p99_ms"):
+            if "login_latency" in result["mssante"]:
+                ratios[f"login_{p}"] = _ratio(
+                    result["mssante"]["login_latency"][p], result["dovecot"]["login_latency"][p]
+                )
+        if "idle_sessions" in result["mssante"]:
+            for m in ("per_session_rss_kib", "per_session_pss_kib"):
+                ratios[f"idle_{m}"] = _ratio(
+                    result["mssante"]["idle_sessions"][m], result["dovecot"]["idle_sessions"][m]
+                )
+        result["ratios_ours_vs_dovecot"] = ratios
+    result["loadavg_after"] = _loadavg()
+    out = json.dumps(result, indent=2)
+    print(out)
+    if args.out:
+        args.out.write_text(out + "\n")
+
+
+if __name__ == "__main__":
+    main()
