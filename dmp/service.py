@@ -5,21 +5,29 @@ asks :mod:`dmp.rules`, and writes what happened — allowed or refused — to th
 of the action itself. Refusals are traced in their own transaction before the error is raised,
 so that a refused attempt is never lost with a rolled-back action.
 
-Notifications (``mssante.notify``) go to the patient's BAL after commit: on each feed, on
-break-glass, and on each consultation by a professional outside the care team.
+Notifications (``mssante.notify``) go to the patient's BAL after commit, as the seed lists
+them: on each feed, on break-glass, on each consultation by a professional outside the care
+team, and on a care-team member's first consultation of the day (one notice per professional
+and day). Each carries the channel the patient chose (``webhook``: the Mon Espace Santé app;
+``email``: a message to the personal address they gave), for the gateway that delivers it.
+
+The patient's own rights (hide a document, block a professional, declare a médecin traitant,
+deposit their own documents and profile entries, choose the notification channel) are
+methods here too, decided by :mod:`dmp.rules` and traced like every other action.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time
 from typing import Any, NoReturn
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session, aliased
 
 from annuaire.lookup import Annuaire
@@ -27,16 +35,20 @@ from dmp import codes as dmp_codes
 from dmp import rules
 from dmp.models import (
     INS_OIDS,
+    BlockedProfessional,
     CareTeamMember,
     Document,
+    HiddenDocument,
     LegalRepresentative,
     Patient,
+    PatientChoices,
+    ProfileEntry,
     RecordedConsent,
     TraceEntry,
 )
 from dmp.rules import Actor, Consent, DocumentFacts, PatientFacts, Role
 from mssante import audit
-from mssante.auth.identity import Identity, IdentityKind, InvalidIdentity, check_ins
+from mssante.auth.identity import Identity, IdentityKind, InvalidIdentity, check_idnat, check_ins
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import transaction
@@ -100,6 +112,10 @@ class PatientInfo:
     care_team: tuple[str, ...]
     consents: tuple[str, ...]
     legal_representatives: tuple[str, ...]
+    blocked: tuple[str, ...] = ()
+    medecin_traitant: str | None = None
+    notify_channel: str = "webhook"
+    notify_email: str | None = None
 
     def facts(self) -> PatientFacts:
         return PatientFacts(
@@ -110,6 +126,8 @@ class PatientInfo:
             frozenset(self.care_team),
             frozenset(self.consents),
             frozenset(self.legal_representatives),
+            frozenset(self.blocked),
+            self.medecin_traitant,
         )
 
 
@@ -155,9 +173,17 @@ class DocumentInfo:
     flags: tuple[str, ...]
     status: str
     replaces: str | None = None
+    hidden_by_patient: bool = False
 
     def facts(self) -> DocumentFacts:
-        return DocumentFacts(self.type_code, self.author_idnat, frozenset(self.flags), self.status)
+        return DocumentFacts(
+            self.type_code,
+            self.author_idnat,
+            frozenset(self.flags),
+            self.status,
+            self.hidden_by_patient,
+            self.space,
+        )
 
     def as_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -274,7 +300,16 @@ class DMPService:
             care_team=ids(CareTeamMember.idnat, CareTeamMember.patient_id),
             consents=ids(RecordedConsent.idnat, RecordedConsent.patient_id),
             legal_representatives=ids(LegalRepresentative.ins, LegalRepresentative.patient_id),
+            blocked=ids(BlockedProfessional.idnat, BlockedProfessional.patient_id),
         )
+        choices = session.get(PatientChoices, row.id)
+        if choices is not None:
+            info = replace(
+                info,
+                medecin_traitant=choices.medecin_traitant,
+                notify_channel=choices.notify_channel,
+                notify_email=choices.notify_email,
+            )
         return _Loaded(row, info)
 
     def actor(self, identity: Identity, patient: PatientInfo | None = None) -> Actor:
@@ -367,7 +402,16 @@ class DMPService:
         raise error(message, code)
 
     def _notify(self, kind: str, ins: str, **data: str) -> None:
-        self.notifier.notify(Event(kind, self.patient_bal(ins), data))
+        """Tell the patient, on the channel they chose (read at the time of the notice)."""
+        with Session(self.engine) as s:
+            found = s.execute(
+                select(PatientChoices.notify_channel, PatientChoices.notify_email)
+                .join(Patient, Patient.id == PatientChoices.patient_id)
+                .where(Patient.ins == ins)
+            ).first()
+        channel, email = found if found is not None else ("webhook", None)
+        extra = {"channel": channel, **({"email": email} if channel == "email" and email else {})}
+        self.notifier.notify(Event(kind, self.patient_bal(ins), {**data, **extra}))
 
     # -- patients (operator actions) -----------------------------------------------------------
     def add_patient(
@@ -658,7 +702,9 @@ class DMPService:
             return None
         return s.scalars(select(Document.unique_id).where(Document.id == row.replaces_id)).first()
 
-    def _info(self, row: Document, ins: str, replaces: str | None = None) -> DocumentInfo:
+    def _info(
+        self, row: Document, ins: str, replaces: str | None = None, hidden: bool = False
+    ) -> DocumentInfo:
         return DocumentInfo(
             unique_id=row.unique_id,
             ins=ins,
@@ -677,6 +723,7 @@ class DMPService:
             flags=_flags(row),
             status=row.status,
             replaces=replaces,
+            hidden_by_patient=hidden,
         )
 
     def _open_record(
@@ -699,9 +746,33 @@ class DMPService:
 
     def _after_access(self, actor: Actor, info: PatientInfo, decision: rules.Decision, what: str) -> None:
         if decision.consent is Consent.BREAK_GLASS:
-            self._notify("dmp.break_glass", info.ins, actor_role=actor.role.value)
-        elif rules.outside_care_team(actor, info.facts()):
-            self._notify("dmp.record.consulted", info.ins, actor_role=actor.role.value, what=what)
+            self._notify("dmp.break_glass", info.ins, actor_role=actor.role.value, actor=actor.id)
+        elif rules.notify_read(actor, info.facts(), self._first_today(actor, info.ins)):
+            team = "outside" if rules.outside_care_team(actor, info.facts()) else "care_team"
+            self._notify(
+                "dmp.record.consulted", info.ins, actor_role=actor.role.value, actor=actor.id,
+                what=what, team=team,
+            )  # fmt: skip
+
+    def _first_today(self, actor: Actor, ins: str) -> bool:
+        """Whether the consultation just traced is this professional's first of the day (UTC)."""
+        start = datetime.combine(_now().date(), time(0), tzinfo=UTC)
+        with Session(self.engine) as s:
+            count = len(
+                s.scalars(
+                    select(TraceEntry.id)
+                    .join(Patient, Patient.id == TraceEntry.patient_id)
+                    .where(
+                        Patient.ins == ins,
+                        TraceEntry.actor.like(f"%:{actor.id}"),
+                        TraceEntry.action.in_(("list", "read")),
+                        TraceEntry.outcome == "ok",
+                        TraceEntry.at >= start,
+                    )
+                    .limit(2)
+                ).all()
+            )
+        return count <= 1
 
     def list_documents(
         self,
@@ -721,6 +792,7 @@ class DMPService:
             decision = self._open_record(s, identity, loaded, actor, "list", break_glass, reason, source)
             found: list[DocumentInfo] = []
             if decision:
+                hidden = self._hidden_ids(s, loaded.row.id)
                 older = aliased(Document)
                 query = (
                     select(Document, older.unique_id)
@@ -738,7 +810,7 @@ class DMPService:
                 for row, replaces in s.execute(
                     query.order_by(Document.submitted_at.desc(), Document.id.desc())
                 ):
-                    info = self._info(row, loaded.row.ins, replaces)
+                    info = self._info(row, loaded.row.ins, replaces, row.id in hidden)
                     if rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix):
                         found.append(info)
                 self._trace(
@@ -771,7 +843,7 @@ class DMPService:
             raise NotFound(f"no document {unique_id} in the DMP")
         with self._patient_for(identity, ins, "read", source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
-            info = self._info(row, ins, self._replaces(s, row))
+            info = self._info(row, ins, self._replaces(s, row), s.get(HiddenDocument, row.id) is not None)
             decision = self._open_record(s, identity, loaded, actor, "read", break_glass, reason, source)
             if decision:
                 seen = rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix)
@@ -882,6 +954,41 @@ class DMPService:
             )
         return loaded.info
 
+    def patient_of(self, unique_id: str) -> str | None:
+        """The INS of the record a document belongs to (no content, no decision: a routing aid)."""
+        with Session(self.engine) as s:
+            return s.scalars(
+                select(Patient.ins)
+                .join(Document, Document.patient_id == Patient.id)
+                .where(Document.unique_id == unique_id)
+            ).first()
+
+    def find_patients(
+        self,
+        identity: Identity,
+        *,
+        birth_name: str,
+        given_name: str = "",
+        birth_date: date | None = None,
+        source: str | None = None,
+    ) -> list[PatientInfo]:
+        """A professional looks patients up by their traits (birth name, a given name, birth
+        date); each patient found is traced as a search, so the patient sees who looked."""
+        if not birth_name.strip():
+            raise DMPError("a search by traits needs at least the birth name")
+        with Session(self.engine) as s:
+            query = select(Patient.ins).where(func.upper(Patient.birth_name) == birth_name.strip().upper())
+            if birth_date is not None:
+                query = query.where(Patient.birth_date == birth_date)
+            candidates = list(s.scalars(query.limit(50)))
+        found = []
+        for ins in candidates:
+            with Session(self.engine) as s:
+                loaded = self._load(s, ins)
+            if loaded is not None and _traits_match(loaded.info, birth_name, given_name, birth_date):
+                found.append(self.search_patient(identity, ins, source=source))
+        return found
+
     # -- history ----------------------------------------------------------------------------------
     def history(self, identity: Identity, ins: str) -> list[TraceInfo]:
         """The patient's (or legal representative's) view of every action on the record."""
@@ -909,3 +1016,244 @@ class DMPService:
             TraceInfo(utc(t.at), t.action, t.outcome, t.actor, t.role, t.profession, t.reason, uid)
             for t, uid in rows
         ]
+
+    # -- the patient's own rights -----------------------------------------------------------------
+    @staticmethod
+    def _hidden_ids(s: Session, patient_id: int) -> set[int]:
+        return set(
+            s.scalars(
+                select(HiddenDocument.document_id)
+                .join(Document, Document.id == HiddenDocument.document_id)
+                .where(Document.patient_id == patient_id)
+            )
+        )
+
+    def _choose(
+        self,
+        identity: Identity,
+        ins: str,
+        action: str,
+        reason: str,
+        change: Any,
+        *,
+        source: str | None = None,
+        document: str | None = None,
+    ) -> PatientInfo:
+        """One choice of the patient (or a legal representative): decided, done and traced in
+        one transaction; a refusal is traced in its own."""
+        with self._patient_for(identity, ins, action, source) as (s, loaded, actor):
+            decision = rules.may_choose(actor, loaded.info.facts())
+            row: Document | None = None
+            if decision and document is not None:
+                row = s.scalars(
+                    select(Document).where(
+                        Document.unique_id == document, Document.patient_id == loaded.row.id
+                    )
+                ).first()
+                if row is None or row.status != "current":
+                    decision = rules.Decision(False, f"no current document {document} in this record")
+            if decision:
+                problem = change(s, loaded.row, row)
+                if problem:
+                    decision = rules.Decision(False, problem)
+            if decision:
+                loaded.row.updated_at = _now()
+                s.flush()
+                self._trace(
+                    s, identity, actor, action, patient=loaded.row, document=row, reason=reason, source=source
+                )
+                fresh = self._load(s, loaded.row.ins)
+        if not decision:
+            self._refuse(identity, actor, action, decision.reason, ins=ins, unique_id=document, source=source)
+        assert fresh is not None
+        return fresh.info
+
+    def hide(
+        self, identity: Identity, ins: str, unique_id: str, *, hidden: bool, source: str | None = None
+    ) -> PatientInfo:
+        """The patient hides a document from professionals (author and médecin traitant excepted)."""
+
+        def change(s: Session, _patient: Patient, row: Document | None) -> str | None:
+            assert row is not None
+            found = s.get(HiddenDocument, row.id)
+            if hidden and found is None:
+                s.add(HiddenDocument(document_id=row.id, hidden_at=_now(), hidden_by=identity.principal))
+            elif not hidden and found is not None:
+                s.delete(found)
+            return None
+
+        action = "patient.hide" if hidden else "patient.unhide"
+        return self._choose(identity, ins, action, unique_id, change, source=source, document=unique_id)
+
+    def block(
+        self, identity: Identity, ins: str, idnat: str, *, blocked: bool, source: str | None = None
+    ) -> PatientInfo:
+        """The patient blocks (or unblocks) a professional, named by IdNat_PS (8 + RPPS)."""
+        try:
+            idnat = check_idnat(idnat)
+        except InvalidIdentity as exc:
+            raise DMPError(str(exc)) from None
+
+        def change(s: Session, patient: Patient, _row: Document | None) -> str | None:
+            found = s.get(BlockedProfessional, (patient.id, idnat))
+            if blocked and found is None:
+                choices = s.get(PatientChoices, patient.id)
+                if choices is not None and choices.medecin_traitant == idnat:
+                    return "the médecin traitant cannot be blocked: declare another one first"
+                s.add(BlockedProfessional(patient_id=patient.id, idnat=idnat, blocked_at=_now()))
+            elif not blocked and found is not None:
+                s.delete(found)
+            return None
+
+        action = "patient.block" if blocked else "patient.unblock"
+        return self._choose(identity, ins, action, idnat, change, source=source)
+
+    def _choices(self, s: Session, patient: Patient) -> PatientChoices:
+        found = s.get(PatientChoices, patient.id)
+        if found is None:
+            found = PatientChoices(patient_id=patient.id, notify_channel="webhook", updated_at=_now())
+            s.add(found)
+        return found
+
+    def set_medecin_traitant(
+        self, identity: Identity, ins: str, idnat: str | None, *, source: str | None = None
+    ) -> PatientInfo:
+        """The patient declares their médecin traitant (a registered doctor), or none."""
+        if idnat:
+            try:
+                idnat = check_idnat(idnat)
+            except InvalidIdentity as exc:
+                raise DMPError(str(exc)) from None
+            pro = self.annuaire.professional(idnat)
+            if pro is None or pro.profession_code != "10":
+                raise DMPError(f"{idnat} is not a doctor (profession 10) registered in the annuaire")
+
+        def change(s: Session, patient: Patient, _row: Document | None) -> str | None:
+            if idnat and s.get(BlockedProfessional, (patient.id, idnat)) is not None:
+                return "a blocked professional cannot be the médecin traitant: unblock them first"
+            choices = self._choices(s, patient)
+            choices.medecin_traitant, choices.updated_at = idnat or None, _now()
+            return None
+
+        return self._choose(identity, ins, "patient.medecin_traitant", idnat or "none", change, source=source)
+
+    def set_notifications(
+        self, identity: Identity, ins: str, channel: str, email: str | None, *, source: str | None = None
+    ) -> PatientInfo:
+        """How the patient wants to be told: ``webhook`` (the app) or ``email`` (a personal address)."""
+        if channel not in NOTIFY_CHANNELS:
+            raise DMPError(f"channel must be one of {', '.join(NOTIFY_CHANNELS)}")
+        email = (email or "").strip() or None
+        if channel == "email" and (email is None or not _EMAIL.match(email)):
+            raise DMPError("an e-mail channel needs a valid address")
+
+        def change(s: Session, patient: Patient, _row: Document | None) -> str | None:
+            choices = self._choices(s, patient)
+            choices.notify_channel, choices.notify_email, choices.updated_at = channel, email, _now()
+            return None
+
+        return self._choose(identity, ins, "patient.notifications", channel, change, source=source)
+
+    def set_profile(
+        self, identity: Identity, ins: str, kind: str, value: str, *, source: str | None = None
+    ) -> PatientInfo:
+        """One profile entry (contact d'urgence, personne de confiance, directives anticipées);
+        an empty value removes it."""
+        if kind not in PROFILE_KINDS:
+            raise DMPError(f"profile entry must be one of {', '.join(PROFILE_KINDS)}")
+        value = value.strip()
+        if len(value) > MAX_PROFILE_CHARS:
+            raise DMPError(f"a profile entry holds at most {MAX_PROFILE_CHARS} characters")
+
+        def change(s: Session, patient: Patient, _row: Document | None) -> str | None:
+            found = s.get(ProfileEntry, (patient.id, kind))
+            if not value:
+                if found is not None:
+                    s.delete(found)
+            elif found is None:
+                s.add(ProfileEntry(patient_id=patient.id, kind=kind, value=value, updated_at=_now()))
+            else:
+                found.value, found.updated_at = value, _now()
+            return None
+
+        return self._choose(identity, ins, "patient.profile", kind, change, source=source)
+
+    def profile(self, identity: Identity, ins: str, *, source: str | None = None) -> dict[str, str]:
+        """The profile entries: the patient's own view, or a professional's under the matrix
+        (an entry reads like a document of its type: ``PROFILE_KINDS`` gives the type code)."""
+        with self._patient_for(identity, ins, "profile", source) as (s, loaded, actor):
+            facts = loaded.info.facts()
+            decision = rules.record_access(actor, facts)
+            entries: dict[str, str] = {}
+            if decision:
+                for entry in s.scalars(select(ProfileEntry).where(ProfileEntry.patient_id == loaded.row.id)):
+                    doc = DocumentFacts(PROFILE_KINDS[entry.kind], loaded.row.ins, space=rules.PATIENT_SPACE)
+                    if rules.visible(actor, facts, doc, self.codes.matrix):
+                        entries[entry.kind] = entry.value
+                if actor.role is Role.PROFESSIONAL:
+                    self._trace(s, identity, actor, "profile", patient=loaded.row, source=source)
+        if not decision:
+            self._refuse(identity, actor, "profile", decision.reason, ins=ins, source=source)
+        return entries
+
+    def deposit_own(
+        self, identity: Identity, ins: str, content: bytes, meta: DocumentMeta, *, source: str | None = None
+    ) -> DocumentInfo:
+        """The patient (or a legal representative) deposits a document of the patient space."""
+        self._check_meta(meta)
+        space = self.codes.space_of(meta.type_code)
+        blob = blobs.seal(self.keyring, content, None, self.settings.storage.chunk_size)
+        with self._patient_for(identity, ins, "deposit", source) as (s, loaded, actor):
+            decision = rules.may_deposit_own(actor, loaded.info.facts(), space)
+            if decision:
+                now = _now()
+                item = FeedItem(content, replace(meta, flags=frozenset()))
+                unique_id = f"2.25.{uuid.uuid4().int}"
+                row = self._new_document(item, unique_id, loaded.row, actor, blobs.put(s, blob), source, now)
+                s.add(row)
+                s.flush()
+                self._trace(
+                    s, identity, actor, "deposit", patient=loaded.row, document=row,
+                    reason=decision.reason, source=source,
+                )  # fmt: skip
+                info = self._info(row, loaded.row.ins)
+        if not decision:
+            self._refuse(identity, actor, "deposit", decision.reason, ins=ins, source=source)
+        return info
+
+    def delete_own(self, identity: Identity, ins: str, unique_id: str, *, source: str | None = None) -> None:
+        """The patient deletes a document they deposited (the row stays, ``deleted``, for the trace)."""
+        with self._patient_for(identity, ins, "delete", source) as (s, loaded, actor):
+            row = s.scalars(
+                select(Document).where(Document.unique_id == unique_id, Document.patient_id == loaded.row.id)
+            ).first()
+            if row is None:
+                decision = rules.Decision(False, f"no document {unique_id} in this record")
+            else:
+                decision = rules.may_delete_own(actor, loaded.info.facts(), self._info(row, ins).facts())
+            if decision and row is not None:
+                row.status, row.changed_at = "deleted", _now()
+                self._trace(s, identity, actor, "delete", patient=loaded.row, document=row, source=source)
+        if not decision:
+            self._refuse(identity, actor, "delete", decision.reason, ins=ins, source=source)
+
+
+NOTIFY_CHANNELS = ("webhook", "email")
+# Profile entry → the JDV_J07 type it reads as under the matrix (DOCPAT01/02: directives
+# anticipées, personne de confiance; the emergency contact is read like the trusted person).
+PROFILE_KINDS = {
+    "directives_anticipees": "DOCPAT01",
+    "personne_confiance": "DOCPAT02",
+    "contact_urgence": "DOCPAT02",
+}
+MAX_PROFILE_CHARS = 4000
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def _traits_match(info: PatientInfo, birth_name: str, given: str, birth_date: date | None) -> bool:
+    t = info.traits
+    return (
+        t.birth_name.casefold() == birth_name.strip().casefold()
+        and (not given or given.strip().casefold() in t.given_names.casefold().split())
+        and (birth_date is None or t.birth_date == birth_date)
+    )

@@ -228,6 +228,15 @@ class DMPSection(_Section):
     max_ratio: int = Field(default=100, ge=1)
 
 
+# -- [web] (patient space and DMP web, mssante/web/) ------------------------------------------
+class WebSection(_Section):
+    """The pages under /patient/ and /pro/ on the HTTP listener."""
+
+    session_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    dsfr_dir: Path | None = None
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -251,6 +260,7 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
+    web: WebSection = Field(default_factory=WebSection)
 
     @classmethod
     def settings_customise_sources(

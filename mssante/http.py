@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from mssante import __version__
 
 # Each area exposes ``router`` (a FastAPI APIRouter) and, optionally, ``bind(app, runtime)``.
-ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
+ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api", "mssante.web.app")
 
 
 def create_app(runtime: Any) -> FastAPI:
@@ -34,4 +34,6 @@ def create_app(runtime: Any) -> FastAPI:
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)
         app.include_router(module.router)
+        if hasattr(module, "bind"):
+            module.bind(app, runtime)
     return app

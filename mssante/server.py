@@ -156,6 +156,7 @@ async def serve_forever(
     try:
         for starter in listener_starters():
             running.extend(await starter(runtime))
+        runtime.extras["listeners"] = running  # the web submits through its own submission listener
         for item in running:
             log.info(
                 "listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls

@@ -1,0 +1,28 @@
+"""The web sessions of the patient space and the professionals' DMP web.
+
+A session is a row, not a signed cookie, so that logging out (or an operator disabling an
+account) ends it at once on every node sharing the database. The cookie holds a random token;
+the table holds only its SHA-256, so a copied database gives no usable session.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import DateTime, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from mssante.db import Base
+
+
+class WebSession(Base):
+    __tablename__ = "web_sessions"
+
+    token_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    principal: Mapped[str] = mapped_column(String(320), index=True)  # e.g. patient:2800175…
+    login: Mapped[str | None] = mapped_column(String(320))
+    space: Mapped[str] = mapped_column(String(16))  # "patient" or "pro"
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
