@@ -425,8 +425,11 @@ def write_demo_json(settings: Settings, document: dict[str, Any], listeners: lis
 def _patient_totp(
     settings: Settings, engine: Engine, logins: list[DemoAccount], previous: dict[str, Any]
 ) -> dict[str, str]:
-    """Each demo patient's TOTP secret (the patient space's second factor), enrolled once and
-    told again by demo.json; enrolled anew when demo.json lost it."""
+    """Each demo patient's TOTP secret (the patient space's second factor; mail clients keep
+    logging in with the password alone), enrolled once and told again by demo.json; enrolled
+    anew when demo.json lost it."""
+    from mssante.web import second_factor
+
     known = {a["login"]: a.get("totp_secret") for a in previous.get("accounts", [])}
     ring = KeyRing.load(settings.keyring_path)
     secrets_out: dict[str, str] = {}
@@ -434,11 +437,10 @@ def _patient_totp(
         for acct in logins:
             if acct.kind != "patient":
                 continue
-            account = accounts.get(session, acct.login)
-            if account is not None and account.totp_secret and known.get(acct.login):
+            if second_factor.enrolled(session, acct.login) and known.get(acct.login):
                 secrets_out[acct.login] = str(known[acct.login])
             else:
-                secrets_out[acct.login] = accounts.enrol_totp(session, ring, acct.login, actor=ACTOR)
+                secrets_out[acct.login] = second_factor.enrol(session, ring, acct.login, actor=ACTOR)
     return secrets_out
 
 

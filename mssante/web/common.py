@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from typing import Any
 
 from fastapi import Request
@@ -20,7 +21,7 @@ from mssante.auth import accounts
 from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess, FailureKind
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.tls import TLSInfo
-from mssante.web import security, sessions
+from mssante.web import second_factor, security, sessions
 
 SPACE_KINDS = {
     "patient": (IdentityKind.PATIENT,),
@@ -110,11 +111,42 @@ def _failure_message(failure: AuthFailure) -> str:
     return "Identifiant, mot de passe ou code incorrect."
 
 
+def _second_factor(request: Request, login: str) -> str:
+    """How this login's second factor is checked: ``sasl`` (the account's own TOTP, checked by
+    the authenticator), ``web`` (the web's TOTP, :mod:`mssante.web.second_factor`), or ``none``."""
+    from sqlalchemy.orm import Session
+
+    with Session(runtime(request).engine) as s:
+        account = accounts.get(s, login)
+        if account is not None and account.totp_secret:
+            return "sasl"
+        return "web" if account is None or second_factor.enrolled(s, login) else "none"
+
+
 async def password_login(request: Request, space: str, login: str, password: str, code: str) -> Identity:
-    """The identity of a login, password (+ TOTP code); :class:`FormRefused` otherwise."""
+    """The identity of a login, password (+ TOTP code); :class:`FormRefused` otherwise. The
+    patient space always needs the second factor."""
     if not login or not password:
         raise FormRefused("Saisissez votre identifiant et votre mot de passe.")
-    secret = f"{password}:{code}" if code else password
+    rt = runtime(request)
+    factor = await run_in_threadpool(_second_factor, request, login)
+    if space == "patient" and factor == "none":
+        raise FormRefused(
+            "La connexion à l'espace patient demande un second facteur (code à usage unique), "
+            "qui n'est pas activé pour ce compte.",
+            403,
+        )
+    if factor == "web" and (space == "patient" or code):
+        penalty = await run_in_threadpool(
+            second_factor.check, rt.engine, rt.writer_engine, rt.keyring, rt.settings.auth.bruteforce,
+            login, code, client_ip(request), time.time(),
+        )  # fmt: skip
+        if penalty is not None:
+            await asyncio.sleep(penalty.delay)
+            if penalty.locked_until is not None:
+                raise FormRefused(_failure_message(AuthFailure(FailureKind.LOCKED, "locked")), 429)
+            raise FormRefused("Identifiant, mot de passe ou code incorrect.", 401)
+    secret = f"{password}:{code}" if factor == "sasl" and code else password
     initial = base64.b64encode(f"\0{login}\0{secret}".encode()).decode("ascii")
     exchange = _authenticator(request).begin(
         "PLAIN", tls=TLSInfo(active=True), client_ip=client_ip(request), listener=f"web-{space}"
@@ -125,31 +157,14 @@ async def password_login(request: Request, space: str, login: str, password: str
         raise FormRefused(_failure_message(result), 401)
     if not isinstance(result, AuthSuccess):
         raise FormRefused("Identifiant, mot de passe ou code incorrect.", 401)
-    identity = result.identity
-    if identity.kind not in SPACE_KINDS[space]:
+    if result.identity.kind not in SPACE_KINDS[space]:
         raise FormRefused(
             "Ce compte n'est pas un compte patient."
             if space == "patient"
             else "Ce compte n'est pas celui d'un professionnel.",
             403,
         )
-    if space == "patient":
-        rt = runtime(request)
-
-        def enrolled() -> bool:
-            from sqlalchemy.orm import Session
-
-            with Session(rt.engine) as s:
-                account = accounts.get(s, login)
-                return account is not None and bool(account.totp_secret)
-
-        if not await run_in_threadpool(enrolled):
-            raise FormRefused(
-                "La connexion à l'espace patient demande un second facteur (code à usage unique), "
-                "qui n'est pas activé pour ce compte.",
-                403,
-            )
-    return identity
+    return result.identity
 
 
 async def token_login(request: Request, space: str, token: str) -> Identity:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, String
+from sqlalchemy import BigInteger, DateTime, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mssante.db import Base
@@ -26,3 +26,16 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WebSecondFactor(Base):
+    """The second factor of a web login (TOTP standing in for "mot de passe + SMS"), for accounts
+    whose mail clients log in with the password alone: enrolling it changes nothing for SMTP and
+    IMAP. The secret is sealed by the key ring; a code is accepted once (its time step is kept)."""
+
+    __tablename__ = "web_second_factors"
+
+    login: Mapped[str] = mapped_column(String(320), primary_key=True)
+    totp_secret: Mapped[str] = mapped_column(String(128))
+    last_step: Mapped[int | None] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -43,6 +43,14 @@ def upgrade() -> None:
     with op.batch_alter_table("web_sessions", schema=None) as batch_op:
         batch_op.create_index("ix_web_sessions_principal", ["principal"], unique=False)
     op.create_table(
+        "web_second_factors",
+        sa.Column("login", sa.String(length=320), nullable=False),
+        sa.Column("totp_secret", sa.String(length=128), nullable=False),
+        sa.Column("last_step", sa.BigInteger(), nullable=True),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("login", name=op.f("pk_web_second_factors")),
+    )
+    op.create_table(
         "dmp_patient_choices",
         sa.Column("patient_id", BigId, nullable=False),
         sa.Column("medecin_traitant", sa.String(length=32), nullable=True),
@@ -89,6 +97,7 @@ def downgrade() -> None:
     op.drop_table("dmp_hidden")
     op.drop_table("dmp_blocked")
     op.drop_table("dmp_patient_choices")
+    op.drop_table("web_second_factors")
     with op.batch_alter_table("web_sessions", schema=None) as batch_op:
         batch_op.drop_index("ix_web_sessions_principal")
     op.drop_table("web_sessions")
