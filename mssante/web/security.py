@@ -1,8 +1,9 @@
 """Security headers and CSRF checks of every web page.
 
 Headers: a strict Content Security Policy (only our own origin, no inline script, no frames,
-forms post only to us), ``nosniff``, no referrer, no caching of pages that hold health data,
-HSTS. CSRF: every form carries the session's token (``csrf`` field), compared in constant time;
+forms post only to us), ``nosniff``, no referrer outside our origin (browsers still send us
+``Origin``), no caching of pages that hold health data, HSTS. CSRF: every form carries the
+session's token (``csrf`` field), compared in constant time;
 the login forms, before any session exists, use a double-submit cookie. ``SameSite=Strict``
 cookies and an ``Origin`` check are further layers, not the only one.
 """
@@ -24,7 +25,7 @@ CSP = (
 HEADERS = {
     "Content-Security-Policy": CSP,
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",
     "X-Frame-Options": "DENY",
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
