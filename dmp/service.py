@@ -963,6 +963,17 @@ class DMPService:
                 .where(Document.unique_id == unique_id)
             ).first()
 
+    def document_titles(self, ins: str) -> dict[str, str]:
+        """Unique id → title of every version of a record (to name documents in the patient's
+        own history; no content, no decision)."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(Document.unique_id, Document.title)
+                .join(Patient, Patient.id == Document.patient_id)
+                .where(Patient.ins == _ins(ins))
+            ).all()
+        return {uid: title for uid, title in rows}
+
     def find_patients(
         self,
         identity: Identity,

@@ -42,6 +42,7 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Debian's chromium is not installed (./dev installs it as root)", allow_module_level=True)
 
 FLAGS = [
+    "--lang=fr-FR",
     "--headless",
     "--no-sandbox",
     "--disable-gpu",
@@ -228,6 +229,8 @@ def test_patient_and_professional_in_chromium(
     durand_rows = [r for r in rows if "Dr Paul DURAND (médecin)" in r]
     assert any("a consulté la liste de vos documents (tentative refusée)" in r for r in durand_rows)
     assert any("a consulté la liste de vos documents" in r and "refusée" not in r for r in durand_rows)
+    assert any("Vous" in r and "avez bloqué un professionnel : Dr Paul DURAND (médecin)" in r for r in rows)
+    assert any("avez masqué un document aux professionnels : Compte rendu de consultation" in r for r in rows)
     _shot(patient, shots, "patient-acces")
     _menu(patient, "Profil et notifications")
     patient.get_by_label("Contact d'urgence").fill("Paul DUPONT, 06 12 34 56 78")
@@ -276,4 +279,6 @@ def test_patient_and_professional_in_chromium(
     emergency = jean.locator("tr.emergency").all_inner_texts()
     assert emergency and "Sophie BERNARD (pharmacien)" in emergency[0]
     assert "Patient inconscient à l'officine" in emergency[0]
-    assert any("a ouvert un document" in r for r in jean.locator("tbody tr").all_inner_texts())
+    assert any(
+        "a ouvert un document : Bilan sanguin" in r for r in jean.locator("tbody tr").all_inner_texts()
+    )

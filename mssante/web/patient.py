@@ -456,20 +456,27 @@ async def accesses(request: Request) -> Response:
         trace = await run_in_threadpool(service.history, user.identity, user.identity.id)
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    annuaire = service.annuaire
-    rows = [
-        {
-            "at": t.at,
-            "who": words.who(annuaire, t.actor, t.role),
-            "what": words.what(t.action, t.outcome),
-            "why": t.reason if t.action == "break_glass" else "",
-            "refused": t.outcome != "ok",
-            "emergency": t.action == "break_glass",
-        }
-        for t in reversed(trace)
-        if t.action not in ("patient.update",)
-    ]
+    titles = await run_in_threadpool(service.document_titles, user.identity.id)
+    rows = [_trace_row(service.annuaire, t, titles) for t in reversed(trace)]
+    rows = [r for r in rows if r is not None]
     return _view(request, user, "patient/trace.html", rows=rows[:500])
+
+
+def _trace_row(annuaire: Annuaire, t: Any, titles: dict[str, str]) -> dict[str, Any] | None:
+    you = t.role in ("patient", "legal_representative")
+    if t.action == "patient.update" or (you and t.action in words.OWN_READS):
+        return None
+    about = titles.get(t.document) if t.document else None
+    if t.action in words.NAMED_PROFESSIONAL and t.reason and t.reason[:1].isdigit():
+        about = words.professional_name(annuaire, t.reason)
+    return {
+        "at": t.at,
+        "who": words.who(annuaire, t.actor, t.role),
+        "what": words.what(t.action, t.outcome, you=you and t.role == "patient", about=about),
+        "why": t.reason if t.action == "break_glass" else "",
+        "refused": t.outcome != "ok",
+        "emergency": t.action == "break_glass",
+    }
 
 
 # -- professionals --------------------------------------------------------------------------------

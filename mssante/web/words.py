@@ -58,11 +58,28 @@ def who(annuaire: Annuaire, actor: str, role: str) -> str:
     return ROLES.get(role, "Le système")
 
 
-def what(action: str, outcome: str) -> str:
+def what(action: str, outcome: str, *, you: bool = False, about: str | None = None) -> str:
+    """« a ouvert un document : Bilan sanguin » (« avez » when the patient did it)."""
     said = ACTIONS.get(action, action)
+    if you and said.startswith("a "):
+        said = "avez " + said[2:]
+    if about:
+        said = f"{said} : {about}"
     if outcome != "ok":
         return f"{said} (tentative refusée)"
     return said
+
+
+# The patient's own consultations are not listed in "who accessed my record".
+OWN_READS = ("list", "read", "profile", "history")
+NAMED_PROFESSIONAL = (
+    "patient.block",
+    "patient.unblock",
+    "patient.medecin_traitant",
+    "patient.care_team.add",
+    "patient.care_team.remove",
+    "patient.consent",
+)
 
 
 # Refusals of the DMP rules (English in the trace and the API), as the pages say them.
