@@ -240,7 +240,7 @@ async def prescription(request: Request) -> Response:
             data.get("file"), ("pdf", "jpeg", "png"), common.runtime(request).settings.web.max_upload_bytes
         )
     except (FormRefused, UploadRefused) as exc:
-        status = exc.status if isinstance(exc, FormRefused) else 400
+        status = exc.status
         return _view(
             request, user, "patient/prescription.html", status, pharmacies=pharmacies, error=str(exc)
         )
@@ -345,8 +345,9 @@ def download(info: Any, content: bytes) -> Response:
     response.headers["Content-Disposition"] = (
         f'attachment; filename="document-{info.sha256[:12]}.{extension}"'
     )
+    secure(response)
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    return secure(response)
+    return response
 
 
 @router.get("/documents/{unique_id}/telecharger")
@@ -432,7 +433,7 @@ async def deposit(request: Request) -> Response:
     except FormRefused as exc:
         return _view(request, user, "error.html", exc.status, error=str(exc), back="/patient/documents")
     except UploadRefused as exc:
-        return _view(request, user, "error.html", 400, error=str(exc), back="/patient/documents")
+        return _view(request, user, "error.html", exc.status, error=str(exc), back="/patient/documents")
     except DMPError as exc:
         return _view(
             request,

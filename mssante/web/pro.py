@@ -359,7 +359,7 @@ async def deposit(request: Request, ins: str) -> Response:
     except FormRefused as exc:
         return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
     except UploadRefused as exc:
-        return _view(request, user, "error.html", 400, error=str(exc), back=back)
+        return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back=back)
     return redirect(back, "depose")

@@ -23,7 +23,11 @@ KINDS = {
 
 
 class UploadRefused(ValueError):
-    """Why a file is refused, in French, for the page."""
+    """Why a file is refused, in French, for the page (``status``: the HTTP answer)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,9 @@ async def read_upload(field: object, allowed: tuple[str, ...], limit: int) -> Up
         raise UploadRefused("Aucun fichier n'a été joint.")
     data = await field.read(limit + 1)
     if len(data) > limit:
-        raise UploadRefused(f"Le fichier dépasse la taille autorisée ({limit // (1024 * 1024)} Mo au plus).")
+        raise UploadRefused(
+            f"Le fichier dépasse la taille autorisée ({limit // (1024 * 1024)} Mo au plus).", 413
+        )
     if not data:
         raise UploadRefused("Le fichier est vide.")
     kind = sniff(data)
