@@ -403,15 +403,8 @@ class DMPService:
 
     def _notify(self, kind: str, ins: str, **data: str) -> None:
         """Tell the patient, on the channel they chose (read at the time of the notice)."""
-        with Session(self.engine) as s:
-            found = s.execute(
-                select(PatientChoices.notify_channel, PatientChoices.notify_email)
-                .join(Patient, Patient.id == PatientChoices.patient_id)
-                .where(Patient.ins == ins)
-            ).first()
-        channel, email = found if found is not None else ("webhook", None)
-        extra = {"channel": channel, **({"email": email} if channel == "email" and email else {})}
-        self.notifier.notify(Event(kind, self.patient_bal(ins), {**data, **extra}))
+        event = Event(kind, self.patient_bal(ins), {**data, **notice_channel(self.engine, ins)})
+        self.notifier.notify(event)
 
     # -- patients (operator actions) -----------------------------------------------------------
     def add_patient(
@@ -1268,3 +1261,16 @@ def _traits_match(info: PatientInfo, birth_name: str, given: str, birth_date: da
         and (not given or given.strip().casefold() in t.given_names.casefold().split())
         and (birth_date is None or t.birth_date == birth_date)
     )
+
+
+def notice_channel(engine: Engine, ins: str) -> dict[str, str]:
+    """The fields that route a notice to the patient's chosen channel: ``channel`` (``webhook``
+    by default, or ``email``) and, for e-mail, the personal ``email`` address."""
+    with Session(engine) as s:
+        found = s.execute(
+            select(PatientChoices.notify_channel, PatientChoices.notify_email)
+            .join(Patient, Patient.id == PatientChoices.patient_id)
+            .where(Patient.ins == ins)
+        ).first()
+    channel, email = found if found is not None else ("webhook", None)
+    return {"channel": channel, **({"email": email} if channel == "email" and email else {})}

@@ -6,6 +6,7 @@ same objects the same way.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -15,6 +16,7 @@ from annuaire.lookup import Annuaire
 from delegation.authz import sasl_authorizer
 from delegation.grants import GrantBook
 from dmp.hook import DMPDepositHook
+from dmp.service import notice_channel
 from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
@@ -100,7 +102,8 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     authenticator = Authenticator(
         engine, settings, writer_engine=writer_engine, keyring=keyring, authorize=sasl_authorizer(policy)
     )
-    hooks = HookRunner([PatientHook(annuaire, notifier)])
+    channel = functools.partial(notice_channel, engine)  # the patient's choice of notice channel
+    hooks = HookRunner([PatientHook(annuaire, notifier, channel)])
     runtime = Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy, hooks)
     runtime.notifier = notifier
     runtime.grants = grants
