@@ -956,6 +956,20 @@ class DMPService:
                 .where(Document.unique_id == unique_id)
             ).first()
 
+    def represented(self, representative_ins: str) -> list[PatientInfo]:
+        """The patients (minors, protected adults) this person is a legal representative of."""
+        with Session(self.engine) as s:
+            found = list(
+                s.scalars(
+                    select(Patient.ins)
+                    .join(LegalRepresentative, LegalRepresentative.patient_id == Patient.id)
+                    .where(LegalRepresentative.ins == representative_ins)
+                    .order_by(Patient.ins)
+                )
+            )
+            loaded = [self._load(s, ins) for ins in found]
+        return [x.info for x in loaded if x is not None]
+
     def document_titles(self, ins: str) -> dict[str, str]:
         """Unique id → title of every version of a record (to name documents in the patient's
         own history; no content, no decision)."""

@@ -108,6 +108,13 @@ PATIENTS: list[dict[str, Any]] = [
 ]
 
 
+# A minor with a DMP but no account: his mother (the first patient) is his legal representative.
+CHILD: dict[str, Any] = {
+    "ins": _ins("1150675123456"),
+    "traits": Traits("DUPONT", "Léo", "Léo Paul", date(2015, 6, 1), "M", "75056"),
+}
+
+
 def demo_accounts(domain: str) -> list[DemoAccount]:
     """The demo logins of an operator hosting ``domain`` (its first configured domain)."""
     return [
@@ -457,6 +464,15 @@ def _demo_documents(settings: Settings, engine: Engine) -> None:
 def _feed_demo(service: DMPService) -> None:
     from dmp.service import DocumentMeta
 
+    # Marie DUPONT's son, a minor without an account of his own: she is his legal representative.
+    child = CHILD["ins"]
+    service.add_patient(ins=child, traits=CHILD["traits"], actor=ACTOR)
+    service.add_legal_representative(child, PATIENTS[0]["ins"], actor=ACTOR)
+    service.add_care_team(child, MARTIN["idnat"], actor=ACTOR)
+    if not service.list_documents(Identity.patient(child), child):
+        service.feed(Identity.professional(MARTIN["idnat"]), child,
+                     _cda(child, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
     martin, durand = Identity.professional(MARTIN["idnat"]), Identity.professional(DURAND["idnat"])
     for patient in PATIENTS:
         ins = patient["ins"]

@@ -10,7 +10,8 @@ care team, lists her documents; she hides one and he no longer sees it; she bloc
 is refused; she reads in her trace that he looked. Dr MARTIN (médecin traitant) logs in with
 a Pro Santé Connect-style token, finds her by INS and opens the hidden document; the pharmacist
 finds Jean LEROY by his traits, is refused, uses break-glass with a reason, opens a document;
-Jean reads the emergency access and its reason in his trace.
+Jean reads the emergency access and its reason in his trace. Marie, legal representative of her
+son, switches to his record and hides one of his documents.
 
 Screenshots of the main pages go to ``docs/screenshots/`` when ``MSSANTE_SCREENSHOTS=1`` (the
 README shows them), else to a temporary directory.
@@ -237,6 +238,18 @@ def test_patient_and_professional_in_chromium(
     patient.get_by_role("button", name="Enregistrer le profil").click()
     assert "profil médical est enregistré" in patient.locator("[role=status]").inner_text()
     _shot(patient, shots, "patient-profil")
+
+    # She is her son's legal representative: she switches to his record and acts on it.
+    _menu(patient, "Accueil")
+    patient.get_by_label("Dossier affiché").select_option(label="Dossier de Léo DUPONT")
+    patient.get_by_role("button", name="Afficher ce dossier").click()
+    assert "représentant légal" in patient.locator(".acting").inner_text()
+    assert patient.get_by_role("link", name="Historique des vaccinations", exact=True).count() == 1
+    assert patient.get_by_role("link", name="Bilan sanguin", exact=True).count() == 0
+    patient.get_by_role("button", name="Masquer : Historique des vaccinations").click()
+    _shot(patient, shots, "patient-representant")
+    _menu(patient, "Qui a accédé à mon dossier")
+    assert "Votre représentant légal" in patient.locator("tbody").inner_text()
 
     # Dr MARTIN, médecin traitant, logs in with a Pro Santé Connect-style token: she still
     # sees the hidden document.

@@ -22,6 +22,8 @@ class WebSession(Base):
     principal: Mapped[str] = mapped_column(String(320), index=True)  # e.g. patient:2800175…
     login: Mapped[str | None] = mapped_column(String(320))
     space: Mapped[str] = mapped_column(String(16))  # "patient" or "pro"
+    # The INS of the record a legal representative acts on (None: the patient's own).
+    acting_for: Mapped[str | None] = mapped_column(String(15))
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

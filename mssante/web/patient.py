@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from annuaire.lookup import Annuaire
 from dmp.service import PROFILE_KINDS, DMPError, DMPService, DocumentMeta
-from mssante.web import common, words
+from mssante.web import common, sessions, words
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.mailbox import FOLDERS, PatientMailbox
@@ -114,14 +114,40 @@ async def home(request: Request) -> Response:
     if user is None:
         return redirect(LOGIN)
     mails = await _mailbox(request, user).list("recus")
-    info = await run_in_threadpool(_dmp(request).patient, user.identity.id)
+    service = _dmp(request)
+    info = await run_in_threadpool(service.patient, user.identity.id)
+    represented = await run_in_threadpool(service.represented, user.identity.id)
     return _view(
         request,
         user,
         "patient/home.html",
         unread=sum(1 for m in mails if not m.seen),
         name=f"{info.traits.first_given_name} {info.traits.birth_name}",
+        represented=represented,
     )
+
+
+@router.post("/dossier")
+async def act_for(request: Request) -> Response:
+    """A legal representative chooses whose record the DMP pages show (their own, or a minor's
+    they represent); the DMP rules check the representation at every action."""
+    user = await _user(request)
+    if user is None:
+        return redirect(LOGIN)
+    try:
+        data = await common.form(request, user)
+    except FormRefused as exc:
+        return _view(request, user, "error.html", exc.status, error=str(exc))
+    wanted = common.text(data, "ins", 15)
+    service = _dmp(request)
+    allowed = {p.ins for p in await run_in_threadpool(service.represented, user.identity.id)}
+    if wanted != user.identity.id and wanted not in allowed:
+        return _view(
+            request, user, "error.html", 403, error="Vous n'êtes pas représentant légal de ce patient."
+        )
+    choice = None if wanted == user.identity.id else wanted
+    await run_in_threadpool(sessions.act_for, common.runtime(request).writer_engine, user.token_hash, choice)
+    return redirect("/patient/documents" if choice else "/patient/", "dossier")
 
 
 # -- messages -------------------------------------------------------------------------------------
@@ -283,7 +309,7 @@ async def documents(request: Request, type: str = "", depuis: str = "", jusqu: s
         docs = await run_in_threadpool(
             lambda: service.list_documents(
                 user.identity,
-                user.identity.id,
+                user.ins,
                 type_code=type or None,
                 since=datetime.combine(since, time(0), PARIS) if since else None,
                 until=datetime.combine(until + timedelta(days=1), time(0), PARIS) if until else None,
@@ -310,7 +336,9 @@ async def documents(request: Request, type: str = "", depuis: str = "", jusqu: s
 
 
 def _author(annuaire: Annuaire, idnat: str, user: WebUser) -> str:
-    return "Vous" if idnat == user.identity.id else words.professional_name(annuaire, idnat)
+    if idnat == user.identity.id:
+        return "Vous"
+    return words.author_name(annuaire, idnat)
 
 
 @router.get("/documents/{unique_id}")
@@ -387,9 +415,7 @@ async def hide(request: Request, unique_id: str, change: str) -> Response:
         return await _act(
             request,
             user,
-            lambda _d: service.delete_own(
-                user.identity, user.identity.id, unique_id, source=common.source(request)
-            ),
+            lambda _d: service.delete_own(user.identity, user.ins, unique_id, source=common.source(request)),
             "/patient/documents",
             "supprime",
         )
@@ -400,7 +426,7 @@ async def hide(request: Request, unique_id: str, change: str) -> Response:
         request,
         user,
         lambda _d: service.hide(
-            user.identity, user.identity.id, unique_id, hidden=hidden, source=common.source(request)
+            user.identity, user.ins, unique_id, hidden=hidden, source=common.source(request)
         ),
         "/patient/documents",
         "masque" if hidden else "affiche",
@@ -427,7 +453,7 @@ async def deposit(request: Request) -> Response:
         )
         await run_in_threadpool(
             lambda: service.deposit_own(
-                user.identity, user.identity.id, upload.content, meta, source=common.source(request)
+                user.identity, user.ins, upload.content, meta, source=common.source(request)
             )
         )
     except FormRefused as exc:
@@ -454,10 +480,10 @@ async def accesses(request: Request) -> Response:
         return redirect(LOGIN)
     service = _dmp(request)
     try:
-        trace = await run_in_threadpool(service.history, user.identity, user.identity.id)
+        trace = await run_in_threadpool(service.history, user.identity, user.ins)
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    titles = await run_in_threadpool(service.document_titles, user.identity.id)
+    titles = await run_in_threadpool(service.document_titles, user.ins)
     rows = [_trace_row(service.annuaire, t, titles) for t in reversed(trace)]
     rows = [r for r in rows if r is not None]
     return _view(request, user, "patient/trace.html", rows=rows[:500])
@@ -487,7 +513,7 @@ async def professionals(request: Request) -> Response:
     if user is None:
         return redirect(LOGIN)
     service = _dmp(request)
-    info = await run_in_threadpool(service.patient, user.identity.id)
+    info = await run_in_threadpool(service.patient, user.ins)
     annuaire = service.annuaire
     name = {i: words.professional_name(annuaire, i) for i in (*info.care_team, *info.blocked)}
     if info.medecin_traitant:
@@ -500,7 +526,7 @@ async def professionals_change(request: Request, change: str) -> Response:
     user = await _user(request)
     if user is None:
         return redirect(LOGIN)
-    service, ins, src = _dmp(request), user.identity.id, common.source(request)
+    service, ins, src = _dmp(request), user.ins, common.source(request)
     back = "/patient/professionnels"
     calls = {
         "bloquer": (
@@ -535,8 +561,8 @@ async def profile(request: Request) -> Response:
     if user is None:
         return redirect(LOGIN)
     service = _dmp(request)
-    entries = await run_in_threadpool(service.profile, user.identity, user.identity.id)
-    info = await run_in_threadpool(service.patient, user.identity.id)
+    entries = await run_in_threadpool(service.profile, user.identity, user.ins)
+    info = await run_in_threadpool(service.patient, user.ins)
     return _view(request, user, "patient/profile.html", entries=entries, labels=PROFILE_LABELS, info=info)
 
 
@@ -545,7 +571,7 @@ async def profile_save(request: Request) -> Response:
     user = await _user(request)
     if user is None:
         return redirect(LOGIN)
-    service, ins, src = _dmp(request), user.identity.id, common.source(request)
+    service, ins, src = _dmp(request), user.ins, common.source(request)
 
     def save(data: Any) -> None:
         current = service.profile(user.identity, ins)
@@ -562,7 +588,7 @@ async def notifications(request: Request) -> Response:
     user = await _user(request)
     if user is None:
         return redirect(LOGIN)
-    service, ins, src = _dmp(request), user.identity.id, common.source(request)
+    service, ins, src = _dmp(request), user.ins, common.source(request)
     return await _act(
         request,
         user,

@@ -176,12 +176,7 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
             return _view(request, user, "error.html", 404, error=words.refusal(str(exc)), back="/pro/")
         error = words.refusal(str(exc))
     blocked = user.identity.id in info.blocked
-    authors = {
-        d.author_idnat: words.professional_name(service.annuaire, d.author_idnat)
-        if d.author_idnat != ins
-        else "Le patient"
-        for d in docs
-    }
+    authors = {d.author_idnat: words.author_name(service.annuaire, d.author_idnat) for d in docs}
     return _view(
         request,
         user,
@@ -267,11 +262,7 @@ async def document(request: Request, unique_id: str) -> Response:
             request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
         )
     rendered = render_cda(content) if info.format == "CDA_R2" else None
-    author = (
-        "Le patient"
-        if info.author_idnat == info.ins
-        else words.professional_name(service.annuaire, info.author_idnat)
-    )
+    author = words.author_name(service.annuaire, info.author_idnat)
     return _view(
         request,
         user,

@@ -63,6 +63,7 @@ FLASH = {
     "bris": "Accès d'urgence ouvert. Le patient en est informé, avec la raison indiquée.",
     "masque_ps": "Le document est masqué aux autres professionnels.",
     "demasque_ps": "Le document est de nouveau visible par les autres professionnels.",
+    "dossier": "Le dossier affiché a changé.",
 }
 
 

@@ -29,6 +29,12 @@ class WebUser:
     csrf: str
     space: str
     token_hash: str
+    acting_for: str | None = None
+
+    @property
+    def ins(self) -> str:
+        """The record the patient space shows: their own, or a represented minor's."""
+        return self.acting_for or self.identity.id
 
 
 def _hash(token: str) -> str:
@@ -73,7 +79,7 @@ def load_session(
         row = s.get(WebSession, key)
         if row is None or row.space != space or utc(row.expires_at) <= now:
             return None
-        user = WebUser(identity_of(row.principal, row.login), row.csrf, row.space, key)
+        user = WebUser(identity_of(row.principal, row.login), row.csrf, row.space, key, row.acting_for)
         stale = (now - utc(row.seen_at)).total_seconds() > 30
     if stale:  # one write per half minute at most, not one per page
         with transaction(writer) as s:
@@ -86,3 +92,11 @@ def load_session(
 def close_session(writer: Engine, token_hash: str) -> None:
     with transaction(writer) as s:
         s.execute(delete(WebSession).where(WebSession.token_hash == token_hash))
+
+
+def act_for(writer: Engine, token_hash: str, ins: str | None) -> None:
+    """A legal representative switches the session to a represented patient's record (or back)."""
+    with transaction(writer) as s:
+        found = s.get(WebSession, token_hash)
+        if found is not None:
+            found.acting_for = ins

@@ -46,6 +46,13 @@ def professional_name(annuaire: Annuaire, idnat: str) -> str:
     return f"{title}{name}" + (f" ({label.lower()})" if label else "")
 
 
+def author_name(annuaire: Annuaire, author: str) -> str:
+    """A document's author: a professional by name, or the patient's side (an INS)."""
+    if len(author) == 15:
+        return "Le patient ou son représentant légal"
+    return professional_name(annuaire, author)
+
+
 def who(annuaire: Annuaire, actor: str, role: str) -> str:
     """« Dr Claire MARTIN (médecin) », « Vous », « Secrétariat (secrétaire médicale) »…"""
     kind, _, ident = actor.partition(":")
