@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, String
+from sqlalchemy import BigInteger, DateTime, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
 from mssante.db import Base
@@ -24,6 +24,8 @@ class WebSession(Base):
     space: Mapped[str] = mapped_column(String(16))  # "patient" or "pro"
     # The INS of the record a legal representative acts on (None: the patient's own).
     acting_for: Mapped[str | None] = mapped_column(String(15))
+    # A professional's break-glass in force in this session: {INS: reason} as JSON.
+    emergency: Mapped[str | None] = mapped_column(Text)
     csrf: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     seen_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,14 +2,13 @@
 matrix allows, open one, break-glass with a mandatory reason, deposit a document (PDF or CDA,
 type code from JDV_J07), mask, unmask and delete one's own. Decisions: ``dmp.rules``.
 
-Break-glass holds for the rest of the web session on that patient (kept in this process,
-keyed by the session): every later list or read is made, and traced, as break-glass with the
-same reason, which the patient reads in their history.
+Break-glass holds for the rest of the web session on that patient (kept in the session row):
+every later list or read is made, and traced, as break-glass with the same reason, which the
+patient reads in their history.
 """
 
 from __future__ import annotations
 
-import threading
 from datetime import date
 from typing import Any
 
@@ -20,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from dmp import rules
 from dmp.service import DMPError, DMPService, DocumentMeta, PatientInfo
 from mssante.auth.identity import InvalidIdentity, check_ins
-from mssante.web import common, words
+from mssante.web import common, sessions, words
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.patient import download
@@ -32,8 +31,6 @@ from mssante.web.uploads import UploadRefused, read_upload
 router = APIRouter(prefix="/pro", include_in_schema=False)
 SPACE = "pro"
 LOGIN = "/pro/connexion"
-_break_glass: dict[tuple[str, str], str] = {}
-_lock = threading.Lock()
 
 
 def _dmp(request: Request) -> DMPService:
@@ -41,8 +38,7 @@ def _dmp(request: Request) -> DMPService:
 
 
 def _emergency(user: WebUser, ins: str) -> str | None:
-    with _lock:
-        return _break_glass.get((user.token_hash, ins))
+    return user.emergency.get(ins)
 
 
 async def _user(request: Request) -> WebUser | None:
@@ -96,9 +92,6 @@ async def logout(request: Request) -> Response:
         await common.form(request, user)
     except FormRefused as exc:
         return _view(request, user, "error.html", exc.status, error=str(exc))
-    with _lock:
-        for key in [k for k in _break_glass if k[0] == user.token_hash]:
-            del _break_glass[key]
     return await common.end_session(request, redirect(LOGIN, "deconnecte"), user, SPACE)
 
 
@@ -229,8 +222,9 @@ async def break_glass(request: Request, ins: str) -> Response:
             error=words.refusal(str(exc)),
             back=f"/pro/patients/{ins}",
         )
-    with _lock:
-        _break_glass[(user.token_hash, ins)] = reason
+    await run_in_threadpool(
+        sessions.break_glass, common.runtime(request).writer_engine, user.token_hash, ins, reason
+    )
     return redirect(f"/pro/patients/{ins}", "bris")
 
 

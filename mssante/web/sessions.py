@@ -8,8 +8,9 @@ Blocking functions (database): FastAPI runs them in its thread pool.
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete
@@ -30,6 +31,7 @@ class WebUser:
     space: str
     token_hash: str
     acting_for: str | None = None
+    emergency: dict[str, str] = field(default_factory=dict)  # break-glass in force: INS → reason
 
     @property
     def ins(self) -> str:
@@ -79,7 +81,10 @@ def load_session(
         row = s.get(WebSession, key)
         if row is None or row.space != space or utc(row.expires_at) <= now:
             return None
-        user = WebUser(identity_of(row.principal, row.login), row.csrf, row.space, key, row.acting_for)
+        emergency = json.loads(row.emergency) if row.emergency else {}
+        user = WebUser(
+            identity_of(row.principal, row.login), row.csrf, row.space, key, row.acting_for, emergency
+        )
         stale = (now - utc(row.seen_at)).total_seconds() > 30
     if stale:  # one write per half minute at most, not one per page
         with transaction(writer) as s:
@@ -100,3 +105,14 @@ def act_for(writer: Engine, token_hash: str, ins: str | None) -> None:
         found = s.get(WebSession, token_hash)
         if found is not None:
             found.acting_for = ins
+
+
+def break_glass(writer: Engine, token_hash: str, ins: str, reason: str) -> None:
+    """Record a professional's break-glass on one patient for the rest of the session (kept in
+    the session row, so every node serving the session applies it, and logout ends it)."""
+    with transaction(writer) as s:
+        found = s.get(WebSession, token_hash)
+        if found is not None:
+            current = json.loads(found.emergency) if found.emergency else {}
+            current[ins] = reason
+            found.emergency = json.dumps(current, ensure_ascii=False)

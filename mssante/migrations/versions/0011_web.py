@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("login", sa.String(length=320), nullable=True),
         sa.Column("space", sa.String(length=16), nullable=False),
         sa.Column("acting_for", sa.String(length=15), nullable=True),
+        sa.Column("emergency", sa.Text(), nullable=True),
         sa.Column("csrf", sa.String(length=64), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("seen_at", sa.DateTime(timezone=True), nullable=False),
