@@ -155,3 +155,18 @@ def test_patient_logins_are_throttled(demo: DemoServer) -> None:
         assert answer.status_code in (401, 429)
         said.append("Trop de tentatives" in answer.text)
     assert not said[0] and said[-1]  # refused, then locked out (identity lockout of the demo)
+
+
+def test_a_patient_logs_in_with_the_identity_providers_token(demo: DemoServer) -> None:
+    """The primary login may be an OpenID Connect provider (FranceConnect): its access token,
+    checked against the configured patient issuer (the demo IdP here); a professional's is refused."""
+    client = _client(demo)
+    form = client.get("/patient/connexion")
+    wrong = client.post("/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(MARTIN)})
+    assert wrong.status_code == 403 and "pas celui d&#39;un patient" in wrong.text
+    form = client.get("/patient/connexion")
+    done = client.post(
+        "/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(MARIE, "patient")}
+    )
+    assert done.status_code == 303 and done.headers["location"] == "/patient/"
+    assert "Bonjour Marie DUPONT" in client.get("/patient/").text

@@ -187,7 +187,11 @@ async def token_login(request: Request, space: str, token: str) -> Identity:
         )
     assert isinstance(result, AuthSuccess)
     if result.identity.kind not in SPACE_KINDS[space]:
-        raise FormRefused("Ce jeton n'est pas celui d'un professionnel.", 403)
+        raise FormRefused(
+            "Ce jeton n'est pas celui d'un patient." if space == "patient"
+            else "Ce jeton n'est pas celui d'un professionnel.",
+            403,
+        )  # fmt: skip
     return result.identity
 
 

@@ -83,6 +83,10 @@ async def login_form(request: Request) -> Response:
 async def login(request: Request) -> Response:
     try:
         data = await common.form(request, None)
+        token = common.text(data, "token", 8192)
+        if token:  # an access token of the configured patient identity provider (FranceConnect…)
+            identity = await common.token_login(request, SPACE, token)
+            return await common.start_session(request, redirect("/patient/"), identity, SPACE)
         identity = await common.password_login(
             request,
             SPACE,
