@@ -6,7 +6,9 @@ stored, CDA rendered escaped, documents served only as downloads, logins throttl
 from __future__ import annotations
 
 import re
+import smtplib
 import ssl
+from email.utils import formatdate
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from tests.demo_server import DemoServer
 
 MARTIN = "810100000011"
 MARIE = "280017512345610"
+JEAN = "175056912378904"
 CDA_HOSTILE = (
     '<?xml version="1.0"?><?xml-stylesheet type="text/xsl" href="https://evil.example/x.xsl"?>'
     '<ClinicalDocument xmlns="urn:hl7-org:v3"><title>CR &lt;b&gt;piégé&lt;/b&gt;</title>'
@@ -170,3 +173,43 @@ def test_a_patient_logs_in_with_the_identity_providers_token(demo: DemoServer) -
     )
     assert done.status_code == 303 and done.headers["location"] == "/patient/"
     assert "Bonjour Marie DUPONT" in client.get("/patient/").text
+
+
+def test_a_closed_conversation_takes_no_reply_and_the_smtp_policy_says_why(demo: DemoServer) -> None:
+    """The reply goes through the submission listener: when the professional closed the
+    conversation (X-MSS-MES: FIN), the page offers no reply and a forged one gets the policy's
+    refusal, in French."""
+    martin = demo.account("claire.martin@demo.mssante.fr")
+    message = (
+        f"From: {martin['address']}\r\nTo: {JEAN}@patient.mssante.fr\r\nSubject: Fin de suivi\r\n"
+        f"Message-ID: <fin-web-1@demo.mssante.fr>\r\nX-MSS-MES: FIN\r\nDate: {formatdate()}\r\n"
+        "\r\nAu revoir.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", demo.port("submission")) as smtp:
+        smtp.starttls(context=ssl.create_default_context(cafile=demo.ca_cert))
+        smtp.login(martin["login"], martin["password"])
+        smtp.sendmail(martin["address"], [f"{JEAN}@patient.mssante.fr"], message.encode())
+    client = _client(demo)
+    form = client.get("/patient/connexion")
+    client.post("/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(JEAN, "patient")})
+    listing = client.get("/patient/messages").text
+    uid = re.search(r'href="/patient/messages/recus/(\d+)">Fin de suivi', listing)
+    assert uid is not None
+    page = client.get(f"/patient/messages/recus/{uid.group(1)}")
+    assert "a clos cette conversation" in page.text and "Envoyer la réponse" not in page.text
+    forged = client.post(
+        f"/patient/messages/recus/{uid.group(1)}/reponse", data={"csrf": _csrf(page.text), "body": "Merci"}
+    )
+    assert forged.status_code == 400
+    assert "Envoi refusé" in forged.text and "a clos cette conversation (X-MSS-MES: FIN)" in forged.text
+
+
+def test_a_cda_for_another_patient_is_refused(pro: httpx.Client) -> None:
+    page = pro.get(f"/pro/patients/{MARIE}")
+    other = CDA_HOSTILE.replace(MARIE.encode(), JEAN.encode())
+    refused = pro.post(
+        f"/pro/patients/{MARIE}/documents",
+        data={"csrf": _csrf(page.text), "type_code": "11488-4"},
+        files={"file": ("cr.xml", other)},
+    )
+    assert refused.status_code == 400 and f"autre patient (INS {JEAN})" in refused.text

@@ -92,3 +92,18 @@ def render(content: bytes) -> RenderedCDA | None:
         authors=[a for a in authors if a],
         sections=sections,
     )
+
+
+INS_OIDS = ("1.2.250.1.213.1.4.8", "1.2.250.1.213.1.4.9", "1.2.250.1.213.1.4.10", "1.2.250.1.213.1.4.11")
+
+
+def patient_ins(content: bytes) -> str | None:
+    """The INS a CDA's header names (recordTarget/patientRole/id under an INS OID), if any."""
+    try:
+        root = ElementTree.fromstring(content, forbid_dtd=True)
+    except (DefusedXmlException, ElementTree.ParseError, ValueError):
+        return None
+    for node in root.findall(f"{NS}recordTarget/{NS}patientRole/{NS}id"):
+        if node.get("root") in INS_OIDS and node.get("extension"):
+            return str(node.get("extension"))
+    return None

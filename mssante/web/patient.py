@@ -18,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from annuaire.lookup import Annuaire
 from dmp.service import PROFILE_KINDS, DMPError, DMPService, DocumentMeta
+from mssante.patients.conversations import ConversationBook, message_id
 from mssante.web import common, sessions, words
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
@@ -177,7 +178,20 @@ async def message(request: Request, folder: str, uid: int) -> Response:
         )
     if mail is None:
         return _view(request, user, "error.html", 404, error="Ce message n'existe pas.")
-    return _view(request, user, "patient/message.html", mail=mail)
+    return _view(request, user, "patient/message.html", mail=mail, state=await _state(request, user, mail))
+
+
+async def _state(request: Request, user: WebUser, mail: Any) -> str:
+    """Whether the patient may answer: ``open``, ``closed`` (the professional closed the
+    conversation with X-MSS-MES: FIN) or ``none`` (a message outside any conversation)."""
+    wanted = message_id(mail.message_id)
+    if mail.folder != "recus" or wanted is None:
+        return "none"
+    book = ConversationBook(common.runtime(request).engine)
+    found = await run_in_threadpool(book.received, _bal(request, user), [wanted])
+    if not found:
+        return "none"
+    return "closed" if any(r.closed for r in found) else "open"
 
 
 def _message(user: WebUser, bal: str, to: str, subject: str, body: str) -> EmailMessage:
@@ -226,7 +240,8 @@ async def reply(request: Request, uid: int) -> Response:
         msg["References"] = f"{original.references} {original.message_id}".strip()
     problem = await _send(request, user, msg)
     if problem:
-        return _view(request, user, "patient/message.html", 400, mail=original, error=problem)
+        state = await _state(request, user, original)
+        return _view(request, user, "patient/message.html", 400, mail=original, state=state, error=problem)
     return redirect(f"/patient/messages/recus/{uid}", "reponse")
 
 

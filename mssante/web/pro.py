@@ -20,6 +20,7 @@ from dmp import rules
 from dmp.service import DMPError, DMPService, DocumentMeta, PatientInfo
 from mssante.auth.identity import InvalidIdentity, check_ins
 from mssante.web import common, sessions, words
+from mssante.web.cda import patient_ins as cda_patient
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.patient import download
@@ -334,6 +335,9 @@ async def deposit(request: Request, ins: str) -> Response:
         type_code = common.text(data, "type_code", 32)
         if type_code not in service.codes.type_codes:
             raise UploadRefused("Choisissez le type du document dans la liste (JDV_J07).")
+        named = cda_patient(upload.content) if upload.kind == "cda" else None
+        if named is not None and named != ins:
+            raise UploadRefused(f"Ce document CDA concerne un autre patient (INS {named}) : dépôt refusé.")
         title = common.text(data, "title", 200) or service.codes.type_codes[type_code].libelle
         meta = DocumentMeta(
             type_code, title, format="CDA_R2" if upload.kind == "cda" else "PDF", mime_type=upload.mime_type
