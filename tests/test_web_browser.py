@@ -262,6 +262,7 @@ def test_patient_and_professional_in_chromium(
     martin_page.get_by_label("Matricule INS").fill(MARIE)
     martin_page.get_by_role("button", name="Rechercher par INS").click()
     martin_page.get_by_role("link", name="Ouvrir le DMP").click()
+    assert "Paul DUPONT, 06 12 34 56 78" in martin_page.locator("dl.meta").last.inner_text()  # her profile
     martin_page.get_by_role("link", name="Compte rendu de consultation", exact=True).click()
     assert "Tension artérielle 12/8" in martin_page.locator("article.cda").inner_text()
     _shot(martin_page, shots, "pro-document")

@@ -23,7 +23,7 @@ from mssante.web import common, sessions, words
 from mssante.web.cda import patient_ins as cda_patient
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
-from mssante.web.patient import download
+from mssante.web.patient import PROFILE_LABELS, download
 from mssante.web.render import page, redirect
 from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
@@ -153,6 +153,7 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
     reason = _emergency(user, ins)
     error = None
     docs = []
+    profile: dict[str, str] = {}
     try:
         info = await run_in_threadpool(service.patient, ins)
         docs = await run_in_threadpool(
@@ -165,6 +166,10 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
                 source=common.source(request),
             )
         )
+        if reason is None:  # the profile entries the matrix lets this profession read
+            profile = await run_in_threadpool(
+                lambda: service.profile(user.identity, ins, source=common.source(request))
+            )
     except DMPError as exc:
         if exc.http_status == 404:
             return _view(request, user, "error.html", 404, error=words.refusal(str(exc)), back="/pro/")
@@ -181,6 +186,8 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
         emergency=reason,
         offer_break_glass=error is not None and not blocked and info.emergency_access and not info.opposition,
         authors=authors,
+        profile=profile,
+        profile_labels=PROFILE_LABELS,
         types=service.codes.type_codes,
         chosen=type,
         me=user.identity.id,
