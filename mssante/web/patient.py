@@ -254,7 +254,9 @@ def _pharmacies(request: Request) -> list[tuple[str, str]]:
     rt = common.runtime(request)
     annuaire = _annuaire(request)
     with Session(rt.engine) as s:
-        addresses = list(s.scalars(select(Bal.address).where(Bal.type == "ORG")))
+        # the pharmacies this operator hosts (the national annuaire holds every operator's BALs)
+        hosted = [d.lower() for d in rt.settings.server.domains]
+        addresses = list(s.scalars(select(Bal.address).where(Bal.type == "ORG", Bal.domain.in_(hosted))))
     found = []
     for address in addresses:
         bal = annuaire.bal(address)
