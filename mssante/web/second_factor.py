@@ -54,11 +54,14 @@ def check(
     """None when ``code`` is valid (and not replayed); else the throttle's penalty. Checked
     before the password, so that a failure here is never cleared by a right password."""
     login = accounts.normalise_login(login)
-    keys = [(throttle.IP, throttle.ip_key(client_ip)), (throttle.IDENTITY, f"login:{login}")]
+    keys = [
+        (throttle.IP, throttle.ip_key(client_ip)),
+        (throttle.PAIR, throttle.pair_key(f"login:{login}", client_ip)),
+    ]
     with Session(engine) as s:
-        lock = throttle.locked_until(s, keys, now)
-    if lock is not None:
-        return throttle.Penalty(0.0, lock)
+        standing = throttle.standing(s, policy, keys, now)
+    if standing.locked_until is not None:
+        return throttle.Penalty(0.0, standing.locked_until)
     with Session(engine) as s:
         row = s.get(WebSecondFactor, login)
         stored, last = (row.totp_secret, row.last_step) if row is not None else (None, None)
@@ -80,10 +83,9 @@ def check(
             )
             if getattr(claimed, "rowcount", 0) == 1:
                 return None
-        penalty = throttle.worst(
-            throttle.record_failure(s, policy, throttle.IP, throttle.ip_key(client_ip), now),
-            throttle.record_failure(s, policy, throttle.IDENTITY, f"login:{login}", now),
-        )
+        for scope, key in keys:
+            throttle.record_failure(s, policy, scope, key, now)
+        penalty = throttle.standing(s, policy, keys, now)
         audit.append(
             s,
             audit.AuditEvent(
