@@ -1,7 +1,7 @@
 """web: sessions of the patient space and DMP web; the patient's choices in the DMP
 
 Revision ID: 0011
-Revises: 0017
+Revises: 0010
 Create Date: 2026-12-05 23:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
-down_revision: str | None = "0017"
+down_revision: str | None = "0010"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
