@@ -524,6 +524,8 @@ def _feed_demo(service: DMPService) -> None:
                      DocumentMeta("11502-2", "Bilan sanguin"))  # fmt: skip
         service.feed(martin, ins, _PDF, DocumentMeta("57833-6", "Ordonnance de sortie", format="PDF",
                                                       mime_type="application/pdf"))  # fmt: skip
+        service.feed(martin, ins, _cda(ins, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
 
 
 _PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
