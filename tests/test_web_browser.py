@@ -29,6 +29,7 @@ import smtplib
 import ssl
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any
 
@@ -136,18 +137,18 @@ def _received(demo: DemoServer, login: str, password: str, folder: str, subject:
 
 def _doctor_writes(demo: DemoServer) -> None:
     martin = demo.account(f"claire.martin@{DOMAIN}")
-    message = (
-        f"From: Dr Claire MARTIN <claire.martin@{DOMAIN}>\r\nTo: {MARIE}@patient.mssante.fr\r\n"
-        "Subject: Vos résultats d'analyse\r\nMessage-ID: <web-test-1@demo.mssante.fr>\r\n"
-        f"Date: {email.utils.formatdate()}\r\nMIME-Version: 1.0\r\n"
-        "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
-        "Bonjour Madame DUPONT,\r\nvos résultats sont normaux.\r\nDr MARTIN\r\n"
-    ).encode()
+    message = EmailMessage()
+    message["From"] = f"Dr Claire MARTIN <{martin['address']}>"
+    message["To"] = f"{MARIE}@patient.mssante.fr"
+    message["Subject"] = "Vos résultats d'analyse"  # RFC 2047 on the wire
+    message["Message-ID"] = "<web-test-1@demo.mssante.fr>"
+    message["Date"] = email.utils.formatdate()
+    message.set_content("Bonjour Madame DUPONT,\nvos résultats sont normaux.\nDr MARTIN\n")
     context = ssl.create_default_context(cafile=demo.ca_cert)
     with smtplib.SMTP("127.0.0.1", demo.port("submission")) as smtp:
         smtp.starttls(context=context)
         smtp.login(martin["login"], martin["password"])
-        smtp.sendmail(martin["address"], [f"{MARIE}@patient.mssante.fr"], message)
+        smtp.send_message(message)
 
 
 def test_patient_and_professional_in_chromium(
