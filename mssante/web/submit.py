@@ -57,7 +57,7 @@ class WebSubmitter:
         return found
 
     def _listener(self) -> tuple[str, int]:
-        for item in self.runtime.extras.get("listeners", []):
+        for item in getattr(self.runtime, "listeners", []):
             if item.name == "submissions":
                 host = "127.0.0.1" if item.host in ("0.0.0.0", "::", "") else item.host
                 return host, int(item.port)
