@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32  # AES-256
 _META_NONCE = b"M" + bytes(11)
@@ -141,6 +143,17 @@ class KeyRing:
             if key is None:
                 raise KeyRingError(f"key {key_id!r} is not in the key ring {self.path}")
         return key
+
+    def derive(self, purpose: str) -> bytes:
+        """A 256-bit key for one purpose (HKDF-SHA256 over the ring's stable secret).
+
+        The secret is the one of the deduplication digest, which ``add_key`` never changes: a
+        derived key (the audit chain's) stays the same across ``mssante keys rotate``, so what
+        was sealed with it stays verifiable. Distinct purposes give independent keys.
+        """
+        return HKDF(hashes.SHA256(), 32, salt=b"mssante key ring", info=purpose.encode()).derive(
+            self._digest_key
+        )
 
     # -- data keys ----------------------------------------------------------------------
     def wrap(self, data_key: bytes) -> SealedKey:

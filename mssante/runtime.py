@@ -15,6 +15,8 @@ from annuaire.lookup import Annuaire
 from delegation.authz import sasl_authorizer
 from delegation.grants import GrantBook
 from dmp.hook import DMPDepositHook
+from mssante import audit
+from mssante.audit import AuditKey
 from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
@@ -40,6 +42,7 @@ def initialise(settings: Settings) -> list[str]:
     if not ring_path.exists():
         KeyRing.create(ring_path)
         done.append(f"created key ring {ring_path} (mode 0600) — back it up: without it mail is unreadable")
+    audit.bind(settings.database_url, AuditKey.from_ring_file(ring_path))
     engine = make_engine(settings.database_url)
     upgrade(engine)
     engine.dispose()
@@ -80,6 +83,7 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     if check_schema:
         require_current(engine)
     keyring = KeyRing.load(settings.keyring_path)
+    audit.bind(settings.database_url, AuditKey.from_ring(keyring))
     if os.name == "posix" and settings.keyring_path.stat().st_mode & 0o077:
         os.chmod(settings.keyring_path, 0o600)
     writer_engine = make_engine(settings.database_url, writer=True, echo=settings.database.echo)

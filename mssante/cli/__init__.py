@@ -8,14 +8,51 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from mssante.cli import _common
 from mssante.cli._common import EXIT_USAGE, command_group, console, fail, runtime_errors, settings
 
+# Options of the whole program that may also be typed after the sub-command.
+_GLOBAL_WITH_VALUE = ("--config", "-c", "--data-dir", "-d")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move ``--config``/``--data-dir`` (and their short forms) to the front, in order, so that
+    ``mssante serve --demo --data-dir D`` means ``mssante --data-dir D serve --demo``.
+
+    Nothing after ``--`` is touched; no sub-command defines ``-c``/``-d`` of its own.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in _GLOBAL_WITH_VALUE and "=" in arg and name.startswith("--"):
+            front.append(arg)
+        elif arg in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class _Root(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
 app = typer.Typer(
+    cls=_Root,
     name="mssante",
     help="Secure health-messaging server for the MSSanté space of trust.",
     no_args_is_help=True,
@@ -31,12 +68,17 @@ def _root(
         typer.Option(
             "--config",
             "-c",
-            help="TOML configuration file (default: $MSSANTE_CONFIG).",
+            help="TOML configuration file (default: $MSSANTE_CONFIG); also accepted after the command.",
             envvar="MSSANTE_CONFIG",
         ),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", "-d", help="Data directory (overrides server.data_dir).")
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            "-d",
+            help="Data directory (overrides server.data_dir); also accepted after the command.",
+        ),
     ] = None,
 ) -> None:
     _common.state.config_path = config
@@ -131,81 +173,9 @@ def keys_rotate() -> None:
     console.print(f"active key is now {kid}; {count} data keys re-wrapped")
 
 
-# -- audit ----------------------------------------------------------------------------------
-audit_app = command_group("audit", "Audit trail.")
-app.add_typer(audit_app)
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the hash chain of the whole trail; name the first broken record."""
-    from sqlalchemy.orm import Session
-
-    from mssante import audit
-    from mssante.db import make_engine
-
-    cfg = settings()
-    with Session(make_engine(cfg.database_url)) as session:
-        result = audit.verify(session)
-    if not result.ok:
-        fail(
-            f"audit trail broken at record {result.broken_seq}: {result.reason} "
-            f"({result.checked} records verified before it)"
-        )
-    console.print(f"audit trail intact: {result.checked} records")
-
-
-@audit_app.command("show")
-def audit_show(
-    bal: Annotated[str, typer.Option("--bal", help="Mailbox address whose trace to list.")],
-    limit: Annotated[int, typer.Option(help="Newest records to show.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-) -> None:
-    """List the trace of one mailbox, newest first."""
-    from rich.table import Table
-    from sqlalchemy.orm import Session
-
-    from mssante import audit
-    from mssante.db import make_engine
-
-    cfg = settings()
-    with Session(make_engine(cfg.database_url)) as session:
-        rows = list(audit.for_bal(session, bal.strip().lower(), limit))
-    if as_json:
-        for r in rows:
-            print(
-                json.dumps(
-                    {
-                        "seq": r.seq,
-                        "at": r.at.isoformat(),
-                        "actor": r.actor,
-                        "bal": r.bal,
-                        "action": r.action,
-                        "object": r.object,
-                        "source": r.source,
-                        "outcome": r.outcome,
-                        "detail": r.detail,
-                    },
-                    ensure_ascii=False,
-                )
-            )
-        return
-    table = Table("seq", "when (UTC)", "actor", "action", "object", "from", "outcome")
-    for r in rows:
-        table.add_row(
-            str(r.seq),
-            f"{r.at:%Y-%m-%d %H:%M:%S}",
-            r.actor,
-            r.action,
-            r.object or "",
-            r.source or "",
-            r.outcome,
-        )
-    console.print(table)
-
-
 # Area command groups (annuaire, users, certificates, delegation, DMP, queue) mount here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "mssante.cli.audit",
     "mssante.cli.annuaire",
     "mssante.cli.certs",
     "mssante.cli.users",
