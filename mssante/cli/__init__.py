@@ -85,14 +85,20 @@ def _root(
     _common.state.data_dir = data_dir
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
 @app.command()
-def init() -> None:
+def init(as_json: JsonOption = False) -> None:
     """Create the data directory, the key ring (0600) and the database schema. Safe to re-run."""
     from mssante.runtime import initialise
 
     cfg = settings()
     with runtime_errors(OSError):
         created = initialise(cfg)
+    if as_json:
+        print(json.dumps({"data_dir": str(cfg.data_dir.resolve()), "done": created}))
+        return
     for line in created:
         console.print(line)
 
@@ -118,7 +124,7 @@ app.add_typer(db_app)
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(as_json: JsonOption = False) -> None:
     """Apply the schema migrations this version knows (Alembic)."""
     from mssante.db import make_engine
     from mssante.schema import current_revision, upgrade
@@ -126,8 +132,12 @@ def db_upgrade() -> None:
     cfg = settings()
     engine = make_engine(cfg.database_url)
     before = current_revision(engine)
-    upgrade(engine)
+    with runtime_errors(RuntimeError):  # a migration that cannot run (e.g. 0008 without the key ring)
+        upgrade(engine)
     after = current_revision(engine)
+    if as_json:
+        print(json.dumps({"before": before, "after": after}))
+        return
     console.print(f"schema: {before or 'empty'} → {after}")
 
 
@@ -139,6 +149,7 @@ app.add_typer(config_app)
 @config_app.command("check")
 def config_check(
     file: Annotated[Path | None, typer.Argument(help="File to check (default: the --config file).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the effective configuration, or name the key at fault and exit 2."""
     from mssante.config import ConfigError, check_settings
@@ -150,6 +161,9 @@ def config_check(
         check_settings(cfg)
     except ConfigError as exc:
         fail(f"configuration: {exc}", EXIT_USAGE)
+    if as_json:  # plain JSON, no colours or wrapping
+        print(json.dumps(cfg.public_dict()))
+        return
     console.print_json(json.dumps(cfg.public_dict()))
 
 
@@ -158,8 +172,30 @@ keys_app = command_group("keys", "Encryption key ring.")
 app.add_typer(keys_app)
 
 
+@keys_app.command("show")
+def keys_show(as_json: JsonOption = False) -> None:
+    """The key ring's file, key ids, active key and audit key id (never a key)."""
+    from mssante.audit import AuditKey
+    from mssante.crypto import KeyRing, KeyRingError
+
+    cfg = settings()
+    with runtime_errors(KeyRingError):
+        ring = KeyRing.load(cfg.keyring_path)
+    doc = {
+        "path": str(cfg.keyring_path.resolve()),
+        "active": ring.active,
+        "keys": ring.key_ids(),
+        "audit_key_id": AuditKey.from_ring(ring).key_id,
+    }
+    if as_json:
+        print(json.dumps(doc))
+        return
+    for name, value in doc.items():
+        console.print(f"[bold]{name:>12}[/] {', '.join(value) if isinstance(value, list) else value}")
+
+
 @keys_app.command("rotate")
-def keys_rotate() -> None:
+def keys_rotate(as_json: JsonOption = False) -> None:
     """Add a new key and re-wrap every data key with it, while the server keeps running."""
     from mssante.crypto import KeyRing, KeyRingError
     from mssante.db import make_engine
@@ -170,6 +206,9 @@ def keys_rotate() -> None:
         ring = KeyRing.load(cfg.keyring_path)
         kid = ring.add_key()
         count = rewrap_all(make_engine(cfg.database_url, writer=True), ring)
+    if as_json:
+        print(json.dumps({"active": kid, "rewrapped": count}))
+        return
     console.print(f"active key is now {kid}; {count} data keys re-wrapped")
 
 
@@ -200,4 +239,10 @@ _mount_areas()
 
 
 def main() -> None:
+    import os
+
+    from mssante.datadir import PRIVATE_UMASK
+
+    # Everything this program writes (database, WAL, certificates, exports) is for its owner.
+    os.umask(PRIVATE_UMASK)
     app()
