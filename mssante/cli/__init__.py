@@ -215,6 +215,7 @@ def keys_rotate(as_json: JsonOption = False) -> None:
 # Area command groups (annuaire, users, certificates, delegation, DMP, queue) mount here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.audit",
+    "mssante.cli.backup",
     "mssante.cli.annuaire",
     "mssante.cli.certs",
     "mssante.cli.users",
@@ -233,6 +234,8 @@ def _mount_areas() -> None:
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(name)
         app.add_typer(module.app)
+        if hasattr(module, "mount"):  # top-level commands of an area (``restore``)
+            module.mount(app)
 
 
 _mount_areas()
