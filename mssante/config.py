@@ -356,6 +356,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             else first["msg"].removeprefix("Value error, ")
         )
         raise ConfigError(_key_of(first["loc"]), problem) from None
+    from mssante import audit
+
+    # The audit key of this database lives in this key ring: read when first needed.
+    audit.bind(settings.database_url, settings.keyring_path)
     return settings
 
 

@@ -211,9 +211,9 @@ def test_backup_refusals(runtime_cli_dir: Path, tmp_path: Path) -> None:
     data = runtime_cli_dir
     secret = tmp_path / "passphrase"
     secret.write_text(PASSPHRASE)
-    # No passphrase, or one given on the command line: refused (exit 1 / 2), nothing written.
+    # No passphrase, or one given on the command line: refused (exit 2), nothing written.
     none = mssante("backup", str(tmp_path / "b0"), "--data-dir", str(data))
-    assert none.returncode == 1 and "passphrase" in none.stderr and not (tmp_path / "b0").exists()
+    assert none.returncode == 2 and "passphrase" in none.stderr and not (tmp_path / "b0").exists()
     argv = mssante("backup", str(tmp_path / "b0"), "--passphrase", PASSPHRASE, "--data-dir", str(data))
     assert argv.returncode == 2
 

@@ -41,14 +41,9 @@ def settings(**overrides: Any) -> Settings:
     if state.data_dir is not None:
         overrides.setdefault("server", {})["data_dir"] = str(state.data_dir)
     try:
-        cfg = load_settings(state.config_path, **overrides)
+        return load_settings(state.config_path, **overrides)
     except ConfigError as exc:
         fail(f"configuration: {exc}", EXIT_USAGE)
-    from mssante import audit
-
-    # The audit key comes from the key ring, read only when a command first audits or verifies.
-    audit.bind(cfg.database_url, cfg.keyring_path)
-    return cfg
 
 
 @contextmanager

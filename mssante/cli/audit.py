@@ -40,12 +40,11 @@ def verify(
     from sqlalchemy.orm import Session
 
     from mssante import audit
+    from mssante.cli._common import checked_engine
     from mssante.crypto import KeyRingError
-    from mssante.db import make_engine
 
-    cfg = settings()
     with runtime_errors(KeyRingError, audit.CheckpointError, OSError):
-        engine = make_engine(cfg.database_url)
+        engine = checked_engine()
         key = audit.key_for_engine(engine)
         against = audit.Checkpoint.parse(checkpoint.read_text(), key) if checkpoint is not None else None
         with Session(engine) as session:

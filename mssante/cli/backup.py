@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from mssante.cli._common import console, operator_actor, runtime_errors, settings
+from mssante.cli._common import EXIT_USAGE, console, fail, operator_actor, runtime_errors, settings
 
 
 class _CreateByDefault(TyperGroup):
@@ -49,6 +49,16 @@ KeyringFrom = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 
+def _passphrase(file: Path | None, creating: bool) -> Any:
+    """The passphrase, or exit 2 (bad usage) when none is given or it is too short."""
+    from mssante.keyexport import ExportError, read_passphrase
+
+    try:
+        return read_passphrase(file, creating=creating)
+    except ExportError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
 def _errors() -> Any:
     from mssante.backup import BackupError
     from mssante.crypto import KeyRingError
@@ -68,11 +78,10 @@ def create(
 ) -> None:
     """Copy the database while the server runs; export the key ring sealed under a passphrase."""
     from mssante import backup
-    from mssante.keyexport import read_passphrase
 
     cfg = settings()
     with _errors():
-        passphrase = read_passphrase(passphrase_file, creating=True)
+        passphrase = _passphrase(passphrase_file, creating=True)
         report = backup.create(cfg, dest, passphrase, operator_actor(), keyring_to)
     if as_json:
         print(json.dumps(asdict(report)))
@@ -102,11 +111,10 @@ def verify(
 ) -> None:
     """Open a backup: files, key ring export, audit chain, and a sample of messages decrypted."""
     from mssante import backup
-    from mssante.keyexport import read_passphrase
 
     cfg = settings()
     with _errors():
-        passphrase = read_passphrase(passphrase_file, creating=False)
+        passphrase = _passphrase(passphrase_file, creating=False)
         report = backup.verify(cfg, src, passphrase, keyring, sample, scratch_url)
     if as_json:
         print(json.dumps(report.as_json()))
@@ -131,11 +139,10 @@ def restore(
 ) -> None:
     """Restore a backup into an empty installation (data directory, key ring, database)."""
     from mssante import backup
-    from mssante.keyexport import read_passphrase
 
     cfg = settings()
     with _errors():
-        passphrase = read_passphrase(passphrase_file, creating=False)
+        passphrase = _passphrase(passphrase_file, creating=False)
         report = backup.restore(cfg, src, passphrase, operator_actor(), keyring)
     if as_json:
         print(json.dumps(asdict(report)))

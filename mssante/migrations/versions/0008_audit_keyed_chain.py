@@ -3,7 +3,8 @@
 Existing records are re-chained under the audit key: the old SHA-256 chain protected nothing
 against a database writer, so keeping it would only keep a weak segment. The state of the old
 chain (intact, or where it was broken) is recorded, under the key, in an ``audit.chain_keyed``
-record. An empty trail needs no key here (the first append uses the bound key).
+record. An empty trail needs no key here (the first append uses the bound key). A downgrade
+drops the key id column only: the records stay keyed, which older code reports as edited.
 
 Revision ID: 0008
 Revises: 0007
