@@ -10,11 +10,14 @@ that a library use or an installation made by an older version ends up the same.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import stat
 from pathlib import Path
 
 from sqlalchemy.engine import make_url
+
+log = logging.getLogger("mssante")
 
 PRIVATE_UMASK = 0o077
 DIR_MODE = 0o700
@@ -39,13 +42,16 @@ def create_private_db(path: Path) -> None:
 
 def tighten(path: Path, mode: int) -> bool:
     """Remove group/other permissions from an existing path; True if it changed anything."""
+    current = 0
     try:
         current = stat.S_IMODE(path.stat().st_mode)
+        if current & 0o077:
+            os.chmod(path, current & mode)
+            return True
     except FileNotFoundError:
-        return False
-    if current & 0o077:
-        os.chmod(path, current & mode)
-        return True
+        pass
+    except PermissionError:  # not ours (e.g. a shared parent set up by root): say so, go on
+        log.warning("%s is readable by others (mode %o) and not ours to change", path, current)
     return False
 
 
