@@ -141,7 +141,7 @@ def _qualification(p: Any, noms: Nomenclatures) -> list[dict[str, Any]]:
     return [{"code": {"coding": [coding]}}]
 
 
-def _practitioner(p: Any, bals: list[Any], noms: Nomenclatures) -> dict[str, Any]:
+def practitioner_resource(p: Any, bals: list[Any], noms: Nomenclatures) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "Practitioner",
         "id": p.idnat,
@@ -162,7 +162,9 @@ def _role_id(idnat: str, structure: str | None) -> str:
     return f"{idnat}-{structure}" if structure else idnat
 
 
-def _practitioner_role(p: Any, structure: str | None, bals: list[Any], noms: Nomenclatures) -> dict[str, Any]:
+def practitioner_role_resource(
+    p: Any, structure: str | None, bals: list[Any], noms: Nomenclatures
+) -> dict[str, Any]:
     resource: dict[str, Any] = {
         "resourceType": "PractitionerRole",
         "id": _role_id(p.idnat, structure),
@@ -179,7 +181,7 @@ def _practitioner_role(p: Any, structure: str | None, bals: list[Any], noms: Nom
     return resource
 
 
-def _organization(s: Any, bals: list[Any], noms: Nomenclatures) -> dict[str, Any]:
+def organization_resource(s: Any, bals: list[Any], noms: Nomenclatures) -> dict[str, Any]:
     line = " ".join(x for x in (s.numero_voie, s.complement_numero_voie, s.type_voie, s.libelle_voie) if x)
     address: dict[str, Any] = {
         k: v
@@ -262,7 +264,7 @@ def _search_practitioners(
 
 
 @router.get("/Practitioner")
-def search_practitioner(request: Request) -> JSONResponse:
+def searchpractitioner_resource(request: Request) -> JSONResponse:
     """Practitioners holding a public PER/CAB BAL that matches."""
     noms = default_nomenclatures()
     try:
@@ -271,11 +273,11 @@ def search_practitioner(request: Request) -> JSONResponse:
         return _outcome(400, str(exc))
     with _engine(request).connect() as conn:
         total, found = _search_practitioners(conn, conds, count, noms)
-    return _bundle(request, "Practitioner", total, [_practitioner(p, b, noms) for p, b in found])
+    return _bundle(request, "Practitioner", total, [practitioner_resource(p, b, noms) for p, b in found])
 
 
 @router.get("/PractitionerRole")
-def search_practitioner_role(request: Request) -> JSONResponse:
+def searchpractitioner_role_resource(request: Request) -> JSONResponse:
     """One role per professional and structure of practice, with the BALs held there."""
     noms = default_nomenclatures()
     try:
@@ -302,7 +304,7 @@ def search_practitioner_role(request: Request) -> JSONResponse:
         ):
             bals[(b.professional_id, b.structure_id)].append(b)
     resources = [
-        _practitioner_role(people[p], structures.get(s) if s else None, bals[(p, s)], noms)
+        practitioner_role_resource(people[p], structures.get(s) if s else None, bals[(p, s)], noms)
         for p, s in pairs
         if p in people
     ]
@@ -335,11 +337,11 @@ def _search_organizations(
         .order_by(Bal.address_key)
     ):
         bals[b.structure_id].append(b)
-    return int(total), [_organization(structures[i], bals[i], noms) for i in ids if i in structures]
+    return int(total), [organization_resource(structures[i], bals[i], noms) for i in ids if i in structures]
 
 
 @router.get("/Organization")
-def search_organization(request: Request) -> JSONResponse:
+def searchorganization_resource(request: Request) -> JSONResponse:
     """Structures holding a public ORG/APP BAL that matches."""
     noms = default_nomenclatures()
     try:
@@ -359,7 +361,7 @@ def _resource(resource: dict[str, Any] | None, what: str) -> JSONResponse:
 
 
 @router.get("/Practitioner/{idnat}")
-def read_practitioner(request: Request, idnat: str) -> JSONResponse:
+def readpractitioner_resource(request: Request, idnat: str) -> JSONResponse:
     """One practitioner by IdNat_PS, if it holds a public BAL."""
     noms = default_nomenclatures()
     holder = (
@@ -367,11 +369,11 @@ def read_practitioner(request: Request, idnat: str) -> JSONResponse:
     )
     with _engine(request).connect() as conn:
         _, found = _search_practitioners(conn, [holder], 1, noms)
-    return _resource(_practitioner(*found[0], noms) if found else None, f"Practitioner/{idnat}")
+    return _resource(practitioner_resource(*found[0], noms) if found else None, f"Practitioner/{idnat}")
 
 
 @router.get("/Organization/{identifier}")
-def read_organization(request: Request, identifier: str) -> JSONResponse:
+def readorganization_resource(request: Request, identifier: str) -> JSONResponse:
     """One structure by identifier, if it holds a public ORG/APP BAL."""
     noms = default_nomenclatures()
     holder = (

@@ -141,6 +141,18 @@ class DKIMSection(_Section):
 class IMAPSection(ListenerSection):
     port: Port = 1143
     tls_port: Port = 1993
+    # Both IMAP ports together: in total and per client address (a clinic behind NAT counts once).
+    max_connections: int = Field(default=1000, ge=1)
+    max_connections_per_ip: int = Field(default=50, ge=1)
+    # Before login: the largest literal (a LOGIN password, an ID value), the time to log in
+    # from the connection on, the time to finish a command once begun, the invalid commands
+    # tolerated.
+    preauth_max_literal: int = Field(default=16 * 1024, ge=256, le=1024 * 1024)
+    login_timeout_seconds: float = Field(default=60.0, gt=0)
+    preauth_command_timeout_seconds: float = Field(default=15.0, gt=0)
+    preauth_max_errors: int = Field(default=10, ge=1)
+    # Once logged in: no command for this long ends the session (RFC 3501 §5.4: at least 30 min).
+    idle_timeout_seconds: float = Field(default=1800.0, gt=0)
 
     _ports = field_validator("port", "tls_port")(_check_port)
 
@@ -235,6 +247,29 @@ class DMPSection(_Section):
     max_ratio: int = Field(default=100, ge=1)
 
 
+# -- [annuaire] and [whitelist] (lists fetched by the server on a schedule, annuaire/updates.py) --
+class _ScheduledListSection(_Section):
+    """A list the server downloads itself over HTTPS (empty ``url``: imported by hand only)."""
+
+    # Certificate authorities that sign the source's HTTPS certificate (default: the system's).
+    ca_file: Path | None = None
+    max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    # Past this age without a successful fetch, every check logs a warning (and /health says so).
+    stale_after_seconds: int = Field(default=3 * 86400, ge=60)
+
+
+class AnnuaireSection(_ScheduledListSection):
+    extraction_url: str = ""
+    interval_seconds: int = Field(default=86400, ge=10)
+
+
+class WhitelistSection(_ScheduledListSection):
+    url: str = ""
+    interval_seconds: int = Field(default=3600, ge=10)
+    stale_after_seconds: int = Field(default=86400, ge=60)
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -259,6 +294,8 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
+    annuaire: AnnuaireSection = Field(default_factory=AnnuaireSection)
+    whitelist: WhitelistSection = Field(default_factory=WhitelistSection)
 
     @classmethod
     def settings_customise_sources(

@@ -37,8 +37,8 @@ from mssante.auth.identity import Identity
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.listening import RunningListener
 from mssante.patients.identity import open_patient_bal
-from mssante.server import RunningListener
 from mssante.smtp.dkim import generate_key, key_path
 
 DEFAULT_DOMAIN = "demo.mssante.fr"

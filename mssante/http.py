@@ -22,14 +22,17 @@ def create_app(runtime: Any) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age."""
+        """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age, and
+        the age of the lists fetched on a schedule (``stale`` past their configured age)."""
         from sqlalchemy.orm import Session
 
+        from annuaire.updates import scheduled_lists, status
         from mssante.smtp.relay import queue_stats
 
         with Session(runtime.engine) as session:
             queue = queue_stats(session)
-        return {"status": "ok", "version": __version__, "queue": queue}
+        lists = status(runtime.engine, scheduled_lists(runtime.settings))
+        return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
 
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)

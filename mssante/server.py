@@ -14,13 +14,13 @@ import json
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import uvicorn
 
 from mssante.config import Settings
+from mssante.listening import ListenerStarter, RunningListener
 from mssante.runtime import Runtime, initialise, open_runtime
 
 log = logging.getLogger("mssante")
@@ -64,21 +64,6 @@ def configure_logging(settings: Settings) -> None:
     root.setLevel(settings.log.level)
     # aiosmtpd logs every command line at INFO (addresses included): keep that for DEBUG.
     logging.getLogger("mail.log").setLevel(max(logging.WARNING, root.level))
-
-
-@dataclass
-class RunningListener:
-    name: str
-    protocol: str
-    host: str
-    port: int
-    tls: str
-    close: Callable[[], Awaitable[None]]
-    # False for background workers (outbound relay): not a port anyone connects to.
-    public: bool = True
-
-
-ListenerStarter = Callable[[Runtime], Awaitable[list[RunningListener]]]
 
 
 def _is_loopback(host: str) -> bool:
@@ -135,12 +120,13 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 
 
 def listener_starters() -> list[ListenerStarter]:
-    """Front doors, in start order (imported here: they depend on this module's types)."""
+    """Front doors, in start order (imported here, when serving: they import the whole stack)."""
+    from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp, start_imap, start_relay]
+    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
 
 
 async def serve_forever(

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 
 from mssante.imap import mutf7
-from mssante.imap.commands import (
+from mssante.imap.commands.values import (
     Append,
     CopyMove,
     Create,
@@ -151,6 +151,32 @@ def test_command_size_is_bounded_across_literals() -> None:
     f.feed(b"a SEARCH TEXT {90+}\r\n" + b"a" * 90 + b" TEXT {90+}\r\n" + b"b" * 90)
     f.feed(b" TEXT {90+}\r\n" + b"c" * 90 + b"\r\n")
     assert drain(f) == [Rejected("a", "BAD Literal too large")]
+
+
+def test_before_login_literals_are_small_and_only_for_login_and_id() -> None:
+    f = Framer(preauth_literal=1024)
+    f.feed(b"a1 APPEND INBOX {26214400}\r\n")
+    assert drain(f) == [Rejected("a1", "BAD No literal is accepted for this command before login")]
+    f.feed(b"a2 LOGIN {1025}\r\n")
+    assert drain(f) == [Rejected("a2", "BAD Literal too large before login (at most 1024 bytes)")]
+    f.feed(b"a3 LOGIN {5}\r\n")
+    assert drain(f) == [NeedContinuation()]
+    f.feed(b"alice {3+}\r\npwd\r\n")
+    assert drain(f) == [CommandReady(b"a3 LOGIN {5}\r\nalice {3+}\r\npwd")]
+    f.logged_in()
+    f.feed(b"a4 APPEND INBOX {2048}\r\n")
+    assert drain(f) == [NeedContinuation()]
+
+
+def test_before_login_a_literal_sent_anyway_ends_the_connection() -> None:
+    f = Framer(preauth_literal=1024)
+    f.feed(b"a1 APPEND INBOX {26214400+}\r\n" + b"x" * 4096)
+    assert drain(f) == [
+        Rejected("a1", "BAD No literal is accepted for this command before login", close=True)
+    ]
+    f = Framer(max_line=100, preauth_literal=1024)
+    f.feed(b"a1 LOGIN " + b"x" * 500 + b" {5000+}\r\n")
+    assert drain(f) == [Rejected("a1", "BAD Command line too long", close=True)]
 
 
 def test_next_line_for_idle_and_sasl() -> None:
@@ -448,7 +474,7 @@ def test_enable_and_id() -> None:
 
 def test_acl_commands() -> None:
     """RFC 4314: GETACL/MYRIGHTS take a mailbox, DELETEACL/LISTRIGHTS an identifier, SETACL rights."""
-    from mssante.imap.commands import AclArgs
+    from mssante.imap.commands.values import AclArgs
 
     assert p("a GETACL INBOX").args == AclArgs("INBOX")
     assert p('a MYRIGHTS "Partag&AOk-/x@demo.mssante.fr/INBOX"').args == AclArgs(

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from mssante.imap.commands import Section
+from mssante.imap.commands.values import Section
 from mssante.imap.parser import parse_command
 from mssante.imap.render import (
     apply_partial,

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from mssante.config import Settings, load_settings
 from mssante.imap import search
-from mssante.imap.commands import SearchKey
+from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_command
 from mssante.runtime import Runtime, initialise, open_runtime

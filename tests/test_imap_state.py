@@ -3,16 +3,19 @@
 
 from __future__ import annotations
 
+import random
+import re
+import time
 from datetime import UTC, date, datetime
 
 import pytest
 
 from mssante.imap import listing
-from mssante.imap.commands import SearchKey, SequenceSet
+from mssante.imap.commands.values import SearchKey, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_command
+from mssante.imap.render import compress
 from mssante.imap.search import Candidate, body_text, matches, needs
-from mssante.imap.session import compress
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
 from mssante.store.store import FolderInfo, MessageRow
@@ -163,10 +166,37 @@ def test_search_needs() -> None:
         ("Patients/Dupont/2024", "Patients/", "*", True),
         ("Sent", "", "S%t", True),
         ("a.b", "", "a?b", False),
+        ("Patients/Dupont", "", "%%*%", True),
+        ("Patients/Dupont", "", "%%%", False),
+        ("Patients/Dupont", "", "P%/%t", True),
+        ("Patients/Dupont", "", "P*t", True),
+        ("Patients/Dupont", "", "*" * 200 + "!", False),
+        ("", "", "*", True),
+        ("", "", "", True),
     ],
 )
 def test_list_patterns(name: str, reference: str, pattern: str, expected: bool) -> None:
     assert listing.matches(name, reference, pattern) is expected
+
+
+def test_list_patterns_agree_with_the_definition() -> None:
+    """Seeded comparison with RFC 3501's definition written as a (backtracking) regex."""
+    rnd = random.Random(3501)
+    for _ in range(3000):
+        name = "".join(rnd.choice("ab/") for _ in range(rnd.randint(0, 8)))
+        pattern = "".join(rnd.choice("ab/*%") for _ in range(rnd.randint(0, 7)))
+        regex = "".join(".*" if c == "*" else "[^/]*" if c == "%" else re.escape(c) for c in pattern)
+        expected = re.fullmatch(regex, name, re.DOTALL) is not None
+        assert listing.matches(name, "", pattern) is expected, (name, pattern)
+
+
+def test_list_pattern_cost_is_linear_and_bounded() -> None:
+    assert listing.collapse("a%*%b%%c**") == "a*b%c*"
+    started = time.perf_counter()
+    assert not listing.matches("a" * 1000, "", "*a" * 500 + "!")
+    assert time.perf_counter() - started < 0.1
+    with pytest.raises(listing.PatternTooLong):
+        listing.compile_pattern("", "*" * (listing.MAX_PATTERN_LENGTH + 1))
 
 
 def test_compress_uid_sets() -> None:

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColu
 from rich.table import Table
 
 from mssante.cli._common import checked_engine as _engine
-from mssante.cli._common import command_group, console, fail
+from mssante.cli._common import command_group, console, fail, settings
 from mssante.cli._common import operator_actor as _actor
 
 app = command_group("annuaire", "Directory of professionals, structures and mailboxes (BAL).")
@@ -226,6 +226,91 @@ def show(
     for name, value in record.as_dict().items():
         table.add_row(name, "" if value is None else str(value))
     console.print(table)
+
+
+@app.command("export")
+def export(
+    fmt: Annotated[
+        str, typer.Option("--format", help="ans (the extraction's 31 columns) or fhir (R4 Bundle).")
+    ],
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file (default: stdout).")
+    ] = None,
+    domain: Annotated[
+        list[str] | None,
+        typer.Option("--domain", help="A domain to publish (repeatable; default: server.domains)."),
+    ] = None,
+) -> None:
+    """Publish the operator's own BALs: active, not on the liste rouge, patients excluded."""
+    import sys
+
+    from annuaire.export import FORMATS, published, write_ans, write_fhir
+    from annuaire.nomenclatures import default as default_nomenclatures
+
+    if fmt not in FORMATS:
+        fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}", 2)
+    domains = domain or settings().server.domains
+    noms = default_nomenclatures()
+    with _engine().connect() as conn:
+        rows = published(conn, domains, noms)
+        out = output.open("w", encoding="utf-8", newline="\n") if output else sys.stdout
+        try:
+            count = write_ans(rows, out) if fmt == "ans" else write_fhir(rows, out, noms)
+        finally:
+            if output:
+                out.close()
+    if output:
+        console.print(f"{count} BAL(s) of {', '.join(domains)} written to {output}")
+
+
+@app.command("sources")
+def sources(as_json: JsonOption = False) -> None:
+    """The lists fetched on a schedule ([annuaire] extraction_url, [whitelist] url): last success,
+    age, entries, last error."""
+    from annuaire.updates import scheduled_lists, status
+
+    found = status(_engine(), scheduled_lists(settings()))
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False))
+        return
+    if not found:
+        console.print("no list is fetched on a schedule ([annuaire] extraction_url, [whitelist] url)")
+        return
+    table = Table("list", "url", "last success", "age (s)", "stale", "entries", "last error")
+    for f in found:
+        table.add_row(
+            f["name"], f["url"], f["last_success"] or "never", str(f["age_seconds"] or ""),
+            "yes" if f["stale"] else "no", str(f["entries"] or ""), f["last_error"] or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("refresh")
+def refresh(
+    force: Annotated[bool, typer.Option("--force", help="Fetch even if not due yet.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch the scheduled lists now (what the server does on its timer); exit 1 if one failed."""
+    from annuaire.updates import refresh as run_refresh
+    from annuaire.updates import scheduled_lists
+
+    config = settings()
+    engine = _engine(writer=True)
+    outcomes = [
+        run_refresh(engine, item, config.server.data_dir / "updates", force=force)
+        for item in scheduled_lists(config)
+    ]
+    found = [
+        {"name": o.name, "status": o.status, "error": o.error, **(o.report.counts() if o.report else {})}
+        for o in outcomes
+    ]
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False))
+    else:
+        for f in found:
+            console.print(f"{f['name']}: {f['status']}" + (f" — {f['error']}" if f["error"] else ""))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
 
 
 def _write(work: Callable[[Any], Any], what: str, as_json: bool) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mssante.imap.commands import FetchItem, Section
+from mssante.imap.commands.values import FetchItem, Section
 from mssante.imap.mailbox import Entry
 from mssante.imap.render import (
     apply_partial,

@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from mssante.imap.commands import SequenceSet
+from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import flag_list
 from mssante.store.feed import FolderChange
 from mssante.store.store import FolderInfo, MessageRow

@@ -2,7 +2,7 @@
 
 :func:`parse_command` takes one complete command as framed by :mod:`mssante.imap.framing`
 (literals inline as ``{n}\\r\\n`` + n bytes, final CRLF removed) and returns a
-:class:`~mssante.imap.commands.Command`, or raises :class:`ParseError`, which the session
+:class:`~mssante.imap.commands.values.Command`, or raises :class:`ParseError`, which the session
 answers with ``BAD``. The parser is strict where laxness would make two readings possible,
 and bounded: parenthesised lists nest at most ``max_depth`` deep, SEARCH programs hold at
 most ``max_search_keys`` keys.
@@ -14,7 +14,7 @@ import re
 from datetime import date, datetime, timedelta, timezone
 
 from mssante.imap import mutf7
-from mssante.imap.commands import (
+from mssante.imap.commands.values import (
     AclArgs,
     Append,
     Authenticate,

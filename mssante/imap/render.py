@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from mssante.imap.commands import Section
+from mssante.imap.commands.values import Section
 from mssante.imap.parser import MONTHS
 
 Json = dict[str, Any]
@@ -29,6 +29,23 @@ _MAX_QUOTED = 1024
 
 # Dovecot's stand-in for a multipart that has no parts: RFC 3501 needs at least one body.
 _EMPTY_TEXT_PART = b'("text" "plain" ("charset" "us-ascii") NIL NIL "7bit" 0 0)'
+
+
+def compress(numbers: list[int]) -> str:
+    """``[1, 2, 3, 5]`` → ``1:3,5`` (the UID sets of COPYUID)."""
+    out: list[str] = []
+    start = prev = None
+    for n in numbers:
+        if start is None:
+            start = prev = n
+        elif prev is not None and n == prev + 1:
+            prev = n
+        else:
+            out.append(str(start) if start == prev else f"{start}:{prev}")
+            start = prev = n
+    if start is not None:
+        out.append(str(start) if start == prev else f"{start}:{prev}")
+    return ",".join(out)
 
 
 def string(value: str | bytes, *, utf8: bool = False) -> bytes:

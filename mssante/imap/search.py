@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from mssante.imap.commands import SearchKey
+from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
 from mssante.store.blobs import Prefix
 from mssante.store.store import MessageStore

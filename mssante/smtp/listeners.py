@@ -14,8 +14,8 @@ from typing import Any
 
 import dns.resolver
 
+from mssante.listening import RunningListener
 from mssante.runtime import Runtime
-from mssante.server import RunningListener
 from mssante.smtp import dkim
 from mssante.smtp.handlers import RelayHandler, SubmissionHandler
 from mssante.smtp.session import ConnectionLimits, MSSanteSMTP

@@ -438,7 +438,7 @@ class RelayWakeHook:
 
 async def start_relay(runtime: Any) -> list[Any]:
     """The worker as a "listener" of the server: started and stopped with the others."""
-    from mssante.server import RunningListener
+    from mssante.listening import RunningListener
 
     if not runtime.settings.relay.enabled:
         return []

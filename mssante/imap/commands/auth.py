@@ -1,0 +1,77 @@
+"""The not-authenticated state: STARTTLS, LOGIN, AUTHENTICATE (SASL through the gate)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from mssante.imap.commands.base import Bad, Cancelled, No, Silent
+from mssante.imap.commands.values import Authenticate, Command, Login
+from mssante.imap.gate import Refusal, plain_initial
+from mssante.imap.states import AUTHENTICATED
+
+if TYPE_CHECKING:
+    from mssante.imap.session import Session
+
+
+async def cmd_starttls(session: Session, command: Command) -> str:
+    channel = session.channel
+    if channel.tls or not session.starttls_available:
+        raise Bad("TLS is not available here" if not channel.tls else "TLS is already active")
+    await channel.write(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
+    await channel.start_tls()
+    raise Silent()
+
+
+async def cmd_login(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Login)
+    if not session.channel.tls:
+        raise No("LOGIN is disabled before STARTTLS", "PRIVACYREQUIRED")
+    initial = plain_initial(command.args.user, command.args.password)
+    return await _run_sasl(session, "PLAIN", initial, interactive=False)
+
+
+async def cmd_authenticate(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Authenticate)
+    if not session.channel.tls:
+        raise No("Authentication is disabled before STARTTLS", "PRIVACYREQUIRED")
+    mechanism = command.args.mechanism
+    if mechanism not in session.gate.mechanisms(tls=session.channel.tls_info):
+        raise No(f"Mechanism {mechanism} is not supported", "CANNOT")
+    initial = command.args.initial.decode("ascii") if command.args.initial is not None else None
+    return await _run_sasl(session, mechanism, initial, interactive=True)
+
+
+async def _run_sasl(session: Session, mechanism: str, initial: str | None, *, interactive: bool) -> str:
+    channel = session.channel
+
+    async def respond(challenge: str) -> str:
+        if not interactive:
+            raise Cancelled()
+        await channel.write(b"+ " + challenge.encode("ascii") + b"\r\n")
+        line = await channel.read_line()
+        if line is None:
+            raise Cancelled()
+        text = line.decode("ascii", "replace").strip()
+        if text == "*":
+            raise Cancelled()
+        return text
+
+    try:
+        result = await session.gate.authenticate(
+            mechanism, initial, respond, tls=channel.tls_info, peer=channel.peer
+        )
+    except Cancelled:
+        raise Bad("Authentication cancelled") from None
+    if isinstance(result, Refusal):
+        if result.delay:
+            await asyncio.sleep(result.delay)
+        if result.status == "BAD":
+            raise Bad(result.text)
+        raise No(result.text, result.code)
+    session.principal = result
+    session.state = AUTHENTICATED
+    if result.bal is not None:
+        await session.store.ensure_account(result.bal)
+        session.opened.add(result.bal.lower())
+    return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"

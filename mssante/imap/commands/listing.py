@@ -1,0 +1,164 @@
+"""The mailbox hierarchy: LIST, LSUB, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from delegation.rights import Right
+from mssante.audit import AuditEvent
+from mssante.imap import listing
+from mssante.imap.access import SHARED_PREFIX
+from mssante.imap.commands.base import No
+from mssante.imap.commands.values import Command, Create, ListArgs, MailboxArg, Rename, Status
+from mssante.store.store import FolderInfo, FolderNotFound
+
+if TYPE_CHECKING:
+    from mssante.imap.session import Session
+
+SPECIAL_USES = {"\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash"}
+_CONTROL = frozenset(chr(c) for c in (*range(0x20), 0x7F))
+
+
+def _check_new_name(name: str) -> None:
+    """A name a folder may be given: one that LIST can name back. ``*`` and ``%`` are the
+    list-wildcards, which RFC 3501 §5.1 advises against in names (a LIST for such a folder
+    matches others too); control characters cannot be shown by any client."""
+    if any(c in listing.WILDCARDS for c in name):
+        raise No('Mailbox names may not contain the LIST wildcards "*" or "%"', "CANNOT")
+    if any(c in _CONTROL for c in name):
+        raise No("Mailbox names may not contain control characters", "CANNOT")
+
+
+async def cmd_create(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Create)
+    uses = command.args.special_use
+    if len(uses) > 1 or any(u not in SPECIAL_USES for u in uses):
+        raise No("Unsupported special-use attribute", "USEATTR")
+    _check_new_name(command.args.mailbox)
+    bal, name, _rights = await session.open(command.args.mailbox.rstrip("/"), Right.CREATE)
+    if not name or "//" in name or name.partition("/")[0] == SHARED_PREFIX:
+        raise No("Invalid mailbox name", "CANNOT")
+    await session.store.create_folder(bal, name, uses[0] if uses else None)
+    # The store audits DELETE and RENAME itself; CREATE is traced here.
+    session.trace(
+        AuditEvent(
+            actor=session.actor,
+            action="folder.create",
+            bal=bal,
+            object=name,
+            source=session.source,
+            detail={"special_use": uses[0]} if uses else None,
+        )
+    )
+    return "CREATE completed"
+
+
+async def cmd_delete(session: Session, command: Command) -> str:
+    assert isinstance(command.args, MailboxArg)
+    bal, name, _rights = await session.open(command.args.mailbox, Right.DELETE_FOLDER)
+    if session.box is not None and session.box_bal == bal and session.box.folder.name == name:
+        session.deselect()
+    try:
+        await session.store.delete_folder(bal, name, actor=session.actor, source=session.source)
+    except FolderNotFound:
+        raise No(f"Mailbox {name} does not exist", "NONEXISTENT") from None
+    return "DELETE completed"
+
+
+async def cmd_rename(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Rename)
+    _check_new_name(command.args.new)
+    bal, old, _rights = await session.open(command.args.old, Right.DELETE_FOLDER)
+    new_bal, new, _rights = await session.open(command.args.new, Right.CREATE)
+    if new_bal != bal:
+        raise No("A mailbox cannot be renamed into another BAL", "CANNOT")
+    try:
+        await session.store.rename_folder(bal, old, new, actor=session.actor, source=session.source)
+    except FolderNotFound:
+        raise No(f"Mailbox {command.args.old} does not exist", "NONEXISTENT") from None
+    return "RENAME completed"
+
+
+async def cmd_subscribe(session: Session, command: Command) -> str:
+    assert isinstance(command.args, MailboxArg)
+    bal, name, _rights = await session.open(command.args.mailbox)
+    # Shared folders count as subscribed: their flag is their holder's, not ours.
+    if bal == session.own_bal:
+        await session.store.set_subscribed(bal, name, command.name == "SUBSCRIBE")
+    return f"{command.name} completed"
+
+
+async def cmd_list(session: Session, command: Command) -> str:
+    args = command.args
+    assert isinstance(args, ListArgs)
+    if args.patterns == ("",) and not args.selection:
+        await session.untagged(f'{command.name} (\\Noselect) "/" ""')
+        return f"{command.name} completed"
+    if len(args.patterns) > listing.MAX_PATTERNS:
+        raise No(f"Too many mailbox patterns (at most {listing.MAX_PATTERNS})", "LIMIT")
+    try:
+        patterns = [listing.compile_pattern(args.reference, p) for p in args.patterns]
+    except listing.PatternTooLong as exc:
+        raise No(str(exc), "LIMIT") from None
+    # (name, folder or None for a \Noselect level of the shared namespace, subscribed)
+    visible: list[tuple[str, FolderInfo | None, bool]] = []
+    own = session.own_bal
+    if own is not None and (await session.rights(own)).visible:
+        visible += [(f.name, f, f.subscribed) for f in await session.store.folders(own)]
+    assert session.principal is not None
+    shared = [b for b in await session.access.shared(session.principal) if b != own]
+    if shared:
+        visible.append((SHARED_PREFIX, None, True))
+    for bal in shared:
+        if bal not in session.opened:
+            await session.store.ensure_account(bal)
+            session.opened.add(bal)
+        visible.append((f"{SHARED_PREFIX}/{bal}", None, True))
+        visible += [(session.shown(bal, f.name), f, True) for f in await session.store.folders(bal)]
+    names = [name for name, _, _ in visible]
+    subscribed_only = command.name == "LSUB" or "SUBSCRIBED" in args.selection
+    special_only = "SPECIAL-USE" in args.selection
+    show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
+    for name, folder, subscribed in sorted(visible, key=lambda v: (v[0] != "INBOX", v[0])):
+        if not any(p.matches(name) for p in patterns):
+            continue
+        if subscribed_only and not subscribed:
+            continue
+        # Special uses are the session's own: a client must not file its Sent into a shared BAL.
+        in_shared = name.startswith(SHARED_PREFIX + "/")
+        use = folder.special_use if folder is not None and not in_shared else None
+        if special_only and not use:
+            continue
+        attributes = ["\\HasChildren" if listing.has_children(name, names) else "\\HasNoChildren"]
+        if folder is None:
+            attributes.insert(0, "\\Noselect")
+        if show_subscribed and subscribed:
+            attributes.append("\\Subscribed")
+        if use and command.name == "LIST":
+            attributes.append(use)
+        await session.untagged(
+            f'{command.name} ({" ".join(attributes)}) "/" '.encode() + session.wire_name(name)
+        )
+    return f"{command.name} completed"
+
+
+async def cmd_status(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Status)
+    bal, name, _rights = await session.open(command.args.mailbox, Right.READ)
+    try:
+        status = await session.store.status(bal, name)
+    except FolderNotFound:
+        raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
+    values = {
+        "MESSAGES": status.messages,
+        "RECENT": 0,
+        "UIDNEXT": status.folder.uidnext,
+        "UIDVALIDITY": status.folder.uidvalidity,
+        "UNSEEN": status.unseen,
+        "SIZE": status.size,
+        "HIGHESTMODSEQ": status.folder.highestmodseq,
+    }
+    items = " ".join(f"{item} {values[item]}" for item in command.args.items)
+    shown = session.shown(bal, status.folder.name)
+    await session.untagged(b"STATUS " + session.wire_name(shown) + f" ({items})".encode())
+    return "STATUS completed"
