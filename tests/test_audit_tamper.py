@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -24,7 +25,7 @@ from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.runtime import Runtime
-from mssante.schema import upgrade
+from mssante.schema import alembic_config, upgrade
 from mssante.sqlfast import utc
 
 
@@ -202,7 +203,8 @@ def test_upgrade_rechains_an_existing_trail_under_the_key(settings: Settings) ->
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     KeyRing.create(settings.keyring_path)
     engine = make_engine(settings.database_url, writer=True)
-    upgrade(engine, "0007")
+    before_keyed = ScriptDirectory.from_config(alembic_config()).get_revision("0008").down_revision
+    upgrade(engine, str(before_keyed))  # the schema just before the keyed chain
     _old_records(engine, 4)
     audit.bind(settings.database_url, Path("/nonexistent/keyring.json"))
     with pytest.raises(RuntimeError, match="key ring could not be read"):
