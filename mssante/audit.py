@@ -131,12 +131,18 @@ def _url_id(url: Any) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def bind(database_url: str, source: KeySource) -> None:
+def bind(database_url: str, source: KeySource, *, from_config: bool = False) -> None:
     """Name the audit key of a database: a key, a key ring file (read when first needed), or
-    a loader. Every engine on that URL in this process then chains and verifies with it."""
+    a loader. Every engine on that URL in this process then chains and verifies with it.
+
+    ``from_config``: the key ring a configuration names (``load_settings``); it does not
+    replace a key bound explicitly (a ring already loaded by the runtime, a restore, a test).
+    """
     global _generation
     with _lock:
         url = _url_id(database_url)
+        if from_config and not isinstance(_sources.get(url, source), Path):
+            return
         _sources[url] = source
         _resolved.pop(url, None)
         _generation += 1

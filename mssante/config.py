@@ -396,7 +396,7 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
     from mssante import audit
 
     # The audit key of this database lives in this key ring: read when first needed.
-    audit.bind(settings.database_url, settings.keyring_path)
+    audit.bind(settings.database_url, settings.keyring_path, from_config=True)
     return settings
 
 

@@ -78,13 +78,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
     """Settings with a private data directory and the parametrised database."""
-    settings = load_settings(
+    return load_settings(
         None,
         server={"data_dir": str(tmp_path / "data")},
         database={"url": db_url},
     )
-    _bind_test_audit_key(db_url, settings.keyring_path)  # usable before a key ring exists
-    return settings
 
 
 @pytest.fixture
