@@ -48,7 +48,8 @@ _ATOM = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\\]\x80-\xff]+")
 _ASTRING_CHARS = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\\x80-\xff]+")  # atom + "]"
 _LIST_CHARS = re.compile(rb"[^\x00-\x20\x7f(){\"\\\x80-\xff]+")  # atom + % * ]
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+\x80-\xff]+")
-_LITERAL = re.compile(rb"~?\{([0-9]+)(\+?)\}\r\n")
+_LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n")
+_LITERAL8 = re.compile(rb"~\{([0-9]+)(\+?)\}\r\n")
 _NUMBER = re.compile(rb"[0-9]+")
 _BASE64 = re.compile(rb"=|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -115,10 +116,11 @@ class ParseError(ValueError):
 class _Reader:
     """A cursor over the command bytes, with one method per grammar production."""
 
-    def __init__(self, data: bytes, *, utf8: bool, max_depth: int) -> None:
+    def __init__(self, data: bytes, *, utf8: bool, max_depth: int, binary: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.utf8 = utf8
+        self.binary = binary  # ``~{n}`` (literal8, RFC 3516) is read only where BINARY allows it
         self.max_depth = max_depth
         self.search_keys = 0
 
@@ -201,8 +203,10 @@ class _Reader:
             else:
                 out.append(char)
 
-    def literal(self) -> bytes:
+    def literal(self, *, literal8: bool = False) -> bytes:
         found = _LITERAL.match(self.data, self.pos)
+        if not found and literal8 and self.binary:
+            found = _LITERAL8.match(self.data, self.pos)
         if not found:
             raise self.error("Expected literal")
         size = int(found.group(1))
@@ -216,12 +220,12 @@ class _Reader:
         nxt = self.peek()
         if nxt == b'"':
             return self.quoted()
-        if nxt in (b"{", b"~"):
+        if nxt == b"{":
             return self.literal()
         raise self.error("Expected string")
 
     def astring_bytes(self) -> bytes:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self.peek() in (b'"', b"{"):
             return self.string()
         return self.match(_ASTRING_CHARS, "astring")
 
@@ -257,7 +261,7 @@ class _Reader:
         return name
 
     def list_mailbox(self) -> str:
-        quoted = self.peek() in (b'"', b"{", b"~")
+        quoted = self.peek() in (b'"', b"{")
         raw = self.string() if quoted else self.match(_LIST_CHARS, "list-mailbox")
         if raw == b"":
             return ""
@@ -352,7 +356,7 @@ class _Reader:
             nxt = self.peek()
             if nxt == b"(":
                 items.append(self.paren_list(depth + 1))
-            elif nxt in (b'"', b"{", b"~"):
+            elif nxt in (b'"', b"{"):
                 items.append(_text(self.string()))
             else:
                 items.append(self.match(_ASTRING_CHARS, "list item").decode("ascii"))
@@ -511,11 +515,16 @@ _ONE_MAILBOX = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE"}
 _UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}
 
 
-def parse_command(data: bytes, *, utf8: bool = False, max_depth: int = MAX_DEPTH) -> Command:
-    """Parse one framed command; raise :class:`ParseError` (with the tag when known)."""
+def parse_command(
+    data: bytes, *, utf8: bool = False, max_depth: int = MAX_DEPTH, binary: bool = False
+) -> Command:
+    """Parse one framed command; raise :class:`ParseError` (with the tag when known).
+
+    ``binary``: the session advertises BINARY, so APPEND may send its message as ``~{n}``;
+    elsewhere, and always without BINARY, ``~`` is an ordinary atom character."""
     tag = "*"
     try:
-        reader = _Reader(data, utf8=utf8, max_depth=max_depth)
+        reader = _Reader(data, utf8=utf8, max_depth=max_depth, binary=binary)
         tag = reader.match(_TAG, "tag").decode("ascii")
         reader.sp()
         name = reader.atom().upper()
@@ -599,9 +608,9 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         if r.peek() == b'"':
             when = r.date_time()
             r.sp()
-        if r.peek() not in (b"{", b"~"):
+        if r.peek() != b"{" and not (r.binary and r.peek() == b"~"):
             raise r.error("APPEND needs the message as a literal")
-        return Command(tag, name, Append(mailbox, flags, when, r.literal()))
+        return Command(tag, name, Append(mailbox, flags, when, r.literal(literal8=True)))
     if name in ("COPY", "MOVE"):
         r.sp()
         seq = r.sequence_set()

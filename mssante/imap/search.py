@@ -26,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
+from mssante.store import addresses
 from mssante.store.blobs import Prefix
+from mssante.store.mime import decode_value
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -45,6 +47,7 @@ _FLAG_KEYS = {
 }
 _ENCODED = ("base64", "quoted-printable")
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
 
 
 # A group of messages whose first chunks are read together: at most BODY_READ_AHEAD messages
@@ -166,6 +169,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         sent = _sent_date(c.meta)
         return sent is not None and _compare(name[4:], sent, args[0])  # type: ignore[arg-type]
+    if name in _ADDRESS_KEYS:
+        return _address_contains(c.meta, _ADDRESS_KEYS[name], str(args[0]))
     if name in _HEADER_KEYS:
         return _header_contains(c.meta, _HEADER_KEYS[name], str(args[0]))
     if name == "HEADER":
@@ -207,6 +212,18 @@ def _header_contains(meta: Json | None, field: str, needle: str) -> bool:
         if name.lower() == wanted and _contains(value, needle):
             return True
     return False
+
+
+def _address_contains(meta: Json | None, field: str, needle: str) -> bool:
+    """FROM/TO/CC/BCC match the parsed addresses (``name <local@domain>``, group names), so
+    that comments, routes and quoting in the header do not hide an address (RFC 3501 §6.4.4
+    leaves the form to the server; this is what Dovecot matches)."""
+    if not needle:
+        return _header_contains(meta, field, needle)
+    parsed = (meta or {}).get("envelope", {}).get(field)
+    if not parsed:
+        return False
+    return _contains(decode_value(addresses.searchable(parsed)), needle)
 
 
 def _body_contains(c: Candidate, needle: str) -> bool:
