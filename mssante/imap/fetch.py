@@ -98,7 +98,7 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     if name == "UID":
         return b"UID %d" % entry.uid
     if name == "FLAGS":
-        return b"FLAGS " + flag_list(entry.flags)
+        return b"FLAGS " + flag_list(entry.shown_flags())
     if name == "INTERNALDATE":
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":

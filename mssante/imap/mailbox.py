@@ -33,6 +33,12 @@ class Entry:
     blob_id: int
     expunged: bool = False  # expunged elsewhere, not yet reported to this session
     rendered: dict[str, bytes] | None = None  # ENVELOPE/BODYSTRUCTURE already rendered once
+    recent: bool = False  # \Recent for this session (IMAP4rev1 only)
+
+    def shown_flags(self) -> tuple[str, ...]:
+        """The flags as FETCH shows them: the stored ones, and ``\\Recent`` (a session flag,
+        never set in an IMAP4rev2 session)."""
+        return (*self.flags, "\\Recent") if self.recent else self.flags
 
 
 @dataclass
@@ -42,15 +48,24 @@ class SelectedMailbox:
     uids: list[int] = field(default_factory=list)  # index + 1 is the message number
     entries: dict[int, Entry] = field(default_factory=dict)
     modseq: int = 0  # the highest change applied
+    # Flags the client may set for good (PERMANENTFLAGS, decided from the rights at SELECT);
+    # ``\*`` among them when new keywords may be created.
+    permanent: tuple[str, ...] = ()
+    with_recent: bool = True  # IMAP4rev1 shows \Recent; IMAP4rev2 dropped it
+    _keywords: set[str] = field(default_factory=set)  # keywords announced in FLAGS
     _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
     _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
 
     @classmethod
-    def from_rows(cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool) -> SelectedMailbox:
+    def from_rows(
+        cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool, recent_from: int | None = None
+    ) -> SelectedMailbox:
+        """The mailbox as SELECT sees it; messages from UID ``recent_from`` on are \\Recent."""
         box = cls(folder, readonly, modseq=folder.highestmodseq)
         entries = box.entries
         for uid, flags, size, when, modseq, blob_id in rows:
-            entries[uid] = Entry(uid, tuple(flags), size, when, modseq, blob_id)
+            recent = recent_from is not None and uid >= recent_from
+            entries[uid] = Entry(uid, tuple(flags), size, when, modseq, blob_id, recent=recent)
         box.uids = list(entries)
         return box
 
@@ -101,7 +116,35 @@ class SelectedMailbox:
             for flag in entry.flags:
                 if not flag.startswith("\\"):
                     found.setdefault(flag)
+        self._keywords = set(found)
         return sorted(found)
+
+    @property
+    def recent(self) -> int:
+        return sum(1 for uid in self.uids if self.entries[uid].recent)
+
+    def flags_lines(self) -> list[bytes]:
+        """``FLAGS`` and ``OK [PERMANENTFLAGS]``: at SELECT, and again when a keyword appears."""
+        flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *sorted(self._keywords)]
+        permanent = "()" if self.readonly else "(" + " ".join(self.permanent) + ")"
+        if not self.readonly and "\\*" in self.permanent:
+            permanent = "(" + " ".join([*self.permanent[:-1], *sorted(self._keywords), "\\*"]) + ")"
+        return [
+            b"* FLAGS " + flag_list(flags),
+            b"* OK [PERMANENTFLAGS " + permanent.encode("ascii", "replace") + b"] Flags permitted",
+        ]
+
+    def announce_keywords(self, flags: Iterable[str]) -> list[bytes]:
+        """The FLAGS lines to send before a message shows a keyword the client was not told of
+        (RFC 3501 §7.2.6: FLAGS lists every flag the mailbox uses)."""
+        new = {f for f in flags if not f.startswith("\\") and f not in self._keywords}
+        if not new:
+            return []
+        self._keywords |= new
+        return self.flags_lines()
+
+    def fetch_flags(self, entry: Entry) -> bytes:
+        return flag_list(entry.shown_flags())
 
     # -- changes -------------------------------------------------------------------------------
     def set_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
@@ -158,12 +201,19 @@ class SelectedMailbox:
                     self._flag_news.add(change.uid)
         return wanted
 
-    def add_rows(self, rows: Iterable[MessageRow]) -> None:
-        """Rows of messages announced by :meth:`absorb`, read from the store."""
+    def add_rows(self, rows: Iterable[MessageRow], *, recent_from: int | None = None) -> None:
+        """Rows of messages announced by :meth:`absorb`, read from the store; those from UID
+        ``recent_from`` on are \\Recent to this session."""
         for row in rows:
             if row.uid in self._new and row.uid not in self.entries:
                 self.entries[row.uid] = Entry(
-                    row.uid, tuple(row.flags), row.size, row.internaldate, row.modseq, row.blob_id
+                    row.uid,
+                    tuple(row.flags),
+                    row.size,
+                    row.internaldate,
+                    row.modseq,
+                    row.blob_id,
+                    recent=recent_from is not None and row.uid >= recent_from,
                 )
 
     def updates(self, *, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
@@ -179,13 +229,17 @@ class SelectedMailbox:
                 if not self.uids or uid > self.uids[-1]:
                     self.uids.append(uid)
                 self._new.remove(uid)
+            out.extend(self.announce_keywords(f for uid in arrived for f in self.entries[uid].flags))
             out.append(b"* %d EXISTS" % len(self.uids))
-        for uid in sorted(self._flag_news):
-            n = self.msn(uid)
-            entry = self.entries.get(uid)
-            if n is None or entry is None or entry.expunged:
+            if self.with_recent:
+                out.append(b"* %d RECENT" % self.recent)
+        news = [self.entries[uid] for uid in sorted(self._flag_news) if uid in self.entries]
+        out.extend(self.announce_keywords(f for e in news if not e.expunged for f in e.flags))
+        for entry in news:
+            n = self.msn(entry.uid)
+            if n is None or entry.expunged:
                 continue
-            uid_part = b"UID %d " % uid if with_uid else b""
-            out.append(b"* %d FETCH (%sFLAGS %s)" % (n, uid_part, flag_list(entry.flags)))
+            uid_part = b"UID %d " % entry.uid if with_uid else b""
+            out.append(b"* %d FETCH (%sFLAGS %s)" % (n, uid_part, self.fetch_flags(entry)))
         self._flag_news.clear()
         return out

@@ -145,10 +145,14 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         (child,) = args
         assert isinstance(child, SearchKey)
         return not matches(child, c)
-    if name in ("ALL", "OLD"):  # \Recent is never set (RFC 9051 dropped it), so OLD is ALL
+    if name == "ALL":
         return True
-    if name in ("NEW", "RECENT"):
-        return False
+    if name == "RECENT":
+        return entry.recent
+    if name == "OLD":
+        return not entry.recent
+    if name == "NEW":
+        return entry.recent and "\\Seen" not in entry.flags
     if name in _FLAG_KEYS:
         flag, present = _FLAG_KEYS[name]
         return (flag in entry.flags) is present

@@ -134,6 +134,7 @@ class Session:
         self.box_rights: Rights = NONE
         self.opened: set[str] = set()  # BALs whose storage exists
         self.subscription: Subscription | None = None
+        self.enabled: set[str] = set()  # capabilities turned on by ENABLE (RFC 5161)
         self._traces: set[asyncio.Future[None]] = set()
         self._reads: set[int] = set()
         self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
@@ -186,6 +187,11 @@ class Session:
     def actor(self) -> str:
         assert self.principal is not None
         return self.principal.actor
+
+    @property
+    def recent_flag(self) -> bool:
+        """IMAP4rev1 reports ``\\Recent``; a session that enabled IMAP4rev2 does not (RFC 9051)."""
+        return "IMAP4REV2" not in self.enabled
 
     @property
     def own_bal(self) -> str | None:
@@ -319,9 +325,23 @@ class Session:
             want = set(wanted)
             # Only the rows of the new messages: a busy 10,000-message mailbox is not reread.
             rows = await self.store.messages(box.folder.id, since_uid=min(want) - 1)
-            box.add_rows(r for r in rows if r.uid in want)
+            box.add_rows((r for r in rows if r.uid in want), recent_from=await self._claim_recent(rows, want))
         for line in box.updates(allow_expunge=allow_expunge, with_uid=with_uid):
             await self.channel.write(line + b"\r\n")
+
+    async def _claim_recent(self, rows: list[Any], want: set[int]) -> int | None:
+        """The first of the new messages that is \\Recent to this session: a read-write
+        session takes them from the store (the first session told of a message gets it);
+        a read-only one shows them as recent without taking them."""
+        box = self.box
+        if box is None or not self.recent_flag or not want:
+            return None
+        if box.readonly:
+            return min(want)
+        upto = max(r.uid for r in rows if r.uid in want) + 1 if any(r.uid in want for r in rows) else None
+        if upto is None:
+            return None
+        return await self.store.claim_recent(box.folder.id, upto)
 
     def trace(self, event: AuditEvent) -> None:
         """Record a read in the audit trail without holding the answer for the commit.

@@ -248,6 +248,9 @@ class MessageStore:
         if session.execute(select(accounts_t.c.bal).where(accounts_t.c.bal == bal)).first():
             return
         now = datetime.now(UTC)
+        # The account row carries the UIDVALIDITY counter from the start, so that creating
+        # storage takes no row lock that a concurrent creator could be waiting on.
+        base = int(time.time())
         self._insert_ignore(
             session,
             accounts_t,
@@ -257,11 +260,11 @@ class MessageStore:
                     "quota_bytes": self.default_quota,
                     "used_bytes": 0,
                     "message_count": 0,
+                    "last_uidvalidity": base,
                     "created_at": now,
                 }
             ],
         )
-        base = self._next_uidvalidity(session, bal)
         self._insert_ignore(
             session,
             folders_t,

@@ -16,6 +16,7 @@ from mssante.imap.fetch import (
     missing_structures,
     needs_meta,
 )
+from mssante.store.store import MessageGone
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -27,6 +28,9 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     assert isinstance(args, Fetch)
     if args.modifiers:
         raise Bad("FETCH modifiers are not supported")
+    # Changes already heard of first (new messages, flags, and which messages are gone), so
+    # that a message expunged elsewhere is known as such before its content is looked for.
+    await session.sync(allow_expunge=command.uid, with_uid=command.uid)
     targets = session.resolve(command, args.sequence)
     items = args.items
     if command.uid and not any(i.name == "UID" for i in items):
@@ -34,7 +38,11 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     sets_seen = not box.readonly and Right.KEEP_SEEN in session.box_rights and any(i.sets_seen for i in items)
     if sets_seen and not any(i.name == "FLAGS" for i in items):
         items = (*items, FetchItem("FLAGS"))
-    live = [(n, uid) for n, uid in targets if not box.entries[uid].expunged]
+    # RFC 2180 §4.1: a message expunged by another session keeps its number until this
+    # session is told; what is still known of it (flags, size, dates, a structure already
+    # rendered, a content still stored for another mailbox) is returned, and only what can no
+    # longer be read is left out, the command then ending NO [EXPUNGEISSUED].
+    live = targets
     if sets_seen:
         unseen = [uid for _, uid in live if "\\Seen" not in box.entries[uid].flags]
         if unseen:
@@ -51,6 +59,7 @@ async def cmd_fetch(session: Session, command: Command) -> str:
                 box.set_flags(uid, flags, modseq)
     with_meta = needs_meta(items)
     content = has_content(items)
+    gone = 0
     for i in range(0, len(live), META_BATCH):
         batch = live[i : i + META_BATCH]
         metas: dict[int, Any] = {}
@@ -58,6 +67,13 @@ async def cmd_fetch(session: Session, command: Command) -> str:
             entries = [box.entries[uid] for _, uid in batch]
             wanted = [e.blob_id for e in entries] if content else missing_structures(entries, items)
             metas = await session.store.meta(wanted, meta_part(items)) if wanted else {}
+            # Expunged by another session meanwhile and its content collected: left out, and
+            # the command ends NO [EXPUNGEISSUED] (RFC 2180 §4.1.2); the session goes on.
+            missing = {b for b in wanted if b not in metas}
+            if missing:
+                kept = [(n, uid) for n, uid in batch if box.entries[uid].blob_id not in missing]
+                gone += len(batch) - len(kept)
+                batch = kept
         if not content:
             await session.channel.write(
                 b"".join(
@@ -68,10 +84,14 @@ async def cmd_fetch(session: Session, command: Command) -> str:
             continue
         for n, uid in batch:
             entry = box.entries[uid]
-            pieces = await message_response(session.store, n, entry, items, metas.get(entry.blob_id))
+            try:
+                pieces = await message_response(session.store, n, entry, items, metas.get(entry.blob_id))
+            except MessageGone:
+                gone += 1
+                continue
             await session.channel.write_pieces(pieces)
     if content and live:
         session.note_read((session.box_bal, box.folder.name), [uid for _, uid in live])
-    if len(live) < len(targets):
+    if gone:
         raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if command.uid else ''}FETCH completed"

@@ -82,6 +82,13 @@ async def cmd_rename(session: Session, command: Command) -> str:
 async def cmd_subscribe(session: Session, command: Command) -> str:
     assert isinstance(command.args, MailboxArg)
     bal, name, _rights = await session.open(command.args.mailbox)
+    if command.name == "SUBSCRIBE":
+        # As Dovecot: only an existing mailbox can be subscribed; a subscription then outlives
+        # it (DELETE leaves it, UNSUBSCRIBE removes it whether the folder exists or not).
+        try:
+            await session.store.folder(bal, name)
+        except FolderNotFound:
+            raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     # Shared folders count as subscribed: their flag is their holder's, not ours.
     if bal == session.own_bal:
         await session.store.set_subscribed(bal, name, command.name == "SUBSCRIBE")
@@ -100,23 +107,12 @@ async def cmd_list(session: Session, command: Command) -> str:
         patterns = [listing.compile_pattern(args.reference, p) for p in args.patterns]
     except listing.PatternTooLong as exc:
         raise No(str(exc), "LIMIT") from None
-    # (name, folder or None for a \Noselect level of the shared namespace, subscribed)
-    visible: list[tuple[str, FolderInfo | None, bool]] = []
-    own = session.own_bal
-    if own is not None and (await session.rights(own)).visible:
-        visible += [(f.name, f, f.subscribed) for f in await session.store.folders(own)]
-    assert session.principal is not None
-    shared = [b for b in await session.access.shared(session.principal) if b != own]
-    if shared:
-        visible.append((SHARED_PREFIX, None, True))
-    for bal in shared:
-        if bal not in session.opened:
-            await session.store.ensure_account(bal)
-            session.opened.add(bal)
-        visible.append((f"{SHARED_PREFIX}/{bal}", None, True))
-        visible += [(session.shown(bal, f.name), f, True) for f in await session.store.folders(bal)]
-    names = [name for name, _, _ in visible]
-    subscribed_only = command.name == "LSUB" or "SUBSCRIBED" in args.selection
+    visible = await _visible(session)
+    if command.name == "LSUB":
+        await _lsub(session, visible, patterns)
+        return "LSUB completed"
+    names = [name for name, folder, _ in visible if folder is not None or _is_shared(name)]
+    subscribed_only = "SUBSCRIBED" in args.selection
     special_only = "SPECIAL-USE" in args.selection
     show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
     for name, folder, subscribed in sorted(visible, key=lambda v: (v[0] != "INBOX", v[0])):
@@ -130,16 +126,71 @@ async def cmd_list(session: Session, command: Command) -> str:
         if special_only and not use:
             continue
         attributes = ["\\HasChildren" if listing.has_children(name, names) else "\\HasNoChildren"]
-        if folder is None:
+        if folder is None and not _is_shared(name):
+            if not subscribed_only:
+                continue  # a subscription whose folder is gone: only LIST (SUBSCRIBED) shows it
+            attributes = ["\\NonExistent"]
+        elif folder is None:
             attributes.insert(0, "\\Noselect")
         if show_subscribed and subscribed:
             attributes.append("\\Subscribed")
-        if use and command.name == "LIST":
+        if use:
             attributes.append(use)
         await session.untagged(
             f'{command.name} ({" ".join(attributes)}) "/" '.encode() + session.wire_name(name)
         )
     return f"{command.name} completed"
+
+
+def _is_shared(name: str) -> bool:
+    return name == SHARED_PREFIX or name.startswith(SHARED_PREFIX + "/")
+
+
+async def _visible(session: Session) -> list[tuple[str, FolderInfo | None, bool]]:
+    """(name, folder or None for a \\Noselect level of the shared namespace, subscribed) of
+    every mailbox the session may see."""
+    visible: list[tuple[str, FolderInfo | None, bool]] = []
+    own = session.own_bal
+    if own is not None and (await session.rights(own)).visible:
+        subscribed = set(await session.store.subscriptions(own))
+        visible += [(f.name, f, f.name in subscribed) for f in await session.store.folders(own)]
+        known = {f[0] for f in visible}
+        # A subscribed name may outlive its folder (RFC 3501 §6.3.6): it is still listed by LSUB.
+        visible += [(name, None, True) for name in sorted(subscribed - known)]
+    assert session.principal is not None
+    shared = [b for b in await session.access.shared(session.principal) if b != own]
+    if shared:
+        visible.append((SHARED_PREFIX, None, True))
+    for bal in shared:
+        if bal not in session.opened:
+            await session.store.ensure_account(bal)
+            session.opened.add(bal)
+        # Shared folders count as subscribed: their flag is their holder's, not ours.
+        visible.append((f"{SHARED_PREFIX}/{bal}", None, True))
+        visible += [(session.shown(bal, f.name), f, True) for f in await session.store.folders(bal)]
+    return visible
+
+
+async def _lsub(
+    session: Session, visible: list[tuple[str, FolderInfo | None, bool]], patterns: list[listing.Pattern]
+) -> None:
+    """LSUB (RFC 3501 §6.3.9): subscribed names matching a pattern; when ``%`` stops short of
+    a subscribed name, its parent that matches is listed ``\\Noselect`` unless itself
+    subscribed."""
+    subscribed = {name for name, _, sub in visible if sub}
+    levels = {name for name, folder, _ in visible if folder is None and _is_shared(name)}
+    out: dict[str, str] = {}
+    for name in subscribed:
+        if any(p.matches(name) for p in patterns):
+            out[name] = "\\Noselect" if name in levels else ""
+            continue
+        parts = name.split("/")
+        for depth in range(1, len(parts)):
+            parent = "/".join(parts[:depth])
+            if parent not in subscribed and any(p.matches(parent) for p in patterns):
+                out.setdefault(parent, "\\Noselect")
+    for name in sorted(out, key=lambda n: (n != "INBOX", n)):
+        await session.untagged(f'LSUB ({out[name]}) "/" '.encode() + session.wire_name(name))
 
 
 async def cmd_status(session: Session, command: Command) -> str:
@@ -151,7 +202,7 @@ async def cmd_status(session: Session, command: Command) -> str:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     values = {
         "MESSAGES": status.messages,
-        "RECENT": 0,
+        "RECENT": status.recent,
         "UIDNEXT": status.folder.uidnext,
         "UIDVALIDITY": status.folder.uidvalidity,
         "UNSEEN": status.unseen,

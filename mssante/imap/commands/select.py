@@ -9,13 +9,13 @@ from mssante.audit import AuditEvent
 from mssante.imap.commands.base import Bad, No, flag_right
 from mssante.imap.commands.values import Command, MailboxArg
 from mssante.imap.mailbox import SelectedMailbox
-from mssante.imap.render import flag_list
 from mssante.imap.states import SELECTED
-from mssante.store.store import FolderNotFound
+from mssante.store.store import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
 
+_SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _WRITE_RIGHTS = frozenset(
     {Right.KEEP_SEEN, Right.WRITE_FLAGS, Right.DELETE_MESSAGES, Right.EXPUNGE, Right.INSERT}
 )
@@ -35,18 +35,22 @@ async def cmd_select(session: Session, command: Command) -> str:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     subscription = session.store.hub.subscribe(folder.id)
     rows = await session.store.messages(folder.id)
-    box = SelectedMailbox.from_rows(folder, rows, readonly=readonly)
+    box = SelectedMailbox.from_rows(
+        folder, rows, readonly=readonly, recent_from=await _recent_from(session, folder, readonly)
+    )
+    box.with_recent = session.recent_flag
     session.box, session.subscription, session.state = box, subscription, SELECTED
     session.box_bal, session.box_rights = bal, rights
-    flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *box.keywords()]
-    await session.untagged(b"FLAGS " + flag_list(flags))
-    settable = [f for f in flags[:5] if flag_right(f) in rights]
+    box.keywords()
+    settable = [f for f in _SYSTEM_FLAGS if flag_right(f) in rights]
     if Right.WRITE_FLAGS in rights:
         settable.append("\\*")
-    permanent = "()" if readonly else "(" + " ".join(settable) + ")"
-    await session.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted")
+    box.permanent = tuple(settable)
+    for line in box.flags_lines():
+        await session.channel.write(line + b"\r\n")
     await session.untagged(f"{box.exists} EXISTS")
-    await session.untagged("0 RECENT")
+    if session.recent_flag:
+        await session.untagged(f"{box.recent} RECENT")
     unseen = box.first_unseen()
     if unseen is not None:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
@@ -63,6 +67,20 @@ async def cmd_select(session: Session, command: Command) -> str:
         )
     )
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
+
+
+async def _recent_from(session: Session, folder: FolderInfo, readonly: bool) -> int | None:
+    """The first UID that is \\Recent to this session (RFC 3501 §2.3.2), None for none.
+
+    SELECT takes the messages no session was told of yet; EXAMINE shows them without taking
+    them (it changes nothing); an IMAP4rev2 session has no \\Recent at all (RFC 9051)."""
+    if not session.recent_flag:
+        return None
+    if readonly:
+        return folder.first_recent_uid
+    if folder.first_recent_uid >= folder.uidnext:
+        return None
+    return await session.store.claim_recent(folder.id, folder.uidnext)
 
 
 async def cmd_close(session: Session, command: Command) -> str:

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 from delegation.rights import Right
 from mssante.imap.commands.base import No, flag_right
 from mssante.imap.commands.values import Command, Store
-from mssante.imap.render import flag_list
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -53,10 +52,13 @@ async def cmd_store(session: Session, command: Command) -> str:
         )
         for uid, flags, modseq in changed:
             box.set_flags(uid, flags, modseq)
+    # A keyword new to the mailbox is announced (FLAGS, PERMANENTFLAGS) before it is shown.
+    for line in box.announce_keywords(f for _, uid in targets for f in box.entries[uid].flags):
+        await session.channel.write(line + b"\r\n")
     for n, uid in targets:
         if not args.silent or set(box.entries[uid].flags) != expected[uid]:
             uid_part = b"UID %d " % uid if command.uid else b""
             await session.untagged(
-                b"%d FETCH (%sFLAGS %s)" % (n, uid_part, flag_list(box.entries[uid].flags))
+                b"%d FETCH (%sFLAGS %s)" % (n, uid_part, box.fetch_flags(box.entries[uid]))
             )
     return f"{'UID ' if command.uid else ''}STORE completed"

@@ -1,0 +1,82 @@
+"""Conformance points of issue 16 that a dialogue cannot compare: values that must differ
+(UIDVALIDITY), and races between sessions (\\Recent ownership), on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import imaplib
+from pathlib import Path
+
+from mssante.runtime import Runtime
+from mssante.store.addresses import parse, searchable
+from tests.helpers import make_message
+from tests.imap_dialogues.harness import running_server
+
+BAL = "alice@demo.mssante.fr"
+
+
+def _uidvalidity(imap: imaplib.IMAP4, name: str) -> int:
+    typ, data = imap.status(name, "(UIDVALIDITY UIDNEXT)")
+    assert typ == "OK", data
+    text = data[0].decode()
+    return int(text.split("UIDVALIDITY ")[1].split()[0].rstrip(")"))
+
+
+async def test_uidvalidity_never_reused_when_a_folder_is_recreated_at_once(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+
+        def scenario() -> list[int]:
+            with imaplib.IMAP4_SSL("127.0.0.1", running.tls_port, ssl_context=running.tls.client) as imap:
+                imap.login("alice", "wonderland")
+                seen = []
+                for _ in range(3):  # well within one second
+                    assert imap.create("Ordonnances")[0] == "OK"
+                    seen.append(_uidvalidity(imap, "Ordonnances"))
+                    assert imap.append("Ordonnances", None, None, make_message(to=BAL))[0] == "OK"
+                    assert imap.delete("Ordonnances")[0] == "OK"
+                assert imap.create("Ordonnances")[0] == "OK"
+                seen.append(_uidvalidity(imap, "Ordonnances"))
+                typ, data = imap.status("Ordonnances", "(UIDNEXT)")
+                assert b"UIDNEXT 1" in data[0]  # a new UIDVALIDITY may restart UIDs
+                return seen
+
+        values = await asyncio.to_thread(scenario)
+    assert values == sorted(values) and len(set(values)) == len(values), values
+
+
+async def test_recent_goes_to_exactly_one_of_concurrent_sessions(runtime: Runtime) -> None:
+    store = runtime.store
+    await store.ensure_account(BAL)
+    for _ in range(3):
+        await store.deliver(make_message(to=BAL), "dr.martin@demo.mssante.fr", [BAL])
+    folder = await store.folder(BAL, "INBOX")
+    assert folder.first_recent_uid == 1 and folder.uidnext == 4
+    firsts = await asyncio.gather(*(store.claim_recent(folder.id, folder.uidnext) for _ in range(8)))
+    # One claim takes UIDs 1-3; every other one finds nothing left (first == upto).
+    assert sorted(firsts) == [1] + [4] * 7
+    assert (await store.status(BAL, "INBOX")).recent == 0
+    await store.deliver(make_message(to=BAL), "dr.martin@demo.mssante.fr", [BAL])
+    assert (await store.status(BAL, "INBOX")).recent == 1
+
+
+def test_address_groups_and_comments_parse_as_envelope_wants() -> None:
+    # RFC 5322 §3.4 examples and the forms of imaptest's fetch-envelope script.
+    assert parse("A Group:Ed Jones <c@a.test>,joe@where.test,John <jdoe@one.test>;") == [
+        [None, None, "A Group", None],
+        ["Ed Jones", None, "c", "a.test"],
+        [None, None, "joe", "where.test"],
+        ["John", None, "jdoe", "one.test"],
+        [None, None, None, None],
+    ]
+    assert parse("Undisclosed recipients:;") == [[None, None, "Undisclosed recipients", None], [None] * 4]
+    assert parse('"Joe Q. Public" <john.q.public@example.com>') == [
+        ["Joe Q. Public", None, "john.q.public", "example.com"]
+    ]
+    assert parse("Pete(A nice \\) chap) <pete(his account)@silly.test(his host)>") == [
+        ["Pete", None, "pete", "silly.test"]
+    ]
+    assert parse("<@route1,@route2:user@domain>") == [[None, "@route1,@route2", "user", "domain"]]
+    assert searchable(parse("user@domain.org (Real Name)")) == "Real Name <user@domain.org>"
+    assert parse("") is None and parse("   ") is None
