@@ -38,7 +38,7 @@ async def test_uidvalidity_never_reused_when_a_folder_is_recreated_at_once(
                     assert imap.delete("Ordonnances")[0] == "OK"
                 assert imap.create("Ordonnances")[0] == "OK"
                 seen.append(_uidvalidity(imap, "Ordonnances"))
-                typ, data = imap.status("Ordonnances", "(UIDNEXT)")
+                _typ, data = imap.status("Ordonnances", "(UIDNEXT)")
                 assert b"UIDNEXT 1" in data[0]  # a new UIDVALIDITY may restart UIDs
                 return seen
 
