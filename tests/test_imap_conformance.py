@@ -10,7 +10,7 @@ from pathlib import Path
 from mssante.runtime import Runtime
 from mssante.store.addresses import parse, searchable
 from tests.helpers import make_message
-from tests.imap_dialogues.harness import running_server
+from tests.imap_dialogues.harness import Client, running_server
 
 BAL = "alice@demo.mssante.fr"
 
@@ -80,3 +80,33 @@ def test_address_groups_and_comments_parse_as_envelope_wants() -> None:
     assert parse("<@route1,@route2:user@domain>") == [[None, "@route1,@route2", "user", "domain"]]
     assert searchable(parse("user@domain.org (Real Name)")) == "Real Name <user@domain.org>"
     assert parse("") is None and parse("   ") is None
+
+
+async def test_qresync_select_reports_vanished_and_changed_since_a_modseq(
+    runtime: Runtime, tmp_path: Path
+) -> None:
+    store = runtime.store
+    await store.ensure_account(BAL)
+    for _ in range(4):
+        await store.deliver(make_message(to=BAL), "dr.martin@demo.mssante.fr", [BAL])
+    inbox = await store.folder(BAL, "INBOX")
+    known = inbox.highestmodseq
+    await store.store_flags(inbox.id, [2], "add", ["\\Flagged"], actor="test")
+    await store.store_flags(inbox.id, [4], "add", ["\\Deleted"], actor="test")
+    await store.expunge(inbox.id, actor="test")
+    async with running_server(store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await client.line()
+        for command in (b"a LOGIN alice wonderland", b"b ENABLE QRESYNC"):
+            await client.send(command + b"\r\n")
+            while not (await client.line()).startswith(command[:1].decode() + " OK"):
+                pass
+        await client.send(b"c SELECT INBOX (QRESYNC (%d %d 1:4))\r\n" % (inbox.uidvalidity, known))
+        lines = []
+        while not (line := await client.line()).startswith("c "):
+            lines.append(line)
+        await client.close()
+    assert line.startswith("c OK [READ-WRITE]"), line
+    assert "* VANISHED (EARLIER) 4" in lines
+    changed = [x for x in lines if " FETCH " in x]
+    assert changed == [f"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent) MODSEQ ({known + 1}))"], lines

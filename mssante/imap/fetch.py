@@ -103,6 +103,8 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % entry.size
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % entry.modseq
     if name in STRUCTURE_ITEMS and not utf8 and entry.rendered is not None:
         cached = entry.rendered.get(name)
         if cached is not None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from mssante.imap.commands.values import SequenceSet
-from mssante.imap.render import flag_list
+from mssante.imap.render import compress, flag_list
 from mssante.store.feed import FolderChange
 from mssante.store.store import FolderInfo, MessageRow
 
@@ -52,6 +52,8 @@ class SelectedMailbox:
     # ``\*`` among them when new keywords may be created.
     permanent: tuple[str, ...] = ()
     with_recent: bool = True  # IMAP4rev1 shows \Recent; IMAP4rev2 dropped it
+    condstore: bool = False  # unsolicited FETCH carry UID and MODSEQ (RFC 7162 §3.1)
+    qresync: bool = False  # expunges are reported as VANISHED (RFC 7162 §3.2.10)
     _keywords: set[str] = field(default_factory=set)  # keywords announced in FLAGS
     _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
     _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
@@ -154,6 +156,27 @@ class SelectedMailbox:
             entry.flags, entry.modseq = flags, modseq
             self._flag_news.discard(uid)
 
+    def expunge_lines(self, uids: Iterable[int]) -> list[bytes]:
+        """Remove messages and say so: ``* n EXPUNGE`` each, or one ``* VANISHED uid-set``
+        once QRESYNC is enabled."""
+        if not self.qresync:
+            return [b"* %d EXPUNGE" % n for n in self.remove(uids)]
+        present = [uid for uid in sorted(set(uids)) if self.msn(uid) is not None]
+        self.remove(present)
+        return [b"* VANISHED " + compress(present).encode()] if present else []
+
+    def flags_update(self, n: int, entry: Entry, *, with_uid: bool) -> bytes:
+        """An unsolicited ``* n FETCH (FLAGS ...)``; with CONDSTORE it names the UID and MODSEQ."""
+        if self.condstore:
+            return b"* %d FETCH (UID %d FLAGS %s MODSEQ (%d))" % (
+                n,
+                entry.uid,
+                self.fetch_flags(entry),
+                entry.modseq,
+            )
+        uid_part = b"UID %d " % entry.uid if with_uid else b""
+        return b"* %d FETCH (%sFLAGS %s)" % (n, uid_part, self.fetch_flags(entry))
+
     def remove(self, uids: Iterable[int]) -> list[int]:
         """This session's own EXPUNGE/MOVE: the message numbers to report, highest first."""
         numbers = []
@@ -220,8 +243,7 @@ class SelectedMailbox:
         """Untagged responses for what changed since the last report, in a safe order."""
         out: list[bytes] = []
         if allow_expunge:
-            gone = [uid for uid in self.uids if self.entries[uid].expunged]
-            out.extend(b"* %d EXPUNGE" % number for number in self.remove(gone))
+            out.extend(self.expunge_lines([uid for uid in self.uids if self.entries[uid].expunged]))
         # Announce new messages whose rows we have, in UID order.
         arrived = [uid for uid in self._new if uid in self.entries]
         if arrived:
@@ -239,7 +261,6 @@ class SelectedMailbox:
             n = self.msn(entry.uid)
             if n is None or entry.expunged:
                 continue
-            uid_part = b"UID %d " % entry.uid if with_uid else b""
-            out.append(b"* %d FETCH (%sFLAGS %s)" % (n, uid_part, self.fetch_flags(entry)))
+            out.append(self.flags_update(n, entry, with_uid=with_uid))
         self._flag_news.clear()
         return out

@@ -82,6 +82,7 @@ _SIMPLE_FETCH = {
     "RFC822",
     "RFC822.HEADER",
     "RFC822.TEXT",
+    "MODSEQ",
 }
 
 STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ"}
@@ -282,6 +283,13 @@ class _Reader:
                 raise self.error("Sequence set too long")
             if not self.accept(b","):
                 return SequenceSet(tuple(ranges))
+
+    def mod_sequence(self) -> int:
+        """``mod-sequence-valzer`` (RFC 7162): 0 to 2^63-1."""
+        digits = self.match(_NUMBER, "mod-sequence")
+        if len(digits) > 19 or int(digits) > 2**63 - 1:
+            raise self.error("Mod-sequence out of range")
+        return int(digits)
 
     def _seq_number(self) -> int | None:
         if self.accept(b"*"):
@@ -484,6 +492,14 @@ class _Reader:
         if word == "UID":
             self.sp()
             return SearchKey(word, (self.sequence_set(),))
+        if word == "MODSEQ":  # RFC 7162: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+            self.sp()
+            if self.peek() == b'"':
+                self.quoted()
+                self.sp()
+                self.atom()
+                self.sp()
+            return SearchKey(word, (self.mod_sequence(),))
         if word == "NOT":
             self.sp()
             return SearchKey(word, (self.search_key(charset, depth + 1),))
@@ -500,6 +516,14 @@ class _Reader:
             return raw.decode("ascii" if charset == "US-ASCII" else "utf-8")
         except UnicodeDecodeError as exc:
             raise self.error(f"Search string is not valid {charset or 'UTF-8'}") from exc
+
+
+def parse_sequence_set(text: str) -> SequenceSet:
+    """A sequence set given inside a parameter list (QRESYNC known-uids, CHANGEDSINCE...)."""
+    reader = _Reader(text.encode("ascii", "replace"), utf8=False, max_depth=MAX_DEPTH)
+    sequence = reader.sequence_set()
+    reader.end()
+    return sequence
 
 
 def _text(raw: bytes) -> str:
@@ -710,6 +734,14 @@ def _store_args(r: _Reader) -> Store:
     r.sp()
     seq = r.sequence_set()
     r.sp()
+    unchanged_since = None
+    if r.accept(b"("):  # store-modifiers: (UNCHANGEDSINCE n) of RFC 7162
+        if not r.accept_word(b"UNCHANGEDSINCE"):
+            raise r.error("Unknown STORE modifier")
+        r.sp()
+        unchanged_since = r.mod_sequence()
+        r.expect(b")")
+        r.sp()
     mode = ""
     if r.accept(b"+"):
         mode = "+"
@@ -726,7 +758,7 @@ def _store_args(r: _Reader) -> Store:
         while r.accept(b" "):
             items.append(r.flag())
         flags = tuple(items)
-    return Store(seq, mode, word.endswith(".SILENT"), flags)
+    return Store(seq, mode, word.endswith(".SILENT"), flags, unchanged_since)
 
 
 def _search_args(r: _Reader) -> Search:

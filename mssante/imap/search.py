@@ -166,6 +166,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         return entry.size < int(str(args[0]))
     if name == "SEQSET":
         return args[0].contains(c.msn, c.largest_msn)  # type: ignore[attr-defined,no-any-return]
+    if name == "MODSEQ":
+        return entry.modseq >= int(str(args[0]))
     if name == "UID":
         return args[0].contains(entry.uid, c.largest_uid)  # type: ignore[attr-defined,no-any-return]
     if name in ("BEFORE", "ON", "SINCE"):

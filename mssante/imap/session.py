@@ -78,7 +78,11 @@ BASE_CAPABILITIES = (
     "CHILDREN",
     "ACL",
     "RIGHTS=texk",
+    "CONDSTORE",
+    "QRESYNC",
 )
+# What ENABLE (RFC 5161) can turn on, and what each implies.
+ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
 READ_TRACE_MAX = 10_000
@@ -187,6 +191,19 @@ class Session:
     def actor(self) -> str:
         assert self.principal is not None
         return self.principal.actor
+
+    def enable(self, capability: str) -> list[str]:
+        """Turn an extension on for the rest of the session; the names newly enabled."""
+        new = [c for c in ENABLEABLE.get(capability, ()) if c not in self.enabled]
+        self.enabled.update(new)
+        if self.box is not None:
+            self.box.condstore = "CONDSTORE" in self.enabled
+            self.box.qresync = "QRESYNC" in self.enabled
+        return new
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
 
     @property
     def recent_flag(self) -> bool:

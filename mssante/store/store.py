@@ -951,14 +951,23 @@ class MessageStore:
         bal: str | None = None,
         source: str | None = None,
         unchanged_since: int | None = None,
+        modified: list[int] | None = None,
     ) -> list[tuple[int, tuple[str, ...], int]]:
-        """Change flags; returns (uid, flags, modseq) of every message whose flags changed."""
+        """Change flags; returns (uid, flags, modseq) of every message whose flags changed.
+
+        With ``unchanged_since`` (CONDSTORE), a message whose MODSEQ is above it is left as it
+        is and its UID added to ``modified`` — decided under the folder's lock, so the test
+        and the change are one step for every session and process."""
         wanted = normalise_flags(flags)
         wanted_l = {f.lower() for f in wanted}
         uid_list = sorted(set(uids))
 
         def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
             changed: list[tuple[int, str]] = []
+            # The folder's row lock first (PostgreSQL; SQLite's writer is alone anyway): flags
+            # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
+            # between, so no change is lost and MODSEQs follow the order of the changes.
+            session.execute(select(folders_t.c.id).where(folders_t.c.id == folder_id).with_for_update())
             for i in range(0, len(uid_list), 500):
                 rows = session.execute(
                     select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
@@ -967,6 +976,8 @@ class MessageStore:
                 )
                 for row in rows:
                     if unchanged_since is not None and row.modseq > unchanged_since:
+                        if modified is not None:
+                            modified.append(row.uid)
                         continue
                     current = _split_flags(row.flags)
                     if mode == "add":

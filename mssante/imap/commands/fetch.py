@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from delegation.rights import Right
 from mssante.imap.commands.base import META_BATCH, Bad, No
-from mssante.imap.commands.values import Command, Fetch, FetchItem
+from mssante.imap.commands.values import Command, Fetch, FetchItem, SequenceSet
 from mssante.imap.fetch import (
     has_content,
     message_response,
@@ -16,6 +16,7 @@ from mssante.imap.fetch import (
     missing_structures,
     needs_meta,
 )
+from mssante.imap.render import compress
 from mssante.store.store import MessageGone
 
 if TYPE_CHECKING:
@@ -26,14 +27,21 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     box = session.selected()
     args = command.args
     assert isinstance(args, Fetch)
-    if args.modifiers:
-        raise Bad("FETCH modifiers are not supported")
+    changed_since, vanished = _modifiers(session, command, args.modifiers)
     # Changes already heard of first (new messages, flags, and which messages are gone), so
     # that a message expunged elsewhere is known as such before its content is looked for.
     await session.sync(allow_expunge=command.uid, with_uid=command.uid)
     targets = session.resolve(command, args.sequence)
     items = args.items
-    if command.uid and not any(i.name == "UID" for i in items):
+    if changed_since is not None or any(i.name == "MODSEQ" for i in items):
+        session.enable("CONDSTORE")
+    if changed_since is not None:
+        if vanished:
+            await _vanished_earlier(session, args.sequence, changed_since)
+        targets = [(n, uid) for n, uid in targets if box.entries[uid].modseq > changed_since]
+        if not any(i.name == "MODSEQ" for i in items):
+            items = (*items, FetchItem("MODSEQ"))
+    if (command.uid or changed_since is not None) and not any(i.name == "UID" for i in items):
         items = (FetchItem("UID"), *items)
     sets_seen = not box.readonly and Right.KEEP_SEEN in session.box_rights and any(i.sets_seen for i in items)
     if sets_seen and not any(i.name == "FLAGS" for i in items):
@@ -95,3 +103,34 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     if gone:
         raise No("Some of the requested messages no longer exist", "EXPUNGEISSUED")
     return f"{'UID ' if command.uid else ''}FETCH completed"
+
+
+def _modifiers(session: Session, command: Command, modifiers: tuple[object, ...]) -> tuple[int | None, bool]:
+    """``(CHANGEDSINCE n)`` (RFC 7162 §3.1.4) and ``VANISHED`` (§3.2.6, UID FETCH only,
+    QRESYNC enabled, with CHANGEDSINCE)."""
+    changed_since = None
+    vanished = False
+    items = [str(m).upper() if not isinstance(m, tuple) else m for m in modifiers]
+    while items:
+        name = items.pop(0)
+        if name == "CHANGEDSINCE" and items:
+            try:
+                changed_since = int(str(items.pop(0)))
+            except ValueError:
+                raise Bad("CHANGEDSINCE needs a mod-sequence") from None
+        elif name == "VANISHED":
+            vanished = True
+        else:
+            raise Bad(f"Unknown FETCH modifier {name}")
+    if vanished and not (command.uid and changed_since is not None and "QRESYNC" in session.enabled):
+        raise Bad("VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
+    return changed_since, vanished
+
+
+async def _vanished_earlier(session: Session, uids: SequenceSet, since: int) -> None:
+    box = session.selected()
+    changes = await session.store.changes_since(box.folder.id, since)
+    largest = box.folder.uidnext
+    gone = sorted({c.uid for c in changes if c.kind == "expunge" and uids.contains(c.uid, largest)})
+    if gone:
+        await session.untagged(b"VANISHED (EARLIER) " + compress(gone).encode())

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from delegation.rights import Right
 from mssante.audit import AuditEvent
 from mssante.imap.commands.base import Bad, No, flag_right
-from mssante.imap.commands.values import Command, MailboxArg
+from mssante.imap.commands.values import Command, MailboxArg, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
+from mssante.imap.parser import parse_sequence_set
+from mssante.imap.render import compress
 from mssante.imap.states import SELECTED
 from mssante.store.store import FolderInfo, FolderNotFound
 
@@ -23,8 +26,10 @@ _WRITE_RIGHTS = frozenset(
 
 async def cmd_select(session: Session, command: Command) -> str:
     assert isinstance(command.args, MailboxArg)
-    if command.args.params:
-        raise Bad("SELECT parameters are not supported")
+    qresync = _select_params(session, command.args.params)
+    if session.box is not None:
+        session.deselect()
+        await session.untagged("OK [CLOSED] Previous mailbox closed")  # RFC 7162 §3.2.11
     session.deselect()
     bal, name, rights = await session.open(command.args.mailbox, Right.READ)
     # RFC 4314 §4: without any right to change the mailbox it opens read-only.
@@ -39,6 +44,7 @@ async def cmd_select(session: Session, command: Command) -> str:
         folder, rows, readonly=readonly, recent_from=await _recent_from(session, folder, readonly)
     )
     box.with_recent = session.recent_flag
+    box.condstore, box.qresync = session.condstore, "QRESYNC" in session.enabled
     session.box, session.subscription, session.state = box, subscription, SELECTED
     session.box_bal, session.box_rights = bal, rights
     box.keywords()
@@ -56,6 +62,9 @@ async def cmd_select(session: Session, command: Command) -> str:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
     await session.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID")
+    await session.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest")
+    if qresync is not None and qresync.uidvalidity == folder.uidvalidity:
+        await _resynchronise(session, box, qresync)
     session.trace(
         AuditEvent(
             actor=session.actor,
@@ -67,6 +76,67 @@ async def cmd_select(session: Session, command: Command) -> str:
         )
     )
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
+
+
+@dataclass(frozen=True)
+class _Qresync:
+    """``QRESYNC (uidvalidity modseq [known-uids])`` of SELECT/EXAMINE (RFC 7162 §3.2.5)."""
+
+    uidvalidity: int
+    modseq: int
+    known: SequenceSet | None
+
+
+def _select_params(session: Session, params: tuple[object, ...]) -> _Qresync | None:
+    """CONDSTORE (turns CONDSTORE on) and QRESYNC (needs ENABLE QRESYNC first)."""
+    qresync = None
+    items = list(params)
+    while items:
+        name = str(items.pop(0)).upper()
+        if name == "CONDSTORE":
+            session.enable("CONDSTORE")
+        elif name == "QRESYNC" and items and isinstance(items[0], tuple):
+            if "QRESYNC" not in session.enabled:
+                raise Bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+            value = items.pop(0)
+            assert isinstance(value, tuple)
+            qresync = _qresync_param(value)
+        else:
+            raise Bad(f"Unknown SELECT parameter {name}")
+    return qresync
+
+
+def _qresync_param(value: tuple[object, ...]) -> _Qresync:
+    try:
+        uidvalidity, modseq = int(str(value[0])), int(str(value[1]))
+        known = None
+        if len(value) > 2 and not isinstance(value[2], tuple):
+            known = parse_sequence_set(str(value[2]))
+    except (IndexError, ValueError):
+        raise Bad("Invalid QRESYNC parameter") from None
+    if uidvalidity <= 0:
+        raise Bad("Invalid QRESYNC parameter")
+    return _Qresync(uidvalidity, modseq, known)
+
+
+async def _resynchronise(session: Session, box: SelectedMailbox, qresync: _Qresync) -> None:
+    """What changed since the client's MODSEQ: ``VANISHED (EARLIER)`` for the messages gone,
+    ``FETCH (UID FLAGS MODSEQ)`` for those changed (RFC 7162 §3.2.5.1)."""
+    changes = await session.store.changes_since(box.folder.id, qresync.modseq)
+    largest = box.folder.uidnext
+    gone = sorted(
+        {
+            c.uid
+            for c in changes
+            if c.kind == "expunge" and (qresync.known is None or qresync.known.contains(c.uid, largest))
+        }
+    )
+    if gone:
+        await session.untagged(b"VANISHED (EARLIER) " + compress(gone).encode())
+    for n, uid in enumerate(box.uids, 1):
+        entry = box.entries[uid]
+        if entry.modseq > qresync.modseq:
+            await session.channel.write(box.flags_update(n, entry, with_uid=True) + b"\r\n")
 
 
 async def _recent_from(session: Session, folder: FolderInfo, readonly: bool) -> int | None:

@@ -188,6 +188,7 @@ class Store:
     mode: str  # "" (replace), "+" (add), "-" (remove)
     silent: bool
     flags: tuple[str, ...]
+    unchanged_since: int | None = None  # CONDSTORE (RFC 7162 §3.1.3)
 
 
 @dataclass(frozen=True)
