@@ -256,7 +256,8 @@ class _Reader:
         try:
             name = mutf7.decode(text)
         except mutf7.MUTF7Error as exc:
-            raise self.error(f"Mailbox name: {exc}") from exc
+            # Well-formed syntax naming no possible mailbox: NO, as Dovecot answers, not BAD.
+            raise ParseError(f"Mailbox name: {exc}", status="NO", code="CANNOT") from exc
         if name.upper().startswith("INBOX/"):
             name = "INBOX" + name[5:]
         return name
@@ -270,7 +271,9 @@ class _Reader:
             return "INBOX"
         try:
             return raw.decode("utf-8") if self.utf8 else mutf7.decode(raw.decode("ascii"))
-        except (UnicodeDecodeError, mutf7.MUTF7Error) as exc:
+        except mutf7.MUTF7Error:
+            return raw.decode("ascii")  # a pattern no mailbox name can match: LIST finds nothing
+        except UnicodeDecodeError as exc:
             raise self.error(f"Mailbox pattern: {exc}") from exc
 
     def sequence_set(self) -> SequenceSet:
