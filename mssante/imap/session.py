@@ -80,6 +80,7 @@ BASE_CAPABILITIES = (
     "RIGHTS=texk",
     "CONDSTORE",
     "QRESYNC",
+    "ESEARCH",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from mssante.imap import search
 from mssante.imap.commands.base import META_BATCH, Bad
 from mssante.imap.commands.values import Command, Search, SearchKey
+from mssante.imap.render import compress
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -16,8 +17,7 @@ async def cmd_search(session: Session, command: Command) -> str:
     box = session.selected()
     args = command.args
     assert isinstance(args, Search)
-    if args.returns is not None:
-        raise Bad("SEARCH RETURN (ESEARCH) is not supported")
+    returns = _return_options(args.returns)
     largest_uid = box.uids[-1] if box.uids else 0
     found: list[int] = []
     candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
@@ -25,15 +25,51 @@ async def cmd_search(session: Session, command: Command) -> str:
         batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
         for n, entry in await search.select(session.store, args.key, batch, box.exists, largest_uid):
             found.append(entry.uid if command.uid else n)
-    modseq = ""
+    highest = None
     if _uses_modseq(args.key):
         # RFC 7162 §3.1.5: the highest MODSEQ of the messages found.
         session.enable("CONDSTORE")
         uids = set(found) if command.uid else {box.uids[n - 1] for n in found}
         if uids:
-            modseq = f" (MODSEQ {max(box.entries[u].modseq for u in uids)})"
-    await session.untagged("SEARCH" + "".join(f" {n}" for n in found) + modseq)
+            highest = max(box.entries[u].modseq for u in uids)
+    if returns is not None:
+        await session.untagged(_esearch(command, found, returns, highest))
+    else:
+        modseq = f" (MODSEQ {highest})" if highest is not None else ""
+        await session.untagged("SEARCH" + "".join(f" {n}" for n in found) + modseq)
     return f"{'UID ' if command.uid else ''}SEARCH completed"
+
+
+_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+
+
+def _return_options(returns: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """ESEARCH (RFC 4731): ``RETURN ()`` means ``RETURN (ALL)``; SAVE (SEARCHRES) is not offered."""
+    if returns is None:
+        return None
+    unknown = [r for r in returns if r not in _RETURN_OPTIONS]
+    if unknown:
+        raise Bad(f"Unknown SEARCH return option {unknown[0]}")
+    return returns or ("ALL",)
+
+
+def _esearch(command: Command, found: list[int], returns: tuple[str, ...], highest: int | None) -> str:
+    """``ESEARCH (TAG "a1") UID MIN 2 MAX 9 COUNT 3 ALL 2,5:9`` — only the parts asked for, and
+    no MIN/MAX/ALL for an empty result (RFC 4731 §3.1)."""
+    parts = [f'ESEARCH (TAG "{command.tag}")']
+    if command.uid:
+        parts.append("UID")
+    if found and "MIN" in returns:
+        parts.append(f"MIN {min(found)}")
+    if found and "MAX" in returns:
+        parts.append(f"MAX {max(found)}")
+    if "COUNT" in returns:
+        parts.append(f"COUNT {len(found)}")
+    if found and "ALL" in returns:
+        parts.append(f"ALL {compress(sorted(found))}")
+    if highest is not None:
+        parts.append(f"MODSEQ {highest}")
+    return " ".join(parts)
 
 
 def _uses_modseq(key: SearchKey) -> bool:
