@@ -729,7 +729,22 @@ def _list_args(r: _Reader, *, extended: bool) -> ListArgs:
         if not r.accept_word(b"RETURN"):
             raise r.error("Expected RETURN")
         r.sp()
-        returns = tuple(str(s).upper() for s in r.paren_list())
+        options: list[str] = []
+        status_items: tuple[str, ...] = ()
+        raw = list(r.paren_list())
+        while raw:
+            option = str(raw.pop(0)).upper()
+            if option == "STATUS":
+                if not raw or not isinstance(raw[0], tuple) or not raw[0]:
+                    raise r.error("RETURN STATUS needs a list of status items")
+                listed = raw.pop(0)
+                assert isinstance(listed, tuple)
+                status_items = tuple(str(i).upper() for i in listed)
+                unknown = [i for i in status_items if i not in STATUS_ITEMS]
+                if unknown:
+                    raise r.error(f"Unknown status item {unknown[0]}")
+            options.append(option)
+        return ListArgs(reference, tuple(patterns), selection, tuple(options), status_items)
     return ListArgs(reference, tuple(patterns), selection, returns)
 
 

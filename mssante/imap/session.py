@@ -81,6 +81,9 @@ BASE_CAPABILITIES = (
     "CONDSTORE",
     "QRESYNC",
     "ESEARCH",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CREATE-SPECIAL-USE",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}

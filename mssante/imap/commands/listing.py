@@ -8,9 +8,9 @@ from delegation.rights import Right
 from mssante.audit import AuditEvent
 from mssante.imap import listing
 from mssante.imap.access import SHARED_PREFIX
-from mssante.imap.commands.base import No
+from mssante.imap.commands.base import Bad, No
 from mssante.imap.commands.values import Command, Create, ListArgs, MailboxArg, Rename, Status
-from mssante.store.store import FolderInfo, FolderNotFound
+from mssante.store.store import FolderInfo, FolderNotFound, FolderStatus
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -111,18 +111,26 @@ async def cmd_list(session: Session, command: Command) -> str:
     if command.name == "LSUB":
         await _lsub(session, visible, patterns)
         return "LSUB completed"
+    _check_options(args)
     names = [name for name, folder, _ in visible if folder is not None or _is_shared(name)]
     subscribed_only = "SUBSCRIBED" in args.selection
     special_only = "SPECIAL-USE" in args.selection
+    recursive = "RECURSIVEMATCH" in args.selection
     show_subscribed = "SUBSCRIBED" in args.selection or "SUBSCRIBED" in args.returns
+    subscribed_names = {name for name, _, sub in visible if sub}
     for name, folder, subscribed in sorted(visible, key=lambda v: (v[0] != "INBOX", v[0])):
         if not any(p.matches(name) for p in patterns):
-            continue
-        if subscribed_only and not subscribed:
             continue
         # Special uses are the session's own: a client must not file its Sent into a shared BAL.
         in_shared = name.startswith(SHARED_PREFIX + "/")
         use = folder.special_use if folder is not None and not in_shared else None
+        extra = b""
+        if subscribed_only and not subscribed:
+            # RECURSIVEMATCH (RFC 5258 §3.5): a parent of subscribed mailboxes is listed too,
+            # saying why with CHILDINFO.
+            if not (recursive and any(n.startswith(name + "/") for n in subscribed_names)):
+                continue
+            extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
         if special_only and not use:
             continue
         attributes = ["\\HasChildren" if listing.has_children(name, names) else "\\HasNoChildren"]
@@ -137,9 +145,38 @@ async def cmd_list(session: Session, command: Command) -> str:
         if use:
             attributes.append(use)
         await session.untagged(
-            f'{command.name} ({" ".join(attributes)}) "/" '.encode() + session.wire_name(name)
+            f'{command.name} ({" ".join(attributes)}) "/" '.encode() + session.wire_name(name) + extra
         )
+        if args.status_items and folder is not None:
+            await _list_status(session, name, args.status_items)
     return f"{command.name} completed"
+
+
+_SELECTION = {"SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE"}
+_RETURNS = {"SUBSCRIBED", "CHILDREN", "STATUS", "SPECIAL-USE"}
+
+
+def _check_options(args: ListArgs) -> None:
+    """RFC 5258 §3: unknown options and a RECURSIVEMATCH alone are BAD."""
+    for option in args.selection:
+        if option not in _SELECTION:
+            raise Bad(f"Unknown LIST selection option {option}")
+    if "RECURSIVEMATCH" in args.selection and not set(args.selection) - {"RECURSIVEMATCH", "REMOTE"}:
+        raise Bad("RECURSIVEMATCH needs another selection option")
+    for option in args.returns:
+        if option not in _RETURNS:
+            raise Bad(f"Unknown LIST return option {option}")
+
+
+async def _list_status(session: Session, name: str, items: tuple[str, ...]) -> None:
+    """LIST-STATUS (RFC 5819): the STATUS of each selectable mailbox listed, right after it;
+    one the identity may not read is simply left without."""
+    try:
+        bal, folder, _rights = await session.open(name, Right.READ)
+        status = await session.store.status(bal, folder)
+    except (No, FolderNotFound):
+        return
+    await session.untagged(b"STATUS " + session.wire_name(name) + _status_values(session, status, items))
 
 
 def _is_shared(name: str) -> bool:
@@ -193,13 +230,9 @@ async def _lsub(
         await session.untagged(f'LSUB ({out[name]}) "/" '.encode() + session.wire_name(name))
 
 
-async def cmd_status(session: Session, command: Command) -> str:
-    assert isinstance(command.args, Status)
-    bal, name, _rights = await session.open(command.args.mailbox, Right.READ)
-    try:
-        status = await session.store.status(bal, name)
-    except FolderNotFound:
-        raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
+def _status_values(session: Session, status: FolderStatus, items: tuple[str, ...]) -> bytes:
+    if "HIGHESTMODSEQ" in items:
+        session.enable("CONDSTORE")
     values = {
         "MESSAGES": status.messages,
         "RECENT": status.recent,
@@ -209,7 +242,18 @@ async def cmd_status(session: Session, command: Command) -> str:
         "SIZE": status.size,
         "HIGHESTMODSEQ": status.folder.highestmodseq,
     }
-    items = " ".join(f"{item} {values[item]}" for item in command.args.items)
+    return (" (" + " ".join(f"{item} {values[item]}" for item in items) + ")").encode()
+
+
+async def cmd_status(session: Session, command: Command) -> str:
+    assert isinstance(command.args, Status)
+    bal, name, _rights = await session.open(command.args.mailbox, Right.READ)
+    try:
+        status = await session.store.status(bal, name)
+    except FolderNotFound:
+        raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     shown = session.shown(bal, status.folder.name)
-    await session.untagged(b"STATUS " + session.wire_name(shown) + f" ({items})".encode())
+    await session.untagged(
+        b"STATUS " + session.wire_name(shown) + _status_values(session, status, command.args.items)
+    )
     return "STATUS completed"

@@ -150,6 +150,7 @@ class ListArgs:
     patterns: tuple[str, ...]
     selection: tuple[str, ...] = ()
     returns: tuple[str, ...] = ()
+    status_items: tuple[str, ...] = ()  # RETURN (STATUS (...)) of LIST-STATUS (RFC 5819)
 
 
 @dataclass(frozen=True)
