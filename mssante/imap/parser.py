@@ -29,6 +29,7 @@ from mssante.imap.commands.values import (
     ListArgs,
     Login,
     MailboxArg,
+    Quota,
     Rename,
     Search,
     SearchKey,
@@ -666,6 +667,8 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         return Command(tag, name, Id(_id_params(r)))
     if name in _ACL_COMMANDS:
         return Command(tag, name, _acl_args(r, name))
+    if name in ("GETQUOTA", "GETQUOTAROOT", "SETQUOTA"):
+        return Command(tag, name, _quota_args(r, name))
     raise r.error(f"Unknown command {name}")
 
 
@@ -685,6 +688,25 @@ def _acl_args(r: _Reader, name: str) -> AclArgs:
         return AclArgs(mailbox, identifier)
     r.sp()
     return AclArgs(mailbox, identifier, r.astring())
+
+
+def _quota_args(r: _Reader, name: str) -> Quota:
+    """RFC 9208: ``GETQUOTA root``, ``GETQUOTAROOT mailbox``, ``SETQUOTA root (STORAGE 512)``."""
+    r.sp()
+    if name == "GETQUOTAROOT":
+        return Quota(r.mailbox())
+    root = r.astring()
+    if name == "GETQUOTA":
+        return Quota(root)
+    r.sp()
+    raw = list(r.paren_list())
+    limits: list[tuple[str, int]] = []
+    while raw:
+        resource = str(raw.pop(0)).upper()
+        if not raw or not str(raw[0]).isdigit():
+            raise r.error("SETQUOTA needs resource limit pairs")
+        limits.append((resource, int(str(raw.pop(0)))))
+    return Quota(root, tuple(limits))
 
 
 def _create_params(r: _Reader) -> tuple[str, ...]:

@@ -48,6 +48,7 @@ from mssante.imap.commands.listing import (
     cmd_status,
     cmd_subscribe,
 )
+from mssante.imap.commands.quota import cmd_getquota, cmd_getquotaroot, cmd_setquota
 from mssante.imap.commands.search import cmd_search
 from mssante.imap.commands.select import cmd_close, cmd_select
 from mssante.imap.commands.store import cmd_store
@@ -84,6 +85,8 @@ BASE_CAPABILITIES = (
     "LIST-EXTENDED",
     "LIST-STATUS",
     "CREATE-SPECIAL-USE",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
@@ -184,6 +187,9 @@ class Session:
             "DELETEACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
             "LISTRIGHTS": ((AUTHENTICATED, SELECTED), cmd_listrights),
             "MYRIGHTS": ((AUTHENTICATED, SELECTED), cmd_myrights),
+            "GETQUOTA": ((AUTHENTICATED, SELECTED), cmd_getquota),
+            "GETQUOTAROOT": ((AUTHENTICATED, SELECTED), cmd_getquotaroot),
+            "SETQUOTA": ((AUTHENTICATED, SELECTED), cmd_setquota),
         }
 
     # -- plumbing -------------------------------------------------------------------------------

@@ -860,6 +860,22 @@ class MessageStore:
 
         await self.writer.run(job)
 
+    async def usage(self, bal: str) -> tuple[int, int | None, int]:
+        """(bytes used, quota in bytes or None for none, messages) of a BAL."""
+
+        def q(s: blobstore.Reads) -> tuple[int, int | None, int]:
+            rows = blobstore.rows_of(
+                s,
+                "SELECT used_bytes, quota_bytes, message_count FROM mail_accounts WHERE bal = :bal",
+                {"bal": bal.lower()},
+            )
+            if not rows:
+                return 0, self.default_quota, 0
+            used, quota, count = rows[0]
+            return int(used), None if quota is None else int(quota), int(count)
+
+        return await self.read(q, small=True)  # type: ignore[no-any-return]
+
     async def subscriptions(self, bal: str) -> list[str]:
         """The names a BAL subscribed to, existing folders or not (LSUB)."""
 

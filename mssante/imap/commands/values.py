@@ -163,6 +163,14 @@ class AclArgs:
 
 
 @dataclass(frozen=True)
+class Quota:
+    """GETQUOTA root, GETQUOTAROOT mailbox, SETQUOTA root (resources) — RFC 9208."""
+
+    name: str  # the quota root, or the mailbox of GETQUOTAROOT
+    limits: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True)
 class Status:
     mailbox: str
     items: tuple[str, ...]
@@ -239,6 +247,7 @@ Arguments = (
     | Enable
     | Id
     | AclArgs
+    | Quota
     | None
 )
 
