@@ -18,7 +18,7 @@ import base64
 import binascii
 import quopri
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -160,6 +160,9 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         wanted = str(args[0]).lower()
         has = any(f.lower() == wanted for f in entry.flags)
         return has is (name == "KEYWORD")
+    if name in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now, by INTERNALDATE
+        age = (datetime.now(UTC) - entry.internaldate).total_seconds()
+        return age >= int(str(args[0])) if name == "OLDER" else age <= int(str(args[0]))
     if name == "LARGER":
         return entry.size > int(str(args[0]))
     if name == "SMALLER":

@@ -87,6 +87,7 @@ BASE_CAPABILITIES = (
     "CREATE-SPECIAL-USE",
     "QUOTA",
     "QUOTA=RES-STORAGE",
+    "WITHIN",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
