@@ -7,8 +7,12 @@ import asyncio
 import imaplib
 from pathlib import Path
 
+import pytest
+from sqlalchemy import text
+
 from mssante.runtime import Runtime
 from mssante.store.addresses import parse, searchable
+from mssante.store.store import QuotaExceeded
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Client, running_server
 
@@ -110,3 +114,19 @@ async def test_qresync_select_reports_vanished_and_changed_since_a_modseq(
     assert "* VANISHED (EARLIER) 4" in lines
     changed = [x for x in lines if " FETCH " in x]
     assert changed == [f"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent) MODSEQ ({known + 1}))"], lines
+
+
+async def test_multiappend_is_all_or_nothing_against_the_quota(runtime: Runtime) -> None:
+    store = runtime.store
+    await store.ensure_account(BAL)
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE mail_accounts SET quota_bytes = 5000 WHERE bal = :b"), {"b": BAL})
+    small, big = make_message(to=BAL, size=1000), make_message(to=BAL, size=4500)
+    with pytest.raises(QuotaExceeded):
+        await store.append_many(BAL, "INBOX", [(small, (), None), (big, (), None)], actor="test")
+    assert (await store.status(BAL, "INBOX")).messages == 0
+    assert (await store.usage(BAL))[0] == 0
+    uidvalidity, uids = await store.append_many(
+        BAL, "INBOX", [(small, ["\\Seen"], None), (small, (), None)], actor="test"
+    )
+    assert uids == [1, 2] and uidvalidity == (await store.folder(BAL, "INBOX")).uidvalidity

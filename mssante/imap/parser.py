@@ -627,18 +627,11 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
     if name == "APPEND":
         r.sp()
         mailbox = r.mailbox()
-        r.sp()
-        flags: tuple[str, ...] = ()
-        when = None
-        if r.peek() == b"(":
-            flags = r.flag_list()
-            r.sp()
-        if r.peek() == b'"':
-            when = r.date_time()
-            r.sp()
-        if r.peek() != b"{" and not (r.binary and r.peek() == b"~"):
-            raise r.error("APPEND needs the message as a literal")
-        return Command(tag, name, Append(mailbox, flags, when, r.literal(literal8=True)))
+        messages = [_append_message(r)]
+        while r.peek() == b" ":  # MULTIAPPEND (RFC 3502)
+            messages.append(_append_message(r))
+        (flags, when, message), *more = messages
+        return Command(tag, name, Append(mailbox, flags, when, message, tuple(more)))
     if name in ("COPY", "MOVE"):
         r.sp()
         seq = r.sequence_set()
@@ -688,6 +681,22 @@ def _acl_args(r: _Reader, name: str) -> AclArgs:
         return AclArgs(mailbox, identifier)
     r.sp()
     return AclArgs(mailbox, identifier, r.astring())
+
+
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes]:
+    """``SP [flag-list SP] [date-time SP] literal`` of APPEND."""
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if r.peek() == b"(":
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == b'"':
+        when = r.date_time()
+        r.sp()
+    if r.peek() != b"{" and not (r.binary and r.peek() == b"~"):
+        raise r.error("APPEND needs the message as a literal")
+    return flags, when, r.literal(literal8=True)
 
 
 def _quota_args(r: _Reader, name: str) -> Quota:

@@ -88,6 +88,7 @@ BASE_CAPABILITIES = (
     "QUOTA",
     "QUOTA=RES-STORAGE",
     "WITHIN",
+    "MULTIAPPEND",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}

@@ -526,55 +526,76 @@ class MessageStore:
         source: str | None = None,
     ) -> AppendResult:
         """IMAP APPEND: add a message to a folder with flags and an internal date."""
-        sealed, _ = await self._prepare_async(raw)
-        flag_text = _flags_text(flags)
-        when = utc(internaldate) if internaldate else datetime.now(UTC)
+        uidvalidity, [uid] = await self.append_many(
+            bal, folder, [(raw, flags, internaldate)], actor=actor, source=source
+        )
+        return AppendResult(uidvalidity, uid)
+
+    async def append_many(
+        self,
+        bal: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], datetime | None]],
+        *,
+        actor: str,
+        source: str | None = None,
+    ) -> tuple[int, list[int]]:
+        """APPEND of one or several messages (MULTIAPPEND, RFC 3502) as one transaction: all
+        are stored, with consecutive UIDs, or none. Returns (UIDVALIDITY, UIDs)."""
+        prepared = [
+            (await self._prepare_async(raw), _flags_text(flags), utc(when) if when else datetime.now(UTC))
+            for raw, flags, when in messages
+        ]
         bal = bal.lower()
 
-        def job(session: Session) -> tuple[AppendResult, Notes]:
-            blob_id = blobstore.put(session, sealed)
-            folder_id, uid, modseq = self._allocate_by_name(session, bal, folder)
-            self._charge(session, bal, sealed.size)
+        def job(session: Session) -> tuple[tuple[int, list[int]], Notes]:
+            folder_id, first_uid, modseq = self._allocate_by_name(session, bal, folder, len(prepared))
+            self._charge(session, bal, sum(sealed.size for (sealed, _), _, _ in prepared), len(prepared))
             uidvalidity = session.execute(
                 select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
             ).scalar_one()
-            session.execute(
-                insert(messages_t).values(
-                    folder_id=folder_id,
-                    uid=uid,
-                    blob_id=blob_id,
-                    size=sealed.size,
-                    internaldate=when,
-                    flags=flag_text,
-                    modseq=modseq,
+            notes = Notes()
+            uids = []
+            for n, ((sealed, _meta), flag_text, when) in enumerate(prepared):
+                uid = first_uid + n
+                blob_id = blobstore.put(session, sealed)
+                session.execute(
+                    insert(messages_t).values(
+                        folder_id=folder_id,
+                        uid=uid,
+                        blob_id=blob_id,
+                        size=sealed.size,
+                        internaldate=when,
+                        flags=flag_text,
+                        modseq=modseq,
+                    )
                 )
-            )
-            session.execute(
-                insert(changes_t).values(
-                    folder_id=folder_id,
-                    modseq=modseq,
-                    kind="append",
-                    uid=uid,
-                    flags=flag_text,
-                    at=datetime.now(UTC),
+                session.execute(
+                    insert(changes_t).values(
+                        folder_id=folder_id,
+                        modseq=modseq,
+                        kind="append",
+                        uid=uid,
+                        flags=flag_text,
+                        at=datetime.now(UTC),
+                    )
                 )
-            )
-            audit.append(
-                session,
-                AuditEvent(
-                    actor=actor,
-                    action="message.append",
-                    bal=bal,
-                    object=f"{folder}/{uid}",
-                    source=source,
-                    detail={"size": sealed.size},
-                ),
-            )
-            return AppendResult(int(uidvalidity), uid), Notes(
-                [FolderChange(folder_id, modseq, "append", uid, flag_text)]
-            )
+                notes.append(FolderChange(folder_id, modseq, "append", uid, flag_text))
+                uids.append(uid)
+                audit.append(
+                    session,
+                    AuditEvent(
+                        actor=actor,
+                        action="message.append",
+                        bal=bal,
+                        object=f"{folder}/{uid}",
+                        source=source,
+                        detail={"size": sealed.size},
+                    ),
+                )
+            return (int(uidvalidity), uids), notes
 
-        result: AppendResult = await self.writer.run(job)
+        result: tuple[int, list[int]] = await self.writer.run(job)
         return result
 
     # -- folders ------------------------------------------------------------------------------

@@ -182,6 +182,8 @@ class Append:
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes
+    # MULTIAPPEND (RFC 3502): the further messages, each with its flags and date.
+    more: tuple[tuple[tuple[str, ...], datetime | None, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
