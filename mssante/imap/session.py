@@ -148,6 +148,7 @@ class Session:
         self.opened: set[str] = set()  # BALs whose storage exists
         self.subscription: Subscription | None = None
         self.enabled: set[str] = set()  # capabilities turned on by ENABLE (RFC 5161)
+        self.announce_modseq = False
         self._traces: set[asyncio.Future[None]] = set()
         self._reads: set[int] = set()
         self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
@@ -208,6 +209,8 @@ class Session:
         """Turn an extension on for the rest of the session; the names newly enabled."""
         new = [c for c in ENABLEABLE.get(capability, ()) if c not in self.enabled]
         self.enabled.update(new)
+        if self.box is not None and "CONDSTORE" in new:
+            self.announce_modseq = True  # RFC 7162 §3.1.2.1: said once the command is done
         if self.box is not None:
             self.box.condstore = "CONDSTORE" in self.enabled
             self.box.qresync = "QRESYNC" in self.enabled
@@ -331,6 +334,11 @@ class Session:
             return
         allow_expunge = command.uid or command.name not in ("FETCH", "STORE", "SEARCH")
         await self.sync(allow_expunge=allow_expunge, with_uid=command.uid)
+        if self.announce_modseq:
+            self.announce_modseq = False
+            await self.untagged(
+                f"OK [HIGHESTMODSEQ {max(self.box.modseq, self.box.folder.highestmodseq)}] Highest"
+            )
 
     async def sync(
         self,

@@ -98,6 +98,8 @@ async def cmd_subscribe(session: Session, command: Command) -> str:
 async def cmd_list(session: Session, command: Command) -> str:
     args = command.args
     assert isinstance(args, ListArgs)
+    if command.name == "LIST":
+        _check_options(args)
     if args.patterns == ("",) and not args.selection:
         await session.untagged(f'{command.name} (\\Noselect) "/" ""')
         return f"{command.name} completed"
@@ -111,7 +113,6 @@ async def cmd_list(session: Session, command: Command) -> str:
     if command.name == "LSUB":
         await _lsub(session, visible, patterns)
         return "LSUB completed"
-    _check_options(args)
     names = [name for name, folder, _ in visible if folder is not None or _is_shared(name)]
     subscribed_only = "SUBSCRIBED" in args.selection
     special_only = "SPECIAL-USE" in args.selection
@@ -126,9 +127,14 @@ async def cmd_list(session: Session, command: Command) -> str:
         use = folder.special_use if folder is not None and not in_shared else None
         extra = b""
         if subscribed_only and not subscribed:
-            # RECURSIVEMATCH (RFC 5258 §3.5): a parent of subscribed mailboxes is listed too,
-            # saying why with CHILDINFO.
-            if not (recursive and any(n.startswith(name + "/") for n in subscribed_names)):
+            # RECURSIVEMATCH (RFC 5258 §3.5): a parent of subscribed mailboxes the patterns do
+            # not list themselves is listed, saying why with CHILDINFO.
+            hidden = [
+                n
+                for n in subscribed_names
+                if n.startswith(name + "/") and not any(p.matches(n) for p in patterns)
+            ]
+            if not (recursive and hidden):
                 continue
             extra = b' ("CHILDINFO" ("SUBSCRIBED"))'
         if special_only and not use:

@@ -27,9 +27,14 @@ async def cmd_search(session: Session, command: Command) -> str:
             found.append(entry.uid if command.uid else n)
     highest = None
     if _uses_modseq(args.key):
-        # RFC 7162 §3.1.5: the highest MODSEQ of the messages found.
+        # RFC 7162 §3.1.5: the highest MODSEQ of the messages returned (with ESEARCH, of
+        # those MIN/MAX name, or of all found for ALL and COUNT).
         session.enable("CONDSTORE")
-        uids = set(found) if command.uid else {box.uids[n - 1] for n in found}
+        returned = set(found)
+        if returns is not None and found and not {"ALL", "COUNT"} & set(returns):
+            returned = {min(found)} if "MIN" in returns else set()
+            returned |= {max(found)} if "MAX" in returns else set()
+        uids = returned if command.uid else {box.uids[n - 1] for n in returned}
         if uids:
             highest = max(box.entries[u].modseq for u in uids)
     if returns is not None:

@@ -63,6 +63,7 @@ async def cmd_select(session: Session, command: Command) -> str:
     await session.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID")
     await session.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest")
+    session.announce_modseq = False
     if qresync is not None and qresync.uidvalidity == folder.uidvalidity:
         await _resynchronise(session, box, qresync)
     session.trace(
