@@ -130,3 +130,29 @@ async def test_multiappend_is_all_or_nothing_against_the_quota(runtime: Runtime)
         BAL, "INBOX", [(small, ["\\Seen"], None), (small, (), None)], actor="test"
     )
     assert uids == [1, 2] and uidvalidity == (await store.folder(BAL, "INBOX")).uidvalidity
+
+
+async def test_binary_append_literal8_and_fetch_of_content_with_nul(runtime: Runtime, tmp_path: Path) -> None:
+    """RFC 3516: APPEND takes a ``~{n}`` literal8; a decoded part holding NUL comes back as one."""
+    payload = b"\x00\x01binary\x00"
+    message = (
+        b"Subject: nul\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=B\r\n\r\n"
+        b"--B\r\nContent-Type: text/plain\r\n\r\ntexte\r\n"
+        b"--B\r\nContent-Type: application/octet-stream\r\nContent-Transfer-Encoding: binary\r\n\r\n"
+        + payload
+        + b"\r\n--B--\r\n"
+    )
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await client.line()
+        await client.send(b"a LOGIN alice wonderland\r\n")
+        assert (await client.line()).startswith("a OK")
+        await client.send(b"b APPEND INBOX ~{%d+}\r\n" % len(message) + message + b"\r\n")
+        assert (await client.line()).startswith("b OK [APPENDUID")
+        await client.send(b"c SELECT INBOX\r\n")
+        while not (await client.line()).startswith("c OK"):
+            pass
+        await client.send(b"d FETCH 1 (BINARY.PEEK[2] BINARY.SIZE[2])\r\n")
+        raw = await client.reader.readuntil(b"d OK FETCH completed\r\n")
+        await client.close()
+    assert raw.startswith(b"* 1 FETCH (BINARY[2] ~{%d}\r\n" % len(payload) + payload + b" BINARY.SIZE[2] 9)")

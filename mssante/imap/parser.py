@@ -398,6 +398,13 @@ class _Reader:
             section = self.section()
             partial = self.partial()
             return FetchItem("BODY", section, partial, peek=name == "BODY.PEEK")
+        if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and self.peek() == b"[":
+            section = self.section()
+            if section.text is not None:
+                raise self.error("A BINARY section is a part number only")
+            partial = self.partial() if name != "BINARY.SIZE" else None
+            item = "BINARY.SIZE" if name == "BINARY.SIZE" else "BINARY"
+            return FetchItem(item, section, partial, peek=name == "BINARY.PEEK")
         if name in _SIMPLE_FETCH:
             return FetchItem(name)
         raise self.error(f"Unknown fetch attribute {name}")

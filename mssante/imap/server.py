@@ -200,7 +200,7 @@ class Connection:
 
     async def _command(self, data: bytes) -> None:
         try:
-            command = parse_command(data)
+            command = parse_command(data, binary=True)
         except ParseError as exc:
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
             return

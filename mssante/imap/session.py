@@ -89,6 +89,7 @@ BASE_CAPABILITIES = (
     "QUOTA=RES-STORAGE",
     "WITHIN",
     "MULTIAPPEND",
+    "BINARY",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}

@@ -9,6 +9,7 @@ from delegation.rights import Right
 from mssante.imap.commands.base import META_BATCH, Bad, No
 from mssante.imap.commands.values import Command, Fetch, FetchItem, SequenceSet
 from mssante.imap.fetch import (
+    UnknownEncoding,
     has_content,
     message_response,
     meta_part,
@@ -97,6 +98,8 @@ async def cmd_fetch(session: Session, command: Command) -> str:
             except MessageGone:
                 gone += 1
                 continue
+            except UnknownEncoding as exc:
+                raise No(str(exc), "UNKNOWN-CTE") from None
             await session.channel.write_pieces(pieces)
     if content and live:
         session.note_read((session.box_bal, box.folder.name), [uid for _, uid in live])

@@ -72,7 +72,8 @@ class FetchItem:
     """One fetch attribute: ``FLAGS``, ``ENVELOPE``, ``BODY.PEEK[TEXT]<0.100>``...
 
     ``name`` is one of FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY, BODYSTRUCTURE, UID,
-    RFC822, RFC822.HEADER, RFC822.TEXT; ``section`` is set for ``BODY[...]`` forms.
+    RFC822, RFC822.HEADER, RFC822.TEXT, MODSEQ, BINARY, BINARY.SIZE; ``section`` is set for
+    ``BODY[...]`` and the BINARY forms (RFC 3516: part numbers only).
     """
 
     name: str
@@ -83,13 +84,15 @@ class FetchItem:
     @property
     def sets_seen(self) -> bool:
         """Whether fetching this implicitly sets ``\\Seen`` (RFC 3501 §6.4.5)."""
+        if self.name == "BINARY.SIZE":
+            return False
         return (self.section is not None and not self.peek) or self.name in ("RFC822", "RFC822.TEXT")
 
     def response_name(self) -> str:
         """How the item is named in the FETCH response (a partial shows only its origin)."""
         if self.section is None:
             return self.name
-        name = f"BODY[{self.section}]"
+        name = f"{self.name}[{self.section}]"
         if self.partial is not None:
             name += f"<{self.partial[0]}>"
         return name
