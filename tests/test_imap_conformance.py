@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from mssante.imap.threading import base_subject
 from mssante.runtime import Runtime
 from mssante.store.addresses import parse, searchable
 from mssante.store.store import QuotaExceeded
@@ -156,3 +157,17 @@ async def test_binary_append_literal8_and_fetch_of_content_with_nul(runtime: Run
         raw = await client.reader.readuntil(b"d OK FETCH completed\r\n")
         await client.close()
     assert raw.startswith(b"* 1 FETCH (BINARY[2] ~{%d}\r\n" % len(payload) + payload + b" BINARY.SIZE[2] 9)")
+
+
+def test_base_subject_follows_rfc_5256() -> None:
+    cases = {
+        "Re: Fwd: [labo] Résultats": "RÉSULTATS",
+        "[Fwd: Re: Compte rendu]": "COMPTE RENDU",
+        "Compte   rendu (fwd) (FWD)": "COMPTE RENDU",
+        "RE [x]: Ordonnance": "ORDONNANCE",
+        "[urgent]": "[URGENT]",  # a blob alone is the subject
+        "=?utf-8?q?Re=3A_R=C3=A9sum=C3=A9?=": "RÉSUMÉ",
+        "": "",
+    }
+    for subject, base in cases.items():
+        assert base_subject(subject) == base, subject

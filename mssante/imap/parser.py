@@ -35,6 +35,7 @@ from mssante.imap.commands.values import (
     SearchKey,
     Section,
     SequenceSet,
+    SortThread,
     Status,
     Store,
 )
@@ -547,7 +548,9 @@ def _text(raw: bytes) -> str:
 _NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT",
             "IDLE", "NAMESPACE"}  # fmt: skip
 _ONE_MAILBOX = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE"}
-_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE", "SORT", "THREAD"}
+SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO"}
+THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 
 def parse_command(
@@ -655,6 +658,8 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         return Command(tag, name, _store_args(r), uid=uid)
     if name == "SEARCH":
         return Command(tag, name, _search_args(r), uid=uid)
+    if name in ("SORT", "THREAD"):
+        return Command(tag, name, _sort_thread_args(r, name), uid=uid)
     if name == "ENABLE":
         caps: list[str] = []
         while r.accept(b" "):
@@ -815,6 +820,27 @@ def _store_args(r: _Reader) -> Store:
             items.append(r.flag())
         flags = tuple(items)
     return Store(seq, mode, word.endswith(".SILENT"), flags, unchanged_since)
+
+
+def _sort_thread_args(r: _Reader, name: str) -> SortThread:
+    """``SORT (criteria) charset program`` / ``THREAD algorithm charset program`` (RFC 5256)."""
+    r.sp()
+    criteria: tuple[str, ...] = ()
+    algorithm = ""
+    if name == "SORT":
+        criteria = tuple(str(c).upper() for c in r.paren_list())
+        if not criteria or any(c not in SORT_CRITERIA for c in criteria) or criteria[-1] == "REVERSE":
+            raise r.error("Invalid sort criteria")
+    else:
+        algorithm = r.atom().upper()
+        if algorithm not in THREAD_ALGORITHMS:
+            raise r.error(f"Unknown thread algorithm {algorithm}")
+    r.sp()
+    charset = r.astring().upper()
+    if charset not in SEARCH_CHARSETS:
+        raise ParseError(f"Unsupported charset {charset}", status="NO", code="BADCHARSET (US-ASCII UTF-8)")
+    r.sp()
+    return SortThread(charset, r.search_program(charset), criteria, algorithm)
 
 
 def _search_args(r: _Reader) -> Search:

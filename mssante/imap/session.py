@@ -51,6 +51,7 @@ from mssante.imap.commands.listing import (
 from mssante.imap.commands.quota import cmd_getquota, cmd_getquotaroot, cmd_setquota
 from mssante.imap.commands.search import cmd_search
 from mssante.imap.commands.select import cmd_close, cmd_select
+from mssante.imap.commands.sort import cmd_sort, cmd_thread
 from mssante.imap.commands.store import cmd_store
 from mssante.imap.commands.values import Command, SequenceSet
 from mssante.imap.fetch import Piece
@@ -90,6 +91,9 @@ BASE_CAPABILITIES = (
     "WITHIN",
     "MULTIAPPEND",
     "BINARY",
+    "SORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
 ENABLEABLE = {"CONDSTORE": ("CONDSTORE",), "QRESYNC": ("QRESYNC", "CONDSTORE")}
@@ -182,6 +186,8 @@ class Session:
             "UNSELECT": ((SELECTED,), cmd_close),
             "EXPUNGE": ((SELECTED,), cmd_expunge),
             "SEARCH": ((SELECTED,), cmd_search),
+            "SORT": ((SELECTED,), cmd_sort),
+            "THREAD": ((SELECTED,), cmd_thread),
             "FETCH": ((SELECTED,), cmd_fetch),
             "STORE": ((SELECTED,), cmd_store),
             "COPY": ((SELECTED,), cmd_copy),

@@ -7,10 +7,23 @@ from typing import TYPE_CHECKING
 from mssante.imap import search
 from mssante.imap.commands.base import META_BATCH, Bad
 from mssante.imap.commands.values import Command, Search, SearchKey
+from mssante.imap.mailbox import Entry
 from mssante.imap.render import compress
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
+
+
+async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
+    """(message number, entry) of the messages a search program matches (SEARCH, SORT, THREAD)."""
+    box = session.selected()
+    largest_uid = box.uids[-1] if box.uids else 0
+    found: list[tuple[int, Entry]] = []
+    candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
+    for start in range(0, len(candidates), META_BATCH):
+        batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
+        found += await search.select(session.store, key, batch, box.exists, largest_uid)
+    return found
 
 
 async def cmd_search(session: Session, command: Command) -> str:
@@ -18,13 +31,7 @@ async def cmd_search(session: Session, command: Command) -> str:
     args = command.args
     assert isinstance(args, Search)
     returns = _return_options(args.returns)
-    largest_uid = box.uids[-1] if box.uids else 0
-    found: list[int] = []
-    candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
-    for start in range(0, len(candidates), META_BATCH):
-        batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
-        for n, entry in await search.select(session.store, args.key, batch, box.exists, largest_uid):
-            found.append(entry.uid if command.uid else n)
+    found = [entry.uid if command.uid else n for n, entry in await matching(session, args.key)]
     highest = None
     if _uses_modseq(args.key):
         # RFC 7162 §3.1.5: the highest MODSEQ of the messages returned (with ESEARCH, of

@@ -213,6 +213,16 @@ class Search:
 
 
 @dataclass(frozen=True)
+class SortThread:
+    """SORT (criteria) and THREAD algorithm (RFC 5256), each with a search program."""
+
+    charset: str
+    key: SearchKey
+    criteria: tuple[str, ...] = ()  # SORT
+    algorithm: str = ""  # THREAD
+
+
+@dataclass(frozen=True)
 class CopyMove:
     sequence: SequenceSet
     mailbox: str
@@ -253,6 +263,7 @@ Arguments = (
     | Id
     | AclArgs
     | Quota
+    | SortThread
     | None
 )
 
