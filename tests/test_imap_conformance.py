@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from mssante.imap.threading import base_subject
-from mssante.runtime import Runtime
+from mssante.runtime import Runtime, open_runtime
 from mssante.store.addresses import parse, searchable
 from mssante.store.store import QuotaExceeded
 from tests.helpers import make_message
@@ -171,3 +171,39 @@ def test_base_subject_follows_rfc_5256() -> None:
     }
     for subject, base in cases.items():
         assert base_subject(subject) == base, subject
+
+
+async def test_conditional_stores_from_two_processes_are_exact(runtime: Runtime) -> None:
+    """Two stores on one database (two server processes): concurrent UNCHANGEDSINCE STOREs on
+    one message — exactly one wins, every change gets its own MODSEQ, none is lost."""
+    store = runtime.store
+    await store.ensure_account(BAL)
+    await store.deliver(make_message(to=BAL), "dr.martin@demo.mssante.fr", [BAL])
+    inbox = await store.folder(BAL, "INBOX")
+    [row] = await store.messages(inbox.id)
+    second = open_runtime(runtime.settings)
+    try:
+        stores = [store, second.store]
+        outcomes = []
+
+        async def attempt(i: int) -> None:
+            modified: list[int] = []
+            changed = await stores[i % 2].store_flags(
+                inbox.id, [1], "add", [f"$k{i}"], actor="t", unchanged_since=row.modseq, modified=modified
+            )
+            outcomes.append((changed, modified))
+
+        await asyncio.gather(*(attempt(i) for i in range(6)))
+        # Unconditional adds from both processes: each lands, with distinct increasing MODSEQs.
+        adds = await asyncio.gather(
+            *(stores[i % 2].store_flags(inbox.id, [1], "add", [f"$u{i}"], actor="t") for i in range(6))
+        )
+    finally:
+        second.close()
+    winners = [c for c, m in outcomes if c]
+    assert len(winners) == 1 and sum(1 for _, m in outcomes if m == [1]) == 5
+    modseqs = [c[0][2] for c in adds]
+    assert len(set(modseqs)) == 6
+    [final] = await store.messages(inbox.id)
+    assert {f"$u{i}" for i in range(6)} <= set(final.flags)
+    assert final.modseq == max(modseqs) == (await store.folder(BAL, "INBOX")).highestmodseq
