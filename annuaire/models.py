@@ -122,3 +122,21 @@ class AnnuaireState(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     generation: Mapped[int] = mapped_column(BigInteger, default=0)
     changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class DirectorySource(Base):
+    """A list this server fetches by itself on a schedule (the national extraction, the liste
+    blanche): where from, what the source last said (validators for conditional requests),
+    and when it last succeeded — what an operator watches to know the lists are current."""
+
+    __tablename__ = "annuaire_sources"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    etag: Mapped[str | None] = mapped_column(String(300))
+    last_modified: Mapped[str | None] = mapped_column(String(100))
+    attempted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    succeeded_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    changed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    entries: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)

@@ -1,4 +1,5 @@
-"""What a front door (SMTP, IMAP, HTTP, the relay worker) hands back to ``mssante serve``.
+"""What a front door (SMTP, IMAP, HTTP, the relay worker) hands back to ``mssante serve``,
+and the connection caps a listener group keeps.
 
 Its own module so that imports flow one way: the server imports the listeners, the
 listeners import this, never the server.
@@ -6,6 +7,7 @@ listeners import this, never the server.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -27,3 +29,29 @@ class RunningListener:
 
 
 ListenerStarter = Callable[["Runtime"], Awaitable[list[RunningListener]]]
+
+
+class ConnectionCaps:
+    """Open connections of one listener group, counted in total and per client address, so
+    that one address (or a crowd) cannot take every slot of a front door."""
+
+    def __init__(self, total: int, per_ip: int) -> None:
+        self.total, self.per_ip = total, per_ip
+        self.open: Counter[str] = Counter()
+        self.count = 0
+
+    def admit(self, ip: str) -> str | None:
+        """Count a new connection from ``ip``; the reason for refusing it when a cap is reached."""
+        if self.count >= self.total:
+            return "Too many connections, try again later"
+        if self.open[ip] >= self.per_ip:
+            return "Too many connections from your address, try again later"
+        self.open[ip] += 1
+        self.count += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.count -= 1
+        self.open[ip] -= 1
+        if self.open[ip] <= 0:
+            del self.open[ip]

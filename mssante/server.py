@@ -82,7 +82,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 async def start_http(runtime: Runtime) -> list[RunningListener]:
-    from mssante.http import create_app
+    from mssante.http import uvicorn_config
 
     settings = runtime.settings
     if not settings.http.enabled:
@@ -92,15 +92,7 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         raise OSError(
             "refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file"
         )
-    config = uvicorn.Config(
-        create_app(runtime),
-        host=settings.http.host,
-        port=settings.http.port,
-        log_level="warning",
-        lifespan="off",
-        ssl_certfile=str(settings.tls.cert_file) if tls_files else None,
-        ssl_keyfile=str(settings.tls.key_file) if tls_files else None,
-    )
+    config = uvicorn_config(runtime, tls=bool(tls_files))
     server = _EmbeddedUvicorn(config)
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
@@ -121,11 +113,12 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
 
 def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here, when serving: they import the whole stack)."""
+    from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
 
-    return [start_http, start_smtp, start_imap, start_relay]
+    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
 
 
 async def serve_forever(

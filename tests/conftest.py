@@ -87,6 +87,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     # and lockout, tested on servers of their own) would otherwise make tests wait on each other.
     env = {
         "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200",
+        "MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP": "200",
         "MSSANTE_AUTH__BRUTEFORCE__BASE_DELAY_SECONDS": "0.01",
         "MSSANTE_AUTH__BRUTEFORCE__MAX_DELAY_SECONDS": "0.05",
         "MSSANTE_AUTH__BRUTEFORCE__IP_LOCKOUT_FAILURES": "100000",

@@ -153,6 +153,32 @@ def test_command_size_is_bounded_across_literals() -> None:
     assert drain(f) == [Rejected("a", "BAD Literal too large")]
 
 
+def test_before_login_literals_are_small_and_only_for_login_and_id() -> None:
+    f = Framer(preauth_literal=1024)
+    f.feed(b"a1 APPEND INBOX {26214400}\r\n")
+    assert drain(f) == [Rejected("a1", "BAD No literal is accepted for this command before login")]
+    f.feed(b"a2 LOGIN {1025}\r\n")
+    assert drain(f) == [Rejected("a2", "BAD Literal too large before login (at most 1024 bytes)")]
+    f.feed(b"a3 LOGIN {5}\r\n")
+    assert drain(f) == [NeedContinuation()]
+    f.feed(b"alice {3+}\r\npwd\r\n")
+    assert drain(f) == [CommandReady(b"a3 LOGIN {5}\r\nalice {3+}\r\npwd")]
+    f.logged_in()
+    f.feed(b"a4 APPEND INBOX {2048}\r\n")
+    assert drain(f) == [NeedContinuation()]
+
+
+def test_before_login_a_literal_sent_anyway_ends_the_connection() -> None:
+    f = Framer(preauth_literal=1024)
+    f.feed(b"a1 APPEND INBOX {26214400+}\r\n" + b"x" * 4096)
+    assert drain(f) == [
+        Rejected("a1", "BAD No literal is accepted for this command before login", close=True)
+    ]
+    f = Framer(max_line=100, preauth_literal=1024)
+    f.feed(b"a1 LOGIN " + b"x" * 500 + b" {5000+}\r\n")
+    assert drain(f) == [Rejected("a1", "BAD Command line too long", close=True)]
+
+
 def test_next_line_for_idle_and_sasl() -> None:
     f = Framer(max_line=10)
     f.feed(b"DONE\r\na1 NOOP\r\n")

@@ -130,11 +130,11 @@ async def test_reads_are_aggregated_into_one_audit_record(runtime: Runtime, tmp_
 
 
 async def test_idle_client_is_logged_out(runtime: Runtime, tmp_path: Path) -> None:
-    limits = Limits(preauth_timeout=0.2, idle_timeout=0.4)
+    limits = Limits(login_timeout=1.0, idle_timeout=0.4)
     async with running_server(runtime.store, tmp_path / "tls", limits=limits) as running:
         silent = await Client.connect(running)
         await silent.line()
-        assert await silent.line() == "* BYE Autologout; idle for too long"
+        assert await silent.line() == "* BYE Login timeout: not logged in within 1 s"
         assert await silent.reader.read() == b""
         await silent.close()
         client = await Client.connect(running)

@@ -263,6 +263,56 @@ def export(
         console.print(f"{count} BAL(s) of {', '.join(domains)} written to {output}")
 
 
+@app.command("sources")
+def sources(as_json: JsonOption = False) -> None:
+    """The lists fetched on a schedule ([annuaire] extraction_url, [whitelist] url): last success,
+    age, entries, last error."""
+    from annuaire.updates import scheduled_lists, status
+
+    found = status(_engine(), scheduled_lists(settings()))
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False))
+        return
+    if not found:
+        console.print("no list is fetched on a schedule ([annuaire] extraction_url, [whitelist] url)")
+        return
+    table = Table("list", "url", "last success", "age (s)", "stale", "entries", "last error")
+    for f in found:
+        table.add_row(
+            f["name"], f["url"], f["last_success"] or "never", str(f["age_seconds"] or ""),
+            "yes" if f["stale"] else "no", str(f["entries"] or ""), f["last_error"] or "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@app.command("refresh")
+def refresh(
+    force: Annotated[bool, typer.Option("--force", help="Fetch even if not due yet.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Fetch the scheduled lists now (what the server does on its timer); exit 1 if one failed."""
+    from annuaire.updates import refresh as run_refresh
+    from annuaire.updates import scheduled_lists
+
+    config = settings()
+    engine = _engine(writer=True)
+    outcomes = [
+        run_refresh(engine, item, config.server.data_dir / "updates", force=force)
+        for item in scheduled_lists(config)
+    ]
+    found = [
+        {"name": o.name, "status": o.status, "error": o.error, **(o.report.counts() if o.report else {})}
+        for o in outcomes
+    ]
+    if as_json:
+        print(json.dumps(found, ensure_ascii=False))
+    else:
+        for f in found:
+            console.print(f"{f['name']}: {f['status']}" + (f" — {f['error']}" if f["error"] else ""))
+    if any(o.status == "failed" for o in outcomes):
+        raise typer.Exit(1)
+
+
 def _write(work: Callable[[Any], Any], what: str, as_json: bool) -> None:
     """One write in its own transaction; prints ``added``/``updated``/``unchanged``."""
     from mssante.db import transaction

@@ -9,7 +9,10 @@ A command is one or more lines, each but the last ending with a literal announce
 * a literal larger than the limit for its command is refused *before* it is read: a
   synchronising one is answered at once (no ``+`` is sent, so the client never sends it), a
   non-synchronising one is counted off and discarded, then answered;
-* a whole command is bounded by ``max_command`` bytes.
+* a whole command is bounded by ``max_command`` bytes;
+* before login (``preauth_literal`` set) only LOGIN and ID take literals, of at most that size,
+  and a whole command is bounded by a line and two such literals; a non-synchronising literal
+  beyond it ends the connection (RFC 7888 §4: the client sends it whatever the answer).
 
 The connection layer feeds bytes with :meth:`Framer.feed` and drains :meth:`Framer.next_event`;
 for IDLE's ``DONE`` and SASL exchanges it reads single lines with :meth:`Framer.next_line`.
@@ -25,6 +28,7 @@ _LITERAL_AT_END = re.compile(rb"~?\{([0-9]+)(\+?)\}\r?\n\Z")
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
 _COMMAND_NAME = re.compile(rb"[ ]+(?:UID[ ]+)?([A-Za-z]+)")
 _MAX_NUMBER = 4294967295  # number = 32-bit unsigned (RFC 3501 §9)
+_PREAUTH_LITERALS = frozenset({"LOGIN", "ID"})  # the commands before login whose grammar has literals
 
 
 @dataclass(frozen=True)
@@ -41,10 +45,12 @@ class NeedContinuation:
 
 @dataclass(frozen=True)
 class Rejected:
-    """The command was refused by the framer; answer ``<tag> <response>`` (tag may be ``*``)."""
+    """The command was refused by the framer; answer ``<tag> <response>`` (tag may be ``*``),
+    then end the connection when ``close`` (the client is sending what was refused)."""
 
     tag: str
     response: str
+    close: bool = False
 
 
 FramerEvent = CommandReady | NeedContinuation | Rejected
@@ -78,8 +84,10 @@ class Framer:
         max_append: int = 25 * 1024 * 1024,
         max_command: int | None = None,
         literal_limit: Callable[[str], int] | None = None,
+        preauth_literal: int | None = None,
     ) -> None:
         self.max_line = max_line
+        self.preauth_literal = preauth_literal
         self.max_literal = max_literal
         self.max_append = max_append
         self.max_command = max_command if max_command is not None else max_append + 2 * max_line
@@ -90,6 +98,27 @@ class Framer:
 
     def _default_limit(self, name: str) -> int:
         return self.max_append if name == "APPEND" else self.max_literal
+
+    def logged_in(self) -> None:
+        """The session authenticated: the full limits apply from the next command on."""
+        self.preauth_literal = None
+
+    def _literal_bound(self, name: str) -> int:
+        if self.preauth_literal is None:
+            return self._limit(name)
+        return self.preauth_literal if name in _PREAUTH_LITERALS else 0
+
+    def _command_bound(self) -> int:
+        if self.preauth_literal is None:
+            return self.max_command
+        return min(self.max_command, self.max_line + 2 * self.preauth_literal)
+
+    def _too_big(self, name: str) -> str:
+        if self.preauth_literal is not None:
+            if name not in _PREAUTH_LITERALS:
+                return "BAD No literal is accepted for this command before login"
+            return f"BAD Literal too large before login (at most {self.preauth_literal} bytes)"
+        return "NO [TOOBIG] Message too large" if name == "APPEND" else "BAD Literal too large"
 
     def _reset(self) -> None:
         self._parts: list[bytes] = []
@@ -190,22 +219,26 @@ class Framer:
             return self._finish(line, tag)
         digits, plus = match.group(1), match.group(2) == b"+"
         size = int(digits) if len(digits) <= 10 else _MAX_NUMBER + 1
+        name = command_name(self._first)
         if self._discard is not None:
             if not plus:
                 # Never invite a literal we would throw away: end the command here.
                 return self._finish(b"", tag)
+            if self.preauth_literal is not None and size > self.preauth_literal:
+                response = self._discard
+                self._reset()
+                return Rejected(tag, response, close=True)
             self._literal_left = size
             return None
-        limit = min(self._limit(command_name(self._first)), _MAX_NUMBER)
-        if size > limit or self._size + len(line) + size > self.max_command:
-            too_big = (
-                "NO [TOOBIG] Message too large"
-                if command_name(self._first) == "APPEND"
-                else ("BAD Literal too large")
-            )
+        limit = min(self._literal_bound(name), _MAX_NUMBER)
+        if size > limit or self._size + len(line) + size > self._command_bound():
+            too_big = self._too_big(name)
             if not plus:
                 self._reset()
                 return Rejected(tag, too_big)
+            if self.preauth_literal is not None:
+                self._reset()
+                return Rejected(tag, too_big, close=True)
             self._discard = too_big
             self._parts.clear()
             self._size = 0
@@ -225,7 +258,7 @@ class Framer:
             self._reset()
             return Rejected(tag, response)
         body = line.rstrip(b"\n").removesuffix(b"\r")
-        if self._size + len(body) > self.max_command:
+        if self._size + len(body) > self._command_bound():
             self._reset()
             return Rejected(tag, "BAD Command too long")
         self._parts.append(body)

@@ -54,15 +54,25 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
     access = None
     if runtime.grants is not None:
         access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+    imap = settings.imap
+    limits = Limits(
+        max_append=settings.smtp.max_message_size,
+        preauth_max_literal=imap.preauth_max_literal,
+        login_timeout=imap.login_timeout_seconds,
+        preauth_command_timeout=imap.preauth_command_timeout_seconds,
+        preauth_max_errors=imap.preauth_max_errors,
+        idle_timeout=imap.idle_timeout_seconds,
+        max_connections=imap.max_connections,
+        max_connections_per_ip=imap.max_connections_per_ip,
+    )
     server = ImapServer(
         runtime.store,
         gate,
         tls_context=context,
         hostname=settings.server.hostname,
-        limits=Limits(max_append=settings.smtp.max_message_size),
+        limits=limits,
         access=access,
     )
-    imap = settings.imap
     starttls = await server.start(imap.host, imap.port)
     implicit = await server.start(imap.host, imap.tls_port, implicit_tls=True)
     closed = False

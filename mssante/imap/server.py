@@ -2,8 +2,14 @@
 
 A :class:`Connection` moves bytes: it feeds the framer, hands complete commands to the
 parser and the session, answers the framer's refusals, sends ``+`` continuations for
-synchronising literals, and streams large FETCH bodies from the store. Idle clients are
-logged out (RFC 3501 §5.4: at least 30 minutes once authenticated; one minute before).
+synchronising literals, and streams large FETCH bodies from the store.
+
+Time and memory are bounded before login as Dovecot's imap-login bounds them: small literals
+(see :mod:`mssante.imap.framing`), an absolute deadline to log in, a deadline for each command
+once begun (a client dripping one byte at a time does not extend it), a few invalid commands
+at most, and caps on open connections in total and per client address. Once logged in, a
+session without commands is logged out after ``idle_timeout`` (RFC 3501 §5.4: at least 30
+minutes), and a command begun must end within that time too.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from mssante.imap.gate import Gate
 from mssante.imap.parser import ParseError, parse_command
 from mssante.imap.session import Session
 from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
+from mssante.listening import ConnectionCaps
 from mssante.store.store import MessageStore
 from mssante.tls import TLSInfo, tls_info
 
@@ -35,11 +42,18 @@ FLUSH_SIZE = 32 * 1024
 
 @dataclass(frozen=True)
 class Limits:
+    """Bounds on what one client may cost (``[imap]`` settings, see config.IMAPSection)."""
+
     max_line: int = 64 * 1024
     max_literal: int = 64 * 1024
     max_append: int = 25 * 1024 * 1024
-    preauth_timeout: float = 60.0
+    preauth_max_literal: int = 16 * 1024
+    login_timeout: float = 60.0
+    preauth_command_timeout: float = 15.0
+    preauth_max_errors: int = 10
     idle_timeout: float = 30 * 60.0
+    max_connections: int = 1000
+    max_connections_per_ip: int = 50
 
 
 class Connection:
@@ -63,10 +77,11 @@ class Connection:
         self._flush_scheduled = False
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        limits = server.limits
-        self.framer = Framer(
-            max_line=limits.max_line, max_literal=limits.max_literal, max_append=limits.max_append
-        )
+        self.framer = self._preauth_framer()
+        loop = asyncio.get_running_loop()
+        self._login_deadline: float | None = loop.time() + server.limits.login_timeout
+        self._command_deadline: float | None = None  # set when a command's first bytes arrive
+        self._errors = 0  # framing and syntax errors (the session counts its own BAD answers)
         self.session = Session(
             self,
             server.store,
@@ -144,30 +159,63 @@ class Connection:
         # (STARTTLS command injection, CVE-2011-0411): drop what the framer holds and what
         # the stream reader buffered. No await separates this from start_tls, which stops
         # reading plaintext before it yields.
-        self.framer = Framer(
-            max_line=self.server.limits.max_line,
-            max_literal=self.server.limits.max_literal,
-            max_append=self.server.limits.max_append,
-        )
+        self.framer = self._preauth_framer()
         buffered = getattr(self.reader, "_buffer", None)
         if isinstance(buffered, bytearray):
             buffered.clear()
-        await self.writer.start_tls(self.server.tls_context)
+        assert self._login_deadline is not None  # STARTTLS is a not-authenticated command
+        remaining = max(0.1, self._login_deadline - asyncio.get_running_loop().time())
+        await self.writer.start_tls(self.server.tls_context, ssl_handshake_timeout=remaining)
         self.tls = True
+
+    def _preauth_framer(self) -> Framer:
+        limits = self.server.limits
+        return Framer(
+            max_line=limits.max_line,
+            max_literal=limits.max_literal,
+            max_append=limits.max_append,
+            preauth_literal=limits.preauth_max_literal,
+        )
 
     # -- loop -------------------------------------------------------------------------------------
     async def _read(self) -> bytes:
-        timeout = (
-            self.server.limits.preauth_timeout
-            if self.session.state == NOT_AUTHENTICATED
-            else self.server.limits.idle_timeout
-        )
+        """Bytes from the client, or b"" at end of stream or past the deadline that applies:
+        deadlines are fixed points in time, so bytes arriving do not push them back."""
+        limits = self.server.limits
+        if self._login_deadline is not None:
+            deadline = self._login_deadline
+            bye = f"BYE Login timeout: not logged in within {limits.login_timeout:g} s"
+            if self._command_deadline is not None and self._command_deadline < deadline:
+                deadline, bye = self._command_deadline, "BYE Command not completed in time"
+        elif self._command_deadline is not None:
+            deadline, bye = self._command_deadline, "BYE Autologout; command not completed in time"
+        else:
+            deadline = asyncio.get_running_loop().time() + limits.idle_timeout
+            bye = "BYE Autologout; idle for too long"
         try:
-            async with asyncio.timeout(timeout):  # no task per read, unlike wait_for
+            async with asyncio.timeout_at(deadline):  # no task per read, unlike wait_for
                 return await self.reader.read(READ_SIZE)
         except TimeoutError:
-            await self.write(b"* BYE Autologout; idle for too long\r\n")
+            await self.write(f"* {bye}\r\n".encode())
             return b""
+
+    def _start_command_clock(self) -> None:
+        """A command is under way (its first bytes are buffered): it has this long to end."""
+        if self._command_deadline is None and self.framer.buffered:
+            limits = self.server.limits
+            span = limits.preauth_command_timeout if self._login_deadline is not None else limits.idle_timeout
+            self._command_deadline = asyncio.get_running_loop().time() + span
+
+    def _command_done(self) -> None:
+        self._command_deadline = None
+        self._start_command_clock()  # a pipelined command's bytes may already be here
+
+    def _too_many_errors(self) -> bool:
+        """Before login, a client sending invalid commands (or what a refused literal held)
+        is disconnected after a few: it is not an IMAP client, or not a friendly one."""
+        if self._login_deadline is None:
+            return False
+        return self._errors + self.session.bad_answers >= self.server.limits.preauth_max_errors
 
     async def run(self) -> None:
         self.task = asyncio.current_task()
@@ -180,13 +228,23 @@ class Connection:
                     if not data:
                         return
                     self.framer.feed(data)
+                    self._start_command_clock()
                     continue
                 if isinstance(event, NeedContinuation):
                     await self.write(b"+ Ready for literal data\r\n")
-                elif isinstance(event, Rejected):
+                    continue
+                if isinstance(event, Rejected):
+                    self._errors += 1
                     await self.write(f"{event.tag} {event.response}\r\n".encode())
+                    if event.close:
+                        await self.write(b"* BYE Literal too large before login\r\n")
+                        return
                 elif isinstance(event, CommandReady):
                     await self._command(event.data)
+                self._command_done()
+                if self._too_many_errors():
+                    await self.write(b"* BYE Too many invalid commands\r\n")
+                    return
         except (ConnectionError, ssl.SSLError, asyncio.IncompleteReadError) as exc:
             log.debug("IMAP connection %s ended: %s", self.peer, exc)
         except Exception:
@@ -202,9 +260,14 @@ class Connection:
         try:
             command = parse_command(data, binary=True)
         except ParseError as exc:
+            self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
             return
         await self.session.handle(command)
+        if self._login_deadline is not None and self.session.state not in (NOT_AUTHENTICATED, LOGOUT):
+            # Logged in: the full limits apply from the next command on.
+            self._login_deadline = None
+            self.framer.logged_in()
 
 
 class ImapServer:
@@ -226,6 +289,7 @@ class ImapServer:
         self.tls_context = tls_context
         self.hostname = hostname
         self.limits = limits or Limits()
+        self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
 
     async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
@@ -233,6 +297,12 @@ class ImapServer:
             raise ValueError("implicit TLS needs a TLS context")
 
         async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            peer = writer.get_extra_info("peername")
+            ip = str(peer[0]) if isinstance(peer, tuple) else str(peer)
+            refusal = self.caps.admit(ip)
+            if refusal is not None:
+                await self._refuse(writer, ip, refusal)
+                return
             connection = Connection(reader, writer, self, tls=implicit_tls)
             self._connections.add(connection)
             try:
@@ -243,10 +313,25 @@ class ImapServer:
                 pass
             finally:
                 self._connections.discard(connection)
+                self.caps.release(ip)
 
         return await asyncio.start_server(
-            accept, host, port, ssl=self.tls_context if implicit_tls else None, limit=READ_SIZE
+            accept,
+            host,
+            port,
+            ssl=self.tls_context if implicit_tls else None,
+            limit=READ_SIZE,
+            # The TLS handshake of the implicit port counts against the time to log in.
+            ssl_handshake_timeout=self.limits.login_timeout if implicit_tls else None,
         )
+
+    async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:
+        """A greeting of BYE (RFC 3501 §7.1.5) and the door closed: a cap is reached."""
+        log.warning("IMAP connection from %s refused: %s", ip, reason)
+        with contextlib.suppress(Exception):
+            writer.write(f"* BYE [UNAVAILABLE] {reason}\r\n".encode())
+            writer.close()
+            await asyncio.wait_for(writer.wait_closed(), 5)
 
     async def close_connections(self, timeout: float = 5.0) -> None:
         """Shut every connection: close its socket, let its session finish (pending audit

@@ -146,6 +146,7 @@ class Session:
         self.starttls_available = starttls_available
         self.hostname = hostname
         self.state = NOT_AUTHENTICATED
+        self.bad_answers = 0  # commands answered BAD (the connection bounds them before login)
         self.principal: Principal | None = None
         self.box: SelectedMailbox | None = None
         self.box_bal = ""  # the BAL of the selected mailbox (own or shared)
@@ -303,6 +304,7 @@ class Session:
         """Run one command and write its tagged response (and any pending updates)."""
         allowed, handler = self._handlers[command.name]
         if self.state not in allowed:
+            self.bad_answers += 1
             await self._tagged(command, "BAD", f"{command.name} is not valid in the {self.state} state")
             return
         try:
@@ -312,6 +314,7 @@ class Session:
         except Silent:
             return
         except Bad as exc:
+            self.bad_answers += 1
             await self._tagged(command, "BAD", str(exc))
             return
         except (No, StoreError) as exc:
