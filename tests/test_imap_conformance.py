@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
+from mssante.imap.fetch import decode_quoted_printable
 from mssante.imap.threading import base_subject
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.addresses import parse, searchable
@@ -207,3 +208,12 @@ async def test_conditional_stores_from_two_processes_are_exact(runtime: Runtime)
     [final] = await store.messages(inbox.id)
     assert {f"$u{i}" for i in range(6)} <= set(final.flags)
     assert final.modseq == max(modseqs) == (await store.folder(BAL, "INBOX")).highestmodseq
+
+
+def test_quoted_printable_decoding_follows_rfc_2045() -> None:
+    """Trailing white space is not content; ``=`` ends a soft line break even when white space
+    follows it; ``=XX`` is a byte; a stray ``=`` stays."""
+    encoded = b"Ordonnance  \r\nr=C3=A9nale=\r\n\r\ndose\t= \r\n=3D 2 =\r\nmg\r\n50% = moiti=E9\r\n"
+    assert decode_quoted_printable(
+        encoded
+    ) == "Ordonnance\r\nrénale\r\ndose\t= 2 mg\r\n50% = moiti".encode() + (b"\xe9\r\n")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import quopri
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -226,10 +226,30 @@ def _decode(data: bytes, encoding: str) -> bytes:
         if encoding == "base64":
             return base64.b64decode(data, validate=False)
         if encoding == "quoted-printable":
-            return quopri.decodestring(data)
+            return decode_quoted_printable(data)
     except (binascii.Error, ValueError):
         raise UnknownEncoding(f"The part's {encoding} content is damaged") from None
     raise UnknownEncoding(f"Unknown Content-Transfer-Encoding {encoding}")
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """RFC 2045 §6.7: trailing white space of a line is not content, ``=`` ending a line
+    (white space after it included) joins it to the next, ``=XX`` is a byte; a stray ``=`` is
+    kept as written. (``quopri`` keeps trailing white space and misses ``= `` soft breaks.)"""
+    out = bytearray()
+    lines = data.split(b"\n")
+    for index, line in enumerate(lines):
+        line = line.rstrip(b"\r").rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out += _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line)
+        if not soft and index < len(lines) - 1:
+            out += b"\r\n"
+    return bytes(out)
 
 
 def _merge(pieces: list[Piece]) -> list[Piece]:
