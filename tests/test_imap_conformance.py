@@ -217,3 +217,30 @@ def test_quoted_printable_decoding_follows_rfc_2045() -> None:
     assert decode_quoted_printable(
         encoded
     ) == "Ordonnance\r\nrénale\r\ndose\t= 2 mg\r\n50% = moiti".encode() + (b"\xe9\r\n")
+
+
+async def test_binary_parts_appended_as_literal8_are_stored_base64(runtime: Runtime, tmp_path: Path) -> None:
+    """BODY[] never carries NUL: a binary part is re-encoded at APPEND; BINARY[] gives it back."""
+    message = (
+        b"From: a@demo.mssante.fr\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: binary\r\n\r\n \x00-\x01\r\n"
+    )
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        client = await Client.connect(running)
+        await client.line()
+        await client.send(b"a LOGIN alice wonderland\r\n")
+        assert (await client.line()).startswith("a OK")
+        await client.send(b"b APPEND INBOX ~{%d+}\r\n" % len(message) + message + b"\r\n")
+        assert (await client.line()).startswith("b OK [APPENDUID")
+        await client.send(b"c EXAMINE INBOX\r\n")
+        while not (await client.line()).startswith("c OK"):
+            pass
+        await client.send(b"d FETCH 1 (BODY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1])\r\n")
+        raw = await client.reader.readuntil(b"d OK FETCH completed\r\n")
+        await client.close()
+    encoded = b"IAAtAQ0K\r\n"
+    assert raw.startswith(
+        b"* 1 FETCH (BODY[1] {%d}\r\n" % len(encoded)
+        + encoded
+        + b" BINARY.SIZE[1] 6 BINARY[1] ~{6}\r\n \x00-\x01\r\n)"
+    ), raw

@@ -124,6 +124,7 @@ class _Reader:
         self.pos = 0
         self.utf8 = utf8
         self.binary = binary  # ``~{n}`` (literal8, RFC 3516) is read only where BINARY allows it
+        self.literal8_seen = False
         self.max_depth = max_depth
         self.search_keys = 0
 
@@ -210,6 +211,7 @@ class _Reader:
         found = _LITERAL.match(self.data, self.pos)
         if not found and literal8 and self.binary:
             found = _LITERAL8.match(self.data, self.pos)
+            self.literal8_seen = self.literal8_seen or found is not None
         if not found:
             raise self.error("Expected literal")
         size = int(found.group(1))
@@ -640,8 +642,9 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         messages = [_append_message(r)]
         while r.peek() == b" ":  # MULTIAPPEND (RFC 3502)
             messages.append(_append_message(r))
+        binary = r.literal8_seen
         (flags, when, message), *more = messages
-        return Command(tag, name, Append(mailbox, flags, when, message, tuple(more)))
+        return Command(tag, name, Append(mailbox, flags, when, message, tuple(more), binary))
     if name in ("COPY", "MOVE"):
         r.sp()
         seq = r.sequence_set()

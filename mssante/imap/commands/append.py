@@ -7,6 +7,7 @@ from datetime import UTC
 from typing import TYPE_CHECKING
 
 from delegation.rights import Right
+from mssante.imap.binary import encode_binary_parts
 from mssante.imap.commands.base import flag_right, store_no
 from mssante.imap.commands.values import Append, Command
 from mssante.imap.render import compress
@@ -21,6 +22,8 @@ async def cmd_append(session: Session, command: Command) -> str:
     assert isinstance(args, Append)
     bal, name, rights = await session.open(args.mailbox, Right.INSERT)
     messages = [(args.message, args.flags, args.internaldate), *((m, f, d) for f, d, m in args.more)]
+    if args.binary:
+        messages = [(encode_binary_parts(m), f, d) for m, f, d in messages]
     try:
         uidvalidity, uids = await session.store.append_many(
             bal,

@@ -187,6 +187,7 @@ class Append:
     message: bytes
     # MULTIAPPEND (RFC 3502): the further messages, each with its flags and date.
     more: tuple[tuple[tuple[str, ...], datetime | None, bytes], ...] = ()
+    binary: bool = False  # a message came as a literal8 (BINARY, RFC 3516)
 
 
 @dataclass(frozen=True)
