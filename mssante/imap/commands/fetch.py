@@ -47,6 +47,8 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     sets_seen = not box.readonly and Right.KEEP_SEEN in session.box_rights and any(i.sets_seen for i in items)
     if sets_seen and not any(i.name == "FLAGS" for i in items):
         items = (*items, FetchItem("FLAGS"))
+    if sets_seen and box.condstore and not any(i.name == "MODSEQ" for i in items):
+        items = (*items, FetchItem("MODSEQ"))  # RFC 7162 §3.1: an implicit flag change says its MODSEQ
     # RFC 2180 §4.1: a message expunged by another session keeps its number until this
     # session is told; what is still known of it (flags, size, dates, a structure already
     # rendered, a content still stored for another mailbox) is returned, and only what can no
