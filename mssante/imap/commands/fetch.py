@@ -88,7 +88,9 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         if not content:
             await session.channel.write(
                 b"".join(
-                    metadata_response(n, box.entries[uid], items, metas.get(box.entries[uid].blob_id))
+                    metadata_response(
+                        n, box.entries[uid], items, metas.get(box.entries[uid].blob_id), utf8=session.utf8
+                    )
                     for n, uid in batch
                 )
             )
@@ -96,7 +98,9 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         for n, uid in batch:
             entry = box.entries[uid]
             try:
-                pieces = await message_response(session.store, n, entry, items, metas.get(entry.blob_id))
+                pieces = await message_response(
+                    session.store, n, entry, items, metas.get(entry.blob_id), utf8=session.utf8
+                )
             except MessageGone:
                 gone += 1
                 continue

@@ -50,6 +50,10 @@ async def cmd_enable(session: Session, command: Command) -> str:
 
 async def cmd_namespace(session: Session, command: Command) -> str:
     # Personal namespace (the session's own BAL), no other users', the shared BALs.
-    shared = b'(("' + mutf7.encode(SHARED_PREFIX + "/").encode() + b'" "/"))'
-    await session.untagged(b'NAMESPACE (("" "/")) NIL ' + shared)
+    prefix = SHARED_PREFIX + "/"
+    quoted = string(prefix, utf8=True) if session.utf8 else string(mutf7.encode(prefix))
+    shared = b"((" + quoted + b' "/"))'
+    # A login with several delegated BALs and none of its own has no personal namespace.
+    personal = b'(("" "/"))' if session.own_bal is not None else b"NIL"
+    await session.untagged(b"NAMESPACE " + personal + b" NIL " + shared)
     return "NAMESPACE completed"
