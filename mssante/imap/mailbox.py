@@ -55,6 +55,7 @@ class SelectedMailbox:
     condstore: bool = False  # unsolicited FETCH carry UID and MODSEQ (RFC 7162 §3.1)
     qresync: bool = False  # expunges are reported as VANISHED (RFC 7162 §3.2.10)
     _keywords: set[str] = field(default_factory=set)  # keywords announced in FLAGS
+    saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE), RFC 5182
     _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
     _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
 
@@ -88,6 +89,10 @@ class SelectedMailbox:
         Message numbers beyond the mailbox raise ``ValueError`` (a client error, answered BAD);
         UIDs that do not exist are simply absent (RFC 3501 §6.4.8).
         """
+        if sequence.saved:
+            # SEARCHRES: the same messages for UID and numbered commands, gone ones dropped.
+            found = ((self.msn(u), u) for u in self.saved)
+            return sorted((n, u) for n, u in found if n is not None)
         if not self.uids:
             if not uid and any(start is not None or end is not None for start, end in sequence.ranges):
                 raise ValueError("Invalid message sequence number: the mailbox is empty")

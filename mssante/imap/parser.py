@@ -87,7 +87,7 @@ _SIMPLE_FETCH = {
     "MODSEQ",
 }
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ", "DELETED"}
 
 # SEARCH keys by operand shape.
 _SEARCH_FLAG_KEYS = {
@@ -288,6 +288,8 @@ class _Reader:
             raise self.error(f"Mailbox pattern: {exc}") from exc
 
     def sequence_set(self) -> SequenceSet:
+        if self.accept(b"$"):
+            return SequenceSet((), saved=True)
         ranges: list[tuple[int | None, int | None]] = []
         while True:
             start = self._seq_number()
@@ -488,7 +490,7 @@ class _Reader:
                 keys.append(self.search_key(charset, depth + 1))
             self.expect(b")")
             return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-        if nxt == b"*" or nxt.isdigit():
+        if nxt in (b"*", b"$") or nxt.isdigit():
             return SearchKey("SEQSET", (self.sequence_set(),))
         word = self.atom().upper()
         if word in _SEARCH_FLAG_KEYS:

@@ -67,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BASE_CAPABILITIES = (
     "IMAP4rev1",
+    "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
     "ID",
@@ -94,6 +95,8 @@ BASE_CAPABILITIES = (
     "SORT",
     "THREAD=ORDEREDSUBJECT",
     "THREAD=REFERENCES",
+    "SEARCHRES",
+    "STATUS=SIZE",
     "UTF8=ACCEPT",
 )
 # What ENABLE (RFC 5161) can turn on, and what each implies.
@@ -101,6 +104,7 @@ ENABLEABLE = {
     "CONDSTORE": ("CONDSTORE",),
     "QRESYNC": ("QRESYNC", "CONDSTORE"),
     "UTF8=ACCEPT": ("UTF8=ACCEPT",),
+    "IMAP4REV2": ("IMAP4rev2",),
 }
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
@@ -225,8 +229,8 @@ class Session:
         """Turn an extension on for the rest of the session; the names newly enabled."""
         new = [c for c in ENABLEABLE.get(capability, ()) if c not in self.enabled]
         self.enabled.update(new)
-        if "UTF8=ACCEPT" in new:
-            self.utf8 = True
+        if "UTF8=ACCEPT" in new or "IMAP4rev2" in new:
+            self.utf8 = True  # RFC 9051 §5.1: an IMAP4rev2 session names mailboxes in UTF-8
         if self.box is not None and "CONDSTORE" in new:
             self.announce_modseq = True  # RFC 7162 §3.1.2.1: said once the command is done
         if self.box is not None:
@@ -241,7 +245,12 @@ class Session:
     @property
     def recent_flag(self) -> bool:
         """IMAP4rev1 reports ``\\Recent``; a session that enabled IMAP4rev2 does not (RFC 9051)."""
-        return "IMAP4REV2" not in self.enabled
+        return not self.rev2
+
+    @property
+    def rev2(self) -> bool:
+        """The client sent ENABLE IMAP4rev2: RFC 9051 rules from then on."""
+        return "IMAP4rev2" in self.enabled
 
     @property
     def own_bal(self) -> str | None:

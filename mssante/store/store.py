@@ -114,6 +114,7 @@ class FolderStatus:
     unseen: int
     size: int
     recent: int = 0
+    deleted: int = 0  # messages flagged \\Deleted (STATUS DELETED, RFC 9051)
 
 
 class MessageRow(NamedTuple):
@@ -659,15 +660,17 @@ class MessageStore:
     async def status(self, bal: str, name: str) -> FolderStatus:
         def q(s: Session) -> FolderStatus:
             info = self._folder_row(s, bal, name)
-            count = size = unseen = recent = 0
+            count = size = unseen = recent = deleted = 0
             for msg_size, flags, uid in run(
                 s, "SELECT size, flags, uid FROM messages WHERE folder_id = :f", {"f": info.id}
             ):
                 count += 1
                 size += msg_size
-                unseen += "\\Seen" not in _split_flags(flags)
+                split = _split_flags(flags)
+                unseen += "\\Seen" not in split
+                deleted += "\\Deleted" in split
                 recent += uid >= info.first_recent_uid
-            return FolderStatus(info, count, unseen, size, recent)
+            return FolderStatus(info, count, unseen, size, recent, deleted)
 
         return await self.read(q)  # type: ignore[no-any-return]
 

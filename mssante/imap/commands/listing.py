@@ -247,6 +247,7 @@ def _status_values(session: Session, status: FolderStatus, items: tuple[str, ...
         "UNSEEN": status.unseen,
         "SIZE": status.size,
         "HIGHESTMODSEQ": status.folder.highestmodseq,
+        "DELETED": status.deleted,
     }
     return (" (" + " ".join(f"{item} {values[item]}" for item in items) + ")").encode()
 

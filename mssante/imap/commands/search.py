@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from mssante.imap import search
 from mssante.imap.commands.base import META_BATCH, Bad
-from mssante.imap.commands.values import Command, Search, SearchKey
+from mssante.imap.commands.values import Command, Search, SearchKey, SequenceSet
 from mssante.imap.mailbox import Entry
 from mssante.imap.render import compress
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
     """(message number, entry) of the messages a search program matches (SEARCH, SORT, THREAD)."""
     box = session.selected()
+    key = _with_saved(key, box.saved)
     largest_uid = box.uids[-1] if box.uids else 0
     found: list[tuple[int, Entry]] = []
     candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
@@ -31,7 +32,22 @@ async def cmd_search(session: Session, command: Command) -> str:
     args = command.args
     assert isinstance(args, Search)
     returns = _return_options(args.returns)
-    found = [entry.uid if command.uid else n for n, entry in await matching(session, args.key)]
+    if returns is None and session.rev2:
+        returns = ("ALL",)  # RFC 9051 §7.3.4: an IMAP4rev2 session is answered with ESEARCH
+    save = returns is not None and "SAVE" in returns
+    if save:
+        box.saved = []  # a SEARCH that fails leaves an empty result (RFC 5182 §2.1)
+    matched = await matching(session, args.key)
+    found = [entry.uid if command.uid else n for n, entry in matched]
+    if save:
+        assert returns is not None
+        kept = matched
+        if matched and not {"ALL", "COUNT"} & set(returns) and {"MIN", "MAX"} & set(returns):
+            kept = ([matched[0]] if "MIN" in returns else []) + ([matched[-1]] if "MAX" in returns else [])
+        box.saved = sorted({entry.uid for _, entry in kept})
+        returns = tuple(r for r in returns if r != "SAVE")
+        if not returns:
+            return f"{'UID ' if command.uid else ''}SEARCH completed"  # SAVE alone answers nothing
     highest = None
     if _uses_modseq(args.key):
         # RFC 7162 §3.1.5: the highest MODSEQ of the messages returned (with ESEARCH, of
@@ -52,11 +68,12 @@ async def cmd_search(session: Session, command: Command) -> str:
     return f"{'UID ' if command.uid else ''}SEARCH completed"
 
 
-_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT")
+_RETURN_OPTIONS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
 
 
 def _return_options(returns: tuple[str, ...] | None) -> tuple[str, ...] | None:
-    """ESEARCH (RFC 4731): ``RETURN ()`` means ``RETURN (ALL)``; SAVE (SEARCHRES) is not offered."""
+    """ESEARCH (RFC 4731): ``RETURN ()`` means ``RETURN (ALL)``; SAVE keeps the result for
+    ``$`` (SEARCHRES, RFC 5182)."""
     if returns is None:
         return None
     unknown = [r for r in returns if r not in _RETURN_OPTIONS]
@@ -86,3 +103,14 @@ def _esearch(command: Command, found: list[int], returns: tuple[str, ...], highe
 
 def _uses_modseq(key: SearchKey) -> bool:
     return key.name == "MODSEQ" or any(isinstance(k, SearchKey) and _uses_modseq(k) for k in key.args)
+
+
+def _with_saved(key: SearchKey, saved: list[int]) -> SearchKey:
+    """The program with ``$`` (a SEQSET or UID key) replaced by the saved UIDs."""
+    if key.name in ("SEQSET", "UID") and isinstance(key.args[0], SequenceSet) and key.args[0].saved:
+        return SearchKey("UID", (SequenceSet(tuple((u, u) for u in saved)),))
+    if key.name in ("AND", "OR", "NOT"):
+        return SearchKey(
+            key.name, tuple(_with_saved(k, saved) if isinstance(k, SearchKey) else k for k in key.args)
+        )
+    return key

@@ -62,6 +62,8 @@ async def cmd_select(session: Session, command: Command) -> str:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
     await session.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID")
+    if session.rev2:  # RFC 9051 §6.3.2: the mailbox's name as LIST gives it
+        await session.untagged(b'LIST () "/" ' + session.wire_name(session.shown(bal, folder.name)))
     await session.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest")
     session.announce_modseq = False
     if qresync is not None and qresync.uidvalidity == folder.uidvalidity:

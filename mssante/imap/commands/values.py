@@ -19,6 +19,7 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # ``$``: the result a SEARCH RETURN (SAVE) kept (SEARCHRES, RFC 5182)
 
     def bounds(self, largest: int) -> Iterator[tuple[int, int]]:
         """Each range as ordered (low, high) with ``*`` replaced by ``largest``."""
@@ -41,6 +42,8 @@ class SequenceSet:
         def one(n: int | None) -> str:
             return "*" if n is None else str(n)
 
+        if self.saved:
+            return "$"
         return ",".join(one(s) if s == e else f"{one(s)}:{one(e)}" for s, e in self.ranges)
 
 
