@@ -1,7 +1,7 @@
 """imap conformance: subscriptions by name, \\Recent ownership, a UIDVALIDITY counter per BAL
 
 Revision ID: 0015
-Revises: 0010
+Revises: 0008
 Create Date: 2026-12-05 23:30:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0010"
+down_revision: str | None = "0008"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
