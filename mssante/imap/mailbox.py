@@ -63,11 +63,14 @@ class SelectedMailbox:
     def from_rows(
         cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool, recent_from: int | None = None
     ) -> SelectedMailbox:
-        """The mailbox as SELECT sees it; messages from UID ``recent_from`` on are \\Recent."""
+        """The mailbox as SELECT sees it; messages from UID ``recent_from`` up to the folder's
+        UIDNEXT are \\Recent. The rows are read after the folder, so they may hold messages
+        appended meanwhile: those were not taken by this session's claim (which stops at
+        UIDNEXT) and go to the next session told of them, never to two."""
         box = cls(folder, readonly, modseq=folder.highestmodseq)
         entries = box.entries
         for uid, flags, size, when, modseq, blob_id in rows:
-            recent = recent_from is not None and uid >= recent_from
+            recent = recent_from is not None and recent_from <= uid < folder.uidnext
             entries[uid] = Entry(uid, tuple(flags), size, when, modseq, blob_id, recent=recent)
         box.uids = list(entries)
         return box
