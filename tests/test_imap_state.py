@@ -48,7 +48,7 @@ def test_expunge_waits_until_allowed_and_numbers_stay_valid() -> None:
     assert b.updates(allow_expunge=False) == [b"* 4 EXISTS", b"* 0 RECENT"]
     assert b.msn(3) == 3 and b.exists == 4
     assert b.updates(allow_expunge=True) == [b"* 2 EXPUNGE"]
-    assert b.uids == [1, 3, 4]
+    assert list(b.uids) == [1, 3, 4]
 
 
 def test_expunges_are_reported_highest_number_first() -> None:

@@ -11,29 +11,193 @@ keeps its number, so the numbers a client holds stay valid.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+import sys
+from array import array
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import compress, flag_list
 from mssante.store.feed import FolderChange
 from mssante.store.store import FolderInfo, MessageRow
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 
-@dataclass(slots=True)
+
+class MessageTable:
+    """The messages a session knows, as columns of machine integers in UID order.
+
+    A session keeps its selected mailbox in memory for as long as it stays selected, and a
+    mailbox can hold tens of thousands of messages; one Python object per message (and per
+    flag, date and number in it) cost ~300 bytes each (issue 20: 5.6 MiB per idle session on
+    a 19,100-message INBOX). Here a message costs ~40 bytes: UID, size, date, MODSEQ and
+    blob in arrays, its flags as the index of an interned flag set (a mailbox has few
+    distinct ones). What is sparse stays in small containers: ``\\Recent``, expunged-elsewhere,
+    and the renderings FETCH cached. An :class:`Entry` is a short-lived view on one row.
+    """
+
+    __slots__ = ("_blob", "_date", "_flags", "_modseq", "_set_index", "_sets", "_size", "_uid", "expunged",
+                 "recent", "rendered")  # fmt: skip
+
+    def __init__(self) -> None:
+        self._uid = array("I")
+        self._flags = array("I")  # index into _sets
+        self._size = array("Q")
+        self._date = array("q")  # microseconds since the epoch, UTC
+        self._modseq = array("Q")
+        self._blob = array("Q")
+        self._sets: list[tuple[str, ...]] = []
+        self._set_index: dict[tuple[str, ...], int] = {}
+        self.expunged: set[int] = set()  # expunged elsewhere, not yet reported to this session
+        self.recent: set[int] = set()  # \Recent for this session (IMAP4rev1 only)
+        self.rendered: dict[int, dict[str, bytes]] = {}  # ENVELOPE/BODYSTRUCTURE rendered once
+
+    def flag_set(self, flags: Iterable[str]) -> int:
+        key = tuple(flags)
+        index = self._set_index.get(key)
+        if index is None:
+            key = tuple(sys.intern(f) for f in key)
+            index = self._set_index[key] = len(self._sets)
+            self._sets.append(key)
+        return index
+
+    def add(self, row: MessageRow, *, recent: bool = False) -> None:
+        """A message, at its place in UID order (new messages come last: an append)."""
+        uid, flags, size, when, modseq, blob_id = row
+        at = len(self._uid)
+        if at and self._uid[-1] >= uid:
+            at = bisect.bisect_left(self._uid, uid)
+            if at < len(self._uid) and self._uid[at] == uid:
+                return
+        micros = (when - _EPOCH) // _MICROSECOND
+        self._uid.insert(at, uid)
+        self._flags.insert(at, self.flag_set(flags))
+        self._size.insert(at, size)
+        self._date.insert(at, micros)
+        self._modseq.insert(at, modseq)
+        self._blob.insert(at, blob_id)
+        if recent:
+            self.recent.add(uid)
+
+    def index(self, uid: int) -> int:
+        at = bisect.bisect_left(self._uid, uid)
+        if at < len(self._uid) and self._uid[at] == uid:
+            return at
+        raise KeyError(uid)
+
+    def __getitem__(self, uid: int) -> Entry:
+        self.index(uid)
+        return Entry(self, uid)
+
+    def get(self, uid: int) -> Entry | None:
+        return Entry(self, uid) if uid in self else None
+
+    def __contains__(self, uid: object) -> bool:
+        if not isinstance(uid, int):
+            return False
+        at = bisect.bisect_left(self._uid, uid)
+        return at < len(self._uid) and self._uid[at] == uid
+
+    def __len__(self) -> int:
+        return len(self._uid)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._uid)
+
+    def values(self) -> Iterator[Entry]:
+        return (Entry(self, uid) for uid in self._uid)
+
+    def pop(self, uid: int, default: None = None) -> None:
+        """Forget a message (expunged and reported)."""
+        if uid not in self:
+            return
+        at = self.index(uid)
+        for column in (self._uid, self._flags, self._size, self._date, self._modseq, self._blob):
+            del column[at]
+        self.expunged.discard(uid)
+        self.recent.discard(uid)
+        self.rendered.pop(uid, None)
+
+
 class Entry:
-    """What the session knows of one message without reading its content."""
+    """What the session knows of one message without reading its content: a view on its row
+    of the :class:`MessageTable` (reads and writes go to the table)."""
 
-    uid: int
-    flags: tuple[str, ...]
-    size: int
-    internaldate: datetime
-    modseq: int
-    blob_id: int
-    expunged: bool = False  # expunged elsewhere, not yet reported to this session
-    rendered: dict[str, bytes] | None = None  # ENVELOPE/BODYSTRUCTURE already rendered once
-    recent: bool = False  # \Recent for this session (IMAP4rev1 only)
+    __slots__ = ("_table", "uid")
+
+    def __init__(self, table: MessageTable, uid: int) -> None:
+        self._table, self.uid = table, uid
+
+    @property
+    def flags(self) -> tuple[str, ...]:
+        t = self._table
+        return t._sets[t._flags[t.index(self.uid)]]
+
+    @flags.setter
+    def flags(self, value: tuple[str, ...]) -> None:
+        t = self._table
+        t._flags[t.index(self.uid)] = t.flag_set(value)
+
+    @property
+    def size(self) -> int:
+        return self._table._size[self._table.index(self.uid)]
+
+    @size.setter
+    def size(self, value: int) -> None:
+        self._table._size[self._table.index(self.uid)] = value
+
+    @property
+    def internaldate(self) -> datetime:
+        return _EPOCH + timedelta(microseconds=self._table._date[self._table.index(self.uid)])
+
+    @internaldate.setter
+    def internaldate(self, value: datetime) -> None:
+        self._table._date[self._table.index(self.uid)] = (value - _EPOCH) // _MICROSECOND
+
+    @property
+    def modseq(self) -> int:
+        return self._table._modseq[self._table.index(self.uid)]
+
+    @modseq.setter
+    def modseq(self, value: int) -> None:
+        self._table._modseq[self._table.index(self.uid)] = value
+
+    @property
+    def blob_id(self) -> int:
+        return self._table._blob[self._table.index(self.uid)]
+
+    @blob_id.setter
+    def blob_id(self, value: int) -> None:
+        self._table._blob[self._table.index(self.uid)] = value
+
+    @property
+    def expunged(self) -> bool:
+        return self.uid in self._table.expunged
+
+    @expunged.setter
+    def expunged(self, value: bool) -> None:
+        (self._table.expunged.add if value else self._table.expunged.discard)(self.uid)
+
+    @property
+    def recent(self) -> bool:
+        return self.uid in self._table.recent
+
+    @recent.setter
+    def recent(self, value: bool) -> None:
+        (self._table.recent.add if value else self._table.recent.discard)(self.uid)
+
+    @property
+    def rendered(self) -> dict[str, bytes] | None:
+        return self._table.rendered.get(self.uid)
+
+    @rendered.setter
+    def rendered(self, value: dict[str, bytes] | None) -> None:
+        if value is None:
+            self._table.rendered.pop(self.uid, None)
+        else:
+            self._table.rendered[self.uid] = value
 
     def shown_flags(self) -> tuple[str, ...]:
         """The flags as FETCH shows them: the stored ones, and ``\\Recent`` (a session flag,
@@ -45,8 +209,8 @@ class Entry:
 class SelectedMailbox:
     folder: FolderInfo
     readonly: bool
-    uids: list[int] = field(default_factory=list)  # index + 1 is the message number
-    entries: dict[int, Entry] = field(default_factory=dict)
+    uids: array[int] = field(default_factory=lambda: array("I"))  # index + 1 is the message number
+    entries: MessageTable = field(default_factory=MessageTable)
     modseq: int = 0  # the highest change applied
     # Flags the client may set for good (PERMANENTFLAGS, decided from the rights at SELECT);
     # ``\*`` among them when new keywords may be created.
@@ -69,10 +233,9 @@ class SelectedMailbox:
         UIDNEXT) and go to the next session told of them, never to two."""
         box = cls(folder, readonly, modseq=folder.highestmodseq)
         entries = box.entries
-        for uid, flags, size, when, modseq, blob_id in rows:
-            recent = recent_from is not None and recent_from <= uid < folder.uidnext
-            entries[uid] = Entry(uid, tuple(flags), size, when, modseq, blob_id, recent=recent)
-        box.uids = list(entries)
+        for row in rows:
+            entries.add(row, recent=recent_from is not None and recent_from <= row.uid < folder.uidnext)
+        box.uids = array("I", entries)
         return box
 
     # -- numbering -----------------------------------------------------------------------------
@@ -237,15 +400,7 @@ class SelectedMailbox:
         ``recent_from`` on are \\Recent to this session."""
         for row in rows:
             if row.uid in self._new and row.uid not in self.entries:
-                self.entries[row.uid] = Entry(
-                    row.uid,
-                    tuple(row.flags),
-                    row.size,
-                    row.internaldate,
-                    row.modseq,
-                    row.blob_id,
-                    recent=recent_from is not None and row.uid >= recent_from,
-                )
+                self.entries.add(row, recent=recent_from is not None and row.uid >= recent_from)
 
     def updates(self, *, allow_expunge: bool, with_uid: bool = False) -> list[bytes]:
         """Untagged responses for what changed since the last report, in a safe order."""
