@@ -14,7 +14,8 @@ import random
 import re
 import threading
 import time
-from datetime import UTC, datetime
+import tracemalloc
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,33 @@ async def test_concurrent_sessions_on_one_inbox(
         for b in workers[i + 1 :]:
             assert not a.recent & b.recent, "a message was \\Recent in two sessions"
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_selected_mailbox_memory_is_compact() -> None:
+    """Issue 20: a session's selected 20,000-message mailbox costs tens of bytes per message
+    (columns of integers, interned flag sets), not an object per message (~300 bytes)."""
+    when = datetime(2026, 12, 6, tzinfo=UTC)
+    flag_sets = [(), ("\\Seen",), ("\\Seen", "\\Answered"), ("$Label1", "\\Flagged")]
+    # The rows as the store reads them: new flag strings and dates for each message.
+    rows = [
+        MessageRow(
+            uid,
+            tuple(f"{f}" for f in flag_sets[uid % 4]),
+            4000 + uid,
+            when + timedelta(seconds=uid),
+            uid,
+            10_000 + uid,
+        )
+        for uid in range(1, 20_001)
+    ]
+    folder = FolderInfo(7, BAL, "INBOX", 1700000000, 20_001, 20_000, None, True)
+    tracemalloc.start()
+    try:
+        box = SelectedMailbox.from_rows(folder, rows, readonly=False)
+        kept, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    del rows
+    assert box.exists == 20_000 and box.entries[777].flags == ("\\Seen",)
+    assert box.entries[777].internaldate == when + timedelta(seconds=777)
+    assert kept < 20_000 * 48, f"{kept / 20_000:.0f} bytes per message"
