@@ -125,8 +125,9 @@ def listener_starters() -> list[ListenerStarter]:
     from mssante.imap.listeners import start_imap
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
+    from mssante.store.pgfeed import start_cluster_feed
 
-    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
+    return [start_cluster_feed, start_http, start_smtp, start_imap, start_relay, start_directory_updates]
 
 
 async def serve_forever(
