@@ -34,6 +34,9 @@ def create_app(runtime: Any) -> FastAPI:
         lists = status(runtime.engine, scheduled_lists(runtime.settings))
         return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
 
+    from mssante.lifecycle import add_health_routes
+
+    add_health_routes(app, runtime)
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)
         app.include_router(module.router)

@@ -28,6 +28,7 @@ from mssante.imap.parser import ParseError, parse_command
 from mssante.imap.session import Session
 from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
 from mssante.listening import ConnectionCaps
+from mssante.proxy_protocol import Listening, ProxySettings, start_server
 from mssante.store.store import MessageStore
 from mssante.tls import TLSInfo, tls_info
 
@@ -282,8 +283,10 @@ class ImapServer:
         hostname: str = "localhost",
         limits: Limits | None = None,
         access: Access | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.store = store
+        self.proxy = proxy  # behind balancers: the PROXY protocol names the client
         self.gate = gate
         self.access = access  # rights on BALs (delegation); None: each session's own BAL only
         self.tls_context = tls_context
@@ -292,7 +295,7 @@ class ImapServer:
         self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
 
-    async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
+    async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> Listening:
         if implicit_tls and self.tls_context is None:
             raise ValueError("implicit TLS needs a TLS context")
 
@@ -315,7 +318,7 @@ class ImapServer:
                 self._connections.discard(connection)
                 self.caps.release(ip)
 
-        return await asyncio.start_server(
+        return await start_server(
             accept,
             host,
             port,
@@ -323,6 +326,7 @@ class ImapServer:
             limit=READ_SIZE,
             # The TLS handshake of the implicit port counts against the time to log in.
             ssl_handshake_timeout=self.limits.login_timeout if implicit_tls else None,
+            proxy=self.proxy,
         )
 
     async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:

@@ -6,7 +6,6 @@ handler; the TLS contexts come from ``mssante.tls`` (one TLS policy for the whol
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 import dns.resolver
 
 from mssante.listening import RunningListener
+from mssante.proxy_protocol import ProxySettings, create_server
 from mssante.runtime import Runtime
 from mssante.smtp import dkim
 from mssante.smtp.handlers import RelayHandler, SubmissionHandler
@@ -50,8 +50,9 @@ async def _serve(
     *,
     implicit: ssl.SSLContext | None,
     tls_mode: str,
+    proxy: ProxySettings | None = None,
 ) -> RunningListener:
-    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=implicit)
+    server = await create_server(factory, host, port, ssl=implicit, proxy=proxy)
     bound = server.sockets[0].getsockname()[1]
 
     async def close() -> None:
@@ -86,6 +87,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
     client_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     relay_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
+    proxy = ProxySettings.of(smtp)
     session_args: dict[str, Any] = {
         "hostname": settings.server.hostname,
         "ident": "mssante ESMTP",
@@ -114,6 +116,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             submission_session(client_ctx, "submission"),
             implicit=None,
             tls_mode="starttls",
+            proxy=proxy,
         ),
         await _serve(
             "submissions",
@@ -122,6 +125,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             submission_session(None, "submissions"),
             implicit=client_ctx,
             tls_mode="implicit",
+            proxy=proxy,
         ),
         await _serve(
             "relay",
@@ -137,6 +141,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             ),
             implicit=None,
             tls_mode="starttls",
+            proxy=proxy,
         ),
     ]
     return listeners
