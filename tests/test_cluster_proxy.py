@@ -76,11 +76,10 @@ def haproxy(node: DemoServer, tmp_path_factory: pytest.TempPathFactory) -> Itera
                 try:
                     socket.create_connection(("127.0.0.1", port), timeout=1).close()
                     break
-                except OSError:
+                except OSError as exc:
                     if process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(
-                            f"haproxy did not start: {process.stderr and process.stderr.read()}"
-                        )
+                        why = process.stderr.read() if process.stderr else ""
+                        raise RuntimeError(f"haproxy did not start: {why}") from exc
                     time.sleep(0.05)
         yield ports
     finally:
