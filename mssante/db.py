@@ -40,6 +40,7 @@ MODEL_MODULES = (
     "dmp.models",
     "mssante.patients.models",
     "delegation.models",
+    "mssante.nodes",
 )
 
 

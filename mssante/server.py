@@ -146,11 +146,20 @@ def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here, when serving: they import the whole stack)."""
     from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
+    from mssante.nodes import start_node_identity
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
     from mssante.store.pgfeed import start_cluster_feed
 
-    return [start_cluster_feed, start_http, start_smtp, start_imap, start_relay, start_directory_updates]
+    return [
+        start_node_identity,
+        start_cluster_feed,
+        start_http,
+        start_smtp,
+        start_imap,
+        start_relay,
+        start_directory_updates,
+    ]
 
 
 async def serve_forever(

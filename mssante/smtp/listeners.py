@@ -6,6 +6,7 @@ handler; the TLS contexts come from ``mssante.tls`` (one TLS policy for the whol
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from pathlib import Path
@@ -144,4 +145,29 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             proxy=proxy,
         ),
     ]
+    return _drained(listeners, limits, settings.server.shutdown_grace_seconds)
+
+
+def _drained(
+    listeners: list[RunningListener], limits: ConnectionLimits, grace: float
+) -> list[RunningListener]:
+    """Stopping SMTP stops the three doors together, then lets the sessions under way end on
+    their own (a transaction in DATA gets its 250 once committed), for at most ``grace`` less a
+    second; what is left is cut by the process's exit, with nothing acknowledged lost."""
+    closes = [item.close for item in listeners]
+    done = False
+
+    async def close_all() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        for close in closes:
+            await close()
+        deadline = asyncio.get_running_loop().time() + max(0.0, grace - 1.0)
+        while limits.open and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    for item in listeners:
+        item.close = close_all
     return listeners
