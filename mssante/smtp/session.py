@@ -152,6 +152,18 @@ class MSSanteSMTP(SMTP):
         return tls_info(self.transport.get_extra_info("ssl_object"))
 
     # -- replies --------------------------------------------------------------------------
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected failure on our side (the database away during a failover) is a
+        temporary refusal the client retries, never a 5xx, and never shows our internals."""
+        log.error(
+            "command failed: %s: %s",
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+            exc_info=error,
+            extra={"session": self.session_id, "listener": self.listener},
+        )
+        return "451 4.3.0 Temporary local problem, try again later"
+
     async def push(self, status: Any) -> None:
         """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO."""
         utf8 = bool(self.envelope and self.envelope.smtp_utf8) or self._data_reply_utf8
