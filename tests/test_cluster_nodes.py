@@ -13,6 +13,7 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import update
@@ -101,3 +102,24 @@ def test_same_name_refused_then_sigterm_drains(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'data' / 'mssante.db'}")
     assert live_nodes(engine) == []
     engine.dispose()
+
+
+def test_ready_only_with_listeners_up_database_reachable_and_schema_current(runtime: Any) -> None:
+    from types import SimpleNamespace
+
+    from sqlalchemy import create_engine
+
+    from mssante.lifecycle import readiness, set_ready
+
+    assert readiness(runtime)["status"] == "unavailable"  # listeners not up yet (or draining)
+    set_ready(runtime, True)
+    report = readiness(runtime)
+    assert report["status"] == "ready" and report["database"] and report["schema"]
+    away = SimpleNamespace(
+        engine=create_engine("postgresql+psycopg://nobody@127.0.0.1:9/none?connect_timeout=1"),
+        extras={"ready": True},
+        settings=runtime.settings,
+    )
+    report = readiness(away)
+    assert report["status"] == "unavailable" and report["database"] is False
+    away.engine.dispose()
