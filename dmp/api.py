@@ -29,6 +29,8 @@ from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess
 from mssante.auth.identity import Identity, IdentityKind
 
 router = APIRouter(prefix="/dmp", tags=["dmp"])
+# Every route needs a bearer token: mssante.http checks it before any body is read.
+BEARER_LISTENER = "http-dmp"
 
 
 def _unauthenticated(message: str) -> HTTPException:
@@ -49,7 +51,11 @@ def _authenticator(request: Request) -> Authenticator:
 
 
 def _identity(request: Request, authorization: Annotated[str | None, Header()] = None) -> Identity:
-    """The bearer token's identity, with the same checks, counters and audit as SASL."""
+    """The bearer token's identity, with the same checks, counters and audit as SASL (already
+    checked by the HTTP listener's bearer gate when the application runs behind it)."""
+    checked = getattr(request.state, "identity", None)
+    if isinstance(checked, Identity):
+        return checked
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthenticated("a bearer token is required")

@@ -77,6 +77,7 @@ class DMPDepositHook:
             sender=ctx.identity,
             sender_bal=sender_bal,
             recipients=recipients,
+            return_path=ctx.mail_from or None,
         )
         if result is None or result.answer is None:
             return

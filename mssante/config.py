@@ -21,6 +21,8 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 MSSANTE_CIPHERS = (
     "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-AES256-SHA384:ECDHE-RSA-AES128-SHA256"
 )
+# TLS 1.3: the AES-GCM suites of OpenSSL's default list (no CHACHA20 unless configured).
+TLS13_SUITES = "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256"
 
 Port = int
 
@@ -72,7 +74,18 @@ class TLSSection(_Section):
     key_file: Path | None = None
     ca_file: Path | None = None
     min_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.2"
+    max_version: Literal["TLSv1.2", "TLSv1.3"] = "TLSv1.3"
     ciphers: str = MSSANTE_CIPHERS
+    # TLS 1.3 suites (OpenSSL names); CHACHA20 only if listed here.
+    ciphersuites: str = TLS13_SUITES
+    # TLS 1.3 session tickets sent after each full handshake (0: no resumption, TLS 1.2 tickets off).
+    session_tickets: int = Field(default=2, ge=0, le=10)
+
+    @model_validator(mode="after")
+    def _versions_in_order(self) -> TLSSection:
+        if self.min_version == "TLSv1.3" and self.max_version == "TLSv1.2":
+            raise ValueError("max_version is below min_version")
+        return self
 
 
 class ListenerSection(_Section):
@@ -172,6 +185,8 @@ class IMAPSection(ListenerSection):
 class HTTPSection(ListenerSection):
     enabled: bool = True
     port: Port = 8443
+    # Largest request body, in bytes (413 beyond, decided while reading).
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
 
     _ports = field_validator("port")(_check_port)
 
@@ -202,13 +217,24 @@ class IssuerSection(_Section):
 
 
 class BruteForceSection(_Section):
+    """Counters per (login, client address) and per address (``mssante.auth.throttle``);
+    the account itself is never locked."""
+
     window_seconds: float = Field(default=900.0, gt=0)
     free_failures: int = Field(default=3, ge=0)
+    ip_free_failures: int = Field(default=10, ge=0)
     base_delay_seconds: float = Field(default=0.5, ge=0)
     max_delay_seconds: float = Field(default=15.0, ge=0)
     lockout_failures: int = Field(default=10, ge=1)
     ip_lockout_failures: int = Field(default=50, ge=1)
     lockout_seconds: float = Field(default=900.0, ge=0)
+
+
+class CredentialCacheSection(_Section):
+    """Verified passwords remembered in memory (``mssante.auth.credcache``); 0 disables."""
+
+    ttl_seconds: float = Field(default=300.0, ge=0, le=3600)
+    max_entries: int = Field(default=10_000, ge=0, le=1_000_000)
 
 
 class AuthSection(_Section):
@@ -223,6 +249,11 @@ class AuthSection(_Section):
     demo_idp: bool = False
     issuers: dict[str, IssuerSection] = Field(default_factory=dict)
     bruteforce: BruteForceSection = Field(default_factory=BruteForceSection)
+    credential_cache: CredentialCacheSection = Field(default_factory=CredentialCacheSection)
+    # Password hashes (argon2id) are checked in their own pool of this many threads (0: half
+    # the CPUs, at least 1); at most hash_queue checks wait, further logins get a temporary error.
+    hash_workers: int = Field(default=0, ge=0, le=64)
+    hash_queue: int = Field(default=256, ge=1, le=100_000)
 
 
 # -- [notify] (events to patients and others, mssante/notify.py) ------------------------------
@@ -257,6 +288,8 @@ class DMPSection(_Section):
     max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_files: int = Field(default=64, ge=1)
     max_ratio: int = Field(default=100, ge=1)
+    # Accept the INS-NIR test (.10) and demo (.11) OIDs besides INS-NIR (.8) and INS-NIA (.9).
+    test_ins_oids: bool = False
 
 
 # -- [annuaire] and [whitelist] (lists fetched by the server on a schedule, annuaire/updates.py) --

@@ -1,24 +1,176 @@
 """The HTTP listener's application: health, and the routers of each area (FHIR directory,
-DMP API), served by uvicorn inside the server's event loop.
+DMP API), served by uvicorn inside the server's event loop, with the TLS policy of
+``mssante.tls`` (uvicorn's own context would ignore ``tls.*``).
+
+Hostile requests are turned away before they cost memory (issue 13, item 7):
+
+- a body larger than ``http.max_body_bytes`` gets ``413`` — at once when ``Content-Length``
+  announces it, otherwise as soon as the streamed chunks pass the limit (an ASGI middleware
+  counts them as the application reads, nothing is buffered beyond the limit);
+- on the routes of an area that declares ``BEARER_LISTENER`` (the DMP API), a request without a
+  valid bearer token gets ``401`` before its body is read; the identity checked here is the
+  one the routes use (``request.state.identity``), counted and audited once;
+- a validation error names the fields and the problem, never echoes what was sent (FastAPI's
+  default 422 copies the offending ``input`` back, which may be health data or a token).
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import json
+import ssl
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from fastapi import FastAPI
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from mssante import __version__
+from mssante.tls import ClientCertMode, server_context
 
-# Each area exposes ``router`` (a FastAPI APIRouter) and, optionally, ``bind(app, runtime)``.
+# Each area exposes ``router`` (a FastAPI APIRouter), and ``BEARER_LISTENER`` (the listener name
+# its logins are audited under) when every one of its routes needs a bearer token.
 ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+async def _reply(send: Send, status: int, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                (b"connection", b"close"),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class BodyTooLarge(HTTPException):
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, detail=f"request body larger than {limit} bytes")
+
+
+class BodyLimit:
+    """``413`` for a body over ``limit`` bytes, decided while reading, never after buffering."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        lengths = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
+        try:
+            announced = int(lengths[0]) if lengths else None
+        except ValueError:
+            await _reply(send, 400, {"detail": "invalid Content-Length"}, [])
+            return
+        if announced is not None and announced > self.limit:
+            await _reply(send, 413, {"detail": f"request body larger than {self.limit} bytes"}, [])
+            return
+        received, started = 0, False
+
+        async def counted() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counted, watched)
+        except BodyTooLarge as exc:
+            if started:
+                raise
+            await _reply(send, 413, {"detail": exc.detail}, [])
+
+
+class BearerGate:
+    """Routes under ``prefixes`` need a valid bearer token, checked before the body is read."""
+
+    def __init__(self, app: ASGIApp, runtime: Any, prefixes: dict[str, str]) -> None:
+        self.app, self.runtime, self.prefixes = app, runtime, prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        listener = self._listener(scope)
+        if listener is None:
+            await self.app(scope, receive, send)
+            return
+        from mssante.auth.authenticator import Authenticator, AuthSuccess
+
+        challenge = [(b"www-authenticate", b'Bearer realm="mssante", error="invalid_token"')]
+        authorization = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+        scheme, _, token = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            await _reply(send, 401, {"detail": "a bearer token is required"}, challenge)
+            return
+        authenticator = getattr(self.runtime, "authenticator", None)
+        if not isinstance(authenticator, Authenticator):
+            await _reply(send, 503, {"detail": "authentication is not configured on this server"}, [])
+            return
+        client = scope.get("client")
+        client_ip = client[0] if client else "0.0.0.0"
+        result = await asyncio.to_thread(
+            authenticator.authenticate_bearer, token, client_ip=client_ip, listener=listener
+        )
+        if not isinstance(result, AuthSuccess):
+            await _reply(send, 401, {"detail": getattr(result, "reason", "authentication failed")}, challenge)
+            return
+        scope.setdefault("state", {})["identity"] = result.identity
+        await self.app(scope, receive, send)
+
+    def _listener(self, scope: Scope) -> str | None:
+        if scope["type"] != "http":
+            return None
+        path = scope.get("path", "")
+        for prefix, listener in self.prefixes.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                return listener
+        return None
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """422 naming each field and problem, without the ``input`` FastAPI would echo."""
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
+        for error in exc.errors()
+    ]
+    return JSONResponse({"detail": errors}, status_code=422)
 
 
 def create_app(runtime: Any) -> FastAPI:
     """Build the application for one runtime (a ``mssante.runtime.Runtime``)."""
-    app = FastAPI(title="mssante", version=__version__, docs_url=None, redoc_url=None)
+    app = FastAPI(title="mssante", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
+    app.add_exception_handler(RequestValidationError, _validation_error)
 
     @app.get("/health")
     def health() -> dict[str, Any]:
@@ -37,7 +189,42 @@ def create_app(runtime: Any) -> FastAPI:
     from mssante.lifecycle import add_health_routes
 
     add_health_routes(app, runtime)
+    protected: dict[str, str] = {}
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)
         app.include_router(module.router)
+        listener = getattr(module, "BEARER_LISTENER", None)
+        if listener:
+            protected[module.router.prefix] = listener
+    # Outermost first: the size limit applies to everything, the token check before any body.
+    app.add_middleware(BearerGate, runtime=runtime, prefixes=protected)
+    app.add_middleware(BodyLimit, limit=runtime.settings.http.max_body_bytes)
     return app
+
+
+class _PolicyConfig(uvicorn.Config):
+    """uvicorn with the listener's ``SSLContext`` built by ``mssante.tls`` (its own would apply
+    neither ``tls.ciphers`` nor ``tls.min_version``)."""
+
+    def __init__(self, app: Any, *, ssl_context: ssl.SSLContext | None, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.policy_ssl = ssl_context
+
+    def load(self) -> None:
+        super().load()
+        self.ssl = self.policy_ssl
+
+
+def uvicorn_config(runtime: Any, *, tls: bool) -> uvicorn.Config:
+    settings = runtime.settings
+    context = (
+        server_context(settings.tls, client_certs=ClientCertMode.NONE, alpn=["http/1.1"]) if tls else None
+    )
+    return _PolicyConfig(
+        create_app(runtime),
+        ssl_context=context,
+        host=settings.http.host,
+        port=settings.http.port,
+        log_level="warning",
+        lifespan="off",
+    )

@@ -65,6 +65,8 @@ class Runtime:
     grants: GrantBook | None = None  # delegations and ORG memberships in force
 
     def close(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.close()
         self.store.close()
         self.engine.dispose()
         self.writer_engine.dispose()

@@ -104,7 +104,7 @@ class _EmbeddedUvicorn(uvicorn.Server):
 
 
 async def start_http(runtime: Runtime) -> list[RunningListener]:
-    from mssante.http import create_app
+    from mssante.http import uvicorn_config
 
     settings = runtime.settings
     if not settings.http.enabled:
@@ -114,15 +114,7 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         raise OSError(
             "refusing to serve HTTP without TLS on a non-loopback address: set tls.cert_file/key_file"
         )
-    config = uvicorn.Config(
-        create_app(runtime),
-        host=settings.http.host,
-        port=settings.http.port,
-        log_level="warning",
-        lifespan="off",
-        ssl_certfile=str(settings.tls.cert_file) if tls_files else None,
-        ssl_keyfile=str(settings.tls.key_file) if tls_files else None,
-    )
+    config = uvicorn_config(runtime, tls=bool(tls_files))
     server = _EmbeddedUvicorn(config)
     server.proxy = ProxySettings.of(settings.http)
     task = asyncio.create_task(server.serve(), name="http")

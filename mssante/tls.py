@@ -1,14 +1,19 @@
 """Every ``ssl.SSLContext`` of the product is built here, so the TLS policy has one home.
 
-Policy (FACTS.md §Security): TLS 1.2 minimum; for TLS 1.2 only the MSSanté suite list
-(``tls.ciphers``, ECDHE-RSA with AES-GCM / AES-SHA2), for TLS 1.3 OpenSSL's AEAD suites; no
-compression, no renegotiation. Client certificates are verified against ``tls.ca_file``
-(IGC-Santé in production, the development CA of ``mssante certs dev`` otherwise) in the mode
-each listener asks for.
+Policy (FACTS.md §Security), the same on every listener — SMTP, IMAP, HTTPS — and for the
+relay's outgoing connections: TLS 1.2 minimum (``tls.min_version``), TLS 1.3 allowed
+(``tls.max_version``); for TLS 1.2 only the MSSanté suite list (``tls.ciphers``, ECDHE-RSA
+with AES-GCM / AES-SHA2), for TLS 1.3 ``tls.ciphersuites`` (AES-GCM: CHACHA20 only if listed);
+no compression, no renegotiation. Servers hand out session tickets (``tls.session_tickets``)
+so that a client reconnecting resumes without a full handshake. Client certificates are
+verified against ``tls.ca_file`` (IGC-Santé in production, the development CA of
+``mssante certs dev`` otherwise) in the mode each listener asks for.
 """
 
 from __future__ import annotations
 
+import _ssl
+import ctypes
 import hashlib
 import ssl
 from dataclasses import dataclass
@@ -46,12 +51,50 @@ _HARDENING |= getattr(ssl, "OP_NO_RENEGOTIATION", 0)
 def _base(purpose: ssl._SSLMethod, tls: TLSSection) -> ssl.SSLContext:
     ctx = ssl.SSLContext(purpose)
     ctx.minimum_version = _VERSIONS[tls.min_version]
+    ctx.maximum_version = _VERSIONS[tls.max_version]
     ctx.options |= _HARDENING
     try:
         ctx.set_ciphers(tls.ciphers)
     except ssl.SSLError as exc:
         raise TLSConfigError(f"tls.ciphers: OpenSSL accepts none of {tls.ciphers!r} ({exc})") from None
+    if tls.max_version == "TLSv1.3":
+        _set_tls13_suites(ctx, tls.ciphersuites)
+    if purpose == ssl.PROTOCOL_TLS_SERVER:
+        # Python's server default is already 2 tickets and a server-side session cache; say so.
+        ctx.num_tickets = tls.session_tickets
+        if tls.session_tickets == 0:
+            ctx.options |= ssl.OP_NO_TICKET
     return ctx
+
+
+def _tls13_suites(ctx: ssl.SSLContext) -> list[str]:
+    return [c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"]
+
+
+def _set_tls13_suites(ctx: ssl.SSLContext, suites: str) -> None:
+    """``SSL_CTX_set_ciphersuites`` — which Python's ``ssl`` does not expose (``set_ciphers``
+    only governs TLS ≤ 1.2) — called on the context's own ``SSL_CTX`` through the OpenSSL that
+    ``_ssl`` is linked with. The result is read back with ``get_ciphers()``: a policy that
+    cannot be applied stops the server (deny by default) rather than silently offering more."""
+    wanted = [name for name in suites.split(":") if name]
+    if _tls13_suites(ctx) == wanted:
+        return
+    try:
+        lib = ctypes.CDLL(_ssl.__file__)
+        get_options, set_suites = lib.SSL_CTX_get_options, lib.SSL_CTX_set_ciphersuites
+    except (OSError, AttributeError):
+        raise TLSConfigError(
+            "tls.ciphersuites: this Python's OpenSSL cannot be configured (set tls.max_version = "
+            "'TLSv1.2', or ciphersuites to OpenSSL's default list)"
+        ) from None
+    get_options.argtypes, get_options.restype = [ctypes.c_void_p], ctypes.c_uint64
+    set_suites.argtypes, set_suites.restype = [ctypes.c_void_p, ctypes.c_char_p], ctypes.c_int
+    # CPython's context object is {PyObject_HEAD; SSL_CTX *ctx; ...}: check it is before using it.
+    handle = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not handle or get_options(handle) != int(ctx.options):
+        raise TLSConfigError("tls.ciphersuites: cannot reach the OpenSSL context of this Python")
+    if set_suites(handle, suites.encode("ascii")) != 1 or _tls13_suites(ctx) != wanted:
+        raise TLSConfigError(f"tls.ciphersuites: OpenSSL does not accept {suites!r} as TLS 1.3 suites")
 
 
 def _load_chain(ctx: ssl.SSLContext, cert_file: Path | None, key_file: Path | None, key: str) -> None:
@@ -81,10 +124,13 @@ def server_context(
     cert_file: Path | None = None,
     key_file: Path | None = None,
     ca_file: Path | None = None,
+    alpn: list[str] | None = None,
 ) -> ssl.SSLContext:
     """A context for one listener; the file arguments override ``tls.*`` for that listener."""
     mode = ClientCertMode(client_certs)
     ctx = _base(ssl.PROTOCOL_TLS_SERVER, tls)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     _load_chain(ctx, cert_file or tls.cert_file, key_file or tls.key_file, "tls")
     if mode is not ClientCertMode.NONE:
         _load_trust(ctx, ca_file or tls.ca_file, "tls")

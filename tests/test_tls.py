@@ -172,6 +172,26 @@ def test_contexts_refuse_bad_configuration(dev_pki: DevPKI) -> None:
     assert ctx.minimum_version is ssl.TLSVersion.TLSv1_2 and ctx.verify_mode is ssl.CERT_OPTIONAL
 
 
+def test_tls13_suites_versions_and_tickets_from_the_policy(dev_pki: DevPKI) -> None:
+    def tls13(ctx: ssl.SSLContext) -> list[str]:
+        return [c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3"]
+
+    ctx = server_context(tls_section(dev_pki))
+    assert tls13(ctx) == ["TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256"]  # no CHACHA20
+    assert ctx.maximum_version is ssl.TLSVersion.TLSv1_3
+    assert ctx.num_tickets == 2 and not ctx.options & ssl.OP_NO_TICKET
+    chacha = tls_section(dev_pki).model_copy(update={"ciphersuites": "TLS_CHACHA20_POLY1305_SHA256"})
+    assert tls13(server_context(chacha)) == ["TLS_CHACHA20_POLY1305_SHA256"]
+    assert tls13(client_context(chacha)) == ["TLS_CHACHA20_POLY1305_SHA256"]
+    strict = tls_section(dev_pki).model_copy(update={"max_version": "TLSv1.2", "session_tickets": 0})
+    ctx = server_context(strict)
+    assert ctx.maximum_version is ssl.TLSVersion.TLSv1_2 and ctx.options & ssl.OP_NO_TICKET
+    with pytest.raises(TLSConfigError, match=r"tls\.ciphersuites"):
+        server_context(tls_section(dev_pki).model_copy(update={"ciphersuites": "TLS_NO_SUCH_SUITE"}))
+    with pytest.raises(ValueError, match="below min_version"):
+        TLSSection(min_version="TLSv1.3", max_version="TLSv1.2")
+
+
 # -- client certificates and SASL EXTERNAL over a real handshake ---------------------------------
 async def external_over_tls(
     auth: Authenticator, server_ctx: ssl.SSLContext, client_ctx: ssl.SSLContext

@@ -2,8 +2,10 @@
 
 Front doors speak base64 lines; this module decodes them, drives a sans-I/O mechanism
 (``mssante.auth.sasl``), checks credentials (passwords, tokens, certificates), applies the
-brute-force limits and writes every success and failure to the audit trail. Database, argon2
-and JWKS work runs in a worker thread (``asyncio.to_thread``): the event loop never blocks.
+brute-force limits (``throttle``) and writes every success and failure to the audit trail.
+Database and JWKS work runs in worker threads (``asyncio.to_thread``), argon2 in its own
+bounded pool (``hashing``), and a password verified a moment ago is not hashed again
+(``credcache``): the event loop never blocks and a login costs milliseconds.
 
 Usage from a front door::
 
@@ -25,7 +27,7 @@ import asyncio
 import base64
 import binascii
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -36,6 +38,8 @@ from sqlalchemy.orm import Session
 from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.auth import accounts, passwords, throttle
+from mssante.auth.credcache import VerifiedCredentials
+from mssante.auth.hashing import HashPool, HashPoolBusy
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.auth.models import LocalAccount
 from mssante.auth.offer import offered_mechanisms
@@ -144,6 +148,40 @@ class _Checked:
     authzid: str | None = None
 
 
+_NO_PENALTY = throttle.Penalty()
+
+
+@dataclass(frozen=True)
+class _AccountView:
+    """The claimed account as read at the gate, detached from its session."""
+
+    id: int
+    login: str
+    kind: str
+    password_hash: str | None
+    totp_secret: str | None
+    totp_last_step: int | None
+    disabled: bool
+    identity: Identity | None
+
+    @classmethod
+    def of(cls, row: LocalAccount) -> _AccountView:
+        try:
+            identity = accounts.identity_of(row) if row.kind != IdentityKind.APPLICATION else None
+        except accounts.AccountError:
+            identity = None
+        return cls(
+            row.id, row.login, row.kind, row.password_hash, row.totp_secret, row.totp_last_step,
+            bool(row.disabled), identity,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Gate:
+    standing: throttle.Penalty
+    account: _AccountView | None
+
+
 class Authenticator:
     """One per process; cheap to share between all sessions of all front doors."""
 
@@ -156,8 +194,14 @@ class Authenticator:
         authorize: Authorize = authorize_self_only,
         clock: Callable[[], float] = time.time,
         keyring: KeyRing | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self.engine, self.writer = engine, writer_engine or engine
+        self.sleep = sleep  # how a delayed success waits (tests record instead)
+        cache = settings.auth.credential_cache
+        self.cache = VerifiedCredentials(cache.ttl_seconds, cache.max_entries)
+        self.hashes = HashPool(settings.auth.hash_workers, settings.auth.hash_queue)
+        self._next_prune = 0.0
         self._keyring = keyring  # opens TOTP secrets; loaded from storage.keyring when first needed
         self.settings, self.policy = settings, settings.auth.bruteforce
         self.authorize, self.clock = authorize, clock
@@ -170,6 +214,9 @@ class Authenticator:
             jwks_ttl=settings.auth.jwks_cache_seconds,
             jwks_min_refresh=settings.auth.jwks_min_refresh_seconds,
         )
+
+    def close(self) -> None:
+        self.hashes.close()
 
     def mechanisms(self, tls: TLSInfo, *, cleartext_ok: bool = False) -> list[str]:
         return offered_mechanisms(
@@ -191,21 +238,64 @@ class Authenticator:
             return _failure(checked)
         return AuthSuccess(checked.identity, "HTTP-BEARER")
 
-    # -- worker-thread side ----------------------------------------------------------------
-    def _check(self, credential: Credential, ex: Exchange) -> _Checked:
+    # -- the check: gate (thread) → verification (hash pool or thread) → verdict (thread) -----
+    async def check(self, credential: Credential, ex: Exchange) -> _Checked:
+        """Check one credential. The database work runs in worker threads, argon2 in the hash
+        pool; a verified password is remembered a short while (``credcache``)."""
         now = self.clock()
         key = _claimed_key(credential, ex.tls)
-        with Session(self.engine) as session:
-            lock = throttle.locked_until(
-                session,
-                [(throttle.IP, throttle.ip_key(ex.client_ip))] + ([(throttle.IDENTITY, key)] if key else []),
-                now,
-            )
-        if lock is not None:
-            checked = _Checked(None, "locked", FailureKind.LOCKED, throttle.Penalty(0.0, lock))
-            self._record(ex, checked, key, count=False)
+        gate = await asyncio.to_thread(self._gate, credential, ex, key, now)
+        if gate.standing.locked_until is not None:
+            return await asyncio.to_thread(self._blocked, ex, key, gate.standing)
+        try:
+            if isinstance(credential, PasswordCredential):
+                checked = await self._verify_password(credential, gate.account, now)
+            else:
+                checked = await asyncio.to_thread(self._verify, credential, ex)
+        except HashPoolBusy as exc:
+            checked = _Checked(None, f"busy: {exc}", FailureKind.TEMPORARY)
+            await asyncio.to_thread(self._record, ex, checked, key, count=False)
             return checked
-        checked = self._verify(credential, ex, now)
+        return await asyncio.to_thread(self._conclude, credential, ex, checked, key, gate.standing)
+
+    def _check(self, credential: Credential, ex: Exchange) -> _Checked:
+        """The same check for a credential that needs no password hash, in the calling thread."""
+        assert not isinstance(credential, PasswordCredential)
+        now = self.clock()
+        key = _claimed_key(credential, ex.tls)
+        gate = self._gate(credential, ex, key, now)
+        if gate.standing.locked_until is not None:
+            return self._blocked(ex, key, gate.standing)
+        return self._conclude(credential, ex, self._verify(credential, ex), key, gate.standing)
+
+    def _gate(self, credential: Credential, ex: Exchange, key: str | None, now: float) -> _Gate:
+        """What stands before checking: a block or delay earned by earlier failures of this
+        (login, address) pair or this address, and the claimed account as it is now."""
+        counters = [(throttle.IP, throttle.ip_key(ex.client_ip))]
+        if key:
+            counters.append((throttle.PAIR, throttle.pair_key(key, ex.client_ip)))
+        with Session(self.engine) as session:
+            standing = throttle.standing(session, self.policy, counters, now)
+            account = None
+            if isinstance(credential, PasswordCredential) and standing.locked_until is None:
+                row = accounts.get(session, credential.authcid)
+                account = _AccountView.of(row) if row is not None else None
+        return _Gate(standing, account)
+
+    def _blocked(self, ex: Exchange, key: str | None, standing: throttle.Penalty) -> _Checked:
+        checked = _Checked(None, "blocked after repeated failures", FailureKind.LOCKED, standing)
+        self._record(ex, checked, key, count=False)
+        checked.penalty = throttle.Penalty(0.0, standing.locked_until)
+        return checked
+
+    def _conclude(
+        self,
+        credential: Credential,
+        ex: Exchange,
+        checked: _Checked,
+        key: str | None,
+        standing: throttle.Penalty,
+    ) -> _Checked:
         if checked.identity is not None and credential.authzid is not None:
             with Session(self.engine) as session:
                 allowed = self.authorize(session, checked.identity, credential.authzid)
@@ -215,12 +305,10 @@ class Authenticator:
                 checked = _Checked(None, "authorization identity not allowed")
             elif not itself:
                 checked.authzid = credential.authzid
-        self._record(ex, checked, key or (checked.identity.principal if checked.identity else None))
+        self._record(ex, checked, key or (checked.identity.principal if checked.identity else None), standing)
         return checked
 
-    def _verify(self, credential: Credential, ex: Exchange, now: float) -> _Checked:
-        if isinstance(credential, PasswordCredential):
-            return self._verify_password(credential, now)
+    def _verify(self, credential: Credential, ex: Exchange) -> _Checked:
         if isinstance(credential, BearerCredential):
             try:
                 identity, _claims = self.tokens.validate(credential.token)
@@ -233,25 +321,50 @@ class Authenticator:
             return _Checked(identity)
         return self._verify_certificate(ex.tls)
 
-    def _verify_password(self, credential: PasswordCredential, now: float) -> _Checked:
-        with Session(self.engine) as session:
-            account = accounts.get(session, credential.authcid)
+    async def _verify_password(
+        self, credential: PasswordCredential, account: _AccountView | None, now: float
+    ) -> _Checked:
         if account is None or not account.totp_secret:
-            ok = passwords.verify_password(account.password_hash if account else None, credential.password)
+            stored = account.password_hash if account else None
+            login = account.login if account else ""
+            usable = account is not None and stored is not None and not account.disabled
+            if usable and self.cache.hit(login, credential.password, stored or ""):
+                return self._password_verdict(account, True)
+            ok = await self.hashes.verify(stored, credential.password)
+            if ok and usable and account is not None and stored is not None:
+                stored = await self._maybe_rehash(account, stored, credential.password)
+                self.cache.remember(login, credential.password, stored)
             return self._password_verdict(account, ok)
+        # A second factor: never cached (each code is good once), each split tried in the pool.
         try:
             secret = accounts.open_totp(self._ring(), account.totp_secret)
         except KeyRingError as exc:
             return _Checked(None, f"TOTP secret cannot be opened: {exc}", FailureKind.TEMPORARY)
         for password, code in passwords.split_code(credential.password) or [(credential.password, "")]:
-            if not passwords.verify_password(account.password_hash, password):
+            if not await self.hashes.verify(account.password_hash, password):
                 continue
             step = passwords.totp_step(secret, code, account.totp_last_step, now) if code else None
             # Claim the time step atomically: a code observed on the wire cannot be replayed.
-            if step is None or not self._claim_totp_step(account.id, step):
+            if step is None or not await asyncio.to_thread(self._claim_totp_step, account.id, step):
                 return _Checked(None, "bad or reused TOTP code")
             return self._password_verdict(account, True)
         return _Checked(None, "bad password")
+
+    async def _maybe_rehash(self, account: _AccountView, stored: str, password: str) -> str:
+        """A hash made with older parameters is replaced at the first successful login."""
+        if not passwords.needs_rehash(stored):
+            return stored
+        fresh = await self.hashes.rehash(password)
+        await asyncio.to_thread(self._store_rehash, account.id, stored, fresh)
+        return fresh
+
+    def _store_rehash(self, account_id: int, old: str, new: str) -> None:
+        with transaction(self.writer) as session:
+            session.execute(
+                update(LocalAccount)
+                .where(LocalAccount.id == account_id, LocalAccount.password_hash == old)
+                .values(password_hash=new)
+            )
 
     def _ring(self) -> KeyRing:
         if self._keyring is None:
@@ -271,7 +384,7 @@ class Authenticator:
             return bool(getattr(result, "rowcount", 0) == 1)
 
     @staticmethod
-    def _password_verdict(account: LocalAccount | None, ok: bool) -> _Checked:
+    def _password_verdict(account: _AccountView | None, ok: bool) -> _Checked:
         if account is None:
             return _Checked(None, "unknown login")
         if account.kind == IdentityKind.APPLICATION:
@@ -280,7 +393,9 @@ class Authenticator:
             return _Checked(None, "account disabled")
         if not ok:
             return _Checked(None, "bad password")
-        return _Checked(accounts.identity_of(account))
+        if account.identity is None:
+            return _Checked(None, "account has no identity usable with a password")
+        return _Checked(account.identity)
 
     def _verify_certificate(self, tls: TLSInfo) -> _Checked:
         if not tls.active or tls.peer is None:
@@ -294,15 +409,28 @@ class Authenticator:
             return _Checked(None, "account disabled")
         return _Checked(Identity.application(tls.peer.subject, tls.peer.fingerprint, login=account.login))
 
-    def _record(self, ex: Exchange, checked: _Checked, key: str | None, *, count: bool = True) -> None:
-        """Counters and audit in one transaction (so no attempt exists without its trace)."""
+    def _record(
+        self,
+        ex: Exchange,
+        checked: _Checked,
+        key: str | None,
+        standing: throttle.Penalty = _NO_PENALTY,
+        *,
+        count: bool = True,
+    ) -> None:
+        """Counters and audit in one transaction (so no attempt exists without its trace).
+        The answer waits ``standing.delay`` (earned before this attempt), success or failure."""
         now = self.clock()
         detail: dict[str, Any] = {"mechanism": ex.mechanism, "ip": ex.client_ip}
         if ex.listener:
             detail["listener"] = ex.listener
+        if standing.delay:
+            detail["delay"] = standing.delay
+        checked.penalty = throttle.Penalty(standing.delay)
         with transaction(self.writer) as session:
             if checked.identity is not None:
-                throttle.record_success(session, key or checked.identity.principal)
+                if key:
+                    throttle.record_success(session, throttle.pair_key(key, ex.client_ip))
                 if checked.authzid:
                     detail["authzid"] = checked.authzid
                 audit.append(
@@ -315,14 +443,6 @@ class Authenticator:
                     ),
                 )
                 return
-            if count:
-                ip = throttle.ip_key(ex.client_ip)
-                penalties = [throttle.record_failure(session, self.policy, throttle.IP, ip, now)]
-                if key:
-                    penalties.append(
-                        throttle.record_failure(session, self.policy, throttle.IDENTITY, key, now)
-                    )
-                checked.penalty = throttle.worst(*penalties)
             detail["reason"] = checked.reason
             audit.append(
                 session,
@@ -334,6 +454,45 @@ class Authenticator:
                     detail=detail,
                 ),
             )
+            if count:
+                self._count_failure(session, ex, checked, key, now)
+
+    def _count_failure(
+        self, session: Session, ex: Exchange, checked: _Checked, key: str | None, now: float
+    ) -> None:
+        """Count the failure per address and per (login, address); audit each threshold crossed:
+        ``auth.throttle`` when answers start to be delayed, ``auth.lockout`` when blocked."""
+        counters = [(throttle.IP, throttle.ip_key(ex.client_ip))]
+        if key:
+            counters.append((throttle.PAIR, throttle.pair_key(key, ex.client_ip)))
+        for scope, counter in counters:
+            crossing = throttle.record_failure(session, self.policy, scope, counter, now)
+            if crossing is None:
+                continue
+            blocked = crossing.locked_until is not None
+            if blocked:
+                checked.penalty = throttle.Penalty(checked.penalty.delay, crossing.locked_until)
+                if key and key.startswith("login:"):
+                    self.cache.forget(key.removeprefix("login:"))
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=key or "anonymous",
+                    action="auth.lockout" if blocked else "auth.throttle",
+                    outcome="refused",
+                    object=f"{scope}:{counter}",
+                    source=ex.client_ip,
+                    detail={
+                        "scope": scope,
+                        "failures": crossing.failures,
+                        "delay": crossing.delay,
+                        **({"until": crossing.locked_until} if blocked else {}),
+                    },
+                ),
+            )
+        if now >= self._next_prune:
+            self._next_prune = now + self.policy.window_seconds
+            throttle.prune(session, self.policy, now)
 
     def _record_protocol_failure(self, ex: Exchange, kind: FailureKind, reason: str, count: bool) -> _Checked:
         checked = _Checked(None, reason, kind)
@@ -419,11 +578,13 @@ class Exchange:
             if isinstance(event, Challenge):
                 return AuthChallenge(base64.b64encode(event.data).decode("ascii"))
             if isinstance(event, Verify):
-                checked = await asyncio.to_thread(self.auth._check, event.credential, self)
+                checked = await self.auth.check(event.credential, self)
                 if checked.identity is not None:
                     event = self._mech.verdict(True)
                     if isinstance(event, Accept):
                         self._done = True
+                        if checked.penalty.delay:  # as long as a failure would have waited
+                            await self.auth.sleep(checked.penalty.delay)
                         return AuthSuccess(checked.identity, self.mechanism, checked.authzid)
                     continue
                 self._failure = checked
