@@ -20,6 +20,7 @@ It prints JSON; it measures, it does not judge.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -249,7 +250,7 @@ def failover_gap(clients: int) -> dict[str, Any]:
     before = [t for t in ordered if t <= failed_at]
     after = [t for t in ordered if t > failed_at]
     # The longest silence once the crash began: commits in flight may still land right after it.
-    gaps = [b - a for a, b in zip(ordered, ordered[1:], strict=False) if b > failed_at]
+    gaps = [b - a for a, b in itertools.pairwise(ordered) if b > failed_at]
     return {
         "promotion_s": round(promoted_at - failed_at, 2),
         "gap_s": round(max(gaps), 2) if before and gaps else None,
