@@ -1,7 +1,7 @@
 """cluster: the nodes serving on this database, each holding its name by a heartbeat
 
 Revision ID: 0018
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-05 23:45:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0018"
-down_revision: str | None = "0010"  # main's head when merged; the lead re-chains
+down_revision: str | None = "0011"  # after main's newest at merge time; the lead re-chains
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
