@@ -59,7 +59,7 @@ from mssante.imap.gate import Gate, Principal
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, compress, string
 from mssante.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
-from mssante.store.feed import FolderChange, Subscription
+from mssante.store.feed import REMOTE, FolderChange, Subscription
 from mssante.store.store import MessageStore, StoreError
 from mssante.tls import TLSInfo
 
@@ -386,6 +386,8 @@ class Session:
         changes = list(heard or [])
         if self.subscription is not None:
             changes += self.subscription.drain()
+        # Another node committed (cluster feed): what it did is in the durable feed.
+        durable = durable or any(c.kind == REMOTE for c in changes)
         if durable:
             changes += await self.store.changes_since(box.folder.id, box.modseq)
             changes.sort(key=lambda c: c.modseq)

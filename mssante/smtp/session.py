@@ -231,7 +231,16 @@ class MSSanteSMTP(SMTP):
                 extra={"session": self.session_id, "listener": self.listener},
             )
             return error.reply
-        return await super().handle_exception(error)
+        # Any other failure is ours (the database away during a failover): a temporary refusal
+        # the client retries, never a 5xx, and never our internals on the wire.
+        log.error(
+            "command failed: %s: %s",
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+            exc_info=error,
+            extra={"session": self.session_id, "listener": self.listener},
+        )
+        return "451 4.3.0 Temporary local problem, try again later"
 
     @property
     def peer_ip(self) -> str:

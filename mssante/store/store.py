@@ -33,6 +33,7 @@ from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.kept import KeptConnections
 from mssante.store.mime import analyse
 from mssante.store.models import Change, Folder, MailAccount, Message, OutboundEntry, Subscription
+from mssante.store.pgfeed import NotifyOnCommit, new_node_id
 from mssante.store.writer import GroupCommitWriter, Notes
 
 accounts_t = cast(Table, MailAccount.__table__)
@@ -218,8 +219,15 @@ class MessageStore:
         self.chunk_size = chunk_size
         self.default_quota = default_quota
         self.hub = ChangeHub()
+        self.node_id = new_node_id()
+        on_pg = writer_engine.dialect.name == "postgresql"
         self.writer = GroupCommitWriter(
-            writer_engine, group_commit=group_commit, max_batch=max_batch, after_commit=self.hub.publish
+            writer_engine,
+            group_commit=group_commit,
+            max_batch=max_batch,
+            after_commit=self.hub.publish,
+            # Other nodes hear of every commit (the hub is this process's alone).
+            before_commit=NotifyOnCommit(self.node_id) if on_pg else None,
         )
         self.reader = blobstore.BlobReader(engine, keyring)
         self._kept = KeptConnections(engine)
