@@ -487,7 +487,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--imaptest", default=os.environ.get("IMAPTEST", "imaptest"))
-    parser.add_argument("--clients", type=int, nargs="+", default=[10, 50])
+    parser.add_argument("--clients", type=int, nargs="*", default=[10, 50], help="none: no stress runs")
     parser.add_argument("--seconds", type=int, default=60)
     parser.add_argument("--mbox-messages", type=int, default=100)
     parser.add_argument("--logins", type=int, default=200, help="login latency samples (0: skip)")
