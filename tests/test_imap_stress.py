@@ -150,3 +150,37 @@ def test_selected_mailbox_memory_is_compact() -> None:
     assert box.exists == 20_000 and box.entries[777].flags == ("\\Seen",)
     assert box.entries[777].internaldate == when + timedelta(seconds=777)
     assert kept < 20_000 * 48, f"{kept / 20_000:.0f} bytes per message"
+
+
+def _expunged_then_replaced(running: Running) -> list[bytes]:
+    """Session A holds message 2; session B expunges it (its content is collected) and stores
+    another message; A, not yet told, fetches message 2's Subject."""
+    context = running.tls.client
+    a = imaplib.IMAP4_SSL("127.0.0.1", running.tls_port, ssl_context=context)
+    b = imaplib.IMAP4_SSL("127.0.0.1", running.tls_port, ssl_context=context)
+    for imap in (a, b):
+        imap.login("alice", "wonderland")
+    b.create("Reuse")
+    b.append("Reuse", None, None, make_message(to=BAL, subject="premier"))
+    b.append("Reuse", None, None, make_message(to=BAL, subject="expunged"))
+    a.select("Reuse")
+    b.select("Reuse")
+    b.store("2", "+FLAGS", "(\\Deleted)")
+    b.expunge()
+    b.append("Reuse", None, None, make_message(to=BAL, subject="newcomer"))
+    typ, data = a.fetch("2", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    answers = [typ.encode(), *(d[1] if isinstance(d, tuple) else d for d in data if d is not None)]
+    for imap in (a, b):
+        imap.logout()
+    return answers
+
+
+async def test_expunged_message_never_shows_another_ones_content(runtime: Runtime, tmp_path: Path) -> None:
+    """RFC 2180 §4.1: a message expunged by another session keeps its number in this one until
+    it is told; what it fetches under that number is that message or nothing (NO
+    [EXPUNGEISSUED]), never a message stored since (SQLite gave a collected blob's id again)."""
+    await runtime.store.ensure_account(BAL)
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        answers = await asyncio.to_thread(_expunged_then_replaced, running)
+    assert not any(b"newcomer" in a for a in answers), answers
+    assert answers[0] == b"NO" or any(b"expunged" in a for a in answers), answers

@@ -58,11 +58,24 @@ def put(session: Session, sealed: SealedBlob) -> int:
     existing = run(session, "SELECT id FROM blobs WHERE digest = :digest", {"digest": sealed.digest}).scalar()
     if existing is not None:
         return int(existing)
+    # SQLite numbers a row after the highest present, so the id of a collected blob would come
+    # back for the next one, and a session still holding the expunged message (RFC 2180 §4.1)
+    # would read another message under its number: ids come from a high-water mark instead.
+    # (PostgreSQL's sequence never goes back.)
+    new_id = None
+    if dialect_of(session) == "sqlite":
+        new_id = run(
+            session,
+            "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + 1 "
+            "WHERE id = 1 RETURNING last",
+        ).scalar()
     blob_id = run(
         session,
-        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
-        "VALUES (:digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
+        f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
+        f"chunk_count, chunk_size, meta, created_at) VALUES ({':id, ' if new_id is not None else ''}"
+        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
         {
+            "id": new_id,
             "digest": sealed.digest,
             "size": sealed.size,
             "key_id": sealed.key.key_id,

@@ -89,6 +89,16 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class BlobIdHigh(Base):
+    """The highest blob id ever given (one row), so SQLite never gives a collected blob's id
+    to a new one (see ``blobs.put``)."""
+
+    __tablename__ = "blob_id_high"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last: Mapped[int] = mapped_column(BigInteger)
+
+
 class BlobChunk(Base):
     __tablename__ = "blob_chunks"
 
