@@ -478,6 +478,14 @@ def _database(pg_url: str, root: Path) -> Iterator[str]:
         admin.dispose()
 
 
+def _phase(fn: Any, *args: Any) -> Any:
+    """One measurement; a failure is reported in the JSON and the others still run."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        return {"failed": repr(exc)}
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return round(a / b, 2) if a and b else None
 
@@ -536,23 +544,22 @@ def main() -> None:
                     for logout in (True, False):
                         key = f"{clients}_clients_{'with_logins' if logout else 'logout_0'}"
                         for name, server in servers:  # interleaved: ours, Dovecot, per setting
-                            run = run_imaptest(
-                                imaptest, server.port, server.password, mbox, clients, args.seconds, logout
-                            )
-                            result[name]["stress"][key] = run
-                if args.logins:
-                    for name, server in servers:
-                        result[name]["login_latency"] = login_latency(
-                            server.port, server.password, args.logins
+                            result[name]["stress"][key] = _phase(
+                                run_imaptest, imaptest, server.port, server.password, mbox, clients,
+                                args.seconds, logout,
+                            )  # fmt: skip
+                for name, server in servers:
+                    if args.logins:
+                        result[name]["login_latency"] = _phase(
+                            login_latency, server.port, server.password, args.logins
                         )
-                if args.idle:
-                    for name, server in servers:
-                        if args.inbox_messages:
-                            result[name]["inbox_fill_s"] = fill_inbox(
-                                server.port, server.password, args.inbox_messages
-                            )
-                        result[name]["idle_sessions"] = idle_memory(
-                            server.port, server.password, args.idle, server.pids
+                    if args.idle and args.inbox_messages:
+                        result[name]["inbox_fill_s"] = _phase(
+                            fill_inbox, server.port, server.password, args.inbox_messages
+                        )
+                    if args.idle:
+                        result[name]["idle_sessions"] = _phase(
+                            idle_memory, server.port, server.password, args.idle, server.pids
                         )
                 result["mssante"]["server_tracebacks"] = ours.tracebacks()
             finally:
@@ -560,21 +567,27 @@ def main() -> None:
                     dovecot.stop()
                 ours.stop()
     if "dovecot" in result:
+        ours_r, theirs = result["mssante"], result["dovecot"]
+
+        def figure(side: dict[str, Any], *path: str) -> Any:
+            for key in path:
+                side = side.get(key) if isinstance(side, dict) else None  # type: ignore[assignment]
+            return side
+
         ratios: dict[str, float | None] = {}
-        for key, run in result["mssante"]["stress"].items():
+        for key in ours_r["stress"]:
             ratios[f"commands_per_s_{key}"] = _ratio(
-                result["dovecot"]["stress"][key]["commands_per_s"], run["commands_per_s"]
+                figure(theirs, "stress", key, "commands_per_s"),
+                figure(ours_r, "stress", key, "commands_per_s"),
             )
         for p in ("p50_ms", "p99_ms"):
-            if "login_latency" in result["mssante"]:
-                ratios[f"login_{p}"] = _ratio(
-                    result["mssante"]["login_latency"][p], result["dovecot"]["login_latency"][p]
-                )
-        if "idle_sessions" in result["mssante"]:
-            for m in ("per_session_rss_kib", "per_session_pss_kib"):
-                ratios[f"idle_{m}"] = _ratio(
-                    result["mssante"]["idle_sessions"][m], result["dovecot"]["idle_sessions"][m]
-                )
+            ratios[f"login_{p}"] = _ratio(
+                figure(ours_r, "login_latency", p), figure(theirs, "login_latency", p)
+            )
+        for m in ("per_session_rss_kib", "per_session_pss_kib"):
+            ratios[f"idle_{m}"] = _ratio(
+                figure(ours_r, "idle_sessions", m), figure(theirs, "idle_sessions", m)
+            )
         result["ratios_ours_vs_dovecot"] = ratios
     result["loadavg_after"] = _loadavg()
     out = json.dumps(result, indent=2)
