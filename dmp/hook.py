@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from dmp.deposit import deposit_message
 from dmp.service import DMPService
+from mssante import metrics
 from mssante.auth.identity import Identity
 
 log = logging.getLogger("dmp.deposit")
@@ -78,6 +79,7 @@ class DMPDepositHook:
             sender_bal=sender_bal,
             recipients=recipients,
         )
+        metrics.dmp_deposit(result)
         if result is None or result.answer is None:
             return
         answer = result.answer

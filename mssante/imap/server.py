@@ -20,6 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from mssante import metrics
 from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
@@ -263,7 +264,7 @@ class Connection:
             self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
             return
-        await self.session.handle(command)
+        await metrics.imap_command(command.name, self.session.handle(command))
         if self._login_deadline is not None and self.session.state not in (NOT_AUTHENTICATED, LOGOUT):
             # Logged in: the full limits apply from the next command on.
             self._login_deadline = None
@@ -291,6 +292,7 @@ class ImapServer:
         self.limits = limits or Limits()
         self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
+        metrics.watch_imap(self)
 
     async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
         if implicit_tls and self.tls_context is None:
