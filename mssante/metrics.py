@@ -27,15 +27,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    disable_created_metrics,
-    generate_latest,
-)
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
@@ -424,10 +419,8 @@ def allowed(settings: Any, client_ip: str | None, authorization: str) -> bool:
     )
 
 
-def router(runtime: Any) -> Any:
+def router(runtime: Any) -> APIRouter:
     """``GET /metrics`` for the HTTP application of ``runtime``."""
-    from fastapi import APIRouter, Request, Response
-
     routes = APIRouter()
     exposition = _Exposition(runtime)
 
@@ -439,9 +432,11 @@ def router(runtime: Any) -> Any:
             return Response("metrics are disabled\n", status_code=404, media_type="text/plain")
         if not allowed(settings, client, request.headers.get("authorization", "")):
             return Response("forbidden\n", status_code=403, media_type="text/plain")
+        # The text format Prometheus asks for in Accept (0.0.4 by default, or OpenMetrics).
+        encode, content_type = choose_encoder(request.headers.get("accept", ""))
         started = time.perf_counter()
-        body = generate_latest(exposition)
+        body = encode(exposition)
         log.debug("metrics scraped in %.3f s", time.perf_counter() - started)
-        return Response(body, media_type=CONTENT_TYPE_LATEST)
+        return Response(body, headers={"content-type": content_type})
 
     return routes

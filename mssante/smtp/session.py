@@ -148,6 +148,10 @@ class MSSanteSMTP(SMTP):
     def peer_ip(self) -> str:
         return self._peer_ip
 
+    def _set_rset_state(self) -> None:
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
+        self.transaction_over = False  # RSET, EHLO, STARTTLS end no transaction
+
     @property
     def tls(self) -> TLSInfo:
         if self.transport is None:
