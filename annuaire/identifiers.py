@@ -2,14 +2,18 @@
 
 Each check raises :class:`IdentifierError` naming the rule that failed (``rule`` is a stable
 dotted name for scripts and tests, the message is for people). Only public rules are
-enforced: the NIR key (mod 97, Corsica ``2A``→19, ``2B``→18) and the lengths and prefixes of
-TRE_G08. No check digit is enforced on RPPS (no published rule), ADELI, FINESS or SIRET.
+enforced: the NIR key (mod 97, Corsica ``2A``→19, ``2B``→18; python-stdnum's
+``stdnum.fr.nir``) and the lengths and prefixes of TRE_G08. No check digit is enforced on
+RPPS (no published rule), ADELI, FINESS or SIRET.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from stdnum.exceptions import InvalidChecksum, ValidationError
+from stdnum.fr import nir
 
 NIR_LENGTH = 15
 RPPS_LENGTH = 11
@@ -47,39 +51,44 @@ def _digits(value: str, length: int, rule: str, what: str) -> str:
 
 def nir_key(first13: str) -> int:
     """The NIR key of the first 13 characters: 97 − (n mod 97), Corsica 2A→19, 2B→18."""
-    body = first13.upper()
-    if body[5:7] == "2A":
-        body = body[:5] + "19" + body[7:]
-    elif body[5:7] == "2B":
-        body = body[:5] + "18" + body[7:]
-    return 97 - int(body) % 97
+    return int(nir.calc_check_digits(first13.upper()))
 
 
 def validate_nir(value: str) -> str:
     """Check an INS matricule (NIR or NIA): 13 characters, then its 2-digit key.
 
-    Returns the canonical form (upper-case Corsica letters, no spaces).
+    The one validator of the product (the annuaire, authentication, the DMP and addresses all
+    call it). Built on python-stdnum's ``stdnum.fr.nir`` (format, Corsica ``2A``/``2B``, key),
+    with the rules stdnum leaves out: the first character is the sex or the kind of number
+    (1, 2; 3, 4 provisional; 7, 8 NIA) and the month is 01–12 or one of the pseudo-months
+    20–99 INSEE gives when the birth month is unknown (00 and 13–19 never occur).
+    Spaces and dots (as printed on a card) are ignored. Returns the canonical form.
     """
-    nir = value.replace(" ", "").upper()
-    if len(nir) != NIR_LENGTH:
+    compact = nir.compact(value)
+    if len(compact) != NIR_LENGTH:
         raise IdentifierError(
             "nir.length",
-            f"INS matricule must have 15 characters (13 + 2-digit key), got {len(nir)}: {value!r}",
+            f"INS matricule must have 15 characters (13 + 2-digit key), got {len(compact)}: {value!r}",
         )
-    department = nir[5:7]
-    body = nir[:5] + ("00" if department in ("2A", "2B") else department) + nir[7:]
-    if not body.isascii() or not body.isdigit():
+    if compact[0].isdigit() and compact[0] not in "123478":
+        raise IdentifierError("nir.sex", f"INS matricule must start with 1, 2, 3, 4, 7 or 8: {value!r}")
+    if compact[3:5].isdigit() and (compact[3:5] == "00" or "13" <= compact[3:5] <= "19"):
+        raise IdentifierError("nir.month", f"INS matricule month {compact[3:5]} is not a month: {value!r}")
+    try:
+        nir.validate(compact)
+    except InvalidChecksum:
+        raise IdentifierError(
+            "nir.key",
+            f"INS matricule key {compact[13:]} is wrong for {compact[:13]}: "
+            f"expected {nir.calc_check_digits(compact)}",
+        ) from None
+    except ValidationError:
         raise IdentifierError(
             "nir.characters", f"INS matricule must be digits (department 2A/2B allowed): {value!r}"
-        )
-    if nir[0] not in "1234789":
+        ) from None
+    if not compact.isascii() or compact[0] not in "123478":
         raise IdentifierError("nir.sex", f"INS matricule must start with 1, 2, 3, 4, 7 or 8: {value!r}")
-    expected = nir_key(nir[:13])
-    if int(nir[13:]) != expected:
-        raise IdentifierError(
-            "nir.key", f"INS matricule key {nir[13:]} is wrong for {nir[:13]}: expected {expected:02d}"
-        )
-    return nir
+    return compact
 
 
 def validate_rpps(value: str) -> str:
@@ -134,10 +143,17 @@ def _structure_scoped(rest: str, validator: Callable[[str], str], what: str) -> 
 
 
 def parse_idnat_ps(value: str) -> IdNatPS:
-    """Split an IdNat_PS into its TRE_G08 prefix and number, checking the number's format."""
+    """Split an IdNat_PS into its TRE_G08 prefix and number, checking the number's format.
+
+    A value of exactly 11 digits starting with ``10`` is a bare RPPS (DPIs often send one where an IdNat_PS is
+    expected): it reads as type 8, never as type ``10`` followed by 9 digits.
+    """
     idnat = value.strip()
     if not idnat:
         raise IdentifierError("idnat.empty", "IdNat_PS is empty")
+    if len(idnat) == RPPS_LENGTH and idnat.startswith("10") and idnat.isascii() and idnat.isdigit():
+        # A bare RPPS (11 digits starting with 10): never a type-10 IdNat_PS.
+        return IdNatPS(IDNAT_RPPS, idnat)
     if idnat.startswith(IDNAT_MSSANTE):
         if len(idnat) == len(IDNAT_MSSANTE):
             raise IdentifierError("idnat.mssante", "IdNat_PS of type 10 carries no identifier")
@@ -156,6 +172,20 @@ def parse_idnat_ps(value: str) -> IdNatPS:
     raise IdentifierError(
         "idnat.prefix", f"IdNat_PS {value!r} has unknown type prefix {prefix!r} (TRE_G08: 0, 3, 4, 5, 8, 10)"
     )
+
+
+def structure_number(value: str) -> str:
+    """The bare number of a structure identifier, with or without its IdNat_Struct prefix
+    (TRE_G07: ``1`` + FINESS, ``2`` + SIREN, ``3`` + SIRET), as XDS ``authorInstitution`` writes it
+    and the annuaire stores it (bare)."""
+    text = value.strip().upper()
+    if text[:1] == "1" and len(text) == 1 + FINESS_LENGTH:
+        return text[1:]
+    if (text[:1] == "2" and len(text) == 1 + SIREN_LENGTH) or (
+        text[:1] == "3" and len(text) == 1 + SIRET_LENGTH
+    ):
+        return text[1:]
+    return text
 
 
 def idnat_from(id_type: str, identifier: str) -> str:

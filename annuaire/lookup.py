@@ -11,7 +11,7 @@ whenever the annuaire's generation counter moved — checked at most every
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from time import monotonic
 from typing import Any
 
@@ -25,6 +25,11 @@ from annuaire.nomenclatures import KIND_PHARMACY, Nomenclatures
 from annuaire.nomenclatures import default as default_nomenclatures
 
 ORG = "ORG"
+# Who practises in an officine, as the ANS extraction shows it: pharmaciens (21) and préparateurs
+# en pharmacie (39). A structure whose listed professionals are only these, with at least one
+# pharmacien, and none of them a biologist, is taken for a pharmacie d'officine when the FINESS
+# category is not known (the national extraction carries no FINESS category).
+OFFICINE_PROFESSIONS = frozenset({"21", "39"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +187,29 @@ class Annuaire:
         params = (key,) if self._positional else {"key": key}
         with self.engine.connect() as conn:
             row = conn.exec_driver_sql(self._bal_sql, params).first()
-        return self._info(row) if row is not None else None
+        if row is None:
+            return None
+        info = self._info(row)
+        derive = info.type == ORG and info.structure_kind is None and info.structure_identifier
+        if derive and self._officine_by_members(info.structure_identifier or ""):
+            info = replace(info, structure_kind=KIND_PHARMACY)
+        return info
+
+    def _officine_by_members(self, identifier: str) -> bool:
+        """Officine status derived from the extraction: the structure's PER/CAB BALs belong to
+        pharmaciens (and préparateurs) only, at least one pharmacien, no biologist."""
+        query = (
+            select(Professional.profession_code, Professional.savoir_faire_label)
+            .join(Bal, Bal.professional_id == Professional.id)
+            .join(Structure, Structure.id == Bal.structure_id)
+            .where(Structure.identifier == identifier, Bal.active.is_(True))
+            .distinct()
+        )
+        with self.engine.connect() as conn:
+            members = conn.execute(query).all()
+        codes = {code for code, _ in members}
+        biologist = any("biolog" in (label or "").lower() for _, label in members)
+        return "21" in codes and codes <= OFFICINE_PROFESSIONS and not biologist
 
     def bal(self, address: str) -> BalInfo | None:
         """The BAL at ``address`` (any case), active or not; None if unknown or not an address."""
@@ -194,7 +221,8 @@ class Annuaire:
         return info is not None and info.active
 
     def is_pharmacy_org_bal(self, address: str) -> bool:
-        """An active ORG BAL of a pharmacie d'officine (FINESS category → kind, see nomenclatures)."""
+        """An active ORG BAL of a pharmacie d'officine: FINESS category 620 when a FINESS import
+        gave it, otherwise derived from the national extraction (:data:`OFFICINE_PROFESSIONS`)."""
         info = self.bal(address)
         return info is not None and info.active and info.is_pharmacy_org
 

@@ -1,43 +1,42 @@
 """Deposit from a message: an accepted message carrying ``IHE_XDM.ZIP`` for a patient becomes
-documents in the DMP, and the sender gets the answer the ANS guide describes.
+documents in the DMP (or replaces or deletes them), and the sender gets the answer the ANS
+guide describes (:mod:`dmp.answers`).
 
 The SMTP side calls :func:`deposit_message` after the message is committed (so a failed
-deposit never loses mail) with the raw bytes, the authenticated sender and the envelope
-recipients; it delivers the returned answer, if any. The answer is:
+deposit never loses mail) with the raw bytes, the authenticated sender, its BAL, the envelope
+sender (``Return-Path``) and the envelope recipients; it delivers the returned answer, if any.
 
-* an RFC 8098 MDN when the message carried ``Disposition-Notification-To``:
-  ``Disposition: automatic-action/MDN-sent-automatically; processed`` on success, or
-  ``…; processed/Error: <code>^<libellé>`` on error, with ``Original-Message-ID``,
-  ``Original-Recipient`` and ``Final-Recipient``, and the zip and PDF re-attached;
-* otherwise, on error only, a plain human-readable mail;
-* on error the subject is ``[KO Intégration système !][<code>] <original subject>`` (the
-  original being ``XDM/1.0/DDM+<libellé> <NOM> <prénom> <date>``).
+The package decides (:mod:`dmp.xdm_reader`): the INS and its traits come from the CDA headers
+and are compared with the stored identity (902 unknown, 903 no INS or not qualified, 904 any
+difference, 905 incomplete). The declarative headers ``X-MSS-INS``, ``X-MSS-CODECDA`` and
+``X-MSS-NIL`` are recorded on each document and in the trace; a header that disagrees with
+the package is traced and reported in the answer's text, never decisive.
 
-Who feeds: a professional sender must be the author named in METADATA.XML; an application
-(DPI, client certificate) sends for the professionals it serves, so the author named in the
-metadata is the acting professional — and must be registered in the annuaire, like anyone.
+Who may deposit (:func:`dmp.rules.may_deposit_for`): the author's own BAL (the professional or a
+delegate the messaging policy let send from it), or an ORG/APP BAL of the author's structure.
+Replacement (``RPLC``) and deletion (``UpdateAvailabilityStatus`` → ``Deprecated``) need the
+author or a member of the author's organisation (901) and the current version (900).
 """
 
 from __future__ import annotations
 
 import logging
-import unicodedata
 from dataclasses import dataclass, field
 from email import policy
-from email.header import Header
 from email.message import EmailMessage, Message
-from email.mime.application import MIMEApplication
-from email.mime.base import MIMEBase
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.parser import BytesParser
-from email.utils import formatdate, make_msgid, parseaddr
+from email.utils import formatdate, make_msgid
+from typing import Any
 
+from annuaire.identifiers import structure_number
+from dmp import answers, rules
+from dmp.answers import Answer, Attachment, Outcome
+from dmp.models import INS_OIDS, PRODUCTION_INS_OIDS
 from dmp.service import (
     E_INS_MISMATCH,
-    E_NO_INS,
     E_OTHER,
     E_UNKNOWN_PATIENT,
+    E_VERSION,
     DMPError,
     DMPService,
     DocumentInfo,
@@ -45,47 +44,47 @@ from dmp.service import (
     FeedItem,
     PatientInfo,
 )
-from dmp.xdm import ZIP_NAME, XdmPackage
+from dmp.xdm import ZIP_NAME, XdmPackage, XdmPatient
 from dmp.xdm_reader import Limits, XdmError, read
 from mssante.auth.identity import Identity, IdentityKind, InvalidIdentity
 
 log = logging.getLogger("dmp.deposit")
 
-LABELS = {
-    900: "Version de document incorrecte",
-    901: "Auteur non autorisé à remplacer ou supprimer le document",
-    902: "Patient inconnu",
-    903: "Absence d'INS qualifié",
-    904: "INS différent de l'INS connu",
-    905: "Traits d'identité INS incomplets",
-    906: "Autre erreur",
-}
+__all__ = ["Answer", "DepositResult", "Depositor", "build_message", "deposit_message"]
 
 
 @dataclass(frozen=True)
-class Answer:
-    """A message to send back: envelope sender and recipient, and the raw RFC 5322 bytes."""
+class MssHeaders:
+    """The MSSanté declarative headers of the message (Référentiel #2), as sent."""
 
-    mail_from: str
-    rcpt_to: str
-    raw: bytes
+    ins: str | None
+    codecda: str | None
+    nil: str | None
+
+    @classmethod
+    def of(cls, message: Message) -> MssHeaders:
+        def get(name: str) -> str | None:
+            value = message.get(name)
+            return " ".join(str(value).split()) or None if value is not None else None
+
+        return cls(get("X-MSS-INS"), get("X-MSS-CODECDA"), get("X-MSS-NIL"))
+
+    def as_detail(self) -> dict[str, str | None]:
+        return {"x_mss_ins": self.ins, "x_mss_codecda": self.codecda, "x_mss_nil": self.nil}
 
 
 @dataclass(frozen=True)
 class DepositResult:
-    code: int | None  # None: every document was deposited
+    code: int | None  # None: every request of the package was carried out
     message: str
     documents: list[DocumentInfo] = field(default_factory=list)
     answer: Answer | None = None
+    deleted: list[DocumentInfo] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.code is None
-
-
-def _ascii(text: str) -> str:
-    """MDN fields are US-ASCII (RFC 8098): the label without its accents."""
-    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
 
 
 class _Failure(Exception):
@@ -94,10 +93,10 @@ class _Failure(Exception):
         self.code = code
 
 
-def _attachments(message: Message) -> tuple[bytes | None, list[tuple[str, str, bytes]]]:
-    """The XDM zip, and every zip/PDF attachment (re-attached to the answer)."""
+def _attachments(message: Message) -> tuple[bytes | None, list[Attachment]]:
+    """The XDM zip, and every zip/PDF attachment (re-attached to the answer), in order."""
     zip_data: bytes | None = None
-    kept: list[tuple[str, str, bytes]] = []
+    kept: list[Attachment] = []
     for part in message.walk():
         if part.is_multipart():
             continue
@@ -111,8 +110,31 @@ def _attachments(message: Message) -> tuple[bytes | None, list[tuple[str, str, b
             continue
         if is_zip and zip_data is None:
             zip_data = payload
-        kept.append((name or "document.pdf", "application/zip" if is_zip else "application/pdf", payload))
+        kept.append(
+            Attachment(name or "document.pdf", "application/zip" if is_zip else "application/pdf", payload)
+        )
     return zip_data, kept
+
+
+def _norm(value: object) -> str:
+    return " ".join(str(value or "").split()).upper()
+
+
+def identity_differences(given: XdmPatient, stored: PatientInfo) -> list[str]:
+    """The INS traits (and matricule, OID) that differ; birthplace only when both sides have it."""
+    t = stored.traits
+    pairs = [
+        ("matricule", given.ins, stored.ins),
+        ("INS OID", given.ins_oid, stored.ins_oid),
+        ("birth name", _norm(given.birth_name), _norm(t.birth_name)),
+        ("first given name", _norm(given.first_given_name), _norm(t.first_given_name)),
+        ("given names", _norm(given.given_names), _norm(t.given_names)),
+        ("birth date", given.birth_date, t.birth_date),
+        ("sex", _norm(given.sex), _norm(t.sex)),
+    ]
+    if given.birthplace and t.birthplace:
+        pairs.append(("birthplace", _norm(given.birthplace), _norm(t.birthplace)))
+    return [name for name, a, b in pairs if a != b]
 
 
 class Depositor:
@@ -120,13 +142,20 @@ class Depositor:
         self.service = service
         self.settings = service.settings
         self.gateway = service.settings.dmp.gateway_address.lower()
+        self.ins_oids = INS_OIDS if service.settings.dmp.test_ins_oids else PRODUCTION_INS_OIDS
 
     def _targets(self, recipients: list[str]) -> list[str]:
         suffix = "@" + self.settings.server.patient_domain.lower()
         return [r for r in recipients if r.lower() == self.gateway or r.lower().endswith(suffix)]
 
     def deposit(
-        self, raw: bytes, *, sender: Identity, sender_bal: str, recipients: list[str]
+        self,
+        raw: bytes,
+        *,
+        sender: Identity,
+        sender_bal: str,
+        recipients: list[str],
+        return_path: str | None = None,
     ) -> DepositResult | None:
         """Deposit the package of a message, or None when the message is not for the DMP."""
         targets = self._targets(recipients)
@@ -136,46 +165,68 @@ class Depositor:
         zip_data, attached = _attachments(message)
         if zip_data is None and self.gateway not in (t.lower() for t in targets):
             return None  # an ordinary message to a patient
+        headers = MssHeaders.of(message)
         source = f"mss:{message.get('Message-ID', '').strip()}"[:128]
+        notes: list[str] = []
         deposited: list[DocumentInfo] = []
+        deleted: list[DocumentInfo] = []
         try:
             if zip_data is None:
                 raise _Failure(E_OTHER, f"no {ZIP_NAME} attachment in a message to the DMP gateway")
             packages = self._read(zip_data)
-            self._check_headers(message, packages, targets)
+            notes += self._header_notes(headers, packages)
+            self._check_patient_bal(packages, targets)
             for package in packages:
                 patient = self._patient(package)
-                deposited += self._feed(package, patient, sender, source)
-            result = DepositResult(None, f"{len(deposited)} document(s) deposited", deposited)
+                acting, structures = self._acting(sender, sender_bal, package, patient.ins, source)
+                detail: dict[str, Any] = {"sender": sender.principal, "sender_bal": sender_bal}
+                detail |= {**headers.as_detail(), "notes": notes}
+                deposited += self._feed(package, patient, acting, headers, structures, source, detail)
+                deleted += self._delete(package, patient, acting, structures, source, detail)
+            done = f"{len(deposited)} document(s) deposited" + (
+                f", {len(deleted)} deleted" if deleted else ""
+            )
+            result = DepositResult(None, done, deposited, None, deleted, notes)
         except _Failure as exc:
             log.info("DMP deposit of %s refused: %s %s", source, exc.code, exc)
-            result = DepositResult(exc.code, str(exc), deposited)
-        answer = self._answer(message, result, sender_bal, targets[0], attached)
-        return DepositResult(result.code, result.message, result.documents, answer)
+            result = DepositResult(exc.code, str(exc), deposited, None, deleted, notes)
+        outcome = Outcome(result.code, self._human(message, result))
+        answer = answers.compose(
+            raw, message, outcome, receiving=targets[0], return_path=return_path, attached=attached
+        )
+        return DepositResult(result.code, result.message, result.documents, answer, result.deleted, notes)
 
     # -- steps ----------------------------------------------------------------------------------
     def _read(self, data: bytes) -> list[XdmPackage]:
         try:
-            return read(data, Limits.of(self.settings.dmp))
+            return read(data, Limits.of(self.settings.dmp), self.ins_oids)
         except XdmError as exc:
             raise _Failure(exc.code, str(exc)) from None
 
-    def _check_headers(self, message: Message, packages: list[XdmPackage], targets: list[str]) -> None:
-        has_ins = (message.get("X-MSS-INS") or "").strip().upper()
-        if has_ins == "N":
-            raise _Failure(E_NO_INS, "the message declares no qualified INS (X-MSS-INS: N)")
-        if has_ins not in ("", "O"):
-            raise _Failure(E_OTHER, f"X-MSS-INS must be O or N, not {has_ins!r}")
-        declared = message.get("X-MSS-CODECDA")
-        cda_codes = {d.type_code for p in packages for d in p.documents if d.format == "CDA_R2"}
-        if declared is not None:
-            codes = {c.strip() for c in str(declared).split(",") if c.strip()}
-            if codes != cda_codes:
-                raise _Failure(
-                    E_OTHER,
-                    f"X-MSS-CODECDA ({', '.join(sorted(codes)) or 'empty'}) does not match the CDA "
-                    f"type codes of the package ({', '.join(sorted(cda_codes)) or 'none'})",
-                )
+    @staticmethod
+    def _header_notes(headers: MssHeaders, packages: list[XdmPackage]) -> list[str]:
+        """Where the declarative headers disagree with the package (reported, not decisive)."""
+        notes = []
+        if headers.ins not in (None, "O", "N"):
+            notes.append(f"X-MSS-INS vaut {headers.ins!r} (attendu O ou N)")
+        elif headers.ins == "N":
+            notes.append("X-MSS-INS: N alors que le paquet contient un INS qualifié (le paquet fait foi)")
+        elif headers.ins is None:
+            notes.append("X-MSS-INS absent (le paquet contient un INS)")
+        cda_codes = sorted(
+            {d.cda_code or d.type_code for p in packages for d in p.documents if d.format == "CDA_R2"}
+        )
+        declared = sorted({c.strip() for c in (headers.codecda or "").split(",") if c.strip()})
+        if headers.codecda is not None and declared != cda_codes:
+            notes.append(
+                f"X-MSS-CODECDA ({', '.join(declared) or 'vide'}) ne correspond pas aux codes des CDA "
+                f"du paquet ({', '.join(cda_codes) or 'aucun'}) (le paquet fait foi)"
+            )
+        elif headers.codecda is None and cda_codes:
+            notes.append(f"X-MSS-CODECDA absent (codes des CDA du paquet : {', '.join(cda_codes)})")
+        return notes
+
+    def _check_patient_bal(self, packages: list[XdmPackage], targets: list[str]) -> None:
         suffix = "@" + self.settings.server.patient_domain.lower()
         for target in targets:
             if target.lower().endswith(suffix):
@@ -192,28 +243,65 @@ class Depositor:
             stored = self.service.patient(package.patient.ins)
         except DMPError as exc:
             raise _Failure(exc.code if exc.code else E_UNKNOWN_PATIENT, str(exc)) from None
-        given, stored_traits = package.patient, stored.traits
-        differs = [
-            name
-            for name, a, b in (
-                ("birth name", given.birth_name.upper(), stored_traits.birth_name.upper()),
-                ("birth date", given.birth_date, stored_traits.birth_date),
-                ("sex", given.sex, stored_traits.sex),
-            )
-            if a != b
-        ]
-        if differs or given.ins_oid != stored.ins_oid:
-            what = ", ".join(differs) or "INS OID"
-            raise _Failure(E_INS_MISMATCH, f"the package's INS identity differs from the stored one ({what})")
+        for given in package.identities or (package.patient,):
+            differs = identity_differences(given, stored)
+            if differs:
+                raise _Failure(
+                    E_INS_MISMATCH,
+                    f"the INS identity of the package differs from the stored one ({', '.join(differs)})",
+                )
         return stored
 
-    def _feed(
-        self, package: XdmPackage, patient: PatientInfo, sender: Identity, source: str
-    ) -> list[DocumentInfo]:
-        """All documents of the package, or none: one author per package."""
+    def _acting(
+        self, sender: Identity, sender_bal: str, package: XdmPackage, ins: str, source: str
+    ) -> tuple[Identity, frozenset[str]]:
+        """The professional the documents are deposited as (their author), and the structures
+        of the sending BAL; a sender not allowed for this author is refused and traced."""
         authors = {doc.author.idnat for doc in package.documents}
         if len(authors) != 1:
             raise _Failure(E_OTHER, "the documents of one package must have one author")
+        author = authors.pop()
+        bal = self.service.annuaire.bal(sender_bal)
+        sending = (
+            rules.SendingBal(
+                bal.address, bal.type, bal.professional_idnat, bal.structure_identifier, bal.responsible_idnat
+            )
+            if bal is not None and bal.active
+            else None
+        )
+        structures = frozenset(
+            {structure_number(sending.structure)} if sending is not None and sending.structure else set()
+        )
+        decision = rules.may_deposit_for(sending, author, self.service.structures_of(author))
+        if sender.kind is IdentityKind.PATIENT:
+            decision = rules.Decision(False, "a patient identity may not feed the DMP for a professional")
+        if not decision:
+            try:
+                self.service.refuse_deposit(
+                    sender, decision.reason, ins=ins, source=source,
+                    detail={"sender_bal": sender_bal, "author": author},
+                )  # fmt: skip
+            except DMPError as exc:
+                raise _Failure(E_OTHER, str(exc)) from None
+        if sender.kind is IdentityKind.PROFESSIONAL and sender.id == author:
+            return sender, structures
+        try:
+            return Identity.professional(author), structures
+        except InvalidIdentity as exc:
+            raise _Failure(E_OTHER, f"author: {exc}") from None
+
+    def _feed(
+        self,
+        package: XdmPackage,
+        patient: PatientInfo,
+        acting: Identity,
+        headers: MssHeaders,
+        structures: frozenset[str],
+        source: str,
+        detail: dict[str, Any],
+    ) -> list[DocumentInfo]:
+        """All documents of the package, or none (those only naming a deletion are not fed)."""
+        doomed = set(package.deletions)
         items = [
             FeedItem(
                 doc.content,
@@ -226,129 +314,84 @@ class Depositor:
                     unique_id=doc.unique_id or None,
                     author_structure=doc.author.structure,
                     flags=doc.flags,
+                    entry_uuid=doc.entry_uuid or None,
+                    mss_ins=headers.ins,
+                    mss_codecda=headers.codecda,
+                    mss_nil=headers.nil,
                 ),
                 doc.replaces,
             )
             for doc in package.documents
+            if not ({doc.unique_id, doc.entry_uuid} & doomed)
         ]
+        if not items:
+            return []
         try:
             return self.service.feed_many(
-                self._acting(sender, authors.pop()), patient.ins, items, source=source
+                acting, patient.ins, items, source=source, structures=structures, detail=detail
             )
         except DMPError as exc:
             raise _Failure(exc.code, str(exc)) from None
 
-    @staticmethod
-    def _acting(sender: Identity, author: str) -> Identity:
-        if sender.kind is IdentityKind.PROFESSIONAL:
-            if sender.id != author:
-                raise _Failure(E_OTHER, f"the author {author} of the document is not the sender {sender.id}")
-            return sender
-        if sender.kind is IdentityKind.APPLICATION:
-            try:
-                return Identity.professional(author)
-            except InvalidIdentity as exc:
-                raise _Failure(E_OTHER, f"author: {exc}") from None
-        raise _Failure(E_OTHER, f"a {sender.kind.value} identity may not feed the DMP")
-
-    # -- answer ---------------------------------------------------------------------------------
-    def _answer(
+    def _delete(
         self,
-        original: Message,
-        result: DepositResult,
-        sender_bal: str,
-        target: str,
-        attached: list[tuple[str, str, bytes]],
-    ) -> Answer | None:
-        if (original.get("Auto-Submitted") or "no").strip().lower() != "no":
-            return None  # never answer an automatic message (loops)
-        dnt = parseaddr(str(original.get("Disposition-Notification-To") or ""))[1]
-        if dnt == "" and result.ok:
-            return None
-        subject = str(original.get("Subject") or "XDM/1.0/DDM").strip()
-        if not result.ok:
-            subject = f"[KO Intégration système !][{result.code}] {subject}"
-        if dnt:
-            outer = self._mdn(original, result, target, subject, attached)
-            to = dnt
-        else:
-            outer = self._error_mail(result, subject, attached)
-            to = sender_bal
-        outer["From"] = self.gateway
-        outer["To"] = to
-        outer["Subject"] = Header(
-            subject if not result.ok else f"Accusé de traitement : {subject}", "utf-8"
-        ).encode()
-        outer["Date"] = formatdate(localtime=False)
-        outer["Message-ID"] = make_msgid(domain=self.gateway.split("@", 1)[-1])
-        original_id = str(original.get("Message-ID") or "").strip()
-        if original_id:
-            outer["In-Reply-To"] = original_id
-            outer["References"] = original_id
-        outer["Auto-Submitted"] = "auto-replied"
-        return Answer(self.gateway, to, outer.as_bytes(policy=policy.compat32.clone(linesep="\r\n")))
+        package: XdmPackage,
+        patient: PatientInfo,
+        acting: Identity,
+        structures: frozenset[str],
+        source: str,
+        detail: dict[str, Any],
+    ) -> list[DocumentInfo]:
+        done = []
+        for ref in package.deletions:
+            unique_id = self.service.document_ref(patient.ins, ref)
+            if unique_id is None:
+                raise _Failure(E_VERSION, f"no document {ref} of this patient to delete")
+            try:
+                done.append(
+                    self.service.delete(
+                        acting,
+                        unique_id,
+                        reason="deletion requested by message",
+                        source=source,
+                        structures=structures,
+                        detail=detail,
+                    )
+                )
+            except DMPError as exc:
+                raise _Failure(exc.code, str(exc)) from None
+        return done
 
-    def _human(self, result: DepositResult) -> str:
+    # -- the human part of the answer -------------------------------------------------------------
+    @staticmethod
+    def _human(message: Message, result: DepositResult) -> str:
+        subject = answers.subject_of(message)
+        notes = "".join(f"\nRemarque : {n}" for n in result.notes)
         if result.ok:
             listed = "".join(f"\n - {d.title} ({d.type_code}, {d.unique_id})" for d in result.documents)
-            return f"Le message a été intégré au DMP : {result.message}.{listed}\n"
-        label = LABELS.get(result.code or E_OTHER, LABELS[E_OTHER])
+            gone = "".join(f"\n - supprimé : {d.title} ({d.unique_id})" for d in result.deleted)
+            return f"Le message « {subject} » a été intégré au DMP : {result.message}.{listed}{gone}{notes}\n"
+        code = result.code or E_OTHER
         return (
-            f"Le message n'a pas pu être intégré au DMP.\nCode : {result.code} ({label})\n"
-            f"Motif : {result.message}\nLe message a bien été remis à ses destinataires.\n"
+            f"Le message « {subject} » n'a pas pu être intégré automatiquement au DMP "
+            f"pour la raison suivante :\n{code} {answers.label(code)}\nDétail : {result.message}{notes}\n"
+            "Le message a bien été remis à ses destinataires.\n"
         )
-
-    def _mdn(
-        self,
-        original: Message,
-        result: DepositResult,
-        target: str,
-        subject: str,
-        attached: list[tuple[str, str, bytes]],
-    ) -> MIMEMultipart:
-        outer = MIMEMultipart("report", report_type="disposition-notification")
-        outer.attach(MIMEText(self._human(result), "plain", "utf-8"))
-        disposition = "automatic-action/MDN-sent-automatically; processed"
-        if not result.ok:
-            label = LABELS.get(result.code or E_OTHER, LABELS[E_OTHER])
-            disposition += f"/Error: {result.code}^{_ascii(label)}"
-        original_recipient = str(original.get("Original-Recipient") or f"rfc822;{target}").strip()
-        fields = [
-            f"Reporting-UA: {self.settings.server.hostname}; mssante",
-            f"Original-Recipient: {original_recipient}",
-            f"Final-Recipient: rfc822;{target}",
-        ]
-        if original.get("Message-ID"):
-            fields.append(f"Original-Message-ID: {str(original['Message-ID']).strip()}")
-        fields.append(f"Disposition: {disposition}")
-        report = MIMEBase("message", "disposition-notification")
-        report.set_payload("\r\n".join(fields) + "\r\n")
-        report["Content-Transfer-Encoding"] = "7bit"
-        outer.attach(report)
-        self._reattach(outer, attached)
-        return outer
-
-    def _error_mail(
-        self, result: DepositResult, subject: str, attached: list[tuple[str, str, bytes]]
-    ) -> MIMEMultipart:
-        outer = MIMEMultipart("mixed")
-        outer.attach(MIMEText(self._human(result), "plain", "utf-8"))
-        self._reattach(outer, attached)
-        return outer
-
-    @staticmethod
-    def _reattach(outer: MIMEMultipart, attached: list[tuple[str, str, bytes]]) -> None:
-        for name, ctype, data in attached:
-            part = MIMEApplication(data, ctype.split("/", 1)[1])
-            part.add_header("Content-Disposition", "attachment", filename=name)
-            outer.attach(part)
 
 
 def deposit_message(
-    service: DMPService, raw: bytes, *, sender: Identity, sender_bal: str, recipients: list[str]
+    service: DMPService,
+    raw: bytes,
+    *,
+    sender: Identity,
+    sender_bal: str,
+    recipients: list[str],
+    return_path: str | None = None,
 ) -> DepositResult | None:
     """Entry point for the SMTP layer (after commit); never raises for a bad package."""
-    return Depositor(service).deposit(raw, sender=sender, sender_bal=sender_bal, recipients=recipients)
+    return Depositor(service).deposit(
+        raw, sender=sender, sender_bal=sender_bal, recipients=recipients, return_path=return_path
+    )
 
 
 def build_message(
@@ -360,6 +403,7 @@ def build_message(
     ins_qualified: bool = True,
     cda_codes: list[str] | None = None,
     notification_to: str | None = None,
+    nil: str | None = None,
     body: str = "Document transmis par messagerie sécurisée de santé.",
 ) -> EmailMessage:
     """A message carrying an XDM package as the ANS guide describes (for send-xdm and tests).
@@ -373,6 +417,8 @@ def build_message(
     msg["X-MSS-INS"] = "O" if ins_qualified else "N"
     if cda_codes:
         msg["X-MSS-CODECDA"] = ",".join(cda_codes)
+    if nil:
+        msg["X-MSS-NIL"] = nil
     if notification_to:
         msg["Disposition-Notification-To"] = notification_to
     msg.set_content(body)

@@ -78,6 +78,7 @@ class DMPDepositHook:
             sender=ctx.identity,
             sender_bal=sender_bal,
             recipients=recipients,
+            return_path=ctx.mail_from or None,
         )
         metrics.dmp_deposit(result)
         if result is None or result.answer is None:

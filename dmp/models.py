@@ -33,6 +33,14 @@ OID_INS_NIA = "1.2.250.1.213.1.4.9"
 OID_INS_NIR_TEST = "1.2.250.1.213.1.4.10"
 OID_INS_NIR_DEMO = "1.2.250.1.213.1.4.11"
 INS_OIDS = (OID_INS_NIR, OID_INS_NIA, OID_INS_NIR_TEST, OID_INS_NIR_DEMO)
+# Production accepts only the real ones; the test and demo OIDs need ``dmp.test_ins_oids``.
+PRODUCTION_INS_OIDS = (OID_INS_NIR, OID_INS_NIA)
+INS_OID_NAMES = {
+    OID_INS_NIR: "INS-NIR",
+    OID_INS_NIA: "INS-NIA",
+    OID_INS_NIR_TEST: "INS-NIR test",
+    OID_INS_NIR_DEMO: "INS-NIR demo",
+}
 
 
 class Patient(Base):
@@ -119,6 +127,12 @@ class Document(Base):
     blob_id: Mapped[int] = mapped_column(ForeignKey("blobs.id"))
     source: Mapped[str | None] = mapped_column(String(128))
     changed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # The entryUUID the sender gave the document in its XDM package (an RPLC or deletion may
+    # name it), and the declarative headers of the message that deposited it.
+    entry_uuid: Mapped[str | None] = mapped_column(String(128), index=True)
+    mss_ins: Mapped[str | None] = mapped_column(String(8))
+    mss_codecda: Mapped[str | None] = mapped_column(String(300))
+    mss_nil: Mapped[str | None] = mapped_column(String(300))
 
 
 class TraceEntry(Base):

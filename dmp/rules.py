@@ -111,6 +111,56 @@ def may_manage(actor: Actor, document: DocumentFacts) -> Decision:
     return Decision(True, "author", Consent.AUTHOR)
 
 
+def may_replace_or_delete(actor: Actor, document: DocumentFacts, *, same_organisation: bool) -> Decision:
+    """Replace or delete (ANS guide, error 901): the author, or a professional of the author's
+    organisation; only the current version (900 otherwise)."""
+    if actor.role is not Role.PROFESSIONAL:
+        return _no("only a professional may replace or delete a document")
+    if actor.id != document.author and not same_organisation:
+        return _no(f"{actor.id} is neither the author ({document.author}) nor of the author's organisation")
+    if document.status != "current":
+        return _no(f"the document is {document.status}: only its current version may be replaced or deleted")
+    return Decision(
+        True, "author" if actor.id == document.author else "author's organisation", Consent.AUTHOR
+    )
+
+
+@dataclass(frozen=True)
+class SendingBal:
+    """The BAL a deposit arrived from (annuaire facts)."""
+
+    address: str
+    type: str
+    professional: str | None
+    structure: str | None
+    responsible: str | None
+
+
+def may_deposit_for(bal: SendingBal | None, author: str, author_structures: frozenset[str]) -> Decision:
+    """May a message from ``bal`` deposit documents authored by ``author``?
+
+    The professional's own BAL (sent by the professional or by a delegate the messaging policy
+    already allowed to send from it), or an ORG/APP BAL of the author's structure (a DPI, a
+    service's secretariat). Everything else is refused, naming sender and author.
+    """
+    if bal is None:
+        return _no(f"the sending BAL is not in the annuaire; author {author}")
+    if bal.type in ("PER", "CAB"):
+        if bal.professional == author:
+            return Decision(True, f"the author's own BAL {bal.address}")
+        return _no(f"the sending BAL {bal.address} belongs to {bal.professional}, not to the author {author}")
+    if bal.type in ("ORG", "APP"):
+        if bal.structure and bal.structure in author_structures:
+            return Decision(True, f"{bal.type} BAL {bal.address} of the author's structure {bal.structure}")
+        if bal.responsible == author:
+            return Decision(True, f"{bal.type} BAL {bal.address} of which the author is responsible")
+        return _no(
+            f"the author {author} is not of the structure {bal.structure or '(none)'} "
+            f"of the sending {bal.type} BAL {bal.address}"
+        )
+    return _no(f"a {bal.type} BAL ({bal.address}) may not deposit documents; author {author}")
+
+
 def record_access(actor: Actor, patient: PatientFacts, *, break_glass: bool = False) -> Decision:
     """May this actor open the patient's record at all (before looking at any document)?"""
     if actor.role is Role.PATIENT:

@@ -10,7 +10,7 @@ from datetime import date
 
 import pytest
 
-from annuaire.service import add_bal, add_patient_bal, add_professional
+from annuaire.service import add_bal, add_patient_bal, add_professional, add_structure
 from dmp.models import OID_INS_NIR
 from dmp.service import DMPService, Traits
 from dmp.xdm import XdmAuthor, XdmDocument, XdmPackage, XdmPatient
@@ -40,6 +40,12 @@ PROFESSIONS = {
 }
 
 
+# The hospital where the médecin traitant practises (the PER BAL hangs on it), and its DPI's APP BAL.
+CH_TEST = "750000000"
+DPI_BAL = f"dpi@{DOMAIN}"
+AT_CH_TEST = (MEDECIN_TRAITANT,)
+
+
 def bal_of(idnat: str) -> str:
     return f"pro.{idnat}@{DOMAIN}"
 
@@ -61,11 +67,14 @@ class RecordingNotifier(Notifier):
 def seed(service: DMPService) -> None:
     """Professionals (with PER BALs) in the annuaire; the patient, qualified, with a care team."""
     with transaction(service.writer) as s:
+        add_structure(s, identifier=CH_TEST, raison_sociale="CH TEST", id_type="FINESS", actor="test")
         for idnat, code in PROFESSIONS.items():
             add_professional(
                 s, idnat=idnat, nom=f"PRO{code}", prenom="Test", profession_code=code, actor="test"
             )
-            add_bal(s, address=bal_of(idnat), type="PER", professional=idnat, actor="test")
+            where = CH_TEST if idnat in AT_CH_TEST else None
+            add_bal(s, address=bal_of(idnat), type="PER", professional=idnat, structure=where, actor="test")
+        add_bal(s, address=DPI_BAL, type="APP", structure=CH_TEST, responsible=MEDECIN, actor="test")
         add_patient_bal(s, ins=INS, actor="test")
     service.annuaire.invalidate()
     service.add_patient(ins=INS, traits=TRAITS, actor="test")
@@ -84,14 +93,25 @@ def dmp_service(runtime: Runtime) -> Iterator[DMPService]:
 
 
 def cda(
-    ins: str = INS, type_code: str = "34112-3", title: str = "CR d'hospitalisation", oid: str = OID_INS_NIR
+    ins: str = INS,
+    type_code: str = "34112-3",
+    title: str = "CR d'hospitalisation",
+    oid: str = OID_INS_NIR,
+    traits: Traits = TRAITS,
 ) -> bytes:
-    """A minimal CDA R2 whose recordTarget carries the INS (enough for the deposit checks)."""
+    """A minimal CDA R2 whose recordTarget carries the INS and its traits (CI-SIS header)."""
+    t = traits
+    place = f"<birthplace><place><addr><censusTract>{t.birthplace}</censusTract></addr></place></birthplace>"
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
         '<ClinicalDocument xmlns="urn:hl7-org:v3">'
         f'<code code="{type_code}" codeSystem="2.16.840.1.113883.6.1"/><title>{title}</title>'
-        f'<recordTarget><patientRole><id root="{oid}" extension="{ins}"/></patientRole></recordTarget>'
+        f'<recordTarget><patientRole><id root="{oid}" extension="{ins}"/><patient>'
+        f'<name><given>{t.first_given_name}</given><given qualifier="BR">{t.given_names}</given>'
+        f'<family qualifier="BR">{t.birth_name}</family></name>'
+        f'<administrativeGenderCode code="{t.sex}" codeSystem="2.16.840.1.113883.5.1"/>'
+        f'<birthTime value="{t.birth_date:%Y%m%d}"/>{place if t.birthplace else ""}'
+        "</patient></patientRole></recordTarget>"
         "<component><nonXMLBody><text>Séjour, SECRET-CONTENT.</text></nonXMLBody></component>"
         "</ClinicalDocument>"
     ).encode()
@@ -107,11 +127,18 @@ def package(
     documents: tuple[XdmDocument, ...] | None = None,
     traits: Traits = TRAITS,
     with_pdf: bool = False,
+    oid: str = OID_INS_NIR,
 ) -> XdmPackage:
     """A package for ``ins`` with one CDA (and optionally its PDF rendering)."""
     who = XdmAuthor(author, PROFESSIONS.get(author, "10"), "Médecin", "PRO", "Test", "1750000000", "CH TEST")
     docs = documents or (
-        XdmDocument(cda(ins), "34112-3", "CR d'hospitalisation", who, unique_id=f"2.25.{uuid.uuid4().int}"),
+        XdmDocument(
+            cda(ins, traits=traits, oid=oid),
+            "34112-3",
+            "CR d'hospitalisation",
+            who,
+            unique_id=f"2.25.{uuid.uuid4().int}",
+        ),
     )
     if with_pdf:
         docs += (
@@ -119,7 +146,7 @@ def package(
                         unique_id=f"2.25.{uuid.uuid4().int}"),
         )  # fmt: skip
     patient = XdmPatient(
-        ins, OID_INS_NIR, traits.birth_name, traits.first_given_name, traits.given_names,
+        ins, oid, traits.birth_name, traits.first_given_name, traits.given_names,
         traits.birth_date, traits.sex, traits.birthplace,
     )  # fmt: skip
     return XdmPackage(patient, docs, submission_id=f"2.25.{uuid.uuid4().int}")

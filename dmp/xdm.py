@@ -9,7 +9,8 @@ integrators too; the reader (``dmp.xdm_reader``) treats every package as hostile
 
 Choices where the guides leave room (documented for integrators):
 * ``hash`` is the SHA-1 of the document as XDS requires; the reader also accepts a SHA-256;
-* the patient is ``<INS>^^^&<INS OID>&ISO`` (INS-NIR, INS-NIA, test or demo OID);
+* the patient is ``<INS>^^^&<INS OID>&ISO^NH`` (INS-NIR, INS-NIA, test or demo OID); the INS
+  and its traits must also be in each CDA's ``recordTarget`` (the receiver reads them there);
 * the author is ``authorPerson`` = ``<IdNat_PS>^<NOM>^<Prénom>^^^^^^&1.2.250.1.71.4.2.1&ISO``,
   ``authorSpecialty`` = ``<TRE_G15 code>^<libellé>^1.2.250.1.71.1.2.7`` and
   ``authorInstitution`` = ``<raison sociale>^^^^^&1.2.250.1.71.4.2.2&ISO^IDNST^^^<id>``;
@@ -49,6 +50,8 @@ SS_UNIQUE_ID = "urn:uuid:96fdda7c-d067-4183-912e-bf5ee74998a8"
 SS_SOURCE_ID = "urn:uuid:554ac39e-e3fe-47fe-b233-965d2a147832"
 HAS_MEMBER = "urn:oasis:names:tc:ebxml-regrep:AssociationType:HasMember"
 RPLC = "urn:ihe:iti:2007:AssociationType:RPLC"
+UPDATE_STATUS = "urn:ihe:iti:2010:AssociationType:UpdateAvailabilityStatus"
+STATUS_DEPRECATED = "urn:oasis:names:tc:ebxml-regrep:StatusType:Deprecated"
 
 OID_IDNAT_PS = "1.2.250.1.71.4.2.1"
 OID_IDNAT_STRUCT = "1.2.250.1.71.4.2.2"
@@ -102,8 +105,11 @@ class XdmDocument:
     flags: frozenset[str] = frozenset()
     space: str | None = None
     replaces: str | None = None
-    # Set by the reader: the path of the file inside the package.
+    # Set by the reader: the path of the file inside the package, the CDA's own code
+    # (``ClinicalDocument/code``) and the entryUUID the sender gave the entry.
     path: str = ""
+    cda_code: str = ""
+    entry_uuid: str = ""
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,10 @@ class XdmPackage:
     submission_id: str = ""
     submitted_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     source_id: str = "1.2.250.1.213.1.4.2.mssante"
+    # Set by the reader: the INS identity of each CDA (or of the metadata), and the uniqueIds
+    # (or entryUUIDs) of documents the package asks to delete.
+    identities: tuple[XdmPatient, ...] = ()
+    deletions: tuple[str, ...] = ()
 
 
 def hl7_time(value: datetime) -> str:
@@ -120,7 +130,8 @@ def hl7_time(value: datetime) -> str:
 
 
 def patient_id(patient: XdmPatient) -> str:
-    return f"{patient.ins}^^^&{patient.ins_oid}&ISO"
+    """CX with the CI-SIS identifier type code ``NH`` after the assigning authority."""
+    return f"{patient.ins}^^^&{patient.ins_oid}&ISO^NH"
 
 
 def _slot(parent: ET.Element, name: str, *values: str) -> None:
@@ -196,7 +207,7 @@ def metadata_xml(package: XdmPackage, file_names: list[str]) -> bytes:
     objects = ET.SubElement(root, f"{{{RIM}}}RegistryObjectList")
     pid = patient_id(package.patient)
     p = package.patient
-    info = [f"PID-3|{pid}^INS", f"PID-5|{p.birth_name}^{p.first_given_name}^{p.given_names}^^^^L"]
+    info = [f"PID-3|{pid}", f"PID-5|{p.birth_name}^{p.first_given_name}^{p.given_names}^^^^L"]
     if p.birth_date:
         info.append(f"PID-7|{p.birth_date:%Y%m%d}")
     if p.sex:

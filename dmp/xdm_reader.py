@@ -7,9 +7,16 @@ ratio (zip bombs). Decompression then counts the bytes really produced, since a 
 may lie. XML is parsed with defusedxml with DTDs, entities and external references refused
 (XXE, billion laughs). Each document's size and hash are checked against METADATA.XML.
 
-Every failure is an :class:`XdmError` carrying the ANS integration code: 903 when no usable
-INS is in the package, 904 when the CDA names another patient than the metadata, 905 when
-INS traits are incomplete, 906 for everything else.
+The patient is the one the CDA headers name (:mod:`dmp.cda`): every CDA must carry an INS
+with complete traits; the metadata's patient identifiers (read by :mod:`dmp.hl7`, with or
+without the ``^NH`` type code and a namespace) must agree with it; ``sourcePatientInfo`` is
+optional and only read for a package without any CDA. Replacements are ``RPLC`` associations,
+deletions ``UpdateAvailabilityStatus`` associations to ``Deprecated`` (IHE Metadata Update);
+either may target a uniqueId or the entryUUID the sender gave the document.
+
+Every failure is an :class:`XdmError` carrying the ANS integration code: 903 when the CDA has
+patient identifiers but no INS (or an INS OID not accepted here), 904 when two parts of the
+package name different patients, 905 when INS traits are incomplete, 906 for everything else.
 """
 
 from __future__ import annotations
@@ -21,14 +28,18 @@ import re
 import stat
 import zipfile
 from collections.abc import Iterable
-from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
-from dmp.models import INS_OIDS
+from annuaire.identifiers import IdentifierError, parse_idnat_ps, validate_nir
+from dmp import cda
+from dmp.cda import CdaPatient
+from dmp.hl7 import Cx, CxError, parse_cx
+from dmp.models import INS_OID_NAMES, INS_OIDS, PRODUCTION_INS_OIDS
 from dmp.xdm import (
     DE_AUTHOR,
     DE_CLASS,
@@ -40,17 +51,18 @@ from dmp.xdm import (
     OID_VISIBILITY,
     RIM,
     RPLC,
+    SS_PATIENT_ID,
     SS_UNIQUE_ID,
+    STATUS_DEPRECATED,
+    UPDATE_STATUS,
     XdmAuthor,
     XdmDocument,
     XdmPackage,
     XdmPatient,
 )
-from mssante.auth.identity import InvalidIdentity, check_ins
 from mssante.config import DMPSection
 
 E_NO_INS, E_INS_MISMATCH, E_TRAITS, E_OTHER = 903, 904, 905, 906
-HL7 = "urn:hl7-org:v3"
 _METADATA = re.compile(r"^IHE_XDM/(SUBSET\d{2,})/METADATA\.XML$")
 _READ_BLOCK = 64 * 1024
 # Small members (README, METADATA) compress very well; the ratio bound applies above this.
@@ -165,45 +177,73 @@ def _external(element: Element, scheme: str) -> str:
     return ""
 
 
-def _patient_ref(value: str) -> tuple[str, str]:
-    """``INS^^^&OID&ISO`` → (INS, OID); 903 when it is not an INS."""
-    match = re.fullmatch(r"([0-9AB]{15})\^\^\^&([0-9.]+)&ISO", value.strip())
-    if not match:
-        raise XdmError(f"patient identifier {value!r} is not an INS (INS^^^&OID&ISO)", E_NO_INS)
-    ins, oid = match.groups()
-    if oid not in INS_OIDS:
-        raise XdmError(f"patient identifier OID {oid} is not an INS OID", E_NO_INS)
+def _cx(value: str) -> Cx | None:
     try:
-        return check_ins(ins), oid
-    except InvalidIdentity as exc:
-        raise XdmError(str(exc), E_NO_INS) from None
+        return parse_cx(value)
+    except CxError:
+        return None
 
 
-def _patient(ins: str, oid: str, info: Iterable[str]) -> XdmPatient:
+def _checked_ins(ins: str, oid: str, where: str, oids: tuple[str, ...]) -> str:
+    """The canonical matricule of an INS found ``where``, or 903 when it cannot be one here."""
+    if oid not in oids:
+        raise XdmError(
+            f"{where}: INS OID {oid} ({INS_OID_NAMES.get(oid, 'unknown')}) is not accepted here "
+            f"(accepted: {', '.join(oids)})",
+            E_NO_INS,
+        )
+    try:
+        return validate_nir(ins)
+    except IdentifierError as exc:
+        raise XdmError(f"{where}: {ins!r} is not an INS matricule ({exc})", E_NO_INS) from None
+
+
+def _source_patient(info: Iterable[str]) -> dict[str, str]:
     fields = {}
     for line in info:
         key, _, value = line.partition("|")
-        fields[key.strip()] = value.strip()
+        fields[key.strip().upper()] = value.strip()
+    return fields
+
+
+def _metadata_traits(ins: str, oid: str, info: Iterable[str]) -> XdmPatient:
+    """Traits from ``sourcePatientInfo`` — used only for a package without any CDA."""
+    fields = _source_patient(info)
     names = fields.get("PID-5", "").split("^")
     names += [""] * (3 - len(names))
-    born: date | None = None
     raw = fields.get("PID-7", "")
+    born = None
     if raw:
         try:
             born = datetime.strptime(raw[:8], "%Y%m%d").date()
         except ValueError:
-            raise XdmError(f"birth date {raw!r} is not YYYYMMDD", E_TRAITS) from None
-    birthplace = fields.get("PID-11", "").split("^")[-1] or None
-    patient = XdmPatient(
-        ins, oid, names[0], names[1], names[2] or names[1], born, fields.get("PID-8", ""), birthplace
+            raise XdmError(f"birth date {raw!r} of sourcePatientInfo is not YYYYMMDD", E_TRAITS) from None
+    place = fields.get("PID-11", "").split("^")[-1] or None
+    given = names[1].strip()
+    return XdmPatient(
+        ins, oid, names[0].strip(), given, names[2].strip() or given, born, fields.get("PID-8", ""), place
     )
-    missing = [
-        n for n, v in (("birth name", patient.birth_name), ("given name", patient.first_given_name),
-                       ("birth date", born), ("sex", patient.sex)) if not v
-    ]  # fmt: skip
+
+
+def _cda_identity(doc: XdmDocument, patient: CdaPatient | None, oids: tuple[str, ...]) -> XdmPatient:
+    """The INS and traits of one CDA's header: 903 without INS, 905 with incomplete traits."""
+    name = posixpath.basename(doc.path)
+    if patient is None or not any(ext for _root, ext in patient.identifiers):
+        raise XdmError(f"the CDA {name} names no patient (recordTarget/patientRole/id)", E_NO_INS)
+    found = patient.ins(INS_OIDS)
+    if found is None:
+        roots = ", ".join(sorted({root for root, _ in patient.identifiers}))
+        raise XdmError(f"the CDA {name} carries patient identifiers ({roots}) but no INS", E_NO_INS)
+    ins = _checked_ins(found[0], found[1], f"the CDA {name}", oids)
+    missing = patient.missing_traits()
     if missing:
-        raise XdmError(f"incomplete INS traits in sourcePatientInfo: {', '.join(missing)}", E_TRAITS)
-    return patient
+        raise XdmError(
+            f"the CDA {name} carries the INS {ins} without its traits: {', '.join(missing)}", E_TRAITS
+        )
+    return XdmPatient(
+        ins, found[1], patient.birth_name, patient.first_given_name, patient.given_names,
+        patient.birth_date, patient.sex, patient.birthplace,
+    )  # fmt: skip
 
 
 def _author(element: Element) -> XdmAuthor:
@@ -212,9 +252,10 @@ def _author(element: Element) -> XdmAuthor:
         raise XdmError("a document has no author")
     slots = _slots(found[0])
     person = _first(slots, "authorPerson").split("^")
-    idnat = person[0].strip()
-    if not idnat:
-        raise XdmError("the author has no IdNat_PS (authorPerson)")
+    try:
+        idnat = parse_idnat_ps(person[0]).value  # a bare RPPS reads as 8 + RPPS
+    except IdentifierError as exc:
+        raise XdmError(f"the author's identifier (authorPerson) is not an IdNat_PS: {exc}") from None
     specialty = _first(slots, "authorSpecialty").split("^")
     institution = _first(slots, "authorInstitution").split("^")
     return XdmAuthor(
@@ -223,7 +264,7 @@ def _author(element: Element) -> XdmAuthor:
         profession_label=specialty[1] if len(specialty) > 1 else "",
         nom=person[1] if len(person) > 1 else "",
         prenom=person[2] if len(person) > 2 else "",
-        structure=institution[-1] if len(institution) >= 10 and institution[-1] else None,
+        structure=(institution[9].strip() or None) if len(institution) >= 10 else None,
         structure_name=institution[0],
     )
 
@@ -242,16 +283,7 @@ def _format(mime: str, element: Element) -> str:
     )
 
 
-def cda_patient_ins(content: bytes) -> str | None:
-    """The INS of a CDA's ``recordTarget`` (``patientRole/id`` with an INS OID root), if any."""
-    root = parse_xml(content, "CDA document")
-    for ident in root.iterfind(f"{{{HL7}}}recordTarget/{{{HL7}}}patientRole/{{{HL7}}}id"):
-        if ident.get("root") in INS_OIDS and ident.get("extension"):
-            return (ident.get("extension") or "").strip().upper()
-    return None
-
-
-def _document(element: Element, subset: str, files: dict[str, bytes], patient: XdmPatient) -> XdmDocument:
+def _document(element: Element, subset: str, files: dict[str, bytes]) -> XdmDocument:
     slots = _slots(element)
     uri = _first(slots, "URI")
     _check_name(uri)
@@ -269,24 +301,11 @@ def _document(element: Element, subset: str, files: dict[str, bytes], patient: X
     }
     if declared not in (digest[40], digest[64]):
         raise XdmError(f"hash of {uri} does not match METADATA.XML")
-    doc_pid = _external(element, DE_PATIENT_ID)
-    if not doc_pid:
-        raise XdmError(f"document {uri} carries no patient identifier", E_NO_INS)
-    ins, _oid = _patient_ref(doc_pid)
-    if ins != patient.ins:
-        raise XdmError(f"document {uri} names patient {ins}, the package {patient.ins}", E_INS_MISMATCH)
     types = _classifications(element, DE_TYPE)
     type_code = (types[0].get("nodeRepresentation") or "").strip() if types else ""
     if not type_code:
         raise XdmError(f"document {uri} has no type code")
     mime = element.get("mimeType", "application/octet-stream")
-    fmt = _format(mime, element)
-    if fmt == "CDA_R2":
-        in_cda = cda_patient_ins(content)
-        if in_cda is None:
-            raise XdmError(f"the CDA {uri} carries no INS in recordTarget", E_NO_INS)
-        if in_cda != patient.ins:
-            raise XdmError(f"the CDA {uri} names INS {in_cda}, METADATA.XML {patient.ins}", E_INS_MISMATCH)
     flags = frozenset(
         (c.get("nodeRepresentation") or "")
         for c in _classifications(element, DE_CONFIDENTIALITY)
@@ -300,22 +319,56 @@ def _document(element: Element, subset: str, files: dict[str, bytes], patient: X
     names = element.find(_q("Name"))
     title_el = names.find(_q("LocalizedString")) if names is not None else None
     classes = _classifications(element, DE_CLASS)
+    ident = element.get("id") or ""
     return XdmDocument(
         content=content,
         type_code=type_code,
         title=(title_el.get("value") if title_el is not None else None) or type_code,
         author=_author(element),
-        format=fmt,
+        format=_format(mime, element),
         mime_type=mime,
         created_at=created_at,
         unique_id=_external(element, DE_UNIQUE_ID),
         flags=flags,
         space=classes[0].get("nodeRepresentation") if classes else None,
         path=path,
+        entry_uuid=ident if ident.lower().startswith("urn:uuid:") else "",
     )
 
 
-def _submission(subset: str, metadata: bytes, files: dict[str, bytes]) -> XdmPackage:
+def _metadata_ins(
+    objects: Element, entries: list[Element], oids: tuple[str, ...]
+) -> list[tuple[str, str, str]]:
+    """Every INS the metadata names: (matricule, OID, where). Other identifiers are ignored."""
+    found: list[tuple[str, str, str]] = []
+    candidates = [("XDSSubmissionSet.patientId", _external(p, SS_PATIENT_ID))
+                  for p in objects.findall(_q("RegistryPackage"))]  # fmt: skip
+    for e in entries:
+        candidates.append(("XDSDocumentEntry.patientId", _external(e, DE_PATIENT_ID)))
+        candidates.append(("sourcePatientId", _first(_slots(e), "sourcePatientId")))
+    for where, value in candidates:
+        cx = _cx(value) if value else None
+        if cx is not None and cx.authority in INS_OIDS:
+            found.append((_checked_ins(cx.id, cx.authority, where, oids), cx.authority, where))
+    return found
+
+
+def _targets(objects: Element, entries: list[Element]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """RPLC targets by new entry id, and the documents to delete (UpdateAvailabilityStatus to
+    Deprecated: IHE ITI Metadata Update). A target is a uniqueId or an entryUUID."""
+    unique_of = {e.get("id"): _external(e, DE_UNIQUE_ID) for e in entries}
+    replaced: dict[str, str] = {}
+    deleted: list[str] = []
+    for a in objects.findall(_q("Association")):
+        kind, target = a.get("associationType"), (a.get("targetObject") or "").strip()
+        if kind == RPLC:
+            replaced[a.get("sourceObject") or ""] = target
+        elif kind == UPDATE_STATUS and _first(_slots(a), "NewStatus") == STATUS_DEPRECATED:
+            deleted.append(unique_of.get(target) or target)
+    return replaced, tuple(deleted)
+
+
+def _submission(subset: str, metadata: bytes, files: dict[str, bytes], oids: tuple[str, ...]) -> XdmPackage:
     root = parse_xml(metadata, f"IHE_XDM/{subset}/METADATA.XML")
     if root.tag != "{urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0}SubmitObjectsRequest":
         raise XdmError("METADATA.XML is not an ebRIM 3.0 SubmitObjectsRequest")
@@ -323,32 +376,64 @@ def _submission(subset: str, metadata: bytes, files: dict[str, bytes]) -> XdmPac
     entries = objects.findall(_q("ExtrinsicObject")) if objects is not None else []
     if objects is None or not entries:
         raise XdmError("METADATA.XML describes no document")
-    first = _slots(entries[0])
-    pid = _external(entries[0], DE_PATIENT_ID) or _first(first, "sourcePatientId")
-    if not pid:
-        raise XdmError("METADATA.XML carries no patient identifier", E_NO_INS)
-    ins, oid = _patient_ref(pid)
-    patient = _patient(ins, oid, first.get("sourcePatientInfo", []))
-    replaced = {
-        a.get("sourceObject"): a.get("targetObject")
-        for a in objects.findall(_q("Association"))
-        if a.get("associationType") == RPLC
-    }
-    documents = []
+    replaced, deletions = _targets(objects, entries)
+    documents: list[XdmDocument] = []
+    identities: list[XdmPatient] = []
     for element in entries:
-        doc = _document(element, subset, files, patient)
-        target = replaced.get(element.get("id"))
-        documents.append(XdmDocument(**{**doc.__dict__, "replaces": target}) if target else doc)
+        doc = _document(element, subset, files)
+        if doc.format == "CDA_R2":
+            head = cda.header(parse_xml(doc.content, f"the CDA {posixpath.basename(doc.path)}"))
+            doc = replace(doc, cda_code=head.code)
+            identities.append(_cda_identity(doc, head.patient, oids))
+        target = replaced.get(element.get("id") or "")
+        documents.append(replace(doc, replaces=target) if target else doc)
+    named = _metadata_ins(objects, entries, oids)
+    if identities:
+        patient = identities[0]
+        for other in identities[1:]:
+            if other.ins != patient.ins:
+                raise XdmError(
+                    f"the CDAs of the package name two patients ({patient.ins}, {other.ins})", E_INS_MISMATCH
+                )
+        for ins, _oid, where in named:
+            if ins != patient.ins:
+                raise XdmError(f"{where} names INS {ins}, the CDA {patient.ins}", E_INS_MISMATCH)
+    elif named:
+        ins, oid, _where = named[0]
+        if any(n[0] != ins for n in named):
+            raise XdmError("the metadata names two patients", E_INS_MISMATCH)
+        patient = _metadata_traits(ins, oid, _slots(entries[0]).get("sourcePatientInfo", []))
+        missing = [
+            n
+            for n, v in (
+                ("birth name", patient.birth_name),
+                ("first given name", patient.first_given_name),
+                ("birth date", patient.birth_date),
+                ("sex", patient.sex),
+            )
+            if not v
+        ]
+        if missing:
+            raise XdmError(
+                f"incomplete INS traits (no CDA; sourcePatientInfo): {', '.join(missing)}", E_TRAITS
+            )
+        identities.append(patient)
+    else:
+        raise XdmError("the package names no INS (no CDA, no INS in the metadata)", E_NO_INS)
     package_el = objects.find(_q("RegistryPackage"))
     return XdmPackage(
         patient=patient,
         documents=tuple(documents),
         submission_id=_external(package_el, SS_UNIQUE_ID) if package_el is not None else "",
+        identities=tuple(identities),
+        deletions=deletions,
     )
 
 
-def read(data: bytes, limits: Limits) -> list[XdmPackage]:
-    """The submission sets of a package (usually one), or :class:`XdmError` with its code."""
+def read(data: bytes, limits: Limits, ins_oids: tuple[str, ...] = PRODUCTION_INS_OIDS) -> list[XdmPackage]:
+    """The submission sets of a package (usually one), or :class:`XdmError` with its code.
+
+    ``ins_oids`` are the INS OIDs accepted (production: INS-NIR and INS-NIA only)."""
     if len(data) > limits.max_package_bytes:
         raise XdmError(f"package is larger than {limits.max_package_bytes} bytes")
     try:
@@ -361,4 +446,4 @@ def read(data: bytes, limits: Limits) -> list[XdmPackage]:
         if not subsets:
             raise XdmError("no IHE_XDM/SUBSETnn/METADATA.XML in the package")
         files = {name: _read_member(archive, info, limits) for name, info in members.items()}
-    return [_submission(s, files[f"IHE_XDM/{s}/METADATA.XML"], files) for s in subsets]
+    return [_submission(s, files[f"IHE_XDM/{s}/METADATA.XML"], files, ins_oids) for s in subsets]

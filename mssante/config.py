@@ -288,6 +288,8 @@ class DMPSection(_Section):
     max_file_bytes: int = Field(default=20 * 1024 * 1024, ge=1024)
     max_files: int = Field(default=64, ge=1)
     max_ratio: int = Field(default=100, ge=1)
+    # Accept the INS-NIR test (.10) and demo (.11) OIDs besides INS-NIR (.8) and INS-NIA (.9).
+    test_ins_oids: bool = False
 
 
 # -- [annuaire] and [whitelist] (lists fetched by the server on a schedule, annuaire/updates.py) --

@@ -7,9 +7,14 @@ front desk), a pharmacy (ORG BAL of a pharmacie d'officine), a hospital software
 client certificate) and two patients with qualified INS; and writes ``demo.json``, whose shape
 is a public contract (scripts and people use it to connect; extend it, never break it)::
 
-    {"domain", "patient_domain", "ca_cert",
+    {"domain", "patient_domain", "ca_cert", "dmp_gateway",
      "listeners": [{"name", "protocol", "host", "port", "tls"}],
-     "accounts": [{"address", "kind", "login", "password", "client_cert", "client_key", "delegated"}]}
+     "accounts": [{"address", "kind", "login", "password", "client_cert", "client_key", "delegated",
+                   "rpps", "idnat",                 # professional accounts
+                   "ins", "ins_oid", "traits"}]}    # patient accounts: what a DPI puts in its CDA
+
+The demo patients' INS carry the INS-NIR *demo* OID (1.2.250.1.213.1.4.11): they are not real
+identities, and demo mode accepts the test and demo OIDs (``dmp.test_ins_oids``).
 
 Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600).
 """
@@ -30,6 +35,7 @@ from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
 from annuaire.identifiers import nir_key
+from dmp.models import OID_INS_NIR_DEMO
 from dmp.service import DMPService, Traits
 from mssante.auth import accounts
 from mssante.auth.devpki import DevCA, prepare_demo
@@ -185,6 +191,7 @@ def demo_settings(settings: Settings) -> list[str]:
         settings.server.domains = domains
     settings.server.patient_domain = PATIENT_DOMAIN
     settings.dmp.gateway_address = f"dmp@{domain}"
+    settings.dmp.test_ins_oids = True  # DPI test harnesses use the INS-NIR test and demo OIDs
     assert settings.dkim.keys_dir is not None
     if not key_path(settings.dkim.keys_dir, domain, settings.dkim.selector).exists():
         generate_key(settings.dkim.keys_dir, domain, settings.dkim.selector)
@@ -203,12 +210,17 @@ def _populate(session: Session, domain: str) -> None:
     svc.add_structure(session, id_type="FINESS", actor=ACTOR, **PHARMACY)
     for person in (MARTIN, DURAND, BERNARD):
         svc.add_professional(session, actor=ACTOR, **person)
-    svc.add_bal(
-        session, address=f"claire.martin@{domain}", type="PER", professional=MARTIN["idnat"], actor=ACTOR
-    )
-    svc.add_bal(
-        session, address=f"paul.durand@{domain}", type="PER", professional=DURAND["idnat"], actor=ACTOR
-    )
+    # The two doctors practise at the CH: their PER BALs hang on it, so the CH's DPI (APP BAL) may
+    # deposit in the DMP the documents they author.
+    for who, person in ((f"claire.martin@{domain}", MARTIN), (f"paul.durand@{domain}", DURAND)):
+        svc.add_bal(
+            session,
+            address=who,
+            type="PER",
+            professional=person["idnat"],
+            structure=CH["identifier"],
+            actor=ACTOR,
+        )
     svc.add_bal(
         session,
         address=f"cardiologie@{domain}",
@@ -258,7 +270,9 @@ def _qualify_patients(settings: Settings, engine: Engine) -> None:
     DMP's): a patient BAL is opened only for a qualified INS."""
     service = DMPService(engine, engine, KeyRing.load(settings.keyring_path), settings)
     for patient in PATIENTS:
-        service.add_patient(ins=patient["ins"], traits=patient["traits"], actor=ACTOR)
+        service.add_patient(
+            ins=patient["ins"], traits=patient["traits"], ins_oid=OID_INS_NIR_DEMO, actor=ACTOR
+        )
 
 
 def _create_logins(
@@ -386,10 +400,32 @@ def setup(settings: Settings) -> dict[str, Any]:
                 "client_cert": client_files.get(a.login, {}).get("cert"),
                 "client_key": client_files.get(a.login, {}).get("key"),
                 "delegated": a.delegated,
+                **_dpi_fields(a),
             }
             for a in logins
         ],
+        "dmp_gateway": settings.dmp.gateway_address,
     }
+
+
+def _dpi_fields(account: DemoAccount) -> dict[str, Any]:
+    """What a DPI test harness needs to write a package: RPPS and IdNat_PS of professionals, INS,
+    INS OID and traits of patients (as the CDA ``recordTarget`` must carry them)."""
+    if account.kind == "professional" and account.identifier:
+        return {"rpps": account.identifier[1:], "idnat": account.identifier}
+    patient = next((p for p in PATIENTS if p["ins"] == account.identifier), None)
+    if account.kind != "patient" or patient is None:
+        return {}
+    t: Traits = patient["traits"]
+    traits = {
+        "birth_name": t.birth_name,
+        "first_given_name": t.first_given_name,
+        "given_names": t.given_names,
+        "birth_date": t.birth_date.isoformat(),
+        "sex": t.sex,
+        "birthplace": t.birthplace,
+    }
+    return {"ins": patient["ins"], "ins_oid": OID_INS_NIR_DEMO, "traits": traits}
 
 
 def write_demo_json(settings: Settings, document: dict[str, Any], listeners: list[RunningListener]) -> Path:

@@ -18,13 +18,22 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal, Protocol
 
-from annuaire.addresses import AddressError
+from annuaire.addresses import AddressError, parse_international
 from annuaire.addresses import parse as parse_address
 from delegation.rights import BalFacts, GrantSource, owns, rights_until
 from delegation.rights import Right as _Right
 from mssante.auth.identity import Identity, IdentityKind
 
 TRUST_SPACE_SUFFIX = ".mssante.fr"
+# What a message with the null sender <> may be (RFC 3464 DSN, RFC 8098 MDN, RFC 6533 global).
+REPORT_TYPES = frozenset(
+    (
+        "delivery-status",
+        "disposition-notification",
+        "global-delivery-status",
+        "global-disposition-notification",
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,10 @@ class MessageFacts:
     # ``type/subtype`` of each attachment (counted for patient senders only, like ``attachments``).
     attachment_types: tuple[str, ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
+    # The addresses of the client's own ``Sender:`` fields, in order.
+    sender_fields: tuple[str, ...] = ()
+    # ``report-type`` when the message is a ``multipart/report`` (DSN, MDN), else None.
+    report_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -98,6 +111,9 @@ class MessageVerdict:
     verdict: Verdict
     # The delegate's identity for a ``Sender:`` header, when sending on behalf of the BAL.
     on_behalf_of: str | None = None
+    # The client's own single ``Sender:`` names who really sends: keep it (and add none).
+    # Otherwise every client ``Sender:`` is dropped, and ``on_behalf_of`` (if any) written.
+    keep_client_sender: bool = False
 
 
 class PatientRules(Protocol):
@@ -119,6 +135,29 @@ def _plain(address: str) -> str:
     if value.startswith("<") and value.endswith(">"):
         value = value[1:-1].strip()
     return value
+
+
+def _envelope_address(raw: str, utf8: bool) -> tuple[str, Verdict | None]:
+    """The address to decide on, or the refusal of it.
+
+    ASCII addresses go on as given. A UTF-8 one (RFC 6531) only inside an SMTPUTF8
+    transaction; it is NFC-normalised with its domain in A-labels, so that it is compared with
+    the annuaire as an ASCII one is (which, publishing only ASCII local parts, knows none of the
+    UTF-8 ones: they end as unknown mailboxes, like any other).
+    """
+    address = _plain(raw)
+    if address.isascii():
+        return address, None
+    if not utf8:
+        return address, refuse(
+            f"<{address}> is not ASCII: send it in an SMTPUTF8 transaction (RFC 6531)",
+            code=553,
+            status="5.6.7",
+        )
+    try:
+        return parse_international(address).address, None
+    except AddressError:
+        return address, refuse(f"<{address}> is not a valid address", code=501, status="5.1.3")
 
 
 class Policy:
@@ -150,11 +189,15 @@ class Policy:
         return domain.lower() in self.local_domains
 
     # -- submission -----------------------------------------------------------------------
-    def sender(self, identity: Identity | None, mail_from: str) -> tuple[Verdict, DirectoryBal | None]:
+    def sender(
+        self, identity: Identity | None, mail_from: str, *, utf8: bool = False
+    ) -> tuple[Verdict, DirectoryBal | None]:
         """MAIL FROM on submission: a published, active BAL hosted here the identity may send as."""
         if identity is None:
             return refuse("Authentication required", code=530, status="5.7.0"), None
-        address = _plain(mail_from)
+        address, problem = _envelope_address(mail_from, utf8)
+        if problem is not None:
+            return problem, None
         if not address:
             return refuse("The null sender <> cannot be used for submission", code=553, status="5.1.7"), None
         bal = self.directory.bal(address)
@@ -166,14 +209,17 @@ class Policy:
             return refuse(f"{identity.principal} may not send as <{bal.address}>"), None
         return accept("2.1.0", f"Sender <{bal.address}> OK"), bal
 
-    def recipient(self, identity: Identity, sender: DirectoryBal, rcpt_to: str) -> RcptVerdict:
+    def recipient(
+        self, identity: Identity, sender: DirectoryBal, rcpt_to: str, *, utf8: bool = False
+    ) -> RcptVerdict:
         """RCPT TO on submission: local published BALs, or whitelisted operator domains."""
-        address = _plain(rcpt_to)
+        address, problem = _envelope_address(rcpt_to, utf8)
+        if problem is not None:
+            return RcptVerdict(problem)
         try:
-            parsed = parse_address(address)
+            domain = parse_address(address).domain if address.isascii() else _domain_of(address)
         except AddressError:
             return RcptVerdict(refuse(f"<{address}> is not a valid address", code=501, status="5.1.3"))
-        domain = parsed.domain
         if self.is_local(domain):
             bal = self.directory.bal(address)
             if bal is None or not bal.active:
@@ -186,6 +232,15 @@ class Policy:
                     return RcptVerdict(verdict)
             return RcptVerdict(
                 accept("2.1.5", f"Recipient <{bal.address}> OK"), Recipient(bal.key, "local", domain)
+            )
+        if not address.isascii():
+            return RcptVerdict(
+                refuse(
+                    f"<{address}>: UTF-8 mailbox names are not relayed to other operators "
+                    "(the annuaire publishes none)",
+                    code=553,
+                    status="5.6.7",
+                )
             )
         if not self.directory.is_domain_whitelisted(domain):
             if identity.kind is IdentityKind.PATIENT and self.patient_rules is not None:
@@ -214,7 +269,11 @@ class Policy:
         recipients: tuple[Recipient, ...],
         facts: MessageFacts,
     ) -> MessageVerdict:
-        """After DATA: ``From:`` must be the sending BAL; a delegate is named in ``Sender:``."""
+        """After DATA: ``From:`` must be the sending BAL; a delegate is named in ``Sender:``.
+
+        One ``Sender:`` at most (RFC 5322 §3.6.2): the client's own is kept when it names who
+        really sends (the delegate, or the BAL itself when its owner sends), dropped otherwise.
+        """
         if len(facts.from_addresses) != 1:
             return MessageVerdict(refuse("The message must have exactly one From: address", status="5.6.0"))
         if _plain(facts.from_addresses[0]).lower() != sender.key:
@@ -226,7 +285,9 @@ class Policy:
             if verdict is not None and not verdict.ok:
                 return MessageVerdict(verdict)
         delegate = None if owns(identity, sender) else (identity.login or identity.principal)
-        return MessageVerdict(accept("2.6.0", "Message accepted"), delegate)
+        named = [_plain(a).lower() for a in facts.sender_fields]
+        keep = named == [delegate.lower() if delegate else sender.key]
+        return MessageVerdict(accept("2.6.0", "Message accepted"), delegate, keep_client_sender=keep)
 
     # -- mailbox access (IMAP) --------------------------------------------------------------
     def mailbox(self, identity: Identity, address: str) -> DirectoryBal | None:
@@ -239,30 +300,73 @@ class Policy:
         return bal
 
     # -- relay-in -------------------------------------------------------------------------
+    def operator_domains(self, peer_names: tuple[str, ...]) -> tuple[str, ...]:
+        """The whitelisted domains the sending operator's verified certificate names."""
+        return tuple(n for n in peer_names if self.directory.is_domain_whitelisted(n))
+
     def relay_peer(self, peer_domains: tuple[str, ...]) -> Verdict:
         """The sending operator (names of its verified certificate) must be whitelisted."""
-        for name in peer_domains:
-            if self.directory.is_domain_whitelisted(name):
-                return accept("2.7.0", f"Operator {name} recognised")
+        domains = self.operator_domains(peer_domains)
+        if domains:
+            return accept("2.7.0", f"Operator {domains[0]} recognised")
         shown = ", ".join(peer_domains) or "no name"
         return refuse(
             f"The client certificate ({shown}) names no whitelisted operator domain", status="5.7.1"
         )
 
-    def relay_sender(self, mail_from: str) -> Verdict:
-        address = _plain(mail_from)
-        if not address:  # DSNs travel with a null sender
-            return accept("2.1.0", "Null sender OK")
-        domain = _domain_of(address)
-        if self.is_local(domain):
-            return refuse(f"<{address}> claims a domain hosted here; refused from another operator")
-        if not self.directory.is_domain_whitelisted(domain):
-            return refuse(f"<{address}>: domain {domain} is outside the MSSanté trust space")
-        return accept("2.1.0", f"Sender <{address}> OK")
+    def _claims_local(self, domain: str) -> bool:
+        return any(domain == d or domain.endswith("." + d) for d in self.local_domains)
 
-    def relay_recipient(self, rcpt_to: str) -> RcptVerdict:
+    @staticmethod
+    def _entitled(domain: str, operator: tuple[str, ...]) -> bool:
+        """A domain an operator may write from: one its certificate names and the whitelist
+        lists, or a host name under one (``MAILER-DAEMON@mx.its-domain`` in its DSNs). The
+        whitelist maps no operator to other domains, so nothing else is that operator's."""
+        return any(domain == d or domain.endswith("." + d) for d in operator)
+
+    def _relay_origin(self, what: str, address: str, operator: tuple[str, ...]) -> Verdict | None:
+        """Refusal of an address the sending operator may not use (envelope or ``From:``)."""
+        domain = _domain_of(address)
+        if self._claims_local(domain):
+            return refuse(f"{what}<{address}> claims a domain hosted here; refused from another operator")
+        if self._entitled(domain, operator):
+            return None
+        if self.directory.is_domain_whitelisted(domain):
+            return refuse(
+                f"{what}<{address}>: domain {domain} is not one of the sending operator's "
+                f"({', '.join(operator) or 'none'})"
+            )
+        return refuse(f"{what}<{address}>: domain {domain} is outside the MSSanté trust space")
+
+    def relay_sender(self, mail_from: str, operator: tuple[str, ...], *, utf8: bool = False) -> Verdict:
+        """MAIL FROM on relay-in: the null sender (reports, checked after DATA) or an address of
+        the operator whose certificate was presented."""
+        address, problem = _envelope_address(mail_from, utf8)
+        if problem is not None:
+            return problem
+        if not address:
+            return accept("2.1.0", "Null sender OK")
+        return self._relay_origin("", address, operator) or accept("2.1.0", f"Sender <{address}> OK")
+
+    def relay_message(self, operator: tuple[str, ...], mail_from: str, facts: MessageFacts) -> Verdict:
+        """After DATA on relay-in: ``From:`` is the sending operator's, never one of our BALs;
+        the null sender carries delivery or disposition reports only (``multipart/report``)."""
+        if len(facts.from_addresses) != 1:
+            return refuse("The message must have exactly one From: address", status="5.6.0")
+        refused = self._relay_origin("From: ", _plain(facts.from_addresses[0]), operator)
+        if refused is not None:
+            return refused
+        if not _plain(mail_from) and facts.report_type not in REPORT_TYPES:
+            return refuse(
+                "The null sender <> is only for delivery and disposition reports (multipart/report)"
+            )
+        return accept("2.6.0", "Message accepted")
+
+    def relay_recipient(self, rcpt_to: str, *, utf8: bool = False) -> RcptVerdict:
         """Relay-in delivers only to this operator's published, active BALs."""
-        address = _plain(rcpt_to)
+        address, problem = _envelope_address(rcpt_to, utf8)
+        if problem is not None:
+            return RcptVerdict(problem)
         domain = _domain_of(address)
         if not self.is_local(domain):
             return RcptVerdict(

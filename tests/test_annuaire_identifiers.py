@@ -53,6 +53,8 @@ def test_nir_corsica(body: str, substitute: str) -> None:
         ("2880912345678945", "nir.length"),
         ("28809X234567894", "nir.characters"),
         ("588091234567894", "nir.sex"),
+        ("279005121518989", "nir.month"),
+        ("279155121518989", "nir.month"),
     ],
 )
 def test_nir_malformed(value: str, rule: str) -> None:
@@ -78,6 +80,9 @@ def test_idnat_prefixes() -> None:
     assert parse_idnat_ps("0751234567").number == "751234567"
     assert parse_idnat_ps("3750100042/12345").type == "3"
     assert parse_idnat_ps("10marie@demo.mssante.fr").type == "10"
+    # a bare RPPS (11 digits, starting with 10) is never read as a type-10 IdNat_PS
+    assert parse_idnat_ps("10102727017") == parse_idnat_ps("810102727017")
+    assert parse_idnat_ps("10102727017").value == "810102727017"
     assert idnat_from("RPPS", "10102727017") == "810102727017"
     assert idnat_from("8", "10102727017") == "810102727017"
     assert idnat_from("0", "751234567") == "0751234567"
@@ -121,3 +126,15 @@ def test_patient_address_checks_the_ins_key() -> None:
     assert patient_address("288091234567894").address == "288091234567894@patient.mssante.fr"
     with pytest.raises(IdentifierError):
         patient_address("288091234567823")
+
+
+def test_one_nir_validator_for_directory_login_and_dmp() -> None:
+    """The annuaire, authentication and the DMP agree on spaces, Corsica and months."""
+    from mssante.auth.identity import InvalidIdentity, check_ins
+
+    assert validate_nir(" 2 79 03 51 215 189 89 ") == check_ins("279035121518989") == "279035121518989"
+    for bad in ("279005121518989", "588091234567894", "27903512151898"):
+        with pytest.raises(IdentifierError):
+            validate_nir(bad)
+        with pytest.raises(InvalidIdentity):
+            check_ins(bad)

@@ -216,3 +216,41 @@ def test_import_100k_rows(engine: Engine, tmp_path: Path) -> None:
     print(f"100k rows imported in {elapsed:.1f} s ({100_000 / elapsed:.0f} rows/s)")
     again = import_extraction(engine, gen.path, full=True)
     assert not again.changed
+
+
+def _extraction_row(**values: str) -> str:
+    row = dict.fromkeys(COLUMNS, "")
+    row.update(values)
+    return "|".join(row[c] for c in COLUMNS)
+
+
+def test_pharmacies_are_recognised_after_a_standard_national_import(engine: Engine, tmp_path: Path) -> None:
+    """No FINESS import: the officine is derived from who practises there (pharmaciens only)."""
+    from annuaire.lookup import Annuaire
+
+    structure = {"Type identifiant structure": "1", "Raison Sociale structure BAL": "PHARMACIE DU PORT"}
+    hospital = {"Type identifiant structure": "1", "Raison Sociale structure BAL": "CH DU PORT"}
+    lines = [
+        _extraction_row(**structure, **{"Type de BAL": "ORG", "Adresse BAL": "officine@port.mssante.fr",
+                                        "Identification Structure": "130000001"}),
+        _extraction_row(**structure, **{"Type de BAL": "PER", "Adresse BAL": "ph.titulaire@port.mssante.fr",
+                                        "Type Identifiant PP": "8", "Identifiant PP": "10100000021",
+                                        "Identification nationale PP": "810100000021",
+                                        "Identification Structure": "130000001", "Nom d'exercice": "PORT",
+                                        "Code Profession": "21"}),
+        _extraction_row(**hospital, **{"Type de BAL": "ORG", "Adresse BAL": "pui@ch-port.mssante.fr",
+                                       "Identification Structure": "130000002"}),
+        _extraction_row(**hospital, **{"Type de BAL": "PER", "Adresse BAL": "ph.pui@ch-port.mssante.fr",
+                                       "Type Identifiant PP": "8", "Identifiant PP": "10100000022",
+                                       "Identification nationale PP": "810100000022",
+                                       "Identification Structure": "130000002", "Code Profession": "21"}),
+        _extraction_row(**hospital, **{"Type de BAL": "PER", "Adresse BAL": "dr.port@ch-port.mssante.fr",
+                                       "Type Identifiant PP": "8", "Identifiant PP": "10100000010",
+                                       "Identification nationale PP": "810100000010",
+                                       "Identification Structure": "130000002", "Code Profession": "10"}),
+    ]  # fmt: skip
+    report = import_extraction(engine, _write(tmp_path / "extraction.txt", lines))
+    assert report.rejected == 0, report
+    annuaire = Annuaire(engine)
+    assert annuaire.is_pharmacy_org_bal("officine@port.mssante.fr")
+    assert not annuaire.is_pharmacy_org_bal("pui@ch-port.mssante.fr")  # a hospital's PUI: médecins there

@@ -14,12 +14,16 @@ from email.message import Message
 import pytest
 from sqlalchemy import text
 
+from annuaire.service import add_bal
 from dmp import xdm
 from dmp.deposit import DepositResult, build_message, deposit_message
 from dmp.service import DMPService
 from dmp.testing import (
+    CH_TEST,
+    DPI_BAL,
     INFIRMIER,
     INS,
+    MEDECIN,
     MEDECIN_TRAITANT,
     TRAITS,
     UNKNOWN_INS,
@@ -28,6 +32,7 @@ from dmp.testing import (
     package,
 )
 from mssante.auth.identity import Identity
+from mssante.db import transaction
 
 GATEWAY = "dmp@demo.mssante.fr"
 SUBJECT = "XDM/1.0/DDM+CR d'hospitalisation DUPONT MARIE 19790305"
@@ -92,8 +97,13 @@ def test_deposit_with_mdn(dmp_service: DMPService) -> None:
         and fields["Original-Recipient"] == f"rfc822;{GATEWAY}"
     )
     assert fields["Original-Message-ID"].startswith("<")
-    names = [p.get_filename() for p in answer.walk() if p.get_filename()]
-    assert names == ["IHE_XDM.ZIP"]
+    parts = answer.get_payload()
+    assert isinstance(parts, list)
+    assert [p.get_content_type() for p in parts] == [
+        "text/plain", "message/disposition-notification", "message/rfc822", "application/zip"
+    ]  # fmt: skip
+    assert parts[3].get_filename() == "IHE_XDM.ZIP"
+    assert answer["Subject"] == SUBJECT and answer["From"] == GATEWAY  # the original subject, exactly
     assert _stored(dmp_service) == 2
     assert dmp_service.list_documents(Identity.patient(INS), INS)[0].author_idnat == MEDECIN_TRAITANT
 
@@ -150,12 +160,20 @@ def test_902_unknown_patient(dmp_service: DMPService) -> None:
 
 def test_903_no_ins(dmp_service: DMPService) -> None:
     built = xdm.build(package())
-    _error(_send(dmp_service, built, headers={"X-MSS-INS": "N"}), 903)
-    not_ins = _with_metadata(built, b"&amp;1.2.250.1.213.1.4.8&amp;ISO", b"&amp;1.2.250.1.213.1.4.2&amp;ISO")
-    _error(_send(dmp_service, not_ins), 903)
+    declared_no = _send(dmp_service, built, headers={"X-MSS-INS": "N"})  # the package decides
+    assert declared_no.ok and any("X-MSS-INS" in n for n in declared_no.notes)
+    doc = package().documents[0]
+    no_ins_in_cda = replace(doc, content=cda().replace(b"1.2.250.1.213.1.4.8", b"1.2.250.1.71.4.2.7"))
+    _error(_send(dmp_service, xdm.build(package(documents=(no_ins_in_cda,)))), 903)
+    assert _stored(dmp_service) == 1
+    built = xdm.build(package())
+    # a local identifier in the metadata does not hide the CDA's INS: the CDA decides
+    local_id = _with_metadata(built, b"&amp;1.2.250.1.213.1.4.8&amp;ISO", b"&amp;1.2.250.1.213.1.4.2&amp;ISO")
+    assert _send(dmp_service, local_id).ok
+    built = xdm.build(package())
     dmp_service.add_patient(ins=INS, traits=TRAITS, identity_status="VALI", actor="test")
     _error(_send(dmp_service, built), 903)  # the stored identity is not qualified
-    assert _stored(dmp_service) == 0
+    assert _stored(dmp_service) == 2
 
 
 def test_904_ins_mismatch(dmp_service: DMPService) -> None:
@@ -174,11 +192,16 @@ def test_905_incomplete_traits(dmp_service: DMPService) -> None:
 
 
 def test_906_other_and_plain_error_mail(dmp_service: DMPService) -> None:
-    answer = _error(_send(dmp_service, xdm.build(package()), codes=["11488-4"], mdn=False), 906, mdn=False)
+    mismatch = _send(dmp_service, xdm.build(package()), codes=["11488-4"], mdn=False)
+    assert mismatch.ok and mismatch.answer is None and "X-MSS-CODECDA" in mismatch.notes[0]
+    two_authors = package(documents=(package().documents[0], package(author=MEDECIN).documents[0]))
+    answer = _error(_send(dmp_service, xdm.build(two_authors), mdn=False), 906, mdn=False)
     assert answer.get_content_type() == "multipart/mixed" and answer["To"] == bal_of(MEDECIN_TRAITANT)
     body = answer.get_payload()[0].get_payload(decode=True).decode()  # type: ignore[index,union-attr]
-    assert "906" in body and "X-MSS-CODECDA" in body
-    assert [p.get_filename() for p in answer.walk() if p.get_filename()] == ["IHE_XDM.ZIP"]
+    assert "906 Erreur 'Autre'" in body and "one author" in body
+    parts = answer.get_payload()
+    assert isinstance(parts, list)
+    assert [p.get_content_type() for p in parts] == ["text/plain", "message/rfc822", "application/zip"]
     # the sender must be the author
     _error(_send(dmp_service, xdm.build(package(author=INFIRMIER)), sender=SENDER), 906)
     # a message to the gateway without a package
@@ -190,7 +213,7 @@ def test_906_other_and_plain_error_mail(dmp_service: DMPService) -> None:
         dmp_service, msg, sender=SENDER, sender_bal="a@demo.mssante.fr", recipients=[GATEWAY]
     )
     assert result is not None and result.code == 906
-    assert _stored(dmp_service) == 0
+    assert _stored(dmp_service) == 1
 
 
 def test_901_and_900_replacement(dmp_service: DMPService) -> None:
@@ -206,14 +229,31 @@ def test_901_and_900_replacement(dmp_service: DMPService) -> None:
     _error(_send(dmp_service, xdm.build(package(documents=(again,)))), 900)
 
 
-def test_application_sender_acts_for_the_author(dmp_service: DMPService) -> None:
-    dpi = Identity.application("CN=dpi@ch-test.demo.mssante.fr", "ab" * 32)
+def _from_dpi(service: DMPService, zip_data: bytes) -> DepositResult:
+    dpi = Identity.application(f"CN={DPI_BAL}", "ab" * 32)
     result = deposit_message(
-        dmp_service, build_message(xdm.build(package()), sender="dpi@ch-test.demo.mssante.fr", to=GATEWAY,
-                                   subject=SUBJECT, cda_codes=["34112-3"]).as_bytes(),
-        sender=dpi, sender_bal="dpi@ch-test.demo.mssante.fr", recipients=[GATEWAY],
+        service, build_message(zip_data, sender=DPI_BAL, to=GATEWAY, subject=SUBJECT,
+                               cda_codes=["34112-3"], notification_to=DPI_BAL).as_bytes(),
+        sender=dpi, sender_bal=DPI_BAL, recipients=[GATEWAY], return_path=DPI_BAL,
     )  # fmt: skip
-    assert result is not None and result.ok and result.documents[0].author_idnat == MEDECIN_TRAITANT
+    assert result is not None
+    return result
+
+
+def test_application_sender_acts_for_the_authors_of_its_structure(dmp_service: DMPService) -> None:
+    result = _from_dpi(dmp_service, xdm.build(package()))
+    assert result.ok and result.documents[0].author_idnat == MEDECIN_TRAITANT
+    _error(_from_dpi(dmp_service, xdm.build(package(author=INFIRMIER))), 906)  # not of the CH
+    refused = [t for t in dmp_service.trace_of(INS) if t.outcome == "refused"]
+    assert refused and INFIRMIER in (refused[-1].reason or "") and DPI_BAL in (refused[-1].reason or "")
+    # a colleague of the same CH replaces the first author's document (901 does not apply)
+    with transaction(dmp_service.writer) as s:
+        add_bal(s, address=bal_of(MEDECIN), type="PER", professional=MEDECIN, structure=CH_TEST, actor="t")
+    dmp_service.annuaire.invalidate()
+    doc = package(author=MEDECIN).documents[0]
+    again = _from_dpi(dmp_service, xdm.build(package(author=MEDECIN, documents=(
+        replace(doc, replaces=result.documents[0].unique_id),))))  # fmt: skip
+    assert again.ok and again.documents[0].replaces == result.documents[0].unique_id
 
 
 @pytest.mark.parametrize(
@@ -261,3 +301,25 @@ def test_a_package_is_deposited_whole_or_not_at_all(dmp_service: DMPService) -> 
     bad_replacement = replace(doc, unique_id="2.25.77", replaces="2.25.404")
     _error(_send(dmp_service, xdm.build(package(documents=(doc, bad_replacement)))), 900)
     assert _stored(dmp_service) == 0 and _count_blobs(dmp_service) == 0
+
+
+def test_birthplace_differs_only_when_both_sides_have_it(dmp_service: DMPService) -> None:
+    elsewhere = replace(TRAITS, birthplace="13055")
+    _error(_send(dmp_service, xdm.build(package(traits=elsewhere))), 904)
+    unknown_place = replace(TRAITS, birthplace=None)
+    assert _send(dmp_service, xdm.build(package(traits=unknown_place))).ok
+
+
+def test_mss_headers_are_recorded_with_the_document_and_in_the_audit(dmp_service: DMPService) -> None:
+    result = _send(dmp_service, xdm.build(package()), headers={"X-MSS-NIL": "DPI-Test 4.2", "X-MSS-INS": "N"})
+    assert result.ok
+    with dmp_service.engine.connect() as conn:
+        row = conn.execute(
+            text("SELECT mss_ins, mss_codecda, mss_nil FROM dmp_documents WHERE unique_id = :u"),
+            {"u": result.documents[0].unique_id},
+        ).one()
+        details = [
+            str(d) for (d,) in conn.execute(text("SELECT detail FROM audit_log WHERE action = 'dmp.feed'"))
+        ]
+    assert tuple(row) == ("N", "34112-3", "DPI-Test 4.2")
+    assert any("DPI-Test 4.2" in d and "X-MSS-INS: N" in d for d in details)

@@ -190,7 +190,7 @@ def _edit(path: Path, old: str, new: str) -> None:
 def test_loaded_tables_are_consistent() -> None:
     loaded = codes.default()
     assert len(loaded.spaces) == 9
-    assert loaded.matrix.version == "3.0.2+mssante.1"
+    assert loaded.matrix.version == "3.0.2+mssante.2"
     assert set(loaded.type_codes) == loaded.matrix.type_codes
     assert loaded.space_of("18748-4") == "IMAGERIE"
 
@@ -200,8 +200,8 @@ def test_loaded_tables_are_consistent() -> None:
     [
         ("habilitation.csv", "type_code,10,", "type_code,13,", "unknown profession code"),
         ("habilitation.csv", "\n11488-4,", "\n99999-9,", "unknown type code"),
-        ("habilitation.csv", "# version: 3.0.2+mssante.1", "# no version", "version"),
-        ("habilitation.csv", "\n11488-4,1,", "\n11488-4,yes,", "is not 0 or 1"),
+        ("habilitation.csv", "# version: 3.0.2+mssante.2", "# no version", "version"),
+        ("habilitation.csv", "\n11488-4,1,", "\n11488-4,yes,", "is not 0, 1 or"),
         ("habilitation.csv", ",96,98,54", ",96,98,96", "repeated"),
         (
             "type_codes.csv",
@@ -236,3 +236,29 @@ def test_consent_settings_are_the_patients() -> None:
     )
     assert not may_manage_consent(ACTORS["auteur"], patient)
     assert not may_manage_consent(Actor(Role.PATIENT, "185057800608491"), patient)
+
+
+def test_the_matrix_is_closed_for_every_cell_not_known() -> None:
+    """Outside the seed's excerpt and the documented assumptions (A1: médecins read all; A2: 54
+    reads nothing), every cell is "?" — and denies."""
+    assert MATRIX.may_read("10", "11488-4") and not MATRIX.may_read("54", "11488-4")
+    assert ("60", "11488-4") in MATRIX.unknown and not MATRIX.may_read("60", "11488-4")
+    assert ("21", "SYNTH") not in MATRIX.unknown  # a cell of the excerpt
+
+
+def test_official_matrix_layout_is_loaded_when_dropped_in(config_copy: Path) -> None:
+    (config_copy / "habilitation_officielle.csv").write_text(
+        "Matrice d'habilitation des professionnels de santé;;;\n"
+        "Version : 3.0.2;;;\n"
+        "Libellé;typeCode;Médecin (10);Pharmacien (21);Infirmier (60)\n"
+        "CR de consultation;11488-4;X;;X\n"
+        "Historique des vaccinations;11369-6;X;X;X\n"
+        "Un type inconnu de ce produit;99999-9;X;X;X\n",
+        encoding="utf-8",
+    )
+    matrix = codes.load(config_copy).matrix
+    assert matrix.version == "3.0.2 (official)"
+    assert matrix.may_read("60", "11488-4") and not matrix.may_read("21", "11488-4")
+    assert matrix.may_read("21", "11369-6")
+    assert not matrix.may_read("10", "34112-3") and ("10", "34112-3") in matrix.unknown  # not listed: denied
+    assert not matrix.may_read("26", "11369-6")  # no column: denied

@@ -141,7 +141,7 @@ def test_delete_and_replace(dmp_service: DMPService) -> None:
     assert again.value.code == 900  # replacing an old version
     with pytest.raises(Refused) as not_author:
         dmp_service.delete(AUTRE_MEDECIN, new.unique_id)
-    assert not_author.value.code == 901
+    assert not_author.value.code == 901  # neither the author nor of the author's CH
     dmp_service.delete(TRAITANT, new.unique_id, reason="erreur de patient")
     assert dmp_service.list_documents(TRAITANT, INS) == []
     with pytest.raises(Refused, match="deleted"):
@@ -201,3 +201,17 @@ def test_staff_reads_nothing(dmp_service: DMPService) -> None:
         dmp_service.read(secretary, uid)
     with pytest.raises(Refused, match="registered"):
         dmp_service.feed(secretary, INS, CDA, DocumentMeta(type_code="34112-3", title="CR"))
+
+
+def test_test_and_demo_ins_oids_only_where_allowed(dmp_service: DMPService) -> None:
+    from dmp.models import OID_INS_NIR_DEMO, OID_INS_NIR_TEST
+    from dmp.testing import TRAITS
+
+    for oid in (OID_INS_NIR_TEST, OID_INS_NIR_DEMO):
+        with pytest.raises(DMPError) as refused:
+            dmp_service.add_patient(ins=UNKNOWN_INS, traits=TRAITS, ins_oid=oid, actor="test")
+        assert refused.value.code == 903
+    dmp_service.settings.dmp.test_ins_oids = True
+    assert dmp_service.add_patient(
+        ins=UNKNOWN_INS, traits=TRAITS, ins_oid=OID_INS_NIR_DEMO, actor="t"
+    ).ins_oid == (OID_INS_NIR_DEMO)

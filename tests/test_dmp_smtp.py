@@ -21,6 +21,7 @@ from annuaire.service import add_bal
 from dmp import xdm
 from dmp.deposit import build_message
 from dmp.hook import DMPDepositHook
+from dmp.models import OID_INS_NIR_DEMO
 from dmp.service import DMPService, Traits
 from dmp.testing import UNKNOWN_INS, package
 from mssante import demo
@@ -85,7 +86,9 @@ def _send(server: Server, raw: bytes) -> dict[str, Any]:
 
 
 def _xdm(ins: str = INS) -> bytes:
-    return xdm.build(package(ins=ins, author=demo.MARTIN["idnat"], traits=TRAITS, with_pdf=True))
+    return xdm.build(
+        package(ins=ins, author=demo.MARTIN["idnat"], traits=TRAITS, with_pdf=True, oid=OID_INS_NIR_DEMO)
+    )
 
 
 @pytest.mark.parametrize(("ins", "code"), [(INS, None), (UNKNOWN_INS, 902)])

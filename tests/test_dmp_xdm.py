@@ -9,9 +9,11 @@ import zipfile
 
 import pytest
 
-from dmp import xdm
+from dmp import cda, xdm
+from dmp.hl7 import CxError, parse_cx
+from dmp.models import INS_OIDS
 from dmp.testing import INS, PDF, package
-from dmp.xdm_reader import Limits, XdmError, read
+from dmp.xdm_reader import Limits, XdmError, parse_xml, read
 
 LIMITS = Limits(max_package_bytes=2 * 1024 * 1024, max_file_bytes=1024 * 1024, max_files=16, max_ratio=100)
 
@@ -186,3 +188,62 @@ def test_a_lying_declared_size_is_caught() -> None:
         raise AssertionError("member not found")
     error = _refused(bytes(built))
     assert "cannot be read" in str(error)  # zipfile stops at the declared size: the CRC fails
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("279035121518989^^^&1.2.250.1.213.1.4.8&ISO", ("279035121518989", "", "1.2.250.1.213.1.4.8", "")),
+        (
+            "279035121518989^^^&1.2.250.1.213.1.4.8&ISO^NH",
+            ("279035121518989", "", "1.2.250.1.213.1.4.8", "NH"),
+        ),
+        (
+            "279035121518989^^^ASIP-SANTE-NIR&1.2.250.1.213.1.4.8&ISO^NH",
+            ("279035121518989", "ASIP-SANTE-NIR", "1.2.250.1.213.1.4.8", "NH"),
+        ),
+        ("IPP1^^^&1.2.3&ISO^PI^^^^", ("IPP1", "", "1.2.3", "PI")),
+    ],
+)
+def test_cx_reader_accepts_type_code_and_namespace(value: str, expected: tuple[str, str, str, str]) -> None:
+    cx = parse_cx(value)
+    assert (cx.id, cx.namespace, cx.authority, cx.type_code) == expected
+    assert parse_cx(cx.render()) == cx
+
+
+@pytest.mark.parametrize(
+    "value", ["", "279035121518989", "279035121518989^^^&&ISO", "X^^^&1.2.3&L", "A\\F\\B^^^&1&ISO"]
+)
+def test_cx_reader_refuses_what_is_not_a_cx(value: str) -> None:
+    with pytest.raises(CxError):
+        parse_cx(value)
+
+
+def test_cda_header_traits_follow_ci_sis() -> None:
+    root = parse_xml(
+        b'<ClinicalDocument xmlns="urn:hl7-org:v3"><code code="11488-4"/><recordTarget><patientRole>'
+        b'<id root="1.2.3" extension="IPP9"/><id root="1.2.250.1.213.1.4.8" extension="279035121518989"/>'
+        b'<patient><name><given qualifier="CL">Mimi</given><given>MARIE</given><given>CLAIRE</given>'
+        b'<family qualifier="SP">MARTIN</family><family qualifier="BR">DUPONT</family></name>'
+        b'<administrativeGenderCode code="F"/><birthTime value="19790305"/>'
+        b"<birthplace><place><addr><censusTract>75115</censusTract></addr></place></birthplace>"
+        b"</patient></patientRole></recordTarget></ClinicalDocument>",
+        "CDA",
+    )
+    head = cda.header(root)
+    assert head.code == "11488-4" and head.patient is not None
+    p = head.patient
+    assert (p.birth_name, p.first_given_name, p.given_names, p.sex, p.birthplace) == (
+        "DUPONT", "MARIE", "MARIE CLAIRE", "F", "75115",
+    )  # fmt: skip
+    assert p.ins(("1.2.250.1.213.1.4.8",)) == ("279035121518989", "1.2.250.1.213.1.4.8")
+    assert p.missing_traits() == []
+
+
+def test_test_and_demo_oids_only_when_allowed() -> None:
+    built = xdm.build(package(oid="1.2.250.1.213.1.4.11"))
+    with pytest.raises(XdmError) as refused:
+        read(built, LIMITS)  # production OIDs by default
+    assert refused.value.code == 903 and "INS-NIR demo" in str(refused.value)
+    [got] = read(built, LIMITS, INS_OIDS)
+    assert got.patient.ins_oid == "1.2.250.1.213.1.4.11"

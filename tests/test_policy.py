@@ -24,6 +24,7 @@ LOCAL = "demo.mssante.fr"
 PATIENT_DOMAIN = "patient.mssante.fr"
 REMOTE = "autre-operateur.mssante.fr"  # whitelisted operator
 UNLISTED = "inconnu.mssante.fr"  # in the MSSanté namespace, not on the liste blanche
+THIRD = "tiers-operateur.mssante.fr"  # another whitelisted operator
 
 MARTIN_ID = "810100000011"
 DURAND_ID = "810100000029"
@@ -75,7 +76,7 @@ PATIENT = FakeBal(f"{INS}@{PATIENT_DOMAIN}", "PAT", ins=INS)
 ELSEWHERE = FakeBal(f"dr.x@{REMOTE}", "PER", professional_idnat=MARTIN_ID)
 
 DIRECTORY = FakeDirectory(
-    [MARTIN, DURAND, RETIRED, CARDIO, DPI, PATIENT, ELSEWHERE], {LOCAL, PATIENT_DOMAIN, REMOTE}
+    [MARTIN, DURAND, RETIRED, CARDIO, DPI, PATIENT, ELSEWHERE], {LOCAL, PATIENT_DOMAIN, REMOTE, THIRD}
 )
 POLICY = Policy(DIRECTORY, [LOCAL, PATIENT_DOMAIN])
 
@@ -448,6 +449,59 @@ def test_message(
     assert decision.on_behalf_of == on_behalf_of
 
 
+SENDER_FIELD_TABLE = [
+    # who, sending BAL, the client's Sender: addresses, keep it?, on_behalf_of
+    ("secretary", CARDIO, (SECRETARY.login,), True, SECRETARY.login),
+    ("secretary", CARDIO, (str(SECRETARY.login).upper(),), True, SECRETARY.login),
+    ("secretary", CARDIO, (DURAND.address,), False, SECRETARY.login),  # names someone else
+    ("secretary", CARDIO, (SECRETARY.login, SECRETARY.login), False, SECRETARY.login),  # two
+    ("secretary", CARDIO, (), False, SECRETARY.login),
+    ("martin", MARTIN, (MARTIN.address,), True, None),  # the owner naming her own BAL
+    ("martin", MARTIN, (DURAND.address,), False, None),  # the owner naming another doctor
+]
+
+
+@pytest.mark.parametrize(("who", "sender", "fields", "keep", "on_behalf_of"), SENDER_FIELD_TABLE)
+def test_one_sender_field(
+    who: str, sender: FakeBal, fields: tuple[str, ...], keep: bool, on_behalf_of: str | None
+) -> None:
+    identity = IDENTITIES[who]
+    assert identity is not None
+    facts = MessageFacts(from_addresses=(sender.address,), sender_fields=fields)
+    decision = POLICY.message(identity, sender, ROUTES, facts)
+    assert decision.verdict.ok
+    assert (decision.keep_client_sender, decision.on_behalf_of) == (keep, on_behalf_of)
+
+
+SMTPUTF8_TABLE = [
+    # rcpt, in an SMTPUTF8 transaction?, code, status
+    ("amélie.martin@demo.mssante.fr", False, 553, "5.6.7"),  # UTF-8 needs SMTPUTF8
+    ("amélie.martin@demo.mssante.fr", True, 550, "5.1.1"),  # unknown, like an ASCII one
+    ("ame\u0301lie@demo.mssante.fr", True, 550, "5.1.1"),  # decomposed form: the same answer
+    ("Paul.Durand@DÉMO.mssante.fr", True, 550, "5.7.1"),  # an IDN that is not ours, not listed
+    ("amélie@autre-operateur.mssante.fr", True, 553, "5.6.7"),  # not relayed
+    ("a\u2028b@demo.mssante.fr", True, 501, "5.1.3"),
+    ("\udcff@demo.mssante.fr", True, 501, "5.1.3"),  # undecodable bytes
+]
+
+
+@pytest.mark.parametrize(("rcpt_to", "utf8", "code", "status"), SMTPUTF8_TABLE)
+def test_smtputf8_recipients(rcpt_to: str, utf8: bool, code: int, status: str) -> None:
+    result = POLICY.recipient(PRO_MARTIN, MARTIN, rcpt_to, utf8=utf8)
+    assert (result.verdict.code, result.verdict.status) == (code, status), result.verdict
+    relayed = POLICY.relay_recipient(rcpt_to, utf8=utf8)
+    if code != 550 or status == "5.1.1":
+        assert relayed.recipient is None
+
+
+def test_smtputf8_lookup_is_case_and_nfc_insensitive_where_the_annuaire_allows() -> None:
+    # The A-label form of an ASCII-equivalent address reaches the BAL whatever its case.
+    ok = POLICY.recipient(PRO_MARTIN, MARTIN, "PAUL.DURAND@Demo.MSSante.fr", utf8=True)
+    assert ok.recipient is not None and ok.recipient.address == DURAND.key
+    verdict, bal = POLICY.sender(PRO_MARTIN, "Claire.Martin@DEMO.mssante.fr", utf8=True)
+    assert verdict.ok and bal is MARTIN
+
+
 # -- relay-in (another operator) -----------------------------------------------------------------
 
 PEER_TABLE = [
@@ -480,6 +534,29 @@ RELAY_SENDER_TABLE = [
     ("", True, 250, "2.1.0", "Null sender OK"),  # DSNs
     ("<>", True, 250, "2.1.0", "Null sender OK"),
     (f"dr.y@{REMOTE}", True, 250, "2.1.0", f"Sender <dr.y@{REMOTE}> OK"),
+    (f"MAILER-DAEMON@mx.{REMOTE}", True, 250, "2.1.0", f"Sender <MAILER-DAEMON@mx.{REMOTE}> OK"),
+    # Whitelisted, but another operator's: the certificate presented was REMOTE's.
+    (
+        f"dr.t@{THIRD}",
+        False,
+        550,
+        "5.7.1",
+        f"<dr.t@{THIRD}>: domain {THIRD} is not one of the sending operator's ({REMOTE})",
+    ),
+    (
+        f"x@mx.{LOCAL}",
+        False,
+        550,
+        "5.7.1",
+        f"<x@mx.{LOCAL}> claims a domain hosted here; refused from another operator",
+    ),
+    (
+        f"amélie@{REMOTE}",
+        False,
+        553,
+        "5.6.7",
+        f"<amélie@{REMOTE}> is not ASCII: send it in an SMTPUTF8 transaction (RFC 6531)",
+    ),
     (
         MARTIN.address,
         False,
@@ -513,7 +590,69 @@ RELAY_SENDER_TABLE = [
 
 @pytest.mark.parametrize(("mail_from", "ok", "code", "status", "reason"), RELAY_SENDER_TABLE)
 def test_relay_sender(mail_from: str, ok: bool, code: int, status: str, reason: str) -> None:
-    check(POLICY.relay_sender(mail_from), ok, code, status, reason)
+    check(POLICY.relay_sender(mail_from, (REMOTE,)), ok, code, status, reason)
+
+
+def _report(report_type: str | None) -> MessageFacts:
+    return MessageFacts((f"MAILER-DAEMON@mx.{REMOTE}",), report_type=report_type)
+
+
+RELAY_MESSAGE_TABLE = [
+    ("peer's doctor", f"dr.y@{REMOTE}", MessageFacts((f"dr.y@{REMOTE}",)), True, "2.6.0", "Message accepted"),
+    (
+        "one of our doctors",
+        f"dr.y@{REMOTE}",
+        MessageFacts((MARTIN.address,)),
+        False,
+        "5.7.1",
+        f"From: <{MARTIN.address}> claims a domain hosted here; refused from another operator",
+    ),
+    (
+        "a third operator's doctor",
+        f"dr.y@{REMOTE}",
+        MessageFacts((f"dr.t@{THIRD}",)),
+        False,
+        "5.7.1",
+        f"From: <dr.t@{THIRD}>: domain {THIRD} is not one of the sending operator's ({REMOTE})",
+    ),
+    ("DSN", "", _report("delivery-status"), True, "2.6.0", "Message accepted"),
+    ("MDN", "<>", _report("disposition-notification"), True, "2.6.0", "Message accepted"),
+    (
+        "null sender, ordinary mail",
+        "",
+        _report(None),
+        False,
+        "5.7.1",
+        "The null sender <> is only for delivery and disposition reports (multipart/report)",
+    ),
+    (
+        "null sender, other report",
+        "",
+        _report("tlsrpt"),
+        False,
+        "5.7.1",
+        "The null sender <> is only for delivery and disposition reports (multipart/report)",
+    ),
+    (
+        "two authors",
+        f"dr.y@{REMOTE}",
+        MessageFacts((f"dr.y@{REMOTE}", f"dr.z@{REMOTE}")),
+        False,
+        "5.6.0",
+        "The message must have exactly one From: address",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "mail_from", "facts", "ok", "status", "reason"),
+    RELAY_MESSAGE_TABLE,
+    ids=[row[0] for row in RELAY_MESSAGE_TABLE],
+)
+def test_relay_message(
+    case: str, mail_from: str, facts: MessageFacts, ok: bool, status: str, reason: str
+) -> None:
+    check(POLICY.relay_message((REMOTE,), mail_from, facts), ok, 250 if ok else 550, status, reason)
 
 
 RELAY_RECIPIENT_TABLE = [

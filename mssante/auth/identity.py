@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from stdnum.fr import nir
+from annuaire.identifiers import IdentifierError, validate_nir
 
 
 class IdentityKind(StrEnum):
@@ -39,11 +39,12 @@ def check_idnat(value: str) -> str:
 
 
 def check_ins(value: str) -> str:
-    """A 15-character INS matricule whose key verifies (Corsica 2A/2B handled by stdnum)."""
-    value = value.strip().upper()
-    if len(value) != 15 or not nir.is_valid(value):
-        raise InvalidIdentity(f"{value!r} is not an INS matricule (13 characters + a valid 2-digit key)")
-    return value
+    """A 15-character INS matricule whose key verifies: the one validator,
+    :func:`annuaire.identifiers.validate_nir`, so that login, directory and DMP agree."""
+    try:
+        return validate_nir(value)
+    except IdentifierError as exc:
+        raise InvalidIdentity(f"{value.strip()!r} is not an INS matricule: {exc}") from None
 
 
 def check_local_id(value: str) -> str:

@@ -316,12 +316,13 @@ def send_xdm(
     from email import policy
 
     from dmp.deposit import build_message
+    from dmp.models import INS_OIDS
     from dmp.xdm_reader import Limits, XdmError, read
     from mssante.config import DMPSection
 
     try:
         data = package_file.read_bytes()
-        packages = read(data, Limits.of(DMPSection()))
+        packages = read(data, Limits.of(DMPSection()), INS_OIDS)  # the receiving server decides the OIDs
     except OSError as exc:
         fail(f"cannot read {package_file}: {exc.strerror}")
     except XdmError as exc:
@@ -329,7 +330,8 @@ def send_xdm(
     password = os.environ.get(password_env)
     if not password:
         fail(f"set the password in ${password_env}", EXIT_USAGE)
-    codes = list(dict.fromkeys(d.type_code for p in packages for d in p.documents if d.format == "CDA_R2"))
+    cdas = [d for p in packages for d in p.documents if d.format == "CDA_R2"]
+    codes = list(dict.fromkeys(d.cda_code or d.type_code for d in cdas))
     msg = build_message(data, sender=sender, to=to, subject=subject, cda_codes=codes,
                         notification_to=sender if mdn else None)  # fmt: skip
     context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)

@@ -6,6 +6,7 @@ accepted message into one durable store transaction; ``250`` is answered only af
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import defaultdict
 from typing import Any
@@ -183,7 +184,9 @@ class SubmissionHandler(_Base):
         self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         identity = self._auth(session).identity
-        verdict, bal = await asyncio.to_thread(self.policy.sender, identity, address)
+        verdict, bal = await asyncio.to_thread(
+            functools.partial(self.policy.sender, identity, address, utf8=envelope.smtp_utf8)
+        )
         if not verdict.ok:
             return await self._refuse(server, identity.principal, "MAIL", verdict.smtp, address=address)
         self._accept_mail(envelope, address, mail_options, sender_bal=bal)
@@ -196,7 +199,9 @@ class SubmissionHandler(_Base):
             return too_many
         identity = self._auth(session).identity
         sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
-        result = await asyncio.to_thread(self.policy.recipient, identity, sender, address)
+        result = await asyncio.to_thread(
+            functools.partial(self.policy.recipient, identity, sender, address, utf8=envelope.smtp_utf8)
+        )
         if result.recipient is None:
             return await self._refuse(
                 server, identity.principal, "RCPT", result.verdict.smtp, bal=sender.key, address=address
@@ -211,7 +216,7 @@ class SubmissionHandler(_Base):
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
         data = envelope.original_content or b""
         facts, problem, has_id = hygiene.inspect(
-            data, count_attachments=identity.kind is IdentityKind.PATIENT
+            data, count_attachments=identity.kind is IdentityKind.PATIENT, smtputf8=envelope.smtp_utf8
         )
         if problem is not None:
             return await self._refuse(server, identity.principal, "DATA", problem.smtp, bal=sender.key)
@@ -222,12 +227,14 @@ class SubmissionHandler(_Base):
             )
         local_domain = sender.domain
         message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(local_domain)
+        if facts.sender_fields and not decision.keep_client_sender:
+            data = hygiene.without_field(data, "Sender")
         trace = self._trace(
             server,
             session,
             routes[0].address if len(routes) == 1 else None,
             identity.login or identity.principal,
-            decision.on_behalf_of,
+            None if decision.keep_client_sender else decision.on_behalf_of,
             None if has_id else message_id,
         )
         raw = trace + data
@@ -275,10 +282,13 @@ class RelayHandler(_Base):
         peer = await asyncio.to_thread(self.policy.relay_peer, names)
         if not peer.ok:
             return await self._refuse(server, actor, "MAIL", peer.smtp, address=address)
-        verdict = await asyncio.to_thread(self.policy.relay_sender, address)
+        operator = await asyncio.to_thread(self.policy.operator_domains, names)
+        verdict = await asyncio.to_thread(
+            functools.partial(self.policy.relay_sender, address, operator, utf8=envelope.smtp_utf8)
+        )
         if not verdict.ok:
             return await self._refuse(server, actor, "MAIL", verdict.smtp, address=address)
-        self._accept_mail(envelope, address, mail_options, peer_names=names)
+        self._accept_mail(envelope, address, mail_options, peer_names=names, operator=operator)
         return verdict.smtp
 
     async def handle_RCPT(
@@ -286,7 +296,9 @@ class RelayHandler(_Base):
     ) -> str:
         if (too_many := self._too_many(envelope)) is not None:
             return too_many
-        result = await asyncio.to_thread(self.policy.relay_recipient, address)
+        result = await asyncio.to_thread(
+            functools.partial(self.policy.relay_recipient, address, utf8=envelope.smtp_utf8)
+        )
         if result.recipient is None:
             actor = f"operator:{','.join(envelope.peer_names)}"  # type: ignore[attr-defined]
             return await self._refuse(server, actor, "RCPT", result.verdict.smtp, address=address)
@@ -296,15 +308,20 @@ class RelayHandler(_Base):
     async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
         data = bytes(envelope.original_content or b"")  # dkimpy wants bytes
         envelope.original_content = envelope.content = None
-        offset = hygiene.bare_line_end(data)
-        if offset is not None:
-            return f"550 5.6.0 bare CR or LF at byte {offset}: lines must end with CRLF"
+        peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
+        actor = f"operator:{peer}"
+        facts, problem, has_id = hygiene.inspect(data, smtputf8=envelope.smtp_utf8)
+        if problem is not None:
+            return await self._refuse(server, actor, "DATA", problem.smtp)
+        operator: tuple[str, ...] = envelope.operator  # type: ignore[attr-defined]
+        mail_from = envelope.mail_from or ""
+        verdict = await asyncio.to_thread(self.policy.relay_message, operator, mail_from, facts)
+        if not verdict.ok:
+            return await self._refuse(server, actor, "DATA", verdict.smtp, address=facts.from_addresses[0])
         verification = await asyncio.to_thread(dkim.verify, data, self.dkim_dns)
         if verification.result in ("fail", "permerror") and self.reject_on_fail:
             return "550 5.7.20 DKIM signature did not verify"
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
-        peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
-        facts, _, has_id = hygiene.inspect(data)
         message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(self.hostname)
         trace = self._trace(
             server,
@@ -319,7 +336,7 @@ class RelayHandler(_Base):
         ctx = DeliveryContext(
             "relay", None, envelope.mail_from or "", None, tuple(routes), facts, raw, message_id
         )
-        return await self._store(server, ctx, f"operator:{peer}")
+        return await self._store(server, ctx, actor)
 
 
 def peer_names(server: MSSanteSMTP) -> tuple[str, ...]:

@@ -1,24 +1,32 @@
 """DATA hygiene: what a message must look like before it may enter the trust space.
 
-Bare CR or bare LF anywhere is refused outright: SMTP smuggling hides a second message behind
-line ends that one server reads as the end of data and the next does not. ``From:`` and
-``Date:`` must be present and valid. The server then adds what a mail system owes the reader:
-``Received:`` (trace), ``Message-ID:`` when missing, ``Sender:`` when a delegate writes on
-behalf of the BAL.
+The session hands over content whose lines all end in CRLF (``MSSanteSMTP.smtp_DATA``). The
+header must then read the same to this server and to every reader: each line a ``Name:
+value`` field or a continuation, no control character but TAB (RFC 5322 allows none), 8-bit
+text only in an SMTPUTF8 transaction (RFC 6532). ``From:`` and ``Date:`` must be present,
+once, and valid. The server then adds what a mail system owes the reader: ``Received:``
+(trace), ``Message-ID:`` when missing, ``Sender:`` when a delegate writes on behalf of the
+BAL (the one ``Sender:``: a client's own is kept or dropped as the policy says).
 """
 
 from __future__ import annotations
 
+import email.policy
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email.message import Message
 from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_datetime
 
 from mssante.policy import MessageFacts
 from mssante.store.mime import analyse, attachment_types, parse_headers
 
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _MSGID = re.compile(r"<[^<>\s]+>")
+_FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # a CR or LF left after the split is bare
+# Unicode controls (C1 among them: NEL), line and paragraph separators: line breaks to some readers.
+_UNICODE_BREAKS = frozenset(("Cc", "Zl", "Zp"))
 
 
 @dataclass(frozen=True)
@@ -31,18 +39,72 @@ class Problem:
         return f"550 {self.status} {self.reason}"
 
 
-def bare_line_end(data: bytes) -> int | None:
-    """Offset of the first bare CR or bare LF, or None when every line ends in CRLF."""
-    crlf = data.count(b"\r\n")
-    if data.count(b"\n") == crlf and data.count(b"\r") == crlf:
-        return None  # three passes in C: the common, clean case
-    match = _BARE.search(data)
-    return match.start() if match else None
-
-
 def header_block(data: bytes) -> bytes:
     end = data.find(b"\r\n\r\n")
     return data if end == -1 else data[: end + 2]
+
+
+def header_problem(block: bytes, *, smtputf8: bool) -> Problem | None:
+    """Why the header block (CRLF line ends) cannot be read unambiguously, or None."""
+    lines = block.split(b"\r\n")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            break
+        if line[:1] in (b" ", b"\t"):
+            if number == 1:
+                return Problem("5.6.0", "the header starts with a continuation line")
+        elif _FIELD.match(line) is None:
+            return Problem("5.6.0", f"header line {number} is not a 'Name: value' field (RFC 5322 2.2)")
+        control = _CONTROL.search(line)
+        if control is not None:
+            byte = control.group()[0]
+            return Problem(
+                "5.6.0", f"control character 0x{byte:02X} in header line {number} (RFC 5322 allows none)"
+            )
+        if line.isascii():
+            continue
+        if not smtputf8:
+            return Problem(
+                "5.6.7",
+                f"8-bit text in header line {number} needs an SMTPUTF8 transaction (RFC 6532);"
+                " otherwise use RFC 2047 encoded words",
+            )
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError:
+            return Problem("5.6.7", f"header line {number} is not valid UTF-8 (RFC 6532)")
+        if any(unicodedata.category(c) in _UNICODE_BREAKS for c in text):
+            return Problem("5.6.0", f"Unicode control or line separator in header line {number}")
+    return None
+
+
+def from_addresses(value: str) -> tuple[str, ...]:
+    """The ``From:`` addresses as readers will show them; () when that is not certain.
+
+    Python's header parser (the default policy, as in clients and scripts) and the classic
+    ``getaddresses`` (what IMAP ENVELOPE is built with) must both read the value without a
+    defect and find the same addresses: an address only one of them sees is a spoofing tool.
+    """
+    header = email.policy.default.header_factory("From", value)
+    if header.defects:
+        return ()
+    modern = tuple(a.addr_spec for a in header.addresses)
+    classic = tuple(addr for _, addr in getaddresses([value]) if addr)
+    if [a.lower() for a in modern] != [a.lower() for a in classic]:
+        return ()
+    return modern
+
+
+def report_type(content_type: str | None) -> str | None:
+    """The ``report-type`` of a ``multipart/report`` top-level type, else None."""
+    if not content_type:
+        return None
+    message = Message()
+    message["Content-Type"] = content_type
+    if message.get_content_type() != "multipart/report":
+        return None
+    value = message.get_param("report-type")
+    return value.lower() if isinstance(value, str) else None
 
 
 def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
@@ -50,21 +112,24 @@ def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
     return [v for k, v in fields if k.lower() == lname]
 
 
-def inspect(data: bytes, *, count_attachments: bool = False) -> tuple[MessageFacts, Problem | None, bool]:
+def inspect(
+    data: bytes, *, count_attachments: bool = False, smtputf8: bool = False
+) -> tuple[MessageFacts, Problem | None, bool]:
     """Parse what the policy needs; returns (facts, problem or None, has Message-ID).
 
     Only the header block is parsed, unless the policy needs the attachment count (patient
     senders): the full MIME analysis is done once, by the store, on the final message.
     """
-    offset = bare_line_end(data)
     empty = MessageFacts(from_addresses=())
-    if offset is not None:
-        return empty, Problem("5.6.0", f"bare CR or LF at byte {offset}: lines must end with CRLF"), False
-    fields = parse_headers(header_block(data))
+    block = header_block(data)
+    problem = header_problem(block, smtputf8=smtputf8)
+    if problem is not None:
+        return empty, problem, False
+    fields = parse_headers(block)
     froms = _values(fields, "From")
     if len(froms) != 1:
         return empty, Problem("5.6.0", "the message must have exactly one From: header"), False
-    addresses = tuple(addr for _, addr in getaddresses(froms) if addr)
+    addresses = from_addresses(froms[0])
     if not addresses or any("@" not in a for a in addresses):
         return empty, Problem("5.6.0", "the From: header holds no valid address"), False
     dates = _values(fields, "Date")
@@ -75,6 +140,7 @@ def inspect(data: bytes, *, count_attachments: bool = False) -> tuple[MessageFac
     except (TypeError, ValueError):
         return empty, Problem("5.6.0", f"the Date: header {dates[0][:60]!r} is not an RFC 5322 date"), False
     analysis = analyse(data) if count_attachments else None
+    content_types = _values(fields, "Content-Type")
     facts = MessageFacts(
         from_addresses=addresses,
         in_reply_to=tuple(_MSGID.findall(" ".join(_values(fields, "In-Reply-To")))),
@@ -82,8 +148,27 @@ def inspect(data: bytes, *, count_attachments: bool = False) -> tuple[MessageFac
         attachments=int(analysis["attachments"]) if analysis else 0,
         attachment_types=attachment_types(analysis["part"]) if analysis else (),
         headers={k.lower(): v for k, v in fields},
+        sender_fields=tuple(addr for _, addr in getaddresses(_values(fields, "Sender"))),
+        report_type=report_type(content_types[0]) if len(content_types) == 1 else None,
     )
     return facts, None, bool(_values(fields, "Message-ID"))
+
+
+def without_field(data: bytes, name: str) -> bytes:
+    """``data`` without the header fields called ``name`` (with their continuation lines)."""
+    block = header_block(data)
+    wanted = name.lower().encode() + b":"
+    kept: list[bytes] = []
+    dropping = False
+    for line in block.split(b"\r\n")[:-1]:
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                kept.append(line)
+            continue
+        dropping = line[: len(wanted)].lower() == wanted
+        if not dropping:
+            kept.append(line)
+    return b"".join(line + b"\r\n" for line in kept) + data[len(block) :]
 
 
 def new_message_id(domain: str) -> str:

@@ -21,10 +21,12 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from mssante import metrics
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
+from mssante.smtp.syntax import HELO_REFUSAL, command_line_problem, valid_helo
 from mssante.tls import TLSInfo, tls_info
 
 log = logging.getLogger("mssante.smtp")
 
+_REPLY_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _HAS_ENHANCED = re.compile(r"^\d{3}[ -]\d\.\d{1,3}\.\d{1,3}( |$)")
 _DEFAULT_ENHANCED = {
     "221": "2.0.0",
@@ -50,6 +52,44 @@ _DEFAULT_ENHANCED = {
 }
 MAX_AUTH_LINE = 64 * 1024
 RFC_LINE_LIMIT = 1001  # 998 octets + CRLF (RFC 5322 §2.1.1, RFC 5321 §4.5.3.1.6)
+END_OF_DATA = b"\r\n.\r\n"
+DATA_CHUNK = 64 * 1024
+_BARE_CR = re.compile(rb"\r(?!\n)")
+# A lone "." line with a bare LF on either side of it (the end of data is found before).
+_LONE_DOT = re.compile(rb"(?<!\r)\n\.\r?\n|\r\n\.\n")
+# Tried only at line starts, so the scan stays linear whatever the line lengths.
+_LONG_LINE = re.compile(rb"\n[^\r\n]{%d}" % (RFC_LINE_LIMIT - 1))
+
+
+def data_problem(buffer: bytearray, start: int, end: int, line: int) -> str | None:
+    """Why the complete lines ``buffer[start:end]`` of DATA are refused, or None.
+
+    ``buffer[start - 2 : start]`` is the end of the line before (CRLF before the first one);
+    ``line`` is the number of the first line, for the reply.
+    """
+    if (match := _BARE_CR.search(buffer, start, end)) is not None:
+        at = line + buffer.count(b"\n", start, match.start())
+        return f"550 5.6.0 Bare CR at line {at}: a CR must be followed by LF"
+    if (match := _LONE_DOT.search(buffer, start - 2, end)) is not None:
+        at = line + buffer.count(b"\n", start, match.end() - 1)
+        return (
+            f"550 5.6.0 A lone '.' line next to a bare LF (line {at}) is refused as SMTP smuggling:"
+            " end data with <CR><LF>.<CR><LF>"
+        )
+    if _LONG_LINE.search(buffer, start - 1, end) is not None:
+        return "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+    return None
+
+
+def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes:
+    """The complete lines ``buffer[start:end]`` as stored: each ended by CRLF, dots unstuffed
+    (RFC 5321 §4.5.2). Copies again only what needs it."""
+    lines = bytes(buffer[start:end])
+    if lines.count(b"\n") != lines.count(b"\r\n"):  # some end with a bare LF
+        lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    if lines.startswith(b".") or b"\n." in lines:
+        lines = (b"\n" + lines).replace(b"\n.", b"\n")[1:]
+    return lines
 
 
 def ascii_fold(text: str) -> str:
@@ -76,6 +116,42 @@ class ConnectionLimits:
         self.open[ip] -= 1
         if self.open[ip] <= 0:
             del self.open[ip]
+
+
+class CommandLineError(Exception):
+    """A command line refused before it is parsed (bare CR or LF, control character)."""
+
+    def __init__(self, reply: str) -> None:
+        super().__init__(reply)
+        self.reply = reply
+
+
+_COMMAND_LINE: Any = object()  # the default separator: a call without one is a command read
+
+
+class StrictLineReader(asyncio.StreamReader):
+    """The session's stream: command lines (and SASL responses) must end in CRLF.
+
+    aiosmtpd reads every command with ``readuntil()`` (up to LF) and only strips the line end,
+    so a bare LF would end a command and a bare CR would travel inside it (into the HELO name,
+    then the ``Received:`` header). The check sits where command lines are cut, for every
+    command at once: a call without a separator is a command read (DATA passes its own and
+    keeps its own rules, ``smtp_DATA``). The refusal surfaces through ``handle_exception`` as a
+    ``500 5.5.2`` reply and the session goes on with the next line.
+    """
+
+    async def readuntil(self, separator: Any = _COMMAND_LINE) -> bytes:
+        if separator is not _COMMAND_LINE:
+            return await super().readuntil(separator)
+        line = await super().readuntil(b"\n")
+        if (problem := command_line_problem(line)) is not None:
+            raise CommandLineError(problem)
+        return line
+
+    def unread(self, data: bytes) -> None:
+        """Put back bytes read past the end of DATA (pipelined commands) for the next read."""
+        if data:
+            self._buffer[0:0] = data  # type: ignore[attr-defined]
 
 
 def _deny_builtin_auth(*_args: Any) -> AuthResult:
@@ -144,6 +220,22 @@ class MSSanteSMTP(SMTP):
         self.limits.release(self._peer_ip)
         super().connection_lost(error)
 
+    def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # aiosmtpd builds a plain StreamReader in its constructor; the data the transport feeds
+        # it is the same, only the way lines are cut is ours.
+        reader.__class__ = StrictLineReader
+        super()._cb_client_connected(reader, writer)
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, CommandLineError):
+            log.info(
+                "refused command line: %s",
+                error.reply,
+                extra={"session": self.session_id, "listener": self.listener},
+            )
+            return error.reply
+        return await super().handle_exception(error)
+
     @property
     def peer_ip(self) -> str:
         return self._peer_ip
@@ -160,9 +252,14 @@ class MSSanteSMTP(SMTP):
 
     # -- replies --------------------------------------------------------------------------
     async def push(self, status: Any) -> None:
-        """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO."""
+        """Every reply carries an enhanced status code (RFC 2034), except 220 and HELO/EHLO.
+
+        A reply may quote the client (an unknown command, an address): no control character
+        of it is ever written back, so a reply line stays one line."""
         utf8 = bool(self.envelope and self.envelope.smtp_utf8) or self._data_reply_utf8
         self._data_reply_utf8 = False
+        if isinstance(status, str):
+            status = _REPLY_CONTROL.sub("?", status)
         if isinstance(status, str) and not status.isascii() and not utf8:
             status = ascii_fold(status)  # RFC 6531: UTF-8 replies only to SMTPUTF8 transactions
         code = status[:3]
@@ -172,9 +269,17 @@ class MSSanteSMTP(SMTP):
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
-        """DATA into one growing buffer: a 20 MiB message costs about 20 MiB, not a list of
-        line objects plus their joined copy. Dot-unstuffing, the 1001-byte line limit and the
-        size limit are as RFC 5321 §4.5.2 and aiosmtpd have them; only CRLF.CRLF ends the data."""
+        """DATA read in chunks up to the first ``<CR><LF>.<CR><LF>``, judged line by line.
+
+        Line ends as Postfix's ``smtpd_forbid_bare_newline = normal``: lines ended by a bare LF
+        are accepted and stored with CRLF (scripts sending ``msg.as_bytes()`` do that), but only
+        ``<CR><LF>.<CR><LF>`` ends the data. A lone ``.`` line touching a bare LF (``<LF>.<LF>``,
+        ``<LF>.<CR><LF>``, ``<CR><LF>.<LF>``: what SMTP smuggling relies on, since another
+        server may take it for the end) and a bare CR anywhere refuse the message, read to its
+        real end, so nothing of it is ever taken for a command. Each 64 KiB chunk is checked and
+        normalised by a few passes in C, whatever its number of lines (25 MiB of empty lines
+        cost what 25 MiB of text costs), and the event loop is let go between chunks.
+        """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -185,40 +290,48 @@ class MSSanteSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        buffer = bytearray()
-        limit = self.data_size_limit
-        too_long = too_much = False
-        size = 0
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as exc:
-                too_long = True
-                await self._reader.read(exc.consumed)
-                continue
-            except asyncio.IncompleteReadError:
+        reader = self._reader
+        assert isinstance(reader, StrictLineReader)
+        content = bytearray()
+        # Two bytes of the line before (the CRLF of the DATA command at first), then what is not
+        # yet a complete line.
+        pending = bytearray(b"\r\n")
+        problem: str | None = None
+        line = 1
+        while True:
+            chunk = await reader.read(DATA_CHUNK)
+            if not chunk:
                 return  # the client went away mid-DATA: nothing was accepted
-            if line == b".\r\n":
+            search = max(len(pending) - len(END_OF_DATA) + 1, 0)
+            pending += chunk
+            end = pending.find(END_OF_DATA, search)
+            if end != -1:
+                reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
+                del pending[end + 2 :]  # the last line keeps its CRLF
+            complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
+            if problem is None:
+                problem = data_problem(pending, 2, complete, line)
+                if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
+                    problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+                if problem is None:
+                    content += normalise_lines(pending, 2, complete)
+                    if self.data_size_limit and len(content) > self.data_size_limit:
+                        problem = "552 5.3.4 Message too big"
+                if problem is not None:
+                    content = bytearray()  # keep reading to the end, keep nothing
+            line += pending.count(b"\n", 2, complete)
+            del pending[: complete - 2]
+            if problem is not None:
+                del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
+            if end != -1:
                 break
-            size += len(line)
-            if len(line) > RFC_LINE_LIMIT:
-                too_long = True
-            if limit and size > limit:
-                too_much = True
-            if too_long or too_much:
-                buffer.clear()  # keep reading to the end, keep nothing
-                continue
-            buffer += line[1:] if line.startswith(b".") else line
-        else:
-            return
-        if too_long or too_much:
+            await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
+        if problem is not None:
             self._set_post_data_state()
-            await self.push(
-                "552 5.3.4 Message too big" if too_much else "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-            )
+            await self.push(problem)
             return
-        self.envelope.original_content = self.envelope.content = buffer  # type: ignore[assignment]
-        del buffer
+        self.envelope.original_content = self.envelope.content = content  # type: ignore[assignment]
+        del content
         status = await metrics.smtp_acknowledged(self, self._call_handler_hook("DATA"))
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
@@ -230,6 +343,9 @@ class MSSanteSMTP(SMTP):
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push(HELO_REFUSAL)
+            return
         self._in_greeting = True
         try:
             await super().smtp_EHLO(hostname)
@@ -237,6 +353,9 @@ class MSSanteSMTP(SMTP):
             self._in_greeting = False
 
     async def smtp_HELO(self, hostname: str) -> None:
+        if hostname and not valid_helo(hostname):
+            await self.push(HELO_REFUSAL)
+            return
         self._in_greeting = True
         try:
             await super().smtp_HELO(hostname)
@@ -280,7 +399,7 @@ class MSSanteSMTP(SMTP):
         while isinstance(result, AuthChallenge):
             await self.push(f"334 {result.challenge}".rstrip() if result.challenge else "334 ")
             try:
-                line = await asyncio.wait_for(self._reader.readuntil(b"\n"), self._timeout_duration)
+                line = await asyncio.wait_for(self._reader.readuntil(), self._timeout_duration)
             except (asyncio.LimitOverrunError, asyncio.IncompleteReadError, TimeoutError):
                 await self.push("501 5.5.2 Authentication response too long or missing")
                 return

@@ -9,6 +9,7 @@ way to serve IMAP sections byte-exactly.
 from __future__ import annotations
 
 import email.utils
+import re
 from email.header import decode_header, make_header
 from email.message import Message
 from typing import Any
@@ -34,19 +35,33 @@ def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
     return lf + 2, lf + 2
 
 
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+# RFC 5322 field name (printable US-ASCII but ":"), right before its colon.
+_FIELD_NAME = re.compile(r"[\x21-\x39\x3b-\x7e]+:")
+
+
 def parse_headers(block: bytes) -> list[tuple[str, str]]:
-    """Unfold a header block into (name, raw value) pairs, in order, names as written."""
+    """Unfold a header block into (name, raw value) pairs, in order, names as written.
+
+    Lines are cut where standard parsers (Python's ``email``, mail clients) cut them: at CRLF,
+    CR or LF, never at the other characters ``str.splitlines`` also breaks on (FF, FS, NEL,
+    U+2028…). A line that is neither a field nor a continuation ends the header, as it does
+    for those parsers: the reader and this server must see the same ``From:``.
+    """
     text = block.decode("utf-8", errors="surrogateescape")
     fields: list[tuple[str, str]] = []
-    for line in text.splitlines():
+    for line in _LINE_BREAK.split(text):
         if not line:
             break
-        if line[0] in " \t" and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + " " + line.strip())
-        elif ":" in line:
-            name, _, value = line.partition(":")
-            fields.append((name.strip(), value.strip()))
+        if line[0] in " \t":
+            if fields:
+                name, value = fields[-1]
+                fields[-1] = (name, value + " " + line.strip())
+            continue
+        if _FIELD_NAME.match(line) is None:
+            break
+        name, _, value = line.partition(":")
+        fields.append((name, value.strip()))
     return fields
 
 

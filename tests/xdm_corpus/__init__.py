@@ -1,0 +1,1 @@
+"""Conformance corpus of XDM packages written independently of ``dmp.xdm`` (see ``builder``)."""
