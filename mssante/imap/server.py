@@ -289,10 +289,10 @@ class ImapServer:
         self.access = access  # rights on BALs (delegation); None: each session's own BAL only
         self.tls_context = tls_context
         self.hostname = hostname
+        metrics.watch_imap(self)  # open sessions counted by state when scraped
         self.limits = limits or Limits()
         self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
-        metrics.watch_imap(self)
 
     async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
         if implicit_tls and self.tls_context is None:
