@@ -17,13 +17,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
+from mssante import metrics
+from mssante.runtime import Runtime
+from mssante.store.store import Outbound
 from tests.demo_server import DemoServer, start_demo
 
 TOKEN = "scrape-token-0123456789abcdef"
@@ -279,3 +287,46 @@ def test_grafana_dashboard_uses_only_exposed_metrics(server: DemoServer) -> None
         assert names, expr
         for name in names:
             assert name in exposed, f"{name} (in {expr!r}) is not exposed"
+
+
+async def test_server_state_on_each_database(runtime: Runtime, tmp_path: Path) -> None:
+    """The gauges read at scrape time, on SQLite and (with MSSANTE_TEST_PG_URL) PostgreSQL: one
+    queued message for a remote domain, the audit records of its acceptance, and a certificate
+    file written here with 10 days left."""
+    raw = _message(DOCTOR, f"confrere@{REMOTE}").as_bytes().replace(b"\n", b"\r\n")
+    await runtime.store.deliver(
+        raw, DOCTOR, [COLLEAGUE], actor=DOCTOR, outbound=Outbound(raw, {REMOTE: [f"confrere@{REMOTE}"]})
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.demo.mssante.fr")])
+    now = datetime.now(UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=10))
+        .sign(key, hashes.SHA256())
+    )
+    pem = tmp_path / "server.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    runtime.settings.tls.cert_file = pem
+
+    families = {family.name: family for family in metrics.ServerState(runtime).collect()}
+
+    def sample(name: str, **labels: str) -> float:
+        found = [s.value for s in families[name].samples if s.labels == labels]
+        assert len(found) == 1, (name, labels, families[name].samples)
+        return float(found[0])
+
+    assert sample("mssante_queue_depth", domain=REMOTE) == 1
+    assert 0 <= sample("mssante_queue_oldest_age_seconds", domain=REMOTE) < 60
+    assert 0 <= sample("mssante_audit_head_age_seconds") < 60
+    assert sample("mssante_store_used_bytes") == len(raw)  # one copy, in the colleague's BAL
+    assert sample("mssante_store_mailboxes") == 1
+    assert sample("mssante_store_database_bytes") > 0
+    days = sample("mssante_certificate_expiry_days", source="tls.cert_file", subject="CN=mx.demo.mssante.fr")
+    assert 9.9 < days <= 10
+    assert sample("mssante_dmp_break_glass") == 0
