@@ -84,6 +84,14 @@ RELAY_DELIVERIES = Counter(
     registry=REGISTRY,
 )
 
+CONNECTIONS_REFUSED = Counter(
+    "mssante_connections_refused",
+    "Connections turned away at once because a connection cap (in total or per client address) "
+    "was reached, by protocol",
+    ["protocol"],
+    registry=REGISTRY,
+)
+
 # -- IMAP ---------------------------------------------------------------------------------------
 IMAP_COMMANDS = Counter(
     "mssante_imap_commands",
@@ -139,6 +147,10 @@ async def smtp_acknowledged(server: Any, answer: Awaitable[T]) -> T:
     SMTP_MESSAGE_SIZE.labels(server.listener).observe(len(content or b""))
     with SMTP_ACK_SECONDS.labels(server.listener).time():
         return await answer
+
+
+def connection_refused(protocol: str) -> None:
+    CONNECTIONS_REFUSED.labels(protocol).inc()
 
 
 def smtp_refused(listener: str, stage: str, status: str) -> None:

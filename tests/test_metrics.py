@@ -12,6 +12,7 @@ import json
 import os
 import re
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -52,6 +53,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
         "MSSANTE_SMTP__MAX_MESSAGE_SIZE": str(MAX_SIZE),
         "MSSANTE_RELAY__ROUTES": json.dumps({REMOTE: "127.0.0.1:9"}),
         "MSSANTE_RELAY__POLL_SECONDS": "0.2",
+        "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "3",
+        "MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP": "3",
     }
     demo = start_demo(tmp_path_factory.mktemp("metrics") / "data", env)
     try:
@@ -183,6 +186,35 @@ def test_imap_sessions_and_commands(server: DemoServer) -> None:
         and ("result", "success") in labels
     }
     assert sum(logins.values()) == 1, logins  # IMAP LOGIN is checked as a SASL PLAIN credential
+
+
+def test_connections_refused_at_the_caps(server: DemoServer) -> None:
+    before = scrape(server)
+    for protocol, port, refusal in (
+        ("smtp", server.port("submission"), b"421 4.7.0"),
+        ("imap", server.port("imap"), b"* BYE [UNAVAILABLE]"),
+    ):
+        held = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(3)]
+        for connection in held:
+            assert connection.recv(200)  # greeted: admitted
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as extra:
+            assert extra.recv(200).startswith(refusal)
+        during = scrape(server)
+        for connection in held:
+            connection.close()
+        refused = value(during, "mssante_connections_refused_total", protocol=protocol)
+        assert refused - value(before, "mssante_connections_refused_total", protocol=protocol) == 1
+        if protocol == "smtp":
+            assert value(during, "mssante_smtp_sessions") == 3
+        else:
+            assert value(during, "mssante_imap_sessions", state="not authenticated") == 3
+        deadline = time.monotonic() + 10  # the caps are free again before the next test
+        while time.monotonic() < deadline:
+            now = scrape(server)
+            imap_open = sum(v for (name, _), v in now.items() if name == "mssante_imap_sessions")
+            if value(now, "mssante_smtp_sessions") == 0 and imap_open == 0:
+                break
+            time.sleep(0.05)
 
 
 def test_queue_depth_per_domain_and_relay_outcomes(server: DemoServer) -> None:

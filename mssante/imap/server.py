@@ -330,6 +330,7 @@ class ImapServer:
     async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:
         """A greeting of BYE (RFC 3501 §7.1.5) and the door closed: a cap is reached."""
         log.warning("IMAP connection from %s refused: %s", ip, reason)
+        metrics.connection_refused("imap")
         with contextlib.suppress(Exception):
             writer.write(f"* BYE [UNAVAILABLE] {reason}\r\n".encode())
             writer.close()

@@ -202,6 +202,7 @@ class MSSanteSMTP(SMTP):
                     self._peer_ip,
                     extra={"session": self.session_id, "listener": self.listener},
                 )
+                metrics.connection_refused("smtp")
                 transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
