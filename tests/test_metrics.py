@@ -31,6 +31,7 @@ from cryptography.x509.oid import NameOID
 from prometheus_client.parser import text_string_to_metric_families
 
 from mssante import metrics
+from mssante.config import ConfigError, load_settings
 from mssante.runtime import Runtime
 from mssante.store.store import Outbound
 from tests.demo_server import DemoServer, start_demo
@@ -362,3 +363,18 @@ async def test_server_state_on_each_database(runtime: Runtime, tmp_path: Path) -
     days = sample("mssante_certificate_expiry_days", source="tls.cert_file", subject="CN=mx.demo.mssante.fr")
     assert 9.9 < days <= 10
     assert sample("mssante_dmp_break_glass") == 0
+
+
+def test_metrics_configuration_is_checked_and_the_token_masked() -> None:
+    settings = load_settings(None, metrics={"token": TOKEN, "allow": ["10.0.0.0/8", "::1"]})
+    assert settings.public_dict()["metrics"]["token"] == "***"
+    assert metrics.allowed(settings.metrics, "10.1.2.3", "")
+    assert metrics.allowed(settings.metrics, "192.0.2.1", f"Bearer {TOKEN}")
+    assert not metrics.allowed(settings.metrics, "192.0.2.1", "Bearer " + TOKEN[:-1])
+    assert not metrics.allowed(settings.metrics, "not-an-address", "")
+    with pytest.raises(ConfigError) as bad:
+        load_settings(None, metrics={"allow": ["10.0.0.300/8"]})
+    assert bad.value.key.startswith("metrics.allow")
+    with pytest.raises(ConfigError) as short:
+        load_settings(None, metrics={"token": "short"})
+    assert short.value.key == "metrics.token"
