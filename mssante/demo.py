@@ -10,8 +10,13 @@ is a public contract (scripts and people use it to connect; extend it, never bre
     {"domain", "patient_domain", "ca_cert", "dmp_gateway",
      "listeners": [{"name", "protocol", "host", "port", "tls"}],
      "accounts": [{"address", "kind", "login", "password", "client_cert", "client_key", "delegated",
+                   "delegations": [{"address", "rights", "via", "username"}],
                    "rpps", "idnat",                 # professional accounts
                    "ins", "ins_oid", "traits"}]}    # patient accounts: what a DPI puts in its CDA
+
+``delegated`` lists every other BAL the login may open (as addresses, its original shape);
+``delegations`` says, for each, the rights, how (holder, member, delegate) and the user name
+that opens it as the session's own mailbox.
 
 The demo patients' INS carry the INS-NIR *demo* OID (1.2.250.1.213.1.4.11): they are not real
 identities, and demo mode accepts the test and demo OIDs (``dmp.test_ins_oids``).
@@ -25,7 +30,7 @@ import json
 import os
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,16 +40,20 @@ from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
 from annuaire.identifiers import nir_key
+from annuaire.lookup import Annuaire
 from dmp.models import OID_INS_NIR_DEMO
 from dmp.service import DMPService, Traits
 from mssante.auth import accounts
 from mssante.auth.devpki import DevCA, prepare_demo
 from mssante.auth.identity import Identity
+from mssante.auth.models import AccountCertificate
+from mssante.auth.sasl import DELEGATE_SEPARATOR
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.listening import RunningListener
 from mssante.patients.identity import open_patient_bal
+from mssante.policy import Policy
 from mssante.smtp.dkim import generate_key, key_path
 
 DEFAULT_DOMAIN = "demo.mssante.fr"
@@ -71,7 +80,6 @@ class DemoAccount:
     identity_kind: str  # the auth account kind behind the login
     identifier: str | None
     display_name: str
-    delegated: list[str] = field(default_factory=list)
 
 
 CH: dict[str, Any] = {
@@ -121,7 +129,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "professional",
             MARTIN["idnat"],
             "Dr Claire MARTIN",
-            [f"cardiologie@{domain}"],
         ),
         DemoAccount(
             f"paul.durand@{domain}",
@@ -156,7 +163,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "staff",
             "secretaire.martin",
             "Julie ROBERT (secrétariat du Dr MARTIN)",
-            [f"claire.martin@{domain}"],
         ),
         # The cardiology service's front desk: a member of the ORG BAL.
         DemoAccount(
@@ -166,7 +172,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "staff",
             "accueil.cardiologie",
             "Accueil de cardiologie",
-            [f"cardiologie@{domain}"],
         ),
         *(
             DemoAccount(
@@ -365,6 +370,53 @@ def _delegate(session: Session, domain: str) -> None:
             )
 
 
+def _identity(session: Session, login: str) -> Identity | None:
+    account = accounts.get(session, login)
+    if account is None:
+        return None
+    if account.kind != "application":
+        return accounts.identity_of(account)
+    cert = session.scalars(
+        select(AccountCertificate).where(AccountCertificate.account_id == account.id)
+    ).first()
+    return Identity.application(cert.subject, cert.fingerprint, login=login) if cert is not None else None
+
+
+def _username(bal: str, login: str) -> str:
+    """What a mail client is given as user name to open ``bal`` as its own mailbox."""
+    return login if bal == login.lower() else f"{bal}{DELEGATE_SEPARATOR}{login}"
+
+
+def _reach(settings: Settings, engine: Engine, logins: list[DemoAccount]) -> dict[str, list[dict[str, Any]]]:
+    """For each demo address, every other BAL its login may open, as the server decides it
+    (``delegation.reach``): the address, the rights, how (holder, member, delegate) and the user
+    name that opens it as the session's own mailbox (``<BAL>*<login>``; None for a certificate)."""
+    from delegation.grants import GrantBook
+    from delegation.reach import reachable, via
+    from delegation.rights import format_rights
+
+    book = GrantBook(engine)
+    policy = Policy(Annuaire(engine), settings.server.domains, grants=book)
+    with Session(engine) as session:
+        identities = {acct.login: _identity(session, acct.login) for acct in logins}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for acct in logins:
+        identity = identities[acct.login]
+        if identity is not None:
+            password = acct.identity_kind != "application"
+            out[acct.address] = [
+                {
+                    "address": r.bal.address,
+                    "rights": format_rights(r.rights),
+                    "via": via(book, identity, r),
+                    "username": _username(r.bal.key, acct.login) if password else None,
+                }
+                for r in reachable(policy, book, identity)
+                if r.bal.key != acct.address.lower()
+            ]
+    return out
+
+
 def setup(settings: Settings) -> dict[str, Any]:
     """Create the demo operator if absent (idempotent); returns the demo.json document so far."""
     path = settings.data_dir / "demo.json"
@@ -386,6 +438,11 @@ def setup(settings: Settings) -> dict[str, Any]:
             _delegate(session, domain)
     finally:
         engine.dispose()
+    reader = make_engine(settings.database_url)
+    try:
+        reach = _reach(settings, reader, logins)
+    finally:
+        reader.dispose()
     return {
         "domain": domain,
         "patient_domain": PATIENT_DOMAIN,
@@ -399,7 +456,8 @@ def setup(settings: Settings) -> dict[str, Any]:
                 "password": passwords.get(a.login),
                 "client_cert": client_files.get(a.login, {}).get("cert"),
                 "client_key": client_files.get(a.login, {}).get("key"),
-                "delegated": a.delegated,
+                "delegated": [d["address"] for d in reach.get(a.address, [])],
+                "delegations": reach.get(a.address, []),
                 **_dpi_fields(a),
             }
             for a in logins

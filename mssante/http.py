@@ -1,6 +1,6 @@
 """The HTTP listener's application: health, and the routers of each area (FHIR directory,
-DMP API), served by uvicorn inside the server's event loop, with the TLS policy of
-``mssante.tls`` (uvicorn's own context would ignore ``tls.*``).
+DMP API, client autoconfiguration), served by uvicorn inside the server's event loop, with the
+TLS policy of ``mssante.tls`` (uvicorn's own context would ignore ``tls.*``).
 
 Hostile requests are turned away before they cost memory (issue 13, item 7):
 
@@ -34,7 +34,7 @@ from mssante.tls import ClientCertMode, server_context
 
 # Each area exposes ``router`` (a FastAPI APIRouter), and ``BEARER_LISTENER`` (the listener name
 # its logins are audited under) when every one of its routes needs a bearer token.
-ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
+ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api", "mssante.clientconfig.http")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

@@ -19,6 +19,7 @@ from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.listening import RunningListener
 from mssante.notify import Notifier
 from mssante.patients.conversations import ConversationBook
 from mssante.patients.hook import PatientHook
@@ -63,6 +64,9 @@ class Runtime:
     extras: dict[str, object] = field(default_factory=dict)
     notifier: Notifier | None = None  # one per process: patient and DMP notifications
     grants: GrantBook | None = None  # delegations and ORG memberships in force
+    # The bound public listeners, once ``serve`` started them: what autoconfiguration tells
+    # clients (the real ports, even when 0 was configured).
+    listeners: list[RunningListener] = field(default_factory=list)
 
     def close(self) -> None:
         if self.authenticator is not None:

@@ -211,6 +211,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.users",
     "mssante.cli.demo",
     "mssante.cli.dkim",
+    "mssante.cli.dns",
     "mssante.cli.dmp",
     "mssante.cli.queue",
     "mssante.patients.cli",
