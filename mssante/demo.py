@@ -21,7 +21,10 @@ that opens it as the session's own mailbox.
 The demo patients' INS carry the INS-NIR *demo* OID (1.2.250.1.213.1.4.11): they are not real
 identities, and demo mode accepts the test and demo OIDs (``dmp.test_ins_oids``).
 
-Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600).
+Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600). Patient
+accounts also carry their TOTP secret (``totp_secret``, demo only: the second factor of the
+patient space) and every person's account the ``web`` URLs of the pages they use; each patient
+has a few documents in the DMP so that the pages are not empty.
 """
 
 from __future__ import annotations
@@ -117,6 +120,13 @@ PATIENTS: list[dict[str, Any]] = [
         "traits": Traits("LEROY", "Jean", "Jean Pierre", date(1975, 5, 20), "M", "69123"),
     },
 ]
+
+
+# A minor with a DMP but no account: his mother (the first patient) is his legal representative.
+CHILD: dict[str, Any] = {
+    "ins": _ins("1150675123456"),
+    "traits": Traits("DUPONT", "Léo", "Léo Paul", date(2015, 6, 1), "M", "75056"),
+}
 
 
 def demo_accounts(domain: str) -> list[DemoAccount]:
@@ -436,6 +446,8 @@ def setup(settings: Settings) -> dict[str, Any]:
             known_logins = {login for login, password in known.items() if password}
             client_files = _create_logins(session, certs_dir, passwords, logins, known_logins)
             _delegate(session, domain)
+        totp = _patient_totp(settings, engine, logins, previous)
+        _demo_documents(settings, engine)
     finally:
         engine.dispose()
     reader = make_engine(settings.database_url)
@@ -459,6 +471,7 @@ def setup(settings: Settings) -> dict[str, Any]:
                 "delegated": [d["address"] for d in reach.get(a.address, [])],
                 "delegations": reach.get(a.address, []),
                 **_dpi_fields(a),
+                **({"totp_secret": totp[a.login]} if a.login in totp else {}),
             }
             for a in logins
         ],
@@ -488,6 +501,14 @@ def _dpi_fields(account: DemoAccount) -> dict[str, Any]:
 
 def write_demo_json(settings: Settings, document: dict[str, Any], listeners: list[RunningListener]) -> Path:
     document = dict(document)
+    http = next((item for item in listeners if item.name == "http" and item.public), None)
+    if http is not None:
+        base = f"{'https' if http.tls != 'none' else 'http'}://{http.host}:{http.port}"
+        spaces = {"patient": "patient", "professional": "pro", "secretary": "pro", "pharmacy": "pro"}
+        document["accounts"] = [
+            {**a, "web": f"{base}/{spaces[a['kind']]}/"} if a["kind"] in spaces else a
+            for a in document["accounts"]
+        ]
     document["listeners"] = [
         {"name": item.name, "protocol": item.protocol, "host": item.host, "port": item.port, "tls": item.tls}
         for item in listeners
@@ -500,3 +521,86 @@ def write_demo_json(settings: Settings, document: dict[str, Any], listeners: lis
         json.dump(document, fh, indent=2, ensure_ascii=False)
     os.replace(tmp, path)
     return path
+
+
+def _patient_totp(
+    settings: Settings, engine: Engine, logins: list[DemoAccount], previous: dict[str, Any]
+) -> dict[str, str]:
+    """Each demo patient's TOTP secret (the patient space's second factor; mail clients keep
+    logging in with the password alone), enrolled once and told again by demo.json; enrolled
+    anew when demo.json lost it."""
+    from mssante.web import second_factor
+
+    known = {a["login"]: a.get("totp_secret") for a in previous.get("accounts", [])}
+    ring = KeyRing.load(settings.keyring_path)
+    secrets_out: dict[str, str] = {}
+    with Session(engine) as session, session.begin():
+        for acct in logins:
+            if acct.kind != "patient":
+                continue
+            if second_factor.enrolled(session, acct.login) and known.get(acct.login):
+                secrets_out[acct.login] = str(known[acct.login])
+            else:
+                secrets_out[acct.login] = second_factor.enrol(session, ring, acct.login, actor=ACTOR)
+    return secrets_out
+
+
+def _demo_documents(settings: Settings, engine: Engine) -> None:
+    """The demo record: a care team, a médecin traitant and a few documents per patient
+    (written once: a patient with documents is left as they made it)."""
+    reader = make_engine(settings.database_url)  # reads (the annuaire) outside the write lock
+    try:
+        _feed_demo(DMPService(reader, engine, KeyRing.load(settings.keyring_path), settings))
+    finally:
+        reader.dispose()
+
+
+def _feed_demo(service: DMPService) -> None:
+    from dmp.service import DocumentMeta
+
+    # Marie DUPONT's son, a minor without an account of his own: she is his legal representative.
+    child = CHILD["ins"]
+    service.add_patient(ins=child, traits=CHILD["traits"], ins_oid=OID_INS_NIR_DEMO, actor=ACTOR)
+    service.add_legal_representative(child, PATIENTS[0]["ins"], actor=ACTOR)
+    service.add_care_team(child, MARTIN["idnat"], actor=ACTOR)
+    if not service.list_documents(Identity.patient(child), child):
+        service.feed(Identity.professional(MARTIN["idnat"]), child,
+                     _cda(child, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
+    martin, durand = Identity.professional(MARTIN["idnat"]), Identity.professional(DURAND["idnat"])
+    for patient in PATIENTS:
+        ins = patient["ins"]
+        if service.list_documents(Identity.patient(ins), ins):
+            continue
+        service.add_care_team(ins, MARTIN["idnat"], actor=ACTOR)
+        if patient is PATIENTS[0]:
+            service.add_care_team(ins, DURAND["idnat"], actor=ACTOR)
+            service.set_medecin_traitant(Identity.patient(ins), ins, MARTIN["idnat"])
+        service.feed(martin, ins, _cda(ins, "11488-4", "Compte rendu de consultation"),
+                     DocumentMeta("11488-4", "Compte rendu de consultation"))  # fmt: skip
+        service.feed(durand, ins, _cda(ins, "11502-2", "Bilan sanguin", DURAND),
+                     DocumentMeta("11502-2", "Bilan sanguin"))  # fmt: skip
+        service.feed(martin, ins, _PDF, DocumentMeta("57833-6", "Ordonnance de sortie", format="PDF",
+                                                      mime_type="application/pdf"))  # fmt: skip
+        service.feed(martin, ins, _cda(ins, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
+
+
+_PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+
+
+def _cda(ins: str, code: str, title: str, author: dict[str, Any] = MARTIN) -> bytes:
+    """A small CDA R2 of the demo: header (patient, author, date) and one readable section."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ClinicalDocument xmlns="urn:hl7-org:v3">'
+        f'<code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>{title}</title>'
+        '<effectiveTime value="20261201103000+0100"/>'
+        f'<recordTarget><patientRole><id root="{OID_INS_NIR_DEMO}" extension="{ins}"/></patientRole>'
+        "</recordTarget><author><assignedAuthor><assignedPerson><name><prefix>Dr</prefix>"
+        f"<given>{author['prenom']}</given><family>{author['nom']}</family></name></assignedPerson>"
+        "</assignedAuthor></author>"
+        "<component><structuredBody><component><section><title>Conclusion</title><text>"
+        "<paragraph>Examen clinique sans particularité. Tension artérielle 12/8.</paragraph>"
+        "<paragraph>Contrôle dans six mois.</paragraph></text></section></component>"
+        "</structuredBody></component></ClinicalDocument>"
+    ).encode()
