@@ -198,7 +198,8 @@ def create_app(runtime: Any) -> FastAPI:
         app.include_router(module.router)
         if hasattr(module, "bind"):
             module.bind(app, runtime)
-        uploads.update(getattr(module, "upload_limits", dict)(runtime.settings))
+        if hasattr(module, "upload_limits"):
+            uploads.update(module.upload_limits(runtime.settings))
         listener = getattr(module, "BEARER_LISTENER", None)
         if listener:
             protected[module.router.prefix] = listener

@@ -373,6 +373,13 @@ class ServerState:
             expiry.add_metric([f"account:{login_name}", subject], _days_left(not_after, now))
         yield expiry
 
+    def certificate_families(self) -> list[Metric]:
+        """The certificates' expiry alone (the admin console lists them)."""
+        from sqlalchemy.orm import Session
+
+        with Session(self.runtime.engine) as session:
+            return list(self._certificates(session, datetime.now(UTC)))
+
     def _lists(self) -> Iterable[Metric]:
         from annuaire.updates import scheduled_lists, status
 

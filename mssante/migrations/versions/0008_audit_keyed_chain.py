@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.orm import Session
 
 revision: str = "0008"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
