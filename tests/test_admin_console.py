@@ -180,6 +180,16 @@ def test_administrator_handles_a_delegation_and_a_stuck_message(
         in page.get_by_role("table", name="50 derniers enregistrements").inner_text()
     )
 
+    # The cardiology service's ORG BAL: its members, one of them removed with a reason.
+    page.goto(f"https://127.0.0.1:{server.port('http')}/admin/bal/cardiologie@demo.mssante.fr")
+    members = page.get_by_role("table", name="Membres")
+    assert "accueil.cardiologie" in members.inner_text()
+    row = members.get_by_role("row").filter(has_text="accueil.cardiologie")
+    row.get_by_label("Raison").fill("départ du service")
+    row.get_by_role("button", name="Retirer").click()
+    members = page.get_by_role("table", name="Membres")
+    assert "accueil.cardiologie" not in (members.inner_text() if members.count() else "")
+
     page.get_by_role("navigation", name="Menu principal").get_by_role("link", name="État du serveur").click()
     page.get_by_label("Raison du retrait").first.fill("domaine fermé, message renvoyé par fax")
     page.get_by_role("button", name="Retirer de la file").first.click()

@@ -268,7 +268,8 @@ async def bal_state(request: Request, address: str) -> Response:
 
 @router.post("/bal/{address}/delegations")
 async def delegation(request: Request, address: str) -> Response:
-    """Grant (``rights`` given) or revoke (``revoke`` given) a delegation, as the operator."""
+    """Grant (``rights`` given) or revoke (``revoke`` given) a delegation, or an ORG BAL's
+    membership (``member``), as the operator."""
     from annuaire.lookup import Annuaire
     from delegation import grants as service
     from delegation.rights import InvalidRights, parse_rights
@@ -280,6 +281,7 @@ async def delegation(request: Request, address: str) -> Response:
         revoking = bool(common.text(data, "revoke"))
         user, _role = await _staff(request, "delegation.revoke" if revoking else "delegation.grant")
         grantee, reason = common.text(data, "grantee", 320), common.text(data, "reason")
+        role = "member" if common.text(data, "member") else "delegate"
         if not grantee or not reason:
             raise FormRefused("Indiquez le bénéficiaire et la raison.")
         rt = common.runtime(request)
@@ -293,12 +295,13 @@ async def delegation(request: Request, address: str) -> Response:
                 who = service.resolve_grantee(s, grantee)
                 if revoking:
                     service.revoke(s, bal=info, grantee=who.principal, actor=None, operator=operator,
-                                   reason=reason, source="admin")  # fmt: skip
+                                   reason=reason, role=role, source="admin")  # fmt: skip
                 else:
-                    service.grant(s, bal=info, grantee=who, rights=parse_rights(common.text(data, "rights")),
-                                  actor=None, operator=operator, reason=reason, source="admin")  # fmt: skip
+                    rights = parse_rights(common.text(data, "rights"))
+                    service.grant(s, bal=info, grantee=who, rights=rights, actor=None, operator=operator,
+                                  reason=reason, role=role, source="admin")  # fmt: skip
             _record(request, user, "delegation.revoke" if revoking else "delegation.grant", grantee,
-                    bal=info.key, reason=reason)  # fmt: skip
+                    bal=info.key, reason=reason, role=role)  # fmt: skip
 
         await run_in_threadpool(act)
     except FormRefused as exc:
