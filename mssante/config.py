@@ -126,6 +126,8 @@ class SMTPSection(ListenerSection):
     max_connections: int = Field(default=500, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    # From the connection to AUTH on submission (to TLS on relay-in), whatever the client sends.
+    login_timeout_seconds: float = Field(default=60.0, gt=0)
 
     _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
 
