@@ -191,6 +191,9 @@ def create_app(runtime: Any) -> FastAPI:
         lists = status(runtime.engine, scheduled_lists(runtime.settings))
         return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
 
+    from mssante.lifecycle import add_health_routes
+
+    add_health_routes(app, runtime)
     protected: dict[str, str] = {}
     uploads: dict[str, int] = {}
     for name in ROUTER_MODULES:
@@ -199,6 +202,8 @@ def create_app(runtime: Any) -> FastAPI:
         if hasattr(module, "bind"):
             module.bind(app, runtime)
         if hasattr(module, "upload_limits"):
+            # Not getattr(…, dict)(settings): Settings has a `keys` section, so dict() takes it
+            # for a mapping and calls settings.keys().
             uploads.update(module.upload_limits(runtime.settings))
         listener = getattr(module, "BEARER_LISTENER", None)
         if listener:

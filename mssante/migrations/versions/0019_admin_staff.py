@@ -1,7 +1,7 @@
 """admin console: the roles of operator staff
 
 Revision ID: 0019
-Revises: 0008
+Revises: 0018
 Create Date: 2026-12-06 00:20:00
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0019"
-down_revision: str | None = "0008"
+down_revision: str | None = "0018"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
