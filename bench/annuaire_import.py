@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
+import os
 import platform
 import resource
 import sys
@@ -49,9 +50,13 @@ def _import_child(url: str, path: str, rows: int, queue: Any) -> None:
     from annuaire import extraction
     from annuaire.importer import import_extraction
     from annuaire.nomenclatures import default
+    from mssante import audit
+    from mssante.audit import AuditKey
     from mssante.db import make_engine
     from mssante.schema import upgrade
 
+    # A throw-away audit key: the benchmark has no key ring, and its database is discarded.
+    audit.bind(url, AuditKey(os.urandom(32), os.urandom(32)))
     engine = make_engine(url, writer=True)
     upgrade(engine)
     rss_before = _rss_mb()

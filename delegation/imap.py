@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
 
-from annuaire.models import Bal, Professional
 from delegation import grants as service
 from delegation.grants import GrantBook
 from delegation.models import MEMBER
+from delegation.reach import held_bals
 from delegation.rights import (
     IMAP_RIGHTS,
     NO_RIGHTS,
@@ -67,18 +67,8 @@ class DelegationAccess:
         return await asyncio.to_thread(self._rights, principal.identity, bal)
 
     def _held(self, identity: Identity) -> list[str]:
-        """Active BALs the identity holds: PER/CAB bound to it, ORG/APP it is responsible for."""
-        if identity.kind is not IdentityKind.PROFESSIONAL:
-            return []
-        owner, responsible = aliased(Professional), aliased(Professional)
-        query = (
-            select(Bal.address_key)
-            .outerjoin(owner, owner.id == Bal.professional_id)
-            .outerjoin(responsible, responsible.id == Bal.responsible_id)
-            .where(Bal.active.is_(True), (owner.idnat == identity.id) | (responsible.idnat == identity.id))
-        )
         with Session(self.book.engine) as session:
-            return list(session.scalars(query).all())
+            return held_bals(session, identity)
 
     def _shared(self, identity: Identity | None) -> list[str]:
         if identity is None:

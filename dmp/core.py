@@ -4,6 +4,8 @@ and the audit trail."""
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
+from datetime import UTC, datetime, time
 from typing import Any, NoReturn, Self
 
 from sqlalchemy import Engine, select
@@ -14,10 +16,13 @@ from annuaire.lookup import Annuaire
 from dmp import codes as dmp_codes
 from dmp import rules
 from dmp.models import (
+    BlockedProfessional,
     CareTeamMember,
     Document,
+    HiddenDocument,
     LegalRepresentative,
     Patient,
+    PatientChoices,
     RecordedConsent,
     TraceEntry,
 )
@@ -136,7 +141,16 @@ class ServiceCore:
             care_team=ids(CareTeamMember.idnat, CareTeamMember.patient_id),
             consents=ids(RecordedConsent.idnat, RecordedConsent.patient_id),
             legal_representatives=ids(LegalRepresentative.ins, LegalRepresentative.patient_id),
+            blocked=ids(BlockedProfessional.idnat, BlockedProfessional.patient_id),
         )
+        choices = session.get(PatientChoices, row.id)
+        if choices is not None:
+            info = replace(
+                info,
+                medecin_traitant=choices.medecin_traitant,
+                notify_channel=choices.notify_channel,
+                notify_email=choices.notify_email,
+            )
         return _Loaded(row, info)
 
     def actor(self, identity: Identity, patient: PatientInfo | None = None) -> Actor:
@@ -237,7 +251,9 @@ class ServiceCore:
         self._refuse(sender, None, "feed", reason, ins=ins, source=source, detail=detail)
 
     def _notify(self, kind: str, ins: str, **data: str) -> None:
-        self.notifier.notify(Event(kind, self.patient_bal(ins), data))
+        """Tell the patient, on the channel they chose (read at the time of the notice)."""
+        event = Event(kind, self.patient_bal(ins), {**data, **notice_channel(self.engine, ins)})
+        self.notifier.notify(event)
 
     # -- documents ------------------------------------------------------------------------------
     @contextmanager
@@ -263,7 +279,9 @@ class ServiceCore:
             return None
         return s.scalars(select(Document.unique_id).where(Document.id == row.replaces_id)).first()
 
-    def _info(self, row: Document, ins: str, replaces: str | None = None) -> DocumentInfo:
+    def _info(
+        self, row: Document, ins: str, replaces: str | None = None, hidden: bool = False
+    ) -> DocumentInfo:
         return DocumentInfo(
             unique_id=row.unique_id,
             ins=ins,
@@ -282,6 +300,7 @@ class ServiceCore:
             flags=_flags(row),
             status=row.status,
             replaces=replaces,
+            hidden_by_patient=hidden,
         )
 
     def _open_record(
@@ -304,6 +323,54 @@ class ServiceCore:
 
     def _after_access(self, actor: Actor, info: PatientInfo, decision: rules.Decision, what: str) -> None:
         if decision.consent is Consent.BREAK_GLASS:
-            self._notify("dmp.break_glass", info.ins, actor_role=actor.role.value)
-        elif rules.outside_care_team(actor, info.facts()):
-            self._notify("dmp.record.consulted", info.ins, actor_role=actor.role.value, what=what)
+            self._notify("dmp.break_glass", info.ins, actor_role=actor.role.value, actor=actor.id)
+        elif rules.notify_read(actor, info.facts(), self._first_today(actor, info.ins)):
+            team = "outside" if rules.outside_care_team(actor, info.facts()) else "care_team"
+            self._notify(
+                "dmp.record.consulted", info.ins, actor_role=actor.role.value, actor=actor.id,
+                what=what, team=team,
+            )  # fmt: skip
+
+    def _first_today(self, actor: Actor, ins: str) -> bool:
+        """Whether the consultation just traced is this professional's first of the day (UTC)."""
+        start = datetime.combine(datetime.now(UTC).date(), time(0), tzinfo=UTC)
+        with Session(self.engine) as s:
+            count = len(
+                s.scalars(
+                    select(TraceEntry.id)
+                    .join(Patient, Patient.id == TraceEntry.patient_id)
+                    .where(
+                        Patient.ins == ins,
+                        TraceEntry.actor.like(f"%:{actor.id}"),
+                        TraceEntry.action.in_(("list", "read")),
+                        TraceEntry.outcome == "ok",
+                        TraceEntry.at >= start,
+                    )
+                    .limit(2)
+                ).all()
+            )
+        return count <= 1
+
+    @staticmethod
+    def _hidden_ids(s: Session, patient_id: int) -> set[int]:
+        """The documents of a record the patient hid from professionals."""
+        return set(
+            s.scalars(
+                select(HiddenDocument.document_id)
+                .join(Document, Document.id == HiddenDocument.document_id)
+                .where(Document.patient_id == patient_id)
+            )
+        )
+
+
+def notice_channel(engine: Engine, ins: str) -> dict[str, str]:
+    """The fields that route a notice to the patient's chosen channel: ``channel`` (``webhook``
+    by default, or ``email``) and, for e-mail, the personal ``email`` address."""
+    with Session(engine) as s:
+        found = s.execute(
+            select(PatientChoices.notify_channel, PatientChoices.notify_email)
+            .join(Patient, Patient.id == PatientChoices.patient_id)
+            .where(Patient.ins == ins)
+        ).first()
+    channel, email = found if found is not None else ("webhook", None)
+    return {"channel": channel, **({"email": email} if channel == "email" and email else {})}

@@ -150,3 +150,59 @@ class TraceEntry(Base):
     role: Mapped[str] = mapped_column(String(32))
     profession: Mapped[str | None] = mapped_column(String(8))
     reason: Mapped[str | None] = mapped_column(Text)
+
+
+# -- the patient's own choices (Mon Espace Santé "contrôle utilisateur") ------------------------
+
+
+class PatientChoices(Base):
+    """What the patient chose: their médecin traitant and how they want to be told of actions."""
+
+    __tablename__ = "dmp_patient_choices"
+
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("dmp_patients.id", ondelete="CASCADE"), primary_key=True
+    )
+    medecin_traitant: Mapped[str | None] = mapped_column(String(32))
+    notify_channel: Mapped[str] = mapped_column(String(16), default="webhook")
+    notify_email: Mapped[str | None] = mapped_column(String(320))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BlockedProfessional(Base):
+    """A professional the patient has barred from their record (break-glass included)."""
+
+    __tablename__ = "dmp_blocked"
+
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("dmp_patients.id", ondelete="CASCADE"), primary_key=True
+    )
+    idnat: Mapped[str] = mapped_column(String(32), primary_key=True)
+    blocked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class HiddenDocument(Base):
+    """A document the patient hid from professionals (its author and the médecin traitant still
+    see it). Kept apart from the author's visibility flags: the two never override each other."""
+
+    __tablename__ = "dmp_hidden"
+
+    document_id: Mapped[int] = mapped_column(
+        ForeignKey("dmp_documents.id", ondelete="CASCADE"), primary_key=True
+    )
+    hidden_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    hidden_by: Mapped[str] = mapped_column(String(320))
+
+
+class ProfileEntry(Base):
+    """One entry of the patient's medical profile: emergency contact, trusted person,
+    advance directives (free text the patient writes; professionals read it under the matrix)."""
+
+    __tablename__ = "dmp_profile"
+
+    patient_id: Mapped[int] = mapped_column(
+        ForeignKey("dmp_patients.id", ondelete="CASCADE"), primary_key=True
+    )
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,15 +1,17 @@
 """Reading the DMP: patient search, document lists and reads under the rules, the patient's history."""
 
 import hashlib
-from datetime import datetime
+from datetime import date, datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, aliased
 
 from dmp import rules
 from dmp.core import ServiceCore
 from dmp.models import (
     Document,
+    HiddenDocument,
+    LegalRepresentative,
     Patient,
     TraceEntry,
 )
@@ -46,6 +48,7 @@ class Reading(ServiceCore):
             decision = self._open_record(s, identity, loaded, actor, "list", break_glass, reason, source)
             found: list[DocumentInfo] = []
             if decision:
+                hidden = self._hidden_ids(s, loaded.row.id)
                 older = aliased(Document)
                 query = (
                     select(Document, older.unique_id)
@@ -63,7 +66,7 @@ class Reading(ServiceCore):
                 for row, replaces in s.execute(
                     query.order_by(Document.submitted_at.desc(), Document.id.desc())
                 ):
-                    info = self._info(row, loaded.row.ins, replaces)
+                    info = self._info(row, loaded.row.ins, replaces, row.id in hidden)
                     if rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix):
                         found.append(info)
                 self._trace(
@@ -96,7 +99,7 @@ class Reading(ServiceCore):
             raise NotFound(f"no document {unique_id} in the DMP")
         with self._patient_for(identity, ins, "read", source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
-            info = self._info(row, ins, self._replaces(s, row))
+            info = self._info(row, ins, self._replaces(s, row), s.get(HiddenDocument, row.id) is not None)
             decision = self._open_record(s, identity, loaded, actor, "read", break_glass, reason, source)
             if decision:
                 seen = rules.visible(actor, loaded.info.facts(), info.facts(), self.codes.matrix)
@@ -117,6 +120,68 @@ class Reading(ServiceCore):
             )
         self._after_access(actor, loaded.info, decision, "read")
         return info, content
+
+    def patient_of(self, unique_id: str) -> str | None:
+        """The INS of the record a document belongs to (no content, no decision: a routing aid)."""
+        with Session(self.engine) as s:
+            return s.scalars(
+                select(Patient.ins)
+                .join(Document, Document.patient_id == Patient.id)
+                .where(Document.unique_id == unique_id)
+            ).first()
+
+    def represented(self, representative_ins: str) -> list[PatientInfo]:
+        """The patients (minors, protected adults) this person is a legal representative of."""
+        with Session(self.engine) as s:
+            found = list(
+                s.scalars(
+                    select(Patient.ins)
+                    .join(LegalRepresentative, LegalRepresentative.patient_id == Patient.id)
+                    .where(LegalRepresentative.ins == representative_ins)
+                    .order_by(Patient.ins)
+                )
+            )
+            loaded = [self._load(s, ins) for ins in found]
+        return [x.info for x in loaded if x is not None]
+
+    def document_titles(self, ins: str) -> dict[str, str]:
+        """Unique id → title of every version of a record (to name documents in the patient's
+        own history; no content, no decision)."""
+        with Session(self.engine) as s:
+            rows = s.execute(
+                select(Document.unique_id, Document.title)
+                .join(Patient, Patient.id == Document.patient_id)
+                .where(Patient.ins == _ins(ins))
+            ).all()
+        return {uid: title for uid, title in rows}
+
+    def find_patients(
+        self,
+        identity: Identity,
+        *,
+        birth_name: str,
+        given_name: str = "",
+        birth_date: date | None = None,
+        source: str | None = None,
+    ) -> list[PatientInfo]:
+        """A professional looks patients up by their traits (birth name, a given name, birth
+        date); each patient found is traced as a search, so the patient sees who looked."""
+        if not birth_name.strip():
+            raise DMPError("a search by traits needs at least the birth name")
+        with Session(self.engine) as s:
+            query = select(Patient.ins).where(func.upper(Patient.birth_name) == birth_name.strip().upper())
+            if birth_date is not None:
+                query = query.where(Patient.birth_date == birth_date)
+            candidates = list(s.scalars(query.limit(50)))
+        found = []
+        for ins in candidates:
+            with Session(self.engine) as s:
+                loaded = self._load(s, ins)
+            if loaded is not None and _traits_match(loaded.info, birth_name, given_name, birth_date):
+                found.append(self.search_patient(identity, ins, source=source))
+        return found
+
+    # -- history ----------------------------------------------------------------------------------
 
     def search_patient(self, identity: Identity, ins: str, *, source: str | None = None) -> PatientInfo:
         """A professional looks a patient up by INS (traits only; traced)."""
@@ -159,3 +224,12 @@ class Reading(ServiceCore):
             TraceInfo(utc(t.at), t.action, t.outcome, t.actor, t.role, t.profession, t.reason, uid)
             for t, uid in rows
         ]
+
+
+def _traits_match(info: PatientInfo, birth_name: str, given: str, birth_date: date | None) -> bool:
+    t = info.traits
+    return (
+        t.birth_name.casefold() == birth_name.strip().casefold()
+        and (not given or given.strip().casefold() in t.given_names.casefold().split())
+        and (birth_date is None or t.birth_date == birth_date)
+    )

@@ -15,6 +15,18 @@ The rules (seed document, DESIGN.md §5):
 * the patient sees everything but ``INVISIBLE_PATIENT``; a legal representative everything
   but ``INVISIBLE_REP_LEGAUX`` and what hides from the patient;
 * deleted and replaced versions are read by nobody through the normal paths.
+
+The patient's own rights (seed: "contrôle utilisateur"; Mon Espace Santé), exercised by the
+patient or, for a minor or protected patient, a legal representative:
+
+* a professional the patient *blocked* (by IdNat_PS/RPPS) opens nothing, break-glass included —
+  the patient's refusal is explicit, unlike the mere absence of consent;
+* the *médecin traitant* the patient declared has presumed consent, like the care team;
+* a document the patient *hid* is invisible to professionals except its author and the
+  médecin traitant (as in the DMP); the patient always sees it;
+* the patient (or a legal representative) deposits their own documents only in the patient
+  space (``PATIENT``: directives anticipées, personne de confiance…), and deletes only those;
+  professionals read them under the matrix like any other type.
 """
 
 from __future__ import annotations
@@ -70,6 +82,8 @@ class PatientFacts:
     care_team: frozenset[str] = frozenset()
     consents: frozenset[str] = frozenset()
     legal_representatives: frozenset[str] = frozenset()
+    blocked: frozenset[str] = frozenset()
+    medecin_traitant: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +92,12 @@ class DocumentFacts:
     author: str
     flags: frozenset[str] = frozenset()
     status: str = "current"
+    hidden_by_patient: bool = False
+    space: str | None = None
+
+
+# The DMP space where only the patient deposits (type codes DOCPAT*).
+PATIENT_SPACE = "PATIENT"
 
 
 @dataclass(frozen=True)
@@ -171,8 +191,12 @@ def record_access(actor: Actor, patient: PatientFacts, *, break_glass: bool = Fa
         if actor.id in patient.legal_representatives:
             return Decision(True, "legal representative")
         return _no("not a legal representative of this patient")
+    if actor.id in patient.blocked:
+        return _no("the patient has blocked this professional from their record")
     if patient.opposition:
         return _no("the patient has opposed access to the DMP")
+    if actor.id == patient.medecin_traitant:
+        return Decision(True, "médecin traitant (presumed consent)", Consent.CARE_TEAM)
     if actor.id in patient.care_team:
         return Decision(True, "member of the care team (presumed consent)", Consent.CARE_TEAM)
     if actor.id in patient.consents:
@@ -199,6 +223,8 @@ def visible(actor: Actor, patient: PatientFacts, document: DocumentFacts, matrix
         return Decision(True, "legal representative")
     if MASQUE_PS in flags and actor.id != document.author:
         return _no("masked to professionals (MASQUE_PS)")
+    if document.hidden_by_patient and actor.id not in (document.author, patient.medecin_traitant):
+        return _no("hidden from professionals by the patient")
     if not matrix.may_read(actor.profession, document.type_code):
         return _no(
             f"the authorisation matrix {matrix.version} does not allow profession "
@@ -240,5 +266,51 @@ def may_manage_consent(actor: Actor, patient: PatientFacts) -> Decision:
 
 
 def outside_care_team(actor: Actor, patient: PatientFacts) -> bool:
-    """A professional read that the patient must be told about."""
-    return actor.role is Role.PROFESSIONAL and actor.id not in patient.care_team
+    """A professional who is neither in the care team nor the médecin traitant."""
+    return (
+        actor.role is Role.PROFESSIONAL
+        and actor.id not in patient.care_team
+        and actor.id != patient.medecin_traitant
+    )
+
+
+def may_choose(actor: Actor, patient: PatientFacts) -> Decision:
+    """The patient's own choices (hide documents, block professionals, médecin traitant,
+    profile, notifications) are the patient's, or a legal representative's."""
+    if actor.role in (Role.PATIENT, Role.LEGAL_REPRESENTATIVE):
+        return record_access(actor, patient)
+    return _no("only the patient and their legal representatives make these choices")
+
+
+def may_deposit_own(actor: Actor, patient: PatientFacts, space: str) -> Decision:
+    """The patient (or a legal representative) deposits in the patient space only."""
+    opened = may_choose(actor, patient)
+    if not opened:
+        return opened
+    if space != PATIENT_SPACE:
+        return _no(
+            "a patient deposits only in the patient space (directives anticipées, personne de confiance…)"
+        )
+    return Decision(True, f"{opened.reason}: the patient's own document")
+
+
+def may_delete_own(actor: Actor, patient: PatientFacts, document: DocumentFacts) -> Decision:
+    """A patient deletes only a current document of their own space that they deposited."""
+    opened = may_choose(actor, patient)
+    if not opened:
+        return opened
+    if document.space != PATIENT_SPACE or document.author not in (patient.ins, actor.id):
+        return _no("a patient deletes only the documents they deposited themselves")
+    if document.status != "current":
+        return _no(f"the document is {document.status}")
+    return Decision(True, "the patient's own document")
+
+
+def notify_read(actor: Actor, patient: PatientFacts, first_today: bool) -> bool:
+    """Whether a professional's read is told to the patient: every read outside the care team,
+    and a care-team member's first read of the day (one notice per professional and day)."""
+    if actor.role is not Role.PROFESSIONAL:
+        return False
+    if outside_care_team(actor, patient):
+        return True
+    return first_today

@@ -5,16 +5,20 @@ asks :mod:`dmp.rules`, and writes what happened — allowed or refused — to th
 of the action itself. Refusals are traced in their own transaction before the error is raised,
 so that a refused attempt is never lost with a rolled-back action.
 
-Notifications (``mssante.notify``) go to the patient's BAL after commit: on each feed, on
-break-glass, and on each consultation by a professional outside the care team.
+Notifications (``mssante.notify``) go to the patient's BAL after commit, as the seed lists
+them: on each feed, on break-glass, on each consultation by a professional outside the care
+team, and on a care-team member's first consultation of the day (one notice per professional
+and day). Each carries the channel the patient chose (``webhook``: the Mon Espace Santé app;
+``email``: the personal address they gave), for the gateway that delivers it.
 """
 
 from __future__ import annotations
 
-from dmp.core import ServiceCore
+from dmp.core import ServiceCore, notice_channel
 from dmp.feeding import Feeding
 from dmp.managing import Managing
 from dmp.patient_register import PatientRegister
+from dmp.patient_rights import MAX_PROFILE_CHARS, NOTIFY_CHANNELS, PROFILE_KINDS, PatientRights
 from dmp.reading import Reading
 from dmp.types import (
     E_INS_MISMATCH,
@@ -47,6 +51,9 @@ __all__ = [
     "E_VERSION",
     "FORMATS",
     "IDENTITY_STATUSES",
+    "MAX_PROFILE_CHARS",
+    "NOTIFY_CHANNELS",
+    "PROFILE_KINDS",
     "DMPError",
     "DMPService",
     "DocumentInfo",
@@ -58,12 +65,14 @@ __all__ = [
     "ServiceCore",
     "TraceInfo",
     "Traits",
+    "notice_channel",
 ]  # fmt: skip
 
 
-class DMPService(PatientRegister, Feeding, Reading, Managing):
+class DMPService(PatientRights, PatientRegister, Feeding, Reading, Managing):
     """One per process (cheap to share); all methods are synchronous (call them off the loop).
 
     Split by job: :mod:`dmp.core` (state, facts, tracing), :mod:`dmp.patient_register`,
-    :mod:`dmp.feeding`, :mod:`dmp.reading`, :mod:`dmp.managing`; values in :mod:`dmp.types`.
+    :mod:`dmp.feeding`, :mod:`dmp.reading`, :mod:`dmp.managing`, :mod:`dmp.patient_rights` (the
+    patient's own choices); values in :mod:`dmp.types`.
     """

@@ -68,6 +68,10 @@ class PatientInfo:
     care_team: tuple[str, ...]
     consents: tuple[str, ...]
     legal_representatives: tuple[str, ...]
+    blocked: tuple[str, ...] = ()
+    medecin_traitant: str | None = None
+    notify_channel: str = "webhook"
+    notify_email: str | None = None
 
     def facts(self) -> PatientFacts:
         return PatientFacts(
@@ -78,6 +82,8 @@ class PatientInfo:
             frozenset(self.care_team),
             frozenset(self.consents),
             frozenset(self.legal_representatives),
+            frozenset(self.blocked),
+            self.medecin_traitant,
         )
 
 
@@ -129,9 +135,17 @@ class DocumentInfo:
     flags: tuple[str, ...]
     status: str
     replaces: str | None = None
+    hidden_by_patient: bool = False
 
     def facts(self) -> DocumentFacts:
-        return DocumentFacts(self.type_code, self.author_idnat, frozenset(self.flags), self.status)
+        return DocumentFacts(
+            self.type_code,
+            self.author_idnat,
+            frozenset(self.flags),
+            self.status,
+            self.hidden_by_patient,
+            self.space,
+        )
 
     def as_json(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}

@@ -68,6 +68,13 @@ class StorageSection(_Section):
     default_quota_mb: int = Field(default=2048, ge=0)
 
 
+class KeysSection(_Section):
+    """The key ring: a file kept apart from the database (another volume, a secrets mount)."""
+
+    # Default: storage.keyring (its older name) if set, else <data_dir>/keyring.json.
+    path: Path | None = None
+
+
 class TLSSection(_Section):
     cert_file: Path | None = None
     key_file: Path | None = None
@@ -296,6 +303,15 @@ class WhitelistSection(_ScheduledListSection):
     stale_after_seconds: int = Field(default=86400, ge=60)
 
 
+# -- [web] (patient space and DMP web, mssante/web/) ------------------------------------------
+class WebSection(_Section):
+    """The pages under /patient/ and /pro/ on the HTTP listener."""
+
+    session_minutes: int = Field(default=30, ge=1, le=24 * 60)
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
+    dsfr_dir: Path | None = None
+
+
 class Settings(BaseSettings):
     """Effective configuration: TOML file, then ``MSSANTE_*`` environment on top."""
 
@@ -309,6 +325,7 @@ class Settings(BaseSettings):
     server: ServerSection = Field(default_factory=ServerSection)
     database: DatabaseSection = Field(default_factory=DatabaseSection)
     storage: StorageSection = Field(default_factory=StorageSection)
+    keys: KeysSection = Field(default_factory=KeysSection)
     tls: TLSSection = Field(default_factory=TLSSection)
     smtp: SMTPSection = Field(default_factory=SMTPSection)
     imap: IMAPSection = Field(default_factory=IMAPSection)
@@ -319,6 +336,7 @@ class Settings(BaseSettings):
     auth: AuthSection = Field(default_factory=AuthSection)
     notify: NotifySection = Field(default_factory=NotifySection)
     dmp: DMPSection = Field(default_factory=DMPSection)
+    web: WebSection = Field(default_factory=WebSection)
     annuaire: AnnuaireSection = Field(default_factory=AnnuaireSection)
     whitelist: WhitelistSection = Field(default_factory=WhitelistSection)
 
@@ -337,8 +355,16 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _resolve_paths(self) -> Settings:
         data = self.server.data_dir
-        if self.storage.keyring is None:
-            self.storage.keyring = data / "keyring.json"
+        old, new = self.storage.keyring, self.keys.path
+        if old is not None and new is not None and old != new:
+            raise ValueError(
+                f"keys.path ({new}) and storage.keyring ({old}, its older name) differ: keep keys.path only"
+            )
+        ring = new or old or data / "keyring.json"
+        if self.keys.path != ring:
+            self.keys.path = ring
+        if self.storage.keyring != ring:
+            self.storage.keyring = ring
         if self.dkim.keys_dir is None:
             self.dkim.keys_dir = data / "dkim"
         return self
@@ -357,8 +383,8 @@ class Settings(BaseSettings):
 
     @property
     def keyring_path(self) -> Path:
-        assert self.storage.keyring is not None
-        return self.storage.keyring
+        assert self.keys.path is not None
+        return self.keys.path
 
     def public_dict(self) -> dict[str, Any]:
         """The effective configuration with secrets in URLs masked, for display."""
@@ -410,6 +436,10 @@ def load_settings(path: Path | None = None, **overrides: Any) -> Settings:
             else first["msg"].removeprefix("Value error, ")
         )
         raise ConfigError(_key_of(first["loc"]), problem) from None
+    from mssante import audit
+
+    # The audit key of this database lives in this key ring: read when first needed.
+    audit.bind(settings.database_url, settings.keyring_path, from_config=True)
     return settings
 
 

@@ -24,7 +24,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 KEY_BYTES = 32  # AES-256
 _META_NONCE = b"M" + bytes(11)
@@ -72,6 +74,16 @@ class KeyRing:
         return ring
 
     @classmethod
+    def from_bytes(cls, path: Path, raw: bytes) -> KeyRing:
+        """A ring read from ``raw`` (e.g. a decrypted export) that will be saved to ``path``."""
+        keys, active, digest_key = cls._parse(path, raw)
+        return cls(path, keys, active, digest_key)
+
+    def to_bytes(self) -> bytes:
+        """The ring file's content (for an encrypted export; never written anywhere in clear)."""
+        return json.dumps(self._document(), indent=2).encode()
+
+    @classmethod
     def load(cls, path: Path) -> KeyRing:
         keys, active, digest_key = cls._read(path)
         return cls(path, keys, active, digest_key)
@@ -87,6 +99,10 @@ class KeyRing:
             ) from None
         except OSError as exc:
             raise KeyRingError(f"key ring {path} cannot be read: {exc.strerror}") from None
+        return KeyRing._parse(path, raw)
+
+    @staticmethod
+    def _parse(path: Path, raw: bytes) -> tuple[dict[str, bytes], str, bytes]:
         try:
             doc = json.loads(raw)
             keys = {kid: _unb64(value) for kid, value in doc["keys"].items()}
@@ -100,13 +116,8 @@ class KeyRing:
 
     def save(self) -> None:
         """Write atomically with 0600 permissions (write to a temporary file, then rename)."""
-        doc = {
-            "format": 1,
-            "active": self.active,
-            "digest_key": _b64(self._digest_key),
-            "keys": {kid: _b64(k) for kid, k in self._keys.items()},
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        doc = self._document()
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
@@ -114,6 +125,14 @@ class KeyRing:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.path)
+
+    def _document(self) -> dict[str, object]:
+        return {
+            "format": 1,
+            "active": self.active,
+            "digest_key": _b64(self._digest_key),
+            "keys": {kid: _b64(k) for kid, k in self._keys.items()},
+        }
 
     @staticmethod
     def _new_id(n: int) -> str:
@@ -141,6 +160,17 @@ class KeyRing:
             if key is None:
                 raise KeyRingError(f"key {key_id!r} is not in the key ring {self.path}")
         return key
+
+    def derive(self, purpose: str) -> bytes:
+        """A 256-bit key for one purpose (HKDF-SHA256 over the ring's stable secret).
+
+        The secret is the one of the deduplication digest, which ``add_key`` never changes: a
+        derived key (the audit chain's) stays the same across ``mssante keys rotate``, so what
+        was sealed with it stays verifiable. Distinct purposes give independent keys.
+        """
+        return HKDF(hashes.SHA256(), 32, salt=b"mssante key ring", info=purpose.encode()).derive(
+            self._digest_key
+        )
 
     # -- data keys ----------------------------------------------------------------------
     def wrap(self, data_key: bytes) -> SealedKey:

@@ -16,6 +16,8 @@ from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from mssante.datadir import create_private_db
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -40,6 +42,7 @@ MODEL_MODULES = (
     "dmp.models",
     "mssante.patients.models",
     "delegation.models",
+    "mssante.web.models",
 )
 
 
@@ -61,8 +64,8 @@ def make_engine(url: str, *, writer: bool = False, echo: bool = False, pool_size
     """
     if is_sqlite(url):
         db_path = make_url(url).database
-        if db_path and db_path != ":memory:":
-            Path(db_path).parent.mkdir(parents=True, exist_ok=True)
+        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
+            create_private_db(Path(db_path))
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 

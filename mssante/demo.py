@@ -10,13 +10,21 @@ is a public contract (scripts and people use it to connect; extend it, never bre
     {"domain", "patient_domain", "ca_cert", "dmp_gateway",
      "listeners": [{"name", "protocol", "host", "port", "tls"}],
      "accounts": [{"address", "kind", "login", "password", "client_cert", "client_key", "delegated",
+                   "delegations": [{"address", "rights", "via", "username"}],
                    "rpps", "idnat",                 # professional accounts
                    "ins", "ins_oid", "traits"}]}    # patient accounts: what a DPI puts in its CDA
+
+``delegated`` lists every other BAL the login may open (as addresses, its original shape);
+``delegations`` says, for each, the rights, how (holder, member, delegate) and the user name
+that opens it as the session's own mailbox.
 
 The demo patients' INS carry the INS-NIR *demo* OID (1.2.250.1.213.1.4.11): they are not real
 identities, and demo mode accepts the test and demo OIDs (``dmp.test_ins_oids``).
 
-Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600).
+Passwords are random, made at the first start and kept in ``demo.json`` (mode 0600). Patient
+accounts also carry their TOTP secret (``totp_secret``, demo only: the second factor of the
+patient space) and every person's account the ``web`` URLs of the pages they use; each patient
+has a few documents in the DMP so that the pages are not empty.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import json
 import os
 import secrets
 import string
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -35,16 +43,20 @@ from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
 from annuaire.identifiers import nir_key
+from annuaire.lookup import Annuaire
 from dmp.models import OID_INS_NIR_DEMO
 from dmp.service import DMPService, Traits
 from mssante.auth import accounts
 from mssante.auth.devpki import DevCA, prepare_demo
 from mssante.auth.identity import Identity
+from mssante.auth.models import AccountCertificate
+from mssante.auth.sasl import DELEGATE_SEPARATOR
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
 from mssante.listening import RunningListener
 from mssante.patients.identity import open_patient_bal
+from mssante.policy import Policy
 from mssante.smtp.dkim import generate_key, key_path
 
 DEFAULT_DOMAIN = "demo.mssante.fr"
@@ -71,7 +83,6 @@ class DemoAccount:
     identity_kind: str  # the auth account kind behind the login
     identifier: str | None
     display_name: str
-    delegated: list[str] = field(default_factory=list)
 
 
 CH: dict[str, Any] = {
@@ -111,6 +122,13 @@ PATIENTS: list[dict[str, Any]] = [
 ]
 
 
+# A minor with a DMP but no account: his mother (the first patient) is his legal representative.
+CHILD: dict[str, Any] = {
+    "ins": _ins("1150675123456"),
+    "traits": Traits("DUPONT", "Léo", "Léo Paul", date(2015, 6, 1), "M", "75056"),
+}
+
+
 def demo_accounts(domain: str) -> list[DemoAccount]:
     """The demo logins of an operator hosting ``domain`` (its first configured domain)."""
     return [
@@ -121,7 +139,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "professional",
             MARTIN["idnat"],
             "Dr Claire MARTIN",
-            [f"cardiologie@{domain}"],
         ),
         DemoAccount(
             f"paul.durand@{domain}",
@@ -156,7 +173,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "staff",
             "secretaire.martin",
             "Julie ROBERT (secrétariat du Dr MARTIN)",
-            [f"claire.martin@{domain}"],
         ),
         # The cardiology service's front desk: a member of the ORG BAL.
         DemoAccount(
@@ -166,7 +182,6 @@ def demo_accounts(domain: str) -> list[DemoAccount]:
             "staff",
             "accueil.cardiologie",
             "Accueil de cardiologie",
-            [f"cardiologie@{domain}"],
         ),
         *(
             DemoAccount(
@@ -365,6 +380,53 @@ def _delegate(session: Session, domain: str) -> None:
             )
 
 
+def _identity(session: Session, login: str) -> Identity | None:
+    account = accounts.get(session, login)
+    if account is None:
+        return None
+    if account.kind != "application":
+        return accounts.identity_of(account)
+    cert = session.scalars(
+        select(AccountCertificate).where(AccountCertificate.account_id == account.id)
+    ).first()
+    return Identity.application(cert.subject, cert.fingerprint, login=login) if cert is not None else None
+
+
+def _username(bal: str, login: str) -> str:
+    """What a mail client is given as user name to open ``bal`` as its own mailbox."""
+    return login if bal == login.lower() else f"{bal}{DELEGATE_SEPARATOR}{login}"
+
+
+def _reach(settings: Settings, engine: Engine, logins: list[DemoAccount]) -> dict[str, list[dict[str, Any]]]:
+    """For each demo address, every other BAL its login may open, as the server decides it
+    (``delegation.reach``): the address, the rights, how (holder, member, delegate) and the user
+    name that opens it as the session's own mailbox (``<BAL>*<login>``; None for a certificate)."""
+    from delegation.grants import GrantBook
+    from delegation.reach import reachable, via
+    from delegation.rights import format_rights
+
+    book = GrantBook(engine)
+    policy = Policy(Annuaire(engine), settings.server.domains, grants=book)
+    with Session(engine) as session:
+        identities = {acct.login: _identity(session, acct.login) for acct in logins}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for acct in logins:
+        identity = identities[acct.login]
+        if identity is not None:
+            password = acct.identity_kind != "application"
+            out[acct.address] = [
+                {
+                    "address": r.bal.address,
+                    "rights": format_rights(r.rights),
+                    "via": via(book, identity, r),
+                    "username": _username(r.bal.key, acct.login) if password else None,
+                }
+                for r in reachable(policy, book, identity)
+                if r.bal.key != acct.address.lower()
+            ]
+    return out
+
+
 def setup(settings: Settings) -> dict[str, Any]:
     """Create the demo operator if absent (idempotent); returns the demo.json document so far."""
     path = settings.data_dir / "demo.json"
@@ -384,8 +446,15 @@ def setup(settings: Settings) -> dict[str, Any]:
             known_logins = {login for login, password in known.items() if password}
             client_files = _create_logins(session, certs_dir, passwords, logins, known_logins)
             _delegate(session, domain)
+        totp = _patient_totp(settings, engine, logins, previous)
+        _demo_documents(settings, engine)
     finally:
         engine.dispose()
+    reader = make_engine(settings.database_url)
+    try:
+        reach = _reach(settings, reader, logins)
+    finally:
+        reader.dispose()
     return {
         "domain": domain,
         "patient_domain": PATIENT_DOMAIN,
@@ -399,8 +468,10 @@ def setup(settings: Settings) -> dict[str, Any]:
                 "password": passwords.get(a.login),
                 "client_cert": client_files.get(a.login, {}).get("cert"),
                 "client_key": client_files.get(a.login, {}).get("key"),
-                "delegated": a.delegated,
+                "delegated": [d["address"] for d in reach.get(a.address, [])],
+                "delegations": reach.get(a.address, []),
                 **_dpi_fields(a),
+                **({"totp_secret": totp[a.login]} if a.login in totp else {}),
             }
             for a in logins
         ],
@@ -430,6 +501,14 @@ def _dpi_fields(account: DemoAccount) -> dict[str, Any]:
 
 def write_demo_json(settings: Settings, document: dict[str, Any], listeners: list[RunningListener]) -> Path:
     document = dict(document)
+    http = next((item for item in listeners if item.name == "http" and item.public), None)
+    if http is not None:
+        base = f"{'https' if http.tls != 'none' else 'http'}://{http.host}:{http.port}"
+        spaces = {"patient": "patient", "professional": "pro", "secretary": "pro", "pharmacy": "pro"}
+        document["accounts"] = [
+            {**a, "web": f"{base}/{spaces[a['kind']]}/"} if a["kind"] in spaces else a
+            for a in document["accounts"]
+        ]
     document["listeners"] = [
         {"name": item.name, "protocol": item.protocol, "host": item.host, "port": item.port, "tls": item.tls}
         for item in listeners
@@ -442,3 +521,86 @@ def write_demo_json(settings: Settings, document: dict[str, Any], listeners: lis
         json.dump(document, fh, indent=2, ensure_ascii=False)
     os.replace(tmp, path)
     return path
+
+
+def _patient_totp(
+    settings: Settings, engine: Engine, logins: list[DemoAccount], previous: dict[str, Any]
+) -> dict[str, str]:
+    """Each demo patient's TOTP secret (the patient space's second factor; mail clients keep
+    logging in with the password alone), enrolled once and told again by demo.json; enrolled
+    anew when demo.json lost it."""
+    from mssante.web import second_factor
+
+    known = {a["login"]: a.get("totp_secret") for a in previous.get("accounts", [])}
+    ring = KeyRing.load(settings.keyring_path)
+    secrets_out: dict[str, str] = {}
+    with Session(engine) as session, session.begin():
+        for acct in logins:
+            if acct.kind != "patient":
+                continue
+            if second_factor.enrolled(session, acct.login) and known.get(acct.login):
+                secrets_out[acct.login] = str(known[acct.login])
+            else:
+                secrets_out[acct.login] = second_factor.enrol(session, ring, acct.login, actor=ACTOR)
+    return secrets_out
+
+
+def _demo_documents(settings: Settings, engine: Engine) -> None:
+    """The demo record: a care team, a médecin traitant and a few documents per patient
+    (written once: a patient with documents is left as they made it)."""
+    reader = make_engine(settings.database_url)  # reads (the annuaire) outside the write lock
+    try:
+        _feed_demo(DMPService(reader, engine, KeyRing.load(settings.keyring_path), settings))
+    finally:
+        reader.dispose()
+
+
+def _feed_demo(service: DMPService) -> None:
+    from dmp.service import DocumentMeta
+
+    # Marie DUPONT's son, a minor without an account of his own: she is his legal representative.
+    child = CHILD["ins"]
+    service.add_patient(ins=child, traits=CHILD["traits"], ins_oid=OID_INS_NIR_DEMO, actor=ACTOR)
+    service.add_legal_representative(child, PATIENTS[0]["ins"], actor=ACTOR)
+    service.add_care_team(child, MARTIN["idnat"], actor=ACTOR)
+    if not service.list_documents(Identity.patient(child), child):
+        service.feed(Identity.professional(MARTIN["idnat"]), child,
+                     _cda(child, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
+    martin, durand = Identity.professional(MARTIN["idnat"]), Identity.professional(DURAND["idnat"])
+    for patient in PATIENTS:
+        ins = patient["ins"]
+        if service.list_documents(Identity.patient(ins), ins):
+            continue
+        service.add_care_team(ins, MARTIN["idnat"], actor=ACTOR)
+        if patient is PATIENTS[0]:
+            service.add_care_team(ins, DURAND["idnat"], actor=ACTOR)
+            service.set_medecin_traitant(Identity.patient(ins), ins, MARTIN["idnat"])
+        service.feed(martin, ins, _cda(ins, "11488-4", "Compte rendu de consultation"),
+                     DocumentMeta("11488-4", "Compte rendu de consultation"))  # fmt: skip
+        service.feed(durand, ins, _cda(ins, "11502-2", "Bilan sanguin", DURAND),
+                     DocumentMeta("11502-2", "Bilan sanguin"))  # fmt: skip
+        service.feed(martin, ins, _PDF, DocumentMeta("57833-6", "Ordonnance de sortie", format="PDF",
+                                                      mime_type="application/pdf"))  # fmt: skip
+        service.feed(martin, ins, _cda(ins, "11369-6", "Historique des vaccinations"),
+                     DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
+
+
+_PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+
+
+def _cda(ins: str, code: str, title: str, author: dict[str, Any] = MARTIN) -> bytes:
+    """A small CDA R2 of the demo: header (patient, author, date) and one readable section."""
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<ClinicalDocument xmlns="urn:hl7-org:v3">'
+        f'<code code="{code}" codeSystem="2.16.840.1.113883.6.1"/><title>{title}</title>'
+        '<effectiveTime value="20261201103000+0100"/>'
+        f'<recordTarget><patientRole><id root="{OID_INS_NIR_DEMO}" extension="{ins}"/></patientRole>'
+        "</recordTarget><author><assignedAuthor><assignedPerson><name><prefix>Dr</prefix>"
+        f"<given>{author['prenom']}</given><family>{author['nom']}</family></name></assignedPerson>"
+        "</assignedAuthor></author>"
+        "<component><structuredBody><component><section><title>Conclusion</title><text>"
+        "<paragraph>Examen clinique sans particularité. Tension artérielle 12/8.</paragraph>"
+        "<paragraph>Contrôle dans six mois.</paragraph></text></section></component>"
+        "</structuredBody></component></ClinicalDocument>"
+    ).encode()

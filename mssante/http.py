@@ -1,6 +1,6 @@
 """The HTTP listener's application: health, and the routers of each area (FHIR directory,
-DMP API), served by uvicorn inside the server's event loop, with the TLS policy of
-``mssante.tls`` (uvicorn's own context would ignore ``tls.*``).
+DMP API, client autoconfiguration), served by uvicorn inside the server's event loop, with the
+TLS policy of ``mssante.tls`` (uvicorn's own context would ignore ``tls.*``).
 
 Hostile requests are turned away before they cost memory (issue 13, item 7):
 
@@ -33,8 +33,9 @@ from mssante import __version__
 from mssante.tls import ClientCertMode, server_context
 
 # Each area exposes ``router`` (a FastAPI APIRouter), and ``BEARER_LISTENER`` (the listener name
-# its logins are audited under) when every one of its routes needs a bearer token.
-ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api")
+# its logins are audited under) when every one of its routes needs a bearer token, and,
+# optionally, ``bind(app, runtime)`` and ``upload_limits(settings)``.
+ROUTER_MODULES: tuple[str, ...] = ("annuaire.fhir", "dmp.api", "mssante.clientconfig.http", "mssante.web.app")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -68,21 +69,24 @@ class BodyTooLarge(HTTPException):
 class BodyLimit:
     """``413`` for a body over ``limit`` bytes, decided while reading, never after buffering."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, uploads: dict[str, int] | None = None) -> None:
+        # ``uploads``: path prefix → a larger limit for the routes that take files (web forms).
+        self.app, self.default, self.uploads = app, limit, uploads or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        path = str(scope.get("path", ""))
+        limit = max([v for p, v in self.uploads.items() if path.startswith(p)], default=self.default)
         lengths = [v for k, v in scope["headers"] if k.lower() == b"content-length"]
         try:
             announced = int(lengths[0]) if lengths else None
         except ValueError:
             await _reply(send, 400, {"detail": "invalid Content-Length"}, [])
             return
-        if announced is not None and announced > self.limit:
-            await _reply(send, 413, {"detail": f"request body larger than {self.limit} bytes"}, [])
+        if announced is not None and announced > limit:
+            await _reply(send, 413, {"detail": f"request body larger than {limit} bytes"}, [])
             return
         received, started = 0, False
 
@@ -91,8 +95,8 @@ class BodyLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def watched(message: Message) -> None:
@@ -187,15 +191,19 @@ def create_app(runtime: Any) -> FastAPI:
         return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
 
     protected: dict[str, str] = {}
+    uploads: dict[str, int] = {}
     for name in ROUTER_MODULES:
         module = importlib.import_module(name)
         app.include_router(module.router)
+        if hasattr(module, "bind"):
+            module.bind(app, runtime)
+        uploads.update(getattr(module, "upload_limits", dict)(runtime.settings))
         listener = getattr(module, "BEARER_LISTENER", None)
         if listener:
             protected[module.router.prefix] = listener
     # Outermost first: the size limit applies to everything, the token check before any body.
     app.add_middleware(BearerGate, runtime=runtime, prefixes=protected)
-    app.add_middleware(BodyLimit, limit=runtime.settings.http.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=runtime.settings.http.max_body_bytes, uploads=uploads)
     return app
 
 

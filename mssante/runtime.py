@@ -6,7 +6,7 @@ same objects the same way.
 
 from __future__ import annotations
 
-import os
+import functools
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -15,10 +15,14 @@ from annuaire.lookup import Annuaire
 from delegation.authz import sasl_authorizer
 from delegation.grants import GrantBook
 from dmp.hook import DMPDepositHook
+from dmp.service import notice_channel
+from mssante import audit, datadir
+from mssante.audit import AuditKey
 from mssante.auth.authenticator import Authenticator
 from mssante.config import Settings
 from mssante.crypto import KeyRing
 from mssante.db import make_engine
+from mssante.listening import RunningListener
 from mssante.notify import Notifier
 from mssante.patients.conversations import ConversationBook
 from mssante.patients.hook import PatientHook
@@ -34,15 +38,17 @@ def initialise(settings: Settings) -> list[str]:
     done: list[str] = []
     data_dir = settings.data_dir
     if not data_dir.exists():
-        data_dir.mkdir(parents=True, mode=0o700)
+        data_dir.mkdir(parents=True, mode=datadir.DIR_MODE)
         done.append(f"created data directory {data_dir}")
     ring_path = settings.keyring_path
     if not ring_path.exists():
         KeyRing.create(ring_path)
         done.append(f"created key ring {ring_path} (mode 0600) — back it up: without it mail is unreadable")
+    audit.bind(settings.database_url, AuditKey.from_ring_file(ring_path))
     engine = make_engine(settings.database_url)
     upgrade(engine)
     engine.dispose()
+    datadir.secure(data_dir, settings.database_url, ring_path)
     done.append("database schema is current")
     return done
 
@@ -63,6 +69,9 @@ class Runtime:
     extras: dict[str, object] = field(default_factory=dict)
     notifier: Notifier | None = None  # one per process: patient and DMP notifications
     grants: GrantBook | None = None  # delegations and ORG memberships in force
+    # The bound public listeners, once ``serve`` started them: what autoconfiguration tells
+    # clients (the real ports, even when 0 was configured).
+    listeners: list[RunningListener] = field(default_factory=list)
 
     def close(self) -> None:
         if self.authenticator is not None:
@@ -82,8 +91,9 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     if check_schema:
         require_current(engine)
     keyring = KeyRing.load(settings.keyring_path)
-    if os.name == "posix" and settings.keyring_path.stat().st_mode & 0o077:
-        os.chmod(settings.keyring_path, 0o600)
+    audit.bind(settings.database_url, AuditKey.from_ring(keyring))
+    # An installation made by an older version may have left group/other permissions.
+    datadir.secure(settings.data_dir, settings.database_url, settings.keyring_path)
     writer_engine = make_engine(settings.database_url, writer=True, echo=settings.database.echo)
     store = MessageStore(
         engine,
@@ -102,7 +112,8 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     authenticator = Authenticator(
         engine, settings, writer_engine=writer_engine, keyring=keyring, authorize=sasl_authorizer(policy)
     )
-    hooks = HookRunner([PatientHook(annuaire, notifier)])
+    channel = functools.partial(notice_channel, engine)  # the patient's choice of notice channel
+    hooks = HookRunner([PatientHook(annuaire, notifier, channel)])
     runtime = Runtime(settings, engine, writer_engine, keyring, store, annuaire, authenticator, policy, hooks)
     runtime.notifier = notifier
     runtime.grants = grants

@@ -29,8 +29,15 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (default: the newest this code knows)."""
+    """Bring the schema to ``revision`` (default: the newest this code knows).
+
+    The audit key bound to the database, if any, is handed to the migrations: revision 0008
+    re-chains an existing audit trail under it.
+    """
+    from mssante import audit
+
     cfg = alembic_config()
+    cfg.attributes["audit_key"] = audit.bound_key(engine)
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, revision)

@@ -134,6 +134,7 @@ async def serve_forever(
     try:
         for starter in listener_starters():
             running.extend(await starter(runtime))
+        runtime.listeners[:] = [item for item in running if item.public]
         for item in running:
             log.info(
                 "listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls

@@ -13,6 +13,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from mssante import audit
+from mssante.audit import AuditKey
 from mssante.config import Settings, load_settings
 from mssante.runtime import Runtime, initialise, open_runtime
 from tests.demo_server import DemoServer, start_demo
@@ -47,13 +49,26 @@ def _drop_pg_database(name: str) -> None:
     admin.dispose()
 
 
+def _bind_test_audit_key(url: str, ring: Path) -> None:
+    """Tests that write audit records on a bare engine chain them under the key ring the
+    ``settings`` fixture names if it exists by then, else under a fixed test key."""
+
+    def load() -> AuditKey:
+        return AuditKey.from_ring_file(ring) if ring.exists() else AuditKey(b"t" * 32, b"c" * 32)
+
+    audit.bind(url, load)
+
+
 @pytest.fixture(params=BACKENDS)
 def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A URL of an empty database: SQLite in tmp_path, or a new PostgreSQL database."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'data' / 'mssante.db'}"
+        url = f"sqlite:///{tmp_path / 'data' / 'mssante.db'}"
+        _bind_test_audit_key(url, tmp_path / "data" / "keyring.json")
+        yield url
         return
     name, url = _create_pg_database()
+    _bind_test_audit_key(url, tmp_path / "data" / "keyring.json")
     try:
         yield url
     finally:

@@ -82,9 +82,10 @@ def start_demo(data_dir: Path, env: dict[str, str] | None = None, timeout: float
     if demo_json.exists():
         demo_json.unlink()  # rewritten once the listeners are up
     log_path = data_dir / "server.log"
-    log = open(log_path, "w")  # noqa: SIM115 - the process owns it
+    # The log names addresses and logins: owner-only, like everything in the data directory.
+    log = os.fdopen(os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w")
     process = subprocess.Popen(
-        [sys.executable, "-m", "mssante", "--data-dir", str(data_dir), "serve", "--demo"],
+        [sys.executable, "-m", "mssante", "serve", "--demo", "--data-dir", str(data_dir)],
         stdout=log,
         stderr=subprocess.STDOUT,
         env=full_env,

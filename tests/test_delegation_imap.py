@@ -72,7 +72,9 @@ def _scenario(doors: Doors) -> None:
         namespace = secretary.ok("NAMESPACE")
         assert namespace == [b'* NAMESPACE (("" "/")) NIL (("Partag&AOk-/" "/"))']
         listed = b"\n".join(secretary.ok('LIST "" "*"'))
-        assert named(MARTIN).encode() in listed and b"cardiologie" not in listed
+        # Her one delegated BAL opens as her own mailbox (special uses included), not twice.
+        assert b'"/" INBOX' in listed and b"\\Sent" in listed
+        assert b"Partag" not in listed and b"cardiologie" not in listed
         # The demo grant: read, sort, file, send (lrswite send); she keeps \Seen, sets flags.
         assert secretary.command(f"SELECT {shared(MARTIN)}")[0].startswith("OK [READ-WRITE]")
         assert secretary.ok(f"MYRIGHTS {shared(MARTIN)}") == [f"* MYRIGHTS {named(MARTIN)} lrswite".encode()]

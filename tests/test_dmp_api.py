@@ -128,7 +128,8 @@ def test_professional_and_patient_views(
         event = json.loads(body)
         assert event["recipient"] == f"{INS}@patient.mssante.fr"
         kinds.append(event["kind"])
-    assert kinds == ["dmp.document.added", "dmp.break_glass"]
+    # the feed, the care team's first consultation of the day, the break-glass
+    assert kinds == ["dmp.document.added", "dmp.record.consulted", "dmp.break_glass"]
 
 
 def test_masking_over_http(api: tuple[httpx.Client, DMPService], test_idp: LocalIdP) -> None:

@@ -47,8 +47,10 @@ def test_feed_then_read_by_care_team_and_patient(dmp_service: DMPService) -> Non
     assert content == CDA and info.space == "COMPTES_RENDUS" and info.author_profession == "10"
     assert dmp_service.read(PATIENT, uid)[1] == CDA
     assert [d.unique_id for d in dmp_service.list_documents(TRAITANT, INS)] == [uid]
-    # the patient is told of the feed; reads by the care team and the patient are not notified
-    assert _events(dmp_service) == ["dmp.document.added"]
+    # the patient is told of the feed and of the care team's first consultation of the day
+    # (one notice per professional and day: the later list is not notified); their own reads never
+    assert _events(dmp_service) == ["dmp.document.added", "dmp.record.consulted"]
+    assert dmp_service.notifier.events[1].data["team"] == "care_team"  # type: ignore[attr-defined]
     assert dmp_service.notifier.events[0].recipient == f"{INS}@patient.mssante.fr"  # type: ignore[attr-defined]
     assert "SECRET" not in dmp_service.notifier.events[0].body().decode()
 

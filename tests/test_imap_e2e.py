@@ -106,7 +106,7 @@ async def test_submitted_message_is_read_over_imap_byte_identical(demo_doors: De
     assert subject == b"Subject: Avis cardiologique\r\n\r\n"
 
 
-async def test_refusals_wrong_password_and_login_without_a_bal_of_its_own(demo_doors: Demo) -> None:
+async def test_refusals_wrong_password_and_a_login_whose_one_bal_is_delegated(demo_doors: Demo) -> None:
     pharmacy = next(a for a in demo_doors.document["accounts"] if a["address"].startswith("pharmacie.parc@"))
 
     def attempt(login: str, password: str) -> str | list[bytes]:
@@ -119,13 +119,13 @@ async def test_refusals_wrong_password_and_login_without_a_bal_of_its_own(demo_d
             return imap.list()[1]
 
     assert "AUTHENTICATIONFAILED" in await asyncio.to_thread(attempt, MARTIN, "not the password")
-    # The pharmacist's login is not itself a BAL: she has no personal folders, and works on the
-    # pharmacy's ORG BAL (she is its responsible) in the shared namespace.
+    # The pharmacist's login is not itself a BAL: its only BAL, the pharmacy's ORG BAL (she is its
+    # responsible), opens as her mailbox, with its special-use folders.
     listed = await asyncio.to_thread(attempt, pharmacy["login"], pharmacy["password"])
     assert isinstance(listed, list)
     names = [line.rsplit(b' "/" ', 1)[1] for line in listed if isinstance(line, bytes)]
-    assert b"Partag&AOk-/pharmacie.parc@demo.mssante.fr/INBOX" in names
-    assert all(name.startswith(b"Partag&AOk-") for name in names)
+    assert sorted(names) == [b"Archive", b"Drafts", b"INBOX", b"Sent", b"Trash"]
+    assert any(b"\\Sent" in line for line in listed if isinstance(line, bytes))
 
 
 async def test_application_authenticates_with_its_certificate(demo_doors: Demo) -> None:

@@ -76,7 +76,8 @@ class Receiver:
         out = []
         for headers, body in items:
             event = json.loads(body)
-            if event["recipient"] == recipient:
+            # the demo's DMP documents notify the patients too: only messages matter here
+            if event["recipient"] == recipient and event["kind"] == "patient.message.received":
                 out.append((headers, event, body))
         return out
 
@@ -134,8 +135,9 @@ def test_a_new_message_to_a_patient_is_notified_signed_and_without_content(
     assert headers[SIGNATURE_HEADER] == sign(SECRET, body)
     assert headers[EVENT_HEADER] == "patient.message.received"
     assert set(event) == {"id", "kind", "recipient", "at", "data"}
-    # The recipient's INS, the time and the sender as the annuaire names it (not the From: name).
-    assert event["data"] == {"ins": _ins(patient), "sender": "Claire MARTIN"}
+    # The recipient's INS, the time and the sender as the annuaire names it (not the From: name),
+    # and the channel the patient chose for notices (the app's webhook unless they chose e-mail).
+    assert event["data"] == {"ins": _ins(patient), "sender": "Claire MARTIN", "channel": "webhook"}
     at = datetime.fromisoformat(event["at"])
     assert before <= at <= datetime.now(UTC) + timedelta(seconds=1)
     assert subject.encode() not in body and b"message de test" not in body

@@ -19,6 +19,24 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 MAX_FIELD_BYTES = 255  # RFC 4616 §2: authzid, authcid and passwd are at most 255 octets each
+# Dovecot's master-user convention: "<BAL address>*<login>" as user name asks for the BAL as
+# authorization identity, for clients that cannot send one (Thunderbird, mbsync, neomutt).
+DELEGATE_SEPARATOR = "*"
+
+
+def split_delegate(user: str) -> tuple[str, str] | None:
+    """``claire.martin@x.fr*secretaire@x.fr`` → (BAL, login); None for any other user name.
+
+    The BAL is everything up to the first separator after its "@": a domain holds no "*", so
+    a login whose local part has one (RFC 5322 allows it) is never mistaken for the form."""
+    at = user.find("@")
+    star = user.find(DELEGATE_SEPARATOR, at + 1) if at > 0 else -1
+    if star < 0:
+        return None
+    bal, login = user[:star], user[star + 1 :]
+    if star == at + 1 or not login:
+        return None
+    return bal, login
 
 
 # -- credentials a mechanism asks to have checked --------------------------------------------
@@ -139,7 +157,8 @@ def _utf8(data: bytes, what: str, *, controls: bool = False) -> str:
 
 
 class Plain(ServerMechanism):
-    """RFC 4616: ``[authzid] NUL authcid NUL passwd``."""
+    """RFC 4616: ``[authzid] NUL authcid NUL passwd``; an authcid ``<BAL>*<login>`` without
+    authzid means authcid ``<login>`` asking for authzid ``<BAL>`` (:func:`split_delegate`)."""
 
     name = "PLAIN"
 
@@ -152,10 +171,14 @@ class Plain(ServerMechanism):
             raise SyntaxError("PLAIN authcid and password must not be empty")
         if max(len(authzid), len(authcid), len(password)) > MAX_FIELD_BYTES:
             raise SyntaxError(f"PLAIN fields are limited to {MAX_FIELD_BYTES} octets")
+        user, wanted = _utf8(authcid, "authcid"), _utf8(authzid, "authzid") or None
+        delegate = split_delegate(user)
+        if delegate is not None:
+            if wanted is not None:
+                raise SyntaxError("PLAIN names the BAL twice (authzid and <BAL>*<login>)")
+            wanted, user = delegate
         return PasswordCredential(
-            authcid=_utf8(authcid, "authcid"),
-            password=_utf8(password, "password", controls=True),
-            authzid=_utf8(authzid, "authzid") or None,
+            authcid=user, password=_utf8(password, "password", controls=True), authzid=wanted
         )
 
 

@@ -109,6 +109,10 @@ class TokenValidator:
     def enabled(self) -> bool:
         return bool(self._by_iss)
 
+    def trust(self, name: str, config: IssuerSection, *, jwks_ttl: float = 3600.0) -> None:
+        """Trust one more issuer at run time (the web's own submission issuer)."""
+        self._by_iss[config.issuer] = TrustedIssuer(name, config, JWKSCache(config, jwks_ttl, 0.0))
+
     def validate(self, token: str) -> tuple[Identity, dict[str, Any]]:
         """The identity a valid token carries and its claims; :class:`TokenError` otherwise."""
         if len(token) > MAX_TOKEN_BYTES:

@@ -8,14 +8,51 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from mssante.cli import _common
 from mssante.cli._common import EXIT_USAGE, command_group, console, fail, runtime_errors, settings
 
+# Options of the whole program that may also be typed after the sub-command.
+_GLOBAL_WITH_VALUE = ("--config", "-c", "--data-dir", "-d")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Move ``--config``/``--data-dir`` (and their short forms) to the front, in order, so that
+    ``mssante serve --demo --data-dir D`` means ``mssante --data-dir D serve --demo``.
+
+    Nothing after ``--`` is touched; no sub-command defines ``-c``/``-d`` of its own.
+    """
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest.extend(args[i:])
+            break
+        name = arg.split("=", 1)[0]
+        if name in _GLOBAL_WITH_VALUE and "=" in arg and name.startswith("--"):
+            front.append(arg)
+        elif arg in _GLOBAL_WITH_VALUE and i + 1 < len(args):
+            front.extend(args[i : i + 2])
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+class _Root(TyperGroup):
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, hoist_global_options(args))
+
+
 app = typer.Typer(
+    cls=_Root,
     name="mssante",
     help="Secure health-messaging server for the MSSanté space of trust.",
     no_args_is_help=True,
@@ -31,26 +68,37 @@ def _root(
         typer.Option(
             "--config",
             "-c",
-            help="TOML configuration file (default: $MSSANTE_CONFIG).",
+            help="TOML configuration file (default: $MSSANTE_CONFIG); also accepted after the command.",
             envvar="MSSANTE_CONFIG",
         ),
     ] = None,
     data_dir: Annotated[
-        Path | None, typer.Option("--data-dir", "-d", help="Data directory (overrides server.data_dir).")
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            "-d",
+            help="Data directory (overrides server.data_dir); also accepted after the command.",
+        ),
     ] = None,
 ) -> None:
     _common.state.config_path = config
     _common.state.data_dir = data_dir
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+
 @app.command()
-def init() -> None:
+def init(as_json: JsonOption = False) -> None:
     """Create the data directory, the key ring (0600) and the database schema. Safe to re-run."""
     from mssante.runtime import initialise
 
     cfg = settings()
     with runtime_errors(OSError):
         created = initialise(cfg)
+    if as_json:
+        print(json.dumps({"data_dir": str(cfg.data_dir.resolve()), "done": created}))
+        return
     for line in created:
         console.print(line)
 
@@ -76,7 +124,7 @@ app.add_typer(db_app)
 
 
 @db_app.command("upgrade")
-def db_upgrade() -> None:
+def db_upgrade(as_json: JsonOption = False) -> None:
     """Apply the schema migrations this version knows (Alembic)."""
     from mssante.db import make_engine
     from mssante.schema import current_revision, upgrade
@@ -84,8 +132,12 @@ def db_upgrade() -> None:
     cfg = settings()
     engine = make_engine(cfg.database_url)
     before = current_revision(engine)
-    upgrade(engine)
+    with runtime_errors(RuntimeError):  # a migration that cannot run (e.g. 0008 without the key ring)
+        upgrade(engine)
     after = current_revision(engine)
+    if as_json:
+        print(json.dumps({"before": before, "after": after}))
+        return
     console.print(f"schema: {before or 'empty'} → {after}")
 
 
@@ -97,6 +149,7 @@ app.add_typer(config_app)
 @config_app.command("check")
 def config_check(
     file: Annotated[Path | None, typer.Argument(help="File to check (default: the --config file).")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Print the effective configuration, or name the key at fault and exit 2."""
     from mssante.config import ConfigError, check_settings
@@ -108,6 +161,9 @@ def config_check(
         check_settings(cfg)
     except ConfigError as exc:
         fail(f"configuration: {exc}", EXIT_USAGE)
+    if as_json:  # plain JSON, no colours or wrapping
+        print(json.dumps(cfg.public_dict()))
+        return
     console.print_json(json.dumps(cfg.public_dict()))
 
 
@@ -116,8 +172,30 @@ keys_app = command_group("keys", "Encryption key ring.")
 app.add_typer(keys_app)
 
 
+@keys_app.command("show")
+def keys_show(as_json: JsonOption = False) -> None:
+    """The key ring's file, key ids, active key and audit key id (never a key)."""
+    from mssante.audit import AuditKey
+    from mssante.crypto import KeyRing, KeyRingError
+
+    cfg = settings()
+    with runtime_errors(KeyRingError):
+        ring = KeyRing.load(cfg.keyring_path)
+    doc = {
+        "path": str(cfg.keyring_path.resolve()),
+        "active": ring.active,
+        "keys": ring.key_ids(),
+        "audit_key_id": AuditKey.from_ring(ring).key_id,
+    }
+    if as_json:
+        print(json.dumps(doc))
+        return
+    for name, value in doc.items():
+        console.print(f"[bold]{name:>12}[/] {', '.join(value) if isinstance(value, list) else value}")
+
+
 @keys_app.command("rotate")
-def keys_rotate() -> None:
+def keys_rotate(as_json: JsonOption = False) -> None:
     """Add a new key and re-wrap every data key with it, while the server keeps running."""
     from mssante.crypto import KeyRing, KeyRingError
     from mssante.db import make_engine
@@ -128,89 +206,22 @@ def keys_rotate() -> None:
         ring = KeyRing.load(cfg.keyring_path)
         kid = ring.add_key()
         count = rewrap_all(make_engine(cfg.database_url, writer=True), ring)
-    console.print(f"active key is now {kid}; {count} data keys re-wrapped")
-
-
-# -- audit ----------------------------------------------------------------------------------
-audit_app = command_group("audit", "Audit trail.")
-app.add_typer(audit_app)
-
-
-@audit_app.command("verify")
-def audit_verify() -> None:
-    """Check the hash chain of the whole trail; name the first broken record."""
-    from sqlalchemy.orm import Session
-
-    from mssante import audit
-    from mssante.db import make_engine
-
-    cfg = settings()
-    with Session(make_engine(cfg.database_url)) as session:
-        result = audit.verify(session)
-    if not result.ok:
-        fail(
-            f"audit trail broken at record {result.broken_seq}: {result.reason} "
-            f"({result.checked} records verified before it)"
-        )
-    console.print(f"audit trail intact: {result.checked} records")
-
-
-@audit_app.command("show")
-def audit_show(
-    bal: Annotated[str, typer.Option("--bal", help="Mailbox address whose trace to list.")],
-    limit: Annotated[int, typer.Option(help="Newest records to show.")] = 100,
-    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
-) -> None:
-    """List the trace of one mailbox, newest first."""
-    from rich.table import Table
-    from sqlalchemy.orm import Session
-
-    from mssante import audit
-    from mssante.db import make_engine
-
-    cfg = settings()
-    with Session(make_engine(cfg.database_url)) as session:
-        rows = list(audit.for_bal(session, bal.strip().lower(), limit))
     if as_json:
-        for r in rows:
-            print(
-                json.dumps(
-                    {
-                        "seq": r.seq,
-                        "at": r.at.isoformat(),
-                        "actor": r.actor,
-                        "bal": r.bal,
-                        "action": r.action,
-                        "object": r.object,
-                        "source": r.source,
-                        "outcome": r.outcome,
-                        "detail": r.detail,
-                    },
-                    ensure_ascii=False,
-                )
-            )
+        print(json.dumps({"active": kid, "rewrapped": count}))
         return
-    table = Table("seq", "when (UTC)", "actor", "action", "object", "from", "outcome")
-    for r in rows:
-        table.add_row(
-            str(r.seq),
-            f"{r.at:%Y-%m-%d %H:%M:%S}",
-            r.actor,
-            r.action,
-            r.object or "",
-            r.source or "",
-            r.outcome,
-        )
-    console.print(table)
+    console.print(f"active key is now {kid}; {count} data keys re-wrapped")
 
 
 # Area command groups (annuaire, users, certificates, delegation, DMP, queue) mount here.
 SUBCOMMAND_MODULES: tuple[str, ...] = (
+    "mssante.cli.audit",
+    "mssante.cli.backup",
     "mssante.cli.annuaire",
     "mssante.cli.certs",
     "mssante.cli.users",
     "mssante.cli.demo",
     "mssante.cli.dkim",
+    "mssante.cli.dns",
     "mssante.cli.dmp",
     "mssante.cli.queue",
     "mssante.patients.cli",
@@ -224,10 +235,18 @@ def _mount_areas() -> None:
     for name in SUBCOMMAND_MODULES:
         module = importlib.import_module(name)
         app.add_typer(module.app)
+        if hasattr(module, "mount"):  # top-level commands of an area (``restore``)
+            module.mount(app)
 
 
 _mount_areas()
 
 
 def main() -> None:
+    import os
+
+    from mssante.datadir import PRIVATE_UMASK
+
+    # Everything this program writes (database, WAL, certificates, exports) is for its owner.
+    os.umask(PRIVATE_UMASK)
     app()

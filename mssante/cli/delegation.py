@@ -198,6 +198,7 @@ def list_cmd(
 def rights_cmd(
     bal: Annotated[str, typer.Argument(help="The BAL address.")],
     who: Annotated[str, typer.Argument(help="Account login, or identity kind:id.")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
 ) -> None:
     """Effective rights of WHO on BAL: the answer SMTP and IMAP get (ownership, membership, grants)."""
     from delegation.grants import GrantBook, resolve_grantee
@@ -215,5 +216,14 @@ def rights_cmd(
         rights, until = rights_until(identity, info, GrantBook(engine))
     finally:
         engine.dispose()
+    if as_json:
+        doc = {
+            "principal": identity.principal,
+            "bal": info.key,
+            "rights": format_rights(rights),
+            "until": until.isoformat() if until else None,
+        }
+        print(json.dumps(doc))
+        return
     tail = f" (until {until:%Y-%m-%d %H:%M:%S} UTC)" if until else ""
     console.print(f"{identity.principal} on <{info.key}>: {format_rights(rights) or 'none'}{tail}")

@@ -81,12 +81,30 @@ def list_entries(as_json: Annotated[bool, typer.Option("--json", help="JSON for 
 
 
 @app.command("show")
-def show(entry_id: Annotated[int, typer.Argument(help="Entry id (see `queue list`).")]) -> None:
+def show(
+    entry_id: Annotated[int, typer.Argument(help="Entry id (see `queue list`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="JSON for scripts.")] = False,
+) -> None:
     """One entry's envelope, attempts and last error (never the content)."""
     rows = _rows(entry_id)
     if not rows:
         fail(f"no queue entry {entry_id}")
     r = rows[0]
+    if as_json:
+        doc = {
+            "id": r.id,
+            "domain": r.domain,
+            "from": r.mail_from,
+            "recipients": json.loads(r.recipients),
+            "message_id": r.message_id,
+            "created_at": r.created_at.isoformat(),
+            "age": _age(r.created_at),
+            "attempts": r.attempts,
+            "next_attempt_at": r.next_attempt_at.isoformat(),
+            "last_error": r.last_error,
+        }
+        print(json.dumps(doc))
+        return
     for key, value in (
         ("id", r.id),
         ("domain", r.domain),

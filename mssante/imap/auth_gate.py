@@ -2,9 +2,10 @@
 
 The authentication module checks credentials, applies the brute-force limits and audits every
 attempt; it answers with an :class:`~mssante.auth.identity.Identity`. Which BAL that identity
-opens is a policy question (its own PER BAL, an ORG BAL it belongs to, a BAL delegated to it
-and named as SASL authorization identity), so it is asked of ``resolve_bal``, supplied by
-whoever wires the server; IMAP itself decides nothing about access.
+opens is a policy question (the BAL named as SASL authorization identity — PLAIN's authzid or
+the ``<BAL>*<login>`` user name —, else its login's BAL, else its single delegated BAL), so it is
+asked of ``resolve_bal``, supplied by whoever wires the server; IMAP itself decides nothing
+about access.
 """
 
 from __future__ import annotations

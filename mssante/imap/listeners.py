@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+from delegation.grants import GrantBook
 from delegation.imap import DelegationAccess
+from delegation.reach import default_bal
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
@@ -19,11 +21,14 @@ from mssante.runtime import Runtime
 from mssante.tls import ClientCertMode, server_context
 
 
-def policy_bal_resolver(policy: Policy) -> ResolveBal:
-    """The BAL a session opens: the SASL authorization identity if one was allowed, else the
-    login (a BAL address for local accounts); ``Policy.mailbox`` decides."""
+def policy_bal_resolver(policy: Policy, grants: GrantBook | None = None) -> ResolveBal:
+    """The BAL a session opens as its own: the SASL authorization identity if one was allowed
+    (PLAIN authzid, or the ``<BAL>*<login>`` user name), else the BAL of its login, else its
+    single delegated BAL (``delegation.reach.default_bal``); ``Policy`` decides every one."""
 
     def decide(identity: Identity, authzid: str | None) -> str | None:
+        if authzid is None and grants is not None:
+            return default_bal(policy, grants, identity)
         address = authzid or identity.login
         if not address:
             return None
@@ -49,7 +54,9 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
     # Client certificates are asked for (and verified) so that APP BALs can use SASL EXTERNAL.
     context = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     gate = AuthenticatorGate(
-        runtime.authenticator, policy_bal_resolver(runtime.policy), without_bal=works_without_bal
+        runtime.authenticator,
+        policy_bal_resolver(runtime.policy, runtime.grants),
+        without_bal=works_without_bal,
     )
     access = None
     if runtime.grants is not None:

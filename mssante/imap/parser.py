@@ -228,6 +228,13 @@ class _Reader:
     def astring(self) -> str:
         return _text(self.astring_bytes())
 
+    def login_astring(self) -> str:
+        """LOGIN's user name and password: an astring, where an atom may also hold "*" and "%"
+        (Python's imaplib sends ``<BAL>*<login>`` unquoted; Dovecot accepts it too)."""
+        if self.peek() in (b'"', b"{", b"~"):
+            return _text(self.string())
+        return _text(self.match(_LIST_CHARS, "astring"))
+
     def nstring(self) -> str | None:
         if self.accept_word(b"NIL"):
             return None
@@ -542,9 +549,9 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         return Command(tag, name, Expunge(r.sequence_set()), uid=True)
     if name == "LOGIN":
         r.sp()
-        user = r.astring()
+        user = r.login_astring()
         r.sp()
-        return Command(tag, name, Login(user, r.astring()))
+        return Command(tag, name, Login(user, r.login_astring()))
     if name == "AUTHENTICATE":
         r.sp()
         mechanism = r.atom().upper()
@@ -599,6 +606,12 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         if r.peek() == b'"':
             when = r.date_time()
             r.sp()
+        if r.accept(b"UTF8 ("):  # RFC 6855 §4: a message with UTF-8 headers
+            if r.peek() != b"~":
+                raise r.error("APPEND UTF8 needs a literal8 (~{n})")
+            message = r.literal()
+            r.expect(b")")
+            return Command(tag, name, Append(mailbox, flags, when, message))
         if r.peek() not in (b"{", b"~"):
             raise r.error("APPEND needs the message as a literal")
         return Command(tag, name, Append(mailbox, flags, when, r.literal()))

@@ -258,7 +258,7 @@ class Connection:
 
     async def _command(self, data: bytes) -> None:
         try:
-            command = parse_command(data)
+            command = parse_command(data, utf8=self.session.utf8)
         except ParseError as exc:
             self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")

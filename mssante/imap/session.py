@@ -55,7 +55,7 @@ from mssante.imap.commands.values import Command, SequenceSet
 from mssante.imap.fetch import Piece
 from mssante.imap.gate import Gate, Principal
 from mssante.imap.mailbox import SelectedMailbox
-from mssante.imap.render import astring, compress
+from mssante.imap.render import astring, compress, string
 from mssante.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
 from mssante.store.feed import FolderChange, Subscription
 from mssante.store.store import MessageStore, StoreError
@@ -78,6 +78,7 @@ BASE_CAPABILITIES = (
     "CHILDREN",
     "ACL",
     "RIGHTS=texk",
+    "UTF8=ACCEPT",
 )
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
@@ -134,6 +135,9 @@ class Session:
         self.box_bal = ""  # the BAL of the selected mailbox (own or shared)
         self.box_rights: Rights = NONE
         self.opened: set[str] = set()  # BALs whose storage exists
+        # RFC 6855: once the client ENABLEd UTF8=ACCEPT, mailbox names travel as UTF-8 (quoted
+        # strings), not modified UTF-7, and message headers are sent as they are.
+        self.utf8 = False
         self.subscription: Subscription | None = None
         self._traces: set[asyncio.Future[None]] = set()
         self._reads: set[int] = set()
@@ -290,6 +294,9 @@ class Session:
         # Texts may quote client input (a mailbox name sent as a literal can hold CR LF):
         # control characters never reach the wire, so a response cannot be forged.
         text = _CONTROL.sub("?", text)
+        if not self.utf8:
+            # Mailbox names quoted in a text go as they go everywhere else: modified UTF-7.
+            text = mutf7.encode(text)
         code_text = f"[{code}] " if code else ""
         await self.channel.write(f"{command.tag} {status} {code_text}{text}\r\n".encode())
 
@@ -395,7 +402,8 @@ class Session:
             await asyncio.shield(asyncio.gather(*self._traces, return_exceptions=True))
 
     def wire_name(self, name: str) -> bytes:
-        return astring(mutf7.encode(name))
+        """A mailbox name in a response: modified UTF-7, or UTF-8 once UTF8=ACCEPT is enabled."""
+        return string(name, utf8=True) if self.utf8 else astring(mutf7.encode(name))
 
     def close(self) -> None:
         if self.subscription is not None:

@@ -14,6 +14,7 @@ for senders unknown to the annuaire is the ``From:`` display name used.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import decode_header, make_header
@@ -96,9 +97,16 @@ def display_name(from_header: str | None, fallback: str) -> str:
 
 
 class PatientHook:
-    def __init__(self, directory: Annuaire, notifier: Notifier) -> None:
+    def __init__(
+        self,
+        directory: Annuaire,
+        notifier: Notifier,
+        channel: Callable[[str], dict[str, str]] | None = None,
+    ) -> None:
         self.directory = directory
         self.notifier = notifier
+        # The patient's chosen notification channel by INS (``dmp.service.notice_channel``).
+        self.channel = channel
 
     def _patients(self, ctx: DeliveryContext) -> list[_Patient]:
         found = []
@@ -171,4 +179,6 @@ class PatientHook:
             ctx.facts.headers.get("from"), professional
         )
         for patient in patients:
-            self.notifier.notify(Event(EVENT_KIND, patient.address, {"ins": patient.ins, "sender": name}))
+            routing = await asyncio.to_thread(self.channel, patient.ins) if self.channel else {}
+            data = {"ins": patient.ins, "sender": name, **routing}
+            self.notifier.notify(Event(EVENT_KIND, patient.address, data))

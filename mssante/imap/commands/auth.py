@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from mssante.audit import AuditEvent
 from mssante.imap.commands.base import Bad, Cancelled, No, Silent
 from mssante.imap.commands.values import Authenticate, Command, Login
 from mssante.imap.gate import Refusal, plain_initial
@@ -74,4 +75,15 @@ async def _run_sasl(session: Session, mechanism: str, initial: str | None, *, in
     if result.bal is not None:
         await session.store.ensure_account(result.bal)
         session.opened.add(result.bal.lower())
+        if not (await session.rights(result.bal.lower())).owner:
+            # A delegate (or member) working in a BAL as in its own: traced in the BAL's trail.
+            session.trace(
+                AuditEvent(
+                    actor=result.actor,
+                    action="mailbox.open_on_behalf",
+                    bal=result.bal.lower(),
+                    source=session.source,
+                    detail={"mechanism": mechanism, "delegated": True},
+                )
+            )
     return f"[CAPABILITY {' '.join(session.capabilities())}] Logged in"

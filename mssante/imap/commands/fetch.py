@@ -61,14 +61,18 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         if not content:
             await session.channel.write(
                 b"".join(
-                    metadata_response(n, box.entries[uid], items, metas.get(box.entries[uid].blob_id))
+                    metadata_response(
+                        n, box.entries[uid], items, metas.get(box.entries[uid].blob_id), utf8=session.utf8
+                    )
                     for n, uid in batch
                 )
             )
             continue
         for n, uid in batch:
             entry = box.entries[uid]
-            pieces = await message_response(session.store, n, entry, items, metas.get(entry.blob_id))
+            pieces = await message_response(
+                session.store, n, entry, items, metas.get(entry.blob_id), utf8=session.utf8
+            )
             await session.channel.write_pieces(pieces)
     if content and live:
         session.note_read((session.box_bal, box.folder.name), [uid for _, uid in live])

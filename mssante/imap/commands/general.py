@@ -42,13 +42,20 @@ async def cmd_id(session: Session, command: Command) -> str:
 
 async def cmd_enable(session: Session, command: Command) -> str:
     assert isinstance(command.args, Enable)
-    # No ENABLE-able extension is offered yet (UTF8=ACCEPT, CONDSTORE come later).
-    await session.untagged("ENABLED")
+    enabled = []
+    if "UTF8=ACCEPT" in command.args.capabilities and not session.utf8:
+        session.utf8 = True
+        enabled.append("UTF8=ACCEPT")
+    await session.untagged(" ".join(["ENABLED", *enabled]))
     return "ENABLE completed"
 
 
 async def cmd_namespace(session: Session, command: Command) -> str:
     # Personal namespace (the session's own BAL), no other users', the shared BALs.
-    shared = b'(("' + mutf7.encode(SHARED_PREFIX + "/").encode() + b'" "/"))'
-    await session.untagged(b'NAMESPACE (("" "/")) NIL ' + shared)
+    prefix = SHARED_PREFIX + "/"
+    quoted = string(prefix, utf8=True) if session.utf8 else string(mutf7.encode(prefix))
+    shared = b"((" + quoted + b' "/"))'
+    # A login with several delegated BALs and none of its own has no personal namespace.
+    personal = b'(("" "/"))' if session.own_bal is not None else b"NIL"
+    await session.untagged(b"NAMESPACE " + personal + b" NIL " + shared)
     return "NAMESPACE completed"
