@@ -380,8 +380,10 @@ protocol lmtp {{
         raise RuntimeError(f"dovecot failed to start: {(root / 'start.log').read_text()}")
     _wait_listening(auth_port, "dovecot auth")
     _wait_listening(lmtp_port, "dovecot lmtp")
-    master_pid = int((root / "run" / "master.pid").read_text().split()[0])
-    return Dovecot(root, auth_port, lmtp_port, master_pid, home / "Maildir")
+    pid_file, deadline = root / "run" / "master.pid", time.monotonic() + 20
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return Dovecot(root, auth_port, lmtp_port, int(pid_file.read_text().split()[0]), home / "Maildir")
 
 
 def _master_cf(port: int) -> str:
