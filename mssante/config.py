@@ -8,6 +8,7 @@ typo in a security setting must never fall back to a default.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tomllib
 from pathlib import Path
@@ -96,6 +97,24 @@ class TLSSection(_Section):
 
 class ListenerSection(_Section):
     host: str = "127.0.0.1"
+    # Behind load balancers (HAProxy): connections from ``proxy_trusted`` (addresses or networks)
+    # must start with a PROXY protocol header (v1 or v2) naming the real client; others are
+    # served directly under their own address, and their headers are never believed.
+    proxy_protocol: bool = False
+    proxy_trusted: list[str] = Field(default_factory=list)
+
+    @field_validator("proxy_trusted")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @model_validator(mode="after")
+    def _trusted_needed(self) -> ListenerSection:
+        if self.proxy_protocol and not self.proxy_trusted:
+            raise ValueError("proxy_protocol = true needs proxy_trusted (the balancers' addresses)")
+        return self
 
 
 class SMTPSection(ListenerSection):
@@ -107,6 +126,8 @@ class SMTPSection(ListenerSection):
     max_connections: int = Field(default=500, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    # From the connection to AUTH on submission (to TLS on relay-in), whatever the client sends.
+    login_timeout_seconds: float = Field(default=60.0, gt=0)
 
     _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
 

@@ -43,6 +43,7 @@ MODEL_MODULES = (
     "mssante.patients.models",
     "delegation.models",
     "mssante.web.models",
+    "mssante.nodes",
 )
 
 

@@ -190,6 +190,9 @@ def create_app(runtime: Any) -> FastAPI:
         lists = status(runtime.engine, scheduled_lists(runtime.settings))
         return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
 
+    from mssante.lifecycle import add_health_routes
+
+    add_health_routes(app, runtime)
     protected: dict[str, str] = {}
     uploads: dict[str, int] = {}
     for name in ROUTER_MODULES:
@@ -197,7 +200,10 @@ def create_app(runtime: Any) -> FastAPI:
         app.include_router(module.router)
         if hasattr(module, "bind"):
             module.bind(app, runtime)
-        uploads.update(getattr(module, "upload_limits", dict)(runtime.settings))
+        if hasattr(module, "upload_limits"):
+            # Not getattr(…, dict)(settings): Settings has a `keys` section, so dict() takes it
+            # for a mapping and calls settings.keys().
+            uploads.update(module.upload_limits(runtime.settings))
         listener = getattr(module, "BEARER_LISTENER", None)
         if listener:
             protected[module.router.prefix] = listener

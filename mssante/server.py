@@ -13,6 +13,7 @@ import ipaddress
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -20,7 +21,9 @@ from typing import Any
 import uvicorn
 
 from mssante.config import Settings
+from mssante.lifecycle import set_ready
 from mssante.listening import ListenerStarter, RunningListener
+from mssante.proxy_protocol import ProxySettings, create_server
 from mssante.runtime import Runtime, initialise, open_runtime
 
 log = logging.getLogger("mssante")
@@ -76,9 +79,28 @@ def _is_loopback(host: str) -> bool:
 class _EmbeddedUvicorn(uvicorn.Server):
     """uvicorn inside our loop: the server process, not uvicorn, owns the signals."""
 
+    proxy: ProxySettings | None = None
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Behind balancers, uvicorn's protocols are served by our PROXY-protocol listener:
+        uvicorn builds its server with ``loop.create_server``, answered here for its start."""
+        if self.proxy is None:
+            return await super().startup(sockets)
+        loop = asyncio.get_running_loop()
+        proxy = self.proxy
+
+        async def create(factory: Any, host: str, port: int, *, ssl: Any = None, **_: Any) -> Any:
+            return await create_server(factory, host, port, ssl=ssl, ssl_handshake_timeout=60.0, proxy=proxy)
+
+        loop.create_server = create  # type: ignore[method-assign,assignment]
+        try:
+            await super().startup(sockets)
+        finally:
+            del loop.create_server  # the loop's own method again
 
 
 async def start_http(runtime: Runtime) -> list[RunningListener]:
@@ -94,6 +116,7 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
         )
     config = uvicorn_config(runtime, tls=bool(tls_files))
     server = _EmbeddedUvicorn(config)
+    server.proxy = ProxySettings.of(settings.http)
     task = asyncio.create_task(server.serve(), name="http")
     while not server.started:
         if task.done():
@@ -115,10 +138,20 @@ def listener_starters() -> list[ListenerStarter]:
     """Front doors, in start order (imported here, when serving: they import the whole stack)."""
     from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
+    from mssante.nodes import start_node_identity
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
+    from mssante.store.pgfeed import start_cluster_feed
 
-    return [start_http, start_smtp, start_imap, start_relay, start_directory_updates]
+    return [
+        start_node_identity,
+        start_cluster_feed,
+        start_http,
+        start_smtp,
+        start_imap,
+        start_relay,
+        start_directory_updates,
+    ]
 
 
 async def serve_forever(
@@ -141,9 +174,11 @@ async def serve_forever(
             )
         if ready is not None:
             ready(running)
+        set_ready(runtime, True)
         await stop.wait()
         log.info("shutting down")
     finally:
+        set_ready(runtime, False)  # /health/ready answers 503: balancers stop sending traffic
         grace = runtime.settings.server.shutdown_grace_seconds
         for item in reversed(running):
             try:

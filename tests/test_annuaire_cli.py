@@ -85,7 +85,7 @@ def test_add_show_search_disable(cli: Cli) -> None:
     )
     # A patient BAL needs a qualified INS in the register of identities (issue #8).
     assert "register it, qualified, first" in cli("annuaire", "add", "patient", "288091234567894", code=1)
-    assert "valid 2-digit key" in cli("annuaire", "add", "patient", "288091234567823", code=1)
+    assert "key 23 is wrong" in cli("annuaire", "add", "patient", "288091234567823", code=1)
     assert "needs its professional" in cli(
         "annuaire", "add", "bal", "x@demo.mssante.fr", "--type", "PER", code=1
     )

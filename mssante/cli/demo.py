@@ -8,11 +8,12 @@ so that a newcomer can log in with any OAUTHBEARER/XOAUTH2-capable client.
 from __future__ import annotations
 
 import base64
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mssante.cli._common import EXIT_USAGE, command_group, err_console, fail, settings
+from mssante.cli._common import EXIT_USAGE, command_group, console, err_console, fail, settings, state
 
 app = command_group("demo", "Demo mode helpers.")
 
@@ -74,3 +75,29 @@ def token(
         err_console.print(
             "note: the server trusts this token only with auth.demo_idp = true (serve --demo)", style="yellow"
         )
+
+
+@app.command("peers")
+def peers(
+    peer_domain: Annotated[str, typer.Option(help="Domain of the second operator.")] = "autre.mssante.fr",
+    peer_data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Its data directory (default: <data_dir>-<its first label>)."),
+    ] = None,
+) -> None:
+    """Run the demo operator and a second operator side by side, relaying to each other over
+    mutual TLS (same development CA, each on the other's liste blanche, static routes); both
+    demo.json files list the other under "peers". Ctrl-C stops both."""
+    from mssante import demo_peers
+
+    cfg = settings()
+    peer_dir = peer_data_dir or cfg.data_dir.parent / f"{cfg.data_dir.name}-{peer_domain.split('.')[0]}"
+    global_args = ["--data-dir", str(cfg.data_dir)]
+    if state.config_path is not None:
+        global_args += ["--config", str(state.config_path)]
+    try:
+        operators = demo_peers.prepare(cfg, global_args, peer_dir.resolve(), peer_domain.lower())
+        code = demo_peers.run(operators, say=console.print)
+    except (ValueError, RuntimeError, OSError) as exc:
+        fail(str(exc))
+    raise typer.Exit(code)

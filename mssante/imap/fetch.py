@@ -8,6 +8,9 @@ the store's cached analysis, loaded in batches.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +20,7 @@ from mssante.imap.render import (
     apply_partial,
     body_structure,
     envelope,
+    find_part,
     flag_list,
     header_fields,
     internaldate,
@@ -49,7 +53,7 @@ def needs_meta(items: tuple[FetchItem, ...]) -> bool:
             return True
         if item.section is not None and (item.section.part or item.section.text):
             return True
-        if item.name in ("RFC822.HEADER", "RFC822.TEXT"):
+        if item.name in ("RFC822.HEADER", "RFC822.TEXT", "BINARY", "BINARY.SIZE"):
             return True
     return False
 
@@ -98,11 +102,13 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     if name == "UID":
         return b"UID %d" % entry.uid
     if name == "FLAGS":
-        return b"FLAGS " + flag_list(entry.flags)
+        return b"FLAGS " + flag_list(entry.shown_flags())
     if name == "INTERNALDATE":
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % entry.size
+    if name == "MODSEQ":
+        return b"MODSEQ (%d)" % entry.modseq
     if name in STRUCTURE_ITEMS and not utf8 and entry.rendered is not None:
         cached = entry.rendered.get(name)
         if cached is not None:
@@ -144,6 +150,8 @@ async def _item(
         return await _section(store, entry, _ALIASES[name], None, meta, name.encode())
     if item.section is None:
         return [_simple(entry, item, meta, utf8)]
+    if name in ("BINARY", "BINARY.SIZE"):
+        return await _binary(store, entry, item, meta)
     return await _section(store, entry, item.section, item.partial, meta, item.response_name().encode())
 
 
@@ -180,6 +188,68 @@ async def _section(
         data = await store.body(entry.blob_id, start, end)
         return [label + b" {%d}\r\n" % len(data) + data]
     return [label + b" {%d}\r\n" % size, BlobSlice(entry.blob_id, start, end)]
+
+
+class UnknownEncoding(Exception):
+    """BINARY asked for a part whose Content-Transfer-Encoding cannot be undone (UNKNOWN-CTE)."""
+
+
+async def _binary(store: MessageStore, entry: Entry, item: FetchItem, meta: Json | None) -> list[Piece]:
+    """BINARY[part] and BINARY.SIZE[part] (RFC 3516): the part's content with its transfer
+    encoding undone; sent as a literal8 (``~{n}``) when it holds a NUL byte."""
+    assert meta is not None and item.section is not None
+    label = item.response_name().encode()
+    numbers = item.section.part
+    part = find_part(meta["part"], numbers)
+    if part is None:
+        return [label + b" NIL"]
+    if not numbers:
+        data = await store.body(entry.blob_id, 0, entry.size)
+    else:
+        start, end = part["body"]
+        data = await store.body(entry.blob_id, start, end) if end > start else b""
+        if "parts" not in part and part.get("message") is None:
+            data = _decode(data, part.get("encoding", "7bit"))
+    if item.name == "BINARY.SIZE":
+        return [label + b" %d" % len(data)]
+    low, high = apply_partial(0, len(data), item.partial)
+    data = data[low:high]
+    if not data:
+        return [label + b' ""']
+    return [label + (b" ~{%d}\r\n" if b"\0" in data else b" {%d}\r\n") % len(data) + data]
+
+
+def _decode(data: bytes, encoding: str) -> bytes:
+    if encoding in ("7bit", "8bit", "binary"):
+        return data
+    try:
+        if encoding == "base64":
+            return base64.b64decode(data, validate=False)
+        if encoding == "quoted-printable":
+            return decode_quoted_printable(data)
+    except (binascii.Error, ValueError):
+        raise UnknownEncoding(f"The part's {encoding} content is damaged") from None
+    raise UnknownEncoding(f"Unknown Content-Transfer-Encoding {encoding}")
+
+
+_QP_ESCAPE = re.compile(rb"=([0-9A-Fa-f]{2})")
+
+
+def decode_quoted_printable(data: bytes) -> bytes:
+    """RFC 2045 §6.7: trailing white space of a line is not content, ``=`` ending a line
+    (white space after it included) joins it to the next, ``=XX`` is a byte; a stray ``=`` is
+    kept as written. (``quopri`` keeps trailing white space and misses ``= `` soft breaks.)"""
+    out = bytearray()
+    lines = data.split(b"\n")
+    for index, line in enumerate(lines):
+        line = line.rstrip(b"\r").rstrip(b" \t")
+        soft = line.endswith(b"=")
+        if soft:
+            line = line[:-1]
+        out += _QP_ESCAPE.sub(lambda m: bytes([int(m.group(1), 16)]), line)
+        if not soft and index < len(lines) - 1:
+            out += b"\r\n"
+    return bytes(out)
 
 
 def _merge(pieces: list[Piece]) -> list[Piece]:

@@ -17,6 +17,7 @@ from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
 from mssante.listening import RunningListener
 from mssante.policy import Policy
+from mssante.proxy_protocol import ProxySettings
 from mssante.runtime import Runtime
 from mssante.tls import ClientCertMode, server_context
 
@@ -79,6 +80,7 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
         hostname=settings.server.hostname,
         limits=limits,
         access=access,
+        proxy=ProxySettings.of(imap),
     )
     starttls = await server.start(imap.host, imap.port)
     implicit = await server.start(imap.host, imap.tls_port, implicit_tls=True)

@@ -29,11 +29,13 @@ from mssante.imap.commands.values import (
     ListArgs,
     Login,
     MailboxArg,
+    Quota,
     Rename,
     Search,
     SearchKey,
     Section,
     SequenceSet,
+    SortThread,
     Status,
     Store,
 )
@@ -48,7 +50,8 @@ _ATOM = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\\]\x80-\xff]+")
 _ASTRING_CHARS = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\\x80-\xff]+")  # atom + "]"
 _LIST_CHARS = re.compile(rb"[^\x00-\x20\x7f(){\"\\\x80-\xff]+")  # atom + % * ]
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+\x80-\xff]+")
-_LITERAL = re.compile(rb"~?\{([0-9]+)(\+?)\}\r\n")
+_LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n")
+_LITERAL8 = re.compile(rb"~\{([0-9]+)(\+?)\}\r\n")
 _NUMBER = re.compile(rb"[0-9]+")
 _BASE64 = re.compile(rb"=|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -81,9 +84,10 @@ _SIMPLE_FETCH = {
     "RFC822",
     "RFC822.HEADER",
     "RFC822.TEXT",
+    "MODSEQ",
 }
 
-STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ"}
+STATUS_ITEMS = {"MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "HIGHESTMODSEQ", "DELETED"}
 
 # SEARCH keys by operand shape.
 _SEARCH_FLAG_KEYS = {
@@ -92,7 +96,7 @@ _SEARCH_FLAG_KEYS = {
 }  # fmt: skip
 _SEARCH_STRING_KEYS = {"BCC", "BODY", "CC", "FROM", "SUBJECT", "TEXT", "TO"}
 _SEARCH_DATE_KEYS = {"BEFORE", "ON", "SINCE", "SENTBEFORE", "SENTON", "SENTSINCE"}
-_SEARCH_NUMBER_KEYS = {"LARGER", "SMALLER"}
+_SEARCH_NUMBER_KEYS = {"LARGER", "SMALLER", "OLDER", "YOUNGER"}  # OLDER/YOUNGER: WITHIN (RFC 5032)
 _SEARCH_KEYWORD_KEYS = {"KEYWORD", "UNKEYWORD"}
 SEARCH_CHARSETS = ("US-ASCII", "UTF-8")
 
@@ -115,10 +119,12 @@ class ParseError(ValueError):
 class _Reader:
     """A cursor over the command bytes, with one method per grammar production."""
 
-    def __init__(self, data: bytes, *, utf8: bool, max_depth: int) -> None:
+    def __init__(self, data: bytes, *, utf8: bool, max_depth: int, binary: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.utf8 = utf8
+        self.binary = binary  # ``~{n}`` (literal8, RFC 3516) is read only where BINARY allows it
+        self.literal8_seen = False
         self.max_depth = max_depth
         self.search_keys = 0
 
@@ -201,8 +207,11 @@ class _Reader:
             else:
                 out.append(char)
 
-    def literal(self) -> bytes:
+    def literal(self, *, literal8: bool = False) -> bytes:
         found = _LITERAL.match(self.data, self.pos)
+        if not found and literal8 and self.binary:
+            found = _LITERAL8.match(self.data, self.pos)
+            self.literal8_seen = self.literal8_seen or found is not None
         if not found:
             raise self.error("Expected literal")
         size = int(found.group(1))
@@ -216,12 +225,12 @@ class _Reader:
         nxt = self.peek()
         if nxt == b'"':
             return self.quoted()
-        if nxt in (b"{", b"~"):
+        if nxt == b"{":
             return self.literal()
         raise self.error("Expected string")
 
     def astring_bytes(self) -> bytes:
-        if self.peek() in (b'"', b"{", b"~"):
+        if self.peek() in (b'"', b"{"):
             return self.string()
         return self.match(_ASTRING_CHARS, "astring")
 
@@ -258,13 +267,14 @@ class _Reader:
         try:
             name = mutf7.decode(text)
         except mutf7.MUTF7Error as exc:
-            raise self.error(f"Mailbox name: {exc}") from exc
+            # Well-formed syntax naming no possible mailbox: NO, as Dovecot answers, not BAD.
+            raise ParseError(f"Mailbox name: {exc}", status="NO", code="CANNOT") from exc
         if name.upper().startswith("INBOX/"):
             name = "INBOX" + name[5:]
         return name
 
     def list_mailbox(self) -> str:
-        quoted = self.peek() in (b'"', b"{", b"~")
+        quoted = self.peek() in (b'"', b"{")
         raw = self.string() if quoted else self.match(_LIST_CHARS, "list-mailbox")
         if raw == b"":
             return ""
@@ -272,10 +282,14 @@ class _Reader:
             return "INBOX"
         try:
             return raw.decode("utf-8") if self.utf8 else mutf7.decode(raw.decode("ascii"))
-        except (UnicodeDecodeError, mutf7.MUTF7Error) as exc:
+        except mutf7.MUTF7Error:
+            return raw.decode("ascii")  # a pattern no mailbox name can match: LIST finds nothing
+        except UnicodeDecodeError as exc:
             raise self.error(f"Mailbox pattern: {exc}") from exc
 
     def sequence_set(self) -> SequenceSet:
+        if self.accept(b"$"):
+            return SequenceSet((), saved=True)
         ranges: list[tuple[int | None, int | None]] = []
         while True:
             start = self._seq_number()
@@ -285,6 +299,13 @@ class _Reader:
                 raise self.error("Sequence set too long")
             if not self.accept(b","):
                 return SequenceSet(tuple(ranges))
+
+    def mod_sequence(self) -> int:
+        """``mod-sequence-valzer`` (RFC 7162): 0 to 2^63-1."""
+        digits = self.match(_NUMBER, "mod-sequence")
+        if len(digits) > 19 or int(digits) > 2**63 - 1:
+            raise self.error("Mod-sequence out of range")
+        return int(digits)
 
     def _seq_number(self) -> int | None:
         if self.accept(b"*"):
@@ -359,7 +380,7 @@ class _Reader:
             nxt = self.peek()
             if nxt == b"(":
                 items.append(self.paren_list(depth + 1))
-            elif nxt in (b'"', b"{", b"~"):
+            elif nxt in (b'"', b"{"):
                 items.append(_text(self.string()))
             else:
                 items.append(self.match(_ASTRING_CHARS, "list item").decode("ascii"))
@@ -389,6 +410,13 @@ class _Reader:
             section = self.section()
             partial = self.partial()
             return FetchItem("BODY", section, partial, peek=name == "BODY.PEEK")
+        if name in ("BINARY", "BINARY.PEEK", "BINARY.SIZE") and self.peek() == b"[":
+            section = self.section()
+            if section.text is not None:
+                raise self.error("A BINARY section is a part number only")
+            partial = self.partial() if name != "BINARY.SIZE" else None
+            item = "BINARY.SIZE" if name == "BINARY.SIZE" else "BINARY"
+            return FetchItem(item, section, partial, peek=name == "BINARY.PEEK")
         if name in _SIMPLE_FETCH:
             return FetchItem(name)
         raise self.error(f"Unknown fetch attribute {name}")
@@ -462,7 +490,7 @@ class _Reader:
                 keys.append(self.search_key(charset, depth + 1))
             self.expect(b")")
             return keys[0] if len(keys) == 1 else SearchKey("AND", tuple(keys))
-        if nxt == b"*" or nxt.isdigit():
+        if nxt in (b"*", b"$") or nxt.isdigit():
             return SearchKey("SEQSET", (self.sequence_set(),))
         word = self.atom().upper()
         if word in _SEARCH_FLAG_KEYS:
@@ -487,6 +515,14 @@ class _Reader:
         if word == "UID":
             self.sp()
             return SearchKey(word, (self.sequence_set(),))
+        if word == "MODSEQ":  # RFC 7162: MODSEQ [entry-name entry-type-req] mod-sequence-valzer
+            self.sp()
+            if self.peek() == b'"':
+                self.quoted()
+                self.sp()
+                self.atom()
+                self.sp()
+            return SearchKey(word, (self.mod_sequence(),))
         if word == "NOT":
             self.sp()
             return SearchKey(word, (self.search_key(charset, depth + 1),))
@@ -505,6 +541,14 @@ class _Reader:
             raise self.error(f"Search string is not valid {charset or 'UTF-8'}") from exc
 
 
+def parse_sequence_set(text: str) -> SequenceSet:
+    """A sequence set given inside a parameter list (QRESYNC known-uids, CHANGEDSINCE...)."""
+    reader = _Reader(text.encode("ascii", "replace"), utf8=False, max_depth=MAX_DEPTH)
+    sequence = reader.sequence_set()
+    reader.end()
+    return sequence
+
+
 def _text(raw: bytes) -> str:
     """Strings are bytes on the wire; we speak UTF-8 and keep stray bytes reversible."""
     return raw.decode("utf-8", errors="surrogateescape")
@@ -515,14 +559,21 @@ def _text(raw: bytes) -> str:
 _NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUNGE", "UNSELECT",
             "IDLE", "NAMESPACE"}  # fmt: skip
 _ONE_MAILBOX = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE"}
-_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE"}
+_UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE", "SORT", "THREAD"}
+SORT_CRITERIA = {"ARRIVAL", "CC", "DATE", "FROM", "REVERSE", "SIZE", "SUBJECT", "TO"}
+THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 
-def parse_command(data: bytes, *, utf8: bool = False, max_depth: int = MAX_DEPTH) -> Command:
-    """Parse one framed command; raise :class:`ParseError` (with the tag when known)."""
+def parse_command(
+    data: bytes, *, utf8: bool = False, max_depth: int = MAX_DEPTH, binary: bool = False
+) -> Command:
+    """Parse one framed command; raise :class:`ParseError` (with the tag when known).
+
+    ``binary``: the session advertises BINARY, so APPEND may send its message as ``~{n}``;
+    elsewhere, and always without BINARY, ``~`` is an ordinary atom character."""
     tag = "*"
     try:
-        reader = _Reader(data, utf8=utf8, max_depth=max_depth)
+        reader = _Reader(data, utf8=utf8, max_depth=max_depth, binary=binary)
         tag = reader.match(_TAG, "tag").decode("ascii")
         reader.sp()
         name = reader.atom().upper()
@@ -597,24 +648,12 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
     if name == "APPEND":
         r.sp()
         mailbox = r.mailbox()
-        r.sp()
-        flags: tuple[str, ...] = ()
-        when = None
-        if r.peek() == b"(":
-            flags = r.flag_list()
-            r.sp()
-        if r.peek() == b'"':
-            when = r.date_time()
-            r.sp()
-        if r.accept(b"UTF8 ("):  # RFC 6855 §4: a message with UTF-8 headers
-            if r.peek() != b"~":
-                raise r.error("APPEND UTF8 needs a literal8 (~{n})")
-            message = r.literal()
-            r.expect(b")")
-            return Command(tag, name, Append(mailbox, flags, when, message))
-        if r.peek() not in (b"{", b"~"):
-            raise r.error("APPEND needs the message as a literal")
-        return Command(tag, name, Append(mailbox, flags, when, r.literal()))
+        messages = [_append_message(r)]
+        while r.peek() == b" ":  # MULTIAPPEND (RFC 3502)
+            messages.append(_append_message(r))
+        binary = r.literal8_seen
+        (flags, when, message), *more = messages
+        return Command(tag, name, Append(mailbox, flags, when, message, tuple(more), binary))
     if name in ("COPY", "MOVE"):
         r.sp()
         seq = r.sequence_set()
@@ -631,6 +670,8 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         return Command(tag, name, _store_args(r), uid=uid)
     if name == "SEARCH":
         return Command(tag, name, _search_args(r), uid=uid)
+    if name in ("SORT", "THREAD"):
+        return Command(tag, name, _sort_thread_args(r, name), uid=uid)
     if name == "ENABLE":
         caps: list[str] = []
         while r.accept(b" "):
@@ -643,6 +684,8 @@ def _parse_arguments(r: _Reader, tag: str, name: str, uid: bool) -> Command:
         return Command(tag, name, Id(_id_params(r)))
     if name in _ACL_COMMANDS:
         return Command(tag, name, _acl_args(r, name))
+    if name in ("GETQUOTA", "GETQUOTAROOT", "SETQUOTA"):
+        return Command(tag, name, _quota_args(r, name))
     raise r.error(f"Unknown command {name}")
 
 
@@ -662,6 +705,48 @@ def _acl_args(r: _Reader, name: str) -> AclArgs:
         return AclArgs(mailbox, identifier)
     r.sp()
     return AclArgs(mailbox, identifier, r.astring())
+
+
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes]:
+    """``SP [flag-list SP] [date-time SP] literal`` of APPEND."""
+    r.sp()
+    flags: tuple[str, ...] = ()
+    when = None
+    if r.peek() == b"(":
+        flags = r.flag_list()
+        r.sp()
+    if r.peek() == b'"':
+        when = r.date_time()
+        r.sp()
+    if r.accept(b"UTF8 ("):  # RFC 6855 §4: a message with UTF-8 headers, always a literal8
+        if not _LITERAL8.match(r.data, r.pos):
+            raise r.error("APPEND UTF8 needs a literal8 (~{n})")
+        r.pos += 1
+        message = r.literal()
+        r.expect(b")")
+        return flags, when, message
+    if r.peek() != b"{" and not (r.binary and r.peek() == b"~"):
+        raise r.error("APPEND needs the message as a literal")
+    return flags, when, r.literal(literal8=True)
+
+
+def _quota_args(r: _Reader, name: str) -> Quota:
+    """RFC 9208: ``GETQUOTA root``, ``GETQUOTAROOT mailbox``, ``SETQUOTA root (STORAGE 512)``."""
+    r.sp()
+    if name == "GETQUOTAROOT":
+        return Quota(r.mailbox())
+    root = r.astring()
+    if name == "GETQUOTA":
+        return Quota(root)
+    r.sp()
+    raw = list(r.paren_list())
+    limits: list[tuple[str, int]] = []
+    while raw:
+        resource = str(raw.pop(0)).upper()
+        if not raw or not str(raw[0]).isdigit():
+            raise r.error("SETQUOTA needs resource limit pairs")
+        limits.append((resource, int(str(raw.pop(0)))))
+    return Quota(root, tuple(limits))
 
 
 def _create_params(r: _Reader) -> tuple[str, ...]:
@@ -706,7 +791,22 @@ def _list_args(r: _Reader, *, extended: bool) -> ListArgs:
         if not r.accept_word(b"RETURN"):
             raise r.error("Expected RETURN")
         r.sp()
-        returns = tuple(str(s).upper() for s in r.paren_list())
+        options: list[str] = []
+        status_items: tuple[str, ...] = ()
+        raw = list(r.paren_list())
+        while raw:
+            option = str(raw.pop(0)).upper()
+            if option == "STATUS":
+                if not raw or not isinstance(raw[0], tuple) or not raw[0]:
+                    raise r.error("RETURN STATUS needs a list of status items")
+                listed = raw.pop(0)
+                assert isinstance(listed, tuple)
+                status_items = tuple(str(i).upper() for i in listed)
+                unknown = [i for i in status_items if i not in STATUS_ITEMS]
+                if unknown:
+                    raise r.error(f"Unknown status item {unknown[0]}")
+            options.append(option)
+        return ListArgs(reference, tuple(patterns), selection, tuple(options), status_items)
     return ListArgs(reference, tuple(patterns), selection, returns)
 
 
@@ -714,6 +814,14 @@ def _store_args(r: _Reader) -> Store:
     r.sp()
     seq = r.sequence_set()
     r.sp()
+    unchanged_since = None
+    if r.accept(b"("):  # store-modifiers: (UNCHANGEDSINCE n) of RFC 7162
+        if not r.accept_word(b"UNCHANGEDSINCE"):
+            raise r.error("Unknown STORE modifier")
+        r.sp()
+        unchanged_since = r.mod_sequence()
+        r.expect(b")")
+        r.sp()
     mode = ""
     if r.accept(b"+"):
         mode = "+"
@@ -730,7 +838,28 @@ def _store_args(r: _Reader) -> Store:
         while r.accept(b" "):
             items.append(r.flag())
         flags = tuple(items)
-    return Store(seq, mode, word.endswith(".SILENT"), flags)
+    return Store(seq, mode, word.endswith(".SILENT"), flags, unchanged_since)
+
+
+def _sort_thread_args(r: _Reader, name: str) -> SortThread:
+    """``SORT (criteria) charset program`` / ``THREAD algorithm charset program`` (RFC 5256)."""
+    r.sp()
+    criteria: tuple[str, ...] = ()
+    algorithm = ""
+    if name == "SORT":
+        criteria = tuple(str(c).upper() for c in r.paren_list())
+        if not criteria or any(c not in SORT_CRITERIA for c in criteria) or criteria[-1] == "REVERSE":
+            raise r.error("Invalid sort criteria")
+    else:
+        algorithm = r.atom().upper()
+        if algorithm not in THREAD_ALGORITHMS:
+            raise r.error(f"Unknown thread algorithm {algorithm}")
+    r.sp()
+    charset = r.astring().upper()
+    if charset not in SEARCH_CHARSETS:
+        raise ParseError(f"Unsupported charset {charset}", status="NO", code="BADCHARSET (US-ASCII UTF-8)")
+    r.sp()
+    return SortThread(charset, r.search_program(charset), criteria, algorithm)
 
 
 def _search_args(r: _Reader) -> Search:

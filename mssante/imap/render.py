@@ -225,6 +225,17 @@ def _child(part: Json, number: int, *, nested: bool) -> Json | None:
     return part if number == 1 and (message is not None or not nested) else None
 
 
+def find_part(root: Json, numbers: tuple[int, ...]) -> Json | None:
+    """The part a part number designates (``()`` is the message itself), or None."""
+    part = root
+    for depth, number in enumerate(numbers):
+        found = _child(part, number, nested=depth > 0)
+        if found is None:
+            return None
+        part = found
+    return part
+
+
 def section_range(root: Json, section: Section) -> SectionRange | None:
     """Where a section lies in the raw message, or None when the message has no such part."""
     part = root

@@ -18,7 +18,7 @@ import base64
 import binascii
 import quopri
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -26,7 +26,9 @@ from sqlalchemy.orm import Session
 
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
+from mssante.store import addresses
 from mssante.store.blobs import Prefix
+from mssante.store.mime import decode_value
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -45,6 +47,7 @@ _FLAG_KEYS = {
 }
 _ENCODED = ("base64", "quoted-printable")
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
+_ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
 
 
 # A group of messages whose first chunks are read together: at most BODY_READ_AHEAD messages
@@ -142,10 +145,14 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         (child,) = args
         assert isinstance(child, SearchKey)
         return not matches(child, c)
-    if name in ("ALL", "OLD"):  # \Recent is never set (RFC 9051 dropped it), so OLD is ALL
+    if name == "ALL":
         return True
-    if name in ("NEW", "RECENT"):
-        return False
+    if name == "RECENT":
+        return entry.recent
+    if name == "OLD":
+        return not entry.recent
+    if name == "NEW":
+        return entry.recent and "\\Seen" not in entry.flags
     if name in _FLAG_KEYS:
         flag, present = _FLAG_KEYS[name]
         return (flag in entry.flags) is present
@@ -153,12 +160,17 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         wanted = str(args[0]).lower()
         has = any(f.lower() == wanted for f in entry.flags)
         return has is (name == "KEYWORD")
+    if name in ("OLDER", "YOUNGER"):  # WITHIN (RFC 5032): seconds before now, by INTERNALDATE
+        age = (datetime.now(UTC) - entry.internaldate).total_seconds()
+        return age >= int(str(args[0])) if name == "OLDER" else age <= int(str(args[0]))
     if name == "LARGER":
         return entry.size > int(str(args[0]))
     if name == "SMALLER":
         return entry.size < int(str(args[0]))
     if name == "SEQSET":
         return args[0].contains(c.msn, c.largest_msn)  # type: ignore[attr-defined,no-any-return]
+    if name == "MODSEQ":
+        return entry.modseq >= int(str(args[0]))
     if name == "UID":
         return args[0].contains(entry.uid, c.largest_uid)  # type: ignore[attr-defined,no-any-return]
     if name in ("BEFORE", "ON", "SINCE"):
@@ -166,6 +178,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
         sent = _sent_date(c.meta)
         return sent is not None and _compare(name[4:], sent, args[0])  # type: ignore[arg-type]
+    if name in _ADDRESS_KEYS:
+        return _address_contains(c.meta, _ADDRESS_KEYS[name], str(args[0]))
     if name in _HEADER_KEYS:
         return _header_contains(c.meta, _HEADER_KEYS[name], str(args[0]))
     if name == "HEADER":
@@ -207,6 +221,18 @@ def _header_contains(meta: Json | None, field: str, needle: str) -> bool:
         if name.lower() == wanted and _contains(value, needle):
             return True
     return False
+
+
+def _address_contains(meta: Json | None, field: str, needle: str) -> bool:
+    """FROM/TO/CC/BCC match the parsed addresses (``name <local@domain>``, group names), so
+    that comments, routes and quoting in the header do not hide an address (RFC 3501 §6.4.4
+    leaves the form to the server; this is what Dovecot matches)."""
+    if not needle:
+        return _header_contains(meta, field, needle)
+    parsed = (meta or {}).get("envelope", {}).get(field)
+    if not parsed:
+        return False
+    return _contains(decode_value(addresses.searchable(parsed)), needle)
 
 
 def _body_contains(c: Candidate, needle: str) -> bool:

@@ -28,6 +28,7 @@ from mssante.imap.parser import ParseError, parse_command
 from mssante.imap.session import Session
 from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
 from mssante.listening import ConnectionCaps
+from mssante.proxy_protocol import Listening, ProxySettings, start_server
 from mssante.store.store import MessageStore
 from mssante.tls import TLSInfo, tls_info
 
@@ -38,6 +39,8 @@ WRITE_HIGH_WATER = 256 * 1024
 # Queued responses leave at the end of the event-loop step, or once this much is queued (a
 # long FETCH streams to the client while it is being built).
 FLUSH_SIZE = 32 * 1024
+# What a client hears when the node stops (RFC 3501 §7.1.5): reconnect, to another node.
+DRAIN_BYE = b"* BYE [UNAVAILABLE] Server shutting down, please reconnect\r\n"
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class Connection:
         self.server = server
         self.tls = tls
         self.task: asyncio.Task[object] | None = None
+        self.reading = False  # waiting for the client (between commands, in IDLE)
         self._pending: list[bytes] = []
         self._pending_size = 0
         self._flush_scheduled = False
@@ -192,12 +196,27 @@ class Connection:
         else:
             deadline = asyncio.get_running_loop().time() + limits.idle_timeout
             bye = "BYE Autologout; idle for too long"
+        if self.server.draining:
+            await self.write(DRAIN_BYE)  # the command under way has ended: now say goodbye
+            return b""
+        self.reading = True
         try:
             async with asyncio.timeout_at(deadline):  # no task per read, unlike wait_for
                 return await self.reader.read(READ_SIZE)
         except TimeoutError:
             await self.write(f"* {bye}\r\n".encode())
             return b""
+        finally:
+            self.reading = False
+
+    def drain(self) -> None:
+        """The server is stopping: a client waiting for us (between commands, or in IDLE) gets
+        ``* BYE`` at once and reconnects elsewhere; one with a command under way gets it once
+        the command has completed."""
+        if self.reading:
+            self._send(DRAIN_BYE)
+            self._flush()
+            self.writer.close()
 
     def _start_command_clock(self) -> None:
         """A command is under way (its first bytes are buffered): it has this long to end."""
@@ -258,7 +277,7 @@ class Connection:
 
     async def _command(self, data: bytes) -> None:
         try:
-            command = parse_command(data, utf8=self.session.utf8)
+            command = parse_command(data, utf8=self.session.utf8, binary=True)
         except ParseError as exc:
             self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
@@ -282,8 +301,10 @@ class ImapServer:
         hostname: str = "localhost",
         limits: Limits | None = None,
         access: Access | None = None,
+        proxy: ProxySettings | None = None,
     ) -> None:
         self.store = store
+        self.proxy = proxy  # behind balancers: the PROXY protocol names the client
         self.gate = gate
         self.access = access  # rights on BALs (delegation); None: each session's own BAL only
         self.tls_context = tls_context
@@ -291,8 +312,9 @@ class ImapServer:
         self.limits = limits or Limits()
         self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
+        self.draining = False  # set on shutdown: sessions end with DRAIN_BYE
 
-    async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> asyncio.Server:
+    async def start(self, host: str, port: int, *, implicit_tls: bool = False) -> Listening:
         if implicit_tls and self.tls_context is None:
             raise ValueError("implicit TLS needs a TLS context")
 
@@ -315,7 +337,7 @@ class ImapServer:
                 self._connections.discard(connection)
                 self.caps.release(ip)
 
-        return await asyncio.start_server(
+        return await start_server(
             accept,
             host,
             port,
@@ -323,6 +345,7 @@ class ImapServer:
             limit=READ_SIZE,
             # The TLS handshake of the implicit port counts against the time to log in.
             ssl_handshake_timeout=self.limits.login_timeout if implicit_tls else None,
+            proxy=self.proxy,
         )
 
     async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:
@@ -334,11 +357,13 @@ class ImapServer:
             await asyncio.wait_for(writer.wait_closed(), 5)
 
     async def close_connections(self, timeout: float = 5.0) -> None:
-        """Shut every connection: close its socket, let its session finish (pending audit
-        records), and cancel only what is still running after ``timeout``."""
+        """Shut every connection: ``* BYE`` to those waiting for us and, after its command, to
+        each busy one; let sessions finish (pending audit records), and cancel only what is
+        still running after ``timeout``."""
+        self.draining = True
         connections = list(self._connections)
         for connection in connections:
-            connection.writer.close()
+            connection.drain()
         tasks = [c.task for c in connections if c.task is not None]
         if not tasks:
             return

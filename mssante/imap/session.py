@@ -48,8 +48,10 @@ from mssante.imap.commands.listing import (
     cmd_status,
     cmd_subscribe,
 )
+from mssante.imap.commands.quota import cmd_getquota, cmd_getquotaroot, cmd_setquota
 from mssante.imap.commands.search import cmd_search
 from mssante.imap.commands.select import cmd_close, cmd_select
+from mssante.imap.commands.sort import cmd_sort, cmd_thread
 from mssante.imap.commands.store import cmd_store
 from mssante.imap.commands.values import Command, SequenceSet
 from mssante.imap.fetch import Piece
@@ -57,7 +59,7 @@ from mssante.imap.gate import Gate, Principal
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, compress, string
 from mssante.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
-from mssante.store.feed import FolderChange, Subscription
+from mssante.store.feed import REMOTE, FolderChange, Subscription
 from mssante.store.store import MessageStore, StoreError
 from mssante.tls import TLSInfo
 
@@ -65,6 +67,7 @@ log = logging.getLogger(__name__)
 
 BASE_CAPABILITIES = (
     "IMAP4rev1",
+    "IMAP4rev2",
     "LITERAL+",
     "SASL-IR",
     "ID",
@@ -78,8 +81,31 @@ BASE_CAPABILITIES = (
     "CHILDREN",
     "ACL",
     "RIGHTS=texk",
+    "CONDSTORE",
+    "QRESYNC",
+    "ESEARCH",
+    "LIST-EXTENDED",
+    "LIST-STATUS",
+    "CREATE-SPECIAL-USE",
+    "QUOTA",
+    "QUOTA=RES-STORAGE",
+    "WITHIN",
+    "MULTIAPPEND",
+    "BINARY",
+    "SORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
+    "SEARCHRES",
+    "STATUS=SIZE",
     "UTF8=ACCEPT",
 )
+# What ENABLE (RFC 5161) can turn on, and what each implies.
+ENABLEABLE = {
+    "CONDSTORE": ("CONDSTORE",),
+    "QRESYNC": ("QRESYNC", "CONDSTORE"),
+    "UTF8=ACCEPT": ("UTF8=ACCEPT",),
+    "IMAP4REV2": ("IMAP4rev2",),
+}
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 READ_TRACE_DELAY = 1.0  # seconds a read trace may wait to be aggregated
 READ_TRACE_MAX = 10_000
@@ -139,6 +165,8 @@ class Session:
         # strings), not modified UTF-7, and message headers are sent as they are.
         self.utf8 = False
         self.subscription: Subscription | None = None
+        self.enabled: set[str] = set()  # capabilities turned on by ENABLE (RFC 5161)
+        self.announce_modseq = False
         self._traces: set[asyncio.Future[None]] = set()
         self._reads: set[int] = set()
         self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
@@ -171,6 +199,8 @@ class Session:
             "UNSELECT": ((SELECTED,), cmd_close),
             "EXPUNGE": ((SELECTED,), cmd_expunge),
             "SEARCH": ((SELECTED,), cmd_search),
+            "SORT": ((SELECTED,), cmd_sort),
+            "THREAD": ((SELECTED,), cmd_thread),
             "FETCH": ((SELECTED,), cmd_fetch),
             "STORE": ((SELECTED,), cmd_store),
             "COPY": ((SELECTED,), cmd_copy),
@@ -180,6 +210,9 @@ class Session:
             "DELETEACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
             "LISTRIGHTS": ((AUTHENTICATED, SELECTED), cmd_listrights),
             "MYRIGHTS": ((AUTHENTICATED, SELECTED), cmd_myrights),
+            "GETQUOTA": ((AUTHENTICATED, SELECTED), cmd_getquota),
+            "GETQUOTAROOT": ((AUTHENTICATED, SELECTED), cmd_getquotaroot),
+            "SETQUOTA": ((AUTHENTICATED, SELECTED), cmd_setquota),
         }
 
     # -- plumbing -------------------------------------------------------------------------------
@@ -191,6 +224,33 @@ class Session:
     def actor(self) -> str:
         assert self.principal is not None
         return self.principal.actor
+
+    def enable(self, capability: str) -> list[str]:
+        """Turn an extension on for the rest of the session; the names newly enabled."""
+        new = [c for c in ENABLEABLE.get(capability, ()) if c not in self.enabled]
+        self.enabled.update(new)
+        if "UTF8=ACCEPT" in new or "IMAP4rev2" in new:
+            self.utf8 = True  # RFC 9051 §5.1: an IMAP4rev2 session names mailboxes in UTF-8
+        if self.box is not None and "CONDSTORE" in new:
+            self.announce_modseq = True  # RFC 7162 §3.1.2.1: said once the command is done
+        if self.box is not None:
+            self.box.condstore = "CONDSTORE" in self.enabled
+            self.box.qresync = "QRESYNC" in self.enabled
+        return new
+
+    @property
+    def condstore(self) -> bool:
+        return "CONDSTORE" in self.enabled
+
+    @property
+    def recent_flag(self) -> bool:
+        """IMAP4rev1 reports ``\\Recent``; a session that enabled IMAP4rev2 does not (RFC 9051)."""
+        return not self.rev2
+
+    @property
+    def rev2(self) -> bool:
+        """The client sent ENABLE IMAP4rev2: RFC 9051 rules from then on."""
+        return "IMAP4rev2" in self.enabled
 
     @property
     def own_bal(self) -> str | None:
@@ -306,6 +366,11 @@ class Session:
             return
         allow_expunge = command.uid or command.name not in ("FETCH", "STORE", "SEARCH")
         await self.sync(allow_expunge=allow_expunge, with_uid=command.uid)
+        if self.announce_modseq:
+            self.announce_modseq = False
+            await self.untagged(
+                f"OK [HIGHESTMODSEQ {max(self.box.modseq, self.box.folder.highestmodseq)}] Highest"
+            )
 
     async def sync(
         self,
@@ -321,6 +386,8 @@ class Session:
         changes = list(heard or [])
         if self.subscription is not None:
             changes += self.subscription.drain()
+        # Another node committed (cluster feed): what it did is in the durable feed.
+        durable = durable or any(c.kind == REMOTE for c in changes)
         if durable:
             changes += await self.store.changes_since(box.folder.id, box.modseq)
             changes.sort(key=lambda c: c.modseq)
@@ -329,9 +396,23 @@ class Session:
             want = set(wanted)
             # Only the rows of the new messages: a busy 10,000-message mailbox is not reread.
             rows = await self.store.messages(box.folder.id, since_uid=min(want) - 1)
-            box.add_rows(r for r in rows if r.uid in want)
+            box.add_rows((r for r in rows if r.uid in want), recent_from=await self._claim_recent(rows, want))
         for line in box.updates(allow_expunge=allow_expunge, with_uid=with_uid):
             await self.channel.write(line + b"\r\n")
+
+    async def _claim_recent(self, rows: list[Any], want: set[int]) -> int | None:
+        """The first of the new messages that is \\Recent to this session: a read-write
+        session takes them from the store (the first session told of a message gets it);
+        a read-only one shows them as recent without taking them."""
+        box = self.box
+        if box is None or not self.recent_flag or not want:
+            return None
+        if box.readonly:
+            return min(want)
+        upto = max(r.uid for r in rows if r.uid in want) + 1 if any(r.uid in want for r in rows) else None
+        if upto is None:
+            return None
+        return await self.store.claim_recent(box.folder.id, upto)
 
     def trace(self, event: AuditEvent) -> None:
         """Record a read in the audit trail without holding the answer for the commit.

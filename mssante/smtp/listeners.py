@@ -15,6 +15,7 @@ from typing import Any
 import dns.resolver
 
 from mssante.listening import RunningListener
+from mssante.proxy_protocol import ProxySettings, create_server
 from mssante.runtime import Runtime
 from mssante.smtp import dkim
 from mssante.smtp.handlers import RelayHandler, SubmissionHandler
@@ -50,8 +51,9 @@ async def _serve(
     *,
     implicit: ssl.SSLContext | None,
     tls_mode: str,
+    proxy: ProxySettings | None = None,
 ) -> RunningListener:
-    server = await asyncio.get_running_loop().create_server(factory, host, port, ssl=implicit)
+    server = await create_server(factory, host, port, ssl=implicit, proxy=proxy)
     bound = server.sockets[0].getsockname()[1]
 
     async def close() -> None:
@@ -86,11 +88,13 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
     client_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     relay_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
+    proxy = ProxySettings.of(smtp)
     session_args: dict[str, Any] = {
         "hostname": settings.server.hostname,
         "ident": "mssante ESMTP",
         "data_size_limit": smtp.max_message_size,
         "timeout": smtp.timeout_seconds,
+        "login_timeout": smtp.login_timeout_seconds,
         "limits": limits,
     }
 
@@ -114,6 +118,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             submission_session(client_ctx, "submission"),
             implicit=None,
             tls_mode="starttls",
+            proxy=proxy,
         ),
         await _serve(
             "submissions",
@@ -122,6 +127,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             submission_session(None, "submissions"),
             implicit=client_ctx,
             tls_mode="implicit",
+            proxy=proxy,
         ),
         await _serve(
             "relay",
@@ -137,6 +143,32 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             ),
             implicit=None,
             tls_mode="starttls",
+            proxy=proxy,
         ),
     ]
+    return _drained(listeners, limits, settings.server.shutdown_grace_seconds)
+
+
+def _drained(
+    listeners: list[RunningListener], limits: ConnectionLimits, grace: float
+) -> list[RunningListener]:
+    """Stopping SMTP stops the three doors together, then lets the sessions under way end on
+    their own (a transaction in DATA gets its 250 once committed), for at most ``grace`` less a
+    second; what is left is cut by the process's exit, with nothing acknowledged lost."""
+    closes = [item.close for item in listeners]
+    done = False
+
+    async def close_all() -> None:
+        nonlocal done
+        if done:
+            return
+        done = True
+        for close in closes:
+            await close()
+        deadline = asyncio.get_running_loop().time() + max(0.0, grace - 1.0)
+        while limits.open and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    for item in listeners:
+        item.close = close_all
     return listeners

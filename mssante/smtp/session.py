@@ -172,6 +172,7 @@ class MSSanteSMTP(SMTP):
         listener: str,
         authenticator: Authenticator | None,
         limits: ConnectionLimits,
+        login_timeout: float = 60.0,
         cleartext_auth: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -187,6 +188,8 @@ class MSSanteSMTP(SMTP):
         self._admitted = False
         self._in_greeting = False
         self._data_reply_utf8 = False
+        self.login_timeout = login_timeout
+        self._login_deadline: asyncio.TimerHandle | None = None
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,6 +206,9 @@ class MSSanteSMTP(SMTP):
                 transport.close()
                 return
             self._admitted = True
+            self._login_deadline = asyncio.get_running_loop().call_later(
+                self.login_timeout, self._login_deadline_passed
+            )
             log.info(
                 "connection from %s",
                 self._peer_ip,
@@ -214,8 +220,30 @@ class MSSanteSMTP(SMTP):
         if not self._admitted:
             return
         self._admitted = False
+        if self._login_deadline is not None:
+            self._login_deadline.cancel()
         self.limits.release(self._peer_ip)
         super().connection_lost(error)
+
+    def _logged_in(self) -> bool:
+        """Past the gate the deadline guards: AUTH on submission, TLS on relay-in (whose peers
+        are known by their certificate)."""
+        if self.auth is None:
+            return self.tls.active
+        return bool(self.session is not None and self.session.authenticated)
+
+    def _login_deadline_passed(self) -> None:
+        """Like Dovecot's login processes: an unauthenticated client gets a fixed time, not an
+        idle time that each byte it trickles in starts again (slow-drip connections)."""
+        self._login_deadline = None
+        if self._logged_in() or self.transport is None or self.transport.is_closing():
+            return
+        log.info(
+            "no login within %.0f s, closing", self.login_timeout,
+            extra={"session": self.session_id, "listener": self.listener},
+        )  # fmt: skip
+        self.transport.write(b"421 4.7.0 Login timeout, closing connection\r\n")  # type: ignore[attr-defined]
+        self.transport.close()
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # aiosmtpd builds a plain StreamReader in its constructor; the data the transport feeds
@@ -231,7 +259,16 @@ class MSSanteSMTP(SMTP):
                 extra={"session": self.session_id, "listener": self.listener},
             )
             return error.reply
-        return await super().handle_exception(error)
+        # Any other failure is ours (the database away during a failover): a temporary refusal
+        # the client retries, never a 5xx, and never our internals on the wire.
+        log.error(
+            "command failed: %s: %s",
+            type(error).__name__,
+            str(error).splitlines()[0] if str(error) else "",
+            exc_info=error,
+            extra={"session": self.session_id, "listener": self.listener},
+        )
+        return "451 4.3.0 Temporary local problem, try again later"
 
     @property
     def peer_ip(self) -> str:

@@ -3,6 +3,10 @@
 The durable feed is the ``folder_changes`` table (every change with its modseq), which a
 session can always re-read with ``changes_since``; this hub only wakes listeners up at once
 after the writer's commit, from the writer thread into each listener's event loop.
+
+On PostgreSQL other nodes commit too: :mod:`mssante.store.pgfeed` hears of their commits
+and hands the hub a :data:`REMOTE` change (folder only), on which a session re-reads the
+durable feed from its own modseq.
 """
 
 from __future__ import annotations
@@ -12,12 +16,16 @@ import threading
 from collections import defaultdict
 from dataclasses import dataclass
 
+# The kind of a change another node made: it carries no detail (modseq 0, so absorbing it
+# moves nothing); whoever receives it reads ``folder_changes`` after its own modseq.
+REMOTE = "remote"
+
 
 @dataclass(frozen=True)
 class FolderChange:
     folder_id: int
     modseq: int
-    kind: str  # append | expunge | flags | deleted (the folder itself)
+    kind: str  # append | expunge | flags | deleted (the folder itself) | remote
     uid: int
     flags: str | None = None
 
@@ -70,3 +78,12 @@ class ChangeHub:
         for sub, change in targets:
             if not sub.loop.is_closed():
                 sub.loop.call_soon_threadsafe(sub.queue.put_nowait, change)
+
+    def folders(self) -> list[int]:
+        """Folders someone listens to on this node (what a reconnected node must catch up)."""
+        with self._lock:
+            return list(self._subs)
+
+    def poke(self, folder_ids: list[int]) -> None:
+        """Another node changed these folders: wake their listeners to re-read the durable feed."""
+        self.publish([FolderChange(folder_id, 0, REMOTE, 0) for folder_id in folder_ids])

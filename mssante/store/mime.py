@@ -14,6 +14,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 from typing import Any
 
+from mssante.store import addresses
+
 MAX_DEPTH = 32  # MIME nesting deeper than this is treated as an opaque body
 MAX_PARTS = 2000
 
@@ -81,30 +83,18 @@ def _get(fields: list[tuple[str, str]], name: str) -> str | None:
     return None
 
 
-def _addresses(value: str | None) -> list[list[str | None]] | None:
-    if not value:
-        return None
-    out: list[list[str | None]] = []
-    for name, addr in email.utils.getaddresses([value]):
-        if not addr and not name:
-            continue
-        mailbox, _, host = addr.rpartition("@") if "@" in addr else (addr, "", "")
-        out.append([name or None, None, mailbox or None, host or None])
-    return out or None
-
-
 def envelope(fields: list[tuple[str, str]]) -> Json:
     """Raw envelope fields in IMAP ENVELOPE order; From defaults Sender and Reply-To."""
-    from_ = _addresses(_get(fields, "From"))
+    from_ = addresses.parse(_get(fields, "From"))
     return {
         "date": _get(fields, "Date"),
         "subject": _get(fields, "Subject"),
         "from": from_,
-        "sender": _addresses(_get(fields, "Sender")) or from_,
-        "reply_to": _addresses(_get(fields, "Reply-To")) or from_,
-        "to": _addresses(_get(fields, "To")),
-        "cc": _addresses(_get(fields, "Cc")),
-        "bcc": _addresses(_get(fields, "Bcc")),
+        "sender": addresses.parse(_get(fields, "Sender")) or from_,
+        "reply_to": addresses.parse(_get(fields, "Reply-To")) or from_,
+        "to": addresses.parse(_get(fields, "To")),
+        "cc": addresses.parse(_get(fields, "Cc")),
+        "bcc": addresses.parse(_get(fields, "Bcc")),
         "in_reply_to": _get(fields, "In-Reply-To"),
         "message_id": _get(fields, "Message-ID"),
     }

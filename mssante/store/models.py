@@ -38,6 +38,9 @@ class MailAccount(Base):
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
     used_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     message_count: Mapped[int] = mapped_column(Integer, default=0)
+    # The last UIDVALIDITY given to a folder of this BAL: a new one is always above it, so a
+    # folder deleted and re-created within a second never reuses a value (RFC 3501 §2.3.1.1).
+    last_uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
@@ -54,8 +57,20 @@ class Folder(Base):
     uidnext: Mapped[int] = mapped_column(BigInteger, default=1)
     highestmodseq: Mapped[int] = mapped_column(BigInteger, default=1)
     special_use: Mapped[str | None] = mapped_column(String(32))
-    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Messages from this UID on are \Recent for the next session that selects the folder
+    # (RFC 3501 §2.3.2: the first session to be told of a message sees it as recent).
+    first_recent_uid: Mapped[int] = mapped_column(BigInteger, default=1, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class Subscription(Base):
+    """A subscribed mailbox name (RFC 3501 §6.3.6): a name, not a folder — it outlives a
+    DELETE and may name a folder that does not exist."""
+
+    __tablename__ = "mailbox_subscriptions"
+
+    bal: Mapped[str] = mapped_column(ForeignKey("mail_accounts.bal", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(512), primary_key=True)
 
 
 class Blob(Base):

@@ -20,6 +20,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 from sqlalchemy import Engine, Table, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from mssante import audit
@@ -31,7 +32,8 @@ from mssante.store import blobs as blobstore
 from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.kept import KeptConnections
 from mssante.store.mime import analyse
-from mssante.store.models import Change, Folder, MailAccount, Message, OutboundEntry
+from mssante.store.models import Change, Folder, MailAccount, Message, OutboundEntry, Subscription
+from mssante.store.pgfeed import NotifyOnCommit, new_node_id
 from mssante.store.writer import GroupCommitWriter, Notes
 
 accounts_t = cast(Table, MailAccount.__table__)
@@ -39,6 +41,7 @@ folders_t = cast(Table, Folder.__table__)
 messages_t = cast(Table, Message.__table__)
 changes_t = cast(Table, Change.__table__)
 queue_t = cast(Table, OutboundEntry.__table__)
+subscriptions_t = cast(Table, Subscription.__table__)
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -76,6 +79,12 @@ class FolderNotAllowed(StoreError):
     code = "CANNOT"
 
 
+class MessageGone(StoreError):
+    """The message was expunged (its content collected) while a session still numbered it."""
+
+    code = "EXPUNGEISSUED"
+
+
 class QuotaExceeded(StoreError):
     code = "OVERQUOTA"
 
@@ -94,6 +103,7 @@ class FolderInfo:
     highestmodseq: int
     special_use: str | None
     subscribed: bool
+    first_recent_uid: int = 1
 
 
 @dataclass(frozen=True)
@@ -102,6 +112,8 @@ class FolderStatus:
     messages: int
     unseen: int
     size: int
+    recent: int = 0
+    deleted: int = 0  # messages flagged \\Deleted (STATUS DELETED, RFC 9051)
 
 
 class MessageRow(NamedTuple):
@@ -176,25 +188,16 @@ def _stored_time(value: datetime | str) -> datetime:
 
 
 # FolderInfo's fields, in order, for driver SQL reads.
-_FOLDER_COLUMNS = "id, bal, name, uidvalidity, uidnext, highestmodseq, special_use, subscribed"
+_FOLDER_COLUMNS = (
+    "id, bal, name, uidvalidity, uidnext, highestmodseq, special_use, "
+    "EXISTS (SELECT 1 FROM mailbox_subscriptions s WHERE s.bal = folders.bal AND s.name = folders.name), "
+    "first_recent_uid"
+)
 
 
 def _folder_tuple(r: Any) -> FolderInfo:
     """FolderInfo from a driver-SQL row of ``_FOLDER_COLUMNS`` (SQLite gives 0/1 for booleans)."""
-    return FolderInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]))
-
-
-def _folder_info(row: Any) -> FolderInfo:
-    return FolderInfo(
-        row.id,
-        row.bal,
-        row.name,
-        row.uidvalidity,
-        row.uidnext,
-        row.highestmodseq,
-        row.special_use,
-        bool(row.subscribed),
-    )
+    return FolderInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
 
 
 _INSERT_MESSAGE = (
@@ -244,8 +247,15 @@ class MessageStore:
         self.chunk_size = chunk_size
         self.default_quota = default_quota
         self.hub = ChangeHub()
+        self.node_id = new_node_id()
+        on_pg = writer_engine.dialect.name == "postgresql"
         self.writer = GroupCommitWriter(
-            writer_engine, group_commit=group_commit, max_batch=max_batch, after_commit=self.hub.publish
+            writer_engine,
+            group_commit=group_commit,
+            max_batch=max_batch,
+            after_commit=self.hub.publish,
+            # Other nodes hear of every commit (the hub is this process's alone).
+            before_commit=NotifyOnCommit(self.node_id) if on_pg else None,
         )
         self.reader = blobstore.BlobReader(engine, keyring)
         self._kept = KeptConnections(engine)
@@ -263,6 +273,10 @@ class MessageStore:
 
     # -- helpers run inside the writer's transaction -------------------------------------
     def _insert_ignore(self, session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
+        self._insert_ignore_static(session, table, rows)
+
+    @staticmethod
+    def _insert_ignore_static(session: Session, table: Any, rows: list[dict[str, Any]]) -> None:
         dialect = session.get_bind().dialect.name
         insert_for = postgresql.insert if dialect == "postgresql" else sqlite.insert
         session.execute(insert_for(table).on_conflict_do_nothing(), rows)
@@ -271,6 +285,9 @@ class MessageStore:
         if session.execute(select(accounts_t.c.bal).where(accounts_t.c.bal == bal)).first():
             return
         now = datetime.now(UTC)
+        # The account row carries the UIDVALIDITY counter from the start, so that creating
+        # storage takes no row lock that a concurrent creator could be waiting on.
+        base = int(time.time())
         self._insert_ignore(
             session,
             accounts_t,
@@ -280,11 +297,11 @@ class MessageStore:
                     "quota_bytes": self.default_quota,
                     "used_bytes": 0,
                     "message_count": 0,
+                    "last_uidvalidity": base,
                     "created_at": now,
                 }
             ],
         )
-        base = int(time.time())
         self._insert_ignore(
             session,
             folders_t,
@@ -296,11 +313,15 @@ class MessageStore:
                     "uidnext": 1,
                     "highestmodseq": 1,
                     "special_use": use,
-                    "subscribed": True,
+                    "first_recent_uid": 1,
                     "created_at": now,
                 }
                 for name, use in DEFAULT_FOLDERS
             ],
+        )
+        # The default folders start subscribed (clients show subscribed folders only).
+        self._insert_ignore(
+            session, subscriptions_t, [{"bal": bal, "name": name} for name, _ in DEFAULT_FOLDERS]
         )
 
     @staticmethod
@@ -595,55 +616,76 @@ class MessageStore:
         source: str | None = None,
     ) -> AppendResult:
         """IMAP APPEND: add a message to a folder with flags and an internal date."""
-        sealed, _ = await self._prepare_async(raw)
-        flag_text = _flags_text(flags)
-        when = utc(internaldate) if internaldate else datetime.now(UTC)
+        uidvalidity, [uid] = await self.append_many(
+            bal, folder, [(raw, flags, internaldate)], actor=actor, source=source
+        )
+        return AppendResult(uidvalidity, uid)
+
+    async def append_many(
+        self,
+        bal: str,
+        folder: str,
+        messages: Sequence[tuple[bytes, Iterable[str], datetime | None]],
+        *,
+        actor: str,
+        source: str | None = None,
+    ) -> tuple[int, list[int]]:
+        """APPEND of one or several messages (MULTIAPPEND, RFC 3502) as one transaction: all
+        are stored, with consecutive UIDs, or none. Returns (UIDVALIDITY, UIDs)."""
+        prepared = [
+            (await self._prepare_async(raw), _flags_text(flags), utc(when) if when else datetime.now(UTC))
+            for raw, flags, when in messages
+        ]
         bal = bal.lower()
 
-        def job(session: Session) -> tuple[AppendResult, Notes]:
-            blob_id = blobstore.put(session, sealed)
-            folder_id, uid, modseq = self._allocate_by_name(session, bal, folder)
-            self._charge(session, bal, sealed.size)
+        def job(session: Session) -> tuple[tuple[int, list[int]], Notes]:
+            folder_id, first_uid, modseq = self._allocate_by_name(session, bal, folder, len(prepared))
+            self._charge(session, bal, sum(sealed.size for (sealed, _), _, _ in prepared), len(prepared))
             uidvalidity = session.execute(
                 select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
             ).scalar_one()
-            session.execute(
-                insert(messages_t).values(
-                    folder_id=folder_id,
-                    uid=uid,
-                    blob_id=blob_id,
-                    size=sealed.size,
-                    internaldate=when,
-                    flags=flag_text,
-                    modseq=modseq,
+            notes = Notes()
+            uids = []
+            for n, ((sealed, _meta), flag_text, when) in enumerate(prepared):
+                uid = first_uid + n
+                blob_id = blobstore.put(session, sealed)
+                session.execute(
+                    insert(messages_t).values(
+                        folder_id=folder_id,
+                        uid=uid,
+                        blob_id=blob_id,
+                        size=sealed.size,
+                        internaldate=when,
+                        flags=flag_text,
+                        modseq=modseq,
+                    )
                 )
-            )
-            session.execute(
-                insert(changes_t).values(
-                    folder_id=folder_id,
-                    modseq=modseq,
-                    kind="append",
-                    uid=uid,
-                    flags=flag_text,
-                    at=datetime.now(UTC),
+                session.execute(
+                    insert(changes_t).values(
+                        folder_id=folder_id,
+                        modseq=modseq,
+                        kind="append",
+                        uid=uid,
+                        flags=flag_text,
+                        at=datetime.now(UTC),
+                    )
                 )
-            )
-            audit.append(
-                session,
-                AuditEvent(
-                    actor=actor,
-                    action="message.append",
-                    bal=bal,
-                    object=f"{folder}/{uid}",
-                    source=source,
-                    detail={"size": sealed.size},
-                ),
-            )
-            return AppendResult(int(uidvalidity), uid), Notes(
-                [FolderChange(folder_id, modseq, "append", uid, flag_text)]
-            )
+                notes.append(FolderChange(folder_id, modseq, "append", uid, flag_text))
+                uids.append(uid)
+                audit.append(
+                    session,
+                    AuditEvent(
+                        actor=actor,
+                        action="message.append",
+                        bal=bal,
+                        object=f"{folder}/{uid}",
+                        source=source,
+                        detail={"size": sealed.size},
+                    ),
+                )
+            return (int(uidvalidity), uids), notes
 
-        result: AppendResult = await self.writer.run(job)
+        result: tuple[int, list[int]] = await self.writer.run(job)
         return result
 
     # -- folders ------------------------------------------------------------------------------
@@ -707,14 +749,17 @@ class MessageStore:
     async def status(self, bal: str, name: str) -> FolderStatus:
         def q(s: Session) -> FolderStatus:
             info = self._folder_row(s, bal, name)
-            count = size = unseen = 0
-            for msg_size, flags in run(
-                s, "SELECT size, flags FROM messages WHERE folder_id = :f", {"f": info.id}
+            count = size = unseen = recent = deleted = 0
+            for msg_size, flags, uid in run(
+                s, "SELECT size, flags, uid FROM messages WHERE folder_id = :f", {"f": info.id}
             ):
                 count += 1
                 size += msg_size
-                unseen += "\\Seen" not in _split_flags(flags)
-            return FolderStatus(info, count, unseen, size)
+                split = _split_flags(flags)
+                unseen += "\\Seen" not in split
+                deleted += "\\Deleted" in split
+                recent += uid >= info.first_recent_uid
+            return FolderStatus(info, count, unseen, size, recent, deleted)
 
         return await self.read(q)  # type: ignore[no-any-return]
 
@@ -746,27 +791,31 @@ class MessageStore:
                     "uidnext": 1,
                     "highestmodseq": 1,
                     "special_use": special_use if i == len(parts) - 1 else None,
-                    "subscribed": True,
+                    "first_recent_uid": 1,
                     "created_at": now,
                 }
                 for i in range(len(parts))
             ]
             self._insert_ignore(session, folders_t, rows)
-            row = session.execute(
-                select(folders_t).where(folders_t.c.bal == bal, folders_t.c.name == name)
-            ).one()
-            return _folder_info(row)
+            return self._folder_row(session, bal, name)
 
         return await self.writer.run(job)  # type: ignore[no-any-return]
 
     @staticmethod
     def _next_uidvalidity(session: Session, bal: str) -> int:
-        # Strictly above any value this BAL ever used in a live folder, and at least "now":
-        # a deleted-then-recreated folder never reuses a UIDVALIDITY.
-        top = session.execute(
-            select(func.max(folders_t.c.uidvalidity)).where(folders_t.c.bal == bal)
-        ).scalar()
-        return max(int(time.time()), int(top or 0) + 1)
+        """A UIDVALIDITY strictly above every one this BAL ever gave (deleted folders
+        included: the counter lives on the account), and at least the current second.
+
+        The UPDATE takes the account's row lock, so two processes never hand out one value."""
+        row = run(
+            session,
+            "UPDATE mail_accounts SET last_uidvalidity = CASE WHEN last_uidvalidity >= :now "
+            "THEN last_uidvalidity + 1 ELSE :now END WHERE bal = :bal RETURNING last_uidvalidity",
+            {"now": int(time.time()), "bal": bal},
+        ).first()
+        if row is None:
+            raise FolderNotFound(f"no mailbox storage for {bal}")
+        return int(row[0])
 
     async def delete_folder(self, bal: str, name: str, *, actor: str, source: str | None = None) -> None:
         bal = bal.lower()
@@ -838,7 +887,7 @@ class MessageStore:
                         uidnext=src.uidnext,
                         highestmodseq=1,
                         special_use=None,
-                        subscribed=True,
+                        first_recent_uid=src.first_recent_uid,
                         created_at=datetime.now(UTC),
                     )
                     .returning(folders_t.c.id)
@@ -866,6 +915,7 @@ class MessageStore:
                     )
                 ).all()
                 session.execute(update(folders_t).where(folders_t.c.id == src.id).values(name=new))
+                self._rename_subscriptions(session, bal, old, new)
                 for child in children:
                     session.execute(
                         update(folders_t)
@@ -882,18 +932,95 @@ class MessageStore:
 
         await self.writer.run(job)
 
+    @staticmethod
+    def _rename_subscriptions(session: Session, bal: str, old: str, new: str) -> None:
+        """A renamed folder keeps its subscription, and so do its children (as Dovecot does)."""
+        names = (
+            session.execute(
+                select(subscriptions_t.c.name).where(
+                    subscriptions_t.c.bal == bal,
+                    (subscriptions_t.c.name == old)
+                    | subscriptions_t.c.name.startswith(old + DELIMITER, autoescape=True),
+                )
+            )
+            .scalars()
+            .all()
+        )
+        for name in names:
+            session.execute(
+                delete(subscriptions_t).where(subscriptions_t.c.bal == bal, subscriptions_t.c.name == name)
+            )
+        if names:
+            MessageStore._insert_ignore_static(
+                session, subscriptions_t, [{"bal": bal, "name": new + n[len(old) :]} for n in names]
+            )
+
     async def set_subscribed(self, bal: str, name: str, subscribed: bool) -> None:
+        """Subscribe or unsubscribe a name; whether a folder has that name is not asked
+        (RFC 3501 §6.3.6-7: a subscription outlives its folder)."""
+        bal = bal.lower()
+
         def job(session: Session) -> None:
-            done = session.execute(
-                update(folders_t)
-                .where(folders_t.c.bal == bal.lower(), folders_t.c.name == name)
-                .values(subscribed=subscribed)
-                .returning(folders_t.c.id)
-            ).first()
-            if done is None:
-                raise FolderNotFound(f"no folder {name!r}")
+            self._ensure_account(session, bal)
+            if subscribed:
+                self._insert_ignore(session, subscriptions_t, [{"bal": bal, "name": name}])
+            else:
+                session.execute(
+                    delete(subscriptions_t).where(
+                        subscriptions_t.c.bal == bal, subscriptions_t.c.name == name
+                    )
+                )
 
         await self.writer.run(job)
+
+    async def usage(self, bal: str) -> tuple[int, int | None, int]:
+        """(bytes used, quota in bytes or None for none, messages) of a BAL."""
+
+        def q(s: blobstore.Reads) -> tuple[int, int | None, int]:
+            rows = blobstore.rows_of(
+                s,
+                "SELECT used_bytes, quota_bytes, message_count FROM mail_accounts WHERE bal = :bal",
+                {"bal": bal.lower()},
+            )
+            if not rows:
+                return 0, self.default_quota, 0
+            used, quota, count = rows[0]
+            return int(used), None if quota is None else int(quota), int(count)
+
+        return await self.read(q, small=True)  # type: ignore[no-any-return]
+
+    async def subscriptions(self, bal: str) -> list[str]:
+        """The names a BAL subscribed to, existing folders or not (LSUB)."""
+
+        def q(s: blobstore.Reads) -> list[str]:
+            rows = blobstore.rows_of(
+                s,
+                "SELECT name FROM mailbox_subscriptions WHERE bal = :bal ORDER BY name",
+                {"bal": bal.lower()},
+            )
+            return [r[0] for r in rows]
+
+        return await self.read(q, small=True)  # type: ignore[no-any-return]
+
+    async def claim_recent(self, folder_id: int, upto_uid: int) -> int:
+        """Take the \\Recent messages of a folder up to ``upto_uid`` (exclusive) for one session.
+
+        Returns the first UID that is recent for the caller: messages from it up to
+        ``upto_uid`` are recent to this session and to no other (RFC 3501 §2.3.2). Under the
+        folder's row lock, so two sessions — of one process or several — never both get one."""
+
+        def job(session: Session) -> int:
+            first = session.execute(
+                select(folders_t.c.first_recent_uid).where(folders_t.c.id == folder_id).with_for_update()
+            ).scalar()
+            if first is None or first >= upto_uid:
+                return upto_uid
+            session.execute(
+                update(folders_t).where(folders_t.c.id == folder_id).values(first_recent_uid=upto_uid)
+            )
+            return int(first)
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
 
     # -- messages ---------------------------------------------------------------------------
     async def messages(self, folder_id: int, since_uid: int = 0) -> list[MessageRow]:
@@ -921,11 +1048,15 @@ class MessageStore:
         )
 
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
-        """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch)."""
-        return await self.read(  # type: ignore[no-any-return]
-            lambda s: self.reader.read(s, blob_id, start, end),
-            small=end is not None and end - start <= INLINE_READ_BYTES,
-        )
+        """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch);
+        :class:`MessageGone` when it was expunged and its content collected meanwhile."""
+        try:
+            return await self.read(  # type: ignore[no-any-return]
+                lambda s: self.reader.read(s, blob_id, start, end),
+                small=end is not None and end - start <= INLINE_READ_BYTES,
+            )
+        except NoResultFound:
+            raise MessageGone(f"message content {blob_id} no longer exists") from None
 
     async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Plaintext by chunks, a chunk decrypted at a time: a large body never sits whole in memory."""
@@ -949,14 +1080,23 @@ class MessageStore:
         bal: str | None = None,
         source: str | None = None,
         unchanged_since: int | None = None,
+        modified: list[int] | None = None,
     ) -> list[tuple[int, tuple[str, ...], int]]:
-        """Change flags; returns (uid, flags, modseq) of every message whose flags changed."""
+        """Change flags; returns (uid, flags, modseq) of every message whose flags changed.
+
+        With ``unchanged_since`` (CONDSTORE), a message whose MODSEQ is above it is left as it
+        is and its UID added to ``modified`` — decided under the folder's lock, so the test
+        and the change are one step for every session and process."""
         wanted = normalise_flags(flags)
         wanted_l = {f.lower() for f in wanted}
         uid_list = sorted(set(uids))
 
         def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
             changed: list[tuple[int, str]] = []
+            # The folder's row lock first (PostgreSQL; SQLite's writer is alone anyway): flags
+            # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
+            # between, so no change is lost and MODSEQs follow the order of the changes.
+            session.execute(select(folders_t.c.id).where(folders_t.c.id == folder_id).with_for_update())
             for i in range(0, len(uid_list), 500):
                 rows = session.execute(
                     select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
@@ -965,6 +1105,8 @@ class MessageStore:
                 )
                 for row in rows:
                     if unchanged_since is not None and row.modseq > unchanged_since:
+                        if modified is not None:
+                            modified.append(row.uid)
                         continue
                     current = _split_flags(row.flags)
                     if mode == "add":

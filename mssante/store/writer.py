@@ -36,6 +36,9 @@ Job = Callable[[Session], Any]
 # ``job.together(session, jobs)``: the results of several jobs of one kind, run as one.
 Together = Callable[[Session, list[Any]], list[Any]]
 AfterCommit = Callable[[list[Any]], None]
+# Runs inside the transaction, after the jobs and before COMMIT, with their notes: what must
+# commit (or roll back) with them, such as PostgreSQL's NOTIFY to the other nodes.
+BeforeCommit = Callable[[Session, list[Any]], None]
 
 
 @dataclass
@@ -60,11 +63,13 @@ class GroupCommitWriter:
         group_commit: bool = True,
         max_batch: int = 256,
         after_commit: AfterCommit | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> None:
         self.engine = engine
         self.group_commit = group_commit
         self.max_batch = max_batch if group_commit else 1
         self.after_commit = after_commit
+        self.before_commit = before_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self.batches = 0
@@ -159,6 +164,8 @@ class GroupCommitWriter:
                         if savepoint is not None:
                             savepoint.commit()
                         ok.append((item, result))
+                if self.before_commit is not None:
+                    self.before_commit(session, _notes_of(ok))
         except Exception as exc:
             # The commit (or the lone job) failed: nothing of this batch is durable.
             for item in batch:
@@ -168,13 +175,8 @@ class GroupCommitWriter:
         finally:
             self.batches += 1
             self.jobs += len(batch)
-        notes: list[Any] = []
-        results: list[tuple[_Item, Any]] = []
-        for item, result in ok:
-            if isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Notes):
-                result, item_notes = result
-                notes.extend(item_notes)
-            results.append((item, result))
+        notes = _notes_of(ok)
+        results = [(item, _result_of(result)) for item, result in ok]
         # Listeners hear of the change before its author hears "done" (IMAP: another session
         # must not run its next command without seeing what the first one already reported).
         if notes and self.after_commit is not None:
@@ -202,3 +204,15 @@ def _groups(items: list[_Item]) -> list[list[_Item]]:
             kinds[kind] = [item]
             groups.append(kinds[kind])
     return groups
+
+
+def _has_notes(result: Any) -> bool:
+    return isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], Notes)
+
+
+def _notes_of(ok: list[tuple[_Item, Any]]) -> list[Any]:
+    return [note for _, result in ok if _has_notes(result) for note in result[1]]
+
+
+def _result_of(result: Any) -> Any:
+    return result[0] if _has_notes(result) else result

@@ -50,6 +50,6 @@ async def cmd_copy(session: Session, command: Command) -> str:
             await session.sync(allow_expunge=False, durable=True)
         return f"[{code}] COPY completed"
     await session.untagged(f"OK [{code}] Moved")
-    for n in box.remove([s for s, _ in result.pairs]):
-        await session.untagged(b"%d EXPUNGE" % n)
+    for line in box.expunge_lines([s for s, _ in result.pairs]):
+        await session.channel.write(line + b"\r\n")
     return "MOVE completed"

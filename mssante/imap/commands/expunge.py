@@ -25,6 +25,6 @@ async def cmd_expunge(session: Session, command: Command) -> str:
     removed = await session.store.expunge(
         box.folder.id, uids, actor=session.actor, bal=session.box_bal, source=session.source
     )
-    for n in box.remove(removed):
-        await session.untagged(b"%d EXPUNGE" % n)
+    for line in box.expunge_lines(removed):
+        await session.channel.write(line + b"\r\n")
     return "EXPUNGE completed"

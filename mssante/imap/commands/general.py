@@ -42,11 +42,9 @@ async def cmd_id(session: Session, command: Command) -> str:
 
 async def cmd_enable(session: Session, command: Command) -> str:
     assert isinstance(command.args, Enable)
-    enabled = []
-    if "UTF8=ACCEPT" in command.args.capabilities and not session.utf8:
-        session.utf8 = True
-        enabled.append("UTF8=ACCEPT")
-    await session.untagged(" ".join(["ENABLED", *enabled]))
+    # Unknown names are ignored (RFC 5161 §3.1); only what was not on already is listed.
+    done = [name for capability in command.args.capabilities for name in session.enable(capability)]
+    await session.untagged(" ".join(["ENABLED", *done]))
     return "ENABLE completed"
 
 

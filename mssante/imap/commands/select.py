@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from delegation.rights import Right
 from mssante.audit import AuditEvent
 from mssante.imap.commands.base import Bad, No, flag_right
-from mssante.imap.commands.values import Command, MailboxArg
+from mssante.imap.commands.values import Command, MailboxArg, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
-from mssante.imap.render import flag_list
+from mssante.imap.parser import parse_sequence_set
+from mssante.imap.render import compress
 from mssante.imap.states import SELECTED
-from mssante.store.store import FolderNotFound
+from mssante.store.store import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
 
+_SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 _WRITE_RIGHTS = frozenset(
     {Right.KEEP_SEEN, Right.WRITE_FLAGS, Right.DELETE_MESSAGES, Right.EXPUNGE, Right.INSERT}
 )
@@ -23,8 +26,10 @@ _WRITE_RIGHTS = frozenset(
 
 async def cmd_select(session: Session, command: Command) -> str:
     assert isinstance(command.args, MailboxArg)
-    if command.args.params:
-        raise Bad("SELECT parameters are not supported")
+    qresync = _select_params(session, command.args.params)
+    if session.box is not None:
+        session.deselect()
+        await session.untagged("OK [CLOSED] Previous mailbox closed")  # RFC 7162 §3.2.11
     session.deselect()
     bal, name, rights = await session.open(command.args.mailbox, Right.READ)
     # RFC 4314 §4: without any right to change the mailbox it opens read-only.
@@ -35,23 +40,34 @@ async def cmd_select(session: Session, command: Command) -> str:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     subscription = session.store.hub.subscribe(folder.id)
     rows = await session.store.messages(folder.id)
-    box = SelectedMailbox.from_rows(folder, rows, readonly=readonly)
+    box = SelectedMailbox.from_rows(
+        folder, rows, readonly=readonly, recent_from=await _recent_from(session, folder, readonly)
+    )
+    box.with_recent = session.recent_flag
+    box.condstore, box.qresync = session.condstore, "QRESYNC" in session.enabled
     session.box, session.subscription, session.state = box, subscription, SELECTED
     session.box_bal, session.box_rights = bal, rights
-    flags = ["\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft", *box.keywords()]
-    await session.untagged(b"FLAGS " + flag_list(flags))
-    settable = [f for f in flags[:5] if flag_right(f) in rights]
+    box.keywords()
+    settable = [f for f in _SYSTEM_FLAGS if flag_right(f) in rights]
     if Right.WRITE_FLAGS in rights:
         settable.append("\\*")
-    permanent = "()" if readonly else "(" + " ".join(settable) + ")"
-    await session.untagged(f"OK [PERMANENTFLAGS {permanent}] Flags permitted")
+    box.permanent = tuple(settable)
+    for line in box.flags_lines():
+        await session.channel.write(line + b"\r\n")
     await session.untagged(f"{box.exists} EXISTS")
-    await session.untagged("0 RECENT")
+    if session.recent_flag:
+        await session.untagged(f"{box.recent} RECENT")
     unseen = box.first_unseen()
     if unseen is not None:
         await session.untagged(f"OK [UNSEEN {unseen}] First unseen")
     await session.untagged(f"OK [UIDVALIDITY {folder.uidvalidity}] UIDs valid")
     await session.untagged(f"OK [UIDNEXT {folder.uidnext}] Predicted next UID")
+    if session.rev2:  # RFC 9051 §6.3.2: the mailbox's name as LIST gives it
+        await session.untagged(b'LIST () "/" ' + session.wire_name(session.shown(bal, folder.name)))
+    await session.untagged(f"OK [HIGHESTMODSEQ {folder.highestmodseq}] Highest")
+    session.announce_modseq = False
+    if qresync is not None and qresync.uidvalidity == folder.uidvalidity:
+        await _resynchronise(session, box, qresync)
     session.trace(
         AuditEvent(
             actor=session.actor,
@@ -63,6 +79,81 @@ async def cmd_select(session: Session, command: Command) -> str:
         )
     )
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
+
+
+@dataclass(frozen=True)
+class _Qresync:
+    """``QRESYNC (uidvalidity modseq [known-uids])`` of SELECT/EXAMINE (RFC 7162 §3.2.5)."""
+
+    uidvalidity: int
+    modseq: int
+    known: SequenceSet | None
+
+
+def _select_params(session: Session, params: tuple[object, ...]) -> _Qresync | None:
+    """CONDSTORE (turns CONDSTORE on) and QRESYNC (needs ENABLE QRESYNC first)."""
+    qresync = None
+    items = list(params)
+    while items:
+        name = str(items.pop(0)).upper()
+        if name == "CONDSTORE":
+            session.enable("CONDSTORE")
+        elif name == "QRESYNC" and items and isinstance(items[0], tuple):
+            if "QRESYNC" not in session.enabled:
+                raise Bad("QRESYNC must be enabled first (ENABLE QRESYNC)")
+            value = items.pop(0)
+            assert isinstance(value, tuple)
+            qresync = _qresync_param(value)
+        else:
+            raise Bad(f"Unknown SELECT parameter {name}")
+    return qresync
+
+
+def _qresync_param(value: tuple[object, ...]) -> _Qresync:
+    try:
+        uidvalidity, modseq = int(str(value[0])), int(str(value[1]))
+        known = None
+        if len(value) > 2 and not isinstance(value[2], tuple):
+            known = parse_sequence_set(str(value[2]))
+    except (IndexError, ValueError):
+        raise Bad("Invalid QRESYNC parameter") from None
+    if uidvalidity <= 0:
+        raise Bad("Invalid QRESYNC parameter")
+    return _Qresync(uidvalidity, modseq, known)
+
+
+async def _resynchronise(session: Session, box: SelectedMailbox, qresync: _Qresync) -> None:
+    """What changed since the client's MODSEQ: ``VANISHED (EARLIER)`` for the messages gone,
+    ``FETCH (UID FLAGS MODSEQ)`` for those changed (RFC 7162 §3.2.5.1)."""
+    changes = await session.store.changes_since(box.folder.id, qresync.modseq)
+    largest = box.folder.uidnext
+    gone = sorted(
+        {
+            c.uid
+            for c in changes
+            if c.kind == "expunge" and (qresync.known is None or qresync.known.contains(c.uid, largest))
+        }
+    )
+    if gone:
+        await session.untagged(b"VANISHED (EARLIER) " + compress(gone).encode())
+    for n, uid in enumerate(box.uids, 1):
+        entry = box.entries[uid]
+        if entry.modseq > qresync.modseq:
+            await session.channel.write(box.flags_update(n, entry, with_uid=True) + b"\r\n")
+
+
+async def _recent_from(session: Session, folder: FolderInfo, readonly: bool) -> int | None:
+    """The first UID that is \\Recent to this session (RFC 3501 §2.3.2), None for none.
+
+    SELECT takes the messages no session was told of yet; EXAMINE shows them without taking
+    them (it changes nothing); an IMAP4rev2 session has no \\Recent at all (RFC 9051)."""
+    if not session.recent_flag:
+        return None
+    if readonly:
+        return folder.first_recent_uid
+    if folder.first_recent_uid >= folder.uidnext:
+        return None
+    return await session.store.claim_recent(folder.id, folder.uidnext)
 
 
 async def cmd_close(session: Session, command: Command) -> str:

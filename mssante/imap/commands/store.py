@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from delegation.rights import Right
 from mssante.imap.commands.base import No, flag_right
 from mssante.imap.commands.values import Command, Store
-from mssante.imap.render import flag_list
+from mssante.imap.render import compress
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -41,6 +41,9 @@ async def cmd_store(session: Session, command: Command) -> str:
         )
         for _, uid in targets
     }
+    modified: list[int] = []
+    if args.unchanged_since is not None:
+        session.enable("CONDSTORE")
     if targets:
         changed = await session.store.store_flags(
             box.folder.id,
@@ -50,13 +53,25 @@ async def cmd_store(session: Session, command: Command) -> str:
             actor=session.actor,
             bal=session.box_bal,
             source=session.source,
+            unchanged_since=args.unchanged_since,
+            modified=modified,
         )
         for uid, flags, modseq in changed:
             box.set_flags(uid, flags, modseq)
+    # A keyword new to the mailbox is announced (FLAGS, PERMANENTFLAGS) before it is shown.
+    for line in box.announce_keywords(f for _, uid in targets for f in box.entries[uid].flags):
+        await session.channel.write(line + b"\r\n")
+    failed = set(modified)
     for n, uid in targets:
-        if not args.silent or set(box.entries[uid].flags) != expected[uid]:
-            uid_part = b"UID %d " % uid if command.uid else b""
-            await session.untagged(
-                b"%d FETCH (%sFLAGS %s)" % (n, uid_part, flag_list(box.entries[uid].flags))
-            )
+        entry = box.entries[uid]
+        if uid in failed:
+            continue
+        if box.condstore and args.silent and set(entry.flags) == expected[uid]:
+            # RFC 7162 §3.1.3: even .SILENT tells the new MODSEQ.
+            await session.untagged(b"%d FETCH (UID %d MODSEQ (%d))" % (n, uid, entry.modseq))
+        elif not args.silent or set(entry.flags) != expected[uid]:
+            await session.channel.write(box.flags_update(n, entry, with_uid=command.uid) + b"\r\n")
+    if failed:
+        numbers = [uid if command.uid else n for n, uid in targets if uid in failed]
+        return f"[MODIFIED {compress(sorted(numbers))}] Conditional STORE failed for some messages"
     return f"{'UID ' if command.uid else ''}STORE completed"

@@ -19,6 +19,7 @@ class SequenceSet:
     """
 
     ranges: tuple[tuple[int | None, int | None], ...]
+    saved: bool = False  # ``$``: the result a SEARCH RETURN (SAVE) kept (SEARCHRES, RFC 5182)
 
     def bounds(self, largest: int) -> Iterator[tuple[int, int]]:
         """Each range as ordered (low, high) with ``*`` replaced by ``largest``."""
@@ -41,6 +42,8 @@ class SequenceSet:
         def one(n: int | None) -> str:
             return "*" if n is None else str(n)
 
+        if self.saved:
+            return "$"
         return ",".join(one(s) if s == e else f"{one(s)}:{one(e)}" for s, e in self.ranges)
 
 
@@ -72,7 +75,8 @@ class FetchItem:
     """One fetch attribute: ``FLAGS``, ``ENVELOPE``, ``BODY.PEEK[TEXT]<0.100>``...
 
     ``name`` is one of FLAGS, INTERNALDATE, RFC822.SIZE, ENVELOPE, BODY, BODYSTRUCTURE, UID,
-    RFC822, RFC822.HEADER, RFC822.TEXT; ``section`` is set for ``BODY[...]`` forms.
+    RFC822, RFC822.HEADER, RFC822.TEXT, MODSEQ, BINARY, BINARY.SIZE; ``section`` is set for
+    ``BODY[...]`` and the BINARY forms (RFC 3516: part numbers only).
     """
 
     name: str
@@ -83,13 +87,15 @@ class FetchItem:
     @property
     def sets_seen(self) -> bool:
         """Whether fetching this implicitly sets ``\\Seen`` (RFC 3501 §6.4.5)."""
+        if self.name == "BINARY.SIZE":
+            return False
         return (self.section is not None and not self.peek) or self.name in ("RFC822", "RFC822.TEXT")
 
     def response_name(self) -> str:
         """How the item is named in the FETCH response (a partial shows only its origin)."""
         if self.section is None:
             return self.name
-        name = f"BODY[{self.section}]"
+        name = f"{self.name}[{self.section}]"
         if self.partial is not None:
             name += f"<{self.partial[0]}>"
         return name
@@ -150,6 +156,7 @@ class ListArgs:
     patterns: tuple[str, ...]
     selection: tuple[str, ...] = ()
     returns: tuple[str, ...] = ()
+    status_items: tuple[str, ...] = ()  # RETURN (STATUS (...)) of LIST-STATUS (RFC 5819)
 
 
 @dataclass(frozen=True)
@@ -159,6 +166,14 @@ class AclArgs:
     mailbox: str
     identifier: str | None = None
     rights: str | None = None
+
+
+@dataclass(frozen=True)
+class Quota:
+    """GETQUOTA root, GETQUOTAROOT mailbox, SETQUOTA root (resources) — RFC 9208."""
+
+    name: str  # the quota root, or the mailbox of GETQUOTAROOT
+    limits: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,6 +188,9 @@ class Append:
     flags: tuple[str, ...]
     internaldate: datetime | None
     message: bytes
+    # MULTIAPPEND (RFC 3502): the further messages, each with its flags and date.
+    more: tuple[tuple[tuple[str, ...], datetime | None, bytes], ...] = ()
+    binary: bool = False  # a message came as a literal8 (BINARY, RFC 3516)
 
 
 @dataclass(frozen=True)
@@ -188,6 +206,7 @@ class Store:
     mode: str  # "" (replace), "+" (add), "-" (remove)
     silent: bool
     flags: tuple[str, ...]
+    unchanged_since: int | None = None  # CONDSTORE (RFC 7162 §3.1.3)
 
 
 @dataclass(frozen=True)
@@ -195,6 +214,16 @@ class Search:
     charset: str | None
     key: SearchKey
     returns: tuple[str, ...] | None = None  # ESEARCH RETURN options when given
+
+
+@dataclass(frozen=True)
+class SortThread:
+    """SORT (criteria) and THREAD algorithm (RFC 5256), each with a search program."""
+
+    charset: str
+    key: SearchKey
+    criteria: tuple[str, ...] = ()  # SORT
+    algorithm: str = ""  # THREAD
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,8 @@ Arguments = (
     | Enable
     | Id
     | AclArgs
+    | Quota
+    | SortThread
     | None
 )
 

@@ -7,7 +7,7 @@ record. An empty trail needs no key here (the first append uses the bound key). 
 drops the key id column only: the records stay keyed, which older code reports as edited.
 
 Revision ID: 0008
-Revises: 0010
+Revises: 0011
 Create Date: 2026-12-05 23:20:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.orm import Session
 
 revision: str = "0008"
-down_revision: str | None = "0010"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
