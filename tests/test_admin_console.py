@@ -219,3 +219,42 @@ def test_read_only_staff_sees_and_cannot_act(server: DemoServer, browser: Any) -
     other.goto(f"https://127.0.0.1:{server.port('http')}/admin/")
     assert other.url.endswith("/admin/connexion")
     other.context.close()
+
+
+def test_administrator_creates_a_local_bal_that_then_receives_mail(server: DemoServer, browser: Any) -> None:
+    secret = _staff(server, "admin.leroy", "administrator")
+    durand = server.account(GRANTEE)["idnat"]
+    page = _page(browser)
+    _login(page, server, "admin.leroy", pyotp.TOTP(secret).now())
+    page.wait_for_url("**/admin/")
+    page.goto(f"https://127.0.0.1:{server.port('http')}/admin/bal")
+
+    page.get_by_label("Adresse de la BAL").fill("consultations.durand@demo.mssante.fr")
+    page.get_by_label("Type (TRE_R257)").select_option("ORG")
+    page.get_by_label("Raison de la création").fill("nouvelle consultation")
+    page.get_by_role("button", name="Créer la BAL").click()
+    assert "Création refusée" in page.locator("main").inner_text()  # an ORG BAL needs its structure
+
+    page.goto(f"https://127.0.0.1:{server.port('http')}/admin/bal")
+    page.get_by_label("Adresse de la BAL").fill("consultations.durand@demo.mssante.fr")
+    page.get_by_label("Type (TRE_R257)").select_option("PER")
+    page.get_by_label("Professionnel titulaire (IdNat_PS, pour PER et CAB)").fill(durand)
+    page.get_by_label("Raison de la création").fill("nouvelle consultation")
+    page.get_by_role("button", name="Créer la BAL").click()
+    page.wait_for_url("**/admin/bal/consultations.durand@demo.mssante.fr")
+    trail = page.get_by_role("table", name="50 derniers enregistrements").inner_text()
+    assert "admin.bal.create" in trail and "staff:admin.leroy" in trail
+    page.context.close()
+
+    message = EmailMessage()
+    message["From"], message["To"], message["Subject"] = (
+        DOCTOR,
+        "consultations.durand@demo.mssante.fr",
+        "Avis",
+    )
+    message["Date"] = "Sun, 06 Dec 2026 09:00:00 +0100"
+    message.set_content("Pour la nouvelle consultation.")
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as smtp:
+        smtp.starttls(context=ssl.create_default_context(cafile=server.ca_cert))
+        smtp.login(DOCTOR, server.account(DOCTOR)["password"])
+        assert smtp.send_message(message) == {}  # accepted: the new BAL is published and active

@@ -226,6 +226,45 @@ def _bal_detail(request: Request, address: str) -> dict[str, Any] | None:
     }
 
 
+@router.post("/bal")
+async def bal_create(request: Request) -> Response:
+    """A local BAL (PER/CAB of a professional, ORG/APP of a structure), as `annuaire add bal`."""
+    from annuaire.service import AnnuaireError, add_bal
+
+    user = await common.current(request, SPACE)
+    try:
+        data = await common.form(request, user)
+        user, _role = await _staff(request, "bal.create")
+        address = common.text(data, "address", 320)
+        fields = {
+            name: common.text(data, name, 300) or None
+            for name in ("professional", "structure", "responsible", "service")
+        }
+        reason = common.text(data, "reason")
+        if not address or not reason:
+            raise FormRefused("Indiquez l'adresse de la BAL et la raison de sa création.")
+
+        def create() -> str:
+            try:
+                with transaction(common.runtime(request).writer_engine) as s:
+                    saved = add_bal(
+                        s, address=address, type=common.text(data, "type", 8), actor=user.identity.principal,
+                        professional=fields["professional"], structure=fields["structure"],
+                        responsible=fields["responsible"], service=fields["service"],
+                    )  # fmt: skip
+                    created = saved.row.address
+            except AnnuaireError as exc:
+                raise FormRefused(f"Création refusée : {exc}") from exc
+            common.runtime(request).annuaire.invalidate()
+            _record(request, user, "bal.create", created, bal=created.lower(), reason=reason, **fields)
+            return created
+
+        created = await run_in_threadpool(create)
+    except FormRefused as exc:
+        return _refused(request, exc)
+    return redirect(f"/admin/bal/{created}")
+
+
 @router.get("/bal/{address}")
 async def bal(request: Request, address: str) -> Response:
     try:

@@ -4,7 +4,7 @@ A staff member is a local account of kind ``staff`` (``mssante user add --kind s
 second factor (``mssante user totp``), given a role by ``mssante admin role``. Roles are
 ordered: ``read-only`` sees everything the console shows, ``support`` also handles the daily
 work (delegations, queue retries, chain verification), ``administrator`` also changes what
-exists (BALs disabled or enabled, queue entries dropped). Every decision is :func:`may`; every
+exists (BALs created, disabled or enabled, queue entries dropped). Every decision is :func:`may`; every
 grant of a role and every console action is in the audit trail.
 """
 
@@ -29,6 +29,7 @@ ACTIONS = {
     "delegation.revoke": "support",
     "queue.retry": "support",
     "queue.drop": "administrator",
+    "bal.create": "administrator",
     "bal.disable": "administrator",
     "bal.enable": "administrator",
 }
