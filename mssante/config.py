@@ -276,6 +276,16 @@ class NotifySection(_Section):
     backoff_base_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
     queue_size: int = Field(default=10_000, ge=1)
+    # The e-mail channel (a patient's personal address, outside the trust space): an outbound
+    # relay reserved for notices, since the trust-space relay never sends outside it.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_ca_file: Path | None = None
+    smtp_from: str | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    patient_url: str | None = None
 
     @model_validator(mode="after")
     def _secret_with_webhook(self) -> NotifySection:
@@ -283,6 +293,10 @@ class NotifySection(_Section):
             raise ValueError("a webhook_url needs a secret (the HMAC-SHA256 key)")
         if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
             raise ValueError("webhook_url must be an http(s) URL")
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("an smtp_host needs smtp_from (the notices' sender address)")
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("smtp_username and smtp_password go together")
         return self
 
 

@@ -584,7 +584,11 @@ async def profile(request: Request) -> Response:
     service = _dmp(request)
     entries = await run_in_threadpool(service.profile, user.identity, user.ins)
     info = await run_in_threadpool(service.patient, user.ins)
-    return _view(request, user, "patient/profile.html", entries=entries, labels=PROFILE_LABELS, info=info)
+    email_configured = bool(common.runtime(request).settings.notify.smtp_host)
+    return _view(
+        request, user, "patient/profile.html",
+        entries=entries, labels=PROFILE_LABELS, info=info, email_configured=email_configured,
+    )  # fmt: skip
 
 
 @router.post("/profil")
