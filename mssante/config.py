@@ -345,6 +345,27 @@ class WebSection(_Section):
     session_minutes: int = Field(default=30, ge=1, le=24 * 60)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     dsfr_dir: Path | None = None
+    # OpenID Connect login of the patient space (FranceConnect style: code flow with PKCE);
+    # endpoints unset are read from <issuer>/.well-known/openid-configuration.
+    patient_oidc_issuer: str | None = None
+    patient_oidc_client_id: str | None = None
+    patient_oidc_client_secret: str | None = None
+    patient_oidc_authorization_endpoint: str | None = None
+    patient_oidc_token_endpoint: str | None = None
+    patient_oidc_jwks_uri: str | None = None
+    patient_oidc_scope: str = "openid"
+    patient_oidc_ins_claim: str = "sub"
+    patient_oidc_label: str = "FranceConnect"
+
+    @model_validator(mode="after")
+    def _oidc_client(self) -> WebSection:
+        if self.patient_oidc_issuer and not self.patient_oidc_client_id:
+            raise ValueError("patient_oidc_issuer needs patient_oidc_client_id")
+        for url in (self.patient_oidc_issuer, self.patient_oidc_authorization_endpoint,
+                    self.patient_oidc_token_endpoint, self.patient_oidc_jwks_uri):  # fmt: skip
+            if url and not url.startswith("https://"):
+                raise ValueError(f"{url}: OpenID Connect endpoints must be https:// URLs")
+        return self
 
 
 class Settings(BaseSettings):

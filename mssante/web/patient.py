@@ -70,7 +70,13 @@ def _view(request: Request, user: WebUser, template: str, status_code: int = 200
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
     token = new_token()
-    response = page(request, "patient/login.html", status_code, csrf=token, error=error, space=SPACE)
+    settings = common.runtime(request).settings
+    label = settings.web.patient_oidc_label if settings.web.patient_oidc_issuer else None
+    if label is None and settings.auth.demo_idp:
+        label = "FranceConnect (démo)"
+    response = page(
+        request, "patient/login.html", status_code, csrf=token, error=error, space=SPACE, oidc_label=label
+    )
     return common.login_csrf(response, token)
 
 
