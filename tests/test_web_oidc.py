@@ -12,6 +12,7 @@ import html
 import json
 import re
 import ssl
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +32,14 @@ ISSUER = "https://127.0.0.1:1/demo-idp"
 
 def _base(demo: DemoServer) -> str:
     return f"https://127.0.0.1:{demo.listener('http')['port']}"
+
+
+def _franceconnect(page: Any, demo: DemoServer, ins: str) -> None:
+    page.goto(_base(demo) + "/patient/connexion")
+    page.get_by_role("link", name="Se connecter avec FranceConnect (démo)").click()
+    page.get_by_label(re.compile(f"INS {ins}")).check()
+    page.get_by_role("button", name="Continuer sous cette identité").click()
+    page.wait_for_url("**/patient/")
 
 
 def test_franceconnect_demo_login_in_chromium(demo: DemoServer, browser: Any) -> None:  # noqa: F811
@@ -137,3 +146,31 @@ def test_code_is_single_use_and_bound_to_pkce(demo: DemoServer) -> None:
     # the browser comes back with that spent code: the token endpoint refuses, the page says so
     back = client.get(picked.headers["location"])
     assert back.status_code == 400 and "a refusé l'échange du code" in html.unescape(back.text)
+
+
+def test_a_pdf_is_shown_in_a_sandboxed_frame(demo: DemoServer, browser: Any) -> None:  # noqa: F811
+    page = _page(browser)
+    refused: list[str] = []
+    page.on("console", lambda msg: refused.append(msg.text) if "Refused" in msg.text else None)
+    _franceconnect(page, demo, JEAN)
+    _menu(page, "Documents")
+    with page.expect_response(re.compile(r"/apercu$")) as preview:
+        page.get_by_role("link", name="Ordonnance de sortie").first.click()
+    frame = page.locator("iframe#apercu")
+    assert frame.get_attribute("title") == "Aperçu du document PDF"
+    answer = preview.value
+    headers = answer.all_headers()
+    assert answer.status == 200 and headers["content-type"] == "application/pdf"
+    assert headers["content-disposition"].startswith("inline;")
+    assert (
+        headers["content-security-policy"].startswith("sandbox;")
+        and "frame-ancestors 'self'" in headers["content-security-policy"]
+    )
+    assert headers["x-content-type-options"] == "nosniff"
+    assert not refused, refused  # our page's CSP lets its own frame load, nothing else
+    deadline = time.monotonic() + 10  # Chromium's PDF viewer took the response (not a download)
+    while not any(f.url.startswith("chrome-extension://") for f in page.frames):
+        assert time.monotonic() < deadline, [f.url for f in page.frames]
+        page.wait_for_timeout(100)
+    assert page.get_by_role("link", name="Télécharger le document").count() == 1
+    page.context.close()

@@ -381,7 +381,7 @@ async def document(request: Request, unique_id: str) -> Response:
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
     rendered = render_cda(content) if info.format == "CDA_R2" else None
-    return _view(
+    response = _view(
         request,
         user,
         "patient/document.html",
@@ -389,7 +389,11 @@ async def document(request: Request, unique_id: str) -> Response:
         cda=rendered,
         author=_author(service.annuaire, info.author_idnat, user),
         types=service.codes.type_codes,
+        inline=info.mime_type == "application/pdf",
     )
+    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
+        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
+    return response
 
 
 def download(info: Any, content: bytes) -> Response:
@@ -403,6 +407,35 @@ def download(info: Any, content: bytes) -> Response:
     secure(response)
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+def inline_pdf(info: Any, content: bytes) -> Response:
+    """A PDF shown in a frame of our own document page: ``inline``, but under a CSP sandbox
+    (unique origin, no scripts, no forms, no plugins it could reach us with), framable only by
+    our own pages; anything but a PDF is never shown inline."""
+    if info.mime_type != "application/pdf" or not content.startswith(b"%PDF-"):
+        return secure(Response("Aperçu indisponible.", status_code=404, media_type="text/plain"))
+    response = Response(content, media_type="application/pdf")
+    response.headers["Content-Disposition"] = f'inline; filename="document-{info.sha256[:12]}.pdf"'
+    secure(response)
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; frame-ancestors 'self'"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    user = await _user(request)
+    if user is None:
+        return redirect(LOGIN)
+    service = _dmp(request)
+    try:
+        info, content = await run_in_threadpool(
+            lambda: service.read(user.identity, unique_id, source=common.source(request))
+        )
+    except DMPError as exc:
+        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
+    return inline_pdf(info, content)
 
 
 @router.get("/documents/{unique_id}/telecharger")
