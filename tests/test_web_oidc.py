@@ -174,3 +174,19 @@ def test_a_pdf_is_shown_in_a_sandboxed_frame(demo: DemoServer, browser: Any) -> 
         page.wait_for_timeout(100)
     assert page.get_by_role("link", name="Télécharger le document").count() == 1
     page.context.close()
+
+
+def test_configuration_needs_a_client_id_and_https() -> None:
+    from pydantic import ValidationError
+
+    from mssante.config import NotifySection, WebSection
+
+    assert WebSection(
+        patient_oidc_issuer="https://fc.example", patient_oidc_client_id="x"
+    ).patient_oidc_issuer
+    with pytest.raises(ValidationError, match="needs patient_oidc_client_id"):
+        WebSection(patient_oidc_issuer="https://fc.example")
+    with pytest.raises(ValidationError, match="must be https"):
+        WebSection(patient_oidc_issuer="http://fc.example", patient_oidc_client_id="x")
+    with pytest.raises(ValidationError, match="needs smtp_from"):
+        NotifySection(smtp_host="relay.example")

@@ -100,10 +100,15 @@ async def provider(request: Request) -> Provider | None:
         cache: dict[str, Any] = common.runtime(request).extras.setdefault("patient_oidc_discovery", {})
         if not cache:
             url = web.patient_oidc_issuer.rstrip("/") + "/.well-known/openid-configuration"
-            async with httpx.AsyncClient(timeout=10) as client:
-                response = await client.get(url)
-                response.raise_for_status()
-                cache.update(response.json())
+            try:
+                async with httpx.AsyncClient(timeout=10) as client:
+                    response = await client.get(url)
+                    response.raise_for_status()
+                    cache.update(response.json())
+            except (httpx.HTTPError, ValueError) as exc:
+                raise OIDCRefused(
+                    "Le fournisseur d'identité ne répond pas. Réessayez plus tard.", f"discovery: {exc}", 503
+                ) from None
         endpoints = {k: v or str(cache.get(k, "")) for k, v in endpoints.items()}
     assert web.patient_oidc_client_id is not None
     return Provider(
@@ -132,7 +137,10 @@ def _refused(request: Request, exc: OIDCRefused) -> Response:
 
 @router.get("/connexion")
 async def start(request: Request) -> Response:
-    found = await provider(request)
+    try:
+        found = await provider(request)
+    except OIDCRefused as exc:
+        return _refused(request, exc)
     if found is None:
         return _refused(
             request, OIDCRefused("La connexion par fournisseur d'identité n'est pas configurée.", "off", 404)
