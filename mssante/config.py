@@ -200,6 +200,24 @@ class HTTPSection(ListenerSection):
     _ports = field_validator("port")(_check_port)
 
 
+class MetricsSection(_Section):
+    """``/metrics`` on the HTTP listener (Prometheus exposition format, ``mssante.metrics``).
+
+    Deny by default: a scrape is answered only from an address of ``allow`` or with the bearer
+    ``token``; anyone else gets ``403``."""
+
+    enabled: bool = True
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+
 class LogSection(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -386,6 +404,7 @@ class Settings(BaseSettings):
     smtp: SMTPSection = Field(default_factory=SMTPSection)
     imap: IMAPSection = Field(default_factory=IMAPSection)
     http: HTTPSection = Field(default_factory=HTTPSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     log: LogSection = Field(default_factory=LogSection)
     dkim: DKIMSection = Field(default_factory=DKIMSection)
     relay: RelaySection = Field(default_factory=RelaySection)
@@ -450,6 +469,8 @@ class Settings(BaseSettings):
             scheme, rest = url.split("//", 1)
             creds, host = rest.split("@", 1)
             data["database"]["url"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+        if data["metrics"]["token"]:
+            data["metrics"]["token"] = "***"
         data["database"]["effective_url"] = (
             self.database_url if not self.database.url else data["database"]["url"]
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from mssante.web import assets, demo_oidc, oidc, patient, pro
+from mssante.web import admin, assets, demo_oidc, oidc, patient, pro
 from mssante.web.common import FORM_OVERHEAD
 from mssante.web.submit import WebSubmitter
 
@@ -17,6 +17,7 @@ router.include_router(oidc.router)
 router.include_router(patient.router)
 router.include_router(demo_oidc.router)
 router.include_router(pro.router)
+router.include_router(admin.router)
 
 
 def bind(app: FastAPI, runtime: Any) -> None:

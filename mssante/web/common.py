@@ -26,7 +26,10 @@ from mssante.web import second_factor, security, sessions
 SPACE_KINDS = {
     "patient": (IdentityKind.PATIENT,),
     "pro": (IdentityKind.PROFESSIONAL, IdentityKind.STAFF),
+    "admin": (IdentityKind.STAFF,),
 }
+# Spaces whose logins always need the second factor.
+TWO_FACTOR_SPACES = ("patient", "admin")
 FORM_OVERHEAD = 64 * 1024
 
 
@@ -130,13 +133,15 @@ async def password_login(request: Request, space: str, login: str, password: str
         raise FormRefused("Saisissez votre identifiant et votre mot de passe.")
     rt = runtime(request)
     factor = await run_in_threadpool(_second_factor, request, login)
-    if space == "patient" and factor == "none":
+    if space in TWO_FACTOR_SPACES and factor == "none":
         raise FormRefused(
-            "La connexion à l'espace patient demande un second facteur (code à usage unique), "
+            "La connexion à cet espace demande un second facteur (code à usage unique), "
             "qui n'est pas activé pour ce compte.",
             403,
         )
-    if factor == "web" and (space == "patient" or code):
+    if space in TWO_FACTOR_SPACES and factor == "sasl" and not code:
+        raise FormRefused("Saisissez le code à usage unique de votre application d'authentification.", 401)
+    if factor == "web" and (space in TWO_FACTOR_SPACES or code):
         penalty = await run_in_threadpool(
             second_factor.check, rt.engine, rt.writer_engine, rt.keyring, rt.settings.auth.bruteforce,
             login, code, client_ip(request), time.time(),
