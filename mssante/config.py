@@ -294,6 +294,16 @@ class NotifySection(_Section):
     backoff_base_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
     queue_size: int = Field(default=10_000, ge=1)
+    # The e-mail channel (a patient's personal address, outside the trust space): an outbound
+    # relay reserved for notices, since the trust-space relay never sends outside it.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_ca_file: Path | None = None
+    smtp_from: str | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    patient_url: str | None = None
 
     @model_validator(mode="after")
     def _secret_with_webhook(self) -> NotifySection:
@@ -301,6 +311,10 @@ class NotifySection(_Section):
             raise ValueError("a webhook_url needs a secret (the HMAC-SHA256 key)")
         if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
             raise ValueError("webhook_url must be an http(s) URL")
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("an smtp_host needs smtp_from (the notices' sender address)")
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("smtp_username and smtp_password go together")
         return self
 
 
@@ -349,6 +363,27 @@ class WebSection(_Section):
     session_minutes: int = Field(default=30, ge=1, le=24 * 60)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     dsfr_dir: Path | None = None
+    # OpenID Connect login of the patient space (FranceConnect style: code flow with PKCE);
+    # endpoints unset are read from <issuer>/.well-known/openid-configuration.
+    patient_oidc_issuer: str | None = None
+    patient_oidc_client_id: str | None = None
+    patient_oidc_client_secret: str | None = None
+    patient_oidc_authorization_endpoint: str | None = None
+    patient_oidc_token_endpoint: str | None = None
+    patient_oidc_jwks_uri: str | None = None
+    patient_oidc_scope: str = "openid"
+    patient_oidc_ins_claim: str = "sub"
+    patient_oidc_label: str = "FranceConnect"
+
+    @model_validator(mode="after")
+    def _oidc_client(self) -> WebSection:
+        if self.patient_oidc_issuer and not self.patient_oidc_client_id:
+            raise ValueError("patient_oidc_issuer needs patient_oidc_client_id")
+        for url in (self.patient_oidc_issuer, self.patient_oidc_authorization_endpoint,
+                    self.patient_oidc_token_endpoint, self.patient_oidc_jwks_uri):  # fmt: skip
+            if url and not url.startswith("https://"):
+                raise ValueError(f"{url}: OpenID Connect endpoints must be https:// URLs")
+        return self
 
 
 class Settings(BaseSettings):

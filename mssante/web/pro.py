@@ -23,7 +23,7 @@ from mssante.web import common, sessions, words
 from mssante.web.cda import patient_ins as cda_patient
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
-from mssante.web.patient import PROFILE_LABELS, download
+from mssante.web.patient import PROFILE_LABELS, download, inline_pdf
 from mssante.web.render import page, redirect
 from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
@@ -265,7 +265,7 @@ async def document(request: Request, unique_id: str) -> Response:
         )
     rendered = render_cda(content) if info.format == "CDA_R2" else None
     author = words.author_name(service.annuaire, info.author_idnat)
-    return _view(
+    response = _view(
         request,
         user,
         "pro/document.html",
@@ -274,7 +274,25 @@ async def document(request: Request, unique_id: str) -> Response:
         author=author,
         types=service.codes.type_codes,
         me=user.identity.id,
+        inline=info.mime_type == "application/pdf",
     )
+    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
+        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
+    return response
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    user = await _user(request)
+    if user is None:
+        return redirect(LOGIN)
+    try:
+        info, content = await _read(request, user, unique_id)
+    except DMPError as exc:
+        return _view(
+            request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
+        )
+    return inline_pdf(info, content)
 
 
 @router.get("/documents/{unique_id}/telecharger")
