@@ -126,6 +126,22 @@ def _second_factor(request: Request, login: str) -> str:
         return "web" if account is None or second_factor.enrolled(s, login) else "none"
 
 
+async def form_login(request: Request, space: str) -> Identity:
+    """The identity a login form of the patient space or of the DMP web names: a pasted access
+    token of the space's identity provider, or login, password and one-time code."""
+    data = await form(request, None)
+    token = text(data, "token", 8192)
+    if token:
+        return await token_login(request, space, token)
+    return await password_login(
+        request,
+        space,
+        text(data, "login", 320),
+        text(data, "password", 200),
+        text(data, "code", 12).replace(" ", ""),
+    )
+
+
 async def password_login(request: Request, space: str, login: str, password: str, code: str) -> Identity:
     """The identity of a login, password (+ TOTP code); :class:`FormRefused` otherwise. The
     patient space always needs the second factor."""

@@ -67,18 +67,7 @@ async def login_form(request: Request) -> Response:
 @router.post("/connexion")
 async def login(request: Request) -> Response:
     try:
-        data = await common.form(request, None)
-        token = common.text(data, "token", 8192)
-        if token:
-            identity = await common.token_login(request, SPACE, token)
-        else:
-            identity = await common.password_login(
-                request,
-                SPACE,
-                common.text(data, "login", 320),
-                common.text(data, "password", 200),
-                common.text(data, "code", 12).replace(" ", ""),
-            )
+        identity = await common.form_login(request, SPACE)
     except FormRefused as exc:
         return _login_page(request, str(exc), exc.status)
     return await common.start_session(request, redirect("/pro/"), identity, SPACE)
