@@ -1,27 +1,40 @@
-"""SMTP ingest benchmark: messages per second acknowledged and delivered over TLS, and memory.
+"""SMTP ingest benchmark, measured fairly: mssante against Postfix and Postfix → Dovecot LMTP.
 
-Usage:
-    .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--seconds 10] [--size 10240]
-                                          [--big-mib 20] [--with-postfix] [--out FILE]
+Usage (root: it installs Debian's ``postfix`` and ``dovecot-lmtpd`` when missing):
+    .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--new-connections 1 10]
+                                          [--seconds 10] [--rounds 2] [--processes 4]
+                                          [--size 10240] [--big-mib 20] [--with-postfix] [--out FILE]
 
-Against a real ``mssante serve --demo`` process (SQLite store in a temporary directory): for
-each concurrency level, that many workers each open one STARTTLS session on the submission
-port (certificate verified, AUTH PLAIN as a demo doctor) and then send 10 KiB messages to a
-colleague, one after another on that same session, for ``--seconds``. Acknowledged = 250
-replies to DATA per second; delivered = the same messages visible in the recipient's mailbox
-(counted in the store), per second from the start until the last one is visible. Then the peak
-RSS of the server process while it accepts one 20 MiB message.
+Servers under test, all started here and all left running for the whole benchmark:
 
-``--with-postfix`` runs the same load, with the same client and the same bytes, against a
-throw-away Postfix from Debian packages (installed with apt-get if missing, "No
-configuration" so the machine's mail system is never set up): its own config and queue
-directories in a temporary directory (``postfix -c``), smtpd on 127.0.0.1 at a high port with
-STARTTLS required (a self-signed certificate made here; TLS >= 1.2 on both servers), no SASL
-(``mynetworks = 127.0.0.0/8``), delivering to a Maildir on the same disk through the virtual
-agent. Delivered = files in that Maildir. Ratios are mssante / Postfix.
+- ``mssante``: a real ``mssante serve --demo`` (SQLite store in a temporary directory), the
+  submission port (STARTTLS, AUTH PLAIN as a demo doctor);
+- ``postfix`` (``--with-postfix``): Debian's Postfix in a throw-away instance (``postfix -c``,
+  its own queue, smtpd on 127.0.0.1 at a high port, STARTTLS required, TLS >= 1.2), AUTH
+  required through Dovecot SASL from Debian checking **the same argon2id hash** as mssante's
+  account (Dovecot's ``auth_cache`` on, as mssante's credential cache), delivering to a Maildir
+  through the ``virtual`` agent;
+- ``postfix+dovecot``: the same Postfix set-up delivering by LMTP to Dovecot (the real
+  alternative: the message is then visible to IMAP), Dovecot's Maildir counted.
 
-Both servers and the client share the machine's cores: the client's and servers' CPU times
-are reported so a reader can tell a client-bound run. It measures; it does not judge.
+Levels: ``reuse-N``: N sessions opened before the clock starts, each sending 10 KiB messages
+one after another; ``new-N``: N workers each opening a new connection per message (TCP,
+STARTTLS, EHLO, AUTH, MAIL/RCPT/DATA, QUIT: all inside the clock). The load comes from
+``--processes`` client processes (one client process is the bottleneck long before Postfix).
+
+Interleaving: every level runs ``--rounds`` times as mssante, anchor(s), mssante, anchor(s)…,
+so that a change of the machine's load hits every server alike; each figure is reported as its
+median with min and max. Acknowledged = 250 replies to DATA per second; delivered = the
+messages visible in the recipient's mailbox (mssante's store, the Maildir) per second from the
+start until the last one is visible. CPU = the serving processes' CPU (Postfix: its whole tree
+and Dovecot's, whose auth and LMTP serve it). Memory = growth of the serving processes only
+(RSS summed over them, peak during the level minus before), never the clients'. The machine's
+load average is recorded before and after each level and the whole run.
+
+Big message: the growth of the serving processes' RSS while one ``--big-mib`` MiB message is
+accepted and delivered (largest single process and the sum over the tree).
+
+It measures; it does not judge (nothing passes or fails on time).
 """
 
 from __future__ import annotations
@@ -31,13 +44,15 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
+import multiprocessing as mp
 import os
 import platform
 import pwd
-import resource
 import shutil
 import socket
+import sqlite3
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,16 +71,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
-from sqlalchemy import create_engine, func, select
-from sqlalchemy.orm import Session
-
-from mssante.config import load_settings
-from mssante.store.models import Folder, Message
-from tests.demo_server import DemoServer, start_demo
 
 SENDER = "claire.martin@demo.mssante.fr"
 RECIPIENT = "paul.durand@demo.mssante.fr"
 POSTFIX = "/usr/sbin/postfix"
+DOVECOT = "/usr/sbin/dovecot"
+LMTP_MODULE = "/usr/lib/dovecot/lmtp"
 
 
 def make_message(size: int, label: str) -> bytes:
@@ -85,23 +96,13 @@ def make_message(size: int, label: str) -> bytes:
     return message
 
 
-# -- the servers under test -----------------------------------------------------------------------
+# -- processes ------------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    name: str
-    port: int
-    tls: ssl.SSLContext
-    login: tuple[str, str] | None
-    delivered: Callable[[], int]
-    pids: Callable[[], list[int]]
-
-
-def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+def _rss_kib(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
+            if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     except (FileNotFoundError, ProcessLookupError):
         pass
@@ -117,12 +118,12 @@ def _cpu_seconds(pids: list[int]) -> float:
         except (FileNotFoundError, ProcessLookupError):
             continue
         # utime + stime, plus cutime + cstime: children that exited and were reaped (Postfix
-        # recycles its daemons after max_use requests).
+        # recycles its daemons after max_use requests, Dovecot its logins).
         total += sum(int(value) for value in fields[11:15])
     return total / ticks
 
 
-def _descendants(root: int) -> list[int]:
+def _descendants(*roots: int) -> list[int]:
     parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -130,7 +131,7 @@ def _descendants(root: int) -> list[int]:
                 parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             except (FileNotFoundError, ProcessLookupError, IndexError):
                 continue
-    found, frontier = [root], [root]
+    found, frontier = list(roots), list(roots)
     while frontier:
         children = [pid for pid, ppid in parents.items() if ppid in frontier]
         found += children
@@ -138,34 +139,90 @@ def _descendants(root: int) -> list[int]:
     return found
 
 
-def start_mssante(base: Path) -> tuple[DemoServer, Target]:
+class MemorySampler:
+    """Peak of the serving processes' RSS (largest one, and summed) every 20 ms, in a thread."""
+
+    def __init__(self, pids: Callable[[], list[int]]) -> None:
+        self.pids = pids
+        self.before_sum, self.before_max = self._sample()
+        self.peak_sum, self.peak_max = self.before_sum, self.before_max
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> tuple[int, int]:
+        values = [_rss_kib(pid) for pid in self.pids()] or [0]
+        return sum(values), max(values)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            total, largest = self._sample()
+            self.peak_sum, self.peak_max = max(self.peak_sum, total), max(self.peak_max, largest)
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        self._thread.join()
+        return {
+            "rss_before_mib": round(self.before_sum / 1024, 1),
+            "rss_growth_mib": round((self.peak_sum - self.before_sum) / 1024, 1),
+            "largest_process_rss_growth_mib": round((self.peak_max - self.before_max) / 1024, 1),
+        }
+
+
+# -- the servers under test -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Client:
+    """What a client process needs to reach a server (picklable)."""
+
+    port: int
+    cafile: str
+    login: tuple[str, str]
+
+
+@dataclass
+class Target:
+    name: str
+    client: Client
+    delivered: Callable[[], int]
+    pids: Callable[[], list[int]]
+
+
+def start_mssante(base: Path) -> tuple[Callable[[], None], Target, str]:
+    """The demo server; returns its stop, its target and the sender's argon2id hash."""
+    from tests.demo_server import start_demo
+
     demo = start_demo(
         base / "mssante",
-        {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "500", "MSSANTE_RELAY__ENABLED": "false"},
+        {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "1000", "MSSANTE_RELAY__ENABLED": "false"},
     )
     account = demo.account(SENDER)
-    settings = load_settings(None, server={"data_dir": str(demo.data_dir)})
-    engine = create_engine(settings.database_url)
+    database = demo.data_dir / "mssante.db"
+    if not database.exists():
+        database = next(demo.data_dir.glob("*.db"))
+
+    def query(sql: str, *params: Any) -> Any:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=30) as db:
+            return db.execute(sql, params).fetchone()[0]
 
     def delivered() -> int:
-        with Session(engine) as session:
-            count = session.scalar(
-                select(func.count())
-                .select_from(Message)
-                .join(Folder, Folder.id == Message.folder_id)
-                .where(Folder.bal == RECIPIENT, Folder.name == "INBOX")
+        return int(
+            query(
+                "SELECT count(*) FROM messages m JOIN folders f ON f.id = m.folder_id "
+                "WHERE f.bal = ? AND f.name = 'INBOX'",
+                RECIPIENT,
             )
-        return int(count or 0)
+        )
 
+    password_hash = str(query("SELECT password_hash FROM auth_accounts WHERE login = ?", account["login"]))
     target = Target(
         "mssante",
-        demo.port("submission"),
-        ssl.create_default_context(cafile=demo.ca_cert),
-        (account["login"], account["password"]),
+        Client(demo.port("submission"), demo.ca_cert, (account["login"], account["password"])),
         delivered,
         lambda: _descendants(demo.process.pid),
     )
-    return demo, target
+    return lambda: demo.stop(), target, password_hash
 
 
 def _self_signed(directory: Path) -> Path:
@@ -197,11 +254,17 @@ def _self_signed(directory: Path) -> Path:
     return directory / "cert.pem"
 
 
-def ensure_postfix() -> None:
-    """Install Debian's postfix without configuring the machine's mail system, if missing."""
-    if Path(POSTFIX).exists():
+def ensure_packages() -> None:
+    """Install Debian's postfix ("No configuration": the machine's mail system is never set up)
+    and Dovecot's LMTP server, if missing."""
+    missing = [
+        package
+        for package, path in (("postfix", POSTFIX), ("dovecot-lmtpd", LMTP_MODULE))
+        if not Path(path).exists()
+    ]
+    if not missing:
         return
-    print("installing postfix (apt-get, 'No configuration')", file=sys.stderr)
+    print(f"installing {' '.join(missing)} (apt-get)", file=sys.stderr)
     subprocess.run(
         ["debconf-set-selections"],
         input="postfix postfix/main_mailer_type select No configuration\n",
@@ -210,7 +273,7 @@ def ensure_postfix() -> None:
     )
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "postfix"],
+        ["apt-get", "install", "-y", "--no-install-recommends", *missing],
         env=env,
         check=True,
         stdout=subprocess.DEVNULL,
@@ -221,6 +284,106 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def _wait_listening(port: int, what: str) -> None:
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} did not listen on {port}") from None
+            time.sleep(0.1)
+
+
+@dataclass
+class Dovecot:
+    root: Path
+    auth_port: int
+    lmtp_port: int
+    master_pid: int
+    maildir: Path
+
+    def delivered(self) -> int:
+        return sum(
+            len(os.listdir(self.maildir / sub)) for sub in ("new", "cur") if (self.maildir / sub).exists()
+        )
+
+    def stop(self) -> None:
+        subprocess.run([DOVECOT, "-c", str(self.root / "dovecot.conf"), "stop"], capture_output=True)
+
+
+def start_dovecot(base: Path, login: str, password_hash: str) -> Dovecot:
+    """Dovecot from Debian: SASL for Postfix (the sender's argon2id hash, auth cache on) and LMTP
+    delivery to the recipient's Maildir."""
+    root = base / "dovecot"
+    (root / "run").mkdir(parents=True)
+    os.chmod(root, 0o755)
+    nobody = pwd.getpwnam("nobody")
+    home = root / "home" / "paul"
+    home.mkdir(parents=True)
+    os.chown(home, nobody.pw_uid, nobody.pw_gid)
+    ids = f"{nobody.pw_uid}:{nobody.pw_gid}"
+    (root / "users").write_text(
+        f"{login}:{{ARGON2ID}}{password_hash}:{ids}::{root / 'home' / 'claire'}::\n"
+        f"{RECIPIENT}::{ids}::{home}::\n"
+    )
+    auth_port, lmtp_port = _free_port(), _free_port()
+    (root / "dovecot.conf").write_text(
+        f"""
+base_dir = {root / "run"}
+state_dir = {root / "state"}
+log_path = {root / "dovecot.log"}
+protocols = lmtp
+listen = 127.0.0.1
+ssl = no
+auth_mechanisms = plain login
+disable_plaintext_auth = no
+first_valid_uid = 100
+auth_cache_size = 10M
+auth_cache_ttl = 1 hour
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = {root / "users"}
+}}
+userdb {{
+  driver = passwd-file
+  args = {root / "users"}
+}}
+service auth {{
+  inet_listener {{
+    address = 127.0.0.1
+    port = {auth_port}
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {lmtp_port}
+  }}
+  process_min_avail = 1
+}}
+protocol lmtp {{
+  postmaster_address = postmaster@bench.invalid
+}}
+"""
+    )
+    # Dovecot daemonises: its output goes to a file (a pipe would stay open for its lifetime).
+    with open(root / "start.log", "w") as start_log:
+        started = subprocess.run(
+            [DOVECOT, "-c", str(root / "dovecot.conf")], stdout=start_log, stderr=start_log
+        )
+    if started.returncode != 0:
+        raise RuntimeError(f"dovecot failed to start: {(root / 'start.log').read_text()}")
+    _wait_listening(auth_port, "dovecot auth")
+    _wait_listening(lmtp_port, "dovecot lmtp")
+    pid_file, deadline = root / "run" / "master.pid", time.monotonic() + 20
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return Dovecot(root, auth_port, lmtp_port, int(pid_file.read_text().split()[0]), home / "Maildir")
 
 
 def _master_cf(port: int) -> str:
@@ -237,12 +400,14 @@ def _master_cf(port: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def start_postfix(base: Path) -> tuple[Callable[[], None], Target]:
-    ensure_postfix()
-    root = base / "postfix"
+def start_postfix(
+    base: Path, name: str, dovecot: Dovecot, login: tuple[str, str], lmtp: bool
+) -> tuple[Callable[[], None], Target]:
+    """A throw-away Postfix with SASL through ``dovecot``; delivering to a Maildir of its own
+    (virtual agent) or, with ``lmtp``, to Dovecot."""
+    root = base / name
     etc, mail = root / "etc", root / "mail"
-    for directory in (root, etc):
-        directory.mkdir(parents=True, exist_ok=True)
+    etc.mkdir(parents=True)
     os.chmod(base, 0o755)  # postfix and the delivery user walk through it
     os.chmod(root, 0o755)
     cert = _self_signed(root / "tls")
@@ -253,7 +418,7 @@ def start_postfix(base: Path) -> tuple[Callable[[], None], Target]:
     (root / "data").mkdir(mode=0o700)
     os.chown(root / "data", owner.pw_uid, owner.pw_gid)
     port = _free_port()
-    settings = {
+    settings: dict[str, Any] = {
         "compatibility_level": "3.6",
         "queue_directory": root / "queue",
         "data_directory": root / "data",
@@ -265,10 +430,16 @@ def start_postfix(base: Path) -> tuple[Callable[[], None], Target]:
         "inet_interfaces": "127.0.0.1",
         "inet_protocols": "ipv4",
         "mynetworks": "127.0.0.0/8",
-        "smtpd_relay_restrictions": "permit_mynetworks, reject",
-        "smtpd_recipient_restrictions": "permit_mynetworks, reject",
+        # Submission as on mssante: AUTH required (after STARTTLS), checked by Dovecot.
+        "smtpd_sasl_auth_enable": "yes",
+        "smtpd_sasl_type": "dovecot",
+        "smtpd_sasl_path": f"inet:127.0.0.1:{dovecot.auth_port}",
+        "smtpd_tls_auth_only": "yes",
+        "smtpd_relay_restrictions": "permit_sasl_authenticated, reject",
+        "smtpd_recipient_restrictions": "permit_sasl_authenticated, reject",
         "smtpd_peername_lookup": "no",
         "smtpd_client_connection_count_limit": "0",
+        "smtpd_client_connection_rate_limit": "0",
         "default_process_limit": "200",
         "virtual_mailbox_domains": "demo.mssante.fr",
         "virtual_mailbox_base": mail,
@@ -289,6 +460,8 @@ def start_postfix(base: Path) -> tuple[Callable[[], None], Target]:
         "maillog_file_prefixes": root,
         "maillog_file": root / "postfix.log",
     }
+    if lmtp:
+        settings["virtual_transport"] = f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}"
     (etc / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in settings.items()))
     (etc / "master.cf").write_text(_master_cf(port))
     run = [POSTFIX, "-c", str(etc)]
@@ -297,193 +470,212 @@ def start_postfix(base: Path) -> tuple[Callable[[], None], Target]:
         log = root / "postfix.log"
         detail = log.read_text() if log.exists() else "(postfix logs its early errors to syslog only)"
         raise RuntimeError(f"postfix -c {etc} start failed:\n{started.stdout}{started.stderr}{detail}")
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"postfix did not listen on {port}") from None
-            time.sleep(0.1)
+    _wait_listening(port, "postfix")
     master_pid = int((root / "queue" / "pid" / "master.pid").read_text().split()[0])
     maildir = mail / "durand"
 
-    def delivered() -> int:
+    def maildir_count() -> int:
         return sum(len(os.listdir(maildir / sub)) for sub in ("new", "cur") if (maildir / sub).exists())
 
-    def stop() -> None:
-        subprocess.run([*run, "stop"], capture_output=True)
-
     target = Target(
-        "postfix",
-        port,
-        ssl.create_default_context(cafile=str(cert)),
-        None,
-        delivered,
-        lambda: _descendants(master_pid),
+        name,
+        Client(port, str(cert), login),
+        dovecot.delivered if lmtp else maildir_count,
+        lambda: _descendants(master_pid, dovecot.master_pid),
     )
-    return stop, target
+    return lambda: subprocess.run([*run, "stop"], capture_output=True), target
 
 
-# -- load --------------------------------------------------------------------------------------
+# -- load (client processes) -------------------------------------------------------------------
 
 
-async def _session(target: Target) -> aiosmtplib.SMTP:
-    client = aiosmtplib.SMTP(
-        hostname="127.0.0.1", port=target.port, start_tls=True, tls_context=target.tls, timeout=300
+def _tls(client: Client) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=client.cafile)
+
+
+async def _open(client: Client, tls: ssl.SSLContext) -> aiosmtplib.SMTP:
+    smtp = aiosmtplib.SMTP(
+        hostname="127.0.0.1", port=client.port, start_tls=True, tls_context=tls, timeout=300
     )
-    await client.connect()
-    if target.login is not None:
-        await client.login(*target.login)
-    return client
+    await smtp.connect()
+    await smtp.login(*client.login)
+    return smtp
 
 
-async def _load(target: Target, connections: int, seconds: float, size: int) -> dict[str, Any]:
-    run = uuid.uuid4().hex[:8]
+async def _client_load(
+    client: Client, workers: int, seconds: float, fresh: bool, size: int, label: str, ready: Any, go: Any
+) -> dict[str, Any]:
+    tls = _tls(client)
     template = make_message(size, "0" * 40)
-    before = target.delivered()
-    sessions = await asyncio.gather(*(_session(target) for _ in range(connections)))
-    tls_info = sessions[0].get_transport_info("ssl_object")
-    counts = [0] * connections
-    last_ack = 0.0
-    cpu_before = _cpu_seconds(target.pids())
-    client_before = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
+    sessions = [] if fresh else await asyncio.gather(*(_open(client, tls) for _ in range(workers)))
+    ready.put(True)
+    await asyncio.to_thread(go.wait)
+    start = time.monotonic()
     deadline = start + seconds
+    counts, errors = [0] * workers, 0
+    last_ack = start
 
     async def worker(n: int) -> None:
-        nonlocal last_ack
-        client = sessions[n]
-        while time.perf_counter() < deadline:
-            label = f"{run}-{n:03d}-{counts[n]:08d}".ljust(40, "x")
-            await client.sendmail(SENDER, [RECIPIENT], template.replace(b"0" * 40, label.encode(), 1))
+        nonlocal last_ack, errors
+        while time.monotonic() < deadline:
+            body = template.replace(b"0" * 40, f"{label}-{n:03d}-{counts[n]:08d}".ljust(40, "x").encode(), 1)
+            try:
+                if fresh:
+                    smtp = await _open(client, tls)
+                    await smtp.sendmail(SENDER, [RECIPIENT], body)
+                    await smtp.quit()
+                else:
+                    await sessions[n].sendmail(SENDER, [RECIPIENT], body)
+            except aiosmtplib.SMTPException:
+                errors += 1
+                if not fresh:
+                    raise
+                continue
             counts[n] += 1
-            last_ack = time.perf_counter()
+            last_ack = time.monotonic()
 
-    await asyncio.gather(*(worker(n) for n in range(connections)))
-    acked = sum(counts)
-    while target.delivered() - before < acked:
-        if time.perf_counter() - last_ack > 120:
-            break
-        await asyncio.sleep(0.01)
-    visible = time.perf_counter()
+    await asyncio.gather(*(worker(n) for n in range(workers)))
+    for smtp in sessions:
+        await smtp.quit()
+    usage = os.times()
+    return {"acked": sum(counts), "last_ack": last_ack, "errors": errors, "cpu": usage.user + usage.system}
+
+
+def _client_process(
+    client: Client,
+    workers: int,
+    seconds: float,
+    fresh: bool,
+    size: int,
+    label: str,
+    ready: Any,
+    go: Any,
+    out: Any,
+) -> None:
+    try:
+        out.put(asyncio.run(_client_load(client, workers, seconds, fresh, size, label, ready, go)))
+    except BaseException as exc:  # reported to the parent, which fails loudly
+        ready.put(False)
+        out.put({"error": repr(exc)})
+
+
+def run_level(
+    target: Target, workers: int, fresh: bool, seconds: float, size: int, processes: int
+) -> dict[str, Any]:
+    """One timed level: ``workers`` sessions (or new-connection workers) spread over client processes."""
+    ctx = mp.get_context("spawn")
+    ready, out, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    shares = [
+        workers // processes + (1 if i < workers % processes else 0) for i in range(min(processes, workers))
+    ]
+    label = uuid.uuid4().hex[:8]
+    procs = [
+        ctx.Process(
+            target=_client_process,
+            args=(target.client, n, seconds, fresh, size, f"{label}{i}", ready, go, out),
+        )
+        for i, n in enumerate(shares)
+    ]
+    for proc in procs:
+        proc.start()
+    if not all(ready.get(timeout=300) for _ in procs):
+        go.set()
+        raise RuntimeError(f"{target.name}: a client process failed: {[out.get() for _ in procs]}")
+    before = target.delivered()
+    load_before = os.getloadavg()[0]
+    memory = MemorySampler(target.pids)
+    cpu_before = _cpu_seconds(target.pids())
+    start = time.monotonic()
+    go.set()
+    results = [out.get(timeout=seconds + 600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    failed = [r["error"] for r in results if "error" in r]
+    if failed:
+        raise RuntimeError(f"{target.name}: client failed: {failed}")
+    acked = sum(r["acked"] for r in results)
+    last_ack = max(r["last_ack"] for r in results)
+    while target.delivered() - before < acked and time.monotonic() - last_ack < 120:
+        time.sleep(0.01)
+    visible = time.monotonic()
     delivered = target.delivered() - before
-    client_after = resource.getrusage(resource.RUSAGE_SELF)
-    cpu_after = _cpu_seconds(target.pids())
-    for client in sessions:
-        await client.quit()
+    cpu = _cpu_seconds(target.pids()) - cpu_before
     return {
-        "connections": connections,
         "acknowledged": acked,
         "delivered": delivered,
+        "errors": sum(r["errors"] for r in results),
         "acknowledged_per_s": round(acked / (last_ack - start), 1),
         "delivered_per_s": round(delivered / (visible - start), 1),
         "delivery_lag_s": round(visible - last_ack, 3),
-        "server_cpu_s": round(cpu_after - cpu_before, 2),
-        "server_cpu_ms_per_message": round(1000 * (cpu_after - cpu_before) / max(acked, 1), 2),
-        "client_cpu_s": round(
-            client_after.ru_utime + client_after.ru_stime - client_before.ru_utime - client_before.ru_stime, 2
-        ),
-        "tls": f"{tls_info.version()} {tls_info.cipher()[0]}" if tls_info else None,
+        "server_cpu_ms_per_message": round(1000 * cpu / max(acked, 1), 2),
+        "server_cpu_share_of_two_cores": round(cpu / (2 * (visible - start)), 2),
+        "client_cpu_s": round(sum(r["cpu"] for r in results), 2),
+        **memory.stop(),
+        "loadavg_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
-def _pss_kib(pid: int) -> int:
-    """Proportional set size: shared pages split between the processes sharing them."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        pass
-    return 0
-
-
-async def _big(target: Target, mib: int) -> dict[str, Any]:
-    """Memory of the server's processes while one ``mib`` MiB message is accepted and delivered.
-
-    Largest single process (RSS) and the whole process tree (sum of PSS, so that pages shared
-    by Postfix's many processes are counted once), sampled every 10 ms.
-    """
+def big_message(target: Target, mib: int) -> dict[str, Any]:
+    """Growth of the serving processes' memory while one ``mib`` MiB message is accepted and
+    delivered (largest process and the sum over the tree)."""
     message = make_message(mib * 1024 * 1024, f"big-{uuid.uuid4().hex}")
-    client = await _session(target)
-    before_rss = max(_rss_kib(pid) for pid in target.pids())
-    before_pss = sum(_pss_kib(pid) for pid in target.pids())
-    peaks = {"rss": before_rss, "pss": before_pss}
-    stop = threading.Event()
 
-    def sample() -> None:
-        while not stop.is_set():
-            pids = target.pids()
-            peaks["rss"] = max(peaks["rss"], *(_rss_kib(pid) for pid in pids))
-            peaks["pss"] = max(peaks["pss"], sum(_pss_kib(pid) for pid in pids))
-            time.sleep(0.01)
+    async def send() -> tuple[float, float]:
+        smtp = await _open(target.client, _tls(target.client))
+        before = target.delivered()
+        await asyncio.sleep(0.5)  # the sampler's baseline is taken with the session open
+        memory_ready.set()
+        start = time.perf_counter()
+        await smtp.sendmail(SENDER, [RECIPIENT], message)
+        acked = time.perf_counter() - start
+        while target.delivered() == before and time.perf_counter() - start < 120:
+            await asyncio.sleep(0.01)
+        visible = time.perf_counter() - start
+        await asyncio.sleep(0.3)
+        await smtp.quit()
+        return acked, visible
 
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    before = target.delivered()
-    start = time.perf_counter()
-    await client.sendmail(SENDER, [RECIPIENT], message)
-    acked = time.perf_counter() - start
-    while target.delivered() == before and time.perf_counter() - start < 120:
-        await asyncio.sleep(0.01)
-    visible = time.perf_counter() - start
-    await asyncio.sleep(0.2)
-    stop.set()
-    sampler.join()
-    await client.quit()
+    memory_ready = threading.Event()
+    holder: dict[str, MemorySampler] = {}
+
+    def sampler() -> None:
+        memory_ready.wait()
+        holder["m"] = MemorySampler(target.pids)
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    acked, visible = asyncio.run(send())
+    thread.join()
     return {
         "message_mib": mib,
         "acknowledged_s": round(acked, 3),
         "delivered_s": round(visible, 3),
-        "largest_process_rss_before_mib": round(before_rss / 1024, 1),
-        "largest_process_rss_peak_mib": round(peaks["rss"] / 1024, 1),
-        "largest_process_rss_growth_mib": round((peaks["rss"] - before_rss) / 1024, 1),
-        "all_processes_pss_before_mib": round(before_pss / 1024, 1),
-        "all_processes_pss_peak_mib": round(peaks["pss"] / 1024, 1),
-        "all_processes_pss_growth_mib": round((peaks["pss"] - before_pss) / 1024, 1),
+        **holder["m"].stop(),
         "processes": len(target.pids()),
     }
 
 
-async def measure(
-    target: Target, levels: list[int], seconds: float, size: int, big_mib: int
-) -> dict[str, Any]:
-    await _load(target, 1, min(2.0, seconds), size)  # warm-up: caches, code paths, the store's files
-    results: dict[str, Any] = {"load": []}
-    for connections in levels:
-        row = await _load(target, connections, seconds, size)
-        print(json.dumps({target.name: row}), file=sys.stderr)
-        results["load"].append(row)
-    if big_mib:
-        results["big_message"] = await _big(target, big_mib)
-    return results
+# -- the run -------------------------------------------------------------------------------
 
 
-def _ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
-    ratios: dict[str, Any] = {"load": []}
-    for a, b in zip(ours["load"], theirs["load"], strict=True):
-        ratios["load"].append(
-            {
-                "connections": a["connections"],
-                "acknowledged": round(a["acknowledged_per_s"] / b["acknowledged_per_s"], 2),
-                "delivered": round(a["delivered_per_s"] / b["delivered_per_s"], 2),
-            }
-        )
-    if "big_message" in ours and "big_message" in theirs:
-        # Whole process trees (PSS): Postfix spreads one message over several small processes.
-        key = "all_processes_pss_peak_mib"
-        ratios[f"big_message_{key}"] = round(ours["big_message"][key] / theirs["big_message"][key], 2)
-    return ratios
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": min(values), "max": max(values)}
+
+
+FIGURES = ("acknowledged_per_s", "delivered_per_s", "server_cpu_ms_per_message", "rss_growth_mib")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--connections", type=int, nargs="+", default=[1, 10, 50])
-    parser.add_argument("--seconds", type=float, default=10.0, help="sending time per level")
+    parser.add_argument("--connections", type=int, nargs="*", default=[1, 10, 50], help="reused sessions")
+    parser.add_argument(
+        "--new-connections", type=int, nargs="*", default=[1, 10], help="connection per message"
+    )
+    parser.add_argument("--seconds", type=float, default=10.0, help="sending time per level and round")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved repetitions of each level")
+    parser.add_argument("--processes", type=int, default=4, help="client processes")
     parser.add_argument("--size", type=int, default=10 * 1024, help="message size in bytes")
     parser.add_argument("--big-mib", type=int, default=20, help="size of the large message (0: skip)")
     parser.add_argument("--with-postfix", action="store_true")
@@ -492,32 +684,79 @@ def main() -> None:
 
     result: dict[str, Any] = {
         "benchmark": "smtp_ingest",
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg": os.getloadavg()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "loadavg_before": os.getloadavg(),
+        },
         "message_size": args.size,
         "seconds_per_level": args.seconds,
+        "rounds": args.rounds,
+        "client_processes": args.processes,
     }
     base = Path(tempfile.mkdtemp(prefix="mssante-smtp-bench-"))
+    stops: list[Callable[[], Any]] = []
     try:
-        demo, target = start_mssante(base)
-        try:
-            result["mssante"] = asyncio.run(
-                measure(target, args.connections, args.seconds, args.size, args.big_mib)
-            )
-        finally:
-            demo.stop()
+        stop, ours, password_hash = start_mssante(base)
+        stops.append(stop)
+        targets = [ours]
         if args.with_postfix:
-            stop, target = start_postfix(base)
-            try:
-                result["postfix"] = asyncio.run(
-                    measure(target, args.connections, args.seconds, args.size, args.big_mib)
-                )
-                result["postfix"]["version"] = subprocess.run(
+            ensure_packages()
+            dovecot = start_dovecot(base, ours.client.login[0], password_hash)
+            stops.append(dovecot.stop)
+            for name, lmtp in (("postfix", False), ("postfix+dovecot", True)):
+                stop, target = start_postfix(base, name, dovecot, ours.client.login, lmtp)
+                stops.append(stop)
+                targets.append(target)
+            result["versions"] = {
+                "postfix": subprocess.run(
                     ["/usr/sbin/postconf", "-dh", "mail_version"], capture_output=True, text=True
-                ).stdout.strip()
-            finally:
-                stop()
-            result["ratio_mssante_over_postfix"] = _ratios(result["mssante"], result["postfix"])
+                ).stdout.strip(),
+                "dovecot": subprocess.run(
+                    [DOVECOT, "--version"], capture_output=True, text=True
+                ).stdout.strip(),
+            }
+        for target in targets:  # warm-up: code paths, caches, the store's files, Postfix's daemons
+            run_level(target, 2, False, 1.0, args.size, 1)
+        levels = [(f"reuse-{n}", n, False) for n in args.connections] + [
+            (f"new-{n}", n, True) for n in args.new_connections
+        ]
+        runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+            t.name: {lv: [] for lv, _, _ in levels} for t in targets
+        }
+        for level, workers, fresh in levels:
+            for _ in range(args.rounds):
+                for target in targets:
+                    row = run_level(target, workers, fresh, args.seconds, args.size, args.processes)
+                    print(json.dumps({target.name: {level: row}}), file=sys.stderr)
+                    runs[target.name][level].append(row)
+        for target in targets:
+            result[target.name] = {
+                "levels": {
+                    level: {
+                        **{figure: _summary([r[figure] for r in rows]) for figure in FIGURES},
+                        "runs": rows,
+                    }
+                    for level, rows in runs[target.name].items()
+                }
+            }
+            if args.big_mib:
+                result[target.name]["big_message"] = big_message(target, args.big_mib)
+        for anchor in targets[1:]:
+            result[f"ratio_mssante_over_{anchor.name}"] = {
+                level: {
+                    figure: round(
+                        result["mssante"]["levels"][level][figure]["median"]
+                        / max(result[anchor.name]["levels"][level][figure]["median"], 0.01),
+                        2,
+                    )
+                    for figure in FIGURES[:3]
+                }
+                for level, _, _ in levels
+            }
     finally:
+        for stop in reversed(stops):
+            stop()
         shutil.rmtree(base, ignore_errors=True)
     result["machine"]["loadavg_after"] = os.getloadavg()
     text = json.dumps(result, indent=2)

@@ -152,7 +152,7 @@ class Feeding(ServiceCore):
                 source=source,
             )
         for info in infos:
-            self._notify("dmp.document.added", info.ins, document=info.unique_id)
+            self._notify("dmp.document.added", info.ins, document=info.unique_id, actor=info.author_idnat)
         return infos
 
     def _new_document(

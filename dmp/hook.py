@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from dmp.deposit import deposit_message
 from dmp.service import DMPService
+from mssante import metrics
 from mssante.auth.identity import Identity
 
 log = logging.getLogger("dmp.deposit")
@@ -79,6 +80,7 @@ class DMPDepositHook:
             recipients=recipients,
             return_path=ctx.mail_from or None,
         )
+        metrics.dmp_deposit(result)
         if result is None or result.answer is None:
             return
         answer = result.answer

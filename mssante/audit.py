@@ -197,7 +197,8 @@ def sha256_link(seq: int, at: datetime, fields: dict[str, Any], prev_hash: str) 
     return hashlib.sha256(_canonical(seq, at, fields, prev_hash)).hexdigest()
 
 
-def _fields(r: Any) -> dict[str, Any]:
+def record_fields(r: Any) -> dict[str, Any]:
+    """What a record says (the chained part besides its sequence and time)."""
     return {
         "actor": r.actor,
         "bal": r.bal,
@@ -346,7 +347,7 @@ def _walk(
             if r.prev_hash != prev:
                 yield r, "link to the previous record is broken"
                 return
-            if not hmac.compare_digest(link(r.seq, utc(r.at), _fields(r), r.prev_hash), r.hash):
+            if not hmac.compare_digest(link(r.seq, utc(r.at), record_fields(r), r.prev_hash), r.hash):
                 yield r, "content does not match its MAC (edited, or chained without the audit key)"
                 return
             yield r, None
@@ -427,7 +428,7 @@ def rechain(session: Session, key: AuditKey, batch: int = 2000) -> dict[str, Any
         updates = []
         for row in rows:
             at = row.at if isinstance(row.at, datetime) else datetime.fromisoformat(str(row.at))
-            mac = key.mac(_canonical(row.seq, utc(at), _fields(row), prev))
+            mac = key.mac(_canonical(row.seq, utc(at), record_fields(row), prev))
             updates.append({"seq": row.seq, "prev": prev, "mac": mac})
             prev, count, last = mac, count + 1, row.seq
         run(session, "UPDATE audit_log SET prev_hash = :prev, hash = :mac WHERE seq = :seq", updates)

@@ -126,6 +126,8 @@ class SMTPSection(ListenerSection):
     max_connections: int = Field(default=500, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)
     timeout_seconds: float = Field(default=300.0, gt=0)
+    # From the connection to AUTH on submission (to TLS on relay-in), whatever the client sends.
+    login_timeout_seconds: float = Field(default=60.0, gt=0)
 
     _ports = field_validator("submission_port", "submissions_port", "relay_port")(_check_port)
 
@@ -196,6 +198,24 @@ class HTTPSection(ListenerSection):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
 
     _ports = field_validator("port")(_check_port)
+
+
+class MetricsSection(_Section):
+    """``/metrics`` on the HTTP listener (Prometheus exposition format, ``mssante.metrics``).
+
+    Deny by default: a scrape is answered only from an address of ``allow`` or with the bearer
+    ``token``; anyone else gets ``403``."""
+
+    enabled: bool = True
+    allow: list[str] = Field(default_factory=lambda: ["127.0.0.1/32", "::1/128"])
+    token: str | None = Field(default=None, min_length=16)
+
+    @field_validator("allow")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
 
 
 class LogSection(_Section):
@@ -274,6 +294,16 @@ class NotifySection(_Section):
     backoff_base_seconds: float = Field(default=1.0, ge=0)
     backoff_max_seconds: float = Field(default=300.0, ge=0)
     queue_size: int = Field(default=10_000, ge=1)
+    # The e-mail channel (a patient's personal address, outside the trust space): an outbound
+    # relay reserved for notices, since the trust-space relay never sends outside it.
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=587, ge=1, le=65535)
+    smtp_starttls: bool = True
+    smtp_ca_file: Path | None = None
+    smtp_from: str | None = None
+    smtp_username: str | None = None
+    smtp_password: str | None = None
+    patient_url: str | None = None
 
     @model_validator(mode="after")
     def _secret_with_webhook(self) -> NotifySection:
@@ -281,6 +311,10 @@ class NotifySection(_Section):
             raise ValueError("a webhook_url needs a secret (the HMAC-SHA256 key)")
         if self.webhook_url and not self.webhook_url.startswith(("https://", "http://")):
             raise ValueError("webhook_url must be an http(s) URL")
+        if self.smtp_host and not self.smtp_from:
+            raise ValueError("an smtp_host needs smtp_from (the notices' sender address)")
+        if bool(self.smtp_username) != bool(self.smtp_password):
+            raise ValueError("smtp_username and smtp_password go together")
         return self
 
 
@@ -329,6 +363,27 @@ class WebSection(_Section):
     session_minutes: int = Field(default=30, ge=1, le=24 * 60)
     max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024, le=100 * 1024 * 1024)
     dsfr_dir: Path | None = None
+    # OpenID Connect login of the patient space (FranceConnect style: code flow with PKCE);
+    # endpoints unset are read from <issuer>/.well-known/openid-configuration.
+    patient_oidc_issuer: str | None = None
+    patient_oidc_client_id: str | None = None
+    patient_oidc_client_secret: str | None = None
+    patient_oidc_authorization_endpoint: str | None = None
+    patient_oidc_token_endpoint: str | None = None
+    patient_oidc_jwks_uri: str | None = None
+    patient_oidc_scope: str = "openid"
+    patient_oidc_ins_claim: str = "sub"
+    patient_oidc_label: str = "FranceConnect"
+
+    @model_validator(mode="after")
+    def _oidc_client(self) -> WebSection:
+        if self.patient_oidc_issuer and not self.patient_oidc_client_id:
+            raise ValueError("patient_oidc_issuer needs patient_oidc_client_id")
+        for url in (self.patient_oidc_issuer, self.patient_oidc_authorization_endpoint,
+                    self.patient_oidc_token_endpoint, self.patient_oidc_jwks_uri):  # fmt: skip
+            if url and not url.startswith("https://"):
+                raise ValueError(f"{url}: OpenID Connect endpoints must be https:// URLs")
+        return self
 
 
 class Settings(BaseSettings):
@@ -349,6 +404,7 @@ class Settings(BaseSettings):
     smtp: SMTPSection = Field(default_factory=SMTPSection)
     imap: IMAPSection = Field(default_factory=IMAPSection)
     http: HTTPSection = Field(default_factory=HTTPSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
     log: LogSection = Field(default_factory=LogSection)
     dkim: DKIMSection = Field(default_factory=DKIMSection)
     relay: RelaySection = Field(default_factory=RelaySection)
@@ -413,6 +469,8 @@ class Settings(BaseSettings):
             scheme, rest = url.split("//", 1)
             creds, host = rest.split("@", 1)
             data["database"]["url"] = f"{scheme}//{creds.split(':', 1)[0]}:***@{host}"
+        if data["metrics"]["token"]:
+            data["metrics"]["token"] = "***"
         data["database"]["effective_url"] = (
             self.database_url if not self.database.url else data["database"]["url"]
         )

@@ -44,6 +44,7 @@ MODEL_MODULES = (
     "delegation.models",
     "mssante.web.models",
     "mssante.nodes",
+    "mssante.web.staff",
 )
 
 

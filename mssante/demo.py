@@ -586,7 +586,29 @@ def _feed_demo(service: DMPService) -> None:
                      DocumentMeta("11369-6", "Historique des vaccinations"))  # fmt: skip
 
 
-_PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
+def _one_page_pdf(line: str) -> bytes:
+    """A valid one-page PDF showing ``line`` (ASCII), with its cross-reference table, so that a
+    viewer opens the demo's PDF documents (the pages' inline preview) instead of failing."""
+    text = f"BT /F1 18 Tf 72 760 Td ({line}) Tj ET".encode()
+    objects = [
+        b"<</Type/Catalog/Pages 2 0 R>>",
+        b"<</Type/Pages/Kids[3 0 R]/Count 1>>",
+        b"<</Type/Page/Parent 2 0 R/MediaBox[0 0 595 842]/Contents 4 0 R/Resources<</Font<</F1 5 0 R>>>>>>",
+        b"<</Length %d>>stream\n%s\nendstream" % (len(text), text),
+        b"<</Type/Font/Subtype/Type1/BaseFont/Helvetica>>",
+    ]
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for number, body in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n%s\nendobj\n" % (number, body)
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    out += b"trailer\n<</Size %d/Root 1 0 R>>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return bytes(out)
+
+
+_PDF = _one_page_pdf("Ordonnance de sortie - document de demonstration")
 
 
 def _cda(ins: str, code: str, title: str, author: dict[str, Any] = MARTIN) -> bytes:

@@ -29,7 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from mssante import __version__
+from mssante import __version__, metrics
 from mssante.tls import ClientCertMode, server_context
 
 # Each area exposes ``router`` (a FastAPI APIRouter), and ``BEARER_LISTENER`` (the listener name
@@ -175,6 +175,7 @@ def create_app(runtime: Any) -> FastAPI:
     app = FastAPI(title="mssante", version=__version__, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.runtime = runtime
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.include_router(metrics.router(runtime))  # /metrics, for the configured scrapers only
 
     @app.get("/health")
     def health() -> dict[str, Any]:

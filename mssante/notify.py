@@ -5,7 +5,10 @@ patient's BAL) and a few non-medical fields (opaque ids, the actor's role); neve
 type code or a content. With ``[notify] webhook_url`` set, each event is POSTed as JSON to the
 webhook with ``X-MSSante-Signature: sha256=<HMAC-SHA256 of the body under [notify] secret>``,
 by a background thread that retries with exponential back-off; without it, events go to the
-log. :meth:`Notifier.notify` only puts the event in a bounded queue: it never waits on the
+log. An event whose ``channel`` is ``email`` (the patient's choice, with their ``email``)
+goes instead as a short notice (:mod:`mssante.notice_mail`) through the outbound relay of
+``[notify] smtp_host``, retried the same way; without that relay it goes to the log.
+:meth:`Notifier.notify` only puts the event in a bounded queue: it never waits on the
 network, so mail flow and DMP calls are never held up by a slow or dead webhook (when the
 queue is full the event is dropped and logged, which is the price of never blocking).
 """
@@ -18,6 +21,7 @@ import hmac
 import itertools
 import json
 import logging
+import smtplib
 import threading
 import time
 import uuid
@@ -28,6 +32,7 @@ from typing import Any
 
 import httpx
 
+from mssante import notice_mail
 from mssante.config import NotifySection
 
 log = logging.getLogger("mssante.notify")
@@ -76,6 +81,7 @@ class _Pending:
     seq: int
     event: Event = field(compare=False)
     attempt: int = field(compare=False, default=1)
+    via: str = field(compare=False, default="webhook")
 
 
 class Notifier:
@@ -86,9 +92,13 @@ class Notifier:
         config: NotifySection,
         *,
         clock: Callable[[], float] = time.monotonic,
+        patient_url: str = "/patient/",
+        namer: notice_mail.Namer | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
+        self.patient_url = config.patient_url or patient_url
+        self.namer = namer
         self.delivered = 0
         self.failed = 0
         self.dropped = 0
@@ -105,16 +115,37 @@ class Notifier:
         """The one notifier of a process (kept in the runtime's extras), shared by every area."""
         found = getattr(runtime, "notifier", None) or runtime.extras.get("notifier")
         if not isinstance(found, Notifier):
-            found = cls(runtime.settings.notify)
+            found = cls.for_settings(runtime.settings, getattr(runtime, "annuaire", None))
             runtime.extras["notifier"] = found
         return found
+
+    @classmethod
+    def for_settings(cls, settings: Any, annuaire: Any = None) -> Notifier:
+        """A notifier whose e-mail notices name professionals from ``annuaire`` and link to
+        ``[notify] patient_url`` (default: the patient space on ``server.hostname``)."""
+        return cls(
+            settings.notify,
+            patient_url=f"https://{settings.server.hostname}/patient/",
+            namer=annuaire_namer(annuaire) if annuaire is not None else None,
+        )
 
     @property
     def uses_webhook(self) -> bool:
         return bool(self.config.webhook_url)
 
+    @property
+    def uses_email(self) -> bool:
+        return bool(self.config.smtp_host)
+
+    def route(self, event: Event) -> str | None:
+        """``email``, ``webhook``, or None (the log) for this event."""
+        if event.data.get("channel") == "email" and event.data.get("email"):
+            return "email" if self.uses_email else None
+        return "webhook" if self.uses_webhook else None
+
     def notify(self, event: Event) -> None:
-        if not self.uses_webhook:
+        via = self.route(event)
+        if via is None:
             log.info("notification %s", event.body().decode())
             return
         with self._cond:
@@ -122,7 +153,7 @@ class Notifier:
                 self.dropped += 1
                 log.warning("notification %s (%s) dropped: queue full or closing", event.id, event.kind)
                 return
-            heapq.heappush(self._heap, _Pending(self.clock(), next(self._seq), event))
+            heapq.heappush(self._heap, _Pending(self.clock(), next(self._seq), event, via=via))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="mssante-notify", daemon=True)
                 self._thread.start()
@@ -175,7 +206,7 @@ class Notifier:
         with httpx.Client(timeout=self.config.timeout_seconds, follow_redirects=False) as client:
             while (item := self._next()) is not None:
                 try:
-                    ok, why = self._post(client, item)
+                    ok, why = self._mail(item) if item.via == "email" else self._post(client, item)
                     self._settle(item, ok, why)
                 finally:
                     with self._cond:
@@ -200,6 +231,21 @@ class Notifier:
             return True, ""
         return False, f"HTTP {response.status_code}"
 
+    def _mail(self, item: _Pending) -> tuple[bool, str]:
+        event = item.event
+        to = event.data["email"]
+        assert self.config.smtp_from is not None
+        msg = notice_mail.build(
+            event.kind, dict(event.data), event.at,
+            sender=self.config.smtp_from, to=to, link=self.patient_url, namer=self.namer,
+        )  # fmt: skip
+        self.attempts += 1
+        try:
+            notice_mail.send(self.config, msg, to)
+        except (OSError, smtplib.SMTPException) as exc:
+            return False, f"{type(exc).__name__}: {exc}"
+        return True, ""
+
     def _settle(self, item: _Pending, ok: bool, why: str) -> None:
         if ok:
             self.delivered += 1
@@ -220,5 +266,20 @@ class Notifier:
         )
         with self._cond:
             heapq.heappush(
-                self._heap, _Pending(self.clock() + delay, next(self._seq), item.event, item.attempt + 1)
+                self._heap,
+                _Pending(self.clock() + delay, next(self._seq), item.event, item.attempt + 1, item.via),
             )
+
+
+def annuaire_namer(annuaire: Any) -> notice_mail.Namer:
+    """Names a professional in a notice as the trace does (« Dr Claire MARTIN (médecin) »)."""
+    from mssante.web.words import professional_name
+
+    def name(idnat: str) -> str | None:
+        try:
+            return professional_name(annuaire, idnat)
+        except Exception:  # a notice never fails for want of a name
+            log.exception("cannot name %s in a notice", idnat)
+            return None
+
+    return name

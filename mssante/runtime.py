@@ -105,7 +105,7 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
         default_quota=settings.storage.default_quota_mb * 1024 * 1024 or None,
     )
     annuaire = Annuaire(engine)
-    notifier = Notifier(settings.notify)
+    notifier = Notifier.for_settings(settings, annuaire)
     patient_rules = PatientMailRules(annuaire, ConversationBook(engine))
     grants = GrantBook(engine)
     policy = Policy(annuaire, settings.server.domains, patient_rules=patient_rules, grants=grants)

@@ -113,7 +113,7 @@ def _sha256_rechain(engine: Engine, edit_seq: int) -> None:
         prev = rows[edit_seq - 2].hash if edit_seq > 1 else audit.GENESIS
         for r in rows[edit_seq - 1 :]:
             r.prev_hash = prev
-            r.hash = audit.sha256_link(r.seq, utc(r.at), audit._fields(r), prev)
+            r.hash = audit.sha256_link(r.seq, utc(r.at), audit.record_fields(r), prev)
             prev = r.hash
         s.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
 
@@ -135,7 +135,7 @@ async def test_an_edit_rechained_with_a_guessed_key_is_named(runtime: Runtime) -
         for r in rows:
             r.actor = "quelqu.un@ailleurs.fr" if r.seq == 2 else r.actor
             r.prev_hash = prev
-            r.hash = forged.mac(audit._canonical(r.seq, utc(r.at), audit._fields(r), prev))
+            r.hash = forged.mac(audit._canonical(r.seq, utc(r.at), audit.record_fields(r), prev))
             prev = r.hash
         s.execute(text("UPDATE audit_head SET hash = :h WHERE id = 1"), {"h": prev})
     with Session(runtime.engine) as s:

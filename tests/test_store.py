@@ -7,9 +7,10 @@ import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 from sqlalchemy.orm import Session
 
+from mssante import audit
 from mssante.crypto import KeyRing, KeyRingError
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.blobs import rewrap_all
@@ -41,6 +42,46 @@ async def test_fifty_concurrent_deliveries_get_uids_1_to_50(runtime: Runtime) ->
     assert [m.uid for m in rows] == list(range(1, 51))
     # Group commit really grouped: fewer transactions than deliveries.
     assert runtime.store.writer.batches < 50
+
+
+async def test_deliveries_of_one_group_commit_are_written_together_with_the_same_rows(
+    runtime: Runtime,
+) -> None:
+    """Thirty concurrent deliveries (two mailboxes each, some with identical content) run as one
+    group: a few statements for all of them, and the rows one-by-one delivery would write."""
+    statements: list[str] = []
+    listen = event.listens_for(runtime.writer_engine, "before_cursor_execute")
+    listen(lambda conn, cursor, sql, params, context, many: statements.append(sql))
+    await runtime.store.ensure_account(DOC)
+    await runtime.store.ensure_account(SECR)
+    statements.clear()
+    runtime.store.writer.batches = 0
+    raws = [make_message(subject=f"g{i % 20}", size=3000) for i in range(30)]
+    results = await asyncio.gather(
+        *(runtime.store.deliver(raw, "dr.martin@demo.mssante.fr", [DOC, SECR]) for raw in raws)
+    )
+    assert sorted(r[DOC] for r in results) == list(range(1, 31))
+    assert sorted(r[SECR] for r in results) == list(range(1, 31))
+    # One by one: a dozen statements per delivery; together: about fifteen per group commit.
+    assert len(statements) <= 16 * runtime.store.writer.batches < 200, statements
+    assert count(runtime, Blob) == len(set(raws))
+    with Session(runtime.engine) as s:
+        for bal in (DOC, SECR):
+            inbox = await runtime.store.folder(bal, "INBOX")
+            rows = await runtime.store.messages(inbox.id)
+            modseqs = [m.modseq for m in sorted(rows, key=lambda m: m.uid)]
+            assert modseqs == sorted(set(modseqs)) and inbox.highestmodseq == modseqs[-1]
+            changes = s.execute(select(Change.uid, Change.modseq).where(Change.folder_id == inbox.id)).all()
+            assert sorted(changes) == sorted((m.uid, m.modseq) for m in rows)
+            account = s.get(MailAccount, bal)
+            assert account is not None and account.message_count == 30
+            assert account.used_bytes == sum(len(raw) for raw in raws)
+        by_uid = {r[DOC]: raw for r, raw in zip(results, raws, strict=True)}
+        for m in await runtime.store.messages((await runtime.store.folder(DOC, "INBOX")).id):
+            assert await runtime.store.body(m.blob_id) == by_uid[m.uid]
+        assert audit.verify(s).ok
+        delivered = s.scalar(select(func.count()).where(audit.AuditRecord.action == "message.deliver"))
+        assert delivered == 60
 
 
 async def test_two_writers_on_one_database_never_share_a_uid(runtime: Runtime) -> None:

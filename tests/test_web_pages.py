@@ -213,3 +213,23 @@ def test_a_cda_for_another_patient_is_refused(pro: httpx.Client) -> None:
         files={"file": ("cr.xml", other)},
     )
     assert refused.status_code == 400 and f"autre patient (INS {JEAN})" in refused.text
+
+
+def test_pdf_preview_is_inline_only_for_a_pdf_and_sandboxed(pro: httpx.Client) -> None:
+    record = pro.get(f"/pro/patients/{MARIE}").text
+    links = re.findall(r'href="/pro/documents/([0-9.]+)">([^<]+)<', record)
+    pdf = next(uid for uid, title in links if "Ordonnance de sortie" in title)
+    cda = next(uid for uid, title in links if "Compte rendu" in title)
+    page = pro.get(f"/pro/documents/{pdf}")
+    assert f'src="/pro/documents/{pdf}/apercu"' in page.text
+    assert page.headers["content-security-policy"].endswith("; frame-src 'self'")
+    preview = pro.get(f"/pro/documents/{pdf}/apercu")
+    assert preview.status_code == 200 and preview.content.startswith(b"%PDF-")
+    assert preview.headers["content-type"] == "application/pdf"
+    assert preview.headers["content-disposition"].startswith("inline;")
+    assert preview.headers["content-security-policy"] == "sandbox; default-src 'none'; frame-ancestors 'self'"
+    assert preview.headers["x-content-type-options"] == "nosniff"
+    assert preview.headers["x-frame-options"] == "SAMEORIGIN"
+    # a CDA (XML) is never served inline: rendered as escaped text on the page, or downloaded
+    assert pro.get(f"/pro/documents/{cda}/apercu").status_code == 404
+    assert "frame-src" not in pro.get(f"/pro/documents/{cda}").headers["content-security-policy"]

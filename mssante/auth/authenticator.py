@@ -35,7 +35,7 @@ from typing import Any
 from sqlalchemy import Engine, or_, update
 from sqlalchemy.orm import Session
 
-from mssante import audit
+from mssante import audit, metrics
 from mssante.audit import AuditEvent
 from mssante.auth import accounts, passwords, throttle
 from mssante.auth.credcache import VerifiedCredentials
@@ -427,6 +427,7 @@ class Authenticator:
         if standing.delay:
             detail["delay"] = standing.delay
         checked.penalty = throttle.Penalty(standing.delay)
+        metrics.login(ex.mechanism, ex.listener, checked)
         with transaction(self.writer) as session:
             if checked.identity is not None:
                 if key:
@@ -470,6 +471,7 @@ class Authenticator:
             if crossing is None:
                 continue
             blocked = crossing.locked_until is not None
+            metrics.login_throttled(scope, blocked)
             if blocked:
                 checked.penalty = throttle.Penalty(checked.penalty.delay, crossing.locked_until)
                 if key and key.startswith("login:"):

@@ -226,6 +226,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "mssante.cli.queue",
     "mssante.patients.cli",
     "mssante.cli.delegation",
+    "mssante.cli.admin",
 )
 
 

@@ -118,18 +118,7 @@ def show(
         for r in rows:
             print(
                 json.dumps(
-                    {
-                        "seq": r.seq,
-                        "at": r.at.isoformat(),
-                        "actor": r.actor,
-                        "bal": r.bal,
-                        "action": r.action,
-                        "object": r.object,
-                        "source": r.source,
-                        "outcome": r.outcome,
-                        "detail": r.detail,
-                    },
-                    ensure_ascii=False,
+                    {"seq": r.seq, "at": r.at.isoformat(), **audit.record_fields(r)}, ensure_ascii=False
                 )
             )
         return

@@ -20,6 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
+from mssante import metrics
 from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
@@ -282,7 +283,7 @@ class Connection:
             self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")
             return
-        await self.session.handle(command)
+        await metrics.imap_command(command.name, self.session.handle(command))
         if self._login_deadline is not None and self.session.state not in (NOT_AUTHENTICATED, LOGOUT):
             # Logged in: the full limits apply from the next command on.
             self._login_deadline = None
@@ -309,6 +310,7 @@ class ImapServer:
         self.access = access  # rights on BALs (delegation); None: each session's own BAL only
         self.tls_context = tls_context
         self.hostname = hostname
+        metrics.watch_imap(self)  # open sessions counted by state when scraped
         self.limits = limits or Limits()
         self.caps = ConnectionCaps(self.limits.max_connections, self.limits.max_connections_per_ip)
         self._connections: set[Connection] = set()
@@ -351,6 +353,7 @@ class ImapServer:
     async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:
         """A greeting of BYE (RFC 3501 §7.1.5) and the door closed: a cap is reached."""
         log.warning("IMAP connection from %s refused: %s", ip, reason)
+        metrics.connection_refused("imap")
         with contextlib.suppress(Exception):
             writer.write(f"* BYE [UNAVAILABLE] {reason}\r\n".encode())
             writer.close()

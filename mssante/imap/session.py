@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from delegation.rights import Right
+from mssante import metrics
 from mssante.audit import AuditEvent
 from mssante.imap import mutf7
 from mssante.imap.access import NONE, SHARED_PREFIX, Access, OwnerOnly, Rights
@@ -351,6 +352,7 @@ class Session:
         await self._tagged(command, "OK", text)
 
     async def _tagged(self, command: Command, status: str, text: str, code: str | None = None) -> None:
+        metrics.imap_answered(command.name, status)
         # Texts may quote client input (a mailbox name sent as a literal can hold CR LF):
         # control characters never reach the wire, so a response cannot be forged.
         text = _CONTROL.sub("?", text)

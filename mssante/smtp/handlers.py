@@ -13,6 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
+from mssante import metrics
 from mssante.audit import AuditEvent
 from mssante.auth.authenticator import AuthSuccess
 from mssante.auth.identity import IdentityKind
@@ -61,6 +62,7 @@ class _Base:
         """Answer a policy refusal, once it is in the audit trail (who tried what, and why not)."""
         code, _, rest = reply.partition(" ")
         status, _, reason = rest.partition(" ")
+        metrics.smtp_refused(server.listener, stage, status or code)
         await self.store.record(
             AuditEvent(
                 actor=actor,

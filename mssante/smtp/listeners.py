@@ -94,6 +94,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
         "ident": "mssante ESMTP",
         "data_size_limit": smtp.max_message_size,
         "timeout": smtp.timeout_seconds,
+        "login_timeout": smtp.login_timeout_seconds,
         "limits": limits,
     }
 

@@ -31,7 +31,7 @@ import dns.resolver
 from sqlalchemy import Table, delete, or_, select, update
 from sqlalchemy.orm import Session
 
-from mssante import audit
+from mssante import audit, metrics
 from mssante.audit import AuditEvent
 from mssante.config import Settings
 from mssante.smtp import dsn
@@ -227,6 +227,7 @@ class RelayWorker:
             len(attempt.failed),
             len(remaining),
         )
+        metrics.relay_attempt(attempt, remaining, expired)
 
     def _next_delay(self, attempts: int) -> float:
         schedule = self.relay.retry_schedule

@@ -19,6 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
+from mssante import metrics
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
 from mssante.smtp.syntax import HELO_REFUSAL, command_line_problem, valid_helo
 from mssante.tls import TLSInfo, tls_info
@@ -103,6 +104,7 @@ class ConnectionLimits:
     def __init__(self, total: int, per_ip: int) -> None:
         self.total, self.per_ip = total, per_ip
         self.open: Counter[str] = Counter()
+        metrics.watch_smtp(self)
 
     def acquire(self, ip: str) -> bool:
         if sum(self.open.values()) >= self.total or self.open[ip] >= self.per_ip:
@@ -172,6 +174,7 @@ class MSSanteSMTP(SMTP):
         listener: str,
         authenticator: Authenticator | None,
         limits: ConnectionLimits,
+        login_timeout: float = 60.0,
         cleartext_auth: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -187,6 +190,9 @@ class MSSanteSMTP(SMTP):
         self._admitted = False
         self._in_greeting = False
         self._data_reply_utf8 = False
+        self.login_timeout = login_timeout
+        self._login_deadline: asyncio.TimerHandle | None = None
+        self.transaction_over = False  # the next reply is a transaction's final one (metrics)
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -199,10 +205,14 @@ class MSSanteSMTP(SMTP):
                     self._peer_ip,
                     extra={"session": self.session_id, "listener": self.listener},
                 )
+                metrics.connection_refused("smtp")
                 transport.write(b"421 4.7.0 Too many connections, try again later\r\n")  # type: ignore[attr-defined]
                 transport.close()
                 return
             self._admitted = True
+            self._login_deadline = asyncio.get_running_loop().call_later(
+                self.login_timeout, self._login_deadline_passed
+            )
             log.info(
                 "connection from %s",
                 self._peer_ip,
@@ -214,8 +224,30 @@ class MSSanteSMTP(SMTP):
         if not self._admitted:
             return
         self._admitted = False
+        if self._login_deadline is not None:
+            self._login_deadline.cancel()
         self.limits.release(self._peer_ip)
         super().connection_lost(error)
+
+    def _logged_in(self) -> bool:
+        """Past the gate the deadline guards: AUTH on submission, TLS on relay-in (whose peers
+        are known by their certificate)."""
+        if self.auth is None:
+            return self.tls.active
+        return bool(self.session is not None and self.session.authenticated)
+
+    def _login_deadline_passed(self) -> None:
+        """Like Dovecot's login processes: an unauthenticated client gets a fixed time, not an
+        idle time that each byte it trickles in starts again (slow-drip connections)."""
+        self._login_deadline = None
+        if self._logged_in() or self.transport is None or self.transport.is_closing():
+            return
+        log.info(
+            "no login within %.0f s, closing", self.login_timeout,
+            extra={"session": self.session_id, "listener": self.listener},
+        )  # fmt: skip
+        self.transport.write(b"421 4.7.0 Login timeout, closing connection\r\n")  # type: ignore[attr-defined]
+        self.transport.close()
 
     def _cb_client_connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # aiosmtpd builds a plain StreamReader in its constructor; the data the transport feeds
@@ -246,6 +278,10 @@ class MSSanteSMTP(SMTP):
     def peer_ip(self) -> str:
         return self._peer_ip
 
+    def _set_rset_state(self) -> None:
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
+        self.transaction_over = False  # RSET, EHLO, STARTTLS end no transaction
+
     @property
     def tls(self) -> TLSInfo:
         if self.transport is None:
@@ -267,6 +303,7 @@ class MSSanteSMTP(SMTP):
         code = status[:3]
         if not self._in_greeting and not _HAS_ENHANCED.match(status) and code in _DEFAULT_ENHANCED:
             status = f"{code}{status[3:4] or ' '}{_DEFAULT_ENHANCED[code]} {status[4:]}".rstrip()
+        metrics.smtp_reply(self, status)
         await super().push(status)
 
     async def smtp_DATA(self, arg: str) -> None:
@@ -333,13 +370,14 @@ class MSSanteSMTP(SMTP):
             return
         self.envelope.original_content = self.envelope.content = content  # type: ignore[assignment]
         del content
-        status = await self._call_handler_hook("DATA")
+        status = await metrics.smtp_acknowledged(self, self._call_handler_hook("DATA"))
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
 
     def _set_post_data_state(self) -> None:
         # aiosmtpd resets the envelope before pushing the DATA reply: remember its SMTPUTF8.
         self._data_reply_utf8 = bool(self.envelope and self.envelope.smtp_utf8)
+        self.transaction_over = True
         super()._set_post_data_state()  # type: ignore[no-untyped-call]
 
     async def smtp_EHLO(self, hostname: str) -> None:

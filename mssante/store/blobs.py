@@ -94,6 +94,57 @@ def put(session: Session, sealed: SealedBlob) -> int:
     return int(blob_id)
 
 
+def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
+    """Store several blobs with three statements whatever their number (look-up of those
+    already there, one multi-row insert, the chunks in one batch); returns {digest: id}."""
+    if not sealed:
+        return {}
+    by_digest = {blob.digest: blob for blob in sealed}
+    digests = list(by_digest)
+    names = ", ".join(f":d{i}" for i in range(len(digests)))
+    found = run(
+        session,
+        f"SELECT digest, id FROM blobs WHERE digest IN ({names})",
+        {f"d{i}": digest for i, digest in enumerate(digests)},
+    ).all()
+    ids = {bytes(digest): int(blob_id) for digest, blob_id in found}
+    new = [blob for digest, blob in by_digest.items() if digest not in ids]
+    if not new:
+        return ids
+    at = timestamp(datetime.now(UTC), dialect_of(session))
+    columns = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
+    params: dict[str, Any] = {"at": at}
+    for i, blob in enumerate(new):
+        values = (
+            blob.digest,
+            blob.size,
+            blob.key.key_id,
+            blob.key.wrapped,
+            len(blob.chunks),
+            blob.chunk_size,
+            blob.meta,
+        )
+        params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
+    inserted = run(
+        session,
+        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
+        f"VALUES {rows} RETURNING digest, id",
+        params,
+    ).all()
+    ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
+    run(
+        session,
+        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
+        [
+            {"blob_id": ids[blob.digest], "seq": i, "data": c}
+            for blob in new
+            for i, c in enumerate(blob.chunks)
+        ],
+    )
+    return ids
+
+
 @dataclass(frozen=True)
 class BlobHeader:
     id: int

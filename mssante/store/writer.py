@@ -6,6 +6,12 @@ its own savepoint, so one durable commit (one fsync) acknowledges many deliverie
 failing job rolls back alone. A caller's future resolves only after the commit returned:
 what was acknowledged is on disk.
 
+Jobs of one kind that can run as one (deliveries: a multi-row insert per table instead of a
+dozen statements per message) carry a ``together`` function: the writer hands it all such
+jobs of a batch at once, in one savepoint; should that fail (a mailbox over quota, a hook's
+write refused), the savepoint is rolled back and each job runs again alone in its own, so one
+refusal still rolls back alone.
+
 With ``group_commit=False`` every job gets its own transaction (the baseline the benchmark
 compares against).
 """
@@ -27,6 +33,8 @@ from sqlalchemy.orm import Session
 log = logging.getLogger(__name__)
 
 Job = Callable[[Session], Any]
+# ``job.together(session, jobs)``: the results of several jobs of one kind, run as one.
+Together = Callable[[Session, list[Any]], list[Any]]
 AfterCommit = Callable[[list[Any]], None]
 # Runs inside the transaction, after the jobs and before COMMIT, with their notes: what must
 # commit (or roll back) with them, such as PostgreSQL's NOTIFY to the other nodes.
@@ -128,22 +136,34 @@ class GroupCommitWriter:
         failed: list[tuple[_Item, BaseException]] = []
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                for item in batch:
-                    if not item.future.set_running_or_notify_cancel():
-                        continue  # the caller gave up before the job ran: nothing to do
-                    # A lone job needs no savepoint: its failure rolls the transaction back.
-                    savepoint = session.begin_nested() if len(batch) > 1 else None
-                    try:
-                        result = item.job(session)
-                    except Exception as exc:
-                        if savepoint is None:
-                            raise
-                        savepoint.rollback()
-                        failed.append((item, exc))
-                        continue
-                    if savepoint is not None:
-                        savepoint.commit()
-                    ok.append((item, result))
+                running = [item for item in batch if item.future.set_running_or_notify_cancel()]
+                # (a caller that gave up before its job ran has nothing to do)
+                for group in _groups(running):
+                    together: Together | None = getattr(group[0].job, "together", None)
+                    if together is not None and len(group) > 1:
+                        shared = session.begin_nested()
+                        try:
+                            together_results = together(session, [item.job for item in group])
+                        except Exception:
+                            shared.rollback()  # each job again alone: a refusal stays its own
+                        else:
+                            shared.commit()
+                            ok.extend(zip(group, together_results, strict=True))
+                            continue
+                    lone = len(running) == 1  # a lone job needs no savepoint: its failure rolls back all
+                    for item in group:
+                        savepoint = None if lone else session.begin_nested()
+                        try:
+                            result = item.job(session)
+                        except Exception as exc:
+                            if savepoint is None:
+                                raise
+                            savepoint.rollback()
+                            failed.append((item, exc))
+                            continue
+                        if savepoint is not None:
+                            savepoint.commit()
+                        ok.append((item, result))
                 if self.before_commit is not None:
                     self.before_commit(session, _notes_of(ok))
         except Exception as exc:
@@ -168,6 +188,22 @@ class GroupCommitWriter:
             item.future.set_exception(error)
         for item, result in results:
             item.future.set_result(result)
+
+
+def _groups(items: list[_Item]) -> list[list[_Item]]:
+    """Jobs that can run together gathered at the place of the first of them; others alone."""
+    groups: list[list[_Item]] = []
+    kinds: dict[Any, list[_Item]] = {}
+    for item in items:
+        kind = getattr(item.job, "together", None)
+        if kind is None:
+            groups.append([item])
+        elif kind in kinds:
+            kinds[kind].append(item)
+        else:
+            kinds[kind] = [item]
+            groups.append(kinds[kind])
+    return groups
 
 
 def _has_notes(result: Any) -> bool:

@@ -7,14 +7,17 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI
 
-from mssante.web import assets, patient, pro
+from mssante.web import admin, assets, demo_oidc, oidc, patient, pro
 from mssante.web.common import FORM_OVERHEAD
 from mssante.web.submit import WebSubmitter
 
 router = APIRouter()
 router.include_router(assets.router)
+router.include_router(oidc.router)
 router.include_router(patient.router)
+router.include_router(demo_oidc.router)
 router.include_router(pro.router)
+router.include_router(admin.router)
 
 
 def bind(app: FastAPI, runtime: Any) -> None:

@@ -26,7 +26,10 @@ from mssante.web import second_factor, security, sessions
 SPACE_KINDS = {
     "patient": (IdentityKind.PATIENT,),
     "pro": (IdentityKind.PROFESSIONAL, IdentityKind.STAFF),
+    "admin": (IdentityKind.STAFF,),
 }
+# Spaces whose logins always need the second factor.
+TWO_FACTOR_SPACES = ("patient", "admin")
 FORM_OVERHEAD = 64 * 1024
 
 
@@ -123,6 +126,22 @@ def _second_factor(request: Request, login: str) -> str:
         return "web" if account is None or second_factor.enrolled(s, login) else "none"
 
 
+async def form_login(request: Request, space: str) -> Identity:
+    """The identity a login form of the patient space or of the DMP web names: a pasted access
+    token of the space's identity provider, or login, password and one-time code."""
+    data = await form(request, None)
+    token = text(data, "token", 8192)
+    if token:
+        return await token_login(request, space, token)
+    return await password_login(
+        request,
+        space,
+        text(data, "login", 320),
+        text(data, "password", 200),
+        text(data, "code", 12).replace(" ", ""),
+    )
+
+
 async def password_login(request: Request, space: str, login: str, password: str, code: str) -> Identity:
     """The identity of a login, password (+ TOTP code); :class:`FormRefused` otherwise. The
     patient space always needs the second factor."""
@@ -130,13 +149,15 @@ async def password_login(request: Request, space: str, login: str, password: str
         raise FormRefused("Saisissez votre identifiant et votre mot de passe.")
     rt = runtime(request)
     factor = await run_in_threadpool(_second_factor, request, login)
-    if space == "patient" and factor == "none":
+    if space in TWO_FACTOR_SPACES and factor == "none":
         raise FormRefused(
-            "La connexion à l'espace patient demande un second facteur (code à usage unique), "
+            "La connexion à cet espace demande un second facteur (code à usage unique), "
             "qui n'est pas activé pour ce compte.",
             403,
         )
-    if factor == "web" and (space == "patient" or code):
+    if space in TWO_FACTOR_SPACES and factor == "sasl" and not code:
+        raise FormRefused("Saisissez le code à usage unique de votre application d'authentification.", 401)
+    if factor == "web" and (space in TWO_FACTOR_SPACES or code):
         penalty = await run_in_threadpool(
             second_factor.check, rt.engine, rt.writer_engine, rt.keyring, rt.settings.auth.bruteforce,
             login, code, client_ip(request), time.time(),

@@ -70,7 +70,13 @@ def _view(request: Request, user: WebUser, template: str, status_code: int = 200
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
     token = new_token()
-    response = page(request, "patient/login.html", status_code, csrf=token, error=error, space=SPACE)
+    settings = common.runtime(request).settings
+    label = settings.web.patient_oidc_label if settings.web.patient_oidc_issuer else None
+    if label is None and settings.auth.demo_idp:
+        label = "FranceConnect (démo)"
+    response = page(
+        request, "patient/login.html", status_code, csrf=token, error=error, space=SPACE, oidc_label=label
+    )
     return common.login_csrf(response, token)
 
 
@@ -83,18 +89,7 @@ async def login_form(request: Request) -> Response:
 @router.post("/connexion")
 async def login(request: Request) -> Response:
     try:
-        data = await common.form(request, None)
-        token = common.text(data, "token", 8192)
-        if token:  # an access token of the configured patient identity provider (FranceConnect…)
-            identity = await common.token_login(request, SPACE, token)
-            return await common.start_session(request, redirect("/patient/"), identity, SPACE)
-        identity = await common.password_login(
-            request,
-            SPACE,
-            common.text(data, "login", 320),
-            common.text(data, "password", 200),
-            common.text(data, "code", 12).replace(" ", ""),
-        )
+        identity = await common.form_login(request, SPACE)
     except FormRefused as exc:
         return _login_page(request, str(exc), exc.status)
     return await common.start_session(request, redirect("/patient/"), identity, SPACE)
@@ -375,7 +370,7 @@ async def document(request: Request, unique_id: str) -> Response:
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
     rendered = render_cda(content) if info.format == "CDA_R2" else None
-    return _view(
+    response = _view(
         request,
         user,
         "patient/document.html",
@@ -383,7 +378,11 @@ async def document(request: Request, unique_id: str) -> Response:
         cda=rendered,
         author=_author(service.annuaire, info.author_idnat, user),
         types=service.codes.type_codes,
+        inline=info.mime_type == "application/pdf",
     )
+    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
+        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
+    return response
 
 
 def download(info: Any, content: bytes) -> Response:
@@ -397,6 +396,35 @@ def download(info: Any, content: bytes) -> Response:
     secure(response)
     response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
     return response
+
+
+def inline_pdf(info: Any, content: bytes) -> Response:
+    """A PDF shown in a frame of our own document page: ``inline``, but under a CSP sandbox
+    (unique origin, no scripts, no forms, no plugins it could reach us with), framable only by
+    our own pages; anything but a PDF is never shown inline."""
+    if info.mime_type != "application/pdf" or not content.startswith(b"%PDF-"):
+        return secure(Response("Aperçu indisponible.", status_code=404, media_type="text/plain"))
+    response = Response(content, media_type="application/pdf")
+    response.headers["Content-Disposition"] = f'inline; filename="document-{info.sha256[:12]}.pdf"'
+    secure(response)
+    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; frame-ancestors 'self'"
+    response.headers["X-Frame-Options"] = "SAMEORIGIN"
+    return response
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    user = await _user(request)
+    if user is None:
+        return redirect(LOGIN)
+    service = _dmp(request)
+    try:
+        info, content = await run_in_threadpool(
+            lambda: service.read(user.identity, unique_id, source=common.source(request))
+        )
+    except DMPError as exc:
+        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
+    return inline_pdf(info, content)
 
 
 @router.get("/documents/{unique_id}/telecharger")
@@ -584,7 +612,11 @@ async def profile(request: Request) -> Response:
     service = _dmp(request)
     entries = await run_in_threadpool(service.profile, user.identity, user.ins)
     info = await run_in_threadpool(service.patient, user.ins)
-    return _view(request, user, "patient/profile.html", entries=entries, labels=PROFILE_LABELS, info=info)
+    email_configured = bool(common.runtime(request).settings.notify.smtp_host)
+    return _view(
+        request, user, "patient/profile.html",
+        entries=entries, labels=PROFILE_LABELS, info=info, email_configured=email_configured,
+    )  # fmt: skip
 
 
 @router.post("/profil")

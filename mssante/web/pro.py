@@ -23,7 +23,7 @@ from mssante.web import common, sessions, words
 from mssante.web.cda import patient_ins as cda_patient
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
-from mssante.web.patient import PROFILE_LABELS, download
+from mssante.web.patient import PROFILE_LABELS, download, inline_pdf
 from mssante.web.render import page, redirect
 from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
@@ -67,18 +67,7 @@ async def login_form(request: Request) -> Response:
 @router.post("/connexion")
 async def login(request: Request) -> Response:
     try:
-        data = await common.form(request, None)
-        token = common.text(data, "token", 8192)
-        if token:
-            identity = await common.token_login(request, SPACE, token)
-        else:
-            identity = await common.password_login(
-                request,
-                SPACE,
-                common.text(data, "login", 320),
-                common.text(data, "password", 200),
-                common.text(data, "code", 12).replace(" ", ""),
-            )
+        identity = await common.form_login(request, SPACE)
     except FormRefused as exc:
         return _login_page(request, str(exc), exc.status)
     return await common.start_session(request, redirect("/pro/"), identity, SPACE)
@@ -265,7 +254,7 @@ async def document(request: Request, unique_id: str) -> Response:
         )
     rendered = render_cda(content) if info.format == "CDA_R2" else None
     author = words.author_name(service.annuaire, info.author_idnat)
-    return _view(
+    response = _view(
         request,
         user,
         "pro/document.html",
@@ -274,7 +263,25 @@ async def document(request: Request, unique_id: str) -> Response:
         author=author,
         types=service.codes.type_codes,
         me=user.identity.id,
+        inline=info.mime_type == "application/pdf",
     )
+    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
+        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
+    return response
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    user = await _user(request)
+    if user is None:
+        return redirect(LOGIN)
+    try:
+        info, content = await _read(request, user, unique_id)
+    except DMPError as exc:
+        return _view(
+            request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
+        )
+    return inline_pdf(info, content)
 
 
 @router.get("/documents/{unique_id}/telecharger")

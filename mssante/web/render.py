@@ -64,6 +64,8 @@ FLASH = {
     "masque_ps": "Le document est masqué aux autres professionnels.",
     "demasque_ps": "Le document est de nouveau visible par les autres professionnels.",
     "dossier": "Le dossier affiché a changé.",
+    "file_relancer": "L'entrée est à nouveau due : le relais la reprend à son prochain passage.",
+    "file_supprimer": "L'entrée est retirée de la file ; l'expéditeur reçoit un avis (DSN) avec la raison.",
 }
 
 

@@ -21,7 +21,7 @@ from mssante.db import transaction
 from mssante.sqlfast import utc
 from mssante.web.models import WebSession
 
-COOKIES = {"patient": "__Host-mssante-patient", "pro": "__Host-mssante-pro"}
+COOKIES = {"patient": "__Host-mssante-patient", "pro": "__Host-mssante-pro", "admin": "__Host-mssante-admin"}
 
 
 @dataclass(frozen=True)
