@@ -1,7 +1,7 @@
 """blob ids never reused: a high-water mark for SQLite, which gives a deleted highest rowid again
 
 Revision ID: 0021
-Revises: 0018
+Revises: 0019
 Create Date: 2026-12-06 00:40:00
 
 SQLite (without AUTOINCREMENT, which cannot be added to an existing table in place) numbers a
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0021"
-down_revision: str | None = "0018"
+down_revision: str | None = "0019"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
