@@ -95,7 +95,8 @@ def test_add_show_search_disable(cli: Cli) -> None:
     assert shown["active"] is True
     found = json.loads(cli("annuaire", "search", "martin", "--json"))
     assert [r["address"] for r in found] == ["Marie.Martin@demo.mssante.fr"]
-    assert "Pharmacie du Centre" in cli("annuaire", "search", "pharmacie")
+    table = cli("annuaire", "search", "pharmacie")  # a cell may wrap on a narrow console
+    assert "Pharmacie du" in table and "Centre" in table
     assert "no BAL" in cli("annuaire", "show", "nobody@demo.mssante.fr", code=1)
 
     disabled = json.loads(cli("annuaire", "disable", "officine@demo.mssante.fr", "--json"))
