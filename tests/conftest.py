@@ -97,17 +97,25 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 
 @pytest.fixture(scope="session")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    """One ``mssante serve --demo`` process shared by the end-to-end tests of a run."""
-    # Every test connects from 127.0.0.1: the per-address limits (connections, brute-force delays
-    # and lockout, tested on servers of their own) would otherwise make tests wait on each other.
-    env = {
-        "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200",
-        "MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP": "200",
-        "MSSANTE_AUTH__BRUTEFORCE__BASE_DELAY_SECONDS": "0.01",
-        "MSSANTE_AUTH__BRUTEFORCE__MAX_DELAY_SECONDS": "0.05",
-        "MSSANTE_AUTH__BRUTEFORCE__IP_LOCKOUT_FAILURES": "100000",
-    }
-    server = start_demo(tmp_path_factory.mktemp("demo") / "data", env)
+    """One ``mssante serve --demo`` process shared by the end-to-end tests of a run (of a worker)."""
+    yield from shared_demo(tmp_path_factory, "demo")
+
+
+# Every test connects from 127.0.0.1: the per-address limits (connections, brute-force delays
+# and lockout, tested on servers of their own) would otherwise make tests wait on each other.
+DEMO_ENV = {
+    "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200",
+    "MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP": "200",
+    "MSSANTE_AUTH__BRUTEFORCE__BASE_DELAY_SECONDS": "0.01",
+    "MSSANTE_AUTH__BRUTEFORCE__MAX_DELAY_SECONDS": "0.05",
+    "MSSANTE_AUTH__BRUTEFORCE__IP_LOCKOUT_FAILURES": "100000",
+}
+
+
+def shared_demo(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[DemoServer]:
+    """A demo server with the shared one's settings: for a module whose assertions count what
+    the demo's patients hold, which the other modules of a worker also write to."""
+    server = start_demo(tmp_path_factory.mktemp(name) / "data", DEMO_ENV)
     try:
         yield server
     finally:
