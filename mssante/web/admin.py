@@ -117,14 +117,7 @@ async def login(request: Request) -> Response:
 
 @router.post("/deconnexion")
 async def logout(request: Request) -> Response:
-    user = await common.current(request, SPACE)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        await common.form(request, user)
-    except FormRefused as exc:
-        return _refused(request, exc)
-    return await common.end_session(request, redirect(LOGIN, "deconnecte"), user, SPACE)
+    return await common.logout(request, SPACE, LOGIN, lambda _user, exc: _refused(request, exc))
 
 
 # -- overview: queue, lists, certificates -------------------------------------------------------

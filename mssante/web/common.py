@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import Request
@@ -22,6 +23,7 @@ from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess, 
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.tls import TLSInfo
 from mssante.web import second_factor, security, sessions
+from mssante.web.render import redirect
 
 SPACE_KINDS = {
     "patient": (IdentityKind.PATIENT,),
@@ -226,6 +228,23 @@ async def start_session(request: Request, response: Response, identity: Identity
         security.LOGIN_CSRF_COOKIE, path="/", secure=True, httponly=True, samesite="strict"
     )
     return response
+
+
+async def logout(
+    request: Request,
+    space: str,
+    login_url: str,
+    refused: Callable[[sessions.WebUser, FormRefused], Response],
+) -> Response:
+    """The logout form of a space: its session closed (CSRF-checked), back to its login page."""
+    user = await current(request, space)
+    if user is None:
+        return redirect(login_url)
+    try:
+        await form(request, user)
+    except FormRefused as exc:
+        return refused(user, exc)
+    return await end_session(request, redirect(login_url, "deconnecte"), user, space)
 
 
 async def end_session(request: Request, response: Response, user: sessions.WebUser, space: str) -> Response:

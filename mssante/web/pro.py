@@ -75,14 +75,12 @@ async def login(request: Request) -> Response:
 
 @router.post("/deconnexion")
 async def logout(request: Request) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        await common.form(request, user)
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc))
-    return await common.end_session(request, redirect(LOGIN, "deconnecte"), user, SPACE)
+    return await common.logout(
+        request,
+        SPACE,
+        LOGIN,
+        lambda user, exc: _view(request, user, "error.html", exc.status, error=str(exc)),
+    )
 
 
 @router.get("/")
