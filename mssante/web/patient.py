@@ -7,6 +7,7 @@ the SMTP policy through :mod:`mssante.web.submit`); this module renders the answ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -410,8 +411,9 @@ def inline_pdf(info: Any, content: bytes) -> Response:
     return response
 
 
-@router.get("/documents/{unique_id}/apercu")
-async def document_preview(request: Request, unique_id: str) -> Response:
+async def _document(request: Request, unique_id: str, render: Callable[[Any, bytes], Response]) -> Response:
+    """One document of the logged-in patient, read under the DMP's rules (and traced), then
+    shown by ``render``: inline for the PDF preview, as an attachment for the download."""
     user = await _user(request)
     if user is None:
         return redirect(LOGIN)
@@ -422,22 +424,17 @@ async def document_preview(request: Request, unique_id: str) -> Response:
         )
     except DMPError as exc:
         return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    return inline_pdf(info, content)
+    return render(info, content)
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    return await _document(request, unique_id, inline_pdf)
 
 
 @router.get("/documents/{unique_id}/telecharger")
 async def document_file(request: Request, unique_id: str) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    service = _dmp(request)
-    try:
-        info, content = await run_in_threadpool(
-            lambda: service.read(user.identity, unique_id, source=common.source(request))
-        )
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    return download(info, content)
+    return await _document(request, unique_id, download)
 
 
 async def _act(request: Request, user: WebUser, call: Any, back: str, ok: str) -> Response:

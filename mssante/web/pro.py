@@ -9,6 +9,7 @@ patient reads in their history.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -268,8 +269,9 @@ async def document(request: Request, unique_id: str) -> Response:
     return response
 
 
-@router.get("/documents/{unique_id}/apercu")
-async def document_preview(request: Request, unique_id: str) -> Response:
+async def _document(request: Request, unique_id: str, render: Callable[[Any, bytes], Response]) -> Response:
+    """One document read under the matrix (and traced), then shown by ``render``: inline for
+    the PDF preview, as an attachment for the download."""
     user = await _user(request)
     if user is None:
         return redirect(LOGIN)
@@ -279,21 +281,17 @@ async def document_preview(request: Request, unique_id: str) -> Response:
         return _view(
             request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
         )
-    return inline_pdf(info, content)
+    return render(info, content)
+
+
+@router.get("/documents/{unique_id}/apercu")
+async def document_preview(request: Request, unique_id: str) -> Response:
+    return await _document(request, unique_id, inline_pdf)
 
 
 @router.get("/documents/{unique_id}/telecharger")
 async def document_file(request: Request, unique_id: str) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        info, content = await _read(request, user, unique_id)
-    except DMPError as exc:
-        return _view(
-            request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
-        )
-    return download(info, content)
+    return await _document(request, unique_id, download)
 
 
 @router.post("/documents/{unique_id}/{change}")
