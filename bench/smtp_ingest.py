@@ -3,12 +3,14 @@
 Usage (root: it installs Debian's ``postfix`` and ``dovecot-lmtpd`` when missing):
     .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--new-connections 1 10]
                                           [--seconds 10] [--rounds 2] [--processes 4]
-                                          [--size 10240] [--big-mib 20] [--with-postfix] [--out FILE]
+                                          [--size 10240] [--big-mib 20] [--workers 1 2]
+                                          [--with-postfix] [--out FILE]
 
 Servers under test, all started here and all left running for the whole benchmark:
 
 - ``mssante``: a real ``mssante serve --demo`` (SQLite store in a temporary directory), the
-  submission port (STARTTLS, AUTH PLAIN as a demo doctor);
+  submission port (STARTTLS, AUTH PLAIN as a demo doctor); ``mssante-2w`` the same with two
+  worker processes sharing the port (``--workers``: one server per count given);
 - ``postfix`` (``--with-postfix``): Debian's Postfix in a throw-away instance (``postfix -c``,
   its own queue, smtpd on 127.0.0.1 at a high port, STARTTLS required, TLS >= 1.2), AUTH
   required through Dovecot SASL from Debian checking **the same argon2id hash** as mssante's
