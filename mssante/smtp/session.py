@@ -59,6 +59,13 @@ _BARE_CR = re.compile(rb"\r(?!\n)")
 _LONE_DOT = re.compile(rb"(?<!\r)\n\.\r?\n|\r\n\.\n")
 # Tried only at line starts, so the scan stays linear whatever the line lengths.
 _LONG_LINE = re.compile(rb"\n[^\r\n]{%d}" % (RFC_LINE_LIMIT - 1))
+# A line too long for _LONG_LINE covers a whole block of this many octets (blocks laid from the
+# first line's start): only a block without LF can be part of one.
+_LINE_BLOCK = (RFC_LINE_LIMIT - 1) // 2
+# The path of MAIL FROM and RCPT TO as nearly every client sends it: <dot-atom@domain>, then
+# parameters after blanks (anything else goes through aiosmtpd's RFC 5322 parser).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
 
 
 def data_problem(buffer: bytearray, start: int, end: int, line: int) -> str | None:
@@ -70,15 +77,34 @@ def data_problem(buffer: bytearray, start: int, end: int, line: int) -> str | No
     if (match := _BARE_CR.search(buffer, start, end)) is not None:
         at = line + buffer.count(b"\n", start, match.start())
         return f"550 5.6.0 Bare CR at line {at}: a CR must be followed by LF"
-    if (match := _LONE_DOT.search(buffer, start - 2, end)) is not None:
+    # The regex steps through every octet; what it looks for always holds "<LF>.<LF>" or
+    # "<LF>.<CR><LF>", which mail lines never do (the end of data is cut before, dots are stuffed).
+    suspect = buffer.find(b"\n.\n", start - 2, end) != -1 or buffer.find(b"\n.\r\n", start - 2, end) != -1
+    if suspect and (match := _LONE_DOT.search(buffer, start - 2, end)) is not None:
         at = line + buffer.count(b"\n", start, match.end() - 1)
         return (
             f"550 5.6.0 A lone '.' line next to a bare LF (line {at}) is refused as SMTP smuggling:"
             " end data with <CR><LF>.<CR><LF>"
         )
-    if _LONG_LINE.search(buffer, start - 1, end) is not None:
+    if _has_long_line(buffer, start, end):
         return "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
     return None
+
+
+def _has_long_line(buffer: bytearray, start: int, end: int) -> bool:
+    """Whether ``_LONG_LINE`` matches the complete lines ``buffer[start:end]``.
+
+    The regex alone costs a step per octet (a third of a millisecond per 10 KiB message, the
+    largest CPU cost of DATA); a C search for LF per block of ``_LINE_BLOCK`` octets finds the
+    only places where a too-long line can be, and the regex runs around those alone.
+    """
+    for block in range(start, end, _LINE_BLOCK):
+        if buffer.find(b"\n", block, block + _LINE_BLOCK) != -1:
+            continue
+        around = max(start - 1, block - RFC_LINE_LIMIT), min(end, block + _LINE_BLOCK + RFC_LINE_LIMIT)
+        if _LONG_LINE.search(buffer, *around) is not None:
+            return True
+    return False
 
 
 def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes:
@@ -287,6 +313,18 @@ class MSSanteSMTP(SMTP):
         if self.transport is None:
             return TLSInfo.cleartext()
         return tls_info(self.transport.get_extra_info("ssl_object"))
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The path of MAIL FROM or RCPT TO and the parameters after it, as aiosmtpd parses
+        them; the usual ``<local@domain>`` without its RFC 5322 parser (which defines a class
+        per call: a tenth of a millisecond per command)."""
+        match = _SIMPLE_PATH.match(arg)
+        if match is None or arg.startswith("(", match.end()):
+            return super()._getaddr(arg)  # type: ignore[no-any-return]
+        address = match.group(1)
+        if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return address, arg[match.end() :]
 
     # -- replies --------------------------------------------------------------------------
     async def push(self, status: Any) -> None:
