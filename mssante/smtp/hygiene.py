@@ -27,6 +27,14 @@ _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
 _CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # a CR or LF left after the split is bare
 # Unicode controls (C1 among them: NEL), line and paragraph separators: line breaks to some readers.
 _UNICODE_BREAKS = frozenset(("Cc", "Zl", "Zp"))
+# ``From:`` as nearly every client writes it: ``local@domain`` or ``Plain Words <local@domain>``
+# (dot-atoms, ASCII words only): both parsers of ``from_addresses`` read it the same way, with
+# no defect, so it is read without them (they cost half a millisecond per message).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_ADDRESS = rf"{_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_SIMPLE_FROM = re.compile(
+    rf"[ \t]*(?:({_SIMPLE_ADDRESS})|[A-Za-z0-9_-]+(?:[ \t]+[A-Za-z0-9_-]+)*[ \t]*<({_SIMPLE_ADDRESS})>)[ \t]*"
+)
 
 
 @dataclass(frozen=True)
@@ -85,6 +93,8 @@ def from_addresses(value: str) -> tuple[str, ...]:
     ``getaddresses`` (what IMAP ENVELOPE is built with) must both read the value without a
     defect and find the same addresses: an address only one of them sees is a spoofing tool.
     """
+    if (simple := _SIMPLE_FROM.fullmatch(value)) is not None:
+        return (simple.group(1) or simple.group(2),)
     header = email.policy.default.header_factory("From", value)
     if header.defects:
         return ()
