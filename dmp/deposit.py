@@ -137,6 +137,13 @@ def identity_differences(given: XdmPatient, stored: PatientInfo) -> list[str]:
     return [name for name, a, b in pairs if a != b]
 
 
+def dmp_targets(service: DMPService, recipients: list[str]) -> list[str]:
+    """The recipients that make a message one for the DMP: the gateway, patients' BALs."""
+    gateway = service.settings.dmp.gateway_address.lower()
+    suffix = "@" + service.settings.server.patient_domain.lower()
+    return [r for r in recipients if r.lower() == gateway or r.lower().endswith(suffix)]
+
+
 class Depositor:
     def __init__(self, service: DMPService) -> None:
         self.service = service
@@ -145,8 +152,7 @@ class Depositor:
         self.ins_oids = INS_OIDS if service.settings.dmp.test_ins_oids else PRODUCTION_INS_OIDS
 
     def _targets(self, recipients: list[str]) -> list[str]:
-        suffix = "@" + self.settings.server.patient_domain.lower()
-        return [r for r in recipients if r.lower() == self.gateway or r.lower().endswith(suffix)]
+        return dmp_targets(self.service, recipients)
 
     def deposit(
         self,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
-from dmp.deposit import deposit_message
+from dmp.deposit import deposit_message, dmp_targets
 from dmp.service import DMPService
 from mssante import metrics
 from mssante.auth.identity import Identity
@@ -71,6 +71,8 @@ class DMPDepositHook:
             return  # deposits come from this operator's own authenticated senders
         sender_bal = ctx.sender_bal.address if ctx.sender_bal is not None else ctx.mail_from
         recipients = [r.address for r in ctx.recipients]
+        if not dmp_targets(self.service, recipients):
+            return  # not for the DMP (nearly every message): no thread hop to learn it
         result = await asyncio.to_thread(
             deposit_message,
             self.service,
