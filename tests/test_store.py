@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from pathlib import Path
 
@@ -164,6 +165,38 @@ async def test_failed_delivery_leaves_no_partial_rows_and_no_orphan_blob(runtime
     )
     assert ok == {DOC: 1} and isinstance(bad, QuotaExceeded)
     assert count(runtime, Blob) == 1
+
+
+async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runtime) -> None:
+    """A batch made only of deliveries runs as one group without a savepoint; when one of them
+    is refused (a quota), the transaction is rolled back and each runs again alone: the others
+    are stored once, with consecutive UIDs, in that one batch."""
+    await runtime.store.ensure_account(SECR)
+    with Session(runtime.writer_engine) as s, s.begin():
+        s.execute(update(MailAccount).where(MailAccount.bal == SECR).values(quota_bytes=100))
+    writer = runtime.store.writer
+    gate = threading.Event()
+    held = asyncio.wrap_future(writer.submit(lambda session: gate.wait(30)))
+    deliveries = [
+        asyncio.create_task(runtime.store.deliver(make_message(subject=f"ok{i}"), "x@demo.mssante.fr", [DOC]))
+        for i in range(3)
+    ]
+    deliveries.insert(
+        1,
+        asyncio.create_task(
+            runtime.store.deliver(make_message(subject="bad", size=5000), "x@demo.mssante.fr", [SECR])
+        ),
+    )
+    while writer._queue.qsize() < len(deliveries):  # all four wait behind the held batch
+        await asyncio.sleep(0.01)
+    batches = writer.batches
+    gate.set()
+    await held
+    results = await asyncio.gather(*deliveries, return_exceptions=True)
+    assert writer.batches == batches + 1
+    assert isinstance(results.pop(1), QuotaExceeded)
+    assert sorted(r[DOC] for r in results if isinstance(r, dict)) == [1, 2, 3]
+    assert count(runtime, Message) == 3 and count(runtime, Blob) == 3
 
 
 async def test_flags_expunge_copy_move_keep_imap_state(runtime: Runtime) -> None:

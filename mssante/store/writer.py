@@ -8,8 +8,9 @@ what was acknowledged is on disk.
 
 Jobs of one kind that can run as one (deliveries: a multi-row insert per table instead of a
 dozen statements per message) carry a ``together`` function: the writer hands it all such
-jobs of a batch at once, in one savepoint; should that fail (a mailbox over quota, a hook's
-write refused), the savepoint is rolled back and each job runs again alone in its own, so one
+jobs of a batch at once, in one savepoint (none when they are the whole batch: the
+transaction is theirs); should that fail (a mailbox over quota, a hook's write refused), the
+savepoint (or the transaction) is rolled back and each job runs again alone in its own, so one
 refusal still rolls back alone.
 
 With ``group_commit=False`` every job gets its own transaction (the baseline the benchmark
@@ -49,6 +50,10 @@ class _Item:
 
 class WriterClosed(Exception):
     """The writer was stopped; the job was not run."""
+
+
+class _Regroup(Exception):
+    """A batch run as one group failed: run it again, each job alone in its savepoint."""
 
 
 class Notes(list[Any]):
@@ -136,15 +141,39 @@ class GroupCommitWriter:
                         self._commit_batch([item])
 
     def _commit_batch(self, batch: list[_Item]) -> None:
+        # Counted before any caller hears back (they read the counters once answered).
+        self.batches += 1
+        self.jobs += len(batch)
+        # (a caller that gave up before its job ran has nothing to do)
+        running = [item for item in batch if item.future.set_running_or_notify_cancel()]
+        try:
+            self._commit(running, as_one=True)
+        except _Regroup:
+            self._commit(running, as_one=False)
+
+    def _commit(self, running: list[_Item], *, as_one: bool) -> None:
+        """One transaction for the jobs, their futures answered after its commit.
+
+        A batch that is one group of jobs run together (deliveries under load: the usual
+        batch) runs without a savepoint, which costs as much CPU as a small delivery: should
+        the group fail, the whole transaction is rolled back (``_Regroup``) and the batch runs
+        again with ``as_one=False``, each job alone in its savepoint.
+        """
         ok: list[tuple[_Item, Any]] = []
         failed: list[tuple[_Item, BaseException]] = []
         try:
             with Session(self.engine, expire_on_commit=False) as session, session.begin():
-                running = [item for item in batch if item.future.set_running_or_notify_cancel()]
-                # (a caller that gave up before its job ran has nothing to do)
-                for group in _groups(running):
+                groups = _groups(running)
+                for group in groups:
                     together: Together | None = getattr(group[0].job, "together", None)
-                    if together is not None and len(group) > 1:
+                    if together is not None and len(group) > 1 and len(groups) == 1 and as_one:
+                        try:
+                            together_results = together(session, [item.job for item in group])
+                        except Exception as exc:
+                            raise _Regroup from exc
+                        ok.extend(zip(group, together_results, strict=True))
+                        continue
+                    if together is not None and len(group) > 1 and len(groups) > 1:
                         shared = session.begin_nested()
                         try:
                             together_results = together(session, [item.job for item in group])
@@ -170,15 +199,14 @@ class GroupCommitWriter:
                         ok.append((item, result))
                 if self.before_commit is not None:
                     self.before_commit(session, _notes_of(ok))
+        except _Regroup:
+            raise
         except Exception as exc:
             # The commit (or the lone job) failed: nothing of this batch is durable.
-            for item in batch:
+            for item in running:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
-        finally:
-            self.batches += 1
-            self.jobs += len(batch)
         notes = _notes_of(ok)
         results = [(item, _result_of(result)) for item, result in ok]
         # Listeners hear of the change before its author hears "done" (IMAP: another session
