@@ -13,7 +13,9 @@ from annuaire import service, synthetic
 from annuaire.importer import import_extraction
 from annuaire.lookup import Annuaire
 from annuaire.whitelist import import_whitelist
+from mssante.auth.identity import Identity
 from mssante.db import make_engine, transaction
+from mssante.policy import Policy
 from mssante.schema import upgrade
 
 PHARMACIST = "810102727017"
@@ -81,6 +83,36 @@ def test_invalidate_in_process(engine: Engine) -> None:
     assert not annuaire.is_active("officine@demo.mssante.fr")
     assert not annuaire.is_pharmacy_org_bal("officine@demo.mssante.fr")  # inactive
     assert annuaire.is_active("new@demo.mssante.fr")
+
+
+def test_policy_answers_rcpt_from_memory_only_what_the_cache_would_answer(engine: Engine) -> None:
+    """The event loop decides an RCPT without a thread hop only when the annuaire's cache holds
+    the answer and its generation check is not due; the verdict is the one ``recipient`` gives."""
+    annuaire = Annuaire(engine, refresh_interval=0.2)
+    policy = Policy(annuaire, ["demo.mssante.fr", "patient.mssante.fr"])
+    pro = Identity.professional(PHARMACIST, login="marie.martin@demo.mssante.fr")
+    sender = annuaire.bal("marie.martin@demo.mssante.fr")
+    assert sender is not None
+    for rcpt in ("cardio@demo.mssante.fr", "nobody@demo.mssante.fr", "x@other.mssante.fr"):
+        assert policy.recipient_from_memory(pro, sender, rcpt) is None  # not cached yet
+        asked = policy.recipient(pro, sender, rcpt)
+        assert policy.recipient_from_memory(pro, sender, rcpt) == asked
+    # The liste blanche is cached whole: any remote domain is then answered from memory.
+    assert policy.recipient_from_memory(pro, sender, "x@gmail.com") == policy.recipient(
+        pro, sender, "x@gmail.com"
+    )
+    assert policy.recipient_from_memory(pro, sender, "<bad address") == policy.recipient(
+        pro, sender, "<bad address"
+    )
+    patient = Identity.patient("288091234567894", login="288091234567894@patient.mssante.fr")
+    assert policy.recipient_from_memory(patient, sender, "cardio@demo.mssante.fr") is None  # rules read
+    assert policy.message_in_memory(pro)
+    time.sleep(0.25)  # the generation check is due: the database is asked again, from a thread
+    assert policy.recipient_from_memory(pro, sender, "cardio@demo.mssante.fr") is None
+    annuaire.bal("cardio@demo.mssante.fr")
+    assert policy.recipient_from_memory(pro, sender, "cardio@demo.mssante.fr") is not None
+    annuaire.invalidate()  # a write of this process: everything is asked again
+    assert policy.recipient_from_memory(pro, sender, "cardio@demo.mssante.fr") is None
 
 
 def test_change_by_another_process_is_seen_after_refresh(engine: Engine, tmp_path: Path) -> None:

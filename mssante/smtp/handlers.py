@@ -200,9 +200,12 @@ class SubmissionHandler(_Base):
             return too_many
         identity = self._auth(session).identity
         sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
-        result = await asyncio.to_thread(
-            functools.partial(self.policy.recipient, identity, sender, address, utf8=envelope.smtp_utf8)
-        )
+        # From the annuaire's cache on the loop when it holds the answer; else from a thread.
+        result = self.policy.recipient_from_memory(identity, sender, address, utf8=envelope.smtp_utf8)
+        if result is None:
+            result = await asyncio.to_thread(
+                functools.partial(self.policy.recipient, identity, sender, address, utf8=envelope.smtp_utf8)
+            )
         if result.recipient is None:
             return await self._refuse(
                 server, identity.principal, "RCPT", result.verdict.smtp, bal=sender.key, address=address
@@ -221,7 +224,10 @@ class SubmissionHandler(_Base):
         )
         if problem is not None:
             return await self._refuse(server, identity.principal, "DATA", problem.smtp, bal=sender.key)
-        decision = await asyncio.to_thread(self.policy.message, identity, sender, tuple(routes), facts)
+        if self.policy.message_in_memory(identity):
+            decision = self.policy.message(identity, sender, tuple(routes), facts)
+        else:
+            decision = await asyncio.to_thread(self.policy.message, identity, sender, tuple(routes), facts)
         if not decision.verdict.ok:
             return await self._refuse(
                 server, identity.principal, "DATA", decision.verdict.smtp, bal=sender.key
