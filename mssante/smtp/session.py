@@ -320,7 +320,7 @@ class MSSanteSMTP(SMTP):
         per call: a tenth of a millisecond per command)."""
         match = _SIMPLE_PATH.match(arg)
         if match is None or arg.startswith("(", match.end()):
-            return super()._getaddr(arg)  # type: ignore[no-any-return]
+            return super()._getaddr(arg)
         address = match.group(1)
         if self.local_part_limit and len(address.rpartition("@")[0]) > self.local_part_limit:
             return None, None
