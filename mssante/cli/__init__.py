@@ -108,11 +108,13 @@ def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Initialise and run a demo operator.")] = False,
 ) -> None:
     """Run the server (all configured listeners) until interrupted."""
+    from mssante import memory
     from mssante.crypto import KeyRingError
     from mssante.schema import SchemaOutdated
     from mssante.server import run
     from mssante.tls import TLSConfigError
 
+    memory.tune()
     cfg = settings()
     with runtime_errors(SchemaOutdated, KeyRingError, TLSConfigError, OSError):
         run(cfg, demo=demo)
