@@ -157,6 +157,15 @@ def test_big_append_then_fetch_arrive_identical(world: World) -> None:
         client.logout()
     stored, fetching = fetch(op2, REMOTE, subject)
     assert stored == message
+    client = imap(op2, REMOTE)
+    try:
+        client.select("INBOX", readonly=True)
+        _, [uid] = client.uid("SEARCH", "HEADER", "Subject", subject)
+        _, data = client.uid("FETCH", uid, "(BINARY.SIZE[] BINARY.PEEK[])")
+    finally:
+        client.logout()
+    assert f"BINARY.SIZE[] {len(message)}".encode() in data[0][0]  # type: ignore[index]
+    assert bytes(data[0][1]) == message  # type: ignore[index]
     assert appending.growth < 2 * SIZE, appending.growth
     assert fetching < SIZE // 2, fetching
 
