@@ -176,7 +176,7 @@ class RelayWorker:
 
     # -- one entry ------------------------------------------------------------------------
     async def _process(self, entry: Claimed) -> None:
-        attempt = await self.attempt(entry, self.store)
+        attempt = await self.attempt(entry)
         now = datetime.now(UTC)
         age = (now - entry.created_at).total_seconds()
         statuses = list(attempt.failed)
@@ -302,7 +302,7 @@ class RelayWorker:
 
         return await asyncio.to_thread(lookup)
 
-    async def attempt(self, entry: Claimed, store: MessageStore) -> Attempt:
+    async def attempt(self, entry: Claimed) -> Attempt:
         result = Attempt()
         try:
             targets = await self.routes(entry.domain)
@@ -317,7 +317,7 @@ class RelayWorker:
         last_error = "no route"
         for host, port in targets:
             try:
-                await self._send(host, port, entry, store, result)
+                await self._send(host, port, entry, result)
                 return result
             except PermanentError as exc:
                 result.failed = [
@@ -332,7 +332,7 @@ class RelayWorker:
         result.deferred = {a: last_error for a in entry.recipients}
         return result
 
-    async def _send(self, host: str, port: int, entry: Claimed, store: MessageStore, result: Attempt) -> None:
+    async def _send(self, host: str, port: int, entry: Claimed, result: Attempt) -> None:
         timeout = self.relay.timeout_seconds
         sock = await asyncio.wait_for(
             asyncio.to_thread(socket.create_connection, (host, port), timeout), timeout
@@ -361,7 +361,7 @@ class RelayWorker:
                     raise PermanentError("5.7.10", f"TLS with {host} failed: {cause}") from None
                 raise
             await client.ehlo()
-            await self._transaction(client, entry, store, result)
+            await self._transaction(client, entry, self.store, result)
         finally:
             try:
                 await client.quit()
@@ -435,7 +435,9 @@ async def send_data(client: aiosmtplib.SMTP, chunks: AsyncIterator[bytes]) -> No
         if line_start and chunk.startswith(b"."):
             stuffed = b"." + stuffed
         protocol.write(stuffed)
-        await protocol._drain_helper()  # the flow control asyncio's StreamWriter.drain() uses
+        # The flow control asyncio's StreamWriter.drain() uses; a peer that stops reading
+        # fails the attempt as a silent one would (retried later).
+        await asyncio.wait_for(protocol._drain_helper(), client.timeout)
         last = chunk[-1:]
         line_start = last == b"\n"
     protocol.write(b".\r\n" if last == b"\n" else b"\r\n.\r\n")
