@@ -26,6 +26,10 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 MMAP_THRESHOLD = 256 * 1024
+# Free space at the top of the main heap kept for reuse before it is returned on its own (the
+# trim after a large message returns it anyway): below a few MiB, ordinary traffic would give
+# pages back and fault them in again all the time.
+TRIM_THRESHOLD = 4 * 1024 * 1024
 ARENA_MAX = 2
 # A message at least this large is followed by a trim (well above ordinary mail: a trim walks
 # every arena, some 100 µs).
@@ -54,7 +58,7 @@ def tune() -> None:
         return
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # also ends the dynamic raising
-        libc.mallopt(_M_TRIM_THRESHOLD, 2 * MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     if "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
 
