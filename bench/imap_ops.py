@@ -36,7 +36,8 @@ cost stays small and the same for both servers.
 Reported per level and server: each figure's median, min and max over all its samples (rounds x
 repeat); ratio = ours / Dovecot on medians, with the direction that is better (``↓`` times,
 ``↑`` rates); memory of the serving processes only (ours: the server and its children;
-Dovecot: its master and every child), as RSS and PSS from /proc/PID/smaps_rollup: growth
+Dovecot: its master and every child; not PostgreSQL's own processes with ``--pg-url``, nor the
+page cache), as RSS and PSS from /proc/PID/smaps_rollup: growth
 against the idle server before any fill, at its peak during the rounds (sampled every 0.25 s)
 and after the level's sessions logged out; the 1-minute load average before and after each level
 and the whole run. Prints JSON (and ``--out FILE``), and a summary table on stderr. It
