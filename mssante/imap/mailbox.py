@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import compress, flag_list
 from mssante.store.feed import FolderChange
-from mssante.store.store import FolderInfo, MessageRow
+from mssante.store.types import FolderInfo, MessageRow
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)

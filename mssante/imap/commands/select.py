@@ -13,7 +13,7 @@ from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_sequence_set
 from mssante.imap.render import compress
 from mssante.imap.states import SELECTED
-from mssante.store.store import FolderInfo, FolderNotFound
+from mssante.store.types import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
