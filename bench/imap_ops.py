@@ -338,8 +338,8 @@ def mixed(port: int, password: str, messages: int, args: argparse.Namespace, see
 
 
 # -- the run -------------------------------------------------------------------------------------
-def _summary(values: list[float]) -> dict[str, Any]:
-    digits = 1 if max(values) > 50 else 4
+def _summary(key: str, values: list[float]) -> dict[str, Any]:
+    digits = 1 if key.endswith("per_s") else 4
     return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
             "max": round(max(values), digits), "n": len(values)}  # fmt: skip
 
@@ -374,7 +374,7 @@ def level(
     out: dict[str, Any] = {}
     for name, server in servers.items():
         out[name] = {
-            "figures": {key: _summary(values) for key, values in samples[name].items()},
+            "figures": {key: _summary(key, values) for key, values in samples[name].items()},
             "search_hits": hits.get(name),
             "memory_growth": {
                 "peak_during_rounds": _growth_mib(peaks[name], baseline[name]),
