@@ -14,7 +14,7 @@ Filling: both servers get the *same* deterministic messages (``--size`` bytes, u
 Message-ID, two in three ``\\Seen``, one with a rare word) through the *same* path: IMAP
 MULTIAPPEND into a folder ``Bench``, ``--append-batch`` messages per command, from
 ``--fill-connections`` connections, non-synchronising literals where the server advertises
-LITERAL+ (Dovecot), synchronising ones otherwise (ours). Each server indexes as it appends.
+LITERAL+ (both do), synchronising ones otherwise. Each server indexes as it appends.
 The folder grows from one level to the next (1k, then 9k more, then 40k more); the fill time
 and rate of each step are in the JSON.
 
