@@ -36,7 +36,6 @@ import os
 import platform
 import shutil
 import smtplib
-import socket
 import sqlite3
 import ssl
 import statistics
@@ -54,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
+from bench._common import free_port
 from mssante.auth.devpki import DevCA
 from mssante.config import load_settings
 from mssante.db import make_engine
@@ -142,12 +142,6 @@ def operator_env(
         "MSSANTE_RELAY__POLL_SECONDS": "0.5",
         "MSSANTE_DKIM__RECORDS_DIR": str(root / "dkim-records"),
     }
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start_operators(root: Path) -> tuple[DemoServer, DemoServer]:
