@@ -156,7 +156,7 @@ class Depositor:
 
     def deposit(
         self,
-        raw: bytes,
+        raw: bytes | bytearray,
         *,
         sender: Identity,
         sender_bal: str,
@@ -387,7 +387,7 @@ class Depositor:
 
 def deposit_message(
     service: DMPService,
-    raw: bytes,
+    raw: bytes | bytearray,
     *,
     sender: Identity,
     sender_bal: str,
