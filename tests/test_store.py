@@ -290,6 +290,32 @@ async def test_a_reused_blob_id_never_meets_a_stale_data_key(runtime: Runtime) -
     assert b"second" in await store.body(second.blob_id)
 
 
+async def test_deliveries_stored_together_never_take_a_collected_blob_id(runtime: Runtime) -> None:
+    """The multi-row insert of a group commit takes its blob ids from the high-water mark too,
+    as a lone delivery does (SQLite would give the last collected id again)."""
+    store = runtime.store
+    await store.deliver(make_message(subject="premier"), "x@demo.mssante.fr", [DOC])
+    inbox = await store.folder(DOC, "INBOX")
+    [first] = await store.messages(inbox.id)
+    await store.store_flags(inbox.id, [first.uid], "add", ["\\Deleted"], actor=DOC)
+    await store.expunge(inbox.id, actor=DOC)
+    assert count(runtime, Blob) == 0  # collected
+    gate = threading.Event()
+    held = asyncio.wrap_future(store.writer.submit(lambda session: gate.wait(30)))
+    deliveries = [
+        asyncio.create_task(store.deliver(make_message(subject=f"g{i}"), "x@demo.mssante.fr", [DOC]))
+        for i in range(2)
+    ]
+    while store.writer._queue.qsize() < len(deliveries):  # one batch, stored together
+        await asyncio.sleep(0.01)
+    gate.set()
+    await held
+    await asyncio.gather(*deliveries)
+    later = await store.messages(inbox.id)
+    assert len(later) == 2 and all(m.blob_id > first.blob_id for m in later)
+    assert sorted([b"g0" in await store.body(m.blob_id) for m in later]) == [False, True]
+
+
 async def test_a_cancelled_caller_does_not_stop_the_writer(runtime: Runtime) -> None:
     store = runtime.store
     tasks = [

@@ -183,11 +183,24 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
     if not new:
         return ids
     at = timestamp(datetime.now(UTC), dialect_of(session))
-    columns = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    # As in put(): on SQLite the ids come from the high-water mark, never a collected blob's.
+    first_id = None
+    if dialect_of(session) == "sqlite":
+        last = run(
+            session,
+            "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + :n "
+            "WHERE id = 1 RETURNING last",
+            {"n": len(new)},
+        ).scalar()
+        first_id = None if last is None else int(last) - len(new) + 1
+    columns: tuple[str, ...] = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    if first_id is not None:
+        columns = ("id", *columns)
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
     params: dict[str, Any] = {"at": at}
     for i, blob in enumerate(new):
         values = (
+            *((first_id + i,) if first_id is not None else ()),
             blob.digest,
             blob.size,
             blob.key.key_id,
@@ -199,8 +212,8 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
         params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
     inserted = run(
         session,
-        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
-        f"VALUES {rows} RETURNING digest, id",
+        f"INSERT INTO blobs ({'id, ' if first_id is not None else ''}digest, size, key_id, wrapped_key, "
+        f"chunk_count, chunk_size, meta, created_at) VALUES {rows} RETURNING digest, id",
         params,
     ).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
