@@ -217,6 +217,30 @@ class Policy:
         self, identity: Identity | None, mail_from: str, *, utf8: bool = False
     ) -> tuple[Verdict, DirectoryBal | None]:
         """MAIL FROM on submission: a published, active BAL hosted here the identity may send as."""
+        return self._sender(self.directory, identity, mail_from, utf8)
+
+    def sender_from_memory(
+        self, identity: Identity | None, mail_from: str, *, utf8: bool = False
+    ) -> tuple[Verdict, DirectoryBal | None] | None:
+        """:meth:`sender`'s answer when the directory's cached answers give it and the identity
+        owns the BAL, else None (asked from a worker thread): a delegate's rights come from the
+        grants, whose generation is read at every question (revocation acts at once)."""
+        if self._memory is None:
+            return None
+        try:
+            return self._sender(self._memory, identity, mail_from, utf8, owner_only=True)
+        except NotCached:
+            return None
+
+    def _sender(
+        self,
+        directory: Directory,
+        identity: Identity | None,
+        mail_from: str,
+        utf8: bool,
+        *,
+        owner_only: bool = False,
+    ) -> tuple[Verdict, DirectoryBal | None]:
         if identity is None:
             return refuse("Authentication required", code=530, status="5.7.0"), None
         address, problem = _envelope_address(mail_from, utf8)
@@ -224,11 +248,13 @@ class Policy:
             return problem, None
         if not address:
             return refuse("The null sender <> cannot be used for submission", code=553, status="5.1.7"), None
-        bal = self.directory.bal(address)
+        bal = directory.bal(address)
         if bal is None or not bal.active:
             return refuse(f"<{address}> is not a published, active mailbox (BAL) of the annuaire"), None
         if not self.is_local(bal.domain):
             return refuse(f"<{address}> is not hosted by this operator"), None
+        if owner_only and not owns(identity, bal):
+            raise NotCached(address)  # the grants decide: read from the database
         if _Right.SEND_ON_BEHALF not in self.rights(identity, bal):
             return refuse(f"{identity.principal} may not send as <{bal.address}>"), None
         return accept("2.1.0", f"Sender <{bal.address}> OK"), bal

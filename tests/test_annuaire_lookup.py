@@ -115,6 +115,25 @@ def test_policy_answers_rcpt_from_memory_only_what_the_cache_would_answer(engine
     assert policy.recipient_from_memory(pro, sender, "cardio@demo.mssante.fr") is None
 
 
+def test_policy_answers_mail_from_memory_for_the_bal_owner_only(engine: Engine) -> None:
+    """MAIL FROM is decided on the event loop for the BAL's owner once the annuaire's cache holds
+    the BAL; a delegate's rights come from the grants, read from the database every time."""
+    annuaire = Annuaire(engine, refresh_interval=3600)
+    policy = Policy(annuaire, ["demo.mssante.fr", "patient.mssante.fr"])
+    owner = Identity.professional(PHARMACIST, login="marie.martin@demo.mssante.fr")
+    delegate = Identity.staff("secretaire", login="secretaire@demo.mssante.fr")
+    address = "<marie.martin@demo.mssante.fr>"
+    assert policy.sender_from_memory(owner, address) is None  # not cached yet
+    asked = policy.sender(owner, address)
+    assert asked[0].ok and policy.sender_from_memory(owner, address) == asked
+    assert policy.sender_from_memory(delegate, address) is None
+    assert not policy.sender(delegate, address)[0].ok
+    for refused in ("<>", "<nobody@demo.mssante.fr>", "<x@other.mssante.fr>"):
+        policy.sender(owner, refused)
+        assert policy.sender_from_memory(owner, refused) == policy.sender(owner, refused)
+    assert policy.sender_from_memory(None, address) == policy.sender(None, address)
+
+
 def test_change_by_another_process_is_seen_after_refresh(engine: Engine, tmp_path: Path) -> None:
     annuaire = Annuaire(engine, refresh_interval=0.05)
     address = next(synthetic.rows(1, malformed_ratio=0))[0][1]

@@ -187,9 +187,13 @@ class SubmissionHandler(_Base):
         self, server: MSSanteSMTP, session: Session, envelope: Envelope, address: str, mail_options: list[str]
     ) -> str:
         identity = self._auth(session).identity
-        verdict, bal = await asyncio.to_thread(
-            functools.partial(self.policy.sender, identity, address, utf8=envelope.smtp_utf8)
-        )
+        # From the annuaire's cache on the loop for a BAL's owner; else from a thread.
+        answer = self.policy.sender_from_memory(identity, address, utf8=envelope.smtp_utf8)
+        if answer is None:
+            answer = await asyncio.to_thread(
+                functools.partial(self.policy.sender, identity, address, utf8=envelope.smtp_utf8)
+            )
+        verdict, bal = answer
         if not verdict.ok:
             return await self._refuse(server, identity.principal, "MAIL", verdict.smtp, address=address)
         self._accept_mail(envelope, address, mail_options, sender_bal=bal)
