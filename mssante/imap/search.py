@@ -19,16 +19,23 @@ import binascii
 import quopri
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
-from mssante.store import addresses
+from mssante.store import headerindex
 from mssante.store.blobs import Prefix
-from mssante.store.mime import decode_value
+from mssante.store.core import INLINE_READ_META
+from mssante.store.headerindex import (
+    EMPTY,
+    Fields,
+    HeaderIndex,
+    address_contains,
+    header_contains,
+    sent_date,
+)
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -58,9 +65,11 @@ BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class Candidate:
-    """One message under test; ``meta`` and ``raw`` are loaded only when the program needs them.
+    """One message under test; ``meta``, ``raw`` and ``fields`` are loaded only when the
+    program needs them.
 
-    ``raw`` is the whole message, or a :class:`Prefix` read further only as matching needs."""
+    ``raw`` is the whole message, or a :class:`Prefix` read further only as matching needs;
+    ``fields`` are the header fields header keys match (:mod:`mssante.store.headerindex`)."""
 
     msn: int
     entry: Entry
@@ -68,6 +77,7 @@ class Candidate:
     largest_uid: int
     meta: Json | None = None
     raw: bytes | Prefix | None = None
+    fields: Fields = EMPTY
 
 
 def read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
@@ -93,23 +103,36 @@ async def select(
     largest_uid: int,
 ) -> list[tuple[int, Entry]]:
     """The (message number, entry) pairs of ``batch`` that ``key`` matches."""
-    want_meta, want_body = needs(key)
+    want_fields, want_body = needs(key)
+    index = headerindex.index_of(store)
     if not want_body:
-        metas = await store.meta([e.blob_id for _, e in batch]) if want_meta else {}
+        fields: dict[int, Fields] = {}
+        if want_fields:
+            ids = [e.blob_id for _, e in batch]
+            cached = index.cached(ids)
+            fields = cached if cached is not None else await _read_fields(store, index, ids)
         return [
             (n, e)
             for n, e in batch
-            if matches(key, Candidate(n, e, largest_msn, largest_uid, metas.get(e.blob_id)))
+            if matches(key, Candidate(n, e, largest_msn, largest_uid, fields=fields.get(e.blob_id, EMPTY)))
         ]
 
     def scan(session: Session) -> list[tuple[int, Entry]]:
-        metas = store.reader.meta(session, [e.blob_id for _, e in batch])
+        ids = [e.blob_id for _, e in batch]
+        metas = store.reader.meta(session, ids)
+        fields = index.fields(store.reader, session, ids, metas) if want_fields else {}
         found: list[tuple[int, Entry]] = []
         for group in read_ahead_groups(batch):
             bodies = store.reader.prefixes(session, [e.blob_id for _, e in group])
             for n, e in group:
                 candidate = Candidate(
-                    n, e, largest_msn, largest_uid, metas.get(e.blob_id), bodies.get(e.blob_id)
+                    n,
+                    e,
+                    largest_msn,
+                    largest_uid,
+                    metas.get(e.blob_id),
+                    bodies.get(e.blob_id),
+                    fields.get(e.blob_id, EMPTY),
                 )
                 if matches(key, candidate):
                     found.append((n, e))
@@ -118,8 +141,14 @@ async def select(
     return await store.read(scan)  # type: ignore[no-any-return]
 
 
+async def _read_fields(store: MessageStore, index: HeaderIndex, ids: list[int]) -> dict[int, Fields]:
+    return await store.read(  # type: ignore[no-any-return]
+        lambda s: index.fields(store.reader, s, ids), small=len(ids) <= INLINE_READ_META
+    )
+
+
 def needs(key: SearchKey) -> tuple[bool, bool]:
-    """(needs the header index, needs the body) for a search program."""
+    """(needs the header fields, needs the body) for a search program."""
     if key.name in ("AND", "OR", "NOT"):
         meta = body = False
         for child in key.args:
@@ -128,7 +157,7 @@ def needs(key: SearchKey) -> tuple[bool, bool]:
             meta, body = meta or m, body or b
         return meta, body
     if key.name in ("BODY", "TEXT"):
-        return True, True
+        return False, True  # the structure (read with the body), not the header fields
     return key.name in (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"), False
 
 
@@ -176,14 +205,14 @@ def matches(key: SearchKey, c: Candidate) -> bool:
     if name in ("BEFORE", "ON", "SINCE"):
         return _compare(name, entry.internaldate.date(), args[0])  # type: ignore[arg-type]
     if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        sent = _sent_date(c.meta)
+        sent = sent_date(c.fields)
         return sent is not None and _compare(name[4:], sent, args[0])  # type: ignore[arg-type]
     if name in _ADDRESS_KEYS:
-        return _address_contains(c.meta, _ADDRESS_KEYS[name], str(args[0]))
+        return address_contains(c.fields, _ADDRESS_KEYS[name], str(args[0]))
     if name in _HEADER_KEYS:
-        return _header_contains(c.meta, _HEADER_KEYS[name], str(args[0]))
+        return header_contains(c.fields, _HEADER_KEYS[name], str(args[0]))
     if name == "HEADER":
-        return _header_contains(c.meta, str(args[0]), str(args[1]))
+        return header_contains(c.fields, str(args[0]), str(args[1]))
     if name == "BODY":
         return _body_contains(c, str(args[0]))
     if name == "TEXT":
@@ -201,38 +230,8 @@ def _compare(op: str, value: date, wanted: date) -> bool:
     return value >= wanted  # SINCE
 
 
-def _sent_date(meta: Json | None) -> date | None:
-    raw = (meta or {}).get("envelope", {}).get("date")
-    if not raw:
-        return None
-    try:
-        return parsedate_to_datetime(raw).date()
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 def _contains(haystack: str, needle: str) -> bool:
     return needle.casefold() in haystack.casefold()
-
-
-def _header_contains(meta: Json | None, field: str, needle: str) -> bool:
-    wanted = field.lower()
-    for name, value in (meta or {}).get("headers", []):
-        if name.lower() == wanted and _contains(value, needle):
-            return True
-    return False
-
-
-def _address_contains(meta: Json | None, field: str, needle: str) -> bool:
-    """FROM/TO/CC/BCC match the parsed addresses (``name <local@domain>``, group names), so
-    that comments, routes and quoting in the header do not hide an address (RFC 3501 §6.4.4
-    leaves the form to the server; this is what Dovecot matches)."""
-    if not needle:
-        return _header_contains(meta, field, needle)
-    parsed = (meta or {}).get("envelope", {}).get(field)
-    if not parsed:
-        return False
-    return _contains(decode_value(addresses.searchable(parsed)), needle)
 
 
 def _body_contains(c: Candidate, needle: str) -> bool:

@@ -1,0 +1,187 @@
+"""What header SEARCH matches of each message, in a compact form kept in a bounded cache.
+
+A header SEARCH (SUBJECT, FROM, HEADER, SENTSINCE…) used to decrypt and JSON-decode each
+candidate's whole parsed structure (envelope, header index, body structure) on every search:
+about 30 times Dovecot's time, almost all of it in ``json``. A message's content never changes
+and a blob id is never reused (migration 0021), so what SEARCH needs of it is derived once per
+process and kept: one casefolded string holding its header index and the searchable forms of
+its From/To/Cc/Bcc addresses, and the day of its ``Date:``. Matching is a substring test on
+that string, which rejects most messages at C speed, and a check of the field for the few that
+pass.
+
+The cache is per process, shared by every session of the store, bounded by
+:data:`CACHE_BYTES` (oldest entries out first) and never written anywhere: the health data it
+holds is in memory only, as the decrypted messages a FETCH handles are.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+from datetime import date
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+from mssante.store import addresses
+from mssante.store.blobs import BlobReader, Reads
+from mssante.store.mime import decode_value
+
+# Separators inside the string: records, name from value, and the mark of an address record
+# (header names are printable ASCII, so neither can occur in them).
+RECORD, VALUE, ADDRESS = "\x1e", "\x1f", "\x1d"
+_SEPARATORS = (RECORD, VALUE, ADDRESS)
+
+CACHE_BYTES = 64 * 1024 * 1024
+_ENTRY_OVERHEAD = 200  # the entry's objects and its dict slot, roughly, beside its text
+
+
+@dataclass(frozen=True, slots=True)
+class Fields:
+    """The searchable header fields of one message.
+
+    ``text`` is ``name\\x1fvalue`` per header (name lower-cased, value RFC 2047-decoded as in
+    the header index) and ``\\x1dfield\\x1fname <local@domain>, …`` per address field, joined by
+    ``\\x1e``, all casefolded. A message whose values hold one of the separators keeps its
+    records as a tuple instead (``records``), so that no needle can match across them."""
+
+    text: str
+    sent: int  # date.toordinal() of the Date: header, 0 when absent or unparsable
+    records: tuple[tuple[str, str], ...] | None = None
+
+    def fields(self) -> tuple[tuple[str, str], ...] | list[list[str]]:
+        if self.records is not None:
+            return self.records
+        return [record.split(VALUE, 1) for record in self.text.split(RECORD)] if self.text else []
+
+    def has(self, needle: str) -> bool:
+        """False when no field can hold ``needle`` (casefolded): the cheap first test."""
+        return self.records is not None or needle in self.text
+
+
+EMPTY = Fields("", 0)
+
+
+def fields_of(meta: dict[str, Any]) -> Fields:
+    """The searchable fields of a message from its parsed structure (:func:`mime.analyse`)."""
+    records = [(str(name).lower(), str(value)) for name, value in meta.get("headers", [])]
+    envelope = meta.get("envelope") or {}
+    for field in ("from", "to", "cc", "bcc"):
+        parsed = envelope.get(field)
+        if parsed:
+            records.append((ADDRESS + field, decode_value(addresses.searchable(parsed))))
+    folded = tuple((name, value.casefold()) for name, value in records)
+    sent = _sent(envelope.get("date"))
+    if any(s in value for _, value in folded for s in _SEPARATORS):
+        return Fields("", sent, folded)
+    return Fields(RECORD.join(f"{name}{VALUE}{value}" for name, value in folded), sent)
+
+
+def _sent(raw: str | None) -> int:
+    if not raw:
+        return 0
+    try:
+        return parsedate_to_datetime(raw).date().toordinal()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return 0
+
+
+def header_contains(fields: Fields, name: str, needle: str) -> bool:
+    """Whether a header called ``name`` holds ``needle``, both compared case-insensitively."""
+    wanted = name.lower()
+    if any(s in wanted for s in _SEPARATORS):
+        return False  # no header is called so (and address records must not answer)
+    return _holds(fields, wanted, needle.casefold())
+
+
+def address_contains(fields: Fields, field: str, needle: str) -> bool:
+    """Whether the parsed addresses of From/To/Cc/Bcc (``field`` in lower case) hold ``needle``;
+    an empty needle asks whether the header is there at all, as for any header key."""
+    return _holds(fields, ADDRESS + field, needle.casefold()) if needle else _holds(fields, field, "")
+
+
+def _holds(fields: Fields, wanted: str, folded: str) -> bool:
+    if not fields.has(folded):
+        return False
+    return any(n == wanted and folded in v for n, v in fields.fields())
+
+
+def sent_date(fields: Fields) -> date | None:
+    return date.fromordinal(fields.sent) if fields.sent else None
+
+
+class HeaderIndex:
+    """The per-process cache of :class:`Fields` by blob id, for one store's database."""
+
+    def __init__(self, budget: int = CACHE_BYTES) -> None:
+        self._items: dict[int, Fields] = {}
+        self._bytes = 0
+        self._budget = budget
+        self._lock = threading.Lock()  # filled from the store's reader threads
+
+    def cached(self, blob_ids: list[int]) -> dict[int, Fields] | None:
+        """The fields of every message when all are held (no read needed), else None."""
+        items = self._items
+        out: dict[int, Fields] = {}
+        for blob_id in blob_ids:
+            found = items.get(blob_id)
+            if found is None:
+                return None
+            out[blob_id] = found
+        return out
+
+    def fields(
+        self,
+        reader: BlobReader,
+        db: Reads,
+        blob_ids: list[int],
+        metas: dict[int, dict[str, Any]] | None = None,
+    ) -> dict[int, Fields]:
+        """The fields of each message, from the cache or derived from its structure (taken
+        from ``metas`` when the caller already read them, read here otherwise)."""
+        items = self._items
+        out: dict[int, Fields] = {}
+        missing: list[int] = []
+        for blob_id in blob_ids:
+            found = items.get(blob_id)
+            if found is None:
+                missing.append(blob_id)
+            else:
+                out[blob_id] = found
+        if not missing:
+            return out
+        if metas is None or any(b not in metas for b in missing):
+            metas = reader.meta(db, missing)
+        new = {b: fields_of(metas[b]) for b in missing if b in metas}
+        out.update(new)
+        self._keep(new)
+        return out
+
+    def _keep(self, new: dict[int, Fields]) -> None:
+        with self._lock:
+            for blob_id, fields in new.items():
+                if blob_id in self._items:
+                    continue
+                self._items[blob_id] = fields
+                self._bytes += _cost(fields)
+            while self._bytes > self._budget and self._items:
+                oldest = next(iter(self._items))
+                self._bytes -= _cost(self._items.pop(oldest))
+
+
+def _cost(fields: Fields) -> int:
+    held = len(fields.text) if fields.records is None else sum(len(n) + len(v) for n, v in fields.records)
+    return held + _ENTRY_OVERHEAD
+
+
+_INDEXES: weakref.WeakKeyDictionary[object, HeaderIndex] = weakref.WeakKeyDictionary()
+_INDEXES_LOCK = threading.Lock()
+
+
+def index_of(store: object) -> HeaderIndex:
+    """The cache of a store (blob ids are per database: each store has its own)."""
+    with _INDEXES_LOCK:
+        index = _INDEXES.get(store)
+        if index is None:
+            index = _INDEXES[store] = HeaderIndex()
+        return index
