@@ -64,17 +64,23 @@ EMPTY = Fields("", 0)
 
 def fields_of(meta: dict[str, Any]) -> Fields:
     """The searchable fields of a message from its parsed structure (:func:`mime.analyse`)."""
-    records = [(str(name).lower(), str(value)) for name, value in meta.get("headers", [])]
+    records = [(str(name).lower(), str(value).casefold()) for name, value in meta.get("headers", [])]
     envelope = meta.get("envelope") or {}
     for field in ("from", "to", "cc", "bcc"):
         parsed = envelope.get(field)
         if parsed:
-            records.append((ADDRESS + field, decode_value(addresses.searchable(parsed))))
-    folded = tuple((name, value.casefold()) for name, value in records)
+            records.append((ADDRESS + field, _decoded(addresses.searchable(parsed)).casefold()))
     sent = _sent(envelope.get("date"))
-    if any(s in value for _, value in folded for s in _SEPARATORS):
-        return Fields("", sent, folded)
-    return Fields(RECORD.join(f"{name}{VALUE}{value}" for name, value in folded), sent)
+    values = "".join(value for _, value in records)
+    if RECORD in values or VALUE in values or ADDRESS in values:
+        return Fields("", sent, tuple(records))
+    return Fields(RECORD.join(f"{name}{VALUE}{value}" for name, value in records), sent)
+
+
+def _decoded(value: str) -> str:
+    # decode_value() returns a value without an encoded word (``=?charset?q?…?=``) unchanged:
+    # skipping it then spares most of the cost of building this index.
+    return decode_value(value) if "=?" in value else value
 
 
 def _sent(raw: str | None) -> int:
@@ -151,7 +157,7 @@ class HeaderIndex:
         if not missing:
             return out
         if metas is None or any(b not in metas for b in missing):
-            metas = reader.meta(db, missing)
+            metas = reader.meta(db, missing, only=("envelope", "headers"))
         new = {b: fields_of(metas[b]) for b in missing if b in metas}
         out.update(new)
         self._keep(new)
