@@ -37,9 +37,18 @@ class SealedBlob:
     chunks: list[bytes]
     chunk_size: int
     meta: bytes | None
+    search: bytes | None = None
 
 
-def seal(keyring: KeyRing, data: bytes, meta: dict[str, Any] | None, chunk_size: int) -> SealedBlob:
+def seal(
+    keyring: KeyRing,
+    data: bytes,
+    meta: dict[str, Any] | None,
+    chunk_size: int,
+    search: bytes | None = None,
+) -> SealedBlob:
+    """Seal a content, its parsed structure and the header fields SEARCH matches (in the
+    form :func:`headerindex.stored` gives) under one new data key."""
     data_key = new_data_key()
     return SealedBlob(
         digest=keyring.digest(data),
@@ -50,6 +59,7 @@ def seal(keyring: KeyRing, data: bytes, meta: dict[str, Any] | None, chunk_size:
         meta=seal_small(data_key, json.dumps(meta, separators=(",", ":")).encode())
         if meta is not None
         else None,
+        search=seal_small(data_key, search, "search") if search is not None else None,
     )
 
 
@@ -72,8 +82,8 @@ def put(session: Session, sealed: SealedBlob) -> int:
     blob_id = run(
         session,
         f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, created_at) VALUES ({':id, ' if new_id is not None else ''}"
-        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
+        f"chunk_count, chunk_size, meta, search, created_at) VALUES ({':id, ' if new_id is not None else ''}"
+        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :search, :at) RETURNING id",
         {
             "id": new_id,
             "digest": sealed.digest,
@@ -83,6 +93,7 @@ def put(session: Session, sealed: SealedBlob) -> int:
             "count": len(sealed.chunks),
             "chunk_size": sealed.chunk_size,
             "meta": sealed.meta,
+            "search": sealed.search,
             "at": timestamp(datetime.now(UTC), dialect_of(session)),
         },
     ).scalar_one()
@@ -112,7 +123,7 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
     if not new:
         return ids
     at = timestamp(datetime.now(UTC), dialect_of(session))
-    columns = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    columns = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta", "search")
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
     params: dict[str, Any] = {"at": at}
     for i, blob in enumerate(new):
@@ -124,11 +135,13 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             len(blob.chunks),
             blob.chunk_size,
             blob.meta,
+            blob.search,
         )
         params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
     inserted = run(
         session,
-        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
+        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, search, "
+        "created_at) "
         f"VALUES {rows} RETURNING digest, id",
         params,
     ).all()
@@ -221,6 +234,10 @@ class BlobReader:
         self._keys: dict[tuple[str, bytes], bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    def data_key(self, key_id: str, wrapped: bytes) -> bytes:
+        """A blob's data key, unwrapped (cached): for a companion value read by another module."""
+        return self._data_key(key_id, wrapped)
 
     def _data_key(self, key_id: str, wrapped: bytes) -> bytes:
         # Keyed by the wrapped key itself (unique per blob, random nonce): blob ids may be reused

@@ -23,8 +23,9 @@ from datetime import date
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from mssante.crypto import open_small
 from mssante.store import addresses
-from mssante.store.blobs import BlobReader, Reads
+from mssante.store.blobs import BlobReader, Reads, id_list, rows_of
 from mssante.store.mime import decode_value
 
 # Separators inside the string: records, name from value, and the mark of an address record
@@ -77,6 +78,27 @@ def fields_of(meta: dict[str, Any]) -> Fields:
     return Fields(RECORD.join(f"{name}{VALUE}{value}" for name, value in records), sent)
 
 
+_FORMAT = "1"  # of the stored form: version, sent day and text, separated by _STORED
+_STORED = "\x1c"
+
+
+def stored(fields: Fields) -> bytes | None:
+    """The form sealed beside a message at delivery (UTF-8 text, nothing to parse but a split);
+    None for the rare message whose values hold a separator, then matched from its structure."""
+    if fields.records is not None:
+        return None
+    return f"{_FORMAT}{_STORED}{fields.sent}{_STORED}{fields.text}".encode("utf-8", "surrogatepass")
+
+
+def from_stored(data: bytes) -> Fields | None:
+    """The fields of a stored form, or None when it is of a format this version does not know."""
+    version, _, rest = data.decode("utf-8", "surrogatepass").partition(_STORED)
+    if version != _FORMAT:
+        return None
+    sent, _, text = rest.partition(_STORED)
+    return Fields(text, int(sent))
+
+
 def _decoded(value: str) -> str:
     # decode_value() returns a value without an encoded word (``=?charset?q?…?=``) unchanged:
     # skipping it then spares most of the cost of building this index.
@@ -88,7 +110,7 @@ def _sent(raw: str | None) -> int:
         return 0
     try:
         return parsedate_to_datetime(raw).date().toordinal()
-    except (TypeError, ValueError, IndexError, OverflowError):
+    except Exception:  # whatever the parser refuses is no date; delivery must not fail on it
         return 0
 
 
@@ -156,9 +178,14 @@ class HeaderIndex:
                 out[blob_id] = found
         if not missing:
             return out
-        if metas is None or any(b not in metas for b in missing):
-            metas = reader.meta(db, missing, only=("envelope", "headers"))
-        new = {b: fields_of(metas[b]) for b in missing if b in metas}
+        new: dict[int, Fields] = {}
+        if metas is None:
+            new = _read_stored(reader, db, missing)
+            missing = [b for b in missing if b not in new]
+        if missing:
+            if metas is None or any(b not in metas for b in missing):
+                metas = reader.meta(db, missing, only=("envelope", "headers"))
+            new.update((b, fields_of(metas[b])) for b in missing if b in metas)
         out.update(new)
         self._keep(new)
         return out
@@ -173,6 +200,22 @@ class HeaderIndex:
             while self._bytes > self._budget and self._items:
                 oldest = next(iter(self._items))
                 self._bytes -= _cost(self._items.pop(oldest))
+
+
+def _read_stored(reader: BlobReader, db: Reads, blob_ids: list[int]) -> dict[int, Fields]:
+    """The stored forms of the messages that have one (delivered since migration 0022)."""
+    out: dict[int, Fields] = {}
+    for i in range(0, len(blob_ids), 500):
+        rows = rows_of(
+            db,
+            "SELECT id, key_id, wrapped_key, search FROM blobs "
+            f"WHERE id IN ({id_list(blob_ids[i : i + 500])}) AND search IS NOT NULL",
+        )
+        for blob_id, key_id, wrapped, sealed in rows:
+            fields = from_stored(open_small(reader.data_key(key_id, wrapped), sealed, "search"))
+            if fields is not None:
+                out[blob_id] = fields
+    return out
 
 
 def _cost(fields: Fields) -> int:
