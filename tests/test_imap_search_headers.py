@@ -21,6 +21,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from mssante.runtime import Runtime, open_runtime
+from mssante.store import headerindex
 from tests.imap_dialogues.harness import running_server
 
 FOLDER = "Refs"
@@ -171,3 +172,33 @@ async def test_header_search_matches_python_email_reference(runtime: Runtime, tm
             await asyncio.to_thread(_check, running.tls_port, running.tls.client, raws, append=False)
     finally:
         second.close()
+
+
+def test_fields_hold_values_with_separators_apart() -> None:
+    """A decoded value may hold the string's own separators: such a message keeps its fields
+    apart (and is not stored in the compact form), so no needle matches across two fields."""
+    meta = {
+        "envelope": {"date": "Thu, 5 Mar 2026 10:00:00 +0100", "from": [[None, None, "a", "b.fr"]]},
+        "headers": [["Subject", "un\x1esubject\x1fdeux"], ["X-Other", "trois"]],
+    }
+    fields = headerindex.fields_of(meta)
+    assert fields.records is not None and headerindex.stored(fields) is None
+    assert headerindex.header_test("Subject", "un\x1esubject")(fields)
+    assert not headerindex.header_test("Subject", "deux\x1ex-other")(fields)
+    assert not headerindex.header_test("subject\x1fdeux", "")(fields)
+    assert headerindex.address_test("from", "A@B.FR")(fields)
+    plain = headerindex.fields_of({"envelope": meta["envelope"], "headers": [["Subject", "Un Été"]]})
+    assert headerindex.from_stored(headerindex.stored(plain) or b"") == plain
+    assert headerindex.sent_test("ON", date(2026, 3, 5))(plain)
+    assert not headerindex.header_test("Subject", "été\x1ex-other")(plain)
+
+
+def test_header_cache_is_bounded_oldest_out() -> None:
+    metas = {i: {"headers": [["Subject", f"sujet {i:011d}"]]} for i in range(1, 31)}
+    one = len(headerindex.fields_of(metas[1]).text) + headerindex._ENTRY_OVERHEAD
+    index = headerindex.HeaderIndex(budget=10 * one)  # ten messages' worth
+    got = index.fields(None, None, list(metas), metas)  # type: ignore[arg-type]
+    assert len(got) == 30 and headerindex.header_test("subject", "00000000007")(got[7])
+    held = index.cached(list(range(21, 31)))
+    assert held is not None and len(held) == 10
+    assert index.cached([1]) is None and index.cached([20]) is None

@@ -32,9 +32,10 @@ from mssante.store.headerindex import (
     EMPTY,
     Fields,
     HeaderIndex,
-    address_contains,
-    header_contains,
-    sent_date,
+    Test,
+    address_test,
+    header_test,
+    sent_test,
 )
 from mssante.store.store import MessageStore
 
@@ -106,15 +107,20 @@ async def select(
     want_fields, want_body = needs(key)
     index = headerindex.index_of(store)
     if not want_body:
-        fields: dict[int, Fields] = {}
-        if want_fields:
-            ids = [e.blob_id for _, e in batch]
-            cached = index.cached(ids)
-            fields = cached if cached is not None else await _read_fields(store, index, ids)
+        if not want_fields:
+            return [(n, e) for n, e in batch if matches(key, Candidate(n, e, largest_msn, largest_uid))]
+        ids = [e.blob_id for _, e in batch]
+        cached = index.cached(ids)
+        fields = cached if cached is not None else await _read_fields(store, index, ids)
+        test = fields_program(key)
+        if test is not None:
+            return [
+                item for item, blob_id in zip(batch, ids, strict=True) if test(fields.get(blob_id, EMPTY))
+            ]
         return [
             (n, e)
-            for n, e in batch
-            if matches(key, Candidate(n, e, largest_msn, largest_uid, fields=fields.get(e.blob_id, EMPTY)))
+            for (n, e), blob_id in zip(batch, ids, strict=True)
+            if matches(key, Candidate(n, e, largest_msn, largest_uid, fields=fields.get(blob_id, EMPTY)))
         ]
 
     def scan(session: Session) -> list[tuple[int, Entry]]:
@@ -204,15 +210,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         return args[0].contains(entry.uid, c.largest_uid)  # type: ignore[attr-defined,no-any-return]
     if name in ("BEFORE", "ON", "SINCE"):
         return _compare(name, entry.internaldate.date(), args[0])  # type: ignore[arg-type]
-    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        sent = sent_date(c.fields)
-        return sent is not None and _compare(name[4:], sent, args[0])  # type: ignore[arg-type]
-    if name in _ADDRESS_KEYS:
-        return address_contains(c.fields, _ADDRESS_KEYS[name], str(args[0]))
-    if name in _HEADER_KEYS:
-        return header_contains(c.fields, _HEADER_KEYS[name], str(args[0]))
-    if name == "HEADER":
-        return header_contains(c.fields, str(args[0]), str(args[1]))
+    if name in _FIELD_KEYS:
+        return field_test(key)(c.fields)
     if name == "BODY":
         return _body_contains(c, str(args[0]))
     if name == "TEXT":
@@ -220,6 +219,44 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         headers = "\n".join(f"{n}: {v}" for n, v in (c.meta or {}).get("headers", []))
         return _contains(headers, needle) or _body_contains(c, needle)
     raise ValueError(f"unknown search key {name}")
+
+
+_FIELD_KEYS = (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE")
+
+
+def field_test(key: SearchKey) -> Test:
+    """A header-field key (SUBJECT, FROM…, HEADER, SENT*) as a test of a message's fields."""
+    name, args = key.name, key.args
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return sent_test(name[4:], args[0])  # type: ignore[arg-type]
+    if name in _ADDRESS_KEYS:
+        return address_test(_ADDRESS_KEYS[name], str(args[0]))
+    if name == "HEADER":
+        return header_test(str(args[0]), str(args[1]))
+    return header_test(_HEADER_KEYS[name], str(args[0]))
+
+
+def fields_program(key: SearchKey) -> Test | None:
+    """The program as one test of header fields, built once per search, when it uses nothing
+    else (SUBJECT x, OR FROM a TO a, NOT HEADER…): no per-message dispatch. None otherwise."""
+    name, args = key.name, key.args
+    if name in _FIELD_KEYS:
+        return field_test(key)
+    if name == "ALL":
+        return lambda f: True
+    if name not in ("AND", "OR", "NOT"):
+        return None
+    parts = [fields_program(k) if isinstance(k, SearchKey) else None for k in args]
+    tests = [p for p in parts if p is not None]
+    if len(tests) != len(parts):
+        return None
+    if name == "AND":
+        return lambda f: all(t(f) for t in tests)
+    if name == "OR":
+        left, right = tests
+        return lambda f: left(f) or right(f)
+    (child,) = tests
+    return lambda f: not child(f)
 
 
 def _compare(op: str, value: date, wanted: date) -> bool:

@@ -171,22 +171,15 @@ class BlobHeader:
 _DECODER = json.JSONDecoder()
 
 
-def parse_meta(data: bytes, only: str | tuple[str, ...] | None = None) -> dict[str, Any]:
-    """A stored structure, or only its first keys' values when ``only`` names them in order:
-    ENVELOPE needs the envelope alone, written first; header SEARCH the envelope and the header
-    index after it, not the body structure that follows. Any other layout is parsed whole."""
+def parse_meta(data: bytes, only: str | None = None) -> dict[str, Any]:
+    """A stored structure, or only its first key's value when ``only`` names it: ENVELOPE needs
+    the envelope alone, written first, and the header index after it is most of the text. Any
+    other layout is parsed whole."""
     if only is not None:
-        keys = (only,) if isinstance(only, str) else only
-        text = data.decode()
-        out: dict[str, Any] = {}
-        at = 0
-        for n, key in enumerate(keys):
-            head = ('{"' if n == 0 else ',"') + key + '":'
-            if not text.startswith(head, at):
-                break
-            out[key], at = _DECODER.raw_decode(text, at + len(head))
-        else:
-            return out
+        head = b'{"' + only.encode() + b'":'
+        if data.startswith(head):
+            value, _ = _DECODER.raw_decode(data.decode(), len(head))
+            return {only: value}
     return cast(dict[str, Any], json.loads(data))
 
 
@@ -264,9 +257,7 @@ class BlobReader:
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
-    def meta(
-        self, session: Reads, blob_ids: list[int], only: str | tuple[str, ...] | None = None
-    ) -> dict[int, dict[str, Any]]:
+    def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
         just that key of each when it can be parsed alone (see :func:`parse_meta`)."""
         out: dict[int, dict[str, Any]] = {}

@@ -1,23 +1,26 @@
-"""What header SEARCH matches of each message, in a compact form kept in a bounded cache.
+"""What header SEARCH matches of each message, in a compact form: sealed at delivery, kept
+decoded in a bounded per-process cache.
 
 A header SEARCH (SUBJECT, FROM, HEADER, SENTSINCE…) used to decrypt and JSON-decode each
 candidate's whole parsed structure (envelope, header index, body structure) on every search:
-about 30 times Dovecot's time, almost all of it in ``json``. A message's content never changes
-and a blob id is never reused (migration 0021), so what SEARCH needs of it is derived once per
-process and kept: one casefolded string holding its header index and the searchable forms of
-its From/To/Cc/Bcc addresses, and the day of its ``Date:``. Matching is a substring test on
-that string, which rejects most messages at C speed, and a check of the field for the few that
-pass.
+about 30 times Dovecot's time, almost all of it in ``json``. What it needs is now one casefolded
+string per message, its header index and the searchable forms of its From/To/Cc/Bcc addresses,
+and the day of its ``Date:`` (:class:`Fields`). Delivery seals that form beside the structure,
+under the same data key (``blobs.search``, migration 0022), so a first search decrypts a short
+text and splits it, no JSON; blobs stored earlier are matched from their structure.
 
-The cache is per process, shared by every session of the store, bounded by
-:data:`CACHE_BYTES` (oldest entries out first) and never written anywhere: the health data it
-holds is in memory only, as the decrypted messages a FETCH handles are.
+A message's content never changes and a blob id is never reused (migration 0021), so what was
+read once is kept: the cache is per process, shared by every session of the store, bounded by
+:data:`CACHE_BYTES` (oldest entries out first) and never written anywhere; the health data it
+holds is in memory only, as the decrypted messages a FETCH handles are. Matching is a substring
+test on the string, which rejects most messages at C speed, then a look at the field itself.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from email.utils import parsedate_to_datetime
@@ -41,23 +44,14 @@ _ENTRY_OVERHEAD = 200  # the entry's objects and its dict slot, roughly, beside 
 class Fields:
     """The searchable header fields of one message.
 
-    ``text`` is ``name\\x1fvalue`` per header (name lower-cased, value RFC 2047-decoded as in
-    the header index) and ``\\x1dfield\\x1fname <local@domain>, …`` per address field, joined by
-    ``\\x1e``, all casefolded. A message whose values hold one of the separators keeps its
+    ``text`` is ``\\x1ename\\x1fvalue`` per header (name lower-cased, value RFC 2047-decoded as
+    in the header index) and ``\\x1e\\x1dfield\\x1fname <local@domain>, …`` per address field,
+    all casefolded. A message whose values hold one of the separators keeps its
     records as a tuple instead (``records``), so that no needle can match across them."""
 
     text: str
     sent: int  # date.toordinal() of the Date: header, 0 when absent or unparsable
     records: tuple[tuple[str, str], ...] | None = None
-
-    def fields(self) -> tuple[tuple[str, str], ...] | list[list[str]]:
-        if self.records is not None:
-            return self.records
-        return [record.split(VALUE, 1) for record in self.text.split(RECORD)] if self.text else []
-
-    def has(self, needle: str) -> bool:
-        """False when no field can hold ``needle`` (casefolded): the cheap first test."""
-        return self.records is not None or needle in self.text
 
 
 EMPTY = Fields("", 0)
@@ -72,10 +66,10 @@ def fields_of(meta: dict[str, Any]) -> Fields:
         if parsed:
             records.append((ADDRESS + field, _decoded(addresses.searchable(parsed)).casefold()))
     sent = _sent(envelope.get("date"))
-    values = "".join(value for _, value in records)
-    if RECORD in values or VALUE in values or ADDRESS in values:
+    held = "".join(("" if name.startswith(ADDRESS) else name) + value for name, value in records)
+    if RECORD in held or VALUE in held or ADDRESS in held:
         return Fields("", sent, tuple(records))
-    return Fields(RECORD.join(f"{name}{VALUE}{value}" for name, value in records), sent)
+    return Fields("".join(f"{RECORD}{name}{VALUE}{value}" for name, value in records), sent)
 
 
 _FORMAT = "1"  # of the stored form: version, sent day and text, separated by _STORED
@@ -114,28 +108,59 @@ def _sent(raw: str | None) -> int:
         return 0
 
 
-def header_contains(fields: Fields, name: str, needle: str) -> bool:
-    """Whether a header called ``name`` holds ``needle``, both compared case-insensitively."""
+Test = Callable[[Fields], bool]
+
+
+def header_test(name: str, needle: str) -> Test:
+    """Whether a header called ``name`` holds ``needle``, both compared case-insensitively; built
+    once per search program, so that the needle is folded once, not once per message."""
     wanted = name.lower()
     if any(s in wanted for s in _SEPARATORS):
-        return False  # no header is called so (and address records must not answer)
-    return _holds(fields, wanted, needle.casefold())
+        return _never  # no header is called so (and address records must not answer)
+    return _field_test(wanted, needle.casefold())
 
 
-def address_contains(fields: Fields, field: str, needle: str) -> bool:
+def address_test(field: str, needle: str) -> Test:
     """Whether the parsed addresses of From/To/Cc/Bcc (``field`` in lower case) hold ``needle``;
     an empty needle asks whether the header is there at all, as for any header key."""
-    return _holds(fields, ADDRESS + field, needle.casefold()) if needle else _holds(fields, field, "")
+    return _field_test(ADDRESS + field, needle.casefold()) if needle else _field_test(field, "")
 
 
-def _holds(fields: Fields, wanted: str, folded: str) -> bool:
-    if not fields.has(folded):
+def sent_test(op: str, day: date) -> Test:
+    """SENTBEFORE/SENTON/SENTSINCE (``op`` without SENT): a message without a date matches none."""
+    wanted = day.toordinal()  # >= 1: a message without a date (0) is never ON or SINCE
+    if op == "BEFORE":
+        return lambda f: 0 < f.sent < wanted
+    if op == "ON":
+        return lambda f: f.sent == wanted
+    return lambda f: f.sent >= wanted
+
+
+def _never(fields: Fields) -> bool:
+    return False
+
+
+def _field_test(wanted: str, folded: str) -> Test:
+    marker = RECORD + wanted + VALUE
+
+    def test(fields: Fields) -> bool:
+        if fields.records is not None:
+            return any(n == wanted and folded in v for n, v in fields.records)
+        text = fields.text
+        if folded not in text:
+            return False  # most messages: one scan at C speed
+        at = text.find(marker)
+        while at != -1:
+            start = at + len(marker)
+            end = text.find(RECORD, start)
+            if end == -1:
+                return text.find(folded, start) != -1
+            if text.find(folded, start, end) != -1:
+                return True
+            at = text.find(marker, end)
         return False
-    return any(n == wanted and folded in v for n, v in fields.fields())
 
-
-def sent_date(fields: Fields) -> date | None:
-    return date.fromordinal(fields.sent) if fields.sent else None
+    return test
 
 
 class HeaderIndex:
@@ -184,7 +209,7 @@ class HeaderIndex:
             missing = [b for b in missing if b not in new]
         if missing:
             if metas is None or any(b not in metas for b in missing):
-                metas = reader.meta(db, missing, only=("envelope", "headers"))
+                metas = reader.meta(db, missing)
             new.update((b, fields_of(metas[b])) for b in missing if b in metas)
         out.update(new)
         self._keep(new)
