@@ -29,7 +29,7 @@ LOGIN = "claire.martin@demo.mssante.fr"
 class Ours:
     """``mssante serve --demo`` with only the IMAPS listener of interest reachable."""
 
-    def __init__(self, root: Path, url: str) -> None:
+    def __init__(self, root: Path, url: str, workers: int = 1) -> None:
         self.root = root
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if k != "MSSANTE_CONFIG"}
@@ -44,6 +44,7 @@ class Ours:
             MSSANTE_IMAP__MAX_CONNECTIONS="5000",
             MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP="5000",
             MSSANTE_RELAY__ENABLED="false",
+            MSSANTE_SERVER__WORKERS=str(workers),
         )
         self.log = (root / "serve.log").open("wb")
         self.process = subprocess.Popen(
@@ -54,7 +55,8 @@ class Ours:
         )
         demo = root / "data" / "demo.json"
         deadline = time.monotonic() + 300
-        while not (demo.exists() and demo.stat().st_size):
+        # demo.json comes with the first worker: wait for every worker's IMAPS listener too.
+        while not (demo.exists() and demo.stat().st_size) or self._serving() < workers:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"our server did not start: {(root / 'serve.log').read_text()[-2000:]}")
             time.sleep(0.5)
@@ -67,6 +69,9 @@ class Ours:
             ).scalar_one()
         engine.dispose()
         self.cert, self.key = root / "data" / "certs" / "server.pem", root / "data" / "certs" / "server.key"
+
+    def _serving(self) -> int:
+        return (self.root / "serve.log").read_text(errors="replace").count("listening: imaps ")
 
     def pids(self) -> list[int]:
         return process_tree(self.process.pid)

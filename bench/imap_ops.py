@@ -14,7 +14,7 @@ Filling: both servers get the *same* deterministic messages (``--size`` bytes, u
 Message-ID, two in three ``\\Seen``, one with a rare word) through the *same* path: IMAP
 MULTIAPPEND into a folder ``Bench``, ``--append-batch`` messages per command, from
 ``--fill-connections`` connections, non-synchronising literals where the server advertises
-LITERAL+ (Dovecot), synchronising ones otherwise (ours). Each server indexes as it appends.
+LITERAL+ (both do), synchronising ones otherwise. Each server indexes as it appends.
 The folder grows from one level to the next (1k, then 9k more, then 40k more); the fill time
 and rate of each step are in the JSON.
 
@@ -447,6 +447,7 @@ def main() -> None:
     parser.add_argument("--append-batch", type=int, default=100, help="messages per MULTIAPPEND")
     parser.add_argument("--pg-url", default="", help="our store on PostgreSQL (a database is created)")
     parser.add_argument("--no-dovecot", action="store_true", help="measure ours only")
+    parser.add_argument("--workers", type=int, default=1, help="our worker processes (server.workers)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     sizes = sorted(set(args.sizes))
@@ -455,6 +456,7 @@ def main() -> None:
         "benchmark": "imap_ops",
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "mssante_workers": args.workers,
         "message_size": args.size,
         "rounds": args.rounds,
         "repeat": args.repeat,
@@ -471,7 +473,7 @@ def main() -> None:
         with database(args.pg_url, root / "ours" / "data" / "mssante.db") as url:
             servers: dict[str, Any] = {}
             try:
-                servers["mssante"] = ours = Ours(root / "ours", url)
+                servers["mssante"] = ours = Ours(root / "ours", url, args.workers)
                 result["mssante"] = {"store": make_url(url).get_backend_name()}
                 if not args.no_dovecot:
                     servers["dovecot"] = dovecot = Dovecot(root / "dovecot", ours)

@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
-from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
+from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_each, seal_small
 from mssante.sqlfast import dialect_of, run, timestamp
 from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
@@ -27,40 +27,113 @@ blobs = cast(Table, Blob.__table__)
 blob_chunks = cast(Table, BlobChunk.__table__)
 
 
+# A content at least this large is sealed chunk by chunk as it is stored (in the writer's
+# transaction), from its plaintext: sealed whole beforehand it would be held twice.
+SEAL_AS_STORED = 1024 * 1024
+# Chunks inserted per statement, by total size: small blobs of a group commit go in one.
+_CHUNK_BATCH_BYTES = 256 * 1024
+_INSERT_CHUNKS = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)"
+
+Content = bytes | bytearray
+
+
 @dataclass(frozen=True)
 class SealedBlob:
-    """A content ready to store: digest for deduplication, wrapped key, sealed chunks and meta."""
+    """A content ready to store: digest for deduplication, wrapped key, sealed chunks and meta.
+
+    A small content is sealed at once (``sealed``); a large one keeps its plaintext pieces
+    and data key and is sealed by :meth:`chunks` as the chunks are inserted, so that only a
+    chunk of it exists sealed at any time."""
 
     digest: bytes
     size: int
     key: SealedKey
-    chunks: list[bytes]
+    chunk_count: int
     chunk_size: int
     meta: bytes | None
-    search: bytes | None = None
+    sealed: list[bytes] | None
+    plain: tuple[Content, ...] = ()
+    data_key: bytes = b""
+    search: bytes | None = None  # the header fields SEARCH matches, sealed (headerindex.stored)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.sealed is not None:
+            return iter(self.sealed)
+        return seal_each(self.data_key, _pieces_by_chunk(self.plain, self.chunk_size), self.chunk_count)
+
+
+def _pieces_by_chunk(pieces: tuple[Content, ...], chunk_size: int) -> Iterator[bytes | memoryview]:
+    """The concatenation of ``pieces`` cut in chunks, each a view into its piece when it lies
+    in one (no copy), else joined (the chunk that straddles a prefix and the message)."""
+    views = [memoryview(p) for p in pieces if len(p)]
+    carry: list[memoryview] = []
+    carried = 0
+    for view in views:
+        pos = 0
+        if carried:
+            take = min(chunk_size - carried, len(view))
+            carry.append(view[:take])
+            carried += take
+            pos = take
+            if carried < chunk_size:
+                continue
+            yield b"".join(carry)
+            carry, carried = [], 0
+        while len(view) - pos >= chunk_size:
+            yield view[pos : pos + chunk_size]
+            pos += chunk_size
+        if pos < len(view):
+            carry, carried = [view[pos:]], len(view) - pos
+    if carried or not views:
+        yield b"".join(carry)
 
 
 def seal(
     keyring: KeyRing,
-    data: bytes,
+    data: Content,
     meta: dict[str, Any] | None,
     chunk_size: int,
+    prefix: bytes = b"",
     search: bytes | None = None,
 ) -> SealedBlob:
-    """Seal a content, its parsed structure and the header fields SEARCH matches (in the
-    form :func:`headerindex.stored` gives) under one new data key."""
+    """Seal ``prefix + data`` (the prefix, a DKIM-Signature field, is never joined to the data
+    by a copy), its parsed structure and the header fields SEARCH matches (in the form
+    :func:`headerindex.stored` gives) under one new data key."""
     data_key = new_data_key()
+    pieces = (prefix, data) if prefix else (data,)
+    size = len(prefix) + len(data)
+    count = max(1, -(-size // chunk_size))
+    later = size >= SEAL_AS_STORED
     return SealedBlob(
-        digest=keyring.digest(data),
-        size=len(data),
+        digest=keyring.digest(pieces),
+        size=size,
         key=keyring.wrap(data_key),
-        chunks=seal_chunks(data_key, data, chunk_size),
+        chunk_count=count,
         chunk_size=chunk_size,
         meta=seal_small(data_key, json.dumps(meta, separators=(",", ":")).encode())
         if meta is not None
         else None,
+        sealed=None if later else list(seal_each(data_key, _pieces_by_chunk(pieces, chunk_size), count)),
+        plain=pieces if later else (),
+        data_key=data_key if later else b"",
         search=seal_small(data_key, search, "search") if search is not None else None,
     )
+
+
+def _store_chunks(session: Session, blobs_by_id: Iterable[tuple[int, SealedBlob]]) -> None:
+    """Insert the chunks of blobs, a batch of about 256 KiB per statement, sealing large ones
+    as they go."""
+    batch: list[dict[str, Any]] = []
+    size = 0
+    for blob_id, blob in blobs_by_id:
+        for seq, data in enumerate(blob.chunks()):
+            batch.append({"blob_id": blob_id, "seq": seq, "data": data})
+            size += len(data)
+            if size >= _CHUNK_BATCH_BYTES:
+                run(session, _INSERT_CHUNKS, batch)
+                batch, size = [], 0
+    if batch:
+        run(session, _INSERT_CHUNKS, batch)
 
 
 def put(session: Session, sealed: SealedBlob) -> int:
@@ -90,18 +163,14 @@ def put(session: Session, sealed: SealedBlob) -> int:
             "size": sealed.size,
             "key_id": sealed.key.key_id,
             "wrapped": sealed.key.wrapped,
-            "count": len(sealed.chunks),
+            "count": sealed.chunk_count,
             "chunk_size": sealed.chunk_size,
             "meta": sealed.meta,
             "search": sealed.search,
             "at": timestamp(datetime.now(UTC), dialect_of(session)),
         },
     ).scalar_one()
-    run(
-        session,
-        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
-        [{"blob_id": blob_id, "seq": i, "data": c} for i, c in enumerate(sealed.chunks)],
-    )
+    _store_chunks(session, [(int(blob_id), sealed)])
     return int(blob_id)
 
 
@@ -132,7 +201,7 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             blob.size,
             blob.key.key_id,
             blob.key.wrapped,
-            len(blob.chunks),
+            blob.chunk_count,
             blob.chunk_size,
             blob.meta,
             blob.search,
@@ -146,15 +215,7 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
         params,
     ).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
-    run(
-        session,
-        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
-        [
-            {"blob_id": ids[blob.digest], "seq": i, "data": c}
-            for blob in new
-            for i, c in enumerate(blob.chunks)
-        ],
-    )
+    _store_chunks(session, ((ids[blob.digest], blob) for blob in new))
     return ids
 
 
