@@ -1,7 +1,9 @@
 """SEARCH evaluation (RFC 3501 §6.4.4) over a session's messages.
 
-Flags, sizes, dates, UIDs and numbers come from the session's own state; header keys from
-the header index the store cached at delivery (decoded RFC 2047 values); only BODY and TEXT
+Flags, sizes, dates, UIDs and numbers come from the session's own state; header keys
+(SUBJECT, FROM…, HEADER, SENT*) from each message's header fields, decoded RFC 2047 values
+(:mod:`mssante.store.headerindex`: sealed at delivery, cached per process; a program made of
+such keys alone is built once into one test per search); only BODY and TEXT
 need the message itself, which is then decrypted, and its text parts decoded from their
 transfer encoding and charset, so that a search for ``ordonnance`` finds it in a base64 or
 quoted-printable body. Matching is case-insensitive substring matching, as the RFC asks.
@@ -56,6 +58,7 @@ _FLAG_KEYS = {
 _ENCODED = ("base64", "quoted-printable")
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 _ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
+_FIELD_KEYS = (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE")
 
 
 # A group of messages whose first chunks are read together: at most BODY_READ_AHEAD messages
@@ -164,7 +167,7 @@ def needs(key: SearchKey) -> tuple[bool, bool]:
         return meta, body
     if key.name in ("BODY", "TEXT"):
         return False, True  # the structure (read with the body), not the header fields
-    return key.name in (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"), False
+    return key.name in _FIELD_KEYS, False
 
 
 def matches(key: SearchKey, c: Candidate) -> bool:
@@ -219,9 +222,6 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         headers = "\n".join(f"{n}: {v}" for n, v in (c.meta or {}).get("headers", []))
         return _contains(headers, needle) or _body_contains(c, needle)
     raise ValueError(f"unknown search key {name}")
-
-
-_FIELD_KEYS = (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE")
 
 
 def field_test(key: SearchKey) -> Test:
