@@ -236,13 +236,21 @@ def open_chunks(data_key: bytes, chunks: Iterable[tuple[int, bytes]], count: int
             raise KeyRingError(f"chunk {seq} failed authentication: stored data was altered") from None
 
 
-def seal_small(data_key: bytes, data: bytes) -> bytes:
-    """Encrypt a small companion value (parsed structure) under a blob's data key."""
-    return AESGCM(data_key).encrypt(_META_NONCE, data, b"mssante-meta")
+# The small companion values of a blob, each under its own nonce (never a chunk's: those start
+# with a zero byte) and its own associated data, so that one cannot be read as the other.
+_SMALL = {"meta": (_META_NONCE, b"mssante-meta"), "search": (b"S" + bytes(11), b"mssante-search")}
 
 
-def open_small(data_key: bytes, sealed: bytes) -> bytes:
+def seal_small(data_key: bytes, data: bytes, kind: str = "meta") -> bytes:
+    """Encrypt a small companion value under a blob's data key: its parsed structure
+    (``meta``) or the header fields SEARCH matches (``search``)."""
+    nonce, aad = _SMALL[kind]
+    return AESGCM(data_key).encrypt(nonce, data, aad)
+
+
+def open_small(data_key: bytes, sealed: bytes, kind: str = "meta") -> bytes:
+    nonce, aad = _SMALL[kind]
     try:
-        return AESGCM(data_key).decrypt(_META_NONCE, sealed, b"mssante-meta")
+        return AESGCM(data_key).decrypt(nonce, sealed, aad)
     except InvalidTag:
         raise KeyRingError("stored structure failed authentication: stored data was altered") from None

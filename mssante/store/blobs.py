@@ -54,6 +54,7 @@ class SealedBlob:
     sealed: list[bytes] | None
     plain: tuple[Content, ...] = ()
     data_key: bytes = b""
+    search: bytes | None = None  # the header fields SEARCH matches, sealed (headerindex.stored)
 
     def chunks(self) -> Iterator[bytes]:
         if self.sealed is not None:
@@ -88,10 +89,16 @@ def _pieces_by_chunk(pieces: tuple[Content, ...], chunk_size: int) -> Iterator[b
 
 
 def seal(
-    keyring: KeyRing, data: Content, meta: dict[str, Any] | None, chunk_size: int, prefix: bytes = b""
+    keyring: KeyRing,
+    data: Content,
+    meta: dict[str, Any] | None,
+    chunk_size: int,
+    prefix: bytes = b"",
+    search: bytes | None = None,
 ) -> SealedBlob:
     """Seal ``prefix + data`` (the prefix, a DKIM-Signature field, is never joined to the data
-    by a copy)."""
+    by a copy), its parsed structure and the header fields SEARCH matches (in the form
+    :func:`headerindex.stored` gives) under one new data key."""
     data_key = new_data_key()
     pieces = (prefix, data) if prefix else (data,)
     size = len(prefix) + len(data)
@@ -109,6 +116,7 @@ def seal(
         sealed=None if later else list(seal_each(data_key, _pieces_by_chunk(pieces, chunk_size), count)),
         plain=pieces if later else (),
         data_key=data_key if later else b"",
+        search=seal_small(data_key, search, "search") if search is not None else None,
     )
 
 
@@ -147,8 +155,8 @@ def put(session: Session, sealed: SealedBlob) -> int:
     blob_id = run(
         session,
         f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, created_at) VALUES ({':id, ' if new_id is not None else ''}"
-        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
+        f"chunk_count, chunk_size, meta, search, created_at) VALUES ({':id, ' if new_id is not None else ''}"
+        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :search, :at) RETURNING id",
         {
             "id": new_id,
             "digest": sealed.digest,
@@ -158,6 +166,7 @@ def put(session: Session, sealed: SealedBlob) -> int:
             "count": sealed.chunk_count,
             "chunk_size": sealed.chunk_size,
             "meta": sealed.meta,
+            "search": sealed.search,
             "at": timestamp(datetime.now(UTC), dialect_of(session)),
         },
     ).scalar_one()
@@ -193,7 +202,16 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             {"n": len(new)},
         ).scalar()
         first_id = None if last is None else int(last) - len(new) + 1
-    columns: tuple[str, ...] = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    columns: tuple[str, ...] = (
+        "digest",
+        "size",
+        "key_id",
+        "wrapped",
+        "count",
+        "chunk_size",
+        "meta",
+        "search",
+    )
     if first_id is not None:
         columns = ("id", *columns)
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
@@ -208,12 +226,13 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             blob.chunk_count,
             blob.chunk_size,
             blob.meta,
+            blob.search,
         )
         params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
     inserted = run(
         session,
         f"INSERT INTO blobs ({'id, ' if first_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, created_at) VALUES {rows} RETURNING digest, id",
+        f"chunk_count, chunk_size, meta, search, created_at) VALUES {rows} RETURNING digest, id",
         params,
     ).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
@@ -290,6 +309,10 @@ class BlobReader:
         self._keys: dict[tuple[str, bytes], bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    def data_key(self, key_id: str, wrapped: bytes) -> bytes:
+        """A blob's data key, unwrapped (cached): for a companion value read by another module."""
+        return self._data_key(key_id, wrapped)
 
     def _data_key(self, key_id: str, wrapped: bytes) -> bytes:
         # Keyed by the wrapped key itself (unique per blob, random nonce): blob ids may be reused

@@ -17,6 +17,7 @@ from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.sqlfast import dialect_of, run, timestamp, utc
 from mssante.store import blobs as blobstore
+from mssante.store import headerindex
 from mssante.store.core import (
     StoreCore,
     changes_t,
@@ -67,7 +68,8 @@ class DeliveryOps(StoreCore):
     # -- preparing content ----------------------------------------------------------------
     def _prepare(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         meta = analyse(raw)
-        return blobstore.seal(self.keyring, raw, meta, self.chunk_size), meta
+        search = headerindex.stored(headerindex.fields_of(meta))
+        return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search), meta
 
     async def _prepare_async(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         # MIME analysis and sealing in a worker thread, whatever the size: on the event loop
