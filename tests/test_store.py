@@ -303,8 +303,8 @@ async def test_deliveries_stored_together_never_take_a_collected_blob_id(runtime
     gate = threading.Event()
     held = asyncio.wrap_future(store.writer.submit(lambda session: gate.wait(30)))
     deliveries = [
-        asyncio.create_task(store.deliver(make_message(subject=f"g{i}"), "x@demo.mssante.fr", [DOC]))
-        for i in range(2)
+        asyncio.create_task(store.deliver(make_message(subject=f"ensemble {n}"), "x@demo.mssante.fr", [DOC]))
+        for n in ("un", "deux")
     ]
     while store.writer._queue.qsize() < len(deliveries):  # one batch, stored together
         await asyncio.sleep(0.01)
@@ -313,7 +313,8 @@ async def test_deliveries_stored_together_never_take_a_collected_blob_id(runtime
     await asyncio.gather(*deliveries)
     later = await store.messages(inbox.id)
     assert len(later) == 2 and all(m.blob_id > first.blob_id for m in later)
-    assert sorted([b"g0" in await store.body(m.blob_id) for m in later]) == [False, True]
+    bodies = [await store.body(m.blob_id) for m in later]
+    assert sorted(b"Subject: ensemble un\r\n" in body for body in bodies) == [False, True]
 
 
 async def test_a_cancelled_caller_does_not_stop_the_writer(runtime: Runtime) -> None:
