@@ -7,6 +7,7 @@ the scale-out choice; everything above this module is written once for both.
 from __future__ import annotations
 
 import importlib
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -58,11 +59,30 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, writer: bool = False, echo: bool = False, pool_size: int = 5) -> Engine:
+# psycopg prepares a statement on the server after this many executions on a connection (its
+# own default); ``None`` never prepares (PgBouncer in transaction mode before 1.21).
+PREPARE_THRESHOLD = 5
+
+# The driver arguments each PostgreSQL engine was made with, for connections opened beside its
+# pool (the store's asynchronous readers): same settings, whoever opens the connection.
+_DRIVER_ARGS: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def make_engine(
+    url: str,
+    *,
+    writer: bool = False,
+    echo: bool = False,
+    pool_size: int = 5,
+    prepare_threshold: int | None = PREPARE_THRESHOLD,
+) -> Engine:
     """Create an engine with the durability settings the product relies on.
 
     ``writer=True`` makes SQLite transactions start with ``BEGIN IMMEDIATE`` so that a
     writer takes the write lock up front instead of failing on lock upgrade.
+    ``prepare_threshold`` is psycopg's (PostgreSQL only): executions of a statement's text on
+    a connection before it is prepared on the server (parsed and planned once); negative or
+    None never prepares.
     """
     if is_sqlite(url):
         db_path = make_url(url).database
@@ -87,7 +107,27 @@ def make_engine(url: str, *, writer: bool = False, echo: bool = False, pool_size
             conn.exec_driver_sql(begin)
 
         return engine
-    return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    driver_args: dict[str, Any] = {}
+    if make_url(url).get_driver_name() == "psycopg":
+        never = prepare_threshold is None or prepare_threshold < 0
+        driver_args["prepare_threshold"] = None if never else prepare_threshold
+    engine = create_engine(
+        url,
+        echo=echo,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        connect_args=driver_args,
+    )
+    _DRIVER_ARGS[engine] = driver_args
+    return engine
+
+
+def driver_connect_args(engine: Engine) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, keyword args) that open a driver connection as the engine's pool would: what
+    the dialect derives from the URL, plus the engine's own driver arguments."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    return tuple(cargs), {**cparams, **_DRIVER_ARGS.get(engine, {})}
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

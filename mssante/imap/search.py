@@ -22,12 +22,10 @@ from datetime import UTC, date, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
 from mssante.store import addresses
-from mssante.store.blobs import Prefix
+from mssante.store.blobs import Prefix, Reads
 from mssante.store.mime import decode_value
 from mssante.store.store import MessageStore
 
@@ -102,7 +100,7 @@ async def select(
             if matches(key, Candidate(n, e, largest_msn, largest_uid, metas.get(e.blob_id)))
         ]
 
-    def scan(session: Session) -> list[tuple[int, Entry]]:
+    def scan(session: Reads) -> list[tuple[int, Entry]]:
         metas = store.reader.meta(session, [e.blob_id for _, e in batch])
         found: list[tuple[int, Entry]] = []
         for group in read_ahead_groups(batch):
@@ -115,7 +113,7 @@ async def select(
                     found.append((n, e))
         return found
 
-    return await store.read(scan)  # type: ignore[no-any-return]
+    return await store.read(scan, kept=True)  # type: ignore[no-any-return]
 
 
 def needs(key: SearchKey) -> tuple[bool, bool]:

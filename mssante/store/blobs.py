@@ -195,13 +195,21 @@ def id_list(ids: Iterable[int]) -> str:
 # One statement for a read: the header and the chunks that overlap [start, stop). The chunk
 # range is computed by the database from the blob's own chunk size (integer division in both
 # SQLite and PostgreSQL); the LEFT JOIN keeps the header row when no chunk overlaps.
-_READ = (
+READ = (
     "SELECT b.size, b.chunk_count, b.chunk_size, b.key_id, b.wrapped_key, c.seq, c.data "
     "FROM blobs b LEFT JOIN blob_chunks c ON c.blob_id = b.id "
     "AND c.seq >= :start / b.chunk_size AND c.seq <= (:stop - 1) / b.chunk_size "
     "WHERE b.id = :id ORDER BY c.seq"
 )
 _NO_END = 1 << 62
+HEADER = "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id"
+_META = "SELECT id, key_id, wrapped_key, meta FROM blobs"
+_META_ANY = f"{_META} WHERE id = ANY(:ids) AND meta IS NOT NULL"
+
+
+def read_params(blob_id: int, start: int, end: int | None) -> dict[str, Any]:
+    """The parameters of :data:`READ` for ``[start, end)`` of a blob."""
+    return {"id": blob_id, "start": start, "stop": _NO_END if end is None else end}
 
 
 class BlobReader:
@@ -229,39 +237,54 @@ class BlobReader:
         return cached
 
     def header(self, session: Reads, blob_id: int) -> BlobHeader:
-        found = rows_of(
-            session,
-            "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id",
-            {"id": blob_id},
-        )
+        return self.header_of(blob_id, rows_of(session, HEADER, {"id": blob_id}))
+
+    def header_of(self, blob_id: int, found: list[Any]) -> BlobHeader:
+        """The header from the rows of :data:`HEADER` (so that the statement can run anywhere:
+        a session, a kept connection, an asynchronous one)."""
         if not found:
             raise NoResultFound(f"no blob {blob_id}")
         row = found[0]
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
+    def meta_query(self, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """The statement reading the sealed structures of ``blob_ids``. PostgreSQL gets the ids
+        as one array parameter: the statement's text never changes, so it is prepared once
+        per connection (an inlined list is a new text, parsed and planned, at every call)."""
+        if self.engine.dialect.name == "postgresql":
+            return _META_ANY, {"ids": list(blob_ids)}
+        return f"{_META} WHERE id IN ({id_list(blob_ids)}) AND meta IS NOT NULL", {}
+
     def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
         just that key of each when it can be parsed alone (see :func:`parse_meta`)."""
         out: dict[int, dict[str, Any]] = {}
         for i in range(0, len(blob_ids), 500):
-            rows = rows_of(
-                session,
-                "SELECT id, key_id, wrapped_key, meta FROM blobs "
-                f"WHERE id IN ({id_list(blob_ids[i : i + 500])}) AND meta IS NOT NULL",
-            )
-            for blob_id, key_id, wrapped, sealed in rows:
-                out[blob_id] = parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
+            out.update(self.open_meta(rows_of(session, *self.meta_query(blob_ids[i : i + 500])), only))
         return out
+
+    def open_meta(self, rows: Iterable[Any], only: str | None = None) -> dict[int, dict[str, Any]]:
+        """{blob id: structure} from the rows of :meth:`meta_query`."""
+        return {
+            blob_id: parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
+            for blob_id, key_id, wrapped, sealed in rows
+        }
 
     def iter_chunks(
         self, session: Reads, blob_id: int, start: int = 0, end: int | None = None
     ) -> Iterator[bytes]:
         """Plaintext of ``[start, end)`` chunk by chunk, opening only the chunks that overlap it."""
+        if start >= (_NO_END if end is None else end):
+            return
+        rows = rows_of(session, READ, read_params(blob_id, start, end))
+        yield from self.chunks_of(blob_id, rows, start, end)
+
+    def chunks_of(self, blob_id: int, rows: list[Any], start: int, end: int | None) -> Iterator[bytes]:
+        """Plaintext of ``[start, end)`` from the rows of :data:`READ`."""
         stop = _NO_END if end is None else end
         if start >= stop:
             return
-        rows = rows_of(session, _READ, {"id": blob_id, "start": start, "stop": stop})
         if not rows:
             raise NoResultFound(f"no blob {blob_id}")
         size, count, chunk_size, key_id, wrapped = rows[0][:5]
