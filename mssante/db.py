@@ -7,6 +7,7 @@ the scale-out choice; everything above this module is written once for both.
 from __future__ import annotations
 
 import importlib
+import select
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -15,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from mssante.datadir import create_private_db
@@ -112,15 +114,37 @@ def make_engine(
         never = prepare_threshold is None or prepare_threshold < 0
         driver_args["prepare_threshold"] = None if never else prepare_threshold
     engine = create_engine(
-        url,
-        echo=echo,
-        pool_size=pool_size,
-        max_overflow=pool_size,
-        pool_pre_ping=True,
-        connect_args=driver_args,
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, connect_args=driver_args
     )
     _DRIVER_ARGS[engine] = driver_args
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # SQLAlchemy's pre-ping sent ``SELECT 1`` at every check-out: a round trip before each
+        # writer batch and each session. A server that restarted, crashed or was failed over
+        # closed the socket (or said FATAL on it); an idle connection's socket that has something
+        # to read is the only one worth a ping. (A peer gone silently, with no FIN, made the
+        # ping hang as long as any statement would.)
+        if not _idle_socket_quiet(dbapi_conn):
+            try:
+                alive = engine.dialect.do_ping(dbapi_conn)
+            except Exception:
+                alive = False
+            if not alive:
+                raise DisconnectionError("the database connection was closed")
+
     return engine
+
+
+def _idle_socket_quiet(dbapi_conn: Any) -> bool:
+    """True when a pooled driver connection is open and nothing waits on its socket."""
+    try:
+        if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+            return False
+        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not readable
 
 
 def driver_connect_args(engine: Engine) -> tuple[tuple[Any, ...], dict[str, Any]]:

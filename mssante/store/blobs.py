@@ -19,7 +19,7 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
-from mssante.sqlfast import dialect_of, run, timestamp
+from mssante.sqlfast import dialect_of, insert_many, run, timestamp
 from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
 
@@ -133,14 +133,11 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
         params,
     ).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
-    run(
+    insert_many(
         session,
-        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
-        [
-            {"blob_id": ids[blob.digest], "seq": i, "data": c}
-            for blob in new
-            for i, c in enumerate(blob.chunks)
-        ],
+        "blob_chunks",
+        {"blob_id": "int8", "seq": "int4", "data": "bytea"},
+        [(ids[blob.digest], i, c) for blob in new for i, c in enumerate(blob.chunks)],
     )
     return ids
 
@@ -184,6 +181,14 @@ def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[A
         driver: Any = conn.connection.driver_connection
         return fetch_all(driver, conn.dialect.name, sql, params)
     return db.rows(sql, params)
+
+
+def rows_iter(db: Reads, sql: str, params: dict[str, Any] | None = None) -> Iterable[Any]:
+    """The rows of a query with a large result (a whole folder's messages): streamed from a
+    kept connection (:meth:`~mssante.store.kept.Kept.stream`), fetched whole in a session."""
+    if isinstance(db, Session):
+        return rows_of(db, sql, params)
+    return db.stream(sql, params)
 
 
 def id_list(ids: Iterable[int]) -> str:

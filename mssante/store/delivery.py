@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
-from mssante.sqlfast import dialect_of, run, timestamp, utc
+from mssante.sqlfast import dialect_of, insert_many, run, timestamp, utc
 from mssante.store import blobs as blobstore
 from mssante.store.core import (
     StoreCore,
@@ -41,6 +41,24 @@ _INSERT_APPEND = (
     "INSERT INTO folder_changes (folder_id, modseq, kind, uid, at) "
     "VALUES (:fid, :modseq, 'append', :uid, :at)"
 )
+# The columns of the same rows inserted many at a time (``sqlfast.insert_many``), with their
+# PostgreSQL types (binary COPY).
+_MESSAGE_COLUMNS = {
+    "folder_id": "int8",
+    "uid": "int8",
+    "blob_id": "int8",
+    "size": "int8",
+    "internaldate": "timestamptz",
+    "flags": "text",
+    "modseq": "int8",
+}
+_APPEND_COLUMNS = {
+    "folder_id": "int8",
+    "modseq": "int8",
+    "kind": "varchar",
+    "uid": "int8",
+    "at": "timestamptz",
+}
 
 
 def _deliver_event(
@@ -180,9 +198,18 @@ class DeliveryOps(StoreCore):
                 write(session)
             events.extend(job.extra_audit)
             results.append((uids, notes))
-        if messages:
-            run(session, _INSERT_MESSAGE, messages)
-            run(session, _INSERT_APPEND, messages)
+        insert_many(
+            session,
+            "messages",
+            _MESSAGE_COLUMNS,
+            [(m["fid"], m["uid"], m["blob"], m["size"], m["at"], "", m["modseq"]) for m in messages],
+        )
+        insert_many(
+            session,
+            "folder_changes",
+            _APPEND_COLUMNS,
+            [(m["fid"], m["modseq"], "append", m["uid"], m["at"]) for m in messages],
+        )
         audit.append(session, *events, at=now)
         return results
 

@@ -40,8 +40,8 @@ class MessageOps(StoreCore):
     async def messages(self, folder_id: int, since_uid: int = 0) -> list[MessageRow]:
         """The folder's messages in UID order (flags, sizes, dates; no content), UIDs > ``since_uid``."""
 
-        def q(s: Session) -> list[MessageRow]:
-            rows = blobstore.rows_of(
+        def q(s: blobstore.Reads) -> list[MessageRow]:
+            rows = blobstore.rows_iter(
                 s,
                 "SELECT uid, flags, size, internaldate, modseq, blob_id FROM messages "
                 "WHERE folder_id = :f AND uid > :since ORDER BY uid",
