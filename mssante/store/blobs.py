@@ -208,8 +208,14 @@ READ = (
 )
 _NO_END = 1 << 62
 HEADER = "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id"
-_META = "SELECT id, key_id, wrapped_key, meta FROM blobs"
-_META_ANY = f"{_META} WHERE id = ANY(:ids) AND meta IS NOT NULL"
+_META = "SELECT id, key_id, wrapped_key, meta FROM blobs WHERE id IN_IDS AND meta IS NOT NULL"
+# The first chunks of several blobs. The condition on ``c.blob_id`` lets PostgreSQL find them in
+# the chunks' primary key (blob_id, seq); with only the join to go by, it read every chunk row of
+# the database (a hash join on ``seq = 0``) for each group of a SEARCH.
+_PREFIXES = (
+    "SELECT b.id, b.chunk_count, b.key_id, b.wrapped_key, c.data FROM blobs b "
+    "JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0 WHERE b.id IN_IDS AND c.blob_id IN_IDS"
+)
 
 
 def read_params(blob_id: int, start: int, end: int | None) -> dict[str, Any]:
@@ -253,13 +259,18 @@ class BlobReader:
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
-    def meta_query(self, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
-        """The statement reading the sealed structures of ``blob_ids``. PostgreSQL gets the ids
-        as one array parameter: the statement's text never changes, so it is prepared once
-        per connection (an inlined list is a new text, parsed and planned, at every call)."""
+    def ids_query(self, sql: str, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """A statement about several blobs, ``IN_IDS`` standing for "is one of them". PostgreSQL gets
+        the ids as one array parameter: the statement's text never changes, so it is prepared
+        once per connection (an inlined list is a new text, parsed and planned, at every
+        call). SQLite gets them inlined (integers only: nothing can be injected)."""
         if self.engine.dialect.name == "postgresql":
-            return _META_ANY, {"ids": list(blob_ids)}
-        return f"{_META} WHERE id IN ({id_list(blob_ids)}) AND meta IS NOT NULL", {}
+            return sql.replace("IN_IDS", "= ANY(:ids)"), {"ids": list(blob_ids)}
+        return sql.replace("IN_IDS", f"IN ({id_list(blob_ids)})"), {}
+
+    def meta_query(self, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """The statement reading the sealed structures of ``blob_ids``."""
+        return self.ids_query(_META, blob_ids)
 
     def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
@@ -310,12 +321,7 @@ class BlobReader:
         """Each blob's first chunk (one query for all), decrypted when first looked at: the start
         of a scan that reads further chunks only if asked (:meth:`Prefix.grow`)."""
         out: dict[int, Prefix] = {}
-        rows = rows_of(
-            session,
-            "SELECT b.id, b.chunk_count, b.key_id, b.wrapped_key, c.data FROM blobs b "
-            "JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0 "
-            f"WHERE b.id IN ({id_list(blob_ids)})",
-        )
+        rows = rows_of(session, *self.ids_query(_PREFIXES, blob_ids))
         for blob_id, count, key_id, wrapped, data in rows:
             out[blob_id] = Prefix(session, blob_id, self._data_key(key_id, wrapped), count, data)
         return out
