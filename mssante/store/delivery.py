@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mssante import audit
@@ -19,9 +19,7 @@ from mssante.sqlfast import dialect_of, insert_many, run, timestamp, utc
 from mssante.store import blobs as blobstore
 from mssante.store.core import (
     StoreCore,
-    changes_t,
     folders_t,
-    messages_t,
 )
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
@@ -339,45 +337,52 @@ class DeliveryOps(StoreCore):
             uidvalidity = session.execute(
                 select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
             ).scalar_one()
-            notes = Notes()
-            uids = []
-            for n, ((sealed, _meta), flag_text, when) in enumerate(prepared):
-                uid = first_uid + n
-                blob_id = blobstore.put(session, sealed)
-                session.execute(
-                    insert(messages_t).values(
-                        folder_id=folder_id,
-                        uid=uid,
-                        blob_id=blob_id,
-                        size=sealed.size,
-                        internaldate=when,
-                        flags=flag_text,
-                        modseq=modseq,
+            # One statement per table for all the messages (MULTIAPPEND), as for deliveries.
+            dialect = dialect_of(session)
+            blob_ids = blobstore.put_many(session, [sealed for (sealed, _), _, _ in prepared])
+            now = datetime.now(UTC)
+            at = timestamp(now, dialect)
+            uids = [first_uid + n for n in range(len(prepared))]
+            each = [
+                (uid, sealed, flags, when)
+                for uid, ((sealed, _), flags, when) in zip(uids, prepared, strict=True)
+            ]
+            insert_many(
+                session,
+                "messages",
+                _MESSAGE_COLUMNS,
+                [
+                    (
+                        folder_id,
+                        uid,
+                        blob_ids[sealed.digest],
+                        sealed.size,
+                        timestamp(when, dialect),
+                        flags,
+                        modseq,
                     )
+                    for uid, sealed, flags, when in each
+                ],
+            )
+            insert_many(
+                session,
+                "folder_changes",
+                {**_APPEND_COLUMNS, "flags": "text"},
+                [(folder_id, modseq, "append", uid, at, flags) for uid, _, flags, _ in each],
+            )
+            events = [
+                AuditEvent(
+                    actor=actor,
+                    action="message.append",
+                    bal=bal,
+                    object=f"{folder}/{uid}",
+                    source=source,
+                    detail={"size": sealed.size},
                 )
-                session.execute(
-                    insert(changes_t).values(
-                        folder_id=folder_id,
-                        modseq=modseq,
-                        kind="append",
-                        uid=uid,
-                        flags=flag_text,
-                        at=datetime.now(UTC),
-                    )
-                )
-                notes.append(FolderChange(folder_id, modseq, "append", uid, flag_text))
-                uids.append(uid)
-                audit.append(
-                    session,
-                    AuditEvent(
-                        actor=actor,
-                        action="message.append",
-                        bal=bal,
-                        object=f"{folder}/{uid}",
-                        source=source,
-                        detail={"size": sealed.size},
-                    ),
-                )
+                for uid, sealed, _, _ in each
+            ]
+            audit.append(session, *events, at=now)
+            notes = Notes(FolderChange(folder_id, modseq, "append", uid, flags) for uid, _, flags, _ in each)
             return (int(uidvalidity), uids), notes
 
         result: tuple[int, list[int]] = await self.writer.run(job)
