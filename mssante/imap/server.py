@@ -276,7 +276,7 @@ class Connection:
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
 
-    async def _command(self, data: bytes) -> None:
+    async def _command(self, data: bytes | bytearray) -> None:
         try:
             command = parse_command(data, utf8=self.session.utf8, binary=True)
         except ParseError as exc:

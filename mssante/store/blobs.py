@@ -18,7 +18,7 @@ from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
-from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_chunks, seal_small
+from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_each, seal_small
 from mssante.sqlfast import dialect_of, insert_many, run, timestamp
 from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
@@ -27,30 +27,129 @@ blobs = cast(Table, Blob.__table__)
 blob_chunks = cast(Table, BlobChunk.__table__)
 
 
+# A content at least this large is sealed chunk by chunk as it is stored (in the writer's
+# transaction), from its plaintext: sealed whole beforehand it would be held twice.
+SEAL_AS_STORED = 1024 * 1024
+# Chunks inserted per statement, by total size: small blobs of a group commit go in one.
+_CHUNK_BATCH_BYTES = 256 * 1024
+_CHUNK_COLUMNS = {"blob_id": "int8", "seq": "int4", "data": "bytea"}
+
+Content = bytes | bytearray
+
+
 @dataclass(frozen=True)
 class SealedBlob:
-    """A content ready to store: digest for deduplication, wrapped key, sealed chunks and meta."""
+    """A content ready to store: digest for deduplication, wrapped key, sealed chunks and meta.
+
+    A small content is sealed at once (``sealed``); a large one keeps its plaintext pieces
+    and data key and is sealed by :meth:`chunks` as the chunks are inserted, so that only a
+    chunk of it exists sealed at any time."""
 
     digest: bytes
     size: int
     key: SealedKey
-    chunks: list[bytes]
+    chunk_count: int
     chunk_size: int
     meta: bytes | None
+    sealed: list[bytes] | None
+    plain: tuple[Content, ...] = ()
+    data_key: bytes = b""
+    search: bytes | None = None  # the header fields SEARCH matches, sealed (headerindex.stored)
+
+    def chunks(self) -> Iterator[bytes]:
+        if self.sealed is not None:
+            return iter(self.sealed)
+        return seal_each(self.data_key, _pieces_by_chunk(self.plain, self.chunk_size), self.chunk_count)
 
 
-def seal(keyring: KeyRing, data: bytes, meta: dict[str, Any] | None, chunk_size: int) -> SealedBlob:
+def _pieces_by_chunk(pieces: tuple[Content, ...], chunk_size: int) -> Iterator[bytes | memoryview]:
+    """The concatenation of ``pieces`` cut in chunks, each a view into its piece when it lies
+    in one (no copy), else joined (the chunk that straddles a prefix and the message)."""
+    views = [memoryview(p) for p in pieces if len(p)]
+    carry: list[memoryview] = []
+    carried = 0
+    for view in views:
+        pos = 0
+        if carried:
+            take = min(chunk_size - carried, len(view))
+            carry.append(view[:take])
+            carried += take
+            pos = take
+            if carried < chunk_size:
+                continue
+            yield b"".join(carry)
+            carry, carried = [], 0
+        while len(view) - pos >= chunk_size:
+            yield view[pos : pos + chunk_size]
+            pos += chunk_size
+        if pos < len(view):
+            carry, carried = [view[pos:]], len(view) - pos
+    if carried or not views:
+        yield b"".join(carry)
+
+
+def seal(
+    keyring: KeyRing,
+    data: Content,
+    meta: dict[str, Any] | None,
+    chunk_size: int,
+    prefix: bytes = b"",
+    search: bytes | None = None,
+) -> SealedBlob:
+    """Seal ``prefix + data`` (the prefix, a DKIM-Signature field, is never joined to the data
+    by a copy), its parsed structure and the header fields SEARCH matches (in the form
+    :func:`headerindex.stored` gives) under one new data key."""
     data_key = new_data_key()
+    pieces = (prefix, data) if prefix else (data,)
+    size = len(prefix) + len(data)
+    count = max(1, -(-size // chunk_size))
+    later = size >= SEAL_AS_STORED
     return SealedBlob(
-        digest=keyring.digest(data),
-        size=len(data),
+        digest=keyring.digest(pieces),
+        size=size,
         key=keyring.wrap(data_key),
-        chunks=seal_chunks(data_key, data, chunk_size),
+        chunk_count=count,
         chunk_size=chunk_size,
         meta=seal_small(data_key, json.dumps(meta, separators=(",", ":")).encode())
         if meta is not None
         else None,
+        sealed=None if later else list(seal_each(data_key, _pieces_by_chunk(pieces, chunk_size), count)),
+        plain=pieces if later else (),
+        data_key=data_key if later else b"",
+        search=seal_small(data_key, search, "search") if search is not None else None,
     )
+
+
+def _store_chunks(session: Session, blobs_by_id: Iterable[tuple[int, SealedBlob]]) -> None:
+    """Insert the chunks of blobs, a batch of about 256 KiB per statement (a binary ``COPY`` on
+    PostgreSQL, see :func:`~mssante.sqlfast.insert_many`), sealing large ones as they go."""
+    batch: list[tuple[int, int, bytes]] = []
+    size = 0
+    for blob_id, blob in blobs_by_id:
+        for seq, data in enumerate(blob.chunks()):
+            batch.append((blob_id, seq, data))
+            size += len(data)
+            if size >= _CHUNK_BATCH_BYTES:
+                insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
+                batch, size = [], 0
+    insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
+
+
+def _high_water_ids(session: Session, count: int) -> int | None:
+    """The first of ``count`` new blob ids on SQLite (None on PostgreSQL, whose sequence never
+    goes back). SQLite numbers a row after the highest present, so the id of a collected blob
+    would come back for the next one, and a session still holding the expunged message (RFC
+    2180 §4.1) would read another message under its number: ids come from a high-water mark
+    instead — for one blob and for a group commit's (or a MULTIAPPEND's) several alike."""
+    if dialect_of(session) != "sqlite":
+        return None
+    last = run(
+        session,
+        "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + :n "
+        "WHERE id = 1 RETURNING last",
+        {"n": count},
+    ).scalar_one()
+    return int(last) - count + 1
 
 
 def put(session: Session, sealed: SealedBlob) -> int:
@@ -58,39 +157,26 @@ def put(session: Session, sealed: SealedBlob) -> int:
     existing = run(session, "SELECT id FROM blobs WHERE digest = :digest", {"digest": sealed.digest}).scalar()
     if existing is not None:
         return int(existing)
-    # SQLite numbers a row after the highest present, so the id of a collected blob would come
-    # back for the next one, and a session still holding the expunged message (RFC 2180 §4.1)
-    # would read another message under its number: ids come from a high-water mark instead.
-    # (PostgreSQL's sequence never goes back.)
-    new_id = None
-    if dialect_of(session) == "sqlite":
-        new_id = run(
-            session,
-            "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + 1 "
-            "WHERE id = 1 RETURNING last",
-        ).scalar()
+    new_id = _high_water_ids(session, 1)
     blob_id = run(
         session,
         f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, created_at) VALUES ({':id, ' if new_id is not None else ''}"
-        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :at) RETURNING id",
+        f"chunk_count, chunk_size, meta, search, created_at) VALUES ({':id, ' if new_id is not None else ''}"
+        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :search, :at) RETURNING id",
         {
             "id": new_id,
             "digest": sealed.digest,
             "size": sealed.size,
             "key_id": sealed.key.key_id,
             "wrapped": sealed.key.wrapped,
-            "count": len(sealed.chunks),
+            "count": sealed.chunk_count,
             "chunk_size": sealed.chunk_size,
             "meta": sealed.meta,
+            "search": sealed.search,
             "at": timestamp(datetime.now(UTC), dialect_of(session)),
         },
     ).scalar_one()
-    run(
-        session,
-        "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)",
-        [{"blob_id": blob_id, "seq": i, "data": c} for i, c in enumerate(sealed.chunks)],
-    )
+    _store_chunks(session, [(int(blob_id), sealed)])
     return int(blob_id)
 
 
@@ -112,33 +198,40 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
     if not new:
         return ids
     at = timestamp(datetime.now(UTC), dialect_of(session))
-    columns = ("digest", "size", "key_id", "wrapped", "count", "chunk_size", "meta")
+    # SQLite: ids from the high-water mark (see _high_water_ids); PostgreSQL: its sequence.
+    first_id = _high_water_ids(session, len(new))
+    columns: tuple[str, ...] = (
+        "digest",
+        "size",
+        "key_id",
+        "wrapped",
+        "count",
+        "chunk_size",
+        "meta",
+        "search",
+    )
+    names = "digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, search, created_at"
+    if first_id is not None:
+        columns, names = ("id", *columns), f"id, {names}"
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
     params: dict[str, Any] = {"at": at}
     for i, blob in enumerate(new):
-        values = (
+        values: tuple[Any, ...] = (
             blob.digest,
             blob.size,
             blob.key.key_id,
             blob.key.wrapped,
-            len(blob.chunks),
+            blob.chunk_count,
             blob.chunk_size,
             blob.meta,
+            blob.search,
         )
+        if first_id is not None:
+            values = (first_id + i, *values)
         params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
-    inserted = run(
-        session,
-        "INSERT INTO blobs (digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, created_at) "
-        f"VALUES {rows} RETURNING digest, id",
-        params,
-    ).all()
+    inserted = run(session, f"INSERT INTO blobs ({names}) VALUES {rows} RETURNING digest, id", params).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
-    insert_many(
-        session,
-        "blob_chunks",
-        {"blob_id": "int8", "seq": "int4", "data": "bytea"},
-        [(ids[blob.digest], i, c) for blob in new for i, c in enumerate(blob.chunks)],
-    )
+    _store_chunks(session, ((ids[blob.digest], blob) for blob in new))
     return ids
 
 
@@ -233,6 +326,10 @@ class BlobReader:
         self._keys: dict[tuple[str, bytes], bytes] = {}
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    def data_key(self, key_id: str, wrapped: bytes) -> bytes:
+        """A blob's data key, unwrapped (cached): for a companion value read by another module."""
+        return self._data_key(key_id, wrapped)
 
     def _data_key(self, key_id: str, wrapped: bytes) -> bytes:
         # Keyed by the wrapped key itself (unique per blob, random nonce): blob ids may be reused

@@ -17,6 +17,7 @@ from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.sqlfast import dialect_of, insert_many, run, timestamp, utc
 from mssante.store import blobs as blobstore
+from mssante.store import headerindex
 from mssante.store.core import (
     StoreCore,
     folders_t,
@@ -81,11 +82,12 @@ def _deliver_event(
 
 class DeliveryOps(StoreCore):
     # -- preparing content ----------------------------------------------------------------
-    def _prepare(self, raw: bytes) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+    def _prepare(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         meta = analyse(raw)
-        return blobstore.seal(self.keyring, raw, meta, self.chunk_size), meta
+        search = headerindex.stored(headerindex.fields_of(meta))
+        return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search), meta
 
-    async def _prepare_async(self, raw: bytes) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+    async def _prepare_async(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         # MIME analysis and sealing in a worker thread, whatever the size: on the event loop
         # they were a tenth of its busy time at 10 sessions (profile of issue 20), time during
         # which no other session was read or answered.
@@ -94,7 +96,7 @@ class DeliveryOps(StoreCore):
     # -- delivery ---------------------------------------------------------------------------
     async def deliver(
         self,
-        raw: bytes,
+        raw: bytes | bytearray,
         sender: str,
         recipients: Sequence[str],
         *,
@@ -118,7 +120,7 @@ class DeliveryOps(StoreCore):
         sealed_out = None
         if outbound is not None and outbound.recipients:
             sealed_out = await asyncio.to_thread(
-                blobstore.seal, self.keyring, outbound.raw, None, self.chunk_size
+                blobstore.seal, self.keyring, outbound.raw, None, self.chunk_size, outbound.signature
             )
         delivery = _Delivery(
             self,
@@ -301,7 +303,7 @@ class DeliveryOps(StoreCore):
         self,
         bal: str,
         folder: str,
-        raw: bytes,
+        raw: bytes | bytearray,
         *,
         flags: Iterable[str] = (),
         internaldate: datetime | None = None,
@@ -318,7 +320,7 @@ class DeliveryOps(StoreCore):
         self,
         bal: str,
         folder: str,
-        messages: Sequence[tuple[bytes, Iterable[str], datetime | None]],
+        messages: Sequence[tuple[bytes | bytearray, Iterable[str], datetime | None]],
         *,
         actor: str,
         source: str | None = None,

@@ -87,6 +87,8 @@ class Blob(Base):
     chunk_count: Mapped[int] = mapped_column(Integer)
     chunk_size: Mapped[int] = mapped_column(Integer)
     meta: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The header fields SEARCH matches (mssante.store.headerindex), sealed like ``meta``.
+    search: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
