@@ -109,8 +109,8 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
         return b"RFC822.SIZE %d" % entry.size
     if name == "MODSEQ":
         return b"MODSEQ (%d)" % entry.modseq
-    if name in STRUCTURE_ITEMS and not utf8 and entry.rendered is not None:
-        cached = entry.rendered.get(name)
+    if name in STRUCTURE_ITEMS and not utf8:
+        cached = entry.rendered(name)
         if cached is not None:
             return cached
     assert meta is not None
@@ -123,23 +123,23 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     else:
         raise ValueError(f"{name} needs the message content")
     if not utf8:
-        if entry.rendered is None:
-            entry.rendered = {}
-        entry.rendered[name] = rendered
+        entry.keep_rendered(name, rendered)
     return rendered
 
 
 STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 
 
-def missing_structures(entries: list[Entry], items: tuple[FetchItem, ...]) -> list[int]:
-    """Blobs whose stored structure must still be read: not yet rendered in this session.
+def missing_structures(entries: list[Entry], items: tuple[FetchItem, ...], *, utf8: bool = False) -> list[int]:
+    """Blobs whose stored structure must still be read: not yet rendered for this folder.
 
-    Renderings live on the session's entries (keyed by UID, never reused in a mailbox), not
-    in a process-wide cache keyed by blob id, which a database may reuse after a deletion.
+    Renderings are kept per folder incarnation and UID (a UID names one content for the life
+    of a UIDVALIDITY), shared by the sessions of the folder; UTF-8 renderings are not kept.
     """
     names = [i.name for i in items if i.name in STRUCTURE_ITEMS and i.section is None]
-    return [e.blob_id for e in entries if e.rendered is None or any(n not in e.rendered for n in names)]
+    if utf8:
+        return [e.blob_id for e in entries] if names else []
+    return [e.blob_id for e in entries if any(e.rendered(n) is None for n in names)]
 
 
 async def _item(
