@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from mssante import memory
 from mssante.config import Settings
 from mssante.lifecycle import set_ready
 from mssante.listening import ListenerStarter, RunningListener
@@ -206,6 +207,7 @@ def run(settings: Settings, *, demo: bool = False) -> None:
             path = demo_mode.write_demo_json(settings, document, listeners)
             log.info("demo ready: accounts, passwords and ports in %s", path)
 
+    memory.tune_process()  # before any thread: glibc arenas, TLS buffers
     runtime = open_runtime(settings)
     try:
         asyncio.run(serve_forever(runtime, ready))

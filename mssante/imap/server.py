@@ -20,7 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from mssante import metrics
+from mssante import memory, metrics
 from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
@@ -275,6 +275,7 @@ class Connection:
                 self._flush()
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
+            memory.trim_soon()  # what the session held goes back to the system
 
     async def _command(self, data: bytes) -> None:
         try:
@@ -304,6 +305,7 @@ class ImapServer:
         access: Access | None = None,
         proxy: ProxySettings | None = None,
     ) -> None:
+        memory.tune_process()  # small TLS read buffers (also when embedded, as in bench/)
         self.store = store
         self.proxy = proxy  # behind balancers: the PROXY protocol names the client
         self.gate = gate
