@@ -12,16 +12,16 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from mssante.imap.commands.values import FetchItem, Section
-from mssante.imap.mailbox import Entry
+from mssante.imap.mailbox import Entry, MessageTable
 from mssante.imap.render import (
     apply_partial,
     body_structure,
     envelope,
     find_part,
-    flag_list,
     header_fields,
     internaldate,
     section_range,
@@ -90,6 +90,76 @@ def has_content(items: tuple[FetchItem, ...]) -> bool:
     return any(item.section is not None or item.name in _ALIASES for item in items)
 
 
+_COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
+
+
+def column_lines(
+    table: MessageTable,
+    pairs: list[tuple[int, int]],
+    items: tuple[FetchItem, ...],
+    *,
+    utf8: bool = False,
+) -> bytes | None:
+    """``* n FETCH (...)`` of many messages at once, when every item is read from the columns
+    or from the folder's renderings (``UID FETCH 1:* (FLAGS)``, a warm ``FETCH 1:* ENVELOPE``):
+    one format and no object per message. None when some item needs more (the caller then
+    renders message by message)."""
+    if any(
+        i.section is not None or (i.name not in _COLUMN_ITEMS and i.name not in STRUCTURE_ITEMS)
+        for i in items
+    ):
+        return None
+    rendered = [table.rendered.items.get(i.name, {}) for i in items if i.name in STRUCTURE_ITEMS]
+    if rendered and utf8:
+        return None  # UTF-8 renderings are made for the session, never kept
+    if any(uid not in found for found in rendered for _, uid in pairs):
+        return None
+    names = [i.name for i in items]
+    pattern = (
+        b"* %d FETCH ("
+        + b" ".join(b"%s" if name in STRUCTURE_ITEMS else _PATTERNS[name] for name in names)
+        + b")\r\n"
+    )
+    flags = table.flag_bytes
+    is_recent = table.is_recent
+    if not pairs:
+        return b""
+    lines = []
+    columns, at = table.locate(pairs[0][1])
+    for n, uid in pairs:
+        # In UID order: the next message is usually the next row.
+        if at + 1 < len(columns.uid) and columns.uid[at + 1] == uid:
+            at += 1
+        elif columns.uid[at] != uid:
+            columns, at = table.locate(uid)
+        values: list[int | bytes] = [n]
+        structures = iter(rendered)
+        for name in names:
+            if name == "UID":
+                values.append(uid)
+            elif name == "FLAGS":
+                values.append(flags(columns.flags[at], is_recent(uid)))
+            elif name == "RFC822.SIZE":
+                values.append(columns.size[at])
+            elif name == "MODSEQ":
+                values.append(columns.modseq[at])
+            elif name == "INTERNALDATE":
+                values.append(internaldate(datetime.fromtimestamp(columns.date[at], UTC)))
+            else:
+                values.append(next(structures)[uid])
+        lines.append(pattern % tuple(values))
+    return b"".join(lines)
+
+
+_PATTERNS = {
+    "UID": b"UID %d",
+    "FLAGS": b"FLAGS %s",
+    "RFC822.SIZE": b"RFC822.SIZE %d",
+    "MODSEQ": b"MODSEQ (%d)",
+    "INTERNALDATE": b"INTERNALDATE %s",
+}
+
+
 def metadata_response(
     msn: int, entry: Entry, items: tuple[FetchItem, ...], meta: Json | None, *, utf8: bool = False
 ) -> bytes:
@@ -102,7 +172,7 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     if name == "UID":
         return b"UID %d" % entry.uid
     if name == "FLAGS":
-        return b"FLAGS " + flag_list(entry.shown_flags())
+        return b"FLAGS " + entry.flag_bytes()
     if name == "INTERNALDATE":
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":
@@ -130,7 +200,9 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
 STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 
 
-def missing_structures(entries: list[Entry], items: tuple[FetchItem, ...], *, utf8: bool = False) -> list[int]:
+def missing_structures(
+    entries: list[Entry], items: tuple[FetchItem, ...], *, utf8: bool = False
+) -> list[int]:
     """Blobs whose stored structure must still be read: not yet rendered for this folder.
 
     Renderings are kept per folder incarnation and UID (a UID names one content for the life

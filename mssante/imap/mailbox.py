@@ -23,6 +23,7 @@ from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.store.feed import FolderChange
 from mssante.store.store import FolderInfo, MessageRow
 
+
 class MessageTable:
     """The messages a session knows, as columns of machine integers in UID order.
 
@@ -39,8 +40,9 @@ class MessageTable:
     An :class:`Entry` is a short-lived view on one row.
     """
 
-    __slots__ = ("_base", "_base_owned", "_flags_owned", "_gone", "_set_index", "_sets", "_sets_owned", "_tail",
-                 "expunged", "recent", "recent_range", "rendered", "version")  # fmt: skip
+    __slots__ = ("_base", "_base_owned", "_flags_owned", "_gone", "_rendered_sets", "_set_index",
+                 "_sets", "_sets_owned", "_tail", "expunged", "recent", "recent_range", "rendered",
+                 "version")  # fmt: skip
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         snapshot = snapshot or Snapshot(None, Columns(), [], Rendered())
@@ -50,6 +52,7 @@ class MessageTable:
         self._gone: set[int] = set()  # base UIDs forgotten while the base is shared
         self._sets = snapshot.sets
         self._set_index: dict[tuple[str, ...], int] | None = None  # built on first new flag set
+        self._rendered_sets: dict[tuple[int, bool], bytes] = {}
         self.rendered = snapshot.rendered  # shared by the sessions of this folder
         self.expunged: set[int] = set()  # expunged elsewhere, not yet reported to this session
         self.recent: set[int] = set()  # \Recent for this session (IMAP4rev1 only)...
@@ -74,6 +77,15 @@ class MessageTable:
 
     def flags_of(self, index: int) -> tuple[str, ...]:
         return self._sets[index]
+
+    def flag_bytes(self, index: int, recent: bool = False) -> bytes:
+        """A flag set as FETCH writes it, ``\\Recent`` added when asked (rendered once)."""
+        key = (index, recent)
+        found = self._rendered_sets.get(key)
+        if found is None:
+            flags = self._sets[index]
+            found = self._rendered_sets[key] = flag_list((*flags, "\\Recent") if recent else flags)
+        return found
 
     # -- rows ------------------------------------------------------------------------------------
     def locate(self, uid: int) -> tuple[Columns, int]:
@@ -113,7 +125,9 @@ class MessageTable:
         if columns is self._base and not self._flags_owned:
             # Copy-on-write: this session's flags diverge from the snapshot's.
             base = self._base
-            self._base = Columns(base.uid, array("I", base.flags), base.size, base.date, array("Q", base.modseq), base.blob)
+            self._base = Columns(
+                base.uid, array("I", base.flags), base.size, base.date, array("Q", base.modseq), base.blob
+            )
             self._flags_owned = True
             self.version += 1
             columns = self._base
@@ -286,10 +300,27 @@ class Entry:
     def keep_rendered(self, name: str, value: bytes) -> None:
         self._table.rendered.put(name, self.uid, value)
 
+    def flag_bytes(self) -> bytes:
+        """The shown flags as FETCH writes them."""
+        return self._table.flag_bytes(self.flag_index, self.recent)
+
     def shown_flags(self) -> tuple[str, ...]:
         """The flags as FETCH shows them: the stored ones, and ``\\Recent`` (a session flag,
         never set in an IMAP4rev2 session)."""
         return (*self.flags, "\\Recent") if self.recent else self.flags
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open index ranges sorted and merged: each message once, in order."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if start >= stop:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 @dataclass
@@ -370,19 +401,18 @@ class SelectedMailbox:
             if not uid and any(start is not None or end is not None for start, end in sequence.ranges):
                 raise ValueError("Invalid message sequence number: the mailbox is empty")
             return []
+        uids = self.uids
+        spans = []
         if uid:
-            largest = self.uids[-1]
-            out: list[tuple[int, int]] = []
-            for low, high in sorted(sequence.bounds(largest)):
-                start = bisect.bisect_left(self.uids, low)
-                stop = bisect.bisect_right(self.uids, high)
-                out.extend((i + 1, self.uids[i]) for i in range(start, stop))
-            return sorted(set(out))
-        count = len(self.uids)
-        for _low, high in sequence.bounds(count):
-            if high > count:
-                raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
-        return [(n, self.uids[n - 1]) for n in sequence.numbers(count)]
+            for low, high in sequence.bounds(uids[-1]):
+                spans.append((bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
+        else:
+            count = len(uids)
+            for low, high in sequence.bounds(count):
+                if high > count:
+                    raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
+                spans.append((max(low, 1) - 1, high))
+        return [(i + 1, uids[i]) for start, stop in _merged(spans) for i in range(start, stop)]
 
     def first_unseen(self) -> int | None:
         return self.entries.first_without("\\Seen", self.uids)
@@ -421,7 +451,7 @@ class SelectedMailbox:
         return self.flags_lines()
 
     def fetch_flags(self, entry: Entry) -> bytes:
-        return flag_list(entry.shown_flags())
+        return self.entries.flag_bytes(entry.flag_index, entry.recent)
 
     # -- changes -------------------------------------------------------------------------------
     def set_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
@@ -510,7 +540,9 @@ class SelectedMailbox:
         """Untagged responses for what changed since the last report, in a safe order."""
         out: list[bytes] = []
         if allow_expunge:
-            out.extend(self.expunge_lines([uid for uid in self.uids if self.entries[uid].expunged]))
+            gone = [uid for uid in self.entries.expunged if self.msn(uid) is not None]
+            if gone:
+                out.extend(self.expunge_lines(gone))
         # Announce new messages whose rows we have, in UID order.
         arrived = [uid for uid in self._new if uid in self.entries]
         if arrived:

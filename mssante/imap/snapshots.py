@@ -99,7 +99,9 @@ class Snapshot:
 
     __slots__ = ("__weakref__", "columns", "key", "rendered", "sets")
 
-    def __init__(self, key: SnapshotKey | None, columns: Columns, sets: list[tuple[str, ...]], rendered: Rendered) -> None:
+    def __init__(
+        self, key: SnapshotKey | None, columns: Columns, sets: list[tuple[str, ...]], rendered: Rendered
+    ) -> None:
         self.key = key
         self.columns = columns
         self.sets = sets

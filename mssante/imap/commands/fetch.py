@@ -10,6 +10,7 @@ from mssante.imap.commands.base import META_BATCH, Bad, No
 from mssante.imap.commands.values import Command, Fetch, FetchItem, SequenceSet
 from mssante.imap.fetch import (
     UnknownEncoding,
+    column_lines,
     has_content,
     message_response,
     meta_part,
@@ -77,7 +78,9 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         if with_meta:
             entries = [box.entries[uid] for _, uid in batch]
             wanted = (
-                [e.blob_id for e in entries] if content else missing_structures(entries, items, utf8=session.utf8)
+                [e.blob_id for e in entries]
+                if content
+                else missing_structures(entries, items, utf8=session.utf8)
             )
             metas = await session.store.meta(wanted, meta_part(items)) if wanted else {}
             # Expunged by another session meanwhile and its content collected: left out, and
@@ -88,14 +91,13 @@ async def cmd_fetch(session: Session, command: Command) -> str:
                 gone += len(batch) - len(kept)
                 batch = kept
         if not content:
-            await session.channel.write(
-                b"".join(
-                    metadata_response(
-                        n, box.entries[uid], items, metas.get(box.entries[uid].blob_id), utf8=session.utf8
-                    )
-                    for n, uid in batch
+            block = None if metas else column_lines(box.entries, batch, items, utf8=session.utf8)
+            if block is None:
+                block = b"".join(
+                    metadata_response(n, entry, items, metas.get(entry.blob_id), utf8=session.utf8)
+                    for n, entry in ((n, box.entries[uid]) for n, uid in batch)
                 )
-            )
+            await session.channel.write(block)
             continue
         for n, uid in batch:
             entry = box.entries[uid]
