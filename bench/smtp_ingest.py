@@ -3,12 +3,14 @@
 Usage (root: it installs Debian's ``postfix`` and ``dovecot-lmtpd`` when missing):
     .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--new-connections 1 10]
                                           [--seconds 10] [--rounds 2] [--processes 4]
-                                          [--size 10240] [--big-mib 20] [--with-postfix] [--out FILE]
+                                          [--size 10240] [--big-mib 20] [--workers 1 2]
+                                          [--with-postfix] [--out FILE]
 
 Servers under test, all started here and all left running for the whole benchmark:
 
 - ``mssante``: a real ``mssante serve --demo`` (SQLite store in a temporary directory), the
-  submission port (STARTTLS, AUTH PLAIN as a demo doctor);
+  submission port (STARTTLS, AUTH PLAIN as a demo doctor); ``mssante-2w`` the same with two
+  worker processes sharing the port (``--workers``: one server per count given);
 - ``postfix`` (``--with-postfix``): Debian's Postfix in a throw-away instance (``postfix -c``,
   its own queue, smtpd on 127.0.0.1 at a high port, STARTTLS required, TLS >= 1.2), AUTH
   required through Dovecot SASL from Debian checking **the same argon2id hash** as mssante's
@@ -189,14 +191,23 @@ class Target:
     pids: Callable[[], list[int]]
 
 
-def start_mssante(base: Path) -> tuple[Callable[[], None], Target, str]:
-    """The demo server; returns its stop, its target and the sender's argon2id hash."""
+def start_mssante(base: Path, workers: int = 1) -> tuple[Callable[[], None], Target, str]:
+    """The demo server with ``workers`` processes; returns its stop, its target and the
+    sender's argon2id hash."""
     from tests.demo_server import start_demo
 
+    name = "mssante" if workers == 1 else f"mssante-{workers}w"
     demo = start_demo(
-        base / "mssante",
-        {"MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "1000", "MSSANTE_RELAY__ENABLED": "false"},
+        base / name,
+        {
+            "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "1000",
+            "MSSANTE_RELAY__ENABLED": "false",
+            "MSSANTE_SERVER__WORKERS": str(workers),
+        },
     )
+    deadline = time.monotonic() + 60  # demo.json comes with the first worker: wait for all
+    while demo.log().count("listening: submission ") < workers and time.monotonic() < deadline:
+        time.sleep(0.1)
     account = demo.account(SENDER)
     database = demo.data_dir / "mssante.db"
     if not database.exists():
@@ -217,7 +228,7 @@ def start_mssante(base: Path) -> tuple[Callable[[], None], Target, str]:
 
     password_hash = str(query("SELECT password_hash FROM auth_accounts WHERE login = ?", account["login"]))
     target = Target(
-        "mssante",
+        name,
         Client(demo.port("submission"), demo.ca_cert, (account["login"], account["password"])),
         delivered,
         lambda: _descendants(demo.process.pid),
@@ -678,6 +689,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=4, help="client processes")
     parser.add_argument("--size", type=int, default=10 * 1024, help="message size in bytes")
     parser.add_argument("--big-mib", type=int, default=20, help="size of the large message (0: skip)")
+    parser.add_argument(
+        "--workers", type=int, nargs="*", default=[1, 2], help="mssante servers by worker processes"
+    )
     parser.add_argument("--with-postfix", action="store_true")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -697,9 +711,12 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="mssante-smtp-bench-"))
     stops: list[Callable[[], Any]] = []
     try:
-        stop, ours, password_hash = start_mssante(base)
-        stops.append(stop)
-        targets = [ours]
+        ours_all: list[Target] = []
+        for count in args.workers:
+            stop, ours, password_hash = start_mssante(base, count)
+            stops.append(stop)
+            ours_all.append(ours)
+        targets = list(ours_all)
         if args.with_postfix:
             ensure_packages()
             dovecot = start_dovecot(base, ours.client.login[0], password_hash)
@@ -742,18 +759,19 @@ def main() -> None:
             }
             if args.big_mib:
                 result[target.name]["big_message"] = big_message(target, args.big_mib)
-        for anchor in targets[1:]:
-            result[f"ratio_mssante_over_{anchor.name}"] = {
-                level: {
-                    figure: round(
-                        result["mssante"]["levels"][level][figure]["median"]
-                        / max(result[anchor.name]["levels"][level][figure]["median"], 0.01),
-                        2,
-                    )
-                    for figure in FIGURES[:3]
+        for ours in ours_all:
+            for anchor in targets[len(ours_all) :]:
+                result[f"ratio_{ours.name}_over_{anchor.name}"] = {
+                    level: {
+                        figure: round(
+                            result[ours.name]["levels"][level][figure]["median"]
+                            / max(result[anchor.name]["levels"][level][figure]["median"], 0.01),
+                            2,
+                        )
+                        for figure in FIGURES[:3]
+                    }
+                    for level, _, _ in levels
                 }
-                for level, _, _ in levels
-            }
     finally:
         for stop in reversed(stops):
             stop()

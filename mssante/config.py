@@ -53,6 +53,9 @@ class ServerSection(_Section):
     domains: list[str] = Field(default_factory=lambda: ["demo.mssante.fr"])
     patient_domain: str = "patient.mssante.fr"
     shutdown_grace_seconds: float = 10.0
+    # Processes serving the SMTP and IMAP ports together (SO_REUSEPORT: the kernel spreads new
+    # connections over them), so that one machine's cores all serve; 1 = one process.
+    workers: int = Field(default=1, ge=1, le=64)
 
 
 class DatabaseSection(_Section):

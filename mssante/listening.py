@@ -31,6 +31,12 @@ class RunningListener:
 ListenerStarter = Callable[["Runtime"], Awaitable[list[RunningListener]]]
 
 
+def share_of(limit: int, workers: int) -> int:
+    """A worker's share of a cap meant for the whole server: the kernel spreads connections
+    evenly over the workers, so each applies its part (rounded up, at least one)."""
+    return max(1, -(-limit // workers))
+
+
 class ConnectionCaps:
     """Open connections of one listener group, counted in total and per client address, so
     that one address (or a crowd) cannot take every slot of a front door."""

@@ -283,10 +283,12 @@ class ProxySettings:
         return cls(TrustedBalancers(section.proxy_trusted))
 
 
-def _listening_socket(host: str, port: int) -> socket.socket:
+def _listening_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(info[4])
     sock.listen(socket.SOMAXCONN)
     sock.setblocking(False)
@@ -301,16 +303,24 @@ async def create_server(
     ssl: ssl.SSLContext | None = None,
     ssl_handshake_timeout: float | None = None,
     proxy: ProxySettings | None = None,
+    reuse_port: bool = False,
 ) -> Listening:
-    """``loop.create_server``, or a :class:`ProxiedServer` when the listener is behind balancers."""
+    """``loop.create_server``, or a :class:`ProxiedServer` when the listener is behind balancers.
+
+    ``reuse_port``: the port is shared with the other worker processes (``server.workers``)."""
     loop = asyncio.get_running_loop()
     if proxy is None:
         return await loop.create_server(
-            factory, host, port, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout if ssl else None
+            factory,
+            host,
+            port,
+            ssl=ssl,
+            ssl_handshake_timeout=ssl_handshake_timeout if ssl else None,
+            reuse_port=reuse_port or None,
         )
     return ProxiedServer(
         factory,
-        _listening_socket(host, port),
+        _listening_socket(host, port, reuse_port=reuse_port),
         proxy.trusted,
         ssl_context=ssl,
         ssl_handshake_timeout=ssl_handshake_timeout,
@@ -327,6 +337,7 @@ async def start_server(
     ssl: ssl.SSLContext | None = None,
     ssl_handshake_timeout: float | None = None,
     proxy: ProxySettings | None = None,
+    reuse_port: bool = False,
 ) -> Listening:
     """``asyncio.start_server`` (streams), behind balancers when ``proxy`` is set."""
     loop = asyncio.get_running_loop()
@@ -336,5 +347,11 @@ async def start_server(
         return asyncio.StreamReaderProtocol(reader, client_connected, loop=loop)
 
     return await create_server(
-        factory, host, port, ssl=ssl, ssl_handshake_timeout=ssl_handshake_timeout, proxy=proxy
+        factory,
+        host,
+        port,
+        ssl=ssl,
+        ssl_handshake_timeout=ssl_handshake_timeout,
+        proxy=proxy,
+        reuse_port=reuse_port,
     )

@@ -7,6 +7,7 @@ same objects the same way.
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
@@ -53,6 +54,26 @@ def initialise(settings: Settings) -> list[str]:
     return done
 
 
+@dataclass(frozen=True)
+class WorkerSlot:
+    """This process's place among the worker processes of one server (``server.workers``)."""
+
+    index: int  # 0 is the primary: it alone runs the web, directory updates and node identity
+    count: int
+    group: str  # names the server (its supervisor's pid) in the workers' feed addresses
+    ready_fd: int = -1  # a pipe to the supervisor: written once every listener is up
+
+    @property
+    def primary(self) -> bool:
+        return self.index == 0
+
+    def serving(self) -> None:
+        """Tell the supervisor this worker started (one that dies before never will)."""
+        if self.ready_fd >= 0:
+            os.write(self.ready_fd, b"1")
+            os.close(self.ready_fd)
+
+
 @dataclass
 class Runtime:
     """The long-lived objects of a process; ``close()`` releases them."""
@@ -72,6 +93,14 @@ class Runtime:
     # The bound public listeners, once ``serve`` started them: what autoconfiguration tells
     # clients (the real ports, even when 0 was configured).
     listeners: list[RunningListener] = field(default_factory=list)
+    worker: WorkerSlot | None = None  # None: the server is this one process
+
+    @property
+    def lease_name(self) -> str:
+        """The name this process's outbound-queue leases carry: the node's, with the worker's
+        number after the first (a restarting worker frees its own leases, not a sibling's)."""
+        hostname = self.settings.server.hostname
+        return hostname if self.worker is None or self.worker.primary else f"{hostname}/{self.worker.index}"
 
     def close(self) -> None:
         if self.authenticator is not None:

@@ -25,7 +25,7 @@ from mssante.config import Settings
 from mssante.lifecycle import set_ready
 from mssante.listening import ListenerStarter, RunningListener
 from mssante.proxy_protocol import ProxySettings, create_server
-from mssante.runtime import Runtime, initialise, open_runtime
+from mssante.runtime import Runtime, WorkerSlot, initialise, open_runtime
 
 log = logging.getLogger("mssante")
 
@@ -135,18 +135,26 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
     ]
 
 
-def listener_starters() -> list[ListenerStarter]:
-    """Front doors, in start order (imported here, when serving: they import the whole stack)."""
+def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
+    """Front doors, in start order (imported here, when serving: they import the whole stack).
+
+    With several worker processes, the ones after the first (not ``primary``) serve the mail
+    ports and the outbound queue only: the web, directory updates and the node's identity are
+    the primary's."""
     from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.nodes import start_node_identity
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
     from mssante.store.pgfeed import start_cluster_feed
+    from mssante.store.siblingfeed import start_sibling_feed
 
+    if not primary:
+        return [start_cluster_feed, start_sibling_feed, start_smtp, start_imap, start_relay]
     return [
         start_node_identity,
         start_cluster_feed,
+        start_sibling_feed,
         start_http,
         start_smtp,
         start_imap,
@@ -165,16 +173,19 @@ async def serve_forever(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     running: list[RunningListener] = []
+    primary = runtime.worker is None or runtime.worker.primary
     try:
-        for starter in listener_starters():
+        for starter in listener_starters(primary=primary):
             running.extend(await starter(runtime))
         runtime.listeners[:] = [item for item in running if item.public]
         for item in running:
             log.info(
                 "listening: %s %s://%s:%d (tls: %s)", item.name, item.protocol, item.host, item.port, item.tls
             )
-        if ready is not None:
+        if ready is not None and primary:
             ready(running)
+        if runtime.worker is not None:
+            runtime.worker.serving()
         set_ready(runtime, True)
         await stop.wait()
         log.info("shutting down")
@@ -207,8 +218,27 @@ def run(settings: Settings, *, demo: bool = False) -> None:
             path = demo_mode.write_demo_json(settings, document, listeners)
             log.info("demo ready: accounts, passwords and ports in %s", path)
 
+    if settings.server.workers > 1:
+        from mssante.workers import run_workers
+
+        def serve_one(worker_settings: Settings, slot: WorkerSlot) -> None:
+            serve(worker_settings, ready, slot)
+
+        if run_workers(settings, serve_one):
+            raise OSError("a worker process could not start (see the log above)")
+        return
+    serve(settings, ready)
+
+
+def serve(
+    settings: Settings,
+    ready: Callable[[list[RunningListener]], None] | None = None,
+    worker: WorkerSlot | None = None,
+) -> None:
+    """Serve in this process (the whole server, or one of its workers) until stopped."""
     memory.tune_process()  # before any thread: glibc arenas, TLS buffers
     runtime = open_runtime(settings)
+    runtime.worker = worker
     try:
         asyncio.run(serve_forever(runtime, ready))
     finally:

@@ -19,7 +19,7 @@ from mssante.imap.mailbox import MessageTable, SelectedMailbox
 from mssante.imap.session import Session
 from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.runtime import Runtime
-from mssante.store.store import FolderInfo, MessageRow
+from mssante.store.types import FolderInfo, MessageRow
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Running, running_server
 

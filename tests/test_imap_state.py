@@ -18,7 +18,7 @@ from mssante.imap.render import compress
 from mssante.imap.search import Candidate, body_text, matches, needs
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
-from mssante.store.store import FolderInfo, MessageRow
+from mssante.store.types import FolderInfo, MessageRow
 
 FOLDER = FolderInfo(7, "a@b", "INBOX", 1700000000, 10, 5, None, True)
 WHEN = datetime(2024, 3, 5, 9, 0, tzinfo=UTC)

@@ -22,7 +22,7 @@ import pytest
 
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.runtime import Runtime
-from mssante.store.store import FolderInfo, MessageRow
+from mssante.store.types import FolderInfo, MessageRow
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Running, running_server
 

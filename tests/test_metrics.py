@@ -33,7 +33,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from mssante import metrics
 from mssante.config import ConfigError, load_settings
 from mssante.runtime import Runtime
-from mssante.store.store import Outbound
+from mssante.store.types import Outbound
 from tests.demo_server import DemoServer, start_demo
 
 TOKEN = "scrape-token-0123456789abcdef"

@@ -15,7 +15,7 @@ from mssante.crypto import KeyRing, KeyRingError
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.blobs import rewrap_all
 from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
-from mssante.store.store import FolderExists, FolderNotFound, QuotaExceeded
+from mssante.store.types import FolderExists, FolderNotFound, QuotaExceeded
 from tests.helpers import make_message
 
 DOC = "dr.durand@demo.mssante.fr"

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -46,17 +48,24 @@ class LocalIdP:
         return cls(settings.data_dir / "demo-idp", f"https://{settings.server.hostname}/demo-idp")
 
     def _create(self) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """Key and JWKS written aside, then moved into place in one rename: processes starting
+        together (the workers of one server) all end up with the one that got there first."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        staging = Path(tempfile.mkdtemp(dir=self.directory.parent, prefix=".demo-idp-"))
         key = ec.generate_private_key(ec.SECP256R1())
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
-        fd = os.open(self.key_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        fd = os.open(staging / self.key_file.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(pem)
         jwk: dict[str, Any] = json.loads(ECAlgorithm.to_jwk(key.public_key()))
         jwk.update(kid=uuid.uuid4().hex[:16], use="sig", alg="ES256")
-        self.jwks_file.write_text(json.dumps({"keys": [jwk]}, indent=2))
+        (staging / self.jwks_file.name).write_text(json.dumps({"keys": [jwk]}, indent=2))
+        try:
+            os.rename(staging, self.directory)  # refused when another process's is there
+        except OSError:
+            shutil.rmtree(staging)
 
     def issuer(self, kind: IdentityKind | str) -> str:
         return f"{self.issuer_base}/{IdentityKind(kind).value}"

@@ -106,6 +106,12 @@ def init(as_json: JsonOption = False) -> None:
 @app.command()
 def serve(
     demo: Annotated[bool, typer.Option("--demo", help="Initialise and run a demo operator.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers", min=1, max=64, help="Processes sharing the SMTP and IMAP ports (server.workers)."
+        ),
+    ] = None,
 ) -> None:
     """Run the server (all configured listeners) until interrupted."""
     from mssante.crypto import KeyRingError
@@ -114,6 +120,8 @@ def serve(
     from mssante.tls import TLSConfigError
 
     cfg = settings()
+    if workers is not None:
+        cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"workers": workers})})
     with runtime_errors(SchemaOutdated, KeyRingError, TLSConfigError, OSError):
         run(cfg, demo=demo)
 

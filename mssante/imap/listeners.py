@@ -15,7 +15,7 @@ from delegation.reach import default_bal
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.imap.auth_gate import AuthenticatorGate, ResolveBal
 from mssante.imap.server import ImapServer, Limits
-from mssante.listening import RunningListener
+from mssante.listening import RunningListener, share_of
 from mssante.policy import Policy
 from mssante.proxy_protocol import ProxySettings
 from mssante.runtime import Runtime
@@ -70,8 +70,9 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
         preauth_command_timeout=imap.preauth_command_timeout_seconds,
         preauth_max_errors=imap.preauth_max_errors,
         idle_timeout=imap.idle_timeout_seconds,
-        max_connections=imap.max_connections,
-        max_connections_per_ip=imap.max_connections_per_ip,
+        # With several worker processes each applies its share of the caps.
+        max_connections=share_of(imap.max_connections, settings.server.workers),
+        max_connections_per_ip=share_of(imap.max_connections_per_ip, settings.server.workers),
     )
     server = ImapServer(
         runtime.store,
@@ -81,6 +82,7 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
         limits=limits,
         access=access,
         proxy=ProxySettings.of(imap),
+        shared_ports=settings.server.workers > 1,
     )
     starttls = await server.start(imap.host, imap.port)
     implicit = await server.start(imap.host, imap.tls_port, implicit_tls=True)

@@ -21,7 +21,7 @@ from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import compress, flag_list
 from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.store.feed import FolderChange
-from mssante.store.store import FolderInfo, MessageRow
+from mssante.store.types import FolderInfo, MessageRow
 
 
 class MessageTable:

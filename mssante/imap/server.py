@@ -304,9 +304,11 @@ class ImapServer:
         limits: Limits | None = None,
         access: Access | None = None,
         proxy: ProxySettings | None = None,
+        shared_ports: bool = False,
     ) -> None:
         memory.tune_process()  # small TLS read buffers (also when embedded, as in bench/)
         self.store = store
+        self.shared_ports = shared_ports  # bound by every worker process (SO_REUSEPORT)
         self.proxy = proxy  # behind balancers: the PROXY protocol names the client
         self.gate = gate
         self.access = access  # rights on BALs (delegation); None: each session's own BAL only
@@ -350,6 +352,7 @@ class ImapServer:
             # The TLS handshake of the implicit port counts against the time to log in.
             ssl_handshake_timeout=self.limits.login_timeout if implicit_tls else None,
             proxy=self.proxy,
+            reuse_port=self.shared_ports,
         )
 
     async def _refuse(self, writer: asyncio.StreamWriter, ip: str, reason: str) -> None:

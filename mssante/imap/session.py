@@ -61,7 +61,8 @@ from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.render import astring, compress, string
 from mssante.imap.states import AUTHENTICATED, LOGOUT, NOT_AUTHENTICATED, SELECTED
 from mssante.store.feed import REMOTE, FolderChange, Subscription
-from mssante.store.store import MessageStore, StoreError
+from mssante.store.store import MessageStore
+from mssante.store.types import StoreError
 from mssante.tls import TLSInfo
 
 log = logging.getLogger(__name__)

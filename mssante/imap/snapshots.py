@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING
 from mssante.store.columns import MessageColumns
 
 if TYPE_CHECKING:
-    from mssante.store.store import FolderInfo, MessageStore
+    from mssante.store.store import MessageStore
+    from mssante.store.types import FolderInfo
 
 SnapshotKey = tuple[int, str, int, int]  # folder id, BAL, UIDVALIDITY, HIGHESTMODSEQ
 KEEP_SNAPSHOTS = 4  # released snapshots kept for a quick re-SELECT...

@@ -21,7 +21,8 @@ from mssante.policy import DirectoryBal, Policy, Recipient
 from mssante.smtp import dkim, hygiene
 from mssante.smtp.hooks import DeliveryContext, HookRunner
 from mssante.smtp.session import MSSanteSMTP
-from mssante.store.store import MessageStore, Outbound, QuotaExceeded, StoreError
+from mssante.store.store import MessageStore
+from mssante.store.types import Outbound, QuotaExceeded, StoreError
 
 log = logging.getLogger("mssante.smtp")
 

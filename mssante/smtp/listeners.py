@@ -14,7 +14,7 @@ from typing import Any
 
 import dns.resolver
 
-from mssante.listening import RunningListener
+from mssante.listening import RunningListener, share_of
 from mssante.proxy_protocol import ProxySettings, create_server
 from mssante.runtime import Runtime
 from mssante.smtp import dkim
@@ -52,8 +52,9 @@ async def _serve(
     implicit: ssl.SSLContext | None,
     tls_mode: str,
     proxy: ProxySettings | None = None,
+    shared: bool = False,
 ) -> RunningListener:
-    server = await create_server(factory, host, port, ssl=implicit, proxy=proxy)
+    server = await create_server(factory, host, port, ssl=implicit, proxy=proxy, reuse_port=shared)
     bound = server.sockets[0].getsockname()[1]
 
     async def close() -> None:
@@ -87,7 +88,10 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
     # Submission offers EXTERNAL to software, so it asks for (optional) client certificates.
     client_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
     relay_ctx = server_context(settings.tls, client_certs=ClientCertMode.OPTIONAL)
-    limits = ConnectionLimits(smtp.max_connections, smtp.max_connections_per_ip)
+    workers = settings.server.workers
+    limits = ConnectionLimits(
+        share_of(smtp.max_connections, workers), share_of(smtp.max_connections_per_ip, workers)
+    )
     proxy = ProxySettings.of(smtp)
     session_args: dict[str, Any] = {
         "hostname": settings.server.hostname,
@@ -119,6 +123,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=None,
             tls_mode="starttls",
             proxy=proxy,
+            shared=workers > 1,
         ),
         await _serve(
             "submissions",
@@ -128,6 +133,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=client_ctx,
             tls_mode="implicit",
             proxy=proxy,
+            shared=workers > 1,
         ),
         await _serve(
             "relay",
@@ -144,6 +150,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=None,
             tls_mode="starttls",
             proxy=proxy,
+            shared=workers > 1,
         ),
     ]
     return _drained(listeners, limits, settings.server.shutdown_grace_seconds)

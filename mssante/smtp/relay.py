@@ -82,10 +82,12 @@ def _code_status(code: int, message: str) -> str:
 
 
 class RelayWorker:
-    def __init__(self, settings: Settings, store: MessageStore) -> None:
+    def __init__(self, settings: Settings, store: MessageStore, *, node: str | None = None) -> None:
         self.settings = settings
         self.relay = settings.relay
         self.store = store
+        # What its leases carry: the node's name (one worker process per name).
+        self.node = node or settings.server.hostname
         self._wake = asyncio.Event()
         self._stopping = False
         self._tls: ssl.SSLContext | None = None
@@ -104,10 +106,6 @@ class RelayWorker:
                 self.settings.tls, cert_file=self.relay.client_cert_file, key_file=self.relay.client_key_file
             )
         return self._tls
-
-    @property
-    def node(self) -> str:
-        return self.settings.server.hostname
 
     async def run(self) -> None:
         # Leases this node held before a crash or restart are ours to take back now.
@@ -443,7 +441,7 @@ async def start_relay(runtime: Any) -> list[Any]:
 
     if not runtime.settings.relay.enabled:
         return []
-    worker = RelayWorker(runtime.settings, runtime.store)
+    worker = RelayWorker(runtime.settings, runtime.store, node=runtime.lease_name)
     runtime.delivery_hooks.hooks.append(RelayWakeHook(worker))
     task = asyncio.create_task(worker.run(), name="relay")
 

@@ -79,6 +79,19 @@ def parse_payload(payload: str) -> tuple[str, list[tuple[int, int]]]:
     return node, folders
 
 
+def wake(hub: ChangeHub, own_node: str, payload: str) -> bool:
+    """Wake the listeners of the folders another process's payload names (its changes are in
+    ``folder_changes`` by then); False for a payload of our own, which the hub already had."""
+    node, folders = parse_payload(payload)
+    if node == own_node:
+        return False
+    listened = set(hub.folders())
+    wanted = [folder for folder, _ in folders if folder in listened]
+    if wanted:
+        hub.poke(wanted)
+    return True
+
+
 class NotifyOnCommit:
     """The writer's ``before_commit`` hook on PostgreSQL: NOTIFY inside the transaction."""
 
@@ -143,14 +156,8 @@ class ClusterFeed:
                 last_check = time.monotonic()
 
     def _heard(self, payload: str) -> None:
-        node, folders = parse_payload(payload)
-        if node == self.node:
-            return  # our own writer already published to the hub, with the details
-        self.heard += 1
-        listened = set(self.hub.folders())
-        wanted = [folder for folder, _ in folders if folder in listened]
-        if wanted:
-            self.hub.poke(wanted)
+        # (our own writer already published to the hub, with the details)
+        self.heard += wake(self.hub, self.node, payload)
 
 
 async def start_cluster_feed(runtime: Runtime) -> list[RunningListener]:

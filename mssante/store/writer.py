@@ -68,7 +68,7 @@ class GroupCommitWriter:
         self.engine = engine
         self.group_commit = group_commit
         self.max_batch = max_batch if group_commit else 1
-        self.after_commit = after_commit
+        self._after_commit: list[AfterCommit] = [after_commit] if after_commit is not None else []
         self.before_commit = before_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
@@ -76,6 +76,10 @@ class GroupCommitWriter:
         self.jobs = 0
         self._thread = threading.Thread(target=self._run, name="mssante-writer", daemon=True)
         self._thread.start()
+
+    def also_after_commit(self, listener: AfterCommit) -> None:
+        """Another listener of committed notes (the change feed to sibling worker processes)."""
+        self._after_commit.append(listener)
 
     # -- submitting -----------------------------------------------------------------------
     def submit(self, job: Job) -> Future[Any]:
@@ -179,9 +183,9 @@ class GroupCommitWriter:
         results = [(item, _result_of(result)) for item, result in ok]
         # Listeners hear of the change before its author hears "done" (IMAP: another session
         # must not run its next command without seeing what the first one already reported).
-        if notes and self.after_commit is not None:
+        for listener in self._after_commit if notes else ():
             try:
-                self.after_commit(notes)
+                listener(notes)
             except Exception:  # a listener must never break the writer
                 log.exception("change-feed listener failed")
         for item, error in failed:

@@ -12,7 +12,8 @@ from email.message import EmailMessage
 from email.utils import getaddresses, parsedate_to_datetime
 
 from mssante.audit import AuditEvent
-from mssante.store.store import FolderNotFound, MessageStore
+from mssante.store.store import MessageStore
+from mssante.store.types import FolderNotFound
 
 FOLDERS = {"recus": "INBOX", "envoyes": "Sent"}
 MAX_TEXT = 100_000

@@ -12,7 +12,7 @@ from mssante.imap.access import AclRefused, Rights
 from mssante.imap.commands.base import No
 from mssante.imap.commands.values import AclArgs, Command
 from mssante.imap.render import astring
-from mssante.store.store import FolderNotFound
+from mssante.store.types import FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

@@ -11,7 +11,7 @@ from mssante.imap.binary import encode_binary_parts
 from mssante.imap.commands.base import flag_right, store_no
 from mssante.imap.commands.values import Append, Command
 from mssante.imap.render import compress
-from mssante.store.store import StoreError
+from mssante.store.types import StoreError
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

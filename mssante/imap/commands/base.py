@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from delegation.rights import Right
-from mssante.store.store import FolderNotFound, StoreError
+from mssante.store.types import FolderNotFound, StoreError
 
 META_BATCH = 500
 # RFC 4314: which right a flag change needs.

@@ -8,7 +8,7 @@ from delegation.rights import Right
 from mssante.imap.commands.base import No, store_no
 from mssante.imap.commands.values import Command, CopyMove
 from mssante.imap.render import compress
-from mssante.store.store import StoreError
+from mssante.store.types import StoreError
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

@@ -19,7 +19,7 @@ from mssante.imap.fetch import (
     needs_meta,
 )
 from mssante.imap.render import compress
-from mssante.store.store import MessageGone
+from mssante.store.types import MessageGone
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

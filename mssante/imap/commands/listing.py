@@ -10,7 +10,7 @@ from mssante.imap import listing
 from mssante.imap.access import SHARED_PREFIX
 from mssante.imap.commands.base import Bad, No
 from mssante.imap.commands.values import Command, Create, ListArgs, MailboxArg, Rename, Status
-from mssante.store.store import FolderInfo, FolderNotFound, FolderStatus
+from mssante.store.types import FolderInfo, FolderNotFound, FolderStatus
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

@@ -13,7 +13,7 @@ from delegation.rights import Right
 from mssante.imap.access import SHARED_PREFIX
 from mssante.imap.commands.base import No
 from mssante.imap.commands.values import Command, Quota
-from mssante.store.store import FolderNotFound
+from mssante.store.types import FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

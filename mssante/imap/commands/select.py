@@ -15,7 +15,7 @@ from mssante.imap.render import compress
 from mssante.imap.snapshots import Snapshot, Snapshots, snapshots
 from mssante.imap.states import SELECTED
 from mssante.store.columns import read_columns
-from mssante.store.store import FolderInfo, FolderNotFound
+from mssante.store.types import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session

@@ -1,0 +1,360 @@
+"""Messages of a folder: their rows, structures and content, flags, expunge, copy and move,
+and the durable change feed a session re-reads."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import NoResultFound
+from sqlalchemy.orm import Session
+
+from mssante import audit
+from mssante.audit import AuditEvent
+from mssante.sqlfast import run
+from mssante.store import blobs as blobstore
+from mssante.store.core import (
+    INLINE_READ_BYTES,
+    INLINE_READ_META,
+    StoreCore,
+    changes_t,
+    folders_t,
+    messages_t,
+)
+from mssante.store.feed import FolderChange
+from mssante.store.types import (
+    CopyResult,
+    FolderNotFound,
+    MessageGone,
+    MessageRow,
+    normalise_flags,
+    split_flags,
+    stored_time,
+)
+from mssante.store.writer import Notes
+
+
+class MessageOps(StoreCore):
+    # -- messages ---------------------------------------------------------------------------
+    async def messages(self, folder_id: int, since_uid: int = 0) -> list[MessageRow]:
+        """The folder's messages in UID order (flags, sizes, dates; no content), UIDs > ``since_uid``."""
+
+        def q(s: Session) -> list[MessageRow]:
+            rows = blobstore.rows_of(
+                s,
+                "SELECT uid, flags, size, internaldate, modseq, blob_id FROM messages "
+                "WHERE folder_id = :f AND uid > :since ORDER BY uid",
+                {"f": folder_id, "since": since_uid},
+            )
+            return [
+                MessageRow(uid, split_flags(flags), size, stored_time(at), modseq, blob_id)
+                for uid, flags, size, at, modseq, blob_id in rows
+            ]
+
+        return await self.read(q)  # type: ignore[no-any-return]
+
+    async def meta(self, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
+        """Parsed structures (envelope, body structure, header index) of several messages;
+        ``only="envelope"`` when nothing else is needed (cheaper to parse)."""
+        return await self.read(  # type: ignore[no-any-return]
+            lambda s: self.reader.meta(s, blob_ids, only), small=len(blob_ids) <= INLINE_READ_META
+        )
+
+    async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
+        """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch);
+        :class:`MessageGone` when it was expunged and its content collected meanwhile."""
+        try:
+            return await self.read(  # type: ignore[no-any-return]
+                lambda s: self.reader.read(s, blob_id, start, end),
+                small=end is not None and end - start <= INLINE_READ_BYTES,
+            )
+        except NoResultFound:
+            raise MessageGone(f"message content {blob_id} no longer exists") from None
+
+    async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
+        """Plaintext by chunks, a chunk decrypted at a time: a large body never sits whole in memory."""
+        head = await self.read(lambda s: self.reader.header(s, blob_id), small=True)
+        stop = head.size if end is None else min(end, head.size)
+        step = head.chunk_size * 4
+        pos = start
+        while pos < stop:
+            upto = min(pos + step, stop)
+            yield await self.body(blob_id, pos, upto)
+            pos = upto
+
+    async def store_flags(
+        self,
+        folder_id: int,
+        uids: Sequence[int],
+        mode: Literal["add", "remove", "replace"],
+        flags: Iterable[str],
+        *,
+        actor: str,
+        bal: str | None = None,
+        source: str | None = None,
+        unchanged_since: int | None = None,
+        modified: list[int] | None = None,
+    ) -> list[tuple[int, tuple[str, ...], int]]:
+        """Change flags; returns (uid, flags, modseq) of every message whose flags changed.
+
+        With ``unchanged_since`` (CONDSTORE), a message whose MODSEQ is above it is left as it
+        is and its UID added to ``modified`` — decided under the folder's lock, so the test
+        and the change are one step for every session and process."""
+        wanted = normalise_flags(flags)
+        wanted_l = {f.lower() for f in wanted}
+        uid_list = sorted(set(uids))
+
+        def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
+            changed: list[tuple[int, str]] = []
+            # The folder's row lock first (PostgreSQL; SQLite's writer is alone anyway): flags
+            # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
+            # between, so no change is lost and MODSEQs follow the order of the changes.
+            session.execute(select(folders_t.c.id).where(folders_t.c.id == folder_id).with_for_update())
+            for i in range(0, len(uid_list), 500):
+                rows = session.execute(
+                    select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
+                        messages_t.c.folder_id == folder_id, messages_t.c.uid.in_(uid_list[i : i + 500])
+                    )
+                )
+                for row in rows:
+                    if unchanged_since is not None and row.modseq > unchanged_since:
+                        if modified is not None:
+                            modified.append(row.uid)
+                        continue
+                    current = split_flags(row.flags)
+                    if mode == "add":
+                        new = normalise_flags((*current, *wanted))
+                    elif mode == "remove":
+                        new = tuple(f for f in current if f.lower() not in wanted_l)
+                    else:
+                        new = wanted
+                    if new != current:
+                        text = " ".join(new)
+                        changed.append((row.uid, text))
+                        session.execute(
+                            update(messages_t).where(messages_t.c.id == row.id).values(flags=text)
+                        )
+            if not changed:
+                return [], Notes()
+            modseq = self._bump_modseq(session, folder_id)
+            now = datetime.now(UTC)
+            notes = Notes()
+            session.execute(
+                update(messages_t)
+                .where(messages_t.c.folder_id == folder_id, messages_t.c.uid.in_([u for u, _ in changed]))
+                .values(modseq=modseq)
+            )
+            session.execute(
+                insert(changes_t),
+                [
+                    {
+                        "folder_id": folder_id,
+                        "modseq": modseq,
+                        "kind": "flags",
+                        "uid": uid,
+                        "flags": text,
+                        "at": now,
+                    }
+                    for uid, text in changed
+                ],
+            )
+            notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for uid, text in changed)
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="message.flags",
+                    bal=bal,
+                    source=source,
+                    object=f"folder:{folder_id}",
+                    detail={"mode": mode, "flags": list(wanted), "count": len(changed)},
+                ),
+            )
+            return [(uid, split_flags(text), modseq) for uid, text in changed], notes
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    async def expunge(
+        self,
+        folder_id: int,
+        uids: Sequence[int] | None = None,
+        *,
+        actor: str,
+        bal: str | None = None,
+        source: str | None = None,
+    ) -> list[int]:
+        """Remove the messages flagged \\Deleted (only among ``uids`` when given); returns their UIDs."""
+
+        def job(session: Session) -> tuple[list[int], Notes]:
+            query = select(
+                messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size, messages_t.c.blob_id
+            ).where(messages_t.c.folder_id == folder_id)
+            if uids is not None:
+                query = query.where(messages_t.c.uid.in_(list(uids)))
+            doomed = [r for r in session.execute(query) if "\\Deleted" in split_flags(r.flags)]
+            if not doomed:
+                return [], Notes()
+            return self._remove(session, folder_id, doomed, actor, bal, source, "message.expunge")
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    def _remove(
+        self,
+        session: Session,
+        folder_id: int,
+        rows: list[Any],
+        actor: str,
+        bal: str | None,
+        source: str | None,
+        action: str,
+    ) -> tuple[list[int], Notes]:
+        owner = session.execute(select(folders_t.c.bal).where(folders_t.c.id == folder_id)).scalar_one()
+        ids = [r.id for r in rows]
+        for i in range(0, len(ids), 500):
+            session.execute(delete(messages_t).where(messages_t.c.id.in_(ids[i : i + 500])))
+        modseq = self._bump_modseq(session, folder_id)
+        now = datetime.now(UTC)
+        uids = sorted(r.uid for r in rows)
+        session.execute(
+            insert(changes_t),
+            [
+                {
+                    "folder_id": folder_id,
+                    "modseq": modseq,
+                    "kind": "expunge",
+                    "uid": uid,
+                    "flags": None,
+                    "at": now,
+                }
+                for uid in uids
+            ],
+        )
+        self._refund(session, owner, sum(r.size for r in rows), len(rows))
+        self.collect_blobs(session, [r.blob_id for r in rows])
+        audit.append(
+            session,
+            AuditEvent(
+                actor=actor,
+                action=action,
+                bal=bal or owner,
+                source=source,
+                object=f"folder:{folder_id}",
+                detail={"count": len(uids)},
+            ),
+        )
+        return uids, Notes(FolderChange(folder_id, modseq, "expunge", uid) for uid in uids)
+
+    async def copy(
+        self,
+        src_folder_id: int,
+        uids: Sequence[int],
+        dst_bal: str,
+        dst_name: str,
+        *,
+        actor: str,
+        move: bool = False,
+        source: str | None = None,
+    ) -> CopyResult:
+        """COPY or MOVE messages to another folder (of the same or another BAL); blobs are shared."""
+        dst_bal = dst_bal.lower()
+        uid_list = sorted(set(uids))
+
+        def job(session: Session) -> tuple[CopyResult, Notes]:
+            dst = session.execute(
+                select(folders_t.c.id, folders_t.c.uidvalidity).where(
+                    folders_t.c.bal == dst_bal, folders_t.c.name == dst_name
+                )
+            ).first()
+            if dst is None:
+                raise FolderNotFound(f"no folder {dst_name!r}")
+            rows: list[Any] = []
+            for i in range(0, len(uid_list), 500):
+                rows.extend(
+                    session.execute(
+                        select(
+                            messages_t.c.id,
+                            messages_t.c.uid,
+                            messages_t.c.flags,
+                            messages_t.c.size,
+                            messages_t.c.blob_id,
+                            messages_t.c.internaldate,
+                        ).where(
+                            messages_t.c.folder_id == src_folder_id,
+                            messages_t.c.uid.in_(uid_list[i : i + 500]),
+                        )
+                    )
+                )
+            rows.sort(key=lambda r: r.uid)
+            if not rows:
+                return CopyResult(int(dst.uidvalidity), []), Notes()
+            self._charge(session, dst_bal, sum(r.size for r in rows), len(rows))
+            allocated = self._allocate(session, len(rows), folder_id=dst.id)
+            assert allocated is not None  # the row was just read in this transaction
+            dst_id, first_uid, modseq = allocated
+            now = datetime.now(UTC)
+            pairs = [(r.uid, first_uid + n) for n, r in enumerate(rows)]
+            session.execute(
+                insert(messages_t),
+                [
+                    {
+                        "folder_id": dst_id,
+                        "uid": first_uid + n,
+                        "blob_id": r.blob_id,
+                        "size": r.size,
+                        "internaldate": r.internaldate,
+                        "flags": r.flags,
+                        "modseq": modseq,
+                    }
+                    for n, r in enumerate(rows)
+                ],
+            )
+            session.execute(
+                insert(changes_t),
+                [
+                    {
+                        "folder_id": dst_id,
+                        "modseq": modseq,
+                        "kind": "append",
+                        "uid": new_uid,
+                        "flags": r.flags,
+                        "at": now,
+                    }
+                    for r, (_, new_uid) in zip(rows, pairs, strict=True)
+                ],
+            )
+            notes = Notes(FolderChange(dst_id, modseq, "append", new_uid) for _, new_uid in pairs)
+            audit.append(
+                session,
+                AuditEvent(
+                    actor=actor,
+                    action="message.move" if move else "message.copy",
+                    bal=dst_bal,
+                    source=source,
+                    object=f"{dst_name}",
+                    detail={"count": len(rows), "from_folder": src_folder_id},
+                ),
+            )
+            if move:
+                _, removed = self._remove(
+                    session, src_folder_id, rows, actor, None, source, "message.move_out"
+                )
+                notes.extend(removed)
+            return CopyResult(int(dst.uidvalidity), pairs), notes
+
+        return await self.writer.run(job)  # type: ignore[no-any-return]
+
+    async def changes_since(self, folder_id: int, modseq: int) -> list[FolderChange]:
+        """Durable changes of a folder after ``modseq`` (what a session missed, or another node did)."""
+
+        def q(s: Session) -> list[FolderChange]:
+            rows = run(
+                s,
+                "SELECT folder_id, modseq, kind, uid, flags FROM folder_changes "
+                "WHERE folder_id = :f AND modseq > :m ORDER BY id",
+                {"f": folder_id, "m": modseq},
+            )
+            return [FolderChange(*r) for r in rows]
+
+        return await self.read(q)  # type: ignore[no-any-return]
