@@ -407,6 +407,7 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
     await asyncio.sleep(5)
     after = _memory_kib(pids())
     n = max(1, len(sessions))
+    added = during["rss_kib"] - before["rss_kib"]
     return {
         "sessions": len(sessions),
         "open_seconds": round(opened_s, 2),
@@ -418,6 +419,8 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
         "rss_after_logout_vs_before": round(after["rss_kib"] / before["rss_kib"], 3)
         if before["rss_kib"]
         else None,
+        # Of what the sessions added, the share given back once they logged out (1: all).
+        "rss_given_back": round((during["rss_kib"] - after["rss_kib"]) / added, 3) if added > 0 else None,
         "errors": len(errors),
         "first_errors": errors[:3],
     }
@@ -588,6 +591,12 @@ def main() -> None:
             ratios[f"idle_{m}"] = _ratio(
                 figure(ours_r, "idle_sessions", m), figure(theirs, "idle_sessions", m)
             )
+        # Our single process's RSS per session against Dovecot's PSS (its processes share pages):
+        # the goal is at most 1.
+        ratios["idle_ours_rss_vs_dovecot_pss_per_session"] = _ratio(
+            figure(ours_r, "idle_sessions", "per_session_rss_kib"),
+            figure(theirs, "idle_sessions", "per_session_pss_kib"),
+        )
         result["ratios_ours_vs_dovecot"] = ratios
     result["loadavg_after"] = _loadavg()
     out = json.dumps(result, indent=2)
