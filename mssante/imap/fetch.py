@@ -201,17 +201,21 @@ STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 
 
 def missing_structures(
-    entries: list[Entry], items: tuple[FetchItem, ...], *, utf8: bool = False
+    table: MessageTable, uids: list[int], items: tuple[FetchItem, ...], *, utf8: bool = False
 ) -> list[int]:
     """Blobs whose stored structure must still be read: not yet rendered for this folder.
 
     Renderings are kept per folder incarnation and UID (a UID names one content for the life
     of a UIDVALIDITY), shared by the sessions of the folder; UTF-8 renderings are not kept.
+    A warm FETCH looks the UIDs up in the renderings, without a view per message.
     """
     names = [i.name for i in items if i.name in STRUCTURE_ITEMS and i.section is None]
-    if utf8:
-        return [e.blob_id for e in entries] if names else []
-    return [e.blob_id for e in entries if any(e.rendered(n) is None for n in names)]
+    if not names:
+        return []
+    if not utf8:
+        found = [table.rendered.items.get(name, {}) for name in names]
+        uids = [uid for uid in uids if any(uid not in rendered for rendered in found)]
+    return [table[uid].blob_id for uid in uids]
 
 
 async def _item(

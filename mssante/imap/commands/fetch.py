@@ -76,12 +76,10 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         batch = live[i : i + META_BATCH]
         metas: dict[int, Any] = {}
         if with_meta:
-            entries = [box.entries[uid] for _, uid in batch]
-            wanted = (
-                [e.blob_id for e in entries]
-                if content
-                else missing_structures(entries, items, utf8=session.utf8)
-            )
+            if content:
+                wanted = [box.entries[uid].blob_id for _, uid in batch]
+            else:
+                wanted = missing_structures(box.entries, [uid for _, uid in batch], items, utf8=session.utf8)
             metas = await session.store.meta(wanted, meta_part(items)) if wanted else {}
             # Expunged by another session meanwhile and its content collected: left out, and
             # the command ends NO [EXPUNGEISSUED] (RFC 2180 §4.1.2); the session goes on.
