@@ -19,6 +19,7 @@ It prints JSON; it measures, it does not judge.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import os
@@ -27,14 +28,12 @@ import resource
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from bench._common import database
 
 
 def _rss_mb() -> float:
@@ -130,22 +129,6 @@ def _lookups(url: str, path: Path, rows: int) -> dict[str, Any]:
     }
 
 
-def _pg_database(pg_url: str) -> tuple[str, str]:
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    name = f"mssante_bench_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_pg(pg_url: str, name: str) -> None:
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 500_000])
@@ -170,24 +153,17 @@ def main() -> None:
         backends = ["sqlite"] + (["postgresql"] if args.pg_url else [])
         for backend in backends:
             runs = []
-            url = ""
-            pg_name = ""
-            for size in args.sizes:
-                if pg_name:
-                    _drop_pg(args.pg_url, pg_name)
-                if backend == "sqlite":
-                    url = f"sqlite:///{Path(tmp) / f'bench-{size}.db'}"
-                else:
-                    pg_name, url = _pg_database(args.pg_url)
-                queue = ctx.Queue()
-                child = ctx.Process(target=_import_child, args=(url, str(files[size]), size, queue))
-                child.start()
-                runs.append(queue.get())
-                child.join()
-                print(f"{backend} {size}: {runs[-1]}", file=sys.stderr)
-            lookups = _lookups(url, files[args.sizes[-1]], args.sizes[-1])
-            if pg_name:
-                _drop_pg(args.pg_url, pg_name)
+            pg_url = args.pg_url if backend == "postgresql" else ""
+            with contextlib.ExitStack() as databases:  # the last one is kept for the look-ups
+                for size in args.sizes:
+                    url = databases.enter_context(database(pg_url, Path(tmp) / f"bench-{size}.db"))
+                    queue = ctx.Queue()
+                    child = ctx.Process(target=_import_child, args=(url, str(files[size]), size, queue))
+                    child.start()
+                    runs.append(queue.get())
+                    child.join()
+                    print(f"{backend} {size}: {runs[-1]}", file=sys.stderr)
+                lookups = _lookups(url, files[args.sizes[-1]], args.sizes[-1])
             results["backends"][backend] = {"imports": runs, "lookups": lookups}
     out = json.dumps(results, indent=2)
     print(out)

@@ -40,9 +40,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from bench._common import database
 from tests.demo_server import DemoServer, start_demo
 from tests.helpers import make_message
 from tests.pgcluster import PrimaryStandby, missing_tools
@@ -259,22 +258,6 @@ def failover_gap(clients: int) -> dict[str, Any]:
     }
 
 
-def _fresh_database(pg_url: str) -> tuple[str, str]:
-    name = f"mssante_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop_database(pg_url: str, name: str) -> None:
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,16 +276,10 @@ def main() -> None:
         "throughput": [],
     }
     for count in (1, 2):
-        name, url = _fresh_database(args.pg_url)
-        try:
+        with database(args.pg_url, Path()) as url:
             result["throughput"].append(throughput(url, count, args.clients, args.seconds))
-        finally:
-            _drop_database(args.pg_url, name)
-    name, url = _fresh_database(args.pg_url)
-    try:
+    with database(args.pg_url, Path()) as url:
         result["idle_cross_node"] = idle_latency(url, args.idle_samples)
-    finally:
-        _drop_database(args.pg_url, name)
     if not args.no_failover:
         result["failover"] = failover_gap(args.clients)
     text_out = json.dumps(result, indent=2)

@@ -1,414 +1,509 @@
-"""IMAP operations benchmark: our server, and Dovecot in the same run, on an N-message mailbox.
+"""IMAP operations on 1k, 10k and 50k-message folders: our server against Dovecot, interleaved.
 
-Usage:
-    .venv/bin/python bench/imap_ops.py [--messages 10000] [--size 10240] [--fetches 1000]
-                                       [--clients 10] [--seconds 10] [--repeat 5] [--with-dovecot]
-                                       [--pg-url postgresql+psycopg://...] [--out FILE]
+Usage (root, for Dovecot's users and apt-get):
+    .venv/bin/python bench/imap_ops.py [--sizes 1000 10000 50000] [--rounds 3] [--repeat 3]
+        [--size 10240] [--fetches 200] [--clients 8] [--processes 4] [--seconds 10]
+        [--fill-connections 4] [--append-batch 100] [--pg-url postgresql+psycopg://...] [--out FILE]
 
-Our server runs in its own process (SQLite store in a temporary directory, or a fresh database
-on the PostgreSQL server of ``--pg-url``; implicit TLS on loopback with a throw-away
-certificate); the mailbox is filled through ``MessageStore.deliver`` before the listener opens.
-With ``--with-dovecot``, a throw-away Dovecot from Debian's ``dovecot-imapd`` (installed with
-apt-get when missing) runs beside it: its own config, base and state directories, log and
-Maildir in the temporary directory, implicit TLS with the same certificate, a passwd-file
-user, a free port on 127.0.0.1; the same messages are written as Maildir files. The
-machine's own mail setup is never read or touched, and Dovecot is stopped at the end.
+The servers are started alike by ``bench/_imap_servers.py``: ours is ``mssante serve --demo``
+(SQLite, or a fresh database on the PostgreSQL server of ``--pg-url``, dropped at the end);
+Dovecot comes from Debian's ``dovecot-imapd`` with its Maildir in a temporary directory. Same
+certificate, same login and password hash, implicit TLS on 127.0.0.1.
 
-The same workload runs against each server, one after the other, measured with imaplib. On one
-connection: SELECT (first, then again), ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)``
-(cold, then warm), ``UID SEARCH TEXT <rare word>`` (medians of ``--repeat`` runs, except the
-first SELECT and the cold ENVELOPE), and random single-message ``BODY.PEEK[]`` fetches; then
-operations per second with concurrent clients on a mixed workload; then our server's peak RSS.
-Prints JSON, with each ratio (ours / Dovecot for times, Dovecot / ours for rates: above 1 means
-we are slower). It measures; it does not judge.
+Filling: both servers get the *same* deterministic messages (``--size`` bytes, unique
+Message-ID, two in three ``\\Seen``, one with a rare word) through the *same* path: IMAP
+MULTIAPPEND into a folder ``Bench``, ``--append-batch`` messages per command, from
+``--fill-connections`` connections, non-synchronising literals where the server advertises
+LITERAL+ (both do), synchronising ones otherwise. Each server indexes as it appends.
+The folder grows from one level to the next (1k, then 9k more, then 40k more); the fill time
+and rate of each step are in the JSON.
+
+Warm: after each fill, each server gets one untimed session that SELECTs the folder and
+``FETCH 1:* (FLAGS ENVELOPE)``, so that Dovecot's index and cache hold what the timed commands
+read (and ours gets the same). Figures are measured warm, on both.
+
+Each level then runs ``--rounds`` rounds, interleaved: ours, Dovecot, ours, Dovecot... In a
+round, on one new connection: the first SELECT of the session, then ``--repeat`` times each of
+SELECT again, ``UID FETCH 1:* (FLAGS)``, ``FETCH 1:* (ENVELOPE)``, ``UID SEARCH TEXT <rare
+word>`` (a body scan) and ``UID SEARCH SUBJECT`` (a header match, 1 in 32); then ``--fetches``
+random single-message ``BODY.PEEK[]`` (a rate); then the mixed workload: ``--clients`` clients
+spread over ``--processes`` client processes (so the clients are not held by one Python
+process's GIL), each with its own connection and the folder selected, for ``--seconds``: 50 %
+BODY.PEEK[] of one message, 20 % FLAGS ENVELOPE of 51 messages, 20 % STORE +FLAGS, 10 % NOOP.
+The client is a minimal one (reads to the tagged line, skips literals by length) so that its
+cost stays small and the same for both servers.
+
+Reported per level and server: each figure's median, min and max over all its samples (rounds x
+repeat); ratio = ours / Dovecot on medians, with the direction that is better (``↓`` times,
+``↑`` rates); memory of the serving processes only (ours: the server and its children;
+Dovecot: its master and every child; not PostgreSQL's own processes with ``--pg-url``, nor the
+page cache), as RSS and PSS from /proc/PID/smaps_rollup: growth
+against the idle server before any fill, at its peak during the rounds (sampled every 0.25 s)
+and after the level's sessions logged out; the 1-minute load average before and after each level
+and the whole run. Prints JSON (and ``--out FILE``), and a summary table on stderr. It
+measures; it does not judge.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import imaplib
+import contextlib
 import json
 import multiprocessing
 import os
 import platform
-import pwd
 import random
-import shutil
+import re
 import socket
-import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from email.utils import formatdate
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url
 
-from mssante.config import load_settings
-from mssante.imap.server import ImapServer
-from mssante.runtime import initialise, open_runtime
-from tests.helpers import make_message
-from tests.imap_dialogues.harness import DictGate, make_tls
+from bench._common import PeakMemory, client_context, database, loadavg, memory_kib
+from bench._imap_servers import LOGIN, Dovecot, Ours
 
-BAL = "alice@demo.mssante.fr"
-USER, PASSWORD = "alice", "wonderland"
+FOLDER = "Bench"
 RARE = "zygomorphique"
-
-Connect = Callable[[], imaplib.IMAP4_SSL]
-
-
-def mailbox(messages: int, size: int) -> Callable[[int], bytes]:
-    """The benchmark's messages, the same bytes for both servers: 32 templates, each message
-    made unique by a last line (so the store does not share one blob), one with the rare word."""
-    templates = [make_message(to=BAL, subject=f"bench {i}", size=size) for i in range(32)]
-    rare_at = messages // 2
-
-    def message(seq: int) -> bytes:
-        body = templates[seq % len(templates)]
-        if seq == rare_at:
-            body = body.replace(b"Lorem", RARE.encode(), 1)
-        return body + f"X-Seq: {seq}\r\n".encode()
-
-    return message
+_LITERAL = re.compile(rb"\{(\d+)\}\r\n\Z")
+_FILLER = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit sed do eiusmod.\r\n"
+_DATE = formatdate(1_780_000_000)
 
 
-# -- our server ----------------------------------------------------------------------------------
-async def _serve(data_dir: Path, url: str, messages: int, size: int, tls_dir: Path, ports: Any) -> None:
-    settings = load_settings(None, server={"data_dir": str(data_dir)}, database={"url": url})
-    initialise(settings)
-    rt = open_runtime(settings)
-    await rt.store.ensure_account(BAL)
-    message = mailbox(messages, size)
-    started = time.perf_counter()
-    next_seq = iter(range(messages))
-
-    async def producer() -> None:
-        for seq in next_seq:
-            await rt.store.deliver(message(seq), "bench@demo.mssante.fr", [BAL])
-
-    await asyncio.gather(*(producer() for _ in range(50)))
-    fill = time.perf_counter() - started
-    tls = make_tls(tls_dir)
-    server = ImapServer(rt.store, DictGate(), tls_context=tls.server)
-    listener = await server.start("127.0.0.1", 0, implicit_tls=True)
-    ports.put((listener.sockets[0].getsockname()[1], str(tls.ca_file), fill))
-    await asyncio.Event().wait()
+def message(seq: int, size: int, rare_at: int) -> bytes:
+    """Message ``seq`` of the folder, the same bytes for both servers."""
+    head = (
+        f"From: dr.martin@demo.mssante.fr\r\nTo: {LOGIN}\r\n"
+        f"Subject: Compte rendu {seq} lot {seq % 32:02d}\r\nDate: {_DATE}\r\n"
+        f"Message-ID: <{seq}.imap-ops@demo.mssante.fr>\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        f"Bonjour,\r\nvoici le compte rendu {seq}{' ' + RARE if seq == rare_at else ''}.\r\n"
+    ).encode()
+    pad = max(0, size - len(head))
+    return head + (_FILLER * (pad // len(_FILLER) + 1))[:pad]
 
 
-def _server_process(data_dir: str, url: str, messages: int, size: int, tls_dir: str, ports: Any) -> None:
-    asyncio.run(_serve(Path(data_dir), url, messages, size, Path(tls_dir), ports))
+def _flags(seq: int) -> str:
+    return "" if seq % 3 == 0 else " (\\Seen)"
 
 
-def _pg_database(admin_url: str) -> tuple[str, str]:
-    """A fresh database on the given PostgreSQL server, for our store (dropped at the end)."""
-    name = f"mssante_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+def _quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _drop_pg(admin_url: str, name: str) -> None:
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+# -- a minimal client -----------------------------------------------------------------------------
+class Client:
+    """One IMAP connection over TLS, logged in. :meth:`run` sends a command and reads to its
+    tagged answer, skipping literals by length; it returns the untagged responses' first lines."""
 
+    def __init__(self, port: int, password: str) -> None:
+        sock = socket.create_connection(("127.0.0.1", port))
+        self.tls = client_context().wrap_socket(sock)
+        self.file = self.tls.makefile("rb")
+        self.count = 0
+        self.file.readline()
+        self.run(f"LOGIN {_quote(LOGIN)} {_quote(password)}")
 
-# -- Dovecot ---------------------------------------------------------------------------------------
-def _ensure_dovecot() -> str:
-    found = shutil.which("dovecot") or (Path("/usr/sbin/dovecot").exists() and "/usr/sbin/dovecot")
-    if found:
-        return str(found)
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(
-        ["apt-get", "install", "-y", "--no-install-recommends", "dovecot-imapd"], check=True, env=env
-    )
-    return shutil.which("dovecot") or "/usr/sbin/dovecot"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Dovecot:
-    """A throw-away Dovecot: everything under ``root``, stopped by :meth:`stop`."""
-
-    def __init__(self, root: Path, cert: Path, messages: int, size: int) -> None:
-        if os.geteuid() != 0:
-            raise SystemExit("--with-dovecot needs root (apt-get, and Dovecot's own users)")
-        self.root = root
-        self.binary = _ensure_dovecot()
-        self.port = _free_port()
-        mail_user = pwd.getpwnam("nobody")
-        root.mkdir(parents=True)
-        os.chmod(root.parent, 0o755)  # the mail user must reach its home
-        os.chmod(root, 0o755)
-        home = root / "home" / USER
-        started = time.perf_counter()
-        self._write_maildir(home / "Maildir", messages, size)
-        for path in (root / "home", home, *home.rglob("*")):
-            os.chown(path, mail_user.pw_uid, mail_user.pw_gid)
-        self.fill_seconds = round(time.perf_counter() - started, 2)
-        (root / "passwd").write_text(f"{USER}:{{PLAIN}}{PASSWORD}::::::\n")
-        self.config = root / "dovecot.conf"
-        dh = Path("/usr/share/dovecot/dh.pem")
-        self.config.write_text(
-            f"""protocols = imap
-listen = 127.0.0.1
-base_dir = {root}/run
-state_dir = {root}/state
-instance_name = mssante-bench-{os.getpid()}
-log_path = {root}/dovecot.log
-ssl = required
-ssl_cert = <{cert}
-ssl_key = <{cert}
-{f"ssl_dh = <{dh}" if dh.exists() else ""}
-auth_mechanisms = plain login
-passdb {{
-  driver = passwd-file
-  args = scheme=PLAIN username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={mail_user.pw_uid} gid={mail_user.pw_gid} home={root}/home/%u
-}}
-first_valid_uid = {mail_user.pw_uid}
-first_valid_gid = {mail_user.pw_gid}
-mail_location = maildir:~/Maildir
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {self.port}
-    ssl = yes
-  }}
-}}
-protocol imap {{
-  mail_max_userip_connections = 100
-}}
-"""
-        )
-        self.process = subprocess.Popen([self.binary, "-F", "-c", str(self.config)])
-        deadline = time.monotonic() + 30
+    def run(self, command: str) -> list[bytes]:
+        self.count += 1
+        tag = b"c%d " % self.count
+        self.tls.sendall(tag + command.encode() + b"\r\n")
+        untagged: list[bytes] = []
         while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = (root / "dovecot.log").read_text() if (root / "dovecot.log").exists() else ""
-                    raise RuntimeError(f"Dovecot did not start: {log[-2000:]}") from None
-                time.sleep(0.1)
-        self.version = subprocess.run(
-            [self.binary, "--version"], capture_output=True, text=True, check=False
-        ).stdout.strip()
+            line = self.file.readline()
+            if not line:
+                raise ConnectionError(f"closed during {command!r}")
+            first = line
+            while found := _LITERAL.search(line):
+                self.file.read(int(found[1]))
+                line = self.file.readline()
+            if first.startswith(b"* "):
+                untagged.append(first)
+            elif first.startswith(tag):
+                if first[len(tag) :].startswith(b"OK"):
+                    return untagged
+                raise RuntimeError(f"{command!r}: {first.decode(errors='replace').strip()}")
 
-    @staticmethod
-    def _write_maildir(maildir: Path, messages: int, size: int) -> None:
-        for sub in ("cur", "new", "tmp"):
-            (maildir / sub).mkdir(parents=True)
-        message = mailbox(messages, size)
-        base = int(time.time()) - messages
-        for seq in range(messages):
-            # Names sort in delivery order, as Dovecot gives UIDs to new files in name order.
-            (maildir / "cur" / f"{base + seq}.M{seq:06d}P{os.getpid()}.bench:2,").write_bytes(message(seq))
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    def close(self) -> None:
+        with contextlib.suppress(OSError, ConnectionError, RuntimeError):
+            self.run("LOGOUT")
+        self.tls.close()
 
 
-# -- the workload ------------------------------------------------------------------------------------
-def _connector(port: int, ca_file: str) -> Connect:
-    context = ssl.create_default_context(cafile=ca_file)
+# -- filling -----------------------------------------------------------------------------------
+async def _append_batches(
+    port: int, password: str, batches: Iterator[range], size: int, rare_at: int
+) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context(), limit=1 << 22)
+    count = 0
 
-    def connect() -> imaplib.IMAP4_SSL:
-        imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=context)
-        imap.login(USER, PASSWORD)
-        return imap
+    async def tagged(tag: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        while True:
+            line = await reader.readline()
+            if not line:
+                raise ConnectionError("closed during the fill")
+            if line.startswith(tag + b" "):
+                if not line.startswith(tag + b" OK"):
+                    raise RuntimeError(line.decode(errors="replace").strip())
+                return lines
+            lines.append(line)
 
-    return connect
+    async def simple(command: str) -> list[bytes]:
+        nonlocal count
+        count += 1
+        writer.write(b"f%d %s\r\n" % (count, command.encode()))
+        return await tagged(b"f%d" % count)
+
+    await reader.readline()
+    await simple(f"LOGIN {_quote(LOGIN)} {_quote(password)}")
+    plus = any(b"LITERAL+" in line for line in await simple("CAPABILITY"))
+    for batch in batches:
+        count += 1
+        tag = b"f%d" % count
+        head = tag + f" APPEND {FOLDER}".encode()
+        for seq in batch:
+            data = message(seq, size, rare_at)
+            writer.write(head + f"{_flags(seq)} {{{len(data)}{'+' if plus else ''}}}\r\n".encode())
+            if not plus:
+                await writer.drain()
+                line = await reader.readline()
+                if not line.startswith(b"+"):
+                    raise RuntimeError(f"APPEND refused: {line!r}")
+            writer.write(data)
+            head = b""
+        writer.write(b"\r\n")
+        await writer.drain()
+        await tagged(tag)
+    await simple("LOGOUT")
+    writer.close()
 
 
-def _timed(fn: Any) -> float:
-    start = time.perf_counter()
+def fill(
+    port: int, password: str, start: int, stop: int, args: argparse.Namespace, rare_at: int
+) -> dict[str, Any]:
+    """APPEND messages ``start`` to ``stop - 1``; the seconds taken and the rate."""
+    if start == 0:
+        creator = Client(port, password)
+        creator.run(f"CREATE {FOLDER}")
+        creator.close()
+    batches = iter(
+        [range(i, min(i + args.append_batch, stop)) for i in range(start, stop, args.append_batch)]
+    )
+
+    async def all_connections() -> None:
+        await asyncio.gather(
+            *(
+                _append_batches(port, password, batches, args.size, rare_at)
+                for _ in range(args.fill_connections)
+            )
+        )
+
+    started = time.perf_counter()
+    asyncio.run(all_connections())
+    seconds = time.perf_counter() - started
+    return {"messages_added": stop - start, "seconds": round(seconds, 2),
+            "messages_per_s": round((stop - start) / seconds, 1)}  # fmt: skip
+
+
+def warm_up(port: int, password: str) -> float:
+    """The untimed session both servers get before a level's timed rounds (its length is kept)."""
+    started = time.perf_counter()
+    client = Client(port, password)
+    client.run(f"SELECT {FOLDER}")
+    client.run("FETCH 1:* (FLAGS ENVELOPE)")
+    client.close()
+    return round(time.perf_counter() - started, 2)
+
+
+# -- the timed rounds ----------------------------------------------------------------------------
+def _timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
     fn()
-    return round(time.perf_counter() - start, 4)
+    return time.perf_counter() - started
 
 
-def _median(fn: Any, repeat: int) -> float:
-    return round(statistics.median(_timed(fn) for _ in range(repeat)), 4)
+def single_connection(
+    port: int, password: str, messages: int, args: argparse.Namespace, seed: int
+) -> dict[str, Any]:
+    """One round's samples on one new connection, and the search hits (a check that both servers
+    hold the same messages)."""
+    client = Client(port, password)
+    samples: dict[str, list[float]] = {"select_first_s": [_timed(lambda: client.run(f"SELECT {FOLDER}"))]}
+    hits: dict[str, int] = {}
+    commands = {
+        "select_repeat_s": f"SELECT {FOLDER}",
+        "uid_fetch_flags_s": "UID FETCH 1:* (FLAGS)",
+        "fetch_envelope_s": "FETCH 1:* (ENVELOPE)",
+        "search_text_rare_s": f"UID SEARCH TEXT {RARE}",
+        "search_subject_s": 'UID SEARCH SUBJECT "lot 07"',
+    }
+    for key, command in commands.items():
+        samples[key] = []
+        for _ in range(args.repeat):
+            started = time.perf_counter()
+            answer = client.run(command)
+            samples[key].append(time.perf_counter() - started)
+        if key.startswith("search"):
+            hits[key.removesuffix("_s")] = sum(
+                len(line.split()) - 2 for line in answer if line.startswith(b"* SEARCH")
+            )
+    rng = random.Random(seed)
+    numbers = [rng.randint(1, messages) for _ in range(args.fetches)]
+    elapsed = _timed(lambda: [client.run(f"FETCH {n} (BODY.PEEK[])") for n in numbers])
+    samples["body_fetches_per_s"] = [args.fetches / elapsed]
+    client.close()
+    return {"samples": samples, "hits": hits}
 
 
-def _single(connect: Connect, messages: int, fetches: int, repeat: int) -> dict[str, Any]:
-    """Each timing is the median of ``repeat`` runs, except the first SELECT and the first
-    ENVELOPE fetch (cold: nothing of the structures rendered or cached yet), measured once."""
-    imap = connect()
-    out: dict[str, Any] = {}
-    out["select_first_s"] = _timed(lambda: imap.select("INBOX"))
-    out["select_s"] = _median(lambda: imap.select("INBOX"), repeat)
-    out["uid_fetch_flags_s"] = _median(lambda: imap.uid("FETCH", "1:*", "(FLAGS)"), repeat)
-    out["fetch_envelope_cold_s"] = _timed(lambda: imap.fetch("1:*", "(ENVELOPE)"))
-    out["fetch_envelope_warm_s"] = _median(lambda: imap.fetch("1:*", "(ENVELOPE)"), repeat)
-    found: list[Any] = []
-    out["uid_search_text_rare_s"] = _median(lambda: found.append(imap.uid("SEARCH", "TEXT", RARE)), repeat)
-    out["uid_search_text_hits"] = len(found[0][1][0].split())
-    rng = random.Random(7)
-    numbers = [rng.randint(1, messages) for _ in range(fetches)]
-    elapsed = _timed(lambda: [imap.fetch(str(n), "(BODY.PEEK[])") for n in numbers])
-    out["body_fetches"] = fetches
-    out["body_fetches_per_s"] = round(fetches / elapsed, 1)
-    imap.logout()
-    return out
+def _mixed_client(
+    port: int, password: str, messages: int, seconds: float, seed: int, barrier: Any, results: Any
+) -> None:
+    ops, elapsed, error = 0, 0.0, None
+    try:
+        client = Client(port, password)
+        client.run(f"SELECT {FOLDER}")
+        rng = random.Random(seed)
+        barrier.wait(timeout=300)
+        started = time.perf_counter()
+        stop = started + seconds
+        while time.perf_counter() < stop:
+            n = rng.randint(1, messages)
+            choice = rng.random()
+            if choice < 0.5:
+                client.run(f"FETCH {n} (BODY.PEEK[])")
+            elif choice < 0.7:
+                client.run(f"FETCH {n}:{min(n + 50, messages)} (FLAGS ENVELOPE)")
+            elif choice < 0.9:
+                flag = rng.choice(["\\Flagged", "\\Seen"])
+                client.run(f"STORE {n} +FLAGS ({flag})")
+            else:
+                client.run("NOOP")
+            ops += 1
+        elapsed = time.perf_counter() - started
+        client.close()
+    except Exception as exc:  # reported in the JSON, not hidden
+        error = repr(exc)
+        barrier.abort()
+    results.put((ops, elapsed, error))
 
 
-def _mixed(connect: Connect, messages: int, clients: int, seconds: float) -> dict[str, Any]:
-    counts = [0] * clients
-    errors: list[str] = []
-    ready = threading.Barrier(clients + 1)
-    stop = [0.0]
-
-    def worker(index: int) -> None:
-        imap = connect()
-        imap.select("INBOX")
-        rng = random.Random(index)
-        ready.wait()
-        try:
-            while time.perf_counter() < stop[0]:
-                n = rng.randint(1, messages)
-                choice = rng.random()
-                if choice < 0.5:
-                    imap.fetch(str(n), "(BODY.PEEK[])")
-                elif choice < 0.7:
-                    imap.fetch(f"{n}:{min(n + 50, messages)}", "(FLAGS ENVELOPE)")
-                elif choice < 0.9:
-                    imap.store(str(n), "+FLAGS", "(\\Flagged)" if rng.random() < 0.5 else "(\\Seen)")
-                else:
-                    imap.noop()
-                counts[index] += 1
-        except Exception as exc:  # reported in the JSON, not hidden
-            errors.append(repr(exc))
-        imap.logout()
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
+def _mixed_process(
+    port: int, password: str, messages: int, seconds: float, seeds: list[int], barrier: Any, results: Any
+) -> None:
+    threads = [
+        threading.Thread(
+            target=_mixed_client, args=(port, password, messages, seconds, seed, barrier, results)
+        )
+        for seed in seeds
+    ]
     for t in threads:
         t.start()
-    stop[0] = time.perf_counter() + seconds
-    start = time.perf_counter()
-    ready.wait()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
-    return {"clients": clients, "seconds": round(elapsed, 2), "ops": sum(counts),
-            "ops_per_s": round(sum(counts) / elapsed, 1), "errors": errors[:5]}  # fmt: skip
 
 
-def _workload(connect: Connect, args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "single_connection": _single(connect, args.messages, args.fetches, args.repeat),
-        "mixed": _mixed(connect, args.messages, args.clients, args.seconds),
-    }
+def mixed(port: int, password: str, messages: int, args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """Operations per second of ``--clients`` clients in ``--processes`` processes."""
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(args.clients + 1)
+    results = context.Queue()
+    seeds = [seed * 1000 + i for i in range(args.clients)]
+    processes = [
+        context.Process(
+            target=_mixed_process,
+            args=(port, password, messages, args.seconds, seeds[i :: args.processes], barrier, results),
+        )
+        for i in range(min(args.processes, args.clients))
+    ]
+    for p in processes:
+        p.start()
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(timeout=300)
+    done = [results.get(timeout=args.seconds + 300) for _ in range(args.clients)]
+    for p in processes:
+        p.join()
+    errors = [error for _, _, error in done if error]
+    return {"ops_per_s": sum(ops / elapsed for ops, elapsed, _ in done if elapsed), "errors": errors[:3]}
 
 
-def _ratios(ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, float | None]:
-    """How many times slower we are: time ratios ours/theirs, rate ratios theirs/ours."""
+# -- the run -------------------------------------------------------------------------------------
+def _summary(key: str, values: list[float]) -> dict[str, Any]:
+    digits = 1 if key.endswith("per_s") else 4
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}  # fmt: skip
 
-    def ratio(a: float, b: float) -> float | None:
-        return round(a / b, 2) if b else None
 
-    single, other = ours["single_connection"], theirs["single_connection"]
-    out: dict[str, float | None] = {
-        key: ratio(single[key], other[key]) for key in single if key.endswith("_s")
-    }
-    out["body_fetches_per_s"] = ratio(other["body_fetches_per_s"], single["body_fetches_per_s"])
-    out["mixed_ops_per_s"] = ratio(theirs["mixed"]["ops_per_s"], ours["mixed"]["ops_per_s"])
+def _growth_mib(now: dict[str, int], base: dict[str, int]) -> dict[str, float]:
+    return {f"{key[:3]}_mib": round((now[key] - base[key]) / 1024, 1) for key in ("rss_kib", "pss_kib")}
+
+
+def level(
+    servers: dict[str, Any], messages: int, args: argparse.Namespace, baseline: dict[str, Any]
+) -> dict[str, Any]:
+    """The timed rounds of one level, interleaved between the servers."""
+    samples: dict[str, dict[str, list[float]]] = {name: {} for name in servers}
+    hits: dict[str, dict[str, int]] = {}
+    peaks: dict[str, dict[str, int]] = {name: dict(baseline[name]) for name in servers}
+    errors: dict[str, list[str]] = {name: [] for name in servers}
+    for round_ in range(args.rounds):
+        for name, server in servers.items():
+            sampler = PeakMemory(server.pids)
+            try:
+                one = single_connection(server.port, server.password, messages, args, seed=round_)
+                hits[name] = one["hits"]
+                for key, values in one["samples"].items():
+                    samples[name].setdefault(key, []).extend(values)
+                mix = mixed(server.port, server.password, messages, args, seed=round_ + 1)
+                samples[name].setdefault("mixed_ops_per_s", []).append(mix["ops_per_s"])
+                errors[name] += mix["errors"]
+            finally:
+                peak = sampler.stop()
+                peaks[name] = {k: max(v, peak[k]) for k, v in peaks[name].items()}
+    time.sleep(1)
+    out: dict[str, Any] = {}
+    for name, server in servers.items():
+        out[name] = {
+            "figures": {key: _summary(key, values) for key, values in samples[name].items()},
+            "search_hits": hits.get(name),
+            "memory_growth": {
+                "peak_during_rounds": _growth_mib(peaks[name], baseline[name]),
+                "after_logout": _growth_mib(memory_kib(server.pids()), baseline[name]),
+            },
+            "mixed_errors": errors[name][:3],
+        }
+    if "dovecot" in out:
+        ours, theirs = out["mssante"]["figures"], out["dovecot"]["figures"]
+        out["ratios_ours_vs_dovecot"] = {
+            key: {
+                "ratio": round(ours[key]["median"] / theirs[key]["median"], 2)
+                if theirs[key]["median"]
+                else None,
+                "better": "↑" if key.endswith("per_s") else "↓",
+            }
+            for key in ours
+        }
     return out
 
 
-def _peak_rss_kib(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
+def table(result: dict[str, Any]) -> str:
+    """The run as a Markdown table: medians (min–max), ratio ours/Dovecot with its direction."""
+    rows = ["| messages | figure | mssante | Dovecot | ours/Dovecot |", "|---|---|---|---|---|"]
+
+    def cell(f: dict[str, Any] | None) -> str:
+        return f"{f['median']} ({f['min']}–{f['max']})" if f else "–"
+
+    for lv in result["levels"]:
+        ours = lv["mssante"]["figures"]
+        theirs = lv.get("dovecot", {}).get("figures", {})
+        ratios = lv.get("ratios_ours_vs_dovecot", {})
+        for key in ours:
+            r = ratios.get(key)
+            ratio = f"{r['ratio']} {r['better']}" if r else "–"
+            rows.append(
+                f"| {lv['messages']} | {key} | {cell(ours[key])} | {cell(theirs.get(key))} | {ratio} |"
+            )
+        sides = [lv["mssante"], lv.get("dovecot")]
+        extra = {
+            "fill_messages_per_s": [
+                lv["fill"][n]["messages_per_s"] if n in lv else None for n in ("mssante", "dovecot")
+            ],
+            **{
+                f"{what}_growth_{when}_mib": [
+                    side["memory_growth"][moment][f"{what}_mib"] if side else None for side in sides
+                ]
+                for what in ("rss", "pss")
+                for when, moment in (("peak", "peak_during_rounds"), ("after_logout", "after_logout"))
+            },
+        }
+        for key, (a, b) in extra.items():
+            rows.append(f"| {lv['messages']} | {key} | {a} | {b if b is not None else '–'} | |")
+    return "\n".join(rows)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--messages", type=int, default=10_000)
-    parser.add_argument("--size", type=int, default=10 * 1024)
-    parser.add_argument("--fetches", type=int, default=1000)
-    parser.add_argument("--clients", type=int, default=10)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--repeat", type=int, default=5, help="runs per timing (median reported)")
-    parser.add_argument("--with-dovecot", action="store_true", help="also measure Dovecot, same run")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10_000, 50_000], help="folder sizes")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds per level")
+    parser.add_argument("--repeat", type=int, default=3, help="samples of each command per round")
+    parser.add_argument("--size", type=int, default=10 * 1024, help="bytes per message")
+    parser.add_argument("--fetches", type=int, default=200, help="single-message body fetches per round")
+    parser.add_argument("--clients", type=int, default=8, help="mixed-workload clients")
+    parser.add_argument("--processes", type=int, default=4, help="client processes they are spread over")
+    parser.add_argument("--seconds", type=float, default=10.0, help="mixed-workload duration")
+    parser.add_argument("--fill-connections", type=int, default=4)
+    parser.add_argument("--append-batch", type=int, default=100, help="messages per MULTIAPPEND")
     parser.add_argument("--pg-url", default="", help="our store on PostgreSQL (a database is created)")
+    parser.add_argument("--no-dovecot", action="store_true", help="measure ours only")
+    parser.add_argument("--workers", type=int, default=1, help="our worker processes (server.workers)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="mssante-imap-bench-") as tmp:
+    sizes = sorted(set(args.sizes))
+    rare_at = sizes[0] // 2
+    result: dict[str, Any] = {
+        "benchmark": "imap_ops",
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "mssante_workers": args.workers,
+        "message_size": args.size,
+        "rounds": args.rounds,
+        "repeat": args.repeat,
+        "mixed": {"clients": args.clients, "processes": args.processes, "seconds": args.seconds},
+        "fill_path": f"IMAP MULTIAPPEND, {args.append_batch} per command, "
+        f"{args.fill_connections} connections",
+        "index": "warm on both: one untimed SELECT + FETCH 1:* (FLAGS ENVELOPE) after each fill",
+        "loadavg_1min_before": loadavg(),
+        "levels": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="mssante-imap-ops-") as tmp:
         root = Path(tmp)
-        ports: Any = multiprocessing.Queue()
-        (root / "mssante").mkdir(mode=0o700)
-        pg_name, url = (
-            _pg_database(args.pg_url) if args.pg_url else ("", f"sqlite:///{root / 'mssante' / 'mssante.db'}")
-        )
-        served = (str(root / "mssante"), url, args.messages, args.size, str(root / "tls"), ports)
-        proc = multiprocessing.Process(target=_server_process, args=served)
-        proc.start()
-        dovecot: Dovecot | None = None
-        try:
-            port, ca_file, fill = ports.get(timeout=3600)
-            result: dict[str, Any] = {
-                "benchmark": "imap_ops",
-                "python": platform.python_version(),
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
-                "messages": args.messages,
-                "message_size": args.size,
-                "mssante": {"store": make_url(url).get_backend_name(), "fill_seconds": round(fill, 2)},
-                "dovecot": None,
-            }
-            result["mssante"].update(_workload(_connector(port, ca_file), args))
-            result["mssante"]["server_peak_rss_kib"] = _peak_rss_kib(proc.pid or 0)
-            if args.with_dovecot:
-                dovecot = Dovecot(root / "dovecot", root / "tls" / "server.pem", args.messages, args.size)
-                theirs: dict[str, Any] = {"version": dovecot.version, "fill_seconds": dovecot.fill_seconds}
-                theirs.update(_workload(_connector(dovecot.port, ca_file), args))
-                result["dovecot"] = theirs
-                result["ratios_ours_vs_dovecot"] = _ratios(result["mssante"], theirs)
-        finally:
-            if dovecot is not None:
-                dovecot.stop()
-            proc.terminate()
-            proc.join()
-            if pg_name:
-                _drop_pg(args.pg_url, pg_name)
-    text = json.dumps(result, indent=2)
-    print(text)
+        (root / "ours").mkdir()
+        with database(args.pg_url, root / "ours" / "data" / "mssante.db") as url:
+            servers: dict[str, Any] = {}
+            try:
+                servers["mssante"] = ours = Ours(root / "ours", url, args.workers)
+                result["mssante"] = {"store": make_url(url).get_backend_name()}
+                if not args.no_dovecot:
+                    servers["dovecot"] = dovecot = Dovecot(root / "dovecot", ours)
+                    result["dovecot"] = {"version": dovecot.version}
+                time.sleep(2)
+                baseline = {name: memory_kib(server.pids()) for name, server in servers.items()}
+                for name in servers:
+                    result[name]["idle_memory_kib"] = baseline[name]
+                filled = 0
+                for size in sizes:
+                    lv: dict[str, Any] = {"messages": size, "loadavg_1min_before": loadavg(), "fill": {}}
+                    for name, server in servers.items():
+                        lv["fill"][name] = fill(server.port, server.password, filled, size, args, rare_at)
+                    for name, server in servers.items():
+                        lv["fill"][name]["warm_up_s"] = warm_up(server.port, server.password)
+                    filled = size
+                    lv.update(level(servers, size, args, baseline))
+                    lv["loadavg_1min_after"] = loadavg()
+                    result["levels"].append(lv)
+                    print(f"level {size} done", file=sys.stderr)
+                result["mssante"]["server_tracebacks"] = ours.tracebacks()
+            finally:
+                for server in servers.values():
+                    server.stop()
+    result["loadavg_1min_after"] = loadavg()
+    out = json.dumps(result, indent=2, ensure_ascii=False)
+    print(out)
+    print(table(result), file=sys.stderr)
     if args.out:
-        args.out.write_text(text + "\n")
+        args.out.write_text(out + "\n")
 
 
 if __name__ == "__main__":

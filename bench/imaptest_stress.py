@@ -34,35 +34,24 @@ import contextlib
 import json
 import os
 import platform
-import pwd
 import re
 import shutil
-import socket
-import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import make_url
 
+from bench._common import client_context, database, loadavg, memory_kib
+from bench._imap_servers import LOGIN, Dovecot, Ours
 from tests.helpers import make_message
-
-LOGIN = "claire.martin@demo.mssante.fr"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_mbox(path: Path, messages: int) -> None:
@@ -71,200 +60,6 @@ def write_mbox(path: Path, messages: int) -> None:
         for i in range(messages):
             body = make_message(subject=f"stress {i}", size=2000 + (i % 7) * 1500)
             out.write(b"From dr.martin@demo.mssante.fr Sat Dec  5 10:00:00 2026\r\n" + body + b"\r\n")
-
-
-# -- the servers ---------------------------------------------------------------------------------
-class Ours:
-    """``mssante serve --demo`` with only the IMAPS listener of interest reachable."""
-
-    def __init__(self, root: Path, url: str) -> None:
-        self.root = root
-        self.port = _free_port()
-        env = {k: v for k, v in os.environ.items() if k != "MSSANTE_CONFIG"}
-        env.update(
-            MSSANTE_DATABASE__URL=url,
-            MSSANTE_SMTP__SUBMISSION_PORT="0",
-            MSSANTE_SMTP__SUBMISSIONS_PORT="0",
-            MSSANTE_SMTP__RELAY_PORT="0",
-            MSSANTE_HTTP__PORT="0",
-            MSSANTE_IMAP__PORT=str(_free_port()),
-            MSSANTE_IMAP__TLS_PORT=str(self.port),
-            MSSANTE_IMAP__MAX_CONNECTIONS="5000",
-            MSSANTE_IMAP__MAX_CONNECTIONS_PER_IP="5000",
-            MSSANTE_RELAY__ENABLED="false",
-        )
-        self.log = (root / "serve.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "mssante", "--data-dir", str(root / "data"), "serve", "--demo"],
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        demo = root / "data" / "demo.json"
-        deadline = time.monotonic() + 300
-        while not (demo.exists() and demo.stat().st_size):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"our server did not start: {(root / 'serve.log').read_text()[-2000:]}")
-            time.sleep(0.5)
-        accounts = json.loads(demo.read_text())["accounts"]
-        self.password = next(a["password"] for a in accounts if a["login"] == LOGIN)
-        engine = create_engine(url)
-        with engine.connect() as conn:
-            self.password_hash = conn.execute(
-                text("SELECT password_hash FROM auth_accounts WHERE login = :l"), {"l": LOGIN}
-            ).scalar_one()
-        engine.dispose()
-        self.cert, self.key = root / "data" / "certs" / "server.pem", root / "data" / "certs" / "server.key"
-        self.pids = lambda: _tree(self.process.pid)
-
-    def tracebacks(self) -> int:
-        return (self.root / "serve.log").read_text(errors="replace").count("Traceback")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
-
-
-def _ensure_dovecot_imapd() -> str:
-    if not Path("/usr/lib/dovecot/imap").exists():
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(
-            ["apt-get", "install", "-y", "--no-install-recommends", "dovecot-imapd"], check=True, env=env
-        )
-    return shutil.which("dovecot") or "/usr/sbin/dovecot"
-
-
-class Dovecot:
-    """A throw-away Dovecot with the same certificate, login and password hash as ours."""
-
-    def __init__(self, root: Path, ours: Ours) -> None:
-        if os.geteuid() != 0:
-            raise SystemExit("Dovecot needs root (apt-get, and Dovecot's own users); or pass --no-dovecot")
-        self.binary = _ensure_dovecot_imapd()
-        self.root = root
-        self.port = _free_port()
-        user = pwd.getpwnam("nobody")
-        root.mkdir(parents=True)
-        os.chmod(root.parent, 0o755)
-        os.chmod(root, 0o755)
-        home = root / "home"
-        (home / LOGIN / "Maildir").mkdir(parents=True)
-        for path in (home, *home.rglob("*")):
-            os.chown(path, user.pw_uid, user.pw_gid)
-        (root / "passwd").write_text(f"{LOGIN}:{{ARGON2ID}}{ours.password_hash}::::::\n")
-        dh = Path("/usr/share/dovecot/dh.pem")
-        config = root / "dovecot.conf"
-        config.write_text(
-            f"""protocols = imap
-listen = 127.0.0.1
-base_dir = {root}/run
-state_dir = {root}/state
-instance_name = mssante-stress-{os.getpid()}
-log_path = {root}/dovecot.log
-ssl = required
-ssl_cert = <{ours.cert}
-ssl_key = <{ours.key}
-{f"ssl_dh = <{dh}" if dh.exists() else ""}
-auth_mechanisms = plain login
-auth_cache_size = 10M
-auth_cache_ttl = 5 mins
-passdb {{
-  driver = passwd-file
-  args = username_format=%u {root}/passwd
-}}
-userdb {{
-  driver = static
-  args = uid={user.pw_uid} gid={user.pw_gid} home={home}/%u
-}}
-first_valid_uid = {user.pw_uid}
-first_valid_gid = {user.pw_gid}
-mail_location = maildir:~/Maildir
-default_process_limit = 5000
-default_client_limit = 10000
-service imap-login {{
-  inet_listener imap {{
-    port = 0
-  }}
-  inet_listener imaps {{
-    address = 127.0.0.1
-    port = {self.port}
-    ssl = yes
-  }}
-  service_count = 0
-  process_min_avail = 2
-  client_limit = 5000
-}}
-service imap {{
-  process_limit = 5000
-}}
-service anvil {{
-  client_limit = 10100
-}}
-protocol imap {{
-  mail_max_userip_connections = 5000
-}}
-"""
-        )
-        self.process = subprocess.Popen([self.binary, "-F", "-c", str(config)])
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    log = root / "dovecot.log"
-                    raise RuntimeError(
-                        f"Dovecot did not start: {log.read_text()[-2000:] if log.exists() else ''}"
-                    ) from None
-                time.sleep(0.1)
-        self.password = ours.password
-        self.version = subprocess.run(
-            [self.binary, "--version"], capture_output=True, text=True
-        ).stdout.strip()
-        self.pids = lambda: _tree(self.process.pid)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-# -- memory ------------------------------------------------------------------------------------------
-def _tree(root_pid: int) -> list[int]:
-    """``root_pid`` and all its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(entry.name))
-    out, todo = [], [root_pid]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
-def _memory_kib(pids: list[int]) -> dict[str, int]:
-    rss = pss = 0
-    for pid in pids:
-        with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Rss:"):
-                    rss += int(line.split()[1])
-                elif line.startswith("Pss:"):
-                    pss += int(line.split()[1])
-    return {"rss_kib": rss, "pss_kib": pss, "processes": len(pids)}
 
 
 # -- imaptest ----------------------------------------------------------------------------------------
@@ -313,18 +108,11 @@ def parse_imaptest(output: str, seconds: int) -> dict[str, Any]:
 
 
 # -- logins and idle sessions ------------------------------------------------------------------------
-def _client_context() -> ssl.SSLContext:
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the same self-signed server certificate on both sides
-    return context
-
-
 def login_latency(port: int, password: str, logins: int, threads: int = 10) -> dict[str, Any]:
     """New TLS connection + LOGIN per sample; time from connect() to the tagged OK."""
     import imaplib
 
-    context = _client_context()
+    context = client_context()
     samples: list[float] = []
     errors: list[str] = []
     todo = iter(range(logins))
@@ -360,7 +148,7 @@ def login_latency(port: int, password: str, logins: int, threads: int = 10) -> d
 
 
 async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dict[str, Any]:
-    context = _client_context()
+    context = client_context()
     gate = asyncio.Semaphore(20)
     sessions: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     errors: list[str] = []
@@ -390,12 +178,12 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
                 errors.append(repr(exc))
 
     await asyncio.sleep(1)
-    before = _memory_kib(pids())
+    before = memory_kib(pids())
     started = time.perf_counter()
     await asyncio.gather(*(open_one() for _ in range(count)))
     opened_s = time.perf_counter() - started
     await asyncio.sleep(3)
-    during = _memory_kib(pids())
+    during = memory_kib(pids())
 
     async def close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async with gate:
@@ -405,7 +193,7 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
 
     await asyncio.gather(*(close(r, w) for r, w in sessions))
     await asyncio.sleep(5)
-    after = _memory_kib(pids())
+    after = memory_kib(pids())
     n = max(1, len(sessions))
     added = during["rss_kib"] - before["rss_kib"]
     return {
@@ -435,7 +223,7 @@ def fill_inbox(port: int, password: str, messages: int, threads: int = 4) -> flo
     indexing as it goes), from ``threads`` connections; returns the seconds taken."""
     import imaplib
 
-    context = _client_context()
+    context = client_context()
     todo = iter(range(messages))
     lock = threading.Lock()
 
@@ -460,27 +248,6 @@ def fill_inbox(port: int, password: str, messages: int, threads: int = 4) -> flo
 
 
 # -- main ----------------------------------------------------------------------------------------------
-def _loadavg() -> list[float]:
-    return [round(x, 2) for x in os.getloadavg()]
-
-
-@contextlib.contextmanager
-def _database(pg_url: str, root: Path) -> Iterator[str]:
-    if not pg_url:
-        yield f"sqlite:///{root / 'data' / 'mssante.db'}"
-        return
-    name = f"mssante_stress_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(pg_url).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def _phase(fn: Any, *args: Any) -> Any:
     """One measurement; a failure is reported in the JSON and the others still run."""
     try:
@@ -526,14 +293,14 @@ def main() -> None:
         "mbox_messages": args.mbox_messages,
         "inbox_messages_added_before_idle": args.inbox_messages,
         "transport": "implicit TLS (same RSA 2048 certificate), same argon2id hash, credential cache on both",
-        "loadavg_before": _loadavg(),
+        "loadavg_before": loadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="mssante-imaptest-") as tmp:
         root = Path(tmp)
         mbox = root / "source.mbox"
         write_mbox(mbox, args.mbox_messages)
         (root / "ours").mkdir()
-        with _database(args.pg_url, root / "ours") as url:
+        with database(args.pg_url, root / "ours" / "data" / "mssante.db") as url:
             ours = Ours(root / "ours", url)
             dovecot = None
             try:
@@ -598,7 +365,7 @@ def main() -> None:
             figure(theirs, "idle_sessions", "per_session_pss_kib"),
         )
         result["ratios_ours_vs_dovecot"] = ratios
-    result["loadavg_after"] = _loadavg()
+    result["loadavg_after"] = loadavg()
     out = json.dumps(result, indent=2)
     print(out)
     if args.out:

@@ -20,15 +20,13 @@ import platform
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
+from bench._common import database
 from mssante.config import load_settings
 from mssante.runtime import initialise, open_runtime
 from tests.helpers import make_message
@@ -89,22 +87,6 @@ def _fsync_rate(directory: Path, count: int = 300) -> float:
         path.unlink()
 
 
-def _pg_database(admin_url: str) -> tuple[str, str]:
-    name = f"mssante_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop(admin_url: str, name: str) -> None:
-    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--messages", type=int, default=600, help="messages per configuration")
@@ -125,16 +107,9 @@ def main() -> None:
         for producers in [int(p) for p in args.producers.split(",")]:
             pair = {}
             for group in (False, True):
-                with tempfile.TemporaryDirectory() as tmp:
-                    if backend == "sqlite":
-                        url = f"sqlite:///{Path(tmp) / 'mssante.db'}"
-                        run = asyncio.run(_ingest(url, Path(tmp), producers, args.messages, group))
-                    else:
-                        name, url = _pg_database(args.pg_url)
-                        try:
-                            run = asyncio.run(_ingest(url, Path(tmp), producers, args.messages, group))
-                        finally:
-                            _drop(args.pg_url, name)
+                pg_url = args.pg_url if backend == "postgresql" else ""
+                with tempfile.TemporaryDirectory() as tmp, database(pg_url, Path(tmp) / "mssante.db") as url:
+                    run = asyncio.run(_ingest(url, Path(tmp), producers, args.messages, group))
                 run["backend"] = backend
                 results["runs"].append(run)
                 pair[group] = run["per_second"]
