@@ -150,13 +150,6 @@ class MessageTable:
         self._gone.clear()
         self.version += 1
 
-    def index(self, uid: int) -> int:
-        """The position of ``uid`` among the messages (KeyError when unknown)."""
-        columns, at = self.locate(uid)
-        if columns is self._tail:
-            return len(self._base) - len(self._gone) + at
-        return at - sum(1 for g in self._gone if g < uid) if self._gone else at
-
     def __getitem__(self, uid: int) -> Entry:
         return Entry(self, uid, *self.locate(uid))
 
@@ -185,9 +178,6 @@ class MessageTable:
         else:
             yield from self._base.uid
         yield from self._tail.uid
-
-    def values(self) -> Iterator[Entry]:
-        return (self[uid] for uid in self)
 
     def used_sets(self) -> set[int]:
         """The flag sets some message has (the forgotten ones of a shared base included)."""
