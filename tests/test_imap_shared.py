@@ -239,3 +239,26 @@ def test_columns_copy_is_independent() -> None:
     copy = columns.copy()
     copy.flags[0] = 5
     assert columns.flags[0] == 0 and len(copy) == 1
+
+
+def test_bulk_fetch_lines_equal_message_by_message() -> None:
+    """The bulk rendering of column items is byte for byte the per-message one, on a shared
+    table, with \\Recent, after an expunge (rows no longer consecutive) and a new message."""
+    from mssante.imap.commands.values import FetchItem
+    from mssante.imap.fetch import column_lines, metadata_response
+
+    box = SelectedMailbox.from_snapshot(FOLDER, _snapshot(100), readonly=False, recent_from=90)
+    items = tuple(FetchItem(n) for n in ("UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"))
+
+    def both() -> tuple[bytes | None, bytes]:
+        pairs = box.resolve(_seq("1:*"), uid=False)
+        one_by_one = b"".join(metadata_response(n, box.entries[u], items, None) for n, u in pairs)
+        return column_lines(box.entries, pairs, items), one_by_one
+
+    bulk, single = both()
+    assert bulk == single and b"(\\Seen \\Recent)" in bulk
+    box.remove([40])
+    box.entries.add(MessageRow(101, ("$Label",), 5, WHEN, 300, 999))
+    box._own_uids().append(101)
+    bulk, single = both()
+    assert bulk == single and b"UID 101 FLAGS ($Label)" in bulk and b"UID 40 " not in bulk

@@ -120,10 +120,13 @@ def column_lines(
         + b" ".join(b"%s" if name in STRUCTURE_ITEMS else _PATTERNS[name] for name in names)
         + b")\r\n"
     )
-    flags = table.flag_bytes
-    is_recent = table.is_recent
     if not pairs:
         return b""
+    fast = _contiguous_lines(table, pairs, names, pattern, rendered)
+    if fast is not None:
+        return fast
+    flags = table.flag_bytes
+    is_recent = table.is_recent
     lines = []
     columns, at = table.locate(pairs[0][1])
     for n, uid in pairs:
@@ -149,6 +152,46 @@ def column_lines(
                 values.append(next(structures)[uid])
         lines.append(pattern % tuple(values))
     return b"".join(lines)
+
+
+def _contiguous_lines(
+    table: MessageTable,
+    pairs: list[tuple[int, int]],
+    names: list[str],
+    pattern: bytes,
+    rendered: list[dict[int, bytes]],
+) -> bytes | None:
+    """The common case of :func:`column_lines`: the messages are consecutive rows of one
+    column set (``1:*`` of a table nobody expunged under), so each item is a slice of its
+    column and each line one ``%`` of a zipped row. None otherwise."""
+    uids = [uid for _, uid in pairs]
+    columns, start = table.locate(uids[0])
+    stop = start + len(uids)
+    if columns.uid[start:stop].tolist() != uids:
+        return None
+    values: list[Any] = [[n for n, _ in pairs]]
+    structures = iter(rendered)
+    for name in names:
+        if name == "UID":
+            values.append(uids)
+        elif name == "FLAGS":
+            indexes = columns.flags[start:stop]
+            if table.recent or table.recent_range:
+                shown = [table.flag_bytes(i, table.is_recent(u)) for i, u in zip(indexes, uids, strict=True)]
+            else:
+                by_index = {i: table.flag_bytes(i) for i in set(indexes)}
+                shown = [by_index[i] for i in indexes]
+            values.append(shown)
+        elif name == "RFC822.SIZE":
+            values.append(columns.size[start:stop])
+        elif name == "MODSEQ":
+            values.append(columns.modseq[start:stop])
+        elif name == "INTERNALDATE":
+            values.append([internaldate(datetime.fromtimestamp(d, UTC)) for d in columns.date[start:stop]])
+        else:
+            found = next(structures)
+            values.append([found[uid] for uid in uids])
+    return b"".join([pattern % row for row in zip(*values, strict=True)])
 
 
 _PATTERNS = {
