@@ -22,8 +22,8 @@ to tagged LOGIN OK) p50/p99 over ``--logins`` logins from 10 threads; the memory
 ``--idle`` connections logged in with INBOX selected and left idle: growth of the serving
 processes only (ours: the server process; Dovecot: its master and every child), as RSS and as
 PSS (shared pages counted once, fairer to Dovecot's process per session), then again 5 s after
-they all log out (and the share of the added RSS given back). Ratios are ours/Dovecot for costs and Dovecot/ours for rates (above 1: we are
-worse). Prints JSON; it measures, it does not judge.
+they all log out (and the share of the added RSS given back). Ratios are ours/Dovecot for costs
+and Dovecot/ours for rates (above 1: we are worse). Prints JSON; it measures, it does not judge.
 """
 
 from __future__ import annotations
