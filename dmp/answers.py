@@ -110,7 +110,7 @@ def _base64(data: bytes) -> bytes:
     return CRLF.join(encoded[i : i + 76] for i in range(0, len(encoded), 76)) + CRLF
 
 
-def _crlf(raw: bytes) -> bytes:
+def _crlf(raw: bytes | bytearray) -> bytes:
     lines = raw.replace(b"\r\n", b"\n").split(b"\n")
     return CRLF.join(lines).rstrip(b"\r\n") + CRLF
 
@@ -133,7 +133,7 @@ def _attachment_parts(attached: Sequence[Attachment]) -> list[bytes]:
 
 
 def compose(
-    original_raw: bytes,
+    original_raw: bytes | bytearray,
     original: Message,
     outcome: Outcome,
     *,

@@ -150,7 +150,7 @@ class Depositor:
 
     def deposit(
         self,
-        raw: bytes,
+        raw: bytes | bytearray,
         *,
         sender: Identity,
         sender_bal: str,
@@ -381,7 +381,7 @@ class Depositor:
 
 def deposit_message(
     service: DMPService,
-    raw: bytes,
+    raw: bytes | bytearray,
     *,
     sender: Identity,
     sender_bal: str,

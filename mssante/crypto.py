@@ -186,10 +186,10 @@ class KeyRing:
         except InvalidTag:
             raise KeyRingError(f"key {sealed.key_id!r} of the key ring does not open this data") from None
 
-    def digest(self, data: bytes | Iterable[bytes]) -> bytes:
+    def digest(self, data: bytes | bytearray | Iterable[bytes | bytearray]) -> bytes:
         """Keyed content digest for deduplication: equal contents match, guesses cannot."""
         mac = hmac.new(self._digest_key, digestmod=hashlib.sha256)
-        if isinstance(data, bytes):
+        if isinstance(data, bytes | bytearray):
             mac.update(data)
         else:
             for part in data:
@@ -213,14 +213,17 @@ def _chunk_aad(seq: int, last: bool) -> bytes:
 
 def seal_chunks(data_key: bytes, data: bytes, chunk_size: int) -> list[bytes]:
     """Encrypt ``data`` as a list of independently authenticated chunks."""
-    aead = AESGCM(data_key)
     count = max(1, -(-len(data) // chunk_size))
-    return [
-        aead.encrypt(
-            _chunk_nonce(i), data[i * chunk_size : (i + 1) * chunk_size], _chunk_aad(i, i == count - 1)
-        )
-        for i in range(count)
-    ]
+    pieces = (data[i * chunk_size : (i + 1) * chunk_size] for i in range(count))
+    return list(seal_each(data_key, pieces, count))
+
+
+def seal_each(data_key: bytes, chunks: Iterable[bytes | memoryview], count: int) -> Iterator[bytes]:
+    """Encrypt ``count`` plaintext chunks one at a time, as :func:`seal_chunks` would: a large
+    content is sealed as it is stored, never held sealed whole."""
+    aead = AESGCM(data_key)
+    for i, chunk in enumerate(chunks):
+        yield aead.encrypt(_chunk_nonce(i), chunk, _chunk_aad(i, i == count - 1))
 
 
 def open_chunks(data_key: bytes, chunks: Iterable[tuple[int, bytes]], count: int) -> Iterator[bytes]:
@@ -233,13 +236,21 @@ def open_chunks(data_key: bytes, chunks: Iterable[tuple[int, bytes]], count: int
             raise KeyRingError(f"chunk {seq} failed authentication: stored data was altered") from None
 
 
-def seal_small(data_key: bytes, data: bytes) -> bytes:
-    """Encrypt a small companion value (parsed structure) under a blob's data key."""
-    return AESGCM(data_key).encrypt(_META_NONCE, data, b"mssante-meta")
+# The small companion values of a blob, each under its own nonce (never a chunk's: those start
+# with a zero byte) and its own associated data, so that one cannot be read as the other.
+_SMALL = {"meta": (_META_NONCE, b"mssante-meta"), "search": (b"S" + bytes(11), b"mssante-search")}
 
 
-def open_small(data_key: bytes, sealed: bytes) -> bytes:
+def seal_small(data_key: bytes, data: bytes, kind: str = "meta") -> bytes:
+    """Encrypt a small companion value under a blob's data key: its parsed structure
+    (``meta``) or the header fields SEARCH matches (``search``)."""
+    nonce, aad = _SMALL[kind]
+    return AESGCM(data_key).encrypt(nonce, data, aad)
+
+
+def open_small(data_key: bytes, sealed: bytes, kind: str = "meta") -> bytes:
+    nonce, aad = _SMALL[kind]
     try:
-        return AESGCM(data_key).decrypt(_META_NONCE, sealed, b"mssante-meta")
+        return AESGCM(data_key).decrypt(nonce, sealed, aad)
     except InvalidTag:
         raise KeyRingError("stored structure failed authentication: stored data was altered") from None

@@ -1,19 +1,25 @@
-"""Keeping the server's memory proportional to its live connections, and giving it back.
+"""Memory given back: after a large message, after sessions close; small per-connection buffers.
 
-Issue 20: after 1,000 IMAP sessions logged out, the process kept 6.5× the memory it had before
-them. Three causes, three remedies, applied by :func:`tune_process` at start-up:
+glibc's allocator, told to give big buffers back. By default it serves a request of 128 KiB or
+more with its own ``mmap`` (returned to the system at ``free``), but raises that threshold to
+the size of each such block freed, up to 32 MiB: after the first 20 MiB message the next ones
+come from the heaps, and a heap returns only what lies above its last block in use. Worker
+threads each get an arena of their own (up to 8 per core), each keeping its free space. Fixing
+the threshold keeps message buffers in ``mmap`` for good; few arenas and a ``malloc_trim``
+after a large message (:func:`give_back`) return the smaller pieces (64 KiB chunks sealed,
+read, copied) the threads left behind.
 
-- a closed session is garbage of reference cycles, which the cyclic collector of an idle
-  server seldom visits, and glibc keeps freed memory in its heaps until told to give it back
-  (and gives each thread that allocates an arena of its own, up to 8 per core):
-  :func:`trim_soon` collects and calls ``malloc_trim(0)`` once the connections have closed
-  (debounced, so a thousand logouts cost one trim), and the number of arenas is capped
-  (``M_ARENA_MAX``) before any thread starts;
-- asyncio's TLS transport gives every connection a 256 KiB read buffer, zero-filled (so
-  resident) from the start; a TLS record carries at most 16 KiB, so a 16 KiB buffer costs an
-  idle connection a sixteenth of that and a bulk upload only more, smaller reads.
+Sessions (issue 20: after 1,000 IMAP sessions logged out, the process kept 6.5× the memory it
+had before them): a closed session is garbage of reference cycles, which the cyclic collector
+of an idle server seldom visits, and its freed memory stays in glibc's heaps.
+:func:`trim_soon` collects and trims once a burst of closes is over (a thousand logouts cost
+one trim). And asyncio's TLS transport gives every connection a 256 KiB read buffer,
+zero-filled (so resident) from the start; a TLS record carries at most 16 KiB, so
+:func:`tune` makes it 16 KiB: an idle connection costs a sixteenth of that, a bulk upload only
+more, smaller reads.
 
-Without glibc (musl, macOS) the trims are skipped; nothing else depends on them.
+``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` in the environment win: nothing is changed
+then. On another C library the allocator calls do nothing.
 """
 
 from __future__ import annotations
@@ -24,30 +30,66 @@ import ctypes
 import ctypes.util
 import gc
 import logging
-from typing import Any
+import os
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("mssante.memory")
 
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
+MMAP_THRESHOLD = 256 * 1024
+# Free space at the top of the main heap kept for reuse before it is returned on its own (the
+# trim after a large message returns it anyway): below a few MiB, ordinary traffic would give
+# pages back and fault them in again all the time.
+TRIM_THRESHOLD = 4 * 1024 * 1024
+ARENA_MAX = 2
+# A message at least this large is followed by a trim (well above ordinary mail: a trim walks
+# every arena, some 100 µs).
+TRIM_AFTER = 1024 * 1024
 TLS_READ_BUFFER = 16 * 1024
-MALLOC_ARENAS = 2
 TRIM_DELAY = 1.0  # seconds without a close before memory is given back...
 TRIM_MAX_WAIT = 30.0  # ...or this long into a burst of closes that does not end
-_M_ARENA_MAX = -8  # mallopt parameter number (glibc malloc.h)
+
+_libc: ctypes.CDLL | None = None
 
 
-def _libc() -> Any:
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name)
-        libc.malloc_trim, libc.mallopt  # noqa: B018 (glibc only)
-    except (OSError, AttributeError):
-        return None
-    return libc
+def _glibc() -> ctypes.CDLL | None:
+    global _libc
+    if _libc is None:
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+            libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        except (OSError, AttributeError):  # not glibc (musl, macOS)
+            return None
+        _libc = libc
+    return _libc
 
 
-_LIBC = _libc()
+def tune() -> None:
+    """At server start, before the worker threads exist (idempotent)."""
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+    libc = _glibc()
+    if libc is None:
+        return
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # also ends the dynamic raising
+        libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        libc.mallopt(_M_ARENA_MAX, ARENA_MAX)
+
+
+def give_back(size: int) -> None:
+    """After a message of ``size`` bytes is done with: free heap pages go back to the system."""
+    if size >= TRIM_AFTER:
+        trim_now()
+
+
+def trim_now() -> int:
+    """Give the heap's free pages back to the system (``malloc_trim``); 1 if some memory was
+    released. ctypes drops the GIL for the call: it may run in a worker thread."""
+    libc = _glibc()
+    return int(libc.malloc_trim(0)) if libc is not None else 0
 
 
 class _Burst:
@@ -61,27 +103,12 @@ class _Burst:
 _bursts: dict[asyncio.AbstractEventLoop, _Burst] = {}
 
 
-def tune_process() -> None:
-    """Process-wide settings, before the event loop and any thread start."""
-    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
-    if _LIBC is not None:
-        _LIBC.mallopt(_M_ARENA_MAX, MALLOC_ARENAS)
-
-
-def trim_now() -> int:
-    """Give the heap's free pages back to the system (glibc's ``malloc_trim``); 1 if some
-    memory was released. ctypes drops the GIL for the call: it may run in a worker thread."""
-    return int(_LIBC.malloc_trim(0)) if _LIBC is not None else 0
-
-
 def trim_soon() -> None:
     """Give memory back once the burst of closes in progress is over: TRIM_DELAY seconds
-    without a close (or TRIM_MAX_WAIT into a burst that does not end).
-
-    A session and its connection refer to each other, so they are freed by the cyclic garbage
-    collector, which an idle server seldom runs: a full collection comes first (on the event
-    loop, once per burst), then the trim (in a worker thread, it takes milliseconds)."""
-    if _LIBC is None:
+    without a close (or TRIM_MAX_WAIT into a burst that does not end). A full collection
+    first (on the event loop, once per burst), then the trim (in a worker thread: on a large
+    heap it takes milliseconds)."""
+    if _glibc() is None:
         return
     try:
         loop = asyncio.get_running_loop()

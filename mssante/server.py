@@ -236,7 +236,7 @@ def serve(
     worker: WorkerSlot | None = None,
 ) -> None:
     """Serve in this process (the whole server, or one of its workers) until stopped."""
-    memory.tune_process()  # before any thread: glibc arenas, TLS buffers
+    memory.tune()  # again in a worker process: glibc arenas, TLS buffers
     runtime = open_runtime(settings)
     runtime.worker = worker
     try:

@@ -17,6 +17,7 @@ from mssante.imap.parser import parse_command
 from mssante.imap.render import compress
 from mssante.imap.search import Candidate, body_text, matches, needs
 from mssante.store.feed import FolderChange
+from mssante.store.headerindex import EMPTY, fields_of
 from mssante.store.mime import analyse
 from mssante.store.types import FolderInfo, MessageRow
 
@@ -97,9 +98,16 @@ def _search(program: str, *, flags: tuple[str, ...] = ("\\Seen",), size: int = 5
     cmd = parse_command(f"a SEARCH CHARSET UTF-8 {program}".encode())
     key = cmd.args.key  # type: ignore[union-attr]
     b = SelectedMailbox.from_rows(FOLDER, [MessageRow(42, flags, size, WHEN, 1, 1)], readonly=False)
-    want_meta, want_body = needs(key)
+    want_fields, want_body = needs(key)
+    meta = analyse(MESSAGE)
     candidate = Candidate(
-        1, b.entries[42], 1, 42, analyse(MESSAGE) if want_meta else None, MESSAGE if want_body else None
+        1,
+        b.entries[42],
+        1,
+        42,
+        meta if want_body else None,
+        MESSAGE if want_body else None,
+        fields_of(meta) if want_fields else EMPTY,
     )
     return matches(key, candidate)
 
@@ -149,7 +157,8 @@ def test_search_keys(program: str, expected: bool) -> None:
 def test_search_needs() -> None:
     assert needs(SearchKey("SEEN")) == (False, False)
     assert needs(SearchKey("NOT", (SearchKey("FROM", ("x",)),))) == (True, False)
-    assert needs(SearchKey("OR", (SearchKey("SEEN"), SearchKey("BODY", ("x",))))) == (True, True)
+    assert needs(SearchKey("OR", (SearchKey("SEEN"), SearchKey("BODY", ("x",))))) == (False, True)
+    assert needs(SearchKey("OR", (SearchKey("SUBJECT", ("x",)), SearchKey("TEXT", ("x",))))) == (True, True)
     assert "Hémoglobine normale" in body_text(MESSAGE, analyse(MESSAGE))
     assert date(2024, 3, 5) == WHEN.date()
 

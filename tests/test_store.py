@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 from mssante import audit
 from mssante.crypto import KeyRing, KeyRingError
 from mssante.runtime import Runtime, open_runtime
-from mssante.store.blobs import rewrap_all
+from mssante.store.blobs import SEAL_AS_STORED, rewrap_all
 from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
-from mssante.store.types import FolderExists, FolderNotFound, QuotaExceeded
+from mssante.store.types import FolderExists, FolderNotFound, Outbound, QuotaExceeded
 from tests.helpers import make_message
 
 DOC = "dr.durand@demo.mssante.fr"
@@ -282,3 +282,36 @@ async def test_internaldate_keeps_its_instant_whatever_the_offset(runtime: Runti
     [msg] = await runtime.store.messages(inbox.id)
     assert msg.internaldate == paris
     assert await runtime.store.messages(inbox.id, since_uid=msg.uid) == []
+
+
+async def test_large_contents_sealed_as_stored_read_back_identical(runtime: Runtime) -> None:
+    """A content of 1 MiB or more is sealed chunk by chunk in the writer's transaction, from the
+    caller's buffer (a bytearray, as SMTP hands it over), with the queue's copy sealed from the
+    same buffer behind a prefix (the DKIM-Signature field); several in one group commit."""
+    raws = [
+        bytearray(make_message(subject=f"gros {i}", size=SEAL_AS_STORED + 70_000 * i + 13)) for i in range(3)
+    ]
+    prefix = b"DKIM-Signature: v=1; a=rsa-sha256; b=xyz\r\n"
+    results = await asyncio.gather(
+        *(
+            runtime.store.deliver(
+                raw,
+                "dr.martin@demo.mssante.fr",
+                [DOC],
+                outbound=Outbound(raw, {"autre.mssante.fr": ["x@autre.mssante.fr"]}, prefix),
+            )
+            for raw in raws
+        )
+    )
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    stored = {m.uid: m for m in await runtime.store.messages(inbox.id)}
+    for raw, uids in zip(raws, results, strict=True):
+        blob = stored[uids[DOC]].blob_id
+        assert await runtime.store.body(blob) == bytes(raw)
+        assert b"".join([c async for c in runtime.store.stream(blob, 5, len(raw) - 7)]) == bytes(raw[5:-7])
+    with Session(runtime.engine) as s:
+        queued = s.execute(
+            select(Blob.id).where(Blob.size.in_([len(prefix) + len(r) for r in raws]))
+        ).scalars()
+        copies = [await runtime.store.body(blob_id) for blob_id in list(queued)]
+    assert sorted(copies) == sorted(prefix + bytes(r) for r in raws)

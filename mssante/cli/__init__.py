@@ -114,11 +114,13 @@ def serve(
     ] = None,
 ) -> None:
     """Run the server (all configured listeners) until interrupted."""
+    from mssante import memory
     from mssante.crypto import KeyRingError
     from mssante.schema import SchemaOutdated
     from mssante.server import run
     from mssante.tls import TLSConfigError
 
+    memory.tune()
     cfg = settings()
     if workers is not None:
         cfg = cfg.model_copy(update={"server": cfg.server.model_copy(update={"workers": workers})})

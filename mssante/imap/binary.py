@@ -17,7 +17,7 @@ from mssante.store.mime import analyse
 _CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[^\n]*\n(?:[ \t][^\n]*\n)*")
 
 
-def _binary_leaves(part: dict[str, Any], raw: bytes) -> list[dict[str, Any]]:
+def _binary_leaves(part: dict[str, Any], raw: bytes | bytearray) -> list[dict[str, Any]]:
     if "parts" in part:
         return [leaf for child in part["parts"] for leaf in _binary_leaves(child, raw)]
     message = part.get("message")
@@ -27,7 +27,7 @@ def _binary_leaves(part: dict[str, Any], raw: bytes) -> list[dict[str, Any]]:
     return [part] if part.get("encoding") == "binary" or b"\0" in raw[start:end] else []
 
 
-def encode_binary_parts(raw: bytes) -> bytes:
+def encode_binary_parts(raw: bytes | bytearray) -> bytes | bytearray:
     """The message with every binary leaf part base64-encoded (unchanged when there is none)."""
     leaves = _binary_leaves(analyse(raw)["part"], raw)
     if not leaves:

@@ -322,13 +322,14 @@ async def _binary(store: MessageStore, entry: Entry, item: FetchItem, meta: Json
     part = find_part(meta["part"], numbers)
     if part is None:
         return [label + b" NIL"]
-    if not numbers:
-        data = await store.body(entry.blob_id, 0, entry.size)
-    else:
-        start, end = part["body"]
-        data = await store.body(entry.blob_id, start, end) if end > start else b""
-        if "parts" not in part and part.get("message") is None:
-            data = _decode(data, part.get("encoding", "7bit"))
+    start, end = (0, entry.size) if not numbers else part["body"]
+    encoded = bool(numbers) and "parts" not in part and part.get("message") is None
+    encoding = part.get("encoding", "7bit") if encoded else "binary"
+    if encoding in _IDENTITY and end - start > STREAM_THRESHOLD:
+        return await _binary_range(store, entry, item, label, start, end)
+    data = await store.body(entry.blob_id, start, end) if end > start else b""
+    if encoded:
+        data = _decode(data, encoding)
     if item.name == "BINARY.SIZE":
         return [label + b" %d" % len(data)]
     low, high = apply_partial(0, len(data), item.partial)
@@ -338,8 +339,32 @@ async def _binary(store: MessageStore, entry: Entry, item: FetchItem, meta: Json
     return [label + (b" ~{%d}\r\n" if b"\0" in data else b" {%d}\r\n") % len(data) + data]
 
 
+_IDENTITY = frozenset({"7bit", "8bit", "binary"})
+
+
+async def _binary_range(
+    store: MessageStore, entry: Entry, item: FetchItem, label: bytes, start: int, end: int
+) -> list[Piece]:
+    """A large BINARY section with nothing to decode: streamed like ``BODY[]``, after a first
+    pass that looks for a NUL byte (which makes it a literal8), a chunk at a time."""
+    if item.name == "BINARY.SIZE":
+        return [label + b" %d" % (end - start)]
+    low, high = apply_partial(start, end, item.partial)
+    if high <= low:
+        return [label + b' ""']
+    nul = False
+    async for chunk in store.stream(entry.blob_id, low, high):
+        if b"\0" in chunk:
+            nul = True
+            break
+    return [
+        label + (b" ~{%d}\r\n" if nul else b" {%d}\r\n") % (high - low),
+        BlobSlice(entry.blob_id, low, high),
+    ]
+
+
 def _decode(data: bytes, encoding: str) -> bytes:
-    if encoding in ("7bit", "8bit", "binary"):
+    if encoding in _IDENTITY:
         return data
     try:
         if encoding == "base64":

@@ -33,9 +33,10 @@ _PREAUTH_LITERALS = frozenset({"LOGIN", "ID"})  # the commands before login whos
 
 @dataclass(frozen=True)
 class CommandReady:
-    """A complete command: its bytes with literals inline, the final CRLF removed."""
+    """A complete command: its bytes with literals inline, the final CRLF removed; assembled
+    in one buffer as its bytes arrive, so an APPEND's message is held once (never joined)."""
 
-    data: bytes
+    data: bytearray
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ class Rejected:
 FramerEvent = CommandReady | NeedContinuation | Rejected
 
 
-def command_tag(first_line: bytes) -> str:
+def command_tag(first_line: bytes | bytearray) -> str:
     """The tag of a command line, or ``*`` when it has none worth echoing."""
     match = _TAG.match(first_line)
     if not match or len(match.group()) > 64:
@@ -121,7 +122,7 @@ class Framer:
         return "NO [TOOBIG] Message too large" if name == "APPEND" else "BAD Literal too large"
 
     def _reset(self) -> None:
-        self._parts: list[bytes] = []
+        self._data = bytearray()
         self._size = 0
         self._first: bytes | None = None
         self._literal_left = 0
@@ -170,7 +171,7 @@ class Framer:
                 if not take:
                     return None
                 if self._discard is None:
-                    self._parts.append(bytes(self._buf[:take]))
+                    self._data += memoryview(self._buf)[:take]
                     self._size += take
                 del self._buf[:take]
                 self._scan = 0
@@ -200,7 +201,7 @@ class Framer:
             self._first = bytes(self._buf[:256])
         if self._discard is None:
             self._discard = "BAD Command line too long"
-            self._parts.clear()
+            self._data = bytearray()
             self._size = 0
         self._long_line = True
         tail = bytes(self._buf[-32:])
@@ -240,7 +241,7 @@ class Framer:
                 self._reset()
                 return Rejected(tag, too_big, close=True)
             self._discard = too_big
-            self._parts.clear()
+            self._data = bytearray()
             self._size = 0
             self._literal_left = size
             return None
@@ -249,7 +250,7 @@ class Framer:
         return None if plus else NeedContinuation()
 
     def _append(self, chunk: bytes) -> None:
-        self._parts.append(chunk)
+        self._data += chunk
         self._size += len(chunk)
 
     def _finish(self, line: bytes, tag: str) -> FramerEvent:
@@ -261,8 +262,8 @@ class Framer:
         if self._size + len(body) > self._command_bound():
             self._reset()
             return Rejected(tag, "BAD Command too long")
-        self._parts.append(body)
-        data = b"".join(self._parts)
+        self._data += body
+        data = self._data
         self._reset()
         return CommandReady(data)
 

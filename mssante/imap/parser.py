@@ -52,6 +52,8 @@ _LIST_CHARS = re.compile(rb"[^\x00-\x20\x7f(){\"\\\x80-\xff]+")  # atom + % * ]
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+\x80-\xff]+")
 _LITERAL = re.compile(rb"\{([0-9]+)(\+?)\}\r\n")
 _LITERAL8 = re.compile(rb"~\{([0-9]+)(\+?)\}\r\n")
+# An APPEND message at least this large is handed over in the command's buffer (see message_literal).
+TAKE_LITERAL = 256 * 1024
 _NUMBER = re.compile(rb"[0-9]+")
 _BASE64 = re.compile(rb"=|(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
 _FETCH_NAME = re.compile(rb"[A-Za-z0-9.]+")
@@ -119,7 +121,7 @@ class ParseError(ValueError):
 class _Reader:
     """A cursor over the command bytes, with one method per grammar production."""
 
-    def __init__(self, data: bytes, *, utf8: bool, max_depth: int, binary: bool = False) -> None:
+    def __init__(self, data: bytes | bytearray, *, utf8: bool, max_depth: int, binary: bool = False) -> None:
         self.data = data
         self.pos = 0
         self.utf8 = utf8
@@ -136,7 +138,7 @@ class _Reader:
         return self.pos >= len(self.data)
 
     def peek(self, n: int = 1) -> bytes:
-        return self.data[self.pos : self.pos + n]
+        return bytes(self.data[self.pos : self.pos + n])
 
     def expect(self, token: bytes, what: str | None = None) -> None:
         if self.data[self.pos : self.pos + len(token)] != token:
@@ -172,7 +174,7 @@ class _Reader:
         if not found or not found.group():
             raise self.error(f"Expected {what}")
         self.pos = found.end()
-        return found.group()
+        return bytes(found.group())
 
     # -- basic tokens ----------------------------------------------------------------------
     def atom(self) -> str:
@@ -208,6 +210,22 @@ class _Reader:
                 out.append(char)
 
     def literal(self, *, literal8: bool = False) -> bytes:
+        start, self.pos = self._literal_span(literal8)
+        return bytes(self.data[start : self.pos])
+
+    def message_literal(self, *, literal8: bool = False) -> bytes | bytearray:
+        """An APPEND's message: when it ends the command, the command's own buffer is handed
+        over with the bytes before the message dropped (no copy of a message of 20 MiB)."""
+        start, end = self._literal_span(literal8)
+        if isinstance(self.data, bytearray) and end == len(self.data) and end - start >= TAKE_LITERAL:
+            taken = self.data
+            del taken[:start]  # CPython moves the buffer's start: nothing is copied
+            self.data, self.pos = b"", 0
+            return taken
+        self.pos = end
+        return bytes(self.data[start:end])
+
+    def _literal_span(self, literal8: bool) -> tuple[int, int]:
         found = _LITERAL.match(self.data, self.pos)
         if not found and literal8 and self.binary:
             found = _LITERAL8.match(self.data, self.pos)
@@ -218,8 +236,7 @@ class _Reader:
         start = found.end()
         if start + size > len(self.data):
             raise self.error("Truncated literal")
-        self.pos = start + size
-        return self.data[start : self.pos]
+        return start, start + size
 
     def string(self) -> bytes:
         nxt = self.peek()
@@ -565,7 +582,7 @@ THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 
 def parse_command(
-    data: bytes, *, utf8: bool = False, max_depth: int = MAX_DEPTH, binary: bool = False
+    data: bytes | bytearray, *, utf8: bool = False, max_depth: int = MAX_DEPTH, binary: bool = False
 ) -> Command:
     """Parse one framed command; raise :class:`ParseError` (with the tag when known).
 
@@ -707,7 +724,7 @@ def _acl_args(r: _Reader, name: str) -> AclArgs:
     return AclArgs(mailbox, identifier, r.astring())
 
 
-def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes]:
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes | bytearray]:
     """``SP [flag-list SP] [date-time SP] literal`` of APPEND."""
     r.sp()
     flags: tuple[str, ...] = ()
@@ -722,12 +739,12 @@ def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes
         if not _LITERAL8.match(r.data, r.pos):
             raise r.error("APPEND UTF8 needs a literal8 (~{n})")
         r.pos += 1
-        message = r.literal()
+        message = r.message_literal()
         r.expect(b")")
         return flags, when, message
     if r.peek() != b"{" and not (r.binary and r.peek() == b"~"):
         raise r.error("APPEND needs the message as a literal")
-    return flags, when, r.literal(literal8=True)
+    return flags, when, r.message_literal(literal8=True)
 
 
 def _quota_args(r: _Reader, name: str) -> Quota:

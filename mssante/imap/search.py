@@ -1,7 +1,9 @@
 """SEARCH evaluation (RFC 3501 §6.4.4) over a session's messages.
 
-Flags, sizes, dates, UIDs and numbers come from the session's own state; header keys from
-the header index the store cached at delivery (decoded RFC 2047 values); only BODY and TEXT
+Flags, sizes, dates, UIDs and numbers come from the session's own state; header keys
+(SUBJECT, FROM…, HEADER, SENT*) from each message's header fields, decoded RFC 2047 values
+(:mod:`mssante.store.headerindex`: sealed at delivery, cached per process; a program made of
+such keys alone is built once into one test per search); only BODY and TEXT
 need the message itself, which is then decrypted, and its text parts decoded from their
 transfer encoding and charset, so that a search for ``ordonnance`` finds it in a base64 or
 quoted-printable body. Matching is case-insensitive substring matching, as the RFC asks.
@@ -19,16 +21,22 @@ import binascii
 import quopri
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
-
-from sqlalchemy.orm import Session
 
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
-from mssante.store import addresses
-from mssante.store.blobs import Prefix
-from mssante.store.mime import decode_value
+from mssante.store import headerindex
+from mssante.store.blobs import Prefix, Reads
+from mssante.store.core import INLINE_READ_META
+from mssante.store.headerindex import (
+    EMPTY,
+    Fields,
+    HeaderIndex,
+    Test,
+    address_test,
+    header_test,
+    sent_test,
+)
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -48,6 +56,7 @@ _FLAG_KEYS = {
 _ENCODED = ("base64", "quoted-printable")
 _HEADER_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "SUBJECT": "subject", "TO": "to"}
 _ADDRESS_KEYS = {"BCC": "bcc", "CC": "cc", "FROM": "from", "TO": "to"}
+_FIELD_KEYS = (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE")
 
 
 # A group of messages whose first chunks are read together: at most BODY_READ_AHEAD messages
@@ -58,9 +67,11 @@ BODY_READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 @dataclass
 class Candidate:
-    """One message under test; ``meta`` and ``raw`` are loaded only when the program needs them.
+    """One message under test; ``meta``, ``raw`` and ``fields`` are loaded only when the
+    program needs them.
 
-    ``raw`` is the whole message, or a :class:`Prefix` read further only as matching needs."""
+    ``raw`` is the whole message, or a :class:`Prefix` read further only as matching needs;
+    ``fields`` are the header fields header keys match (:mod:`mssante.store.headerindex`)."""
 
     msn: int
     entry: Entry
@@ -68,6 +79,7 @@ class Candidate:
     largest_uid: int
     meta: Json | None = None
     raw: bytes | Prefix | None = None
+    fields: Fields = EMPTY
 
 
 def read_ahead_groups(batch: list[tuple[int, Entry]]) -> list[list[tuple[int, Entry]]]:
@@ -93,33 +105,57 @@ async def select(
     largest_uid: int,
 ) -> list[tuple[int, Entry]]:
     """The (message number, entry) pairs of ``batch`` that ``key`` matches."""
-    want_meta, want_body = needs(key)
+    want_fields, want_body = needs(key)
+    index = headerindex.index_of(store)
     if not want_body:
-        metas = await store.meta([e.blob_id for _, e in batch]) if want_meta else {}
+        if not want_fields:
+            return [(n, e) for n, e in batch if matches(key, Candidate(n, e, largest_msn, largest_uid))]
+        ids = [e.blob_id for _, e in batch]
+        cached = index.cached(ids)
+        fields = cached if cached is not None else await _read_fields(store, index, ids)
+        test = fields_program(key)
+        if test is not None:
+            return [
+                item for item, blob_id in zip(batch, ids, strict=True) if test(fields.get(blob_id, EMPTY))
+            ]
         return [
             (n, e)
-            for n, e in batch
-            if matches(key, Candidate(n, e, largest_msn, largest_uid, metas.get(e.blob_id)))
+            for (n, e), blob_id in zip(batch, ids, strict=True)
+            if matches(key, Candidate(n, e, largest_msn, largest_uid, fields=fields.get(blob_id, EMPTY)))
         ]
 
-    def scan(session: Session) -> list[tuple[int, Entry]]:
-        metas = store.reader.meta(session, [e.blob_id for _, e in batch])
+    def scan(session: Reads) -> list[tuple[int, Entry]]:
+        ids = [e.blob_id for _, e in batch]
+        metas = store.reader.meta(session, ids)
+        fields = index.fields(store.reader, session, ids, metas) if want_fields else {}
         found: list[tuple[int, Entry]] = []
         for group in read_ahead_groups(batch):
             bodies = store.reader.prefixes(session, [e.blob_id for _, e in group])
             for n, e in group:
                 candidate = Candidate(
-                    n, e, largest_msn, largest_uid, metas.get(e.blob_id), bodies.get(e.blob_id)
+                    n,
+                    e,
+                    largest_msn,
+                    largest_uid,
+                    metas.get(e.blob_id),
+                    bodies.get(e.blob_id),
+                    fields.get(e.blob_id, EMPTY),
                 )
                 if matches(key, candidate):
                     found.append((n, e))
         return found
 
-    return await store.read(scan)  # type: ignore[no-any-return]
+    return await store.read(scan, kept=True)  # type: ignore[no-any-return]
+
+
+async def _read_fields(store: MessageStore, index: HeaderIndex, ids: list[int]) -> dict[int, Fields]:
+    return await store.read(  # type: ignore[no-any-return]
+        lambda s: index.fields(store.reader, s, ids), small=len(ids) <= INLINE_READ_META
+    )
 
 
 def needs(key: SearchKey) -> tuple[bool, bool]:
-    """(needs the header index, needs the body) for a search program."""
+    """(needs the header fields, needs the body) for a search program."""
     if key.name in ("AND", "OR", "NOT"):
         meta = body = False
         for child in key.args:
@@ -128,8 +164,8 @@ def needs(key: SearchKey) -> tuple[bool, bool]:
             meta, body = meta or m, body or b
         return meta, body
     if key.name in ("BODY", "TEXT"):
-        return True, True
-    return key.name in (*_HEADER_KEYS, "HEADER", "SENTBEFORE", "SENTON", "SENTSINCE"), False
+        return False, True  # the structure (read with the body), not the header fields
+    return key.name in _FIELD_KEYS, False
 
 
 def matches(key: SearchKey, c: Candidate) -> bool:
@@ -175,15 +211,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         return args[0].contains(entry.uid, c.largest_uid)  # type: ignore[attr-defined,no-any-return]
     if name in ("BEFORE", "ON", "SINCE"):
         return _compare(name, entry.internaldate.date(), args[0])  # type: ignore[arg-type]
-    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
-        sent = _sent_date(c.meta)
-        return sent is not None and _compare(name[4:], sent, args[0])  # type: ignore[arg-type]
-    if name in _ADDRESS_KEYS:
-        return _address_contains(c.meta, _ADDRESS_KEYS[name], str(args[0]))
-    if name in _HEADER_KEYS:
-        return _header_contains(c.meta, _HEADER_KEYS[name], str(args[0]))
-    if name == "HEADER":
-        return _header_contains(c.meta, str(args[0]), str(args[1]))
+    if name in _FIELD_KEYS:
+        return field_test(key)(c.fields)
     if name == "BODY":
         return _body_contains(c, str(args[0]))
     if name == "TEXT":
@@ -191,6 +220,41 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         headers = "\n".join(f"{n}: {v}" for n, v in (c.meta or {}).get("headers", []))
         return _contains(headers, needle) or _body_contains(c, needle)
     raise ValueError(f"unknown search key {name}")
+
+
+def field_test(key: SearchKey) -> Test:
+    """A header-field key (SUBJECT, FROM…, HEADER, SENT*) as a test of a message's fields."""
+    name, args = key.name, key.args
+    if name in ("SENTBEFORE", "SENTON", "SENTSINCE"):
+        return sent_test(name[4:], args[0])  # type: ignore[arg-type]
+    if name in _ADDRESS_KEYS:
+        return address_test(_ADDRESS_KEYS[name], str(args[0]))
+    if name == "HEADER":
+        return header_test(str(args[0]), str(args[1]))
+    return header_test(_HEADER_KEYS[name], str(args[0]))
+
+
+def fields_program(key: SearchKey) -> Test | None:
+    """The program as one test of header fields, built once per search, when it uses nothing
+    else (SUBJECT x, OR FROM a TO a, NOT HEADER…): no per-message dispatch. None otherwise."""
+    name, args = key.name, key.args
+    if name in _FIELD_KEYS:
+        return field_test(key)
+    if name == "ALL":
+        return lambda f: True
+    if name not in ("AND", "OR", "NOT"):
+        return None
+    parts = [fields_program(k) if isinstance(k, SearchKey) else None for k in args]
+    tests = [p for p in parts if p is not None]
+    if len(tests) != len(parts):
+        return None
+    if name == "AND":
+        return lambda f: all(t(f) for t in tests)
+    if name == "OR":
+        left, right = tests
+        return lambda f: left(f) or right(f)
+    (child,) = tests
+    return lambda f: not child(f)
 
 
 def _compare(op: str, value: date, wanted: date) -> bool:
@@ -201,38 +265,8 @@ def _compare(op: str, value: date, wanted: date) -> bool:
     return value >= wanted  # SINCE
 
 
-def _sent_date(meta: Json | None) -> date | None:
-    raw = (meta or {}).get("envelope", {}).get("date")
-    if not raw:
-        return None
-    try:
-        return parsedate_to_datetime(raw).date()
-    except (TypeError, ValueError, IndexError):
-        return None
-
-
 def _contains(haystack: str, needle: str) -> bool:
     return needle.casefold() in haystack.casefold()
-
-
-def _header_contains(meta: Json | None, field: str, needle: str) -> bool:
-    wanted = field.lower()
-    for name, value in (meta or {}).get("headers", []):
-        if name.lower() == wanted and _contains(value, needle):
-            return True
-    return False
-
-
-def _address_contains(meta: Json | None, field: str, needle: str) -> bool:
-    """FROM/TO/CC/BCC match the parsed addresses (``name <local@domain>``, group names), so
-    that comments, routes and quoting in the header do not hide an address (RFC 3501 §6.4.4
-    leaves the form to the server; this is what Dovecot matches)."""
-    if not needle:
-        return _header_contains(meta, field, needle)
-    parsed = (meta or {}).get("envelope", {}).get(field)
-    if not parsed:
-        return False
-    return _contains(decode_value(addresses.searchable(parsed)), needle)
 
 
 def _body_contains(c: Candidate, needle: str) -> bool:

@@ -277,7 +277,7 @@ class Connection:
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
             memory.trim_soon()  # what the session held goes back to the system
 
-    async def _command(self, data: bytes) -> None:
+    async def _command(self, data: bytes | bytearray) -> None:
         try:
             command = parse_command(data, utf8=self.session.utf8, binary=True)
         except ParseError as exc:
@@ -306,7 +306,7 @@ class ImapServer:
         proxy: ProxySettings | None = None,
         shared_ports: bool = False,
     ) -> None:
-        memory.tune_process()  # small TLS read buffers (also when embedded, as in bench/)
+        memory.tune()  # small TLS read buffers, also when embedded (tests, benchmarks)
         self.store = store
         self.shared_ports = shared_ports  # bound by every worker process (SO_REUSEPORT)
         self.proxy = proxy  # behind balancers: the PROXY protocol names the client

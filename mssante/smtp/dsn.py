@@ -38,9 +38,14 @@ _TEXT = {
 }
 
 
+# What is read of a stored message to quote its header: a header is rarely above a few KiB.
+HEADER_READ = 256 * 1024
+
+
 def header_block(raw: bytes) -> bytes:
+    """The header of ``raw`` (which may be only the start of a message: whole lines only)."""
     end = raw.find(b"\r\n\r\n")
-    return raw if end == -1 else raw[: end + 2]
+    return raw[: raw.rfind(b"\r\n") + 2] if end == -1 else raw[: end + 2]
 
 
 def build(

@@ -13,7 +13,7 @@ from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
 
-from mssante import metrics
+from mssante import memory, metrics
 from mssante.audit import AuditEvent
 from mssante.auth.authenticator import AuthSuccess
 from mssante.auth.identity import IdentityKind
@@ -21,6 +21,7 @@ from mssante.policy import DirectoryBal, Policy, Recipient
 from mssante.smtp import dkim, hygiene
 from mssante.smtp.hooks import DeliveryContext, HookRunner
 from mssante.smtp.session import MSSanteSMTP
+from mssante.smtp.spool import Received
 from mssante.store.store import MessageStore
 from mssante.store.types import Outbound, QuotaExceeded, StoreError
 
@@ -128,7 +129,7 @@ class _Base:
         server: MSSanteSMTP,
         ctx: DeliveryContext,
         actor: str,
-        outbound_raw: bytes | None = None,
+        signature: bytes = b"",
         extra_audit: tuple[AuditEvent, ...] = (),
     ) -> str:
         raw, sender, routes = ctx.raw, ctx.mail_from, list(ctx.recipients)
@@ -137,7 +138,7 @@ class _Base:
         for r in routes:
             if r.route == "remote":
                 remote[r.domain].append(r.address)
-        outbound = Outbound(outbound_raw or raw, dict(remote)) if remote else None
+        outbound = Outbound(raw, dict(remote), signature) if remote else None
         try:
             ctx.uids = await self.store.deliver(
                 raw,
@@ -165,6 +166,7 @@ class _Base:
             extra={"session": server.session_id},
         )
         self.hooks.committed(ctx)
+        memory.give_back(len(raw))
         return f"250 2.0.0 Message accepted (id {server.session_id})"
 
 
@@ -215,9 +217,12 @@ class SubmissionHandler(_Base):
         identity = auth.identity
         sender: DirectoryBal = envelope.sender_bal  # type: ignore[attr-defined]
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
-        data = envelope.original_content or b""
+        content = _received(envelope)
         facts, problem, has_id = hygiene.inspect(
-            data, count_attachments=identity.kind is IdentityKind.PATIENT, smtputf8=envelope.smtp_utf8
+            content.buffer,
+            start=content.start,
+            count_attachments=identity.kind is IdentityKind.PATIENT,
+            smtputf8=envelope.smtp_utf8,
         )
         if problem is not None:
             return await self._refuse(server, identity.principal, "DATA", problem.smtp, bal=sender.key)
@@ -229,7 +234,7 @@ class SubmissionHandler(_Base):
         local_domain = sender.domain
         message_id = facts.headers.get("message-id") if has_id else hygiene.new_message_id(local_domain)
         if facts.sender_fields and not decision.keep_client_sender:
-            data = hygiene.without_field(data, "Sender")
+            content.drop_fields("Sender")
         trace = self._trace(
             server,
             session,
@@ -238,13 +243,11 @@ class SubmissionHandler(_Base):
             None if decision.keep_client_sender else decision.on_behalf_of,
             None if has_id else message_id,
         )
-        raw = trace + data
-        # Let the received copy go: only the stored form stays in memory (large messages).
-        envelope.original_content = envelope.content = None
-        del data
-        outbound_raw = None
+        raw = content.finish(trace)  # the received buffer itself, trace fields on top
+        del content
+        signature = b""
         if any(r.route == "remote" for r in routes):
-            outbound_raw = await asyncio.to_thread(self.signer.sign, raw, local_domain)
+            signature = await asyncio.to_thread(self.signer.signature, raw, local_domain)
         extra: tuple[AuditEvent, ...] = ()
         if decision.on_behalf_of:
             extra = (
@@ -259,7 +262,7 @@ class SubmissionHandler(_Base):
         ctx = DeliveryContext(
             "submission", identity, sender.key, sender, tuple(routes), facts, raw, message_id
         )
-        return await self._store(server, ctx, identity.principal, outbound_raw, extra)
+        return await self._store(server, ctx, identity.principal, signature, extra)
 
 
 class RelayHandler(_Base):
@@ -307,11 +310,12 @@ class RelayHandler(_Base):
         return result.verdict.smtp
 
     async def handle_DATA(self, server: MSSanteSMTP, session: Session, envelope: Envelope) -> str:
-        data = bytes(envelope.original_content or b"")  # dkimpy wants bytes
-        envelope.original_content = envelope.content = None
+        content = _received(envelope)
         peer = ",".join(envelope.peer_names)  # type: ignore[attr-defined]
         actor = f"operator:{peer}"
-        facts, problem, has_id = hygiene.inspect(data, smtputf8=envelope.smtp_utf8)
+        facts, problem, has_id = hygiene.inspect(
+            content.buffer, start=content.start, smtputf8=envelope.smtp_utf8
+        )
         if problem is not None:
             return await self._refuse(server, actor, "DATA", problem.smtp)
         operator: tuple[str, ...] = envelope.operator  # type: ignore[attr-defined]
@@ -319,7 +323,7 @@ class RelayHandler(_Base):
         verdict = await asyncio.to_thread(self.policy.relay_message, operator, mail_from, facts)
         if not verdict.ok:
             return await self._refuse(server, actor, "DATA", verdict.smtp, address=facts.from_addresses[0])
-        verification = await asyncio.to_thread(dkim.verify, data, self.dkim_dns)
+        verification = await asyncio.to_thread(dkim.verify, content.buffer, self.dkim_dns, content.start)
         if verification.result in ("fail", "permerror") and self.reject_on_fail:
             return "550 5.7.20 DKIM signature did not verify"
         routes: list[Recipient] = envelope.routes  # type: ignore[attr-defined]
@@ -332,12 +336,20 @@ class RelayHandler(_Base):
             None,
             None if has_id else message_id,
         )
-        raw = trace + verification.header(self.hostname) + data
-        del data
+        raw = content.finish(trace + verification.header(self.hostname))
+        del content
         ctx = DeliveryContext(
             "relay", None, envelope.mail_from or "", None, tuple(routes), facts, raw, message_id
         )
         return await self._store(server, ctx, actor)
+
+
+def _received(envelope: Envelope) -> Received:
+    """The DATA content the session read, taken from the envelope (the handler owns it now)."""
+    content = envelope.original_content
+    assert isinstance(content, Received)
+    envelope.original_content = envelope.content = None
+    return content
 
 
 def peer_names(server: MSSanteSMTP) -> tuple[str, ...]:

@@ -34,7 +34,7 @@ class DeliveryContext:
     sender_bal: DirectoryBal | None
     recipients: tuple[Recipient, ...]
     facts: MessageFacts
-    raw: bytes  # the message as stored (with our trace headers)
+    raw: bytes | bytearray  # the message as stored (with our trace headers): the received buffer
     message_id: str | None
     uids: dict[str, int] = field(default_factory=dict)  # filled after the commit
 

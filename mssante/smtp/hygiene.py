@@ -39,9 +39,9 @@ class Problem:
         return f"550 {self.status} {self.reason}"
 
 
-def header_block(data: bytes) -> bytes:
-    end = data.find(b"\r\n\r\n")
-    return data if end == -1 else data[: end + 2]
+def header_block(data: bytes | bytearray, start: int = 0) -> bytes:
+    end = data.find(b"\r\n\r\n", start)
+    return bytes(data[start:] if end == -1 else data[start : end + 2])
 
 
 def header_problem(block: bytes, *, smtputf8: bool) -> Problem | None:
@@ -113,15 +113,16 @@ def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def inspect(
-    data: bytes, *, count_attachments: bool = False, smtputf8: bool = False
+    data: bytes | bytearray, *, count_attachments: bool = False, smtputf8: bool = False, start: int = 0
 ) -> tuple[MessageFacts, Problem | None, bool]:
-    """Parse what the policy needs; returns (facts, problem or None, has Message-ID).
+    """Parse what the policy needs of the message at ``data[start:]``; returns (facts, problem
+    or None, has Message-ID).
 
     Only the header block is parsed, unless the policy needs the attachment count (patient
     senders): the full MIME analysis is done once, by the store, on the final message.
     """
     empty = MessageFacts(from_addresses=())
-    block = header_block(data)
+    block = header_block(data, start)
     problem = header_problem(block, smtputf8=smtputf8)
     if problem is not None:
         return empty, problem, False
@@ -139,7 +140,7 @@ def inspect(
         parsedate_to_datetime(dates[0])
     except (TypeError, ValueError):
         return empty, Problem("5.6.0", f"the Date: header {dates[0][:60]!r} is not an RFC 5322 date"), False
-    analysis = analyse(data) if count_attachments else None
+    analysis = analyse(data, start) if count_attachments else None
     content_types = _values(fields, "Content-Type")
     facts = MessageFacts(
         from_addresses=addresses,
@@ -152,23 +153,6 @@ def inspect(
         report_type=report_type(content_types[0]) if len(content_types) == 1 else None,
     )
     return facts, None, bool(_values(fields, "Message-ID"))
-
-
-def without_field(data: bytes, name: str) -> bytes:
-    """``data`` without the header fields called ``name`` (with their continuation lines)."""
-    block = header_block(data)
-    wanted = name.lower().encode() + b":"
-    kept: list[bytes] = []
-    dropping = False
-    for line in block.split(b"\r\n")[:-1]:
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                kept.append(line)
-            continue
-        dropping = line[: len(wanted)].lower() == wanted
-        if not dropping:
-            kept.append(line)
-    return b"".join(line + b"\r\n" for line in kept) + data[len(block) :]
 
 
 def new_message_id(domain: str) -> str:

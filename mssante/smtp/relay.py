@@ -22,6 +22,7 @@ import logging
 import random
 import socket
 import ssl
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
@@ -175,8 +176,7 @@ class RelayWorker:
 
     # -- one entry ------------------------------------------------------------------------
     async def _process(self, entry: Claimed) -> None:
-        raw = await self.store.body(entry.blob_id)
-        attempt = await self.attempt(entry, raw)
+        attempt = await self.attempt(entry)
         now = datetime.now(UTC)
         age = (now - entry.created_at).total_seconds()
         statuses = list(attempt.failed)
@@ -210,7 +210,7 @@ class RelayWorker:
             report = dsn.build(
                 reporting_mta=self.settings.server.hostname,
                 sender=entry.mail_from,
-                original=raw,
+                original=await self.store.body(entry.blob_id, 0, dsn.HEADER_READ),
                 arrival=entry.created_at,
                 statuses=statuses,
                 now=now,
@@ -302,7 +302,7 @@ class RelayWorker:
 
         return await asyncio.to_thread(lookup)
 
-    async def attempt(self, entry: Claimed, raw: bytes) -> Attempt:
+    async def attempt(self, entry: Claimed) -> Attempt:
         result = Attempt()
         try:
             targets = await self.routes(entry.domain)
@@ -317,7 +317,7 @@ class RelayWorker:
         last_error = "no route"
         for host, port in targets:
             try:
-                await self._send(host, port, entry, raw, result)
+                await self._send(host, port, entry, result)
                 return result
             except PermanentError as exc:
                 result.failed = [
@@ -332,7 +332,7 @@ class RelayWorker:
         result.deferred = {a: last_error for a in entry.recipients}
         return result
 
-    async def _send(self, host: str, port: int, entry: Claimed, raw: bytes, result: Attempt) -> None:
+    async def _send(self, host: str, port: int, entry: Claimed, result: Attempt) -> None:
         timeout = self.relay.timeout_seconds
         sock = await asyncio.wait_for(
             asyncio.to_thread(socket.create_connection, (host, port), timeout), timeout
@@ -361,7 +361,7 @@ class RelayWorker:
                     raise PermanentError("5.7.10", f"TLS with {host} failed: {cause}") from None
                 raise
             await client.ehlo()
-            await self._transaction(client, entry, raw, result)
+            await self._transaction(client, entry, self.store, result)
         finally:
             try:
                 await client.quit()
@@ -369,7 +369,9 @@ class RelayWorker:
                 client.close()
 
     @staticmethod
-    async def _transaction(client: aiosmtplib.SMTP, entry: Claimed, raw: bytes, result: Attempt) -> None:
+    async def _transaction(
+        client: aiosmtplib.SMTP, entry: Claimed, store: MessageStore, result: Attempt
+    ) -> None:
         try:
             await client.mail(entry.mail_from)
         except aiosmtplib.SMTPResponseException as exc:
@@ -396,7 +398,7 @@ class RelayWorker:
         if not accepted:
             return
         try:
-            await client.data(raw)
+            await send_data(client, store.stream(entry.blob_id))
         except aiosmtplib.SMTPResponseException as exc:
             reply = f"{exc.code} {exc.message}"
             for address in accepted:
@@ -410,6 +412,38 @@ class RelayWorker:
                     result.deferred[address] = reply
             return
         result.delivered.extend(accepted)
+
+
+async def send_data(client: aiosmtplib.SMTP, chunks: AsyncIterator[bytes]) -> None:
+    """DATA with the message streamed from the store, a read (4 chunks) at a time, each
+    written once the connection's buffer has drained: the message is never whole in memory
+    (``aiosmtplib``'s ``data()`` takes it whole and copies it twice, for line ends and dots).
+    The stored message has CRLF line ends; lines starting with a dot get another (RFC 5321
+    §4.5.2), a line cut between two reads included."""
+    protocol = client.protocol
+    if protocol is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    start = await client.execute_command(b"DATA")
+    if start.code != 354:
+        raise aiosmtplib.SMTPDataError(start.code, start.message)
+    line_start = True
+    last = b"\n"
+    async for chunk in chunks:
+        if not chunk:
+            continue
+        stuffed = chunk.replace(b"\n.", b"\n..")
+        if line_start and chunk.startswith(b"."):
+            stuffed = b"." + stuffed
+        protocol.write(stuffed)
+        # The flow control asyncio's StreamWriter.drain() uses; a peer that stops reading
+        # fails the attempt as a silent one would (retried later).
+        await asyncio.wait_for(protocol._drain_helper(), client.timeout)
+        last = chunk[-1:]
+        line_start = last == b"\n"
+    protocol.write(b".\r\n" if last == b"\n" else b"\r\n.\r\n")
+    reply = await protocol.read_response(timeout=client.timeout)
+    if reply.code != 250:
+        raise aiosmtplib.SMTPDataError(reply.code, reply.message)
 
 
 def queue_stats(session: Session) -> dict[str, Any]:
@@ -464,7 +498,7 @@ async def drop_entry(settings: Settings, store: MessageStore, entry_id: int, rea
         return False
     actor = f"operator:{getpass.getuser()}"
     recipients = json.loads(row.recipients)
-    raw = await store.body(row.blob_id)
+    head = await store.body(row.blob_id, 0, dsn.HEADER_READ)
 
     def remove(session: Session) -> None:
         session.execute(delete(queue_t).where(queue_t.c.id == entry_id))
@@ -489,7 +523,7 @@ async def drop_entry(settings: Settings, store: MessageStore, entry_id: int, rea
         report = dsn.build(
             reporting_mta=settings.server.hostname,
             sender=row.mail_from,
-            original=raw,
+            original=head,
             arrival=utc(row.created_at),
             statuses=statuses,
             now=now,

@@ -21,6 +21,7 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from mssante import metrics
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
+from mssante.smtp.spool import Received
 from mssante.smtp.syntax import HELO_REFUSAL, command_line_problem, valid_helo
 from mssante.tls import TLSInfo, tls_info
 
@@ -316,7 +317,9 @@ class MSSanteSMTP(SMTP):
         server may take it for the end) and a bare CR anywhere refuse the message, read to its
         real end, so nothing of it is ever taken for a command. Each 64 KiB chunk is checked and
         normalised by a few passes in C, whatever its number of lines (25 MiB of empty lines
-        cost what 25 MiB of text costs), and the event loop is let go between chunks.
+        cost what 25 MiB of text costs), and the event loop is let go between chunks. The lines
+        go into one buffer (:class:`~mssante.smtp.spool.Received`) that the handlers complete
+        and the store seals: the message is held once.
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -330,7 +333,7 @@ class MSSanteSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = self._reader
         assert isinstance(reader, StrictLineReader)
-        content = bytearray()
+        content: Received | None = Received()
         # Two bytes of the line before (the CRLF of the DATA command at first), then what is not
         # yet a complete line.
         pending = bytearray(b"\r\n")
@@ -351,12 +354,12 @@ class MSSanteSMTP(SMTP):
                 problem = data_problem(pending, 2, complete, line)
                 if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
                     problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-                if problem is None:
-                    content += normalise_lines(pending, 2, complete)
+                if problem is None and content is not None:
+                    content.extend(normalise_lines(pending, 2, complete))
                     if self.data_size_limit and len(content) > self.data_size_limit:
                         problem = "552 5.3.4 Message too big"
                 if problem is not None:
-                    content = bytearray()  # keep reading to the end, keep nothing
+                    content = None  # keep reading to the end, keep nothing
             line += pending.count(b"\n", 2, complete)
             del pending[: complete - 2]
             if problem is not None:
@@ -368,6 +371,7 @@ class MSSanteSMTP(SMTP):
             self._set_post_data_state()
             await self.push(problem)
             return
+        assert content is not None
         self.envelope.original_content = self.envelope.content = content  # type: ignore[assignment]
         del content
         status = await metrics.smtp_acknowledged(self, self._call_handler_hook("DATA"))

@@ -22,7 +22,7 @@ MAX_PARTS = 2000
 Json = dict[str, Any]
 
 
-def _header_end(raw: bytes, start: int, end: int) -> tuple[int, int]:
+def _header_end(raw: bytes | bytearray, start: int, end: int) -> tuple[int, int]:
     """Return (end of the header block including the blank line, start of the body)."""
     if raw.startswith(b"\r\n", start) and start < end:
         return start + 2, start + 2
@@ -121,10 +121,12 @@ class _Counter:
     parts = 0
 
 
-def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, counter: _Counter) -> Json:
+def _part(
+    raw: bytes | bytearray, start: int, end: int, default_type: str, depth: int, counter: _Counter
+) -> Json:
     counter.parts += 1
     header_end, body_start = _header_end(raw, start, end)
-    fields = parse_headers(raw[start:header_end])
+    fields = parse_headers(bytes(raw[start:header_end]))
     ctype, params = _params(_get(fields, "Content-Type"))
     if not ctype or "/" not in ctype:
         ctype, params = default_type, ([["charset", "us-ascii"]] if default_type == "text/plain" else [])
@@ -162,7 +164,7 @@ def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, count
             ]
     elif maintype == "message" and subtype in ("rfc822", "global"):
         inner_end, _ = _header_end(raw, body_start, end)
-        inner_fields = parse_headers(raw[body_start:inner_end])
+        inner_fields = parse_headers(bytes(raw[body_start:inner_end]))
         part["message"] = {
             "envelope": envelope(inner_fields),
             "part": _part(raw, body_start, end, "text/plain", depth + 1, counter),
@@ -170,7 +172,7 @@ def _part(raw: bytes, start: int, end: int, default_type: str, depth: int, count
     return part
 
 
-def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+def _split_multipart(raw: bytes | bytearray, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
     """Byte ranges of the body parts between ``--boundary`` delimiter lines."""
     delim = b"--" + boundary
     spans: list[tuple[int, int]] = []
@@ -200,11 +202,12 @@ def _split_multipart(raw: bytes, start: int, end: int, boundary: bytes) -> list[
     return spans
 
 
-def analyse(raw: bytes) -> Json:
-    """Everything FETCH and SEARCH need, computed once."""
-    header_end, _ = _header_end(raw, 0, len(raw))
-    fields = parse_headers(raw[:header_end])
-    root = _part(raw, 0, len(raw), "text/plain", 0, _Counter())
+def analyse(raw: bytes | bytearray, start: int = 0) -> Json:
+    """Everything FETCH and SEARCH need, computed once, in place (offsets count from ``start``
+    of ``raw``: the message is never copied whole)."""
+    header_end, _ = _header_end(raw, start, len(raw))
+    fields = parse_headers(bytes(raw[start:header_end]))
+    root = _part(raw, start, len(raw), "text/plain", 0, _Counter())
     return {
         "envelope": envelope(fields),
         "headers": [[name, decode_value(value)] for name, value in fields],

@@ -102,10 +102,12 @@ class AppendResult:
 
 @dataclass(frozen=True)
 class Outbound:
-    """What leaves for other operators: the (DKIM-signed) bytes and the recipients by domain."""
+    """What leaves for other operators: the message, the recipients by domain, and the
+    DKIM-Signature field to put on top of it (stored together as the queue's own copy)."""
 
-    raw: bytes
+    raw: bytes | bytearray
     recipients: dict[str, list[str]]
+    signature: bytes = b""
 
 
 @dataclass(frozen=True)

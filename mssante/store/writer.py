@@ -125,6 +125,8 @@ class GroupCommitWriter:
                 return
             batch, stop = self._take_batch(first)
             self._commit_batch(batch)
+            # Let the jobs go now, not when the next one arrives: a delivery holds its message.
+            del first, batch
             if stop:
                 # Drain what arrived before close() and run it, then stop.
                 while True:

@@ -187,9 +187,9 @@ class Append:
     mailbox: str
     flags: tuple[str, ...]
     internaldate: datetime | None
-    message: bytes
+    message: bytes | bytearray  # the command's own buffer when large (see parser.message_literal)
     # MULTIAPPEND (RFC 3502): the further messages, each with its flags and date.
-    more: tuple[tuple[tuple[str, ...], datetime | None, bytes], ...] = ()
+    more: tuple[tuple[tuple[str, ...], datetime | None, bytes | bytearray], ...] = ()
     binary: bool = False  # a message came as a literal8 (BINARY, RFC 3516)
 
 
