@@ -152,7 +152,7 @@ def test_every_idle_session_hears_a_delivery_whichever_worker_took_it(server: De
         for n in range(3):  # new SMTP connections: some land in each worker
             _send(server, f"heard by all {n}")
             for client in watchers:
-                _wait_for(client, b"EXISTS", timeout=3.0)
+                _wait_for(client, b"EXISTS", timeout=10.0)  # (CI: 2 cores, 4 test workers)
         for client in watchers:
             client.idle_done()
     finally:
