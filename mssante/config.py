@@ -62,6 +62,9 @@ class DatabaseSection(_Section):
     url: str = ""
     echo: bool = False
     pool_size: int = 5
+    # PostgreSQL: executions of a statement on a connection before the server prepares it
+    # (parsed and planned once); 0 prepares at once, -1 never (PgBouncer in transaction mode).
+    prepare_threshold: int = Field(default=5, ge=-1)
 
 
 class StorageSection(_Section):

@@ -7,6 +7,8 @@ the scale-out choice; everything above this module is written once for both.
 from __future__ import annotations
 
 import importlib
+import select
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from mssante.datadir import create_private_db
@@ -58,11 +61,30 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def make_engine(url: str, *, writer: bool = False, echo: bool = False, pool_size: int = 5) -> Engine:
+# psycopg prepares a statement on the server after this many executions on a connection (its
+# own default); ``None`` never prepares (PgBouncer in transaction mode before 1.21).
+PREPARE_THRESHOLD = 5
+
+# The driver arguments each PostgreSQL engine was made with, for connections opened beside its
+# pool (the store's asynchronous readers): same settings, whoever opens the connection.
+_DRIVER_ARGS: weakref.WeakKeyDictionary[Engine, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def make_engine(
+    url: str,
+    *,
+    writer: bool = False,
+    echo: bool = False,
+    pool_size: int = 5,
+    prepare_threshold: int | None = PREPARE_THRESHOLD,
+) -> Engine:
     """Create an engine with the durability settings the product relies on.
 
     ``writer=True`` makes SQLite transactions start with ``BEGIN IMMEDIATE`` so that a
     writer takes the write lock up front instead of failing on lock upgrade.
+    ``prepare_threshold`` is psycopg's (PostgreSQL only): executions of a statement's text on
+    a connection before it is prepared on the server (parsed and planned once); negative or
+    None never prepares.
     """
     if is_sqlite(url):
         db_path = make_url(url).database
@@ -87,7 +109,49 @@ def make_engine(url: str, *, writer: bool = False, echo: bool = False, pool_size
             conn.exec_driver_sql(begin)
 
         return engine
-    return create_engine(url, echo=echo, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    driver_args: dict[str, Any] = {}
+    if make_url(url).get_driver_name() == "psycopg":
+        never = prepare_threshold is None or prepare_threshold < 0
+        driver_args["prepare_threshold"] = None if never else prepare_threshold
+    engine = create_engine(
+        url, echo=echo, pool_size=pool_size, max_overflow=pool_size, connect_args=driver_args
+    )
+    _DRIVER_ARGS[engine] = driver_args
+
+    @event.listens_for(engine, "checkout")
+    def _alive(dbapi_conn: Any, _record: Any, _proxy: Any) -> None:
+        # SQLAlchemy's pre-ping sent ``SELECT 1`` at every check-out: a round trip before each
+        # writer batch and each session. A server that restarted, crashed or was failed over
+        # closed the socket (or said FATAL on it); an idle connection's socket that has something
+        # to read is the only one worth a ping. (A peer gone silently, with no FIN, made the
+        # ping hang as long as any statement would.)
+        if not _idle_socket_quiet(dbapi_conn):
+            try:
+                alive = engine.dialect.do_ping(dbapi_conn)
+            except Exception:
+                alive = False
+            if not alive:
+                raise DisconnectionError("the database connection was closed")
+
+    return engine
+
+
+def _idle_socket_quiet(dbapi_conn: Any) -> bool:
+    """True when a pooled driver connection is open and nothing waits on its socket."""
+    try:
+        if getattr(dbapi_conn, "closed", False) or getattr(dbapi_conn, "broken", False):
+            return False
+        readable, _, _ = select.select([dbapi_conn.fileno()], [], [], 0)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return not readable
+
+
+def driver_connect_args(engine: Engine) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """(args, keyword args) that open a driver connection as the engine's pool would: what
+    the dialect derives from the URL, plus the engine's own driver arguments."""
+    cargs, cparams = engine.dialect.create_connect_args(engine.url)
+    return tuple(cargs), {**cparams, **_DRIVER_ARGS.get(engine, {})}
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -115,7 +115,10 @@ class Runtime:
 def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     """Open the database and key ring; refuse an outdated schema or a missing key ring."""
     engine = make_engine(
-        settings.database_url, echo=settings.database.echo, pool_size=settings.database.pool_size
+        settings.database_url,
+        echo=settings.database.echo,
+        pool_size=settings.database.pool_size,
+        prepare_threshold=settings.database.prepare_threshold,
     )
     if check_schema:
         require_current(engine)
@@ -123,7 +126,12 @@ def open_runtime(settings: Settings, *, check_schema: bool = True) -> Runtime:
     audit.bind(settings.database_url, AuditKey.from_ring(keyring))
     # An installation made by an older version may have left group/other permissions.
     datadir.secure(settings.data_dir, settings.database_url, settings.keyring_path)
-    writer_engine = make_engine(settings.database_url, writer=True, echo=settings.database.echo)
+    writer_engine = make_engine(
+        settings.database_url,
+        writer=True,
+        echo=settings.database.echo,
+        prepare_threshold=settings.database.prepare_threshold,
+    )
     store = MessageStore(
         engine,
         writer_engine,

@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from mssante import memory
 from mssante.config import Settings
 from mssante.lifecycle import set_ready
 from mssante.listening import ListenerStarter, RunningListener
@@ -235,6 +236,7 @@ def serve(
     worker: WorkerSlot | None = None,
 ) -> None:
     """Serve in this process (the whole server, or one of its workers) until stopped."""
+    memory.tune()  # again in a worker process: glibc arenas, TLS buffers
     runtime = open_runtime(settings)
     runtime.worker = worker
     try:

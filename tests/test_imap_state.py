@@ -220,6 +220,8 @@ def test_search_reads_bodies_in_bounded_groups() -> None:
     b = box(*range(1, 2 * BODY_READ_AHEAD + 9))
     entries = [(n, b.entries[uid]) for n, uid in enumerate(b.uids, 1)]
     assert [len(g) for g in read_ahead_groups(entries)] == [BODY_READ_AHEAD, BODY_READ_AHEAD, 8]
-    for entry in b.entries.values():
-        entry.size = 5 * 1024 * 1024
-    assert [len(g) for g in read_ahead_groups(entries[:3])] == [1, 1, 1]
+    large = SelectedMailbox.from_rows(
+        FOLDER, [MessageRow(uid, (), 5 * 1024 * 1024, WHEN, 1, uid) for uid in (1, 2, 3)], readonly=False
+    )
+    entries = [(n, large.entries[uid]) for n, uid in enumerate(large.uids, 1)]
+    assert [len(g) for g in read_ahead_groups(entries)] == [1, 1, 1]

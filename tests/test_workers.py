@@ -152,7 +152,7 @@ def test_every_idle_session_hears_a_delivery_whichever_worker_took_it(server: De
         for n in range(3):  # new SMTP connections: some land in each worker
             _send(server, f"heard by all {n}")
             for client in watchers:
-                _wait_for(client, b"EXISTS", timeout=3.0)
+                _wait_for(client, b"EXISTS", timeout=10.0)  # (CI: 2 cores, 4 test workers)
         for client in watchers:
             client.idle_done()
     finally:
@@ -179,8 +179,13 @@ def test_concurrent_deliveries_through_both_workers_get_distinct_consecutive_uid
 def test_a_killed_worker_is_started_again_and_the_other_keeps_serving(server: DemoServer) -> None:
     first, second = _workers(server)
     os.kill(second, signal.SIGKILL)
-    _wait_gone(second)  # (a connection queued on the dying worker's socket is reset)
-    _send(server, "while one worker restarts")  # only the live worker listens meanwhile
+    _wait_gone(second)
+    try:
+        _send(server, "while one worker restarts")  # only the live worker listens meanwhile
+    except (ConnectionResetError, smtplib.SMTPServerDisconnected):
+        # A connection the kernel had queued for the dying worker is reset: a client tries
+        # again, as after any temporary failure, and the live worker takes it.
+        _send(server, "while one worker restarts")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         now = _workers(server)

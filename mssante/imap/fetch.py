@@ -12,16 +12,16 @@ import base64
 import binascii
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from mssante.imap.commands.values import FetchItem, Section
-from mssante.imap.mailbox import Entry
+from mssante.imap.mailbox import Entry, MessageTable
 from mssante.imap.render import (
     apply_partial,
     body_structure,
     envelope,
     find_part,
-    flag_list,
     header_fields,
     internaldate,
     section_range,
@@ -90,6 +90,119 @@ def has_content(items: tuple[FetchItem, ...]) -> bool:
     return any(item.section is not None or item.name in _ALIASES for item in items)
 
 
+_COLUMN_ITEMS = frozenset({"UID", "FLAGS", "RFC822.SIZE", "INTERNALDATE", "MODSEQ"})
+
+
+def column_lines(
+    table: MessageTable,
+    pairs: list[tuple[int, int]],
+    items: tuple[FetchItem, ...],
+    *,
+    utf8: bool = False,
+) -> bytes | None:
+    """``* n FETCH (...)`` of many messages at once, when every item is read from the columns
+    or from the folder's renderings (``UID FETCH 1:* (FLAGS)``, a warm ``FETCH 1:* ENVELOPE``):
+    one format and no object per message. None when some item needs more (the caller then
+    renders message by message)."""
+    if any(
+        i.section is not None or (i.name not in _COLUMN_ITEMS and i.name not in STRUCTURE_ITEMS)
+        for i in items
+    ):
+        return None
+    rendered = [table.rendered.items.get(i.name, {}) for i in items if i.name in STRUCTURE_ITEMS]
+    if rendered and utf8:
+        return None  # UTF-8 renderings are made for the session, never kept
+    if any(uid not in found for found in rendered for _, uid in pairs):
+        return None
+    names = [i.name for i in items]
+    pattern = (
+        b"* %d FETCH ("
+        + b" ".join(b"%s" if name in STRUCTURE_ITEMS else _PATTERNS[name] for name in names)
+        + b")\r\n"
+    )
+    if not pairs:
+        return b""
+    fast = _contiguous_lines(table, pairs, names, pattern, rendered)
+    if fast is not None:
+        return fast
+    flags = table.flag_bytes
+    is_recent = table.is_recent
+    lines = []
+    columns, at = table.locate(pairs[0][1])
+    for n, uid in pairs:
+        # In UID order: the next message is usually the next row.
+        if at + 1 < len(columns.uid) and columns.uid[at + 1] == uid:
+            at += 1
+        elif columns.uid[at] != uid:
+            columns, at = table.locate(uid)
+        values: list[int | bytes] = [n]
+        structures = iter(rendered)
+        for name in names:
+            if name == "UID":
+                values.append(uid)
+            elif name == "FLAGS":
+                values.append(flags(columns.flags[at], is_recent(uid)))
+            elif name == "RFC822.SIZE":
+                values.append(columns.size[at])
+            elif name == "MODSEQ":
+                values.append(columns.modseq[at])
+            elif name == "INTERNALDATE":
+                values.append(internaldate(datetime.fromtimestamp(columns.date[at], UTC)))
+            else:
+                values.append(next(structures)[uid])
+        lines.append(pattern % tuple(values))
+    return b"".join(lines)
+
+
+def _contiguous_lines(
+    table: MessageTable,
+    pairs: list[tuple[int, int]],
+    names: list[str],
+    pattern: bytes,
+    rendered: list[dict[int, bytes]],
+) -> bytes | None:
+    """The common case of :func:`column_lines`: the messages are consecutive rows of one
+    column set (``1:*`` of a table nobody expunged under), so each item is a slice of its
+    column and each line one ``%`` of a zipped row. None otherwise."""
+    uids = [uid for _, uid in pairs]
+    columns, start = table.locate(uids[0])
+    stop = start + len(uids)
+    if columns.uid[start:stop].tolist() != uids:
+        return None
+    values: list[Any] = [[n for n, _ in pairs]]
+    structures = iter(rendered)
+    for name in names:
+        if name == "UID":
+            values.append(uids)
+        elif name == "FLAGS":
+            indexes = columns.flags[start:stop]
+            if table.recent or table.recent_range:
+                shown = [table.flag_bytes(i, table.is_recent(u)) for i, u in zip(indexes, uids, strict=True)]
+            else:
+                by_index = {i: table.flag_bytes(i) for i in set(indexes)}
+                shown = [by_index[i] for i in indexes]
+            values.append(shown)
+        elif name == "RFC822.SIZE":
+            values.append(columns.size[start:stop])
+        elif name == "MODSEQ":
+            values.append(columns.modseq[start:stop])
+        elif name == "INTERNALDATE":
+            values.append([internaldate(datetime.fromtimestamp(d, UTC)) for d in columns.date[start:stop]])
+        else:
+            found = next(structures)
+            values.append([found[uid] for uid in uids])
+    return b"".join([pattern % row for row in zip(*values, strict=True)])
+
+
+_PATTERNS = {
+    "UID": b"UID %d",
+    "FLAGS": b"FLAGS %s",
+    "RFC822.SIZE": b"RFC822.SIZE %d",
+    "MODSEQ": b"MODSEQ (%d)",
+    "INTERNALDATE": b"INTERNALDATE %s",
+}
+
+
 def metadata_response(
     msn: int, entry: Entry, items: tuple[FetchItem, ...], meta: Json | None, *, utf8: bool = False
 ) -> bytes:
@@ -102,15 +215,15 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     if name == "UID":
         return b"UID %d" % entry.uid
     if name == "FLAGS":
-        return b"FLAGS " + flag_list(entry.shown_flags())
+        return b"FLAGS " + entry.flag_bytes()
     if name == "INTERNALDATE":
         return b"INTERNALDATE " + internaldate(entry.internaldate)
     if name == "RFC822.SIZE":
         return b"RFC822.SIZE %d" % entry.size
     if name == "MODSEQ":
         return b"MODSEQ (%d)" % entry.modseq
-    if name in STRUCTURE_ITEMS and not utf8 and entry.rendered is not None:
-        cached = entry.rendered.get(name)
+    if name in STRUCTURE_ITEMS and not utf8:
+        cached = entry.rendered(name)
         if cached is not None:
             return cached
     assert meta is not None
@@ -123,23 +236,29 @@ def _simple(entry: Entry, item: FetchItem, meta: Json | None, utf8: bool) -> byt
     else:
         raise ValueError(f"{name} needs the message content")
     if not utf8:
-        if entry.rendered is None:
-            entry.rendered = {}
-        entry.rendered[name] = rendered
+        entry.keep_rendered(name, rendered)
     return rendered
 
 
 STRUCTURE_ITEMS = frozenset({"ENVELOPE", "BODYSTRUCTURE", "BODY"})
 
 
-def missing_structures(entries: list[Entry], items: tuple[FetchItem, ...]) -> list[int]:
-    """Blobs whose stored structure must still be read: not yet rendered in this session.
+def missing_structures(
+    table: MessageTable, uids: list[int], items: tuple[FetchItem, ...], *, utf8: bool = False
+) -> list[int]:
+    """Blobs whose stored structure must still be read: not yet rendered for this folder.
 
-    Renderings live on the session's entries (keyed by UID, never reused in a mailbox), not
-    in a process-wide cache keyed by blob id, which a database may reuse after a deletion.
+    Renderings are kept per folder incarnation and UID (a UID names one content for the life
+    of a UIDVALIDITY), shared by the sessions of the folder; UTF-8 renderings are not kept.
+    A warm FETCH looks the UIDs up in the renderings, without a view per message.
     """
     names = [i.name for i in items if i.name in STRUCTURE_ITEMS and i.section is None]
-    return [e.blob_id for e in entries if e.rendered is None or any(n not in e.rendered for n in names)]
+    if not names:
+        return []
+    if not utf8:
+        found = [table.rendered.items.get(name, {}) for name in names]
+        uids = [uid for uid in uids if any(uid not in rendered for rendered in found)]
+    return [table[uid].blob_id for uid in uids]
 
 
 async def _item(

@@ -15,162 +15,261 @@ import sys
 from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import compress, flag_list
+from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.store.feed import FolderChange
 from mssante.store.types import FolderInfo, MessageRow
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 
 
 class MessageTable:
     """The messages a session knows, as columns of machine integers in UID order.
 
     A session keeps its selected mailbox in memory for as long as it stays selected, and a
-    mailbox can hold tens of thousands of messages; one Python object per message (and per
-    flag, date and number in it) cost ~300 bytes each (issue 20: 5.6 MiB per idle session on
-    a 19,100-message INBOX). Here a message costs ~40 bytes: UID, size, date, MODSEQ and
-    blob in arrays, its flags as the index of an interned flag set (a mailbox has few
-    distinct ones). What is sparse stays in small containers: ``\\Recent``, expunged-elsewhere,
-    and the renderings FETCH cached. An :class:`Entry` is a short-lived view on one row.
+    mailbox can hold tens of thousands of messages: one Python object per message cost ~300
+    bytes (issue 20: 5.6 MiB per idle session on a 19,100-message INBOX), columns ~40. And
+    most sessions of a folder know the same messages: the table starts on a shared, read-only
+    :class:`~mssante.imap.snapshots.Snapshot` and copies only what it changes — the flag and
+    MODSEQ columns on a flag change, everything when a message must be inserted amid it or
+    many were expunged; messages arriving later go to a small private tail, and expunged ones
+    of the shared part to a set, so an idle session costs nothing per message. Flags are the
+    index of an interned flag set (a mailbox has few distinct ones). What is sparse stays in
+    small containers: ``\\Recent`` (a UID range taken at SELECT, and a set), expunged-elsewhere.
+    An :class:`Entry` is a short-lived view on one row.
     """
 
-    __slots__ = ("_blob", "_date", "_flags", "_modseq", "_set_index", "_sets", "_size", "_uid", "expunged",
-                 "recent", "rendered")  # fmt: skip
+    __slots__ = ("_base", "_base_owned", "_flags_owned", "_gone", "_rendered_sets", "_set_index",
+                 "_sets", "_sets_owned", "_tail", "expunged", "recent", "recent_range", "rendered",
+                 "version")  # fmt: skip
 
-    def __init__(self) -> None:
-        self._uid = array("I")
-        self._flags = array("I")  # index into _sets
-        self._size = array("Q")
-        self._date = array("q")  # microseconds since the epoch, UTC
-        self._modseq = array("Q")
-        self._blob = array("Q")
-        self._sets: list[tuple[str, ...]] = []
-        self._set_index: dict[tuple[str, ...], int] = {}
+    def __init__(self, snapshot: Snapshot | None = None) -> None:
+        snapshot = snapshot or Snapshot(None, Columns(), [], Rendered())
+        self._base = snapshot.columns  # the snapshot's (shared) until _base_owned
+        self._base_owned = self._flags_owned = self._sets_owned = False
+        self._tail = Columns()  # messages with a UID above the base's, always private
+        self._gone: set[int] = set()  # base UIDs forgotten while the base is shared
+        self._sets = snapshot.sets
+        self._set_index: dict[tuple[str, ...], int] | None = None  # built on first new flag set
+        self._rendered_sets: dict[tuple[int, bool], bytes] = {}
+        self.rendered = snapshot.rendered  # shared by the sessions of this folder
         self.expunged: set[int] = set()  # expunged elsewhere, not yet reported to this session
-        self.recent: set[int] = set()  # \Recent for this session (IMAP4rev1 only)
-        self.rendered: dict[int, dict[str, bytes]] = {}  # ENVELOPE/BODYSTRUCTURE rendered once
+        self.recent: set[int] = set()  # \Recent for this session (IMAP4rev1 only)...
+        self.recent_range = range(0)  # ...and the UIDs it took at SELECT
+        self.version = 0  # bumped when rows move or columns are replaced (entries re-locate)
 
+    # -- flag sets -------------------------------------------------------------------------------
     def flag_set(self, flags: Iterable[str]) -> int:
         key = tuple(flags)
+        if self._set_index is None:
+            self._set_index = {}
+            for i, known in enumerate(self._sets):
+                self._set_index.setdefault(known, i)
         index = self._set_index.get(key)
         if index is None:
+            if not self._sets_owned:
+                self._sets, self._sets_owned = list(self._sets), True
             key = tuple(sys.intern(f) for f in key)
             index = self._set_index[key] = len(self._sets)
             self._sets.append(key)
         return index
 
+    def flags_of(self, index: int) -> tuple[str, ...]:
+        return self._sets[index]
+
+    def flag_bytes(self, index: int, recent: bool = False) -> bytes:
+        """A flag set as FETCH writes it, ``\\Recent`` added when asked (rendered once)."""
+        key = (index, recent)
+        found = self._rendered_sets.get(key)
+        if found is None:
+            flags = self._sets[index]
+            found = self._rendered_sets[key] = flag_list((*flags, "\\Recent") if recent else flags)
+        return found
+
+    # -- rows ------------------------------------------------------------------------------------
+    def locate(self, uid: int) -> tuple[Columns, int]:
+        """The columns holding ``uid`` and its position there; KeyError when unknown."""
+        base = self._base
+        at = bisect.bisect_left(base.uid, uid)
+        if at < len(base.uid) and base.uid[at] == uid:
+            if uid in self._gone:
+                raise KeyError(uid)
+            return base, at
+        tail = self._tail
+        if tail.uid and uid >= tail.uid[0]:
+            at = bisect.bisect_left(tail.uid, uid)
+            if at < len(tail.uid) and tail.uid[at] == uid:
+                return tail, at
+        raise KeyError(uid)
+
     def add(self, row: MessageRow, *, recent: bool = False) -> None:
-        """A message, at its place in UID order (new messages come last: an append)."""
+        """A message, at its place in UID order (new messages come last: to the tail)."""
         uid, flags, size, when, modseq, blob_id = row
-        at = len(self._uid)
-        if at and self._uid[-1] >= uid:
-            at = bisect.bisect_left(self._uid, uid)
-            if at < len(self._uid) and self._uid[at] == uid:
-                return
-        micros = (when - _EPOCH) // _MICROSECOND
-        self._uid.insert(at, uid)
-        self._flags.insert(at, self.flag_set(flags))
-        self._size.insert(at, size)
-        self._date.insert(at, micros)
-        self._modseq.insert(at, modseq)
-        self._blob.insert(at, blob_id)
+        if uid in self:
+            return
+        values = (uid, self.flag_set(flags), size, int(when.timestamp()), modseq, blob_id)
+        base = self._base
+        if not base.uid or uid > base.uid[-1]:
+            target = self._tail
+        else:
+            self._own_base()
+            target = self._base
+        target.insert(bisect.bisect_left(target.uid, uid), values)
+        self.version += 1
         if recent:
             self.recent.add(uid)
 
-    def index(self, uid: int) -> int:
-        at = bisect.bisect_left(self._uid, uid)
-        if at < len(self._uid) and self._uid[at] == uid:
-            return at
-        raise KeyError(uid)
+    def set_flags(self, uid: int, flags: Iterable[str] | None = None, modseq: int | None = None) -> None:
+        columns, at = self.locate(uid)
+        if columns is self._base and not self._flags_owned:
+            # Copy-on-write: this session's flags diverge from the snapshot's.
+            base = self._base
+            self._base = Columns(
+                base.uid, array("I", base.flags), base.size, base.date, array("Q", base.modseq), base.blob
+            )
+            self._flags_owned = True
+            self.version += 1
+            columns = self._base
+        if flags is not None:
+            columns.flags[at] = self.flag_set(flags)
+        if modseq is not None:
+            columns.modseq[at] = modseq
+
+    def _own_base(self) -> None:
+        """A private copy of the base, without the forgotten rows."""
+        if self._base_owned:
+            return
+        base = self._base
+        if self._gone:
+            keep = [i for i, uid in enumerate(base.uid) if uid not in self._gone]
+            self._base = Columns(*(array(c.typecode, [c[i] for i in keep]) for c in base.all()))
+        else:
+            self._base = base.copy()
+        self._base_owned = self._flags_owned = True
+        self._gone.clear()
+        self.version += 1
 
     def __getitem__(self, uid: int) -> Entry:
-        self.index(uid)
-        return Entry(self, uid)
+        return Entry(self, uid, *self.locate(uid))
 
     def get(self, uid: int) -> Entry | None:
-        return Entry(self, uid) if uid in self else None
+        try:
+            return self[uid]
+        except KeyError:
+            return None
 
     def __contains__(self, uid: object) -> bool:
         if not isinstance(uid, int):
             return False
-        at = bisect.bisect_left(self._uid, uid)
-        return at < len(self._uid) and self._uid[at] == uid
+        try:
+            self.locate(uid)
+        except KeyError:
+            return False
+        return True
 
     def __len__(self) -> int:
-        return len(self._uid)
+        return len(self._base) - len(self._gone) + len(self._tail)
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._uid)
+        gone = self._gone
+        if gone:
+            yield from (uid for uid in self._base.uid if uid not in gone)
+        else:
+            yield from self._base.uid
+        yield from self._tail.uid
 
-    def values(self) -> Iterator[Entry]:
-        return (Entry(self, uid) for uid in self._uid)
+    def used_sets(self) -> set[int]:
+        """The flag sets some message has (the forgotten ones of a shared base included)."""
+        return set(self._base.flags) | set(self._tail.flags)
+
+    def first_without(self, flag: str, uids: array[int]) -> int | None:
+        """The message number (in ``uids``, the session's numbering) of the first message
+        without ``flag``: a scan of the flag column, no object per message."""
+        lacking = {i for i, flags in enumerate(self._sets) if flag not in flags}
+        gone = self._gone
+        for columns in (self._base, self._tail):
+            for at, index in enumerate(columns.flags):
+                if index in lacking:
+                    uid = columns.uid[at]
+                    if uid not in gone:
+                        found = bisect.bisect_left(uids, uid)
+                        if found < len(uids) and uids[found] == uid:
+                            return found + 1
+        return None
 
     def pop(self, uid: int, default: None = None) -> None:
         """Forget a message (expunged and reported)."""
-        if uid not in self:
+        try:
+            columns, at = self.locate(uid)
+        except KeyError:
             return
-        at = self.index(uid)
-        for column in (self._uid, self._flags, self._size, self._date, self._modseq, self._blob):
-            del column[at]
+        if columns is self._tail or self._base_owned:
+            columns.delete(at)
+        else:
+            self._gone.add(uid)
+            if len(self._gone) > 64 + len(self._base) // 8:
+                self._own_base()  # many gone: a private copy costs less than the set
+        self.version += 1
         self.expunged.discard(uid)
         self.recent.discard(uid)
-        self.rendered.pop(uid, None)
+
+    def is_recent(self, uid: int) -> bool:
+        return uid in self.recent_range or uid in self.recent
 
 
 class Entry:
     """What the session knows of one message without reading its content: a view on its row
-    of the :class:`MessageTable` (reads and writes go to the table)."""
+    of the :class:`MessageTable` (located once; again only if rows moved since)."""
 
-    __slots__ = ("_table", "uid")
+    __slots__ = ("_at", "_columns", "_table", "_version", "uid")
 
-    def __init__(self, table: MessageTable, uid: int) -> None:
-        self._table, self.uid = table, uid
+    def __init__(self, table: MessageTable, uid: int, columns: Columns, at: int) -> None:
+        self._table, self.uid, self._columns, self._at, self._version = table, uid, columns, at, table.version
+
+    def _row(self) -> tuple[Columns, int]:
+        if self._version != self._table.version:
+            self._columns, self._at = self._table.locate(self.uid)
+            self._version = self._table.version
+        return self._columns, self._at
+
+    @property
+    def flag_index(self) -> int:
+        columns, at = self._row()
+        return columns.flags[at]
 
     @property
     def flags(self) -> tuple[str, ...]:
-        t = self._table
-        return t._sets[t._flags[t.index(self.uid)]]
+        columns, at = self._row()
+        return self._table._sets[columns.flags[at]]
 
     @flags.setter
     def flags(self, value: tuple[str, ...]) -> None:
-        t = self._table
-        t._flags[t.index(self.uid)] = t.flag_set(value)
+        self._table.set_flags(self.uid, flags=value)
 
     @property
     def size(self) -> int:
-        return self._table._size[self._table.index(self.uid)]
-
-    @size.setter
-    def size(self, value: int) -> None:
-        self._table._size[self._table.index(self.uid)] = value
+        columns, at = self._row()
+        return columns.size[at]
 
     @property
     def internaldate(self) -> datetime:
-        return _EPOCH + timedelta(microseconds=self._table._date[self._table.index(self.uid)])
-
-    @internaldate.setter
-    def internaldate(self, value: datetime) -> None:
-        self._table._date[self._table.index(self.uid)] = (value - _EPOCH) // _MICROSECOND
+        columns, at = self._row()
+        return datetime.fromtimestamp(columns.date[at], UTC)
 
     @property
     def modseq(self) -> int:
-        return self._table._modseq[self._table.index(self.uid)]
+        columns, at = self._row()
+        return columns.modseq[at]
 
     @modseq.setter
     def modseq(self, value: int) -> None:
-        self._table._modseq[self._table.index(self.uid)] = value
+        self._table.set_flags(self.uid, modseq=value)
 
     @property
     def blob_id(self) -> int:
-        return self._table._blob[self._table.index(self.uid)]
-
-    @blob_id.setter
-    def blob_id(self, value: int) -> None:
-        self._table._blob[self._table.index(self.uid)] = value
+        columns, at = self._row()
+        return columns.blob[at]
 
     @property
     def expunged(self) -> bool:
@@ -182,27 +281,36 @@ class Entry:
 
     @property
     def recent(self) -> bool:
-        return self.uid in self._table.recent
+        return self._table.is_recent(self.uid)
 
-    @recent.setter
-    def recent(self, value: bool) -> None:
-        (self._table.recent.add if value else self._table.recent.discard)(self.uid)
+    def rendered(self, name: str) -> bytes | None:
+        """ENVELOPE, BODY or BODYSTRUCTURE as rendered before (by any session of the folder)."""
+        return self._table.rendered.get(name, self.uid)
 
-    @property
-    def rendered(self) -> dict[str, bytes] | None:
-        return self._table.rendered.get(self.uid)
+    def keep_rendered(self, name: str, value: bytes) -> None:
+        self._table.rendered.put(name, self.uid, value)
 
-    @rendered.setter
-    def rendered(self, value: dict[str, bytes] | None) -> None:
-        if value is None:
-            self._table.rendered.pop(self.uid, None)
-        else:
-            self._table.rendered[self.uid] = value
+    def flag_bytes(self) -> bytes:
+        """The shown flags as FETCH writes them."""
+        return self._table.flag_bytes(self.flag_index, self.recent)
 
     def shown_flags(self) -> tuple[str, ...]:
         """The flags as FETCH shows them: the stored ones, and ``\\Recent`` (a session flag,
         never set in an IMAP4rev2 session)."""
         return (*self.flags, "\\Recent") if self.recent else self.flags
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open index ranges sorted and merged: each message once, in order."""
+    merged: list[tuple[int, int]] = []
+    for start, stop in sorted(spans):
+        if start >= stop:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], stop))
+        else:
+            merged.append((start, stop))
+    return merged
 
 
 @dataclass
@@ -223,20 +331,40 @@ class SelectedMailbox:
     _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
     _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
 
+    _uids_owned: bool = False  # ``uids`` is this session's (else the snapshot's UID column)
+
+    @classmethod
+    def from_snapshot(
+        cls, folder: FolderInfo, snapshot: Snapshot, *, readonly: bool, recent_from: int | None = None
+    ) -> SelectedMailbox:
+        """The mailbox as SELECT sees it, on a shared snapshot; messages from UID
+        ``recent_from`` up to the folder's UIDNEXT are \\Recent. The snapshot may have been
+        read after the folder, so it may hold messages appended meanwhile: those were not taken
+        by this session's claim (which stops at UIDNEXT) and go to the next session told of
+        them, never to two."""
+        box = cls(folder, readonly, modseq=folder.highestmodseq)
+        box.entries = MessageTable(snapshot)
+        box.uids = snapshot.columns.uid  # shared until this session's numbering changes
+        if recent_from is not None and recent_from < folder.uidnext:
+            box.entries.recent_range = range(recent_from, folder.uidnext)
+        return box
+
     @classmethod
     def from_rows(
         cls, folder: FolderInfo, rows: Iterable[MessageRow], *, readonly: bool, recent_from: int | None = None
     ) -> SelectedMailbox:
-        """The mailbox as SELECT sees it; messages from UID ``recent_from`` up to the folder's
-        UIDNEXT are \\Recent. The rows are read after the folder, so they may hold messages
-        appended meanwhile: those were not taken by this session's claim (which stops at
-        UIDNEXT) and go to the next session told of them, never to two."""
-        box = cls(folder, readonly, modseq=folder.highestmodseq)
-        entries = box.entries
+        """As :meth:`from_snapshot`, from rows (tests, and callers without a snapshot)."""
+        table = MessageTable()
         for row in rows:
-            entries.add(row, recent=recent_from is not None and recent_from <= row.uid < folder.uidnext)
-        box.uids = array("I", entries)
-        return box
+            table.add(row)
+        columns = table._tail
+        snapshot = Snapshot(None, columns, table._sets, Rendered())
+        return cls.from_snapshot(folder, snapshot, readonly=readonly, recent_from=recent_from)
+
+    def _own_uids(self) -> array[int]:
+        if not self._uids_owned:
+            self.uids, self._uids_owned = array("I", self.uids), True
+        return self.uids
 
     # -- numbering -----------------------------------------------------------------------------
     @property
@@ -263,38 +391,34 @@ class SelectedMailbox:
             if not uid and any(start is not None or end is not None for start, end in sequence.ranges):
                 raise ValueError("Invalid message sequence number: the mailbox is empty")
             return []
+        uids = self.uids
+        spans = []
         if uid:
-            largest = self.uids[-1]
-            out: list[tuple[int, int]] = []
-            for low, high in sorted(sequence.bounds(largest)):
-                start = bisect.bisect_left(self.uids, low)
-                stop = bisect.bisect_right(self.uids, high)
-                out.extend((i + 1, self.uids[i]) for i in range(start, stop))
-            return sorted(set(out))
-        count = len(self.uids)
-        for _low, high in sequence.bounds(count):
-            if high > count:
-                raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
-        return [(n, self.uids[n - 1]) for n in sequence.numbers(count)]
+            for low, high in sequence.bounds(uids[-1]):
+                spans.append((bisect.bisect_left(uids, low), bisect.bisect_right(uids, high)))
+        else:
+            count = len(uids)
+            for low, high in sequence.bounds(count):
+                if high > count:
+                    raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
+                spans.append((max(low, 1) - 1, high))
+        return [(i + 1, uids[i]) for start, stop in _merged(spans) for i in range(start, stop)]
 
     def first_unseen(self) -> int | None:
-        for index, uid in enumerate(self.uids):
-            if "\\Seen" not in self.entries[uid].flags:
-                return index + 1
-        return None
+        return self.entries.first_without("\\Seen", self.uids)
 
     def keywords(self) -> list[str]:
-        found: dict[str, None] = {}
-        for entry in self.entries.values():
-            for flag in entry.flags:
-                if not flag.startswith("\\"):
-                    found.setdefault(flag)
-        self._keywords = set(found)
+        entries = self.entries
+        found = {f for i in entries.used_sets() for f in entries.flags_of(i) if not f.startswith("\\")}
+        self._keywords = found
         return sorted(found)
 
     @property
     def recent(self) -> int:
-        return sum(1 for uid in self.uids if self.entries[uid].recent)
+        """How many messages are \\Recent to this session."""
+        uids, taken = self.uids, self.entries.recent_range
+        count = bisect.bisect_left(uids, taken.stop) - bisect.bisect_left(uids, taken.start) if taken else 0
+        return count + sum(1 for uid in self.entries.recent if uid not in taken and self.msn(uid) is not None)
 
     def flags_lines(self) -> list[bytes]:
         """``FLAGS`` and ``OK [PERMANENTFLAGS]``: at SELECT, and again when a keyword appears."""
@@ -317,7 +441,7 @@ class SelectedMailbox:
         return self.flags_lines()
 
     def fetch_flags(self, entry: Entry) -> bytes:
-        return flag_list(entry.shown_flags())
+        return self.entries.flag_bytes(entry.flag_index, entry.recent)
 
     # -- changes -------------------------------------------------------------------------------
     def set_flags(self, uid: int, flags: tuple[str, ...], modseq: int) -> None:
@@ -356,7 +480,7 @@ class SelectedMailbox:
             if n is None:
                 continue
             numbers.append(n)
-            del self.uids[n - 1]
+            del self._own_uids()[n - 1]
             self.entries.pop(uid, None)
             self._flag_news.discard(uid)
         return numbers
@@ -406,13 +530,15 @@ class SelectedMailbox:
         """Untagged responses for what changed since the last report, in a safe order."""
         out: list[bytes] = []
         if allow_expunge:
-            out.extend(self.expunge_lines([uid for uid in self.uids if self.entries[uid].expunged]))
+            gone = [uid for uid in self.entries.expunged if self.msn(uid) is not None]
+            if gone:
+                out.extend(self.expunge_lines(gone))
         # Announce new messages whose rows we have, in UID order.
         arrived = [uid for uid in self._new if uid in self.entries]
         if arrived:
             for uid in sorted(arrived):
                 if not self.uids or uid > self.uids[-1]:
-                    self.uids.append(uid)
+                    self._own_uids().append(uid)
                 self._new.remove(uid)
             out.extend(self.announce_keywords(f for uid in arrived for f in self.entries[uid].flags))
             out.append(b"* %d EXISTS" % len(self.uids))

@@ -105,15 +105,21 @@ def _address_list(addresses: list[list[str | None]] | None, utf8: bool) -> bytes
     return b"(" + b"".join([_address(address, utf8) for address in addresses]) + b")"
 
 
+_ADDRESS_FIELDS = ("from", "sender", "reply_to", "to", "cc", "bcc")
+
+
 def envelope(env: Json, *, utf8: bool = False) -> bytes:
     """``(date subject from sender reply-to to cc bcc in-reply-to message-id)``."""
-    fields = [
-        nstring(env.get("date"), utf8=utf8),
-        nstring(env.get("subject"), utf8=utf8),
-        *(_address_list(env.get(name), utf8) for name in ("from", "sender", "reply_to", "to", "cc", "bcc")),
-        nstring(env.get("in_reply_to"), utf8=utf8),
-        nstring(env.get("message_id"), utf8=utf8),
-    ]
+    fields = [nstring(env.get("date"), utf8=utf8), nstring(env.get("subject"), utf8=utf8)]
+    previous: tuple[Any, bytes] | None = None
+    for name in _ADDRESS_FIELDS:
+        value = env.get(name)
+        # Sender and Reply-To are most often From again (RFC 3501 §7.4.2 defaults): once.
+        if previous is None or value != previous[0]:
+            previous = (value, _address_list(value, utf8))
+        fields.append(previous[1])
+    fields.append(nstring(env.get("in_reply_to"), utf8=utf8))
+    fields.append(nstring(env.get("message_id"), utf8=utf8))
     return b"(" + b" ".join(fields) + b")"
 
 

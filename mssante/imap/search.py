@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy.orm import Session
-
 from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import Entry
 from mssante.store import headerindex
-from mssante.store.blobs import Prefix
+from mssante.store.blobs import Prefix, Reads
 from mssante.store.core import INLINE_READ_META
 from mssante.store.headerindex import (
     EMPTY,
@@ -126,7 +124,7 @@ async def select(
             if matches(key, Candidate(n, e, largest_msn, largest_uid, fields=fields.get(blob_id, EMPTY)))
         ]
 
-    def scan(session: Session) -> list[tuple[int, Entry]]:
+    def scan(session: Reads) -> list[tuple[int, Entry]]:
         ids = [e.blob_id for _, e in batch]
         metas = store.reader.meta(session, ids)
         fields = index.fields(store.reader, session, ids, metas) if want_fields else {}
@@ -147,7 +145,7 @@ async def select(
                     found.append((n, e))
         return found
 
-    return await store.read(scan)  # type: ignore[no-any-return]
+    return await store.read(scan, kept=True)  # type: ignore[no-any-return]
 
 
 async def _read_fields(store: MessageStore, index: HeaderIndex, ids: list[int]) -> dict[int, Fields]:

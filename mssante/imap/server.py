@@ -20,7 +20,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 
-from mssante import metrics
+from mssante import memory, metrics
 from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
@@ -275,6 +275,7 @@ class Connection:
                 self._flush()
                 self.writer.close()
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
+            memory.trim_soon()  # what the session held goes back to the system
 
     async def _command(self, data: bytes | bytearray) -> None:
         try:
@@ -305,6 +306,7 @@ class ImapServer:
         proxy: ProxySettings | None = None,
         shared_ports: bool = False,
     ) -> None:
+        memory.tune()  # small TLS read buffers, also when embedded (tests, benchmarks)
         self.store = store
         self.shared_ports = shared_ports  # bound by every worker process (SO_REUSEPORT)
         self.proxy = proxy  # behind balancers: the PROXY protocol names the client

@@ -137,6 +137,49 @@ class Channel(Protocol):
 
 
 Handler = Callable[["Session", Command], Awaitable[str]]
+# Command → (states it is valid in, handler): one table for every session.
+_HANDLERS: dict[str, tuple[tuple[str, ...], Handler]] = {
+    "CAPABILITY": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_capability),
+    "NOOP": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_noop),
+    "LOGOUT": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_logout),
+    "ID": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_id),
+    "STARTTLS": ((NOT_AUTHENTICATED,), cmd_starttls),
+    "LOGIN": ((NOT_AUTHENTICATED,), cmd_login),
+    "AUTHENTICATE": ((NOT_AUTHENTICATED,), cmd_authenticate),
+    "ENABLE": ((AUTHENTICATED,), cmd_enable),
+    "SELECT": ((AUTHENTICATED, SELECTED), cmd_select),
+    "EXAMINE": ((AUTHENTICATED, SELECTED), cmd_select),
+    "CREATE": ((AUTHENTICATED, SELECTED), cmd_create),
+    "DELETE": ((AUTHENTICATED, SELECTED), cmd_delete),
+    "RENAME": ((AUTHENTICATED, SELECTED), cmd_rename),
+    "SUBSCRIBE": ((AUTHENTICATED, SELECTED), cmd_subscribe),
+    "UNSUBSCRIBE": ((AUTHENTICATED, SELECTED), cmd_subscribe),
+    "LIST": ((AUTHENTICATED, SELECTED), cmd_list),
+    "LSUB": ((AUTHENTICATED, SELECTED), cmd_list),
+    "NAMESPACE": ((AUTHENTICATED, SELECTED), cmd_namespace),
+    "STATUS": ((AUTHENTICATED, SELECTED), cmd_status),
+    "APPEND": ((AUTHENTICATED, SELECTED), cmd_append),
+    "IDLE": ((AUTHENTICATED, SELECTED), cmd_idle),
+    "CHECK": ((SELECTED,), cmd_noop),
+    "CLOSE": ((SELECTED,), cmd_close),
+    "UNSELECT": ((SELECTED,), cmd_close),
+    "EXPUNGE": ((SELECTED,), cmd_expunge),
+    "SEARCH": ((SELECTED,), cmd_search),
+    "SORT": ((SELECTED,), cmd_sort),
+    "THREAD": ((SELECTED,), cmd_thread),
+    "FETCH": ((SELECTED,), cmd_fetch),
+    "STORE": ((SELECTED,), cmd_store),
+    "COPY": ((SELECTED,), cmd_copy),
+    "MOVE": ((SELECTED,), cmd_copy),
+    "GETACL": ((AUTHENTICATED, SELECTED), cmd_getacl),
+    "SETACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
+    "DELETEACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
+    "LISTRIGHTS": ((AUTHENTICATED, SELECTED), cmd_listrights),
+    "MYRIGHTS": ((AUTHENTICATED, SELECTED), cmd_myrights),
+    "GETQUOTA": ((AUTHENTICATED, SELECTED), cmd_getquota),
+    "GETQUOTAROOT": ((AUTHENTICATED, SELECTED), cmd_getquotaroot),
+    "SETQUOTA": ((AUTHENTICATED, SELECTED), cmd_setquota),
+}
 
 
 class Session:
@@ -174,48 +217,6 @@ class Session:
         self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
         self._read_commands = 0
         self._reads_timer: asyncio.TimerHandle | None = None
-        self._handlers: dict[str, tuple[tuple[str, ...], Handler]] = {
-            "CAPABILITY": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_capability),
-            "NOOP": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_noop),
-            "LOGOUT": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_logout),
-            "ID": ((NOT_AUTHENTICATED, AUTHENTICATED, SELECTED), cmd_id),
-            "STARTTLS": ((NOT_AUTHENTICATED,), cmd_starttls),
-            "LOGIN": ((NOT_AUTHENTICATED,), cmd_login),
-            "AUTHENTICATE": ((NOT_AUTHENTICATED,), cmd_authenticate),
-            "ENABLE": ((AUTHENTICATED,), cmd_enable),
-            "SELECT": ((AUTHENTICATED, SELECTED), cmd_select),
-            "EXAMINE": ((AUTHENTICATED, SELECTED), cmd_select),
-            "CREATE": ((AUTHENTICATED, SELECTED), cmd_create),
-            "DELETE": ((AUTHENTICATED, SELECTED), cmd_delete),
-            "RENAME": ((AUTHENTICATED, SELECTED), cmd_rename),
-            "SUBSCRIBE": ((AUTHENTICATED, SELECTED), cmd_subscribe),
-            "UNSUBSCRIBE": ((AUTHENTICATED, SELECTED), cmd_subscribe),
-            "LIST": ((AUTHENTICATED, SELECTED), cmd_list),
-            "LSUB": ((AUTHENTICATED, SELECTED), cmd_list),
-            "NAMESPACE": ((AUTHENTICATED, SELECTED), cmd_namespace),
-            "STATUS": ((AUTHENTICATED, SELECTED), cmd_status),
-            "APPEND": ((AUTHENTICATED, SELECTED), cmd_append),
-            "IDLE": ((AUTHENTICATED, SELECTED), cmd_idle),
-            "CHECK": ((SELECTED,), cmd_noop),
-            "CLOSE": ((SELECTED,), cmd_close),
-            "UNSELECT": ((SELECTED,), cmd_close),
-            "EXPUNGE": ((SELECTED,), cmd_expunge),
-            "SEARCH": ((SELECTED,), cmd_search),
-            "SORT": ((SELECTED,), cmd_sort),
-            "THREAD": ((SELECTED,), cmd_thread),
-            "FETCH": ((SELECTED,), cmd_fetch),
-            "STORE": ((SELECTED,), cmd_store),
-            "COPY": ((SELECTED,), cmd_copy),
-            "MOVE": ((SELECTED,), cmd_copy),
-            "GETACL": ((AUTHENTICATED, SELECTED), cmd_getacl),
-            "SETACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
-            "DELETEACL": ((AUTHENTICATED, SELECTED), cmd_setacl),
-            "LISTRIGHTS": ((AUTHENTICATED, SELECTED), cmd_listrights),
-            "MYRIGHTS": ((AUTHENTICATED, SELECTED), cmd_myrights),
-            "GETQUOTA": ((AUTHENTICATED, SELECTED), cmd_getquota),
-            "GETQUOTAROOT": ((AUTHENTICATED, SELECTED), cmd_getquotaroot),
-            "SETQUOTA": ((AUTHENTICATED, SELECTED), cmd_setquota),
-        }
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -323,7 +324,7 @@ class Session:
 
     async def handle(self, command: Command) -> None:
         """Run one command and write its tagged response (and any pending updates)."""
-        allowed, handler = self._handlers[command.name]
+        allowed, handler = _HANDLERS[command.name]
         if self.state not in allowed:
             self.bad_answers += 1
             await self._tagged(command, "BAD", f"{command.name} is not valid in the {self.state} state")

@@ -19,7 +19,7 @@ from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_small, seal_each, seal_small
-from mssante.sqlfast import dialect_of, run, timestamp
+from mssante.sqlfast import dialect_of, insert_many, run, timestamp
 from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
 
@@ -32,7 +32,7 @@ blob_chunks = cast(Table, BlobChunk.__table__)
 SEAL_AS_STORED = 1024 * 1024
 # Chunks inserted per statement, by total size: small blobs of a group commit go in one.
 _CHUNK_BATCH_BYTES = 256 * 1024
-_INSERT_CHUNKS = "INSERT INTO blob_chunks (blob_id, seq, data) VALUES (:blob_id, :seq, :data)"
+_CHUNK_COLUMNS = {"blob_id": "int8", "seq": "int4", "data": "bytea"}
 
 Content = bytes | bytearray
 
@@ -121,19 +121,35 @@ def seal(
 
 
 def _store_chunks(session: Session, blobs_by_id: Iterable[tuple[int, SealedBlob]]) -> None:
-    """Insert the chunks of blobs, a batch of about 256 KiB per statement, sealing large ones
-    as they go."""
-    batch: list[dict[str, Any]] = []
+    """Insert the chunks of blobs, a batch of about 256 KiB per statement (a binary ``COPY`` on
+    PostgreSQL, see :func:`~mssante.sqlfast.insert_many`), sealing large ones as they go."""
+    batch: list[tuple[int, int, bytes]] = []
     size = 0
     for blob_id, blob in blobs_by_id:
         for seq, data in enumerate(blob.chunks()):
-            batch.append({"blob_id": blob_id, "seq": seq, "data": data})
+            batch.append((blob_id, seq, data))
             size += len(data)
             if size >= _CHUNK_BATCH_BYTES:
-                run(session, _INSERT_CHUNKS, batch)
+                insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
                 batch, size = [], 0
-    if batch:
-        run(session, _INSERT_CHUNKS, batch)
+    insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
+
+
+def _high_water_ids(session: Session, count: int) -> int | None:
+    """The first of ``count`` new blob ids on SQLite (None on PostgreSQL, whose sequence never
+    goes back). SQLite numbers a row after the highest present, so the id of a collected blob
+    would come back for the next one, and a session still holding the expunged message (RFC
+    2180 §4.1) would read another message under its number: ids come from a high-water mark
+    instead — for one blob and for a group commit's (or a MULTIAPPEND's) several alike."""
+    if dialect_of(session) != "sqlite":
+        return None
+    last = run(
+        session,
+        "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + :n "
+        "WHERE id = 1 RETURNING last",
+        {"n": count},
+    ).scalar_one()
+    return int(last) - count + 1
 
 
 def put(session: Session, sealed: SealedBlob) -> int:
@@ -141,17 +157,7 @@ def put(session: Session, sealed: SealedBlob) -> int:
     existing = run(session, "SELECT id FROM blobs WHERE digest = :digest", {"digest": sealed.digest}).scalar()
     if existing is not None:
         return int(existing)
-    # SQLite numbers a row after the highest present, so the id of a collected blob would come
-    # back for the next one, and a session still holding the expunged message (RFC 2180 §4.1)
-    # would read another message under its number: ids come from a high-water mark instead.
-    # (PostgreSQL's sequence never goes back.)
-    new_id = None
-    if dialect_of(session) == "sqlite":
-        new_id = run(
-            session,
-            "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + 1 "
-            "WHERE id = 1 RETURNING last",
-        ).scalar()
+    new_id = _high_water_ids(session, 1)
     blob_id = run(
         session,
         f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
@@ -192,16 +198,8 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
     if not new:
         return ids
     at = timestamp(datetime.now(UTC), dialect_of(session))
-    # As in put(): on SQLite the ids come from the high-water mark, never a collected blob's.
-    first_id = None
-    if dialect_of(session) == "sqlite":
-        last = run(
-            session,
-            "UPDATE blob_id_high SET last = max(last, (SELECT coalesce(max(id), 0) FROM blobs)) + :n "
-            "WHERE id = 1 RETURNING last",
-            {"n": len(new)},
-        ).scalar()
-        first_id = None if last is None else int(last) - len(new) + 1
+    # SQLite: ids from the high-water mark (see _high_water_ids); PostgreSQL: its sequence.
+    first_id = _high_water_ids(session, len(new))
     columns: tuple[str, ...] = (
         "digest",
         "size",
@@ -212,13 +210,13 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
         "meta",
         "search",
     )
+    names = "digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, search, created_at"
     if first_id is not None:
-        columns = ("id", *columns)
+        columns, names = ("id", *columns), f"id, {names}"
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
     params: dict[str, Any] = {"at": at}
     for i, blob in enumerate(new):
-        values = (
-            *((first_id + i,) if first_id is not None else ()),
+        values: tuple[Any, ...] = (
             blob.digest,
             blob.size,
             blob.key.key_id,
@@ -228,13 +226,10 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             blob.meta,
             blob.search,
         )
+        if first_id is not None:
+            values = (first_id + i, *values)
         params.update({f"{c}{i}": v for c, v in zip(columns, values, strict=True)})
-    inserted = run(
-        session,
-        f"INSERT INTO blobs ({'id, ' if first_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, search, created_at) VALUES {rows} RETURNING digest, id",
-        params,
-    ).all()
+    inserted = run(session, f"INSERT INTO blobs ({names}) VALUES {rows} RETURNING digest, id", params).all()
     ids.update((bytes(digest), int(blob_id)) for digest, blob_id in inserted)
     _store_chunks(session, ((ids[blob.digest], blob) for blob in new))
     return ids
@@ -281,6 +276,14 @@ def rows_of(db: Reads, sql: str, params: dict[str, Any] | None = None) -> list[A
     return db.rows(sql, params)
 
 
+def rows_iter(db: Reads, sql: str, params: dict[str, Any] | None = None) -> Iterable[Any]:
+    """The rows of a query with a large result (a whole folder's messages): streamed from a
+    kept connection (:meth:`~mssante.store.kept.Kept.stream`), fetched whole in a session."""
+    if isinstance(db, Session):
+        return rows_of(db, sql, params)
+    return db.stream(sql, params)
+
+
 def id_list(ids: Iterable[int]) -> str:
     """Blob ids inlined in an ``IN (...)`` list: integers only, so nothing can be injected, and
     the SQL text stays the driver's own (no per-call statement building)."""
@@ -290,13 +293,27 @@ def id_list(ids: Iterable[int]) -> str:
 # One statement for a read: the header and the chunks that overlap [start, stop). The chunk
 # range is computed by the database from the blob's own chunk size (integer division in both
 # SQLite and PostgreSQL); the LEFT JOIN keeps the header row when no chunk overlaps.
-_READ = (
+READ = (
     "SELECT b.size, b.chunk_count, b.chunk_size, b.key_id, b.wrapped_key, c.seq, c.data "
     "FROM blobs b LEFT JOIN blob_chunks c ON c.blob_id = b.id "
     "AND c.seq >= :start / b.chunk_size AND c.seq <= (:stop - 1) / b.chunk_size "
     "WHERE b.id = :id ORDER BY c.seq"
 )
 _NO_END = 1 << 62
+HEADER = "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id"
+_META = "SELECT id, key_id, wrapped_key, meta FROM blobs WHERE id IN_IDS AND meta IS NOT NULL"
+# The first chunks of several blobs. The condition on ``c.blob_id`` lets PostgreSQL find them in
+# the chunks' primary key (blob_id, seq); with only the join to go by, it read every chunk row of
+# the database (a hash join on ``seq = 0``) for each group of a SEARCH.
+_PREFIXES = (
+    "SELECT b.id, b.chunk_count, b.key_id, b.wrapped_key, c.data FROM blobs b "
+    "JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0 WHERE b.id IN_IDS AND c.blob_id IN_IDS"
+)
+
+
+def read_params(blob_id: int, start: int, end: int | None) -> dict[str, Any]:
+    """The parameters of :data:`READ` for ``[start, end)`` of a blob."""
+    return {"id": blob_id, "start": start, "stop": _NO_END if end is None else end}
 
 
 class BlobReader:
@@ -328,39 +345,59 @@ class BlobReader:
         return cached
 
     def header(self, session: Reads, blob_id: int) -> BlobHeader:
-        found = rows_of(
-            session,
-            "SELECT size, chunk_count, chunk_size, key_id, wrapped_key, meta FROM blobs WHERE id = :id",
-            {"id": blob_id},
-        )
+        return self.header_of(blob_id, rows_of(session, HEADER, {"id": blob_id}))
+
+    def header_of(self, blob_id: int, found: list[Any]) -> BlobHeader:
+        """The header from the rows of :data:`HEADER` (so that the statement can run anywhere:
+        a session, a kept connection, an asynchronous one)."""
         if not found:
             raise NoResultFound(f"no blob {blob_id}")
         row = found[0]
         key = self._data_key(row[3], row[4])
         return BlobHeader(blob_id, row[0], row[1], row[2], key, row[5])
 
+    def ids_query(self, sql: str, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """A statement about several blobs, ``IN_IDS`` standing for "is one of them". PostgreSQL gets
+        the ids as one array parameter: the statement's text never changes, so it is prepared
+        once per connection (an inlined list is a new text, parsed and planned, at every
+        call). SQLite gets them inlined (integers only: nothing can be injected)."""
+        if self.engine.dialect.name == "postgresql":
+            return sql.replace("IN_IDS", "= ANY(:ids)"), {"ids": list(blob_ids)}
+        return sql.replace("IN_IDS", f"IN ({id_list(blob_ids)})"), {}
+
+    def meta_query(self, blob_ids: list[int]) -> tuple[str, dict[str, Any]]:
+        """The statement reading the sealed structures of ``blob_ids``."""
+        return self.ids_query(_META, blob_ids)
+
     def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
         just that key of each when it can be parsed alone (see :func:`parse_meta`)."""
         out: dict[int, dict[str, Any]] = {}
         for i in range(0, len(blob_ids), 500):
-            rows = rows_of(
-                session,
-                "SELECT id, key_id, wrapped_key, meta FROM blobs "
-                f"WHERE id IN ({id_list(blob_ids[i : i + 500])}) AND meta IS NOT NULL",
-            )
-            for blob_id, key_id, wrapped, sealed in rows:
-                out[blob_id] = parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
+            out.update(self.open_meta(rows_of(session, *self.meta_query(blob_ids[i : i + 500])), only))
         return out
+
+    def open_meta(self, rows: Iterable[Any], only: str | None = None) -> dict[int, dict[str, Any]]:
+        """{blob id: structure} from the rows of :meth:`meta_query`."""
+        return {
+            blob_id: parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
+            for blob_id, key_id, wrapped, sealed in rows
+        }
 
     def iter_chunks(
         self, session: Reads, blob_id: int, start: int = 0, end: int | None = None
     ) -> Iterator[bytes]:
         """Plaintext of ``[start, end)`` chunk by chunk, opening only the chunks that overlap it."""
+        if start >= (_NO_END if end is None else end):
+            return
+        rows = rows_of(session, READ, read_params(blob_id, start, end))
+        yield from self.chunks_of(blob_id, rows, start, end)
+
+    def chunks_of(self, blob_id: int, rows: list[Any], start: int, end: int | None) -> Iterator[bytes]:
+        """Plaintext of ``[start, end)`` from the rows of :data:`READ`."""
         stop = _NO_END if end is None else end
         if start >= stop:
             return
-        rows = rows_of(session, _READ, {"id": blob_id, "start": start, "stop": stop})
         if not rows:
             raise NoResultFound(f"no blob {blob_id}")
         size, count, chunk_size, key_id, wrapped = rows[0][:5]
@@ -381,12 +418,7 @@ class BlobReader:
         """Each blob's first chunk (one query for all), decrypted when first looked at: the start
         of a scan that reads further chunks only if asked (:meth:`Prefix.grow`)."""
         out: dict[int, Prefix] = {}
-        rows = rows_of(
-            session,
-            "SELECT b.id, b.chunk_count, b.key_id, b.wrapped_key, c.data FROM blobs b "
-            "JOIN blob_chunks c ON c.blob_id = b.id AND c.seq = 0 "
-            f"WHERE b.id IN ({id_list(blob_ids)})",
-        )
+        rows = rows_of(session, *self.ids_query(_PREFIXES, blob_ids))
         for blob_id, count, key_id, wrapped, data in rows:
             out[blob_id] = Prefix(session, blob_id, self._data_key(key_id, wrapped), count, data)
         return out

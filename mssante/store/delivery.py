@@ -10,19 +10,17 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
-from mssante.sqlfast import dialect_of, run, timestamp, utc
+from mssante.sqlfast import dialect_of, insert_many, run, timestamp, utc
 from mssante.store import blobs as blobstore
 from mssante.store import headerindex
 from mssante.store.core import (
     StoreCore,
-    changes_t,
     folders_t,
-    messages_t,
 )
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
@@ -42,6 +40,24 @@ _INSERT_APPEND = (
     "INSERT INTO folder_changes (folder_id, modseq, kind, uid, at) "
     "VALUES (:fid, :modseq, 'append', :uid, :at)"
 )
+# The columns of the same rows inserted many at a time (``sqlfast.insert_many``), with their
+# PostgreSQL types (binary COPY).
+_MESSAGE_COLUMNS = {
+    "folder_id": "int8",
+    "uid": "int8",
+    "blob_id": "int8",
+    "size": "int8",
+    "internaldate": "timestamptz",
+    "flags": "text",
+    "modseq": "int8",
+}
+_APPEND_COLUMNS = {
+    "folder_id": "int8",
+    "modseq": "int8",
+    "kind": "varchar",
+    "uid": "int8",
+    "at": "timestamptz",
+}
 
 
 def _deliver_event(
@@ -182,9 +198,18 @@ class DeliveryOps(StoreCore):
                 write(session)
             events.extend(job.extra_audit)
             results.append((uids, notes))
-        if messages:
-            run(session, _INSERT_MESSAGE, messages)
-            run(session, _INSERT_APPEND, messages)
+        insert_many(
+            session,
+            "messages",
+            _MESSAGE_COLUMNS,
+            [(m["fid"], m["uid"], m["blob"], m["size"], m["at"], "", m["modseq"]) for m in messages],
+        )
+        insert_many(
+            session,
+            "folder_changes",
+            _APPEND_COLUMNS,
+            [(m["fid"], m["modseq"], "append", m["uid"], m["at"]) for m in messages],
+        )
         audit.append(session, *events, at=now)
         return results
 
@@ -314,45 +339,52 @@ class DeliveryOps(StoreCore):
             uidvalidity = session.execute(
                 select(folders_t.c.uidvalidity).where(folders_t.c.id == folder_id)
             ).scalar_one()
-            notes = Notes()
-            uids = []
-            for n, ((sealed, _meta), flag_text, when) in enumerate(prepared):
-                uid = first_uid + n
-                blob_id = blobstore.put(session, sealed)
-                session.execute(
-                    insert(messages_t).values(
-                        folder_id=folder_id,
-                        uid=uid,
-                        blob_id=blob_id,
-                        size=sealed.size,
-                        internaldate=when,
-                        flags=flag_text,
-                        modseq=modseq,
+            # One statement per table for all the messages (MULTIAPPEND), as for deliveries.
+            dialect = dialect_of(session)
+            blob_ids = blobstore.put_many(session, [sealed for (sealed, _), _, _ in prepared])
+            now = datetime.now(UTC)
+            at = timestamp(now, dialect)
+            uids = [first_uid + n for n in range(len(prepared))]
+            each = [
+                (uid, sealed, flags, when)
+                for uid, ((sealed, _), flags, when) in zip(uids, prepared, strict=True)
+            ]
+            insert_many(
+                session,
+                "messages",
+                _MESSAGE_COLUMNS,
+                [
+                    (
+                        folder_id,
+                        uid,
+                        blob_ids[sealed.digest],
+                        sealed.size,
+                        timestamp(when, dialect),
+                        flags,
+                        modseq,
                     )
+                    for uid, sealed, flags, when in each
+                ],
+            )
+            insert_many(
+                session,
+                "folder_changes",
+                {**_APPEND_COLUMNS, "flags": "text"},
+                [(folder_id, modseq, "append", uid, at, flags) for uid, _, flags, _ in each],
+            )
+            events = [
+                AuditEvent(
+                    actor=actor,
+                    action="message.append",
+                    bal=bal,
+                    object=f"{folder}/{uid}",
+                    source=source,
+                    detail={"size": sealed.size},
                 )
-                session.execute(
-                    insert(changes_t).values(
-                        folder_id=folder_id,
-                        modseq=modseq,
-                        kind="append",
-                        uid=uid,
-                        flags=flag_text,
-                        at=datetime.now(UTC),
-                    )
-                )
-                notes.append(FolderChange(folder_id, modseq, "append", uid, flag_text))
-                uids.append(uid)
-                audit.append(
-                    session,
-                    AuditEvent(
-                        actor=actor,
-                        action="message.append",
-                        bal=bal,
-                        object=f"{folder}/{uid}",
-                        source=source,
-                        detail={"size": sealed.size},
-                    ),
-                )
+                for uid, sealed, _, _ in each
+            ]
+            audit.append(session, *events, at=now)
+            notes = Notes(FolderChange(folder_id, modseq, "append", uid, flags) for uid, _, flags, _ in each)
             return (int(uidvalidity), uids), notes
 
         result: tuple[int, list[int]] = await self.writer.run(job)

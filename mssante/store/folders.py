@@ -41,9 +41,18 @@ _FOLDER_COLUMNS = (
 )
 
 
+_FOLDER_BY_NAME = f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name"
+
+
 def _folder_tuple(r: Any) -> FolderInfo:
     """FolderInfo from a driver-SQL row of ``_FOLDER_COLUMNS`` (SQLite gives 0/1 for booleans)."""
     return FolderInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8])
+
+
+def _one_folder(rows: list[Any], name: str) -> FolderInfo:
+    if not rows:
+        raise FolderNotFound(f"no folder {name!r}")
+    return _folder_tuple(rows[0])
 
 
 class FolderOps(StoreCore):
@@ -65,23 +74,16 @@ class FolderOps(StoreCore):
 
     @staticmethod
     def _folder_row(s: blobstore.Reads, bal: str, name: str) -> FolderInfo:
-        rows = blobstore.rows_of(
-            s,
-            f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name",
-            {"bal": bal.lower(), "name": name},
-        )
-        if not rows:
-            raise FolderNotFound(f"no folder {name!r}")
-        return _folder_tuple(rows[0])
+        return _one_folder(blobstore.rows_of(s, _FOLDER_BY_NAME, {"bal": bal.lower(), "name": name}), name)
 
     async def folder(self, bal: str, name: str) -> FolderInfo:
-        return await self.read(lambda s: self._folder_row(s, bal, name), small=True)  # type: ignore[no-any-return]
+        return _one_folder(await self.rows(_FOLDER_BY_NAME, {"bal": bal.lower(), "name": name}), name)
 
     async def status(self, bal: str, name: str) -> FolderStatus:
-        def q(s: Session) -> FolderStatus:
+        def q(s: blobstore.Reads) -> FolderStatus:
             info = self._folder_row(s, bal, name)
             count = size = unseen = recent = deleted = 0
-            for msg_size, flags, uid in run(
+            for msg_size, flags, uid in blobstore.rows_of(
                 s, "SELECT size, flags, uid FROM messages WHERE folder_id = :f", {"f": info.id}
             ):
                 count += 1
@@ -92,7 +94,7 @@ class FolderOps(StoreCore):
                 recent += uid >= info.first_recent_uid
             return FolderStatus(info, count, unseen, size, recent, deleted)
 
-        return await self.read(q)  # type: ignore[no-any-return]
+        return await self.read(q, kept=True)  # type: ignore[no-any-return]
 
     async def create_folder(self, bal: str, name: str, special_use: str | None = None) -> FolderInfo:
         """Create a folder and any missing parents ("a/b/c" creates "a" and "a/b")."""

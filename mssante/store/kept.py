@@ -10,11 +10,26 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
 from typing import Any, cast
 
 from sqlalchemy import Engine
 
 from mssante.sqlfast import adapt
+
+# Rows per chunk of a streamed result (PostgreSQL); chunked rows need libpq 17 or later.
+STREAM_ROWS = 2000
+
+
+def _libpq_chunks() -> bool:
+    try:
+        import psycopg
+    except ImportError:  # SQLite-only installation
+        return False
+    return psycopg.pq.version() >= 170000
+
+
+_CHUNKED_ROWS = _libpq_chunks()
 
 
 class Kept:
@@ -31,6 +46,20 @@ class Kept:
     def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
         """All rows (fetched whole: no statement stays open)."""
         return fetch_all(self._driver, self.dialect, sql, params)
+
+    def stream(self, sql: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """The rows of a large result as they arrive, to be read to the end.
+
+        PostgreSQL sends them in chunks of :data:`STREAM_ROWS` (libpq's chunked-rows mode, with
+        no extra round trip, unlike a server-side cursor's FETCHes): the caller turns each
+        chunk into its own values while the next is on its way, and the whole result never
+        sits twice in memory, as rows and as what they became. SQLite reads pages from the
+        local file: the rows are fetched whole, so that no statement stays open."""
+        if self.dialect != "postgresql" or not _CHUNKED_ROWS:
+            yield from self.rows(sql, params)
+            return
+        cursor = self._driver.cursor()
+        yield from cursor.stream(adapt(sql, self.dialect), params or {}, binary=True, size=STREAM_ROWS)
 
     def release(self) -> None:
         """Back to the pool as it came (no autocommit), or closed if it is broken."""

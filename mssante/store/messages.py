@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
-from mssante.sqlfast import run
 from mssante.store import blobs as blobstore
 from mssante.store.core import (
     INLINE_READ_BYTES,
@@ -41,8 +40,8 @@ class MessageOps(StoreCore):
     async def messages(self, folder_id: int, since_uid: int = 0) -> list[MessageRow]:
         """The folder's messages in UID order (flags, sizes, dates; no content), UIDs > ``since_uid``."""
 
-        def q(s: Session) -> list[MessageRow]:
-            rows = blobstore.rows_of(
+        def q(s: blobstore.Reads) -> list[MessageRow]:
+            rows = blobstore.rows_iter(
                 s,
                 "SELECT uid, flags, size, internaldate, modseq, blob_id FROM messages "
                 "WHERE folder_id = :f AND uid > :since ORDER BY uid",
@@ -53,29 +52,31 @@ class MessageOps(StoreCore):
                 for uid, flags, size, at, modseq, blob_id in rows
             ]
 
-        return await self.read(q)  # type: ignore[no-any-return]
+        return await self.read(q, kept=True)  # type: ignore[no-any-return]
 
     async def meta(self, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures (envelope, body structure, header index) of several messages;
         ``only="envelope"`` when nothing else is needed (cheaper to parse)."""
-        return await self.read(  # type: ignore[no-any-return]
-            lambda s: self.reader.meta(s, blob_ids, only), small=len(blob_ids) <= INLINE_READ_META
-        )
+        if len(blob_ids) <= INLINE_READ_META:
+            return self.reader.open_meta(await self.rows(*self.reader.meta_query(blob_ids)), only)
+        return await self.read(lambda s: self.reader.meta(s, blob_ids, only), kept=True)  # type: ignore[no-any-return]
 
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch);
         :class:`MessageGone` when it was expunged and its content collected meanwhile."""
         try:
-            return await self.read(  # type: ignore[no-any-return]
-                lambda s: self.reader.read(s, blob_id, start, end),
-                small=end is not None and end - start <= INLINE_READ_BYTES,
-            )
+            if end is not None and end - start <= INLINE_READ_BYTES:
+                if start >= end:
+                    return b""
+                rows = await self.rows(blobstore.READ, blobstore.read_params(blob_id, start, end))
+                return b"".join(self.reader.chunks_of(blob_id, rows, start, end))
+            return await self.read(lambda s: self.reader.read(s, blob_id, start, end), kept=True)  # type: ignore[no-any-return]
         except NoResultFound:
             raise MessageGone(f"message content {blob_id} no longer exists") from None
 
     async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
         """Plaintext by chunks, a chunk decrypted at a time: a large body never sits whole in memory."""
-        head = await self.read(lambda s: self.reader.header(s, blob_id), small=True)
+        head = self.reader.header_of(blob_id, await self.rows(blobstore.HEADER, {"id": blob_id}))
         stop = head.size if end is None else min(end, head.size)
         step = head.chunk_size * 4
         pos = start
@@ -348,8 +349,8 @@ class MessageOps(StoreCore):
     async def changes_since(self, folder_id: int, modseq: int) -> list[FolderChange]:
         """Durable changes of a folder after ``modseq`` (what a session missed, or another node did)."""
 
-        def q(s: Session) -> list[FolderChange]:
-            rows = run(
+        def q(s: blobstore.Reads) -> list[FolderChange]:
+            rows = blobstore.rows_of(
                 s,
                 "SELECT folder_id, modseq, kind, uid, flags FROM folder_changes "
                 "WHERE folder_id = :f AND modseq > :m ORDER BY id",
@@ -357,4 +358,4 @@ class MessageOps(StoreCore):
             )
             return [FolderChange(*r) for r in rows]
 
-        return await self.read(q)  # type: ignore[no-any-return]
+        return await self.read(q, kept=True)  # type: ignore[no-any-return]

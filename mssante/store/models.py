@@ -15,6 +15,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -129,9 +130,12 @@ class Change(Base):
     """The change feed: what happened in a folder, in modseq order (IDLE, CONDSTORE, replicas)."""
 
     __tablename__ = "folder_changes"
+    # What a session missed is read by folder and modseq (``changes_since``): with the folder
+    # alone in the index, every change the folder ever had was read and filtered.
+    __table_args__ = (Index("ix_folder_changes_folder_id_modseq", "folder_id", "modseq"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
-    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"), index=True)
+    folder_id: Mapped[int] = mapped_column(ForeignKey("folders.id", ondelete="CASCADE"))
     modseq: Mapped[int] = mapped_column(BigInteger)
     kind: Mapped[str] = mapped_column(String(16))  # append | expunge | flags
     uid: Mapped[int] = mapped_column(BigInteger)

@@ -10,6 +10,7 @@ from mssante.imap.commands.base import META_BATCH, Bad, No
 from mssante.imap.commands.values import Command, Fetch, FetchItem, SequenceSet
 from mssante.imap.fetch import (
     UnknownEncoding,
+    column_lines,
     has_content,
     message_response,
     meta_part,
@@ -75,8 +76,10 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         batch = live[i : i + META_BATCH]
         metas: dict[int, Any] = {}
         if with_meta:
-            entries = [box.entries[uid] for _, uid in batch]
-            wanted = [e.blob_id for e in entries] if content else missing_structures(entries, items)
+            if content:
+                wanted = [box.entries[uid].blob_id for _, uid in batch]
+            else:
+                wanted = missing_structures(box.entries, [uid for _, uid in batch], items, utf8=session.utf8)
             metas = await session.store.meta(wanted, meta_part(items)) if wanted else {}
             # Expunged by another session meanwhile and its content collected: left out, and
             # the command ends NO [EXPUNGEISSUED] (RFC 2180 §4.1.2); the session goes on.
@@ -86,14 +89,13 @@ async def cmd_fetch(session: Session, command: Command) -> str:
                 gone += len(batch) - len(kept)
                 batch = kept
         if not content:
-            await session.channel.write(
-                b"".join(
-                    metadata_response(
-                        n, box.entries[uid], items, metas.get(box.entries[uid].blob_id), utf8=session.utf8
-                    )
-                    for n, uid in batch
+            block = None if metas else column_lines(box.entries, batch, items, utf8=session.utf8)
+            if block is None:
+                block = b"".join(
+                    metadata_response(n, entry, items, metas.get(entry.blob_id), utf8=session.utf8)
+                    for n, entry in ((n, box.entries[uid]) for n, uid in batch)
                 )
-            )
+            await session.channel.write(block)
             continue
         for n, uid in batch:
             entry = box.entries[uid]

@@ -12,7 +12,9 @@ from mssante.imap.commands.values import Command, MailboxArg, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_sequence_set
 from mssante.imap.render import compress
+from mssante.imap.snapshots import Snapshot, Snapshots, snapshots
 from mssante.imap.states import SELECTED
+from mssante.store.columns import read_columns
 from mssante.store.types import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
@@ -27,6 +29,7 @@ _WRITE_RIGHTS = frozenset(
 async def cmd_select(session: Session, command: Command) -> str:
     assert isinstance(command.args, MailboxArg)
     qresync = _select_params(session, command.args.params)
+    previous = session.box  # its snapshot stays alive for a re-SELECT of the same folder
     if session.box is not None:
         session.deselect()
         await session.untagged("OK [CLOSED] Previous mailbox closed")  # RFC 7162 §3.2.11
@@ -36,12 +39,17 @@ async def cmd_select(session: Session, command: Command) -> str:
     readonly = command.name == "EXAMINE" or not (rights.rights & _WRITE_RIGHTS)
     try:
         folder = await session.store.folder(bal, name)
+        subscription = session.store.hub.subscribe(folder.id)
+        try:
+            snapshot, folder = await _snapshot(session, folder)
+        except BaseException:
+            subscription.close()
+            raise
     except FolderNotFound:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
-    subscription = session.store.hub.subscribe(folder.id)
-    rows = await session.store.messages(folder.id)
-    box = SelectedMailbox.from_rows(
-        folder, rows, readonly=readonly, recent_from=await _recent_from(session, folder, readonly)
+    del previous
+    box = SelectedMailbox.from_snapshot(
+        folder, snapshot, readonly=readonly, recent_from=await _recent_from(session, folder, readonly)
     )
     box.with_recent = session.recent_flag
     box.condstore, box.qresync = session.condstore, "QRESYNC" in session.enabled
@@ -79,6 +87,26 @@ async def cmd_select(session: Session, command: Command) -> str:
         )
     )
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
+
+
+async def _snapshot(session: Session, folder: FolderInfo) -> tuple[Snapshot, FolderInfo]:
+    """The folder's messages, shared with the sessions that see it in the same state.
+
+    Called once subscribed to the folder's changes: a snapshot taken at the folder's
+    HIGHESTMODSEQ is reused only if the folder, read again now, still has it — then every later
+    change reaches this session through the subscription. Otherwise the rows are read (after
+    the subscription, so nothing falls between) and kept for the next sessions."""
+    registry = snapshots(session.store)
+    found = registry.get(folder)
+    if found is not None:
+        again = await session.store.folder(folder.bal, folder.name)
+        if again.id != folder.id:
+            raise FolderNotFound(f"folder {folder.name!r} was replaced")
+        if Snapshots.key(again) == Snapshots.key(folder):
+            return found, again
+        folder = again
+    read = await session.store.read(lambda s: read_columns(s, folder.id))
+    return registry.add(folder, read), folder
 
 
 @dataclass(frozen=True)

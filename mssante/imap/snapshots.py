@@ -1,0 +1,176 @@
+"""Folder snapshots: a folder's message columns at one HIGHESTMODSEQ, shared by every session
+that selected it in that state.
+
+Issue 20: a thousand idle sessions on one 20,000-message INBOX each held their own copy of the
+same columns (1.3 MiB a session, Dovecot 0.73). A snapshot is read once and never written to;
+a session's :class:`~mssante.imap.mailbox.MessageTable` starts on it and copies a column only
+when it has to change it (copy-on-write), so sessions that just watch a folder share all of it.
+The ENVELOPE/BODY/BODYSTRUCTURE renderings are shared too, per folder incarnation (a UID names
+one content for the life of a UIDVALIDITY, whatever the MODSEQ).
+
+A snapshot is found by ``(folder id, BAL, UIDVALIDITY, HIGHESTMODSEQ)``: every change to a
+folder's messages raises its HIGHESTMODSEQ, and a UIDVALIDITY is never given twice in a BAL,
+so an equal key means equal content. Snapshots live while a session uses them, plus the few
+most recently used (a client that logs out and in again does not reread its INBOX), bounded
+in messages so that memory is given back once the sessions are gone.
+"""
+
+from __future__ import annotations
+
+import sys
+import weakref
+from array import array
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from mssante.store.columns import MessageColumns
+
+if TYPE_CHECKING:
+    from mssante.store.store import MessageStore
+    from mssante.store.types import FolderInfo
+
+SnapshotKey = tuple[int, str, int, int]  # folder id, BAL, UIDVALIDITY, HIGHESTMODSEQ
+KEEP_SNAPSHOTS = 4  # released snapshots kept for a quick re-SELECT...
+KEEP_MESSAGES = 100_000  # ...holding at most this many messages together
+
+
+class Columns:
+    """The integer columns of messages in UID order (arrays: a few bytes per message)."""
+
+    __slots__ = ("blob", "date", "flags", "modseq", "size", "uid")
+
+    def __init__(
+        self,
+        uid: array[int] | None = None,
+        flags: array[int] | None = None,
+        size: array[int] | None = None,
+        date: array[int] | None = None,
+        modseq: array[int] | None = None,
+        blob: array[int] | None = None,
+    ) -> None:
+        self.uid = array("I") if uid is None else uid
+        self.flags = array("I") if flags is None else flags  # index into a table of flag sets
+        self.size = array("Q") if size is None else size
+        self.date = array("q") if date is None else date  # seconds since the epoch, UTC
+        self.modseq = array("Q") if modseq is None else modseq
+        self.blob = array("Q") if blob is None else blob
+
+    def copy(self) -> Columns:
+        return Columns(*(array(c.typecode, c) for c in self.all()))
+
+    def all(self) -> tuple[array[int], ...]:
+        return (self.uid, self.flags, self.size, self.date, self.modseq, self.blob)
+
+    def insert(self, at: int, values: tuple[int, int, int, int, int, int]) -> None:
+        for column, value in zip(self.all(), values, strict=True):
+            column.insert(at, value)
+
+    def delete(self, at: int) -> None:
+        for column in self.all():
+            del column[at]
+
+    def __len__(self) -> int:
+        return len(self.uid)
+
+
+class Rendered:
+    """Renderings of one folder incarnation's messages, by item name then UID."""
+
+    __slots__ = ("__weakref__", "items")
+
+    def __init__(self) -> None:
+        self.items: dict[str, dict[int, bytes]] = {}
+
+    def get(self, name: str, uid: int) -> bytes | None:
+        found = self.items.get(name)
+        return None if found is None else found.get(uid)
+
+    def put(self, name: str, uid: int, value: bytes) -> None:
+        self.items.setdefault(name, {})[uid] = value
+
+
+def split_flags(text: str) -> tuple[str, ...]:
+    """The stored space-separated flags as a tuple of interned strings."""
+    return tuple(sys.intern(f) for f in text.split())
+
+
+class Snapshot:
+    """Read-only columns of a folder and the flag sets they index; never modified once built
+    (sessions copy what they change)."""
+
+    __slots__ = ("__weakref__", "columns", "key", "rendered", "sets")
+
+    def __init__(
+        self, key: SnapshotKey | None, columns: Columns, sets: list[tuple[str, ...]], rendered: Rendered
+    ) -> None:
+        self.key = key
+        self.columns = columns
+        self.sets = sets
+        self.rendered = rendered
+
+    @classmethod
+    def from_store(cls, key: SnapshotKey | None, read: MessageColumns, rendered: Rendered) -> Snapshot:
+        columns = Columns(read.uid, read.flags, read.size, read.date, read.modseq, read.blob)
+        return cls(key, columns, [split_flags(t) for t in read.flag_texts], rendered)
+
+    def __len__(self) -> int:
+        return len(self.columns)
+
+
+class Snapshots:
+    """The snapshots of one store's folders in this process."""
+
+    def __init__(self) -> None:
+        self._live: weakref.WeakValueDictionary[SnapshotKey, Snapshot] = weakref.WeakValueDictionary()
+        self._renders: weakref.WeakValueDictionary[tuple[int, str, int], Rendered] = (
+            weakref.WeakValueDictionary()
+        )
+        self._kept: OrderedDict[SnapshotKey, Snapshot] = OrderedDict()
+
+    @staticmethod
+    def key(folder: FolderInfo) -> SnapshotKey:
+        return (folder.id, folder.bal, folder.uidvalidity, folder.highestmodseq)
+
+    def get(self, folder: FolderInfo) -> Snapshot | None:
+        found = self._live.get(self.key(folder))
+        if found is not None:
+            self._keep(found)
+        return found
+
+    def rendered(self, folder: FolderInfo) -> Rendered:
+        """The renderings of the folder's incarnation, shared with any snapshot of it."""
+        incarnation = (folder.id, folder.bal, folder.uidvalidity)
+        found = self._renders.get(incarnation)
+        if found is None:
+            found = self._renders[incarnation] = Rendered()
+        return found
+
+    def add(self, folder: FolderInfo, read: MessageColumns) -> Snapshot:
+        """A snapshot of ``read``, the folder's rows read after ``folder`` (so at its
+        HIGHESTMODSEQ or later: a session absorbs the changes it then hears of either way)."""
+        snapshot = Snapshot.from_store(self.key(folder), read, self.rendered(folder))
+        self._live[self.key(folder)] = snapshot
+        self._keep(snapshot)
+        return snapshot
+
+    def _keep(self, snapshot: Snapshot) -> None:
+        assert snapshot.key is not None
+        self._kept[snapshot.key] = snapshot
+        self._kept.move_to_end(snapshot.key)
+        total = sum(len(s) for s in self._kept.values())
+        while len(self._kept) > 1 and (len(self._kept) > KEEP_SNAPSHOTS or total > KEEP_MESSAGES):
+            _, dropped = self._kept.popitem(last=False)
+            total -= len(dropped)
+        if total > KEEP_MESSAGES:
+            self._kept.clear()  # one folder larger than the bound: kept only by its sessions
+
+
+_BY_STORE: weakref.WeakKeyDictionary[MessageStore, Snapshots] = weakref.WeakKeyDictionary()
+
+
+def snapshots(store: MessageStore) -> Snapshots:
+    """The snapshot registry of ``store`` (folder ids are only unique within one database)."""
+    found = _BY_STORE.get(store)
+    if found is None:
+        found = _BY_STORE[store] = Snapshots()
+    return found

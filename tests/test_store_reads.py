@@ -1,0 +1,133 @@
+"""How the store reads: streamed large results, small reads on asynchronous connections
+(PostgreSQL), connections that the server closed, and the driver settings of the engines."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from mssante.config import load_settings
+from mssante.db import driver_connect_args, make_engine
+from mssante.runtime import Runtime
+from mssante.store import kept
+from mssante.store.blobs import rows_of
+from tests.helpers import make_message
+
+DOC = "dr.durand@demo.mssante.fr"
+
+
+async def _fill(runtime: Runtime, n: int) -> list[bytes]:
+    raws = [make_message(subject=f"lecture {i}", size=2000 + i) for i in range(n)]
+    await asyncio.gather(*(runtime.store.deliver(raw, "dr.martin@demo.mssante.fr", [DOC]) for raw in raws))
+    return raws
+
+
+async def test_a_large_range_streamed_in_chunks_gives_the_rows_of_one_fetch(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder's messages arrive in chunks of STREAM_ROWS on PostgreSQL (whole on SQLite):
+    with chunks of 3, eleven messages come out in order, the same as a plain query gives."""
+    monkeypatch.setattr(kept, "STREAM_ROWS", 3)
+    await _fill(runtime, 11)
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    rows = await runtime.store.messages(inbox.id)
+    since = await runtime.store.messages(inbox.id, since_uid=4)
+    with Session(runtime.engine) as s:
+        plain = rows_of(
+            s,
+            "SELECT uid, size, modseq, blob_id FROM messages WHERE folder_id = :f ORDER BY uid",
+            {"f": inbox.id},
+        )
+    assert [(m.uid, m.size, m.modseq, m.blob_id) for m in rows] == [tuple(r) for r in plain]
+    assert [m.uid for m in rows] == list(range(1, 12))
+    assert [m.uid for m in since] == list(range(5, 12))
+    assert all(m.internaldate.tzinfo is UTC for m in rows)
+
+
+async def test_small_reads_give_what_the_large_ones_give(runtime: Runtime) -> None:
+    """Body ranges, structures and folder rows read as small statements (the event loop's
+    own connections on PostgreSQL) equal what the thread-side reads return."""
+    raws = await _fill(runtime, 20)
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    rows = await runtime.store.messages(inbox.id)
+    by_size = {len(raw): raw for raw in raws}
+    ids = [m.blob_id for m in rows]
+    few = await runtime.store.meta(ids[:5], "envelope")  # small: one statement
+    many = await runtime.store.meta(ids)  # large: a reader thread
+    assert set(few) == set(ids[:5]) and set(many) == set(ids)
+    assert all(few[b]["envelope"] == many[b]["envelope"] for b in few)
+    for m in rows[:5]:
+        raw = by_size[m.size]
+        assert await runtime.store.body(m.blob_id, 0, m.size) == raw  # small
+        assert await runtime.store.body(m.blob_id) == raw  # whole, in a thread
+        assert await runtime.store.body(m.blob_id, 7, 7) == b""
+        assert b"".join([p async for p in runtime.store.stream(m.blob_id, 10)]) == raw[10:]
+    assert (await runtime.store.folder(DOC, "INBOX")).uidnext == 21
+
+
+async def test_reads_and_writes_go_on_after_the_server_closed_every_connection(
+    runtime: Runtime,
+) -> None:
+    """PostgreSQL terminates every connection of the store (a restart, a failover): the next
+    small read reconnects its asynchronous connection, the next large read its kept one, and
+    the writer's next transaction gets a live connection from the pool (the closed socket is
+    seen at check-out, with no ping to the server before every transaction)."""
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("a PostgreSQL server is needed")
+    raws = await _fill(runtime, 3)
+    inbox = await runtime.store.folder(DOC, "INBOX")
+    [first, *_] = await runtime.store.messages(inbox.id)
+    assert await runtime.store.body(first.blob_id, 0, first.size) in raws
+    admin = make_engine(runtime.settings.database_url)
+    with admin.connect() as conn:
+        killed = conn.execute(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).scalar_one()
+    admin.dispose()
+    assert killed >= 3  # the writer's, a kept reader's, an asynchronous reader's at least
+    await asyncio.sleep(0.2)  # the sockets see the server's goodbye
+    assert await runtime.store.body(first.blob_id, 0, first.size) in raws
+    assert (await runtime.store.folder(DOC, "INBOX")).uidnext == 4
+    assert [m.uid for m in await runtime.store.messages(inbox.id)] == [1, 2, 3]
+    uids = await runtime.store.deliver(make_message(subject="après"), "dr.martin@demo.mssante.fr", [DOC])
+    assert uids == {DOC: 4}
+
+
+def test_prepare_threshold_reaches_the_driver(pg_server_url: str) -> None:
+    """``database.prepare_threshold`` is psycopg's, on the pool's connections and on those
+    opened beside it; -1 never prepares (PgBouncer in transaction mode)."""
+    assert load_settings(None, database={"prepare_threshold": -1}).database.prepare_threshold == -1
+    for threshold, expected in ((None, None), (-1, None), (0, 0), (5, 5)):
+        engine = make_engine(pg_server_url, prepare_threshold=threshold)
+        try:
+            raw = engine.raw_connection()
+            assert raw.driver_connection.prepare_threshold == expected  # type: ignore[union-attr]
+            raw.close()
+            assert driver_connect_args(engine)[1]["prepare_threshold"] == expected
+        finally:
+            engine.dispose()
+
+
+def test_a_stale_pooled_connection_is_replaced_at_check_out(pg_server_url: str) -> None:
+    """A pooled connection whose server side ended is not handed out: the check-out sees the
+    socket closed and opens another (what the ping before every check-out did, without it)."""
+    engine, other = make_engine(pg_server_url, pool_size=1), make_engine(pg_server_url)
+    try:
+        with engine.connect() as conn:
+            pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        with other.connect() as admin:
+            assert admin.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+        time.sleep(0.2)  # the socket sees the server's goodbye
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_backend_pid()")).scalar_one() != pid
+    finally:
+        engine.dispose()
+        other.dispose()
