@@ -16,6 +16,7 @@ from mssante.db import driver_connect_args, make_engine
 from mssante.runtime import Runtime
 from mssante.store import kept
 from mssante.store.blobs import rows_of
+from tests.conftest import PG_URL
 from tests.helpers import make_message
 
 DOC = "dr.durand@demo.mssante.fr"
@@ -70,6 +71,8 @@ async def test_small_reads_give_what_the_large_ones_give(runtime: Runtime) -> No
     assert (await runtime.store.folder(DOC, "INBOX")).uidnext == 21
 
 
+@pytest.mark.skipif(not PG_URL, reason="a PostgreSQL server is needed (MSSANTE_TEST_PG_URL)")
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 async def test_reads_and_writes_go_on_after_the_server_closed_every_connection(
     runtime: Runtime,
 ) -> None:
@@ -77,8 +80,6 @@ async def test_reads_and_writes_go_on_after_the_server_closed_every_connection(
     small read reconnects its asynchronous connection, the next large read its kept one, and
     the writer's next transaction gets a live connection from the pool (the closed socket is
     seen at check-out, with no ping to the server before every transaction)."""
-    if runtime.engine.dialect.name != "postgresql":
-        pytest.skip("a PostgreSQL server is needed")
     raws = await _fill(runtime, 3)
     inbox = await runtime.store.folder(DOC, "INBOX")
     [first, *_] = await runtime.store.messages(inbox.id)
