@@ -59,6 +59,7 @@ from mssante.config import load_settings
 from mssante.db import make_engine
 from mssante.smtp.dkim import txt_record
 from tests.demo_server import DemoServer, start_demo
+from tests.helpers import operator_env
 
 OP1, OP2 = "demo.mssante.fr", "autre.mssante.fr"
 SENDER = f"claire.martin@{OP1}"
@@ -123,25 +124,6 @@ class Sampler:
             "rss_growth_mib": round((max(values) - self.before) / 1024, 1),
             "rss_after_mib": round((self.series[-1][1] - self.before) / 1024, 1),
         }
-
-
-def operator_env(
-    ca: DevCA, root: Path, domain: str, relay_port: int, routes: dict[str, int]
-) -> dict[str, str]:
-    certs = root / f"pki-{domain}"
-    certs.mkdir(parents=True, exist_ok=True)
-    issued = ca.issue_server(certs, [domain, f"mx.{domain}", "localhost", "127.0.0.1"])
-    return {
-        "MSSANTE_SERVER__DOMAINS": json.dumps([domain]),
-        "MSSANTE_SERVER__HOSTNAME": f"mx.{domain}",
-        "MSSANTE_TLS__CERT_FILE": str(issued.cert_file),
-        "MSSANTE_TLS__KEY_FILE": str(issued.key_file),
-        "MSSANTE_TLS__CA_FILE": str(ca.cert_file),
-        "MSSANTE_SMTP__RELAY_PORT": str(relay_port),
-        "MSSANTE_RELAY__ROUTES": json.dumps({d: f"127.0.0.1:{p}" for d, p in routes.items()}),
-        "MSSANTE_RELAY__POLL_SECONDS": "0.5",
-        "MSSANTE_DKIM__RECORDS_DIR": str(root / "dkim-records"),
-    }
 
 
 def start_operators(root: Path) -> tuple[DemoServer, DemoServer]:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from mssante.auth.devpki import DevCA
 
 
 def make_message(
@@ -24,3 +28,24 @@ def make_message(
         data += line * ((size - len(data)) // len(line) + 1)
         data = data[: size - 2] + b"\r\n"
     return data
+
+
+def operator_env(
+    ca: DevCA, root: Path, domain: str, relay_port: int, routes: dict[str, int]
+) -> dict[str, str]:
+    """The settings of one operator of a two-operator world on this machine: its domain and
+    certificate from ``ca``, its relay port, static routes to the others' relay ports."""
+    certs = root / f"pki-{domain}"
+    certs.mkdir(parents=True, exist_ok=True)
+    issued = ca.issue_server(certs, [domain, f"mx.{domain}", "localhost", "127.0.0.1"])
+    return {
+        "MSSANTE_SERVER__DOMAINS": json.dumps([domain]),
+        "MSSANTE_SERVER__HOSTNAME": f"mx.{domain}",
+        "MSSANTE_TLS__CERT_FILE": str(issued.cert_file),
+        "MSSANTE_TLS__KEY_FILE": str(issued.key_file),
+        "MSSANTE_TLS__CA_FILE": str(ca.cert_file),
+        "MSSANTE_SMTP__RELAY_PORT": str(relay_port),
+        "MSSANTE_RELAY__ROUTES": json.dumps({d: f"127.0.0.1:{p}" for d, p in routes.items()}),
+        "MSSANTE_RELAY__POLL_SECONDS": "0.5",
+        "MSSANTE_DKIM__RECORDS_DIR": str(root / "dkim-records"),
+    }

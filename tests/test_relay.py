@@ -28,11 +28,14 @@ from mssante.config import load_settings
 from mssante.db import make_engine
 from mssante.smtp.dkim import txt_record
 from tests.demo_server import DemoServer, start_demo
+from tests.helpers import operator_env
 from tests.mailbox import StoredMail
 
 OP1, OP2 = "demo.mssante.fr", "autre.mssante.fr"
 FAKE = "scripted.mssante.fr"
 SENDER = f"claire.martin@{OP1}"
+# Temporary failures retried after 1, 1 and 2 seconds (the production schedule is in minutes).
+QUICK_RETRIES = {"MSSANTE_RELAY__RETRY_SCHEDULE": "[1, 1, 2]"}
 
 
 def free_port() -> int:
@@ -111,34 +114,16 @@ class World:
     extra: list[Any] = field(default_factory=list)
 
 
-def operator_env(
-    ca: DevCA, root: Path, domain: str, relay_port: int, routes: dict[str, int]
-) -> dict[str, str]:
-    certs = root / f"pki-{domain}"
-    certs.mkdir(parents=True, exist_ok=True)
-    issued = ca.issue_server(certs, [domain, f"mx.{domain}", "localhost", "127.0.0.1"])
-    return {
-        "MSSANTE_SERVER__DOMAINS": json.dumps([domain]),
-        "MSSANTE_SERVER__HOSTNAME": f"mx.{domain}",
-        "MSSANTE_TLS__CERT_FILE": str(issued.cert_file),
-        "MSSANTE_TLS__KEY_FILE": str(issued.key_file),
-        "MSSANTE_TLS__CA_FILE": str(ca.cert_file),
-        "MSSANTE_SMTP__RELAY_PORT": str(relay_port),
-        "MSSANTE_RELAY__ROUTES": json.dumps({d: f"127.0.0.1:{p}" for d, p in routes.items()}),
-        "MSSANTE_RELAY__RETRY_SCHEDULE": "[1, 1, 2]",
-        "MSSANTE_RELAY__POLL_SECONDS": "0.5",
-        "MSSANTE_DKIM__RECORDS_DIR": str(root / "dkim-records"),
-    }
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("relay")
     ca = DevCA.create(root / "shared-ca", name="test trust space CA")
     p1, p2, fake = free_port(), free_port(), free_port()
     (root / "dkim-records").mkdir()
-    op1 = Operator(OP1, root / "op1", operator_env(ca, root, OP1, p1, {OP2: p2, FAKE: fake}), p1)
-    op2 = Operator(OP2, root / "op2", operator_env(ca, root, OP2, p2, {OP1: p1}), p2)
+    op1 = Operator(
+        OP1, root / "op1", {**operator_env(ca, root, OP1, p1, {OP2: p2, FAKE: fake}), **QUICK_RETRIES}, p1
+    )
+    op2 = Operator(OP2, root / "op2", {**operator_env(ca, root, OP2, p2, {OP1: p1}), **QUICK_RETRIES}, p2)
     for op in (op1, op2):
         op.start()
         whitelist(op.data_dir, OP1, OP2, FAKE)
