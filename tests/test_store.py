@@ -6,6 +6,7 @@ import asyncio
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import event, func, select, update
@@ -17,6 +18,7 @@ from mssante.runtime import Runtime, open_runtime
 from mssante.store.blobs import SEAL_AS_STORED, rewrap_all
 from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
 from mssante.store.types import FolderExists, FolderNotFound, Outbound, QuotaExceeded
+from mssante.store.writer import GroupCommitWriter
 from tests.helpers import make_message
 
 DOC = "dr.durand@demo.mssante.fr"
@@ -167,6 +169,21 @@ async def test_failed_delivery_leaves_no_partial_rows_and_no_orphan_blob(runtime
     assert count(runtime, Blob) == 1
 
 
+async def _hold_writer(writer: GroupCommitWriter) -> tuple[threading.Event, asyncio.Future[Any]]:
+    """Keep the writer busy until the returned event is set, so that what is submitted next
+    waits in its queue and forms the next batch. Returns once the writer runs the holding job
+    (before that, on a busy machine, it could take later jobs into the holding job's batch)."""
+    gate, holding = threading.Event(), threading.Event()
+
+    def hold(session: Session) -> None:
+        holding.set()
+        gate.wait(30)
+
+    held = asyncio.wrap_future(writer.submit(hold))
+    assert await asyncio.to_thread(holding.wait, 30)
+    return gate, held
+
+
 async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runtime) -> None:
     """A batch made only of deliveries runs as one group without a savepoint; when one of them
     is refused (a quota), the transaction is rolled back and each runs again alone: the others
@@ -175,8 +192,7 @@ async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runt
     with Session(runtime.writer_engine) as s, s.begin():
         s.execute(update(MailAccount).where(MailAccount.bal == SECR).values(quota_bytes=100))
     writer = runtime.store.writer
-    gate = threading.Event()
-    held = asyncio.wrap_future(writer.submit(lambda session: gate.wait(30)))
+    gate, held = await _hold_writer(writer)
     deliveries = [
         asyncio.create_task(runtime.store.deliver(make_message(subject=f"ok{i}"), "x@demo.mssante.fr", [DOC]))
         for i in range(3)
@@ -300,8 +316,7 @@ async def test_deliveries_stored_together_never_take_a_collected_blob_id(runtime
     await store.store_flags(inbox.id, [first.uid], "add", ["\\Deleted"], actor=DOC)
     await store.expunge(inbox.id, actor=DOC)
     assert count(runtime, Blob) == 0  # collected
-    gate = threading.Event()
-    held = asyncio.wrap_future(store.writer.submit(lambda session: gate.wait(30)))
+    gate, held = await _hold_writer(store.writer)
     deliveries = [
         asyncio.create_task(store.deliver(make_message(subject=f"ensemble {n}"), "x@demo.mssante.fr", [DOC]))
         for n in ("un", "deux")
