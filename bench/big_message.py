@@ -53,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sqlalchemy.orm import Session
 
 from annuaire import service as annuaire_service
-from bench._common import free_port
+from bench._common import emit, free_port
 from mssante.auth.devpki import DevCA
 from mssante.config import load_settings
 from mssante.db import make_engine
@@ -341,10 +341,7 @@ def main() -> None:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
     result["machine"]["loadavg_after"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-from bench._common import database
+from bench._common import database, emit
 from tests.demo_server import DemoServer, start_demo
 from tests.helpers import make_message
 from tests.pgcluster import PrimaryStandby, missing_tools
@@ -282,10 +282,7 @@ def main() -> None:
         result["idle_cross_node"] = idle_latency(url, args.idle_samples)
     if not args.no_failover:
         result["failover"] = failover_gap(args.clients)
-    text_out = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text_out + "\n")
-    print(text_out)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import os
 import platform
 import re
@@ -49,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sqlalchemy import make_url
 
-from bench._common import client_context, database, loadavg, memory_kib
+from bench._common import client_context, database, emit, loadavg, memory_kib
 from bench._imap_servers import LOGIN, Dovecot, Ours
 from tests.helpers import make_message
 
@@ -366,10 +365,7 @@ def main() -> None:
         )
         result["ratios_ours_vs_dovecot"] = ratios
     result["loadavg_after"] = loadavg()
-    out = json.dumps(result, indent=2)
-    print(out)
-    if args.out:
-        args.out.write_text(out + "\n")
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import imaplib
-import json
 import os
 import platform
 import smtplib
@@ -40,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import emit
 from tests.demo_server import DemoServer, start_demo
 
 Login = Callable[[str, str], tuple[float, float]]  # (login, password) → (handshake s, login s)
@@ -153,10 +153,7 @@ def main() -> None:
         finally:
             demo.stop()
     result["loadavg_after"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

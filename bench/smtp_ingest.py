@@ -74,6 +74,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
+from bench._common import emit
+
 SENDER = "claire.martin@demo.mssante.fr"
 RECIPIENT = "paul.durand@demo.mssante.fr"
 POSTFIX = "/usr/sbin/postfix"
@@ -777,10 +779,7 @@ def main() -> None:
             stop()
         shutil.rmtree(base, ignore_errors=True)
     result["machine"]["loadavg_after"] = os.getloadavg()
-    text = json.dumps(result, indent=2)
-    if args.out:
-        args.out.write_text(text + "\n")
-    print(text)
+    emit(result, args.out)
 
 
 if __name__ == "__main__":
