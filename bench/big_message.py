@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import imaplib
 import json
 import os
@@ -59,7 +58,7 @@ from mssante.config import load_settings
 from mssante.db import make_engine
 from mssante.smtp.dkim import txt_record
 from tests.demo_server import DemoServer, start_demo
-from tests.helpers import operator_env
+from tests.helpers import body_digest, operator_env, rss_kib
 
 OP1, OP2 = "demo.mssante.fr", "autre.mssante.fr"
 SENDER = f"claire.martin@{OP1}"
@@ -82,19 +81,7 @@ def make_message(size: int, label: str, to: str) -> bytes:
     return message
 
 
-def body_digest(message: bytes) -> str:
-    """SHA-256 of what follows the header (the server adds fields on top, never below)."""
-    return hashlib.sha256(message[message.index(b"\r\n\r\n") + 4 :]).hexdigest()
-
-
 # -- the serving processes ---------------------------------------------------------------------
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 class Sampler:

@@ -75,6 +75,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from bench._common import emit
+from tests.helpers import rss_kib
 
 SENDER = "claire.martin@demo.mssante.fr"
 RECIPIENT = "paul.durand@demo.mssante.fr"
@@ -101,16 +102,6 @@ def make_message(size: int, label: str) -> bytes:
 
 
 # -- processes ------------------------------------------------------------------------------
-
-
-def _rss_kib(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0
 
 
 def _cpu_seconds(pids: list[int]) -> float:
@@ -155,7 +146,7 @@ class MemorySampler:
         self._thread.start()
 
     def _sample(self) -> tuple[int, int]:
-        values = [_rss_kib(pid) for pid in self.pids()] or [0]
+        values = [rss_kib(pid) for pid in self.pids()] or [0]
         return sum(values), max(values)
 
     def _run(self) -> None:

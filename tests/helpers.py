@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from email.utils import formatdate, make_msgid
 from pathlib import Path
@@ -49,3 +50,19 @@ def operator_env(
         "MSSANTE_RELAY__POLL_SECONDS": "0.5",
         "MSSANTE_DKIM__RECORDS_DIR": str(root / "dkim-records"),
     }
+
+
+def body_digest(message: bytes) -> str:
+    """SHA-256 of what follows the header (a server adds fields on top, never below)."""
+    return hashlib.sha256(message[message.index(b"\r\n\r\n") + 4 :]).hexdigest()
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (VmRSS), 0 once it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0

@@ -6,7 +6,6 @@ serving process grows by about the message once, not by copies of it."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import imaplib
 import smtplib
 import ssl
@@ -14,7 +13,6 @@ import threading
 import time
 import uuid
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +20,7 @@ import pytest
 from mssante.smtp.relay import send_data
 from tests import test_relay
 from tests.demo_server import DemoServer
+from tests.helpers import body_digest, rss_kib
 from tests.test_relay import OP1, OP2, SENDER, World, queue_of, wait_until
 
 world = test_relay.world  # the two operators of the relay tests (module scope: started once here)
@@ -48,17 +47,6 @@ def big_message(to: str, subject: str, size: int = SIZE) -> bytes:
     block = b"".join(lines)
     body = block * (size // len(block) + 1)
     return head + body[: size - len(head)].rsplit(b"\r\n", 1)[0] + b"\r\n\r\n\r\n"
-
-
-def body_digest(message: bytes) -> str:
-    return hashlib.sha256(message[message.index(b"\r\n\r\n") + 4 :]).hexdigest()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 class PeakRss:
