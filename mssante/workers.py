@@ -93,7 +93,9 @@ class Supervisor:
         if pid == 0:  # the worker
             code = 0
             try:
-                os.close(heard)
+                # The supervisor's ends: this worker's pipe and (after a restart) its siblings'.
+                for fd in (heard, *(pipe for _, pipe in self.children.values())):
+                    os.close(fd)
                 for holder in holders:
                     holder.close()
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
