@@ -20,6 +20,7 @@ compares against).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
@@ -30,6 +31,8 @@ from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
+
+from mssante.store.writeturn import WriteTurn
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,8 @@ class GroupCommitWriter:
         self.max_batch = max_batch if group_commit else 1
         self._after_commit: list[AfterCommit] = [after_commit] if after_commit is not None else []
         self.before_commit = before_commit
+        # SQLite with several worker processes: the write lock passed on without sleeps.
+        self._turn = WriteTurn.for_engine(engine)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self.batches = 0
@@ -108,6 +113,8 @@ class GroupCommitWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
+        if self._turn is not None:
+            self._turn.close()
 
     # -- the writer thread ----------------------------------------------------------------
     def _take_batch(self, first: _Item) -> tuple[list[_Item], bool]:
@@ -163,8 +170,9 @@ class GroupCommitWriter:
         """
         ok: list[tuple[_Item, Any]] = []
         failed: list[tuple[_Item, BaseException]] = []
+        turn = self._turn.held() if self._turn is not None else contextlib.nullcontext()
         try:
-            with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            with turn, Session(self.engine, expire_on_commit=False) as session, session.begin():
                 groups = _groups(running)
                 for group in groups:
                     together: Together | None = getattr(group[0].job, "together", None)
