@@ -41,10 +41,17 @@ T = TypeVar("T")
 
 # ``*_created`` series double every counter for a timestamp Prometheus does not need.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+# What this process shows when it is the whole server. With several workers the primary shows
+# instead the counters of every worker and each one's RESOURCES (``mssante.metrics_workers``).
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+# The process's own resources (memory, CPU, descriptors, garbage collector): one set per worker.
+RESOURCES = CollectorRegistry()
+for _collector in (
+    ProcessCollector(registry=RESOURCES),
+    PlatformCollector(registry=RESOURCES),
+    GCCollector(registry=RESOURCES),
+):
+    REGISTRY.register(_collector)
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 26214400, 52428800)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -130,6 +137,22 @@ DMP_DEPOSITS = Counter(
     "XDM packages received by message, by outcome code (ok, or the ANS error code 900-906)",
     ["code"],
     registry=REGISTRY,
+)
+
+# The metrics that count events: with several workers their values live in files that outlive
+# the worker (``mssante.metrics_workers``), so that a restarted worker's count adds on.
+EVENTS: tuple[Counter | Histogram, ...] = (
+    SMTP_TRANSACTIONS,
+    SMTP_REFUSALS,
+    SMTP_MESSAGE_SIZE,
+    SMTP_ACK_SECONDS,
+    RELAY_DELIVERIES,
+    CONNECTIONS_REFUSED,
+    IMAP_COMMANDS,
+    IMAP_COMMAND_SECONDS,
+    LOGINS,
+    LOGIN_THROTTLES,
+    DMP_DEPOSITS,
 )
 
 
@@ -230,7 +253,8 @@ class _LiveSessions:
         yield imap
 
 
-REGISTRY.register(_LiveSessions())
+SESSIONS = _LiveSessions()  # with several workers: summed over the workers
+REGISTRY.register(SESSIONS)
 
 
 # -- state of the server, read from the database and files when scraped ----------------------
@@ -406,13 +430,19 @@ class ServerState:
 
 
 class _Exposition:
-    """What one scrape shows: the process's metrics, then the runtime's state."""
+    """What one scrape shows: the process's metrics (with several workers, every worker's),
+    then the runtime's state."""
 
     def __init__(self, runtime: Any) -> None:
         self.state = ServerState(runtime)
+        self.processes: Any = REGISTRY
+        if runtime.worker is not None and runtime.worker.count > 1:
+            from mssante.metrics_workers import WorkersCollector
+
+            self.processes = WorkersCollector(runtime)
 
     def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
+        yield from self.processes.collect()
         try:
             yield from self.state.collect()
         except Exception:  # a database hiccup must not hide the process's own metrics
