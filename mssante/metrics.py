@@ -5,6 +5,8 @@ through the one-line functions below (so a protocol module carries a call, never
 definition), and what is a state rather than an event — queue depth, open sessions, the audit
 chain's head, store size, certificate expiry, list ages — is read when Prometheus scrapes, by
 :class:`ServerState`, so it is right even after a restart or when another node did the work.
+With several worker processes, :mod:`mssante.metrics_workers` makes worker 0's scrape show the
+whole server.
 
 Label values are bounded by construction (listener names, result classes, enhanced status
 codes, IMAP command names from the parser's table, SASL mechanism names, DMP error codes,
@@ -255,6 +257,18 @@ class _LiveSessions:
 
 SESSIONS = _LiveSessions()  # with several workers: summed over the workers
 REGISTRY.register(SESSIONS)
+
+
+def workers_up(answered: dict[int, bool]) -> Metric:
+    """With several workers: which ones answered the scrape (``mssante.metrics_workers``)."""
+    up = GaugeMetricFamily(
+        "mssante_worker_up",
+        "1 when the worker process answered this scrape (0: being started again, or stuck)",
+        labels=["worker"],
+    )
+    for index, answer in sorted(answered.items()):
+        up.add_metric([str(index)], 1.0 if answer else 0.0)
+    return up
 
 
 # -- state of the server, read from the database and files when scraped ----------------------

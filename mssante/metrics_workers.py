@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import values
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
@@ -216,17 +216,16 @@ def health(runtime: Runtime) -> list[dict[str, Any]]:
 def _summed(answers: Iterable[dict[str, Any]]) -> Iterator[Metric]:
     """The sessions gauges, added up over the workers."""
     families: dict[str, Metric] = {}
-    totals: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    totals: dict[tuple[str, str, tuple[tuple[str, str], ...]], float] = {}
     for answer in answers:
         for name, documentation, kind, unit, samples in answer["sessions"]:
             families.setdefault(name, Metric(name, documentation, kind, unit))
             for sample, labels, value in samples:
-                key = (sample, tuple(sorted(labels.items())))
-                totals.setdefault(name, {})[key] = totals.get(name, {}).get(key, 0.0) + value
-    for name, family in families.items():
-        for (sample, labels), value in totals.get(name, {}).items():
-            family.add_sample(sample, dict(labels), value)
-        yield family
+                key = (name, sample, tuple(sorted(labels.items())))
+                totals[key] = totals.get(key, 0.0) + value
+    for (name, sample, labels), value in totals.items():
+        families[name].add_sample(sample, dict(labels), value)
+    yield from families.values()
 
 
 def _per_worker(answers: dict[int, dict[str, Any]]) -> Iterator[Metric]:
@@ -253,11 +252,4 @@ class WorkersCollector(Collector):
         live = {index: answer for index, answer in answers.items() if answer is not None}
         yield from _summed(live.values())
         yield from _per_worker(live)
-        up = GaugeMetricFamily(
-            "mssante_worker_up",
-            "1 when the worker answered this scrape (0: starting again, or stuck)",
-            labels=["worker"],
-        )
-        for index, answer in answers.items():
-            up.add_metric([str(index)], 0.0 if answer is None else 1.0)
-        yield up
+        yield metrics.workers_up({index: answer is not None for index, answer in answers.items()})
