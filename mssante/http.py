@@ -180,7 +180,9 @@ def create_app(runtime: Any) -> FastAPI:
     @app.get("/health")
     def health() -> dict[str, Any]:
         """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age, and
-        the age of the lists fetched on a schedule (``stale`` past their configured age)."""
+        the age of the lists fetched on a schedule (``stale`` past their configured age). With
+        several workers, each one and whether it serves: ``degraded`` while one does not (it is
+        being started again, or is stuck)."""
         from sqlalchemy.orm import Session
 
         from annuaire.updates import scheduled_lists, status
@@ -189,7 +191,14 @@ def create_app(runtime: Any) -> FastAPI:
         with Session(runtime.engine) as session:
             queue = queue_stats(session)
         lists = status(runtime.engine, scheduled_lists(runtime.settings))
-        return {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
+        report: dict[str, Any] = {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
+        if runtime.worker is not None and runtime.worker.count > 1:
+            from mssante.metrics_workers import health as workers_health
+
+            report["workers"] = workers_health(runtime)
+            if not all(worker["serving"] for worker in report["workers"]):
+                report["status"] = "degraded"
+        return report
 
     from mssante.lifecycle import add_health_routes
 

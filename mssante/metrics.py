@@ -5,6 +5,8 @@ through the one-line functions below (so a protocol module carries a call, never
 definition), and what is a state rather than an event — queue depth, open sessions, the audit
 chain's head, store size, certificate expiry, list ages — is read when Prometheus scrapes, by
 :class:`ServerState`, so it is right even after a restart or when another node did the work.
+With several worker processes, :mod:`mssante.metrics_workers` makes worker 0's scrape show the
+whole server.
 
 Label values are bounded by construction (listener names, result classes, enhanced status
 codes, IMAP command names from the parser's table, SASL mechanism names, DMP error codes,
@@ -41,10 +43,17 @@ T = TypeVar("T")
 
 # ``*_created`` series double every counter for a timestamp Prometheus does not need.
 disable_created_metrics()  # type: ignore[no-untyped-call]
+# What this process shows when it is the whole server. With several workers the primary shows
+# instead the counters of every worker and each one's RESOURCES (``mssante.metrics_workers``).
 REGISTRY = CollectorRegistry()
-ProcessCollector(registry=REGISTRY)
-PlatformCollector(registry=REGISTRY)
-GCCollector(registry=REGISTRY)
+# The process's own resources (memory, CPU, descriptors, garbage collector): one set per worker.
+RESOURCES = CollectorRegistry()
+for _collector in (
+    ProcessCollector(registry=RESOURCES),
+    PlatformCollector(registry=RESOURCES),
+    GCCollector(registry=RESOURCES),
+):
+    REGISTRY.register(_collector)
 
 _SIZE_BUCKETS = (1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 10485760, 26214400, 52428800)
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -130,6 +139,22 @@ DMP_DEPOSITS = Counter(
     "XDM packages received by message, by outcome code (ok, or the ANS error code 900-906)",
     ["code"],
     registry=REGISTRY,
+)
+
+# The metrics that count events: with several workers their values live in files that outlive
+# the worker (``mssante.metrics_workers``), so that a restarted worker's count adds on.
+EVENTS: tuple[Counter | Histogram, ...] = (
+    SMTP_TRANSACTIONS,
+    SMTP_REFUSALS,
+    SMTP_MESSAGE_SIZE,
+    SMTP_ACK_SECONDS,
+    RELAY_DELIVERIES,
+    CONNECTIONS_REFUSED,
+    IMAP_COMMANDS,
+    IMAP_COMMAND_SECONDS,
+    LOGINS,
+    LOGIN_THROTTLES,
+    DMP_DEPOSITS,
 )
 
 
@@ -230,7 +255,20 @@ class _LiveSessions:
         yield imap
 
 
-REGISTRY.register(_LiveSessions())
+SESSIONS = _LiveSessions()  # with several workers: summed over the workers
+REGISTRY.register(SESSIONS)
+
+
+def workers_up(answered: dict[int, bool]) -> Metric:
+    """With several workers: which ones answered the scrape (``mssante.metrics_workers``)."""
+    up = GaugeMetricFamily(
+        "mssante_worker_up",
+        "1 when the worker process answered this scrape (0: being started again, or stuck)",
+        labels=["worker"],
+    )
+    for index, answer in sorted(answered.items()):
+        up.add_metric([str(index)], 1.0 if answer else 0.0)
+    return up
 
 
 # -- state of the server, read from the database and files when scraped ----------------------
@@ -406,13 +444,19 @@ class ServerState:
 
 
 class _Exposition:
-    """What one scrape shows: the process's metrics, then the runtime's state."""
+    """What one scrape shows: the process's metrics (with several workers, every worker's),
+    then the runtime's state."""
 
     def __init__(self, runtime: Any) -> None:
         self.state = ServerState(runtime)
+        self.processes: Any = REGISTRY
+        if runtime.worker is not None and runtime.worker.count > 1:
+            from mssante.metrics_workers import WorkersCollector
+
+            self.processes = WorkersCollector(runtime)
 
     def collect(self) -> Iterator[Metric]:
-        yield from REGISTRY.collect()
+        yield from self.processes.collect()
         try:
             yield from self.state.collect()
         except Exception:  # a database hiccup must not hide the process's own metrics

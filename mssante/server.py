@@ -143,6 +143,7 @@ def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
     the primary's."""
     from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
+    from mssante.metrics_workers import start_metrics_peer
     from mssante.nodes import start_node_identity
     from mssante.smtp.listeners import start_smtp
     from mssante.smtp.relay import start_relay
@@ -150,7 +151,14 @@ def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
     from mssante.store.siblingfeed import start_sibling_feed
 
     if not primary:
-        return [start_cluster_feed, start_sibling_feed, start_smtp, start_imap, start_relay]
+        return [
+            start_cluster_feed,
+            start_sibling_feed,
+            start_smtp,
+            start_imap,
+            start_relay,
+            start_metrics_peer,
+        ]
     return [
         start_node_identity,
         start_cluster_feed,

@@ -24,6 +24,10 @@ Stopping: SIGTERM or SIGINT to the supervisor is passed to every worker, each st
 server does (drains, commits what it acknowledged), and the supervisor returns once all have.
 A worker that dies on its own is started again; one that dies before it served (a port
 taken, a bad certificate) stops the whole server instead of failing in a loop.
+
+Metrics: the workers count into files the supervisor empties when it starts, so worker 0's
+``/metrics`` shows the whole server's counts, a restarted worker's included
+(:mod:`mssante.metrics_workers`).
 """
 
 from __future__ import annotations
@@ -32,12 +36,15 @@ import contextlib
 import gc
 import logging
 import os
+import shutil
 import signal
 import socket
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from mssante import metrics_workers
 from mssante.config import Settings
 from mssante.runtime import WorkerSlot
 
@@ -79,9 +86,10 @@ def reserve_ports(settings: Settings) -> tuple[Settings, list[socket.socket]]:
 class Supervisor:
     """Forks the workers, passes the stop signals on, starts again a worker that died."""
 
-    def __init__(self, count: int, serve: Callable[[WorkerSlot], None]) -> None:
+    def __init__(self, count: int, serve: Callable[[WorkerSlot], None], metrics_dir: Path) -> None:
         self.count = count
         self.serve = serve
+        self.metrics_dir = metrics_dir
         self.group = str(os.getpid())
         self.children: dict[int, tuple[int, int]] = {}  # pid -> (worker index, its "serving" pipe)
         self.stopping = False
@@ -120,6 +128,7 @@ class Supervisor:
 
     def run(self, holders: list[socket.socket]) -> int:
         """Serve until stopped; the exit status (1 when a worker could not start)."""
+        metrics_workers.share_counters(self.metrics_dir)
         gc.freeze()  # what the supervisor built stays shared with the workers, page for page
         for index in range(self.count):
             self._spawn(index, holders)
@@ -131,6 +140,7 @@ class Supervisor:
             except ChildProcessError:
                 break
             index, heard = self.children.pop(pid)
+            metrics_workers.worker_gone(pid, self.metrics_dir)
             code = os.waitstatus_to_exitcode(status)
             try:
                 served = os.read(heard, 1) == b"1"
@@ -151,11 +161,14 @@ class Supervisor:
                 self._spawn(index, holders)
         for holder in holders:
             holder.close()
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)  # the counts ended with the server
         return 1 if self.failed else 0
 
 
 def run_workers(settings: Settings, serve: Callable[[Settings, WorkerSlot], None]) -> int:
     """Run ``settings.server.workers`` workers, each ``serve(settings, slot)``, until stopped."""
     settings, holders = reserve_ports(settings)
-    supervisor = Supervisor(settings.server.workers, lambda slot: serve(settings, slot))
+    supervisor = Supervisor(
+        settings.server.workers, lambda slot: serve(settings, slot), metrics_workers.directory(settings)
+    )
     return supervisor.run(holders)
