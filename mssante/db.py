@@ -10,7 +10,7 @@ import importlib
 import select
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from mssante.datadir import create_private_db
+from mssante.writeturn import WriteTurn
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -108,6 +109,8 @@ def make_engine(
         def _sqlite_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)
 
+        if writer:
+            WriteTurn.register(engine)  # writers of several processes take turns without sleeps
         return engine
     driver_args: dict[str, Any] = {}
     if make_url(url).get_driver_name() == "psycopg":
@@ -160,6 +163,12 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """A session whose work is committed on success and rolled back on any error."""
-    with Session(engine, expire_on_commit=False) as session, session.begin():
+    """A session whose work is committed on success and rolled back on any error (on a
+    writer engine of SQLite, in its turn among the writers: :mod:`mssante.writeturn`)."""
+    turn = WriteTurn.of(engine)
+    with (
+        turn.held() if turn is not None else nullcontext(),
+        Session(engine, expire_on_commit=False) as session,
+        session.begin(),
+    ):
         yield session

@@ -32,7 +32,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from mssante.store.writeturn import WriteTurn
+from mssante.writeturn import WriteTurn
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class GroupCommitWriter:
         self._after_commit: list[AfterCommit] = [after_commit] if after_commit is not None else []
         self.before_commit = before_commit
         # SQLite with several worker processes: the write lock passed on without sleeps.
-        self._turn = WriteTurn.for_engine(engine)
+        self._turn = WriteTurn.of(engine)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self.batches = 0
@@ -113,8 +113,6 @@ class GroupCommitWriter:
         self._closed = True
         self._queue.put(None)
         self._thread.join()
-        if self._turn is not None:
-            self._turn.close()
 
     # -- the writer thread ----------------------------------------------------------------
     def _take_batch(self, first: _Item) -> tuple[list[_Item], bool]:
