@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from mssante.imap import fetch
+from mssante.imap.snapshots import KEEP_SHAPES
 from mssante.runtime import Runtime
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Client, Running, running_server
@@ -134,6 +135,13 @@ async def test_column_fetch_answers_as_the_reference(
             reference = _expected(numbering, flags, recent, everything)
             assert [row[:3] for row in sizes] == [row[:3] for row in reference]
             assert all(re.fullmatch(r'RFC822\.SIZE \d+ INTERNALDATE "[^"]+"', row[3]) for row in sizes)
+
+        # Item lists kept per snapshot: the first KEEP_SHAPES only (a client asked for five).
+        snapshots = {
+            conn.session.box.entries._snapshot for conn in running.server._connections if conn.session.box
+        }
+        assert snapshots and all(0 < len(kept.lines) <= KEEP_SHAPES for kept in snapshots)
+        assert len(await c.run("FETCH 1:3 (FLAGS FLAGS)")) == 3  # a repeated item: message by message
 
         # C changes a flag (its columns diverge from the snapshot), B hears of it.
         await c.run("UID STORE 3 +FLAGS.SILENT ($New)")

@@ -28,7 +28,7 @@ from mssante.imap.render import (
     internaldate,
     section_range,
 )
-from mssante.imap.snapshots import BLOCK_ROWS
+from mssante.imap.snapshots import BLOCK_ROWS, KEEP_SHAPES
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -198,8 +198,10 @@ def _contiguous_lines(
 
 
 def column_only(items: tuple[FetchItem, ...]) -> bool:
-    """Whether every item is read from the message columns (``UID``, ``FLAGS``, ``MODSEQ``...)."""
-    return all(i.section is None and i.name in _COLUMN_ITEMS for i in items)
+    """Whether every item is read from the message columns (``UID``, ``FLAGS``, ``MODSEQ``...),
+    each once (a line then stays short, however many times a client repeats an item)."""
+    names = {i.name for i in items}
+    return len(names) == len(items) and all(i.section is None and i.name in _COLUMN_ITEMS for i in items)
 
 
 def column_blocks(
@@ -221,24 +223,27 @@ def column_blocks(
     table = box.entries
     uids = box.uids
     snapshot = table.unchanged_snapshot()
+    kept: dict[int, bytes] | None = None  # the snapshot's blocks of these items, by number
     shared = 0  # positions below this are numbered and shown as in the snapshot
     if snapshot is not None:
         rows = snapshot.columns.uid
         if uids is rows or uids[: len(rows)] == rows:
             shared = len(rows)
+        kept = snapshot.lines.get(names)
+        if kept is None and len(snapshot.lines) < KEEP_SHAPES:
+            kept = snapshot.lines[names] = {}
     for start, stop in spans:
         at = start
         while at < stop:
             block = at // BLOCK_ROWS
             end = min(stop, (block + 1) * BLOCK_ROWS)
-            if snapshot is not None and at < shared:
+            if kept is not None and at < shared:
                 whole = min((block + 1) * BLOCK_ROWS, shared)  # the block's rows in the snapshot
                 aligned = at == block * BLOCK_ROWS and whole <= stop
                 if aligned and not table.any_recent(uids[at], uids[whole - 1]):
-                    key = (names, block)
-                    found = snapshot.lines.get(key)
+                    found = kept.get(block)
                     if found is None:
-                        found = snapshot.lines[key] = _rows(table, uids[at:whole], at + 1, names, pattern)
+                        found = kept[block] = _rows(table, uids[at:whole], at + 1, names, pattern)
                     yield found
                     at = whole
                     continue
