@@ -11,12 +11,14 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from mssante.imap.commands.values import FetchItem, Section
-from mssante.imap.mailbox import Entry, MessageTable
+from mssante.imap.mailbox import Entry, MessageTable, SelectedMailbox
 from mssante.imap.render import (
     apply_partial,
     body_structure,
@@ -26,6 +28,7 @@ from mssante.imap.render import (
     internaldate,
     section_range,
 )
+from mssante.imap.snapshots import BLOCK_ROWS, KEEP_SHAPES
 from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
@@ -191,7 +194,102 @@ def _contiguous_lines(
         else:
             found = next(structures)
             values.append([found[uid] for uid in uids])
-    return b"".join([pattern % row for row in zip(*values, strict=True)])
+    return _format(pattern, values, len(uids))
+
+
+def column_only(items: tuple[FetchItem, ...]) -> bool:
+    """Whether every item is read from the message columns (``UID``, ``FLAGS``, ``MODSEQ``...),
+    each once (a line then stays short, however many times a client repeats an item)."""
+    names = {i.name for i in items}
+    return len(names) == len(items) and all(i.section is None and i.name in _COLUMN_ITEMS for i in items)
+
+
+def column_blocks(
+    box: SelectedMailbox, spans: list[tuple[int, int]], items: tuple[FetchItem, ...]
+) -> Iterator[bytes]:
+    """``* n FETCH (...)`` of the messages at ``spans`` (positions in the session's numbering,
+    see :meth:`~mssante.imap.mailbox.SelectedMailbox.spans`) when :func:`column_only`: a block
+    of lines at a time, each rendered with one ``%`` over slices of the columns.
+
+    Issue 20: ``UID FETCH 1:* (FLAGS)`` of 50,000 messages built a (number, UID) pair and a
+    formatted row per message, every time. Blocks of the shared snapshot's rows are rendered
+    once and kept on the snapshot for every session that still shows those rows as the
+    snapshot has them (same numbering, flags and MODSEQs, no ``\\Recent`` among them); the
+    other rows (a session's own flag changes, messages arrived since, \\Recent ones) are
+    rendered for the session.
+    """
+    names = tuple(i.name for i in items)
+    pattern = b"* %d FETCH (" + b" ".join(_PATTERNS[name] for name in names) + b")\r\n"
+    table = box.entries
+    uids = box.uids
+    snapshot = table.unchanged_snapshot()
+    kept: dict[int, bytes] | None = None  # the snapshot's blocks of these items, by number
+    shared = 0  # positions below this are numbered and shown as in the snapshot
+    if snapshot is not None:
+        rows = snapshot.columns.uid
+        if uids is rows or uids[: len(rows)] == rows:
+            shared = len(rows)
+        kept = snapshot.lines.get(names)
+        if kept is None and len(snapshot.lines) < KEEP_SHAPES:
+            kept = snapshot.lines[names] = {}
+    for start, stop in spans:
+        at = start
+        while at < stop:
+            block = at // BLOCK_ROWS
+            end = min(stop, (block + 1) * BLOCK_ROWS)
+            if kept is not None and at < shared:
+                whole = min((block + 1) * BLOCK_ROWS, shared)  # the block's rows in the snapshot
+                aligned = at == block * BLOCK_ROWS and whole <= stop
+                if aligned and not table.any_recent(uids[at], uids[whole - 1]):
+                    found = kept.get(block)
+                    if found is None:
+                        found = kept[block] = _rows(table, uids[at:whole], at + 1, names, pattern)
+                    yield found
+                    at = whole
+                    continue
+                end = min(end, shared)
+            yield _rows(table, uids[at:end], at + 1, names, pattern)
+            at = end
+
+
+def _rows(table: MessageTable, uids: array[int], first: int, names: tuple[str, ...], pattern: bytes) -> bytes:
+    """The lines of consecutive messages numbered from ``first``: from column slices when they
+    are consecutive rows of one column set, else row by row."""
+    count = len(uids)
+    columns, start = table.locate(uids[0])
+    stop = start + count
+    if columns.uid[start:stop] != uids:
+        pairs = list(zip(range(first, first + count), uids, strict=True))
+        return column_lines(table, pairs, tuple(FetchItem(name) for name in names)) or b""
+    values: list[Sequence[Any]] = [range(first, first + count)]
+    for name in names:
+        if name == "UID":
+            values.append(uids)
+        elif name == "FLAGS":
+            indexes = columns.flags[start:stop]
+            if table.any_recent(uids[0], uids[-1]):
+                is_recent = table.is_recent
+                values.append([table.flag_bytes(i, is_recent(u)) for i, u in zip(indexes, uids, strict=True)])
+            else:
+                shown = {i: table.flag_bytes(i) for i in set(indexes)}
+                values.append(list(map(shown.__getitem__, indexes)))
+        elif name == "RFC822.SIZE":
+            values.append(columns.size[start:stop])
+        elif name == "MODSEQ":
+            values.append(columns.modseq[start:stop])
+        else:  # INTERNALDATE
+            values.append([internaldate(datetime.fromtimestamp(d, UTC)) for d in columns.date[start:stop]])
+    return _format(pattern, values, count)
+
+
+def _format(pattern: bytes, values: list[Sequence[Any]], count: int) -> bytes:
+    """``count`` lines of ``pattern``, the i-th filled from the i-th value of each column: one
+    ``%`` over the interleaved columns (the format is parsed in C, no tuple per line)."""
+    width = len(values)
+    flat: list[Any] = [None] * (width * count)
+    for j, column in enumerate(values):
+        flat[j::width] = column
+    return (pattern * count) % tuple(flat)
 
 
 _PATTERNS = {

@@ -41,11 +41,12 @@ class MessageTable:
     """
 
     __slots__ = ("_base", "_base_owned", "_flags_owned", "_gone", "_rendered_sets", "_set_index",
-                 "_sets", "_sets_owned", "_tail", "expunged", "recent", "recent_range", "rendered",
-                 "version")  # fmt: skip
+                 "_sets", "_sets_owned", "_snapshot", "_tail", "expunged", "recent", "recent_range",
+                 "rendered", "version")  # fmt: skip
 
     def __init__(self, snapshot: Snapshot | None = None) -> None:
         snapshot = snapshot or Snapshot(None, Columns(), [], Rendered())
+        self._snapshot = snapshot
         self._base = snapshot.columns  # the snapshot's (shared) until _base_owned
         self._base_owned = self._flags_owned = self._sets_owned = False
         self._tail = Columns()  # messages with a UID above the base's, always private
@@ -217,6 +218,19 @@ class MessageTable:
     def is_recent(self, uid: int) -> bool:
         return uid in self.recent_range or uid in self.recent
 
+    def any_recent(self, low: int, high: int) -> bool:
+        """Whether a UID from ``low`` to ``high`` (inclusive) is \\Recent to this session."""
+        taken = self.recent_range
+        if taken and taken.start <= high and low < taken.stop:
+            return True
+        return any(low <= uid <= high for uid in self.recent)
+
+    def unchanged_snapshot(self) -> Snapshot | None:
+        """The snapshot this table started on, while the rows it shares with it are still the
+        snapshot's (same flags and MODSEQs, none copied away): then what is rendered from the
+        snapshot's rows holds for this session too (its numbering is the caller's to check)."""
+        return self._snapshot if self._base is self._snapshot.columns else None
+
 
 class Entry:
     """What the session knows of one message without reading its content: a view on its row
@@ -383,10 +397,17 @@ class SelectedMailbox:
         Message numbers beyond the mailbox raise ``ValueError`` (a client error, answered BAD);
         UIDs that do not exist are simply absent (RFC 3501 §6.4.8).
         """
+        uids = self.uids
+        return [(i + 1, uids[i]) for start, stop in self.spans(sequence, uid=uid) for i in range(start, stop)]
+
+    def spans(self, sequence: SequenceSet, *, uid: bool) -> list[tuple[int, int]]:
+        """What :meth:`resolve` designates as sorted, disjoint half-open ranges of positions in
+        ``uids`` (message number - 1): ``1:*`` of 50,000 messages is one range, not 50,000
+        pairs (a FETCH of column items renders straight from them)."""
         if sequence.saved:
             # SEARCHRES: the same messages for UID and numbered commands, gone ones dropped.
-            found = ((self.msn(u), u) for u in self.saved)
-            return sorted((n, u) for n, u in found if n is not None)
+            found = sorted(n for n in map(self.msn, self.saved) if n is not None)
+            return _merged([(n - 1, n) for n in found])
         if not self.uids:
             if not uid and any(start is not None or end is not None for start, end in sequence.ranges):
                 raise ValueError("Invalid message sequence number: the mailbox is empty")
@@ -402,7 +423,7 @@ class SelectedMailbox:
                 if high > count:
                     raise ValueError(f"Invalid message sequence number: {high} (mailbox has {count})")
                 spans.append((max(low, 1) - 1, high))
-        return [(i + 1, uids[i]) for start, stop in _merged(spans) for i in range(start, stop)]
+        return _merged(spans)
 
     def first_unseen(self) -> int | None:
         return self.entries.first_without("\\Seen", self.uids)

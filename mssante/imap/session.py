@@ -513,3 +513,10 @@ class Session:
             return self.selected().resolve(sequence, uid=command.uid)
         except ValueError as exc:
             raise Bad(str(exc)) from None
+
+    def spans(self, command: Command, sequence: SequenceSet) -> list[tuple[int, int]]:
+        """As :meth:`resolve`, as ranges of positions (see ``SelectedMailbox.spans``)."""
+        try:
+            return self.selected().spans(sequence, uid=command.uid)
+        except ValueError as exc:
+            raise Bad(str(exc)) from None

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 SnapshotKey = tuple[int, str, int, int]  # folder id, BAL, UIDVALIDITY, HIGHESTMODSEQ
 KEEP_SNAPSHOTS = 4  # released snapshots kept for a quick re-SELECT...
 KEEP_MESSAGES = 100_000  # ...holding at most this many messages together
+BLOCK_ROWS = 4096  # rows per kept block of FETCH lines (about 170 KB for UID and FLAGS)...
+KEEP_SHAPES = 2  # ...for at most this many item lists a snapshot (others: rendered each time)
 
 
 class Columns:
@@ -96,9 +98,16 @@ def split_flags(text: str) -> tuple[str, ...]:
 
 class Snapshot:
     """Read-only columns of a folder and the flag sets they index; never modified once built
-    (sessions copy what they change)."""
+    (sessions copy what they change).
 
-    __slots__ = ("__weakref__", "columns", "key", "rendered", "sets")
+    ``lines`` keeps FETCH responses rendered from these rows alone (``* n FETCH (UID u FLAGS
+    (...))`` for ``UID FETCH 1:* (FLAGS)``), by item names (the first :data:`KEEP_SHAPES`
+    lists asked for, so a client cannot make it grow) then block of :data:`BLOCK_ROWS` rows:
+    they hold for every session whose rows and numbering are still the snapshot's, and die
+    with it (a change to the folder makes a new snapshot, with a new HIGHESTMODSEQ).
+    """
+
+    __slots__ = ("__weakref__", "columns", "key", "lines", "rendered", "sets")
 
     def __init__(
         self, key: SnapshotKey | None, columns: Columns, sets: list[tuple[str, ...]], rendered: Rendered
@@ -107,6 +116,7 @@ class Snapshot:
         self.columns = columns
         self.sets = sets
         self.rendered = rendered
+        self.lines: dict[tuple[str, ...], dict[int, bytes]] = {}
 
     @classmethod
     def from_store(cls, key: SnapshotKey | None, read: MessageColumns, rendered: Rendered) -> Snapshot:

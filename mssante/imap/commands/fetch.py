@@ -10,7 +10,9 @@ from mssante.imap.commands.base import META_BATCH, Bad, No
 from mssante.imap.commands.values import Command, Fetch, FetchItem, SequenceSet
 from mssante.imap.fetch import (
     UnknownEncoding,
+    column_blocks,
     column_lines,
+    column_only,
     has_content,
     message_response,
     meta_part,
@@ -33,10 +35,18 @@ async def cmd_fetch(session: Session, command: Command) -> str:
     # Changes already heard of first (new messages, flags, and which messages are gone), so
     # that a message expunged elsewhere is known as such before its content is looked for.
     await session.sync(allow_expunge=command.uid, with_uid=command.uid)
-    targets = session.resolve(command, args.sequence)
     items = args.items
     if changed_since is not None or any(i.name == "MODSEQ" for i in items):
         session.enable("CONDSTORE")
+    if changed_since is None and column_only(items):
+        # ``UID FETCH 1:* (FLAGS)``: nothing to read, nothing to mark \Seen; rendered a block
+        # at a time from the columns, without a (number, UID) pair per message.
+        if command.uid and not any(i.name == "UID" for i in items):
+            items = (FetchItem("UID"), *items)
+        for lines in column_blocks(box, session.spans(command, args.sequence), items):
+            await session.channel.write(lines)
+        return f"{'UID ' if command.uid else ''}FETCH completed"
+    targets = session.resolve(command, args.sequence)
     if changed_since is not None:
         if vanished:
             await _vanished_earlier(session, args.sequence, changed_since)
