@@ -28,7 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, Text, select
+from sqlalchemy import BigInteger, DateTime, Engine, Integer, String, Text, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -417,10 +417,11 @@ def rechain(session: Session, key: AuditKey, batch: int = 2000) -> dict[str, Any
         old_state = f"records after {tail[0]} were removed (the head was at {head[0]})"
     prev, count, last = GENESIS, 0, 0
     while True:
-        rows = run(
-            session,
-            "SELECT seq, at, actor, bal, action, object, source, outcome, detail FROM audit_log "
-            "WHERE seq > :last ORDER BY seq LIMIT :n",
+        rows = session.execute(  # rows read by column name: not the hot path's driver rows
+            text(
+                "SELECT seq, at, actor, bal, action, object, source, outcome, detail FROM audit_log "
+                "WHERE seq > :last ORDER BY seq LIMIT :n"
+            ),
             {"last": last, "n": batch},
         ).all()
         if not rows:
