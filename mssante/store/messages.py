@@ -33,7 +33,7 @@ from mssante.store.types import (
     split_flags,
     stored_time,
 )
-from mssante.store.writer import Notes
+from mssante.store.writer import Light, Notes
 
 
 class MessageOps(StoreCore):
@@ -110,6 +110,8 @@ class MessageOps(StoreCore):
 
         def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
             changed: list[tuple[int, int, str]] = []  # (message id, uid, new flags)
+            if modified is not None:
+                modified.clear()  # a light job may run twice (see Light)
             # The folder's row lock first (PostgreSQL; SQLite's writer is alone anyway): flags
             # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
             # between, so no change is lost and MODSEQs follow the order of the changes. Under
@@ -180,7 +182,7 @@ class MessageOps(StoreCore):
             )
             return [(uid, split_flags(text), modseq) for _, uid, text in changed], notes
 
-        return await self.writer.run(job)  # type: ignore[no-any-return]
+        return await self.writer.run(Light(job))  # type: ignore[no-any-return]
 
     async def expunge(
         self,
