@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
-from mssante.sqlfast import run
+from mssante.sqlfast import dialect_of, run
 from mssante.store import blobs as blobstore
 from mssante.store.core import (
     INLINE_READ_BYTES,
@@ -34,6 +34,31 @@ from mssante.store.types import (
     stored_time,
 )
 from mssante.store.writer import Light, Notes
+
+# Flag changes of at most this many messages are written in one statement on PostgreSQL.
+_ONE_STATEMENT_MAX = 64
+
+
+def _write_flag_changes(
+    session: Session, folder_id: int, modseq: int, changed: list[tuple[int, int, str]], now: datetime
+) -> None:
+    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ and the change
+    feed's rows in one statement, three round trips in one (a STORE is a third of the mixed
+    IMAP workload's writes). ``changed``: (message id, uid, flags)."""
+    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now}
+    values, feed = [], []
+    for i, (mid, uid, text) in enumerate(changed):
+        params |= {f"id{i}": mid, f"uid{i}": uid, f"fl{i}": text}
+        values.append(f"(CAST(:id{i} AS BIGINT), CAST(:fl{i} AS TEXT))")
+        feed.append(f"(:f, :m, 'flags', :uid{i}, :fl{i}, :at)")
+    run(
+        session,
+        "WITH bumped AS (UPDATE folders SET highestmodseq = :m WHERE id = :f), "
+        "flagged AS (UPDATE messages SET flags = v.flags, modseq = :m "
+        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id) "
+        f"INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) VALUES {', '.join(feed)}",
+        params,
+    )
 
 
 class MessageOps(StoreCore):
@@ -143,31 +168,36 @@ class MessageOps(StoreCore):
                         changed.append((row.id, row.uid, " ".join(new)))
             if not changed:
                 return [], Notes()
-            # Flags and MODSEQ of every changed message in one statement (one round trip on
-            # PostgreSQL, where psycopg pipelines an executemany), then the folder's.
             modseq = int(highest) + 1
-            run(
-                session,
-                "UPDATE messages SET flags = :flags, modseq = :modseq WHERE id = :id",
-                [{"flags": text, "modseq": modseq, "id": mid} for mid, _, text in changed],
-            )
-            run(session, "UPDATE folders SET highestmodseq = :m WHERE id = :f", {"m": modseq, "f": folder_id})
             now = datetime.now(UTC)
+            if dialect_of(session) == "postgresql" and len(changed) <= _ONE_STATEMENT_MAX:
+                _write_flag_changes(session, folder_id, modseq, changed, now)
+            else:
+                run(
+                    session,
+                    "UPDATE messages SET flags = :flags, modseq = :modseq WHERE id = :id",
+                    [{"flags": text, "modseq": modseq, "id": mid} for mid, _, text in changed],
+                )
+                run(
+                    session,
+                    "UPDATE folders SET highestmodseq = :m WHERE id = :f",
+                    {"m": modseq, "f": folder_id},
+                )
+                session.execute(
+                    insert(changes_t),
+                    [
+                        {
+                            "folder_id": folder_id,
+                            "modseq": modseq,
+                            "kind": "flags",
+                            "uid": uid,
+                            "flags": text,
+                            "at": now,
+                        }
+                        for _, uid, text in changed
+                    ],
+                )
             notes = Notes()
-            session.execute(
-                insert(changes_t),
-                [
-                    {
-                        "folder_id": folder_id,
-                        "modseq": modseq,
-                        "kind": "flags",
-                        "uid": uid,
-                        "flags": text,
-                        "at": now,
-                    }
-                    for _, uid, text in changed
-                ],
-            )
             notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for _, uid, text in changed)
             audit.append(
                 session,
