@@ -107,7 +107,7 @@ async def _open_folder(session: Session, bal: str, name: str) -> tuple[FolderInf
             if subscription is not None:
                 subscription.close()
             subscription = hub.subscribe(folder.id)
-        read = await session.store.read(lambda s: read_columns(s, folder.id))
+        read = await session.store.read(lambda s: read_columns(s, folder.id), kept=True)
         return folder, subscription, registry.add(folder, read)
     except BaseException:
         if subscription is not None:
