@@ -210,6 +210,22 @@ def record_fields(r: Any) -> dict[str, Any]:
     }
 
 
+_LOG_FIELDS = (
+    "seq",
+    "at",
+    "actor",
+    "bal",
+    "action",
+    "object",
+    "source",
+    "outcome",
+    "detail",
+    "prev_hash",
+    "hash",
+)
+_MERGED_MAX = 64  # records written with the head's hash in one statement (11 parameters each)
+
+
 def append(
     session: Session, *events: AuditEvent, at: datetime | None = None, key: AuditKey | None = None
 ) -> None:
@@ -245,11 +261,24 @@ def append(
         digest = key.mac(_canonical(seq, when, fields, prev))
         rows.append({"seq": seq, "at": stamp, "prev_hash": prev, "hash": digest, **fields})
         prev = digest
+    if dialect_of(session) == "postgresql" and len(rows) <= _MERGED_MAX:
+        # The records and the head's new hash in one statement: a round trip fewer in every
+        # transaction that records something (most of the writer's).
+        values = ", ".join(
+            "(" + ", ".join(f":{name}{i}" for name in _LOG_FIELDS) + ")" for i in range(len(rows))
+        )
+        params = {f"{name}{i}": row[name] for i, row in enumerate(rows) for name in _LOG_FIELDS}
+        run(
+            session,
+            f"WITH logged AS (INSERT INTO audit_log ({', '.join(_LOG_FIELDS)}) VALUES {values}) "
+            "UPDATE audit_head SET hash = :head_hash WHERE id = 1",
+            {**params, "head_hash": prev},
+        )
+        return
     run(
         session,
-        "INSERT INTO audit_log "
-        "(seq, at, actor, bal, action, object, source, outcome, detail, prev_hash, hash) "
-        "VALUES (:seq, :at, :actor, :bal, :action, :object, :source, :outcome, :detail, :prev_hash, :hash)",
+        f"INSERT INTO audit_log ({', '.join(_LOG_FIELDS)}) "
+        f"VALUES ({', '.join(':' + name for name in _LOG_FIELDS)})",
         rows,
     )
     run(session, "UPDATE audit_head SET hash = :hash WHERE id = 1", {"hash": prev})

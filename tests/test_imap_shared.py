@@ -15,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from mssante import memory
+from mssante.config import Settings
 from mssante.imap.mailbox import MessageTable, SelectedMailbox
 from mssante.imap.session import Session
 from mssante.imap.snapshots import Columns, Rendered, Snapshot
-from mssante.runtime import Runtime
+from mssante.runtime import Runtime, open_runtime
 from mssante.store.types import FolderInfo, MessageRow
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Running, running_server
@@ -231,6 +232,53 @@ async def test_idle_sessions_cost_no_memory_per_message_and_give_it_back(
     assert per_session < 110_000, f"{per_session:.0f} bytes per idle session"
     assert after - before < 0.1 * (idle - before) + 200_000, (before, idle, after)
     assert memory.trim_now() in (0, 1)
+
+
+def _login(running: Running) -> imaplib.IMAP4_SSL:
+    imap = imaplib.IMAP4_SSL("127.0.0.1", running.tls_port, ssl_context=running.tls.client)
+    imap.login("alice", "wonderland")
+    return imap
+
+
+async def test_a_kept_snapshot_is_checked_against_another_workers_changes(
+    settings: Settings, runtime: Runtime, tmp_path: Path
+) -> None:
+    """SELECT of a folder this process holds a snapshot of reads only the folder row: a change
+    another worker (another store: nothing reaches this one's change hub) made since is seen
+    all the same, and so is a folder renamed away and replaced by a new one of the same name."""
+    await runtime.store.ensure_account(BAL)
+    for i in range(3):
+        await runtime.store.deliver(make_message(to=BAL, subject=f"m{i}"), "dr.martin@demo.mssante.fr", [BAL])
+    await runtime.store.create_folder(BAL, "Work")
+    await runtime.store.append(BAL, "Work", make_message(to=BAL, subject="w"), actor=BAL)
+    other = open_runtime(settings)
+    try:
+        async with running_server(runtime.store, tmp_path / "tls") as running:
+            a = await asyncio.to_thread(_login, running)
+            assert (await asyncio.to_thread(a.select, "INBOX"))[1] == [b"3"]
+            assert (await asyncio.to_thread(a.select, "Work"))[1] == [b"1"]
+            assert (await asyncio.to_thread(a.select, "INBOX"))[1] == [b"3"]  # the kept snapshot
+            inbox = await other.store.folder(BAL, "INBOX")
+            await other.store.store_flags(inbox.id, [2], "add", ["\\Flagged"], actor=BAL)
+            await other.store.deliver(make_message(to=BAL, subject="m3"), "dr.martin@demo.mssante.fr", [BAL])
+            b = await asyncio.to_thread(_login, running)
+            for imap in (b, a):
+                assert (await asyncio.to_thread(imap.select, "INBOX"))[1] == [b"4"]
+                flags = (await asyncio.to_thread(imap.fetch, "1:*", "(UID FLAGS)"))[1]
+                assert flags[1] == b"2 (UID 2 FLAGS (\\Flagged))"
+                assert isinstance(flags[3], bytes) and flags[3].startswith(b"4 (UID 4 ")
+            await other.store.rename_folder(BAL, "Work", "Old", actor=BAL)
+            await other.store.create_folder(BAL, "Work")
+            assert (await asyncio.to_thread(b.select, "Work"))[1] == [b"0"]
+            await other.store.append(BAL, "Work", make_message(to=BAL, subject="w2"), actor=BAL)
+            b.untagged_responses.clear()
+            await asyncio.to_thread(b.noop)  # the session follows the new folder's changes
+            assert b.untagged_responses.get("EXISTS") == [b"1"]
+            assert (await asyncio.to_thread(a.select, "Old"))[1] == [b"1"]
+            for imap in (a, b):
+                await asyncio.to_thread(imap.logout)
+    finally:
+        other.close()
 
 
 def test_columns_copy_is_independent() -> None:

@@ -18,7 +18,7 @@ from mssante.runtime import Runtime, open_runtime
 from mssante.store.blobs import SEAL_AS_STORED, rewrap_all
 from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
 from mssante.store.types import FolderExists, FolderNotFound, Outbound, QuotaExceeded
-from mssante.store.writer import GroupCommitWriter
+from mssante.store.writer import GroupCommitWriter, Light
 from tests.helpers import make_message
 
 DOC = "dr.durand@demo.mssante.fr"
@@ -213,6 +213,67 @@ async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runt
     assert isinstance(results.pop(1), QuotaExceeded)
     assert sorted(r[DOC] for r in results if isinstance(r, dict)) == [1, 2, 3]
     assert count(runtime, Message) == 3 and count(runtime, Blob) == 3
+
+
+async def test_light_jobs_share_the_batch_without_savepoints_and_a_failure_stays_its_own(
+    runtime: Runtime,
+) -> None:
+    """Flag changes and audit records of one batch run one after the other with no savepoint
+    each (two round trips per job on PostgreSQL); when one light job fails, the batch runs
+    again with each job alone in its savepoint: the others are applied exactly once."""
+    store, writer = runtime.store, runtime.store.writer
+    for i in range(3):
+        await store.deliver(make_message(subject=f"m{i}"), "x@demo.mssante.fr", [DOC])
+    inbox = await store.folder(DOC, "INBOX")
+    savepoints: list[str] = []
+    event.listen(runtime.writer_engine, "savepoint", lambda conn, name: savepoints.append(name))
+
+    def fail(session: Session) -> None:
+        raise ValueError("refused")
+
+    async def batch(with_failure: bool, flag: str) -> list[Any]:
+        gate, held = await _hold_writer(writer)
+        jobs = [
+            asyncio.create_task(store.store_flags(inbox.id, [uid], "add", [flag], actor=DOC))
+            for uid in (1, 2, 3)
+        ]
+        jobs.append(asyncio.create_task(store.record(audit.AuditEvent(actor=DOC, action="test.light"))))
+        if with_failure:
+            jobs.insert(1, asyncio.ensure_future(writer.run(Light(fail))))
+        while writer._queue.qsize() < len(jobs):
+            await asyncio.sleep(0.01)
+        batches = writer.batches
+        gate.set()
+        await held
+        results = await asyncio.gather(*jobs, return_exceptions=True)
+        assert writer.batches == batches + 1
+        return results
+
+    results = await batch(False, "$One")
+    assert not savepoints
+    assert sorted(m for r in results[:3] for _, _, m in r) == [
+        inbox.highestmodseq + 1,
+        inbox.highestmodseq + 2,
+        inbox.highestmodseq + 3,
+    ]
+    results = await batch(True, "$Two")
+    assert isinstance(results.pop(1), ValueError) and savepoints
+    assert sorted(m for r in results[:3] for _, _, m in r) == [
+        inbox.highestmodseq + 4,
+        inbox.highestmodseq + 5,
+        inbox.highestmodseq + 6,
+    ]
+    assert (await store.folder(DOC, "INBOX")).highestmodseq == inbox.highestmodseq + 6
+    assert [m.flags for m in await store.messages(inbox.id)] == [("$One", "$Two")] * 3
+    with Session(runtime.engine) as s:
+        assert (
+            s.scalar(
+                select(func.count())
+                .select_from(audit.AuditRecord)
+                .where(audit.AuditRecord.action == "test.light")
+            )
+            == 2
+        )
 
 
 async def test_flags_expunge_copy_move_keep_imap_state(runtime: Runtime) -> None:

@@ -393,7 +393,7 @@ class Session:
         # Another node committed (cluster feed): what it did is in the durable feed.
         durable = durable or any(c.kind == REMOTE for c in changes)
         if durable:
-            changes += await self.store.changes_since(box.folder.id, box.modseq)
+            changes += await self.store.changes_since(box.folder.id, box.modseq, recent=True)
             changes.sort(key=lambda c: c.modseq)
         wanted = box.absorb(changes)
         if wanted:

@@ -13,6 +13,11 @@ folder's messages raises its HIGHESTMODSEQ, and a UIDVALIDITY is never given twi
 so an equal key means equal content. Snapshots live while a session uses them, plus the few
 most recently used (a client that logs out and in again does not reread its INBOX), bounded
 in messages so that memory is given back once the sessions are gone.
+
+The registry also remembers the id of each folder it holds a snapshot of, by BAL and name: a
+session selecting it again subscribes to that id's changes *before* reading the folder row,
+so that the one read both validates a kept snapshot and starts the session's view (on
+PostgreSQL one round trip, not two: issue 20's repeated SELECT).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ KEEP_SNAPSHOTS = 4  # released snapshots kept for a quick re-SELECT...
 KEEP_MESSAGES = 100_000  # ...holding at most this many messages together
 BLOCK_ROWS = 4096  # rows per kept block of FETCH lines (about 170 KB for UID and FLAGS)...
 KEEP_SHAPES = 2  # ...for at most this many item lists a snapshot (others: rendered each time)
+KEEP_IDS = 10_000  # folder ids remembered by BAL and name (a few dozen bytes each)
 
 
 class Columns:
@@ -136,6 +142,7 @@ class Snapshots:
             weakref.WeakValueDictionary()
         )
         self._kept: OrderedDict[SnapshotKey, Snapshot] = OrderedDict()
+        self._ids: OrderedDict[tuple[str, str], int] = OrderedDict()
 
     @staticmethod
     def key(folder: FolderInfo) -> SnapshotKey:
@@ -145,7 +152,19 @@ class Snapshots:
         found = self._live.get(self.key(folder))
         if found is not None:
             self._keep(found)
+            self._remember(folder)
         return found
+
+    def folder_id(self, bal: str, name: str) -> int | None:
+        """The id the folder had when this registry last held a snapshot of it (it may have
+        been renamed, deleted or replaced since: the caller checks against the row it reads)."""
+        return self._ids.get((bal, name))
+
+    def _remember(self, folder: FolderInfo) -> None:
+        self._ids[(folder.bal, folder.name)] = folder.id
+        self._ids.move_to_end((folder.bal, folder.name))
+        if len(self._ids) > KEEP_IDS:
+            self._ids.popitem(last=False)
 
     def rendered(self, folder: FolderInfo) -> Rendered:
         """The renderings of the folder's incarnation, shared with any snapshot of it."""
@@ -161,6 +180,7 @@ class Snapshots:
         snapshot = Snapshot.from_store(self.key(folder), read, self.rendered(folder))
         self._live[self.key(folder)] = snapshot
         self._keep(snapshot)
+        self._remember(folder)
         return snapshot
 
     def _keep(self, snapshot: Snapshot) -> None:

@@ -35,7 +35,7 @@ from mssante.store.types import (
     FolderNotFound,
     QuotaExceeded,
 )
-from mssante.store.writer import GroupCommitWriter
+from mssante.store.writer import GroupCommitWriter, Light
 
 accounts_t = cast(Table, MailAccount.__table__)
 folders_t = cast(Table, Folder.__table__)
@@ -301,4 +301,4 @@ class StoreCore:
 
     async def record(self, *events: AuditEvent) -> None:
         """Append audit events through the writer (for actions that change nothing else)."""
-        await self.writer.run(lambda s: audit.append(s, *events))
+        await self.writer.run(Light(lambda s: audit.append(s, *events)))

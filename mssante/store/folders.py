@@ -31,7 +31,7 @@ from mssante.store.types import (
     FolderStatus,
     split_flags,
 )
-from mssante.store.writer import Notes
+from mssante.store.writer import Light, Notes
 
 # FolderInfo's fields, in order, for driver SQL reads.
 _FOLDER_COLUMNS = (
@@ -59,7 +59,7 @@ class FolderOps(StoreCore):
     # -- folders ------------------------------------------------------------------------------
     async def ensure_account(self, bal: str) -> None:
         """Create the BAL's storage and default folders if absent (idempotent)."""
-        await self.writer.run(lambda s: self._ensure_account(s, bal.lower()))
+        await self.writer.run(Light(lambda s: self._ensure_account(s, bal.lower())))
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: blobstore.Reads) -> list[FolderInfo]:
@@ -353,4 +353,4 @@ class FolderOps(StoreCore):
             )
             return int(first)
 
-        return await self.writer.run(job)  # type: ignore[no-any-return]
+        return await self.writer.run(Light(job))  # type: ignore[no-any-return]

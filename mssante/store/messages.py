@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
 from mssante import audit
 from mssante.audit import AuditEvent
+from mssante.sqlfast import dialect_of, run
 from mssante.store import blobs as blobstore
 from mssante.store.core import (
     INLINE_READ_BYTES,
@@ -32,7 +33,32 @@ from mssante.store.types import (
     split_flags,
     stored_time,
 )
-from mssante.store.writer import Notes
+from mssante.store.writer import Light, Notes
+
+# Flag changes of at most this many messages are written in one statement on PostgreSQL.
+_ONE_STATEMENT_MAX = 64
+
+
+def _write_flag_changes(
+    session: Session, folder_id: int, modseq: int, changed: list[tuple[int, int, str]], now: datetime
+) -> None:
+    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ and the change
+    feed's rows in one statement, three round trips in one (a STORE is a third of the mixed
+    IMAP workload's writes). ``changed``: (message id, uid, flags)."""
+    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now}
+    values, feed = [], []
+    for i, (mid, uid, text) in enumerate(changed):
+        params |= {f"id{i}": mid, f"uid{i}": uid, f"fl{i}": text}
+        values.append(f"(CAST(:id{i} AS BIGINT), CAST(:fl{i} AS TEXT))")
+        feed.append(f"(:f, :m, 'flags', :uid{i}, :fl{i}, :at)")
+    run(
+        session,
+        "WITH bumped AS (UPDATE folders SET highestmodseq = :m WHERE id = :f), "
+        "flagged AS (UPDATE messages SET flags = v.flags, modseq = :m "
+        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id) "
+        f"INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) VALUES {', '.join(feed)}",
+        params,
+    )
 
 
 class MessageOps(StoreCore):
@@ -108,11 +134,18 @@ class MessageOps(StoreCore):
         uid_list = sorted(set(uids))
 
         def job(session: Session) -> tuple[list[tuple[int, tuple[str, ...], int]], Notes]:
-            changed: list[tuple[int, str]] = []
+            changed: list[tuple[int, int, str]] = []  # (message id, uid, new flags)
+            if modified is not None:
+                modified.clear()  # a light job may run twice (see Light)
             # The folder's row lock first (PostgreSQL; SQLite's writer is alone anyway): flags
             # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
-            # between, so no change is lost and MODSEQs follow the order of the changes.
-            session.execute(select(folders_t.c.id).where(folders_t.c.id == folder_id).with_for_update())
+            # between, so no change is lost and MODSEQs follow the order of the changes. Under
+            # that lock, the HIGHESTMODSEQ read with it is the one to raise.
+            highest = session.execute(
+                select(folders_t.c.highestmodseq).where(folders_t.c.id == folder_id).with_for_update()
+            ).scalar()
+            if highest is None:
+                return [], Notes()
             for i in range(0, len(uid_list), 500):
                 rows = session.execute(
                     select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
@@ -132,36 +165,40 @@ class MessageOps(StoreCore):
                     else:
                         new = wanted
                     if new != current:
-                        text = " ".join(new)
-                        changed.append((row.uid, text))
-                        session.execute(
-                            update(messages_t).where(messages_t.c.id == row.id).values(flags=text)
-                        )
+                        changed.append((row.id, row.uid, " ".join(new)))
             if not changed:
                 return [], Notes()
-            modseq = self._bump_modseq(session, folder_id)
+            modseq = int(highest) + 1
             now = datetime.now(UTC)
+            if dialect_of(session) == "postgresql" and len(changed) <= _ONE_STATEMENT_MAX:
+                _write_flag_changes(session, folder_id, modseq, changed, now)
+            else:
+                run(
+                    session,
+                    "UPDATE messages SET flags = :flags, modseq = :modseq WHERE id = :id",
+                    [{"flags": text, "modseq": modseq, "id": mid} for mid, _, text in changed],
+                )
+                run(
+                    session,
+                    "UPDATE folders SET highestmodseq = :m WHERE id = :f",
+                    {"m": modseq, "f": folder_id},
+                )
+                session.execute(
+                    insert(changes_t),
+                    [
+                        {
+                            "folder_id": folder_id,
+                            "modseq": modseq,
+                            "kind": "flags",
+                            "uid": uid,
+                            "flags": text,
+                            "at": now,
+                        }
+                        for _, uid, text in changed
+                    ],
+                )
             notes = Notes()
-            session.execute(
-                update(messages_t)
-                .where(messages_t.c.folder_id == folder_id, messages_t.c.uid.in_([u for u, _ in changed]))
-                .values(modseq=modseq)
-            )
-            session.execute(
-                insert(changes_t),
-                [
-                    {
-                        "folder_id": folder_id,
-                        "modseq": modseq,
-                        "kind": "flags",
-                        "uid": uid,
-                        "flags": text,
-                        "at": now,
-                    }
-                    for uid, text in changed
-                ],
-            )
-            notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for uid, text in changed)
+            notes.extend(FolderChange(folder_id, modseq, "flags", uid, text) for _, uid, text in changed)
             audit.append(
                 session,
                 AuditEvent(
@@ -173,9 +210,9 @@ class MessageOps(StoreCore):
                     detail={"mode": mode, "flags": list(wanted), "count": len(changed)},
                 ),
             )
-            return [(uid, split_flags(text), modseq) for uid, text in changed], notes
+            return [(uid, split_flags(text), modseq) for _, uid, text in changed], notes
 
-        return await self.writer.run(job)  # type: ignore[no-any-return]
+        return await self.writer.run(Light(job))  # type: ignore[no-any-return]
 
     async def expunge(
         self,
@@ -346,16 +383,22 @@ class MessageOps(StoreCore):
 
         return await self.writer.run(job)  # type: ignore[no-any-return]
 
-    async def changes_since(self, folder_id: int, modseq: int) -> list[FolderChange]:
-        """Durable changes of a folder after ``modseq`` (what a session missed, or another node did)."""
+    async def changes_since(self, folder_id: int, modseq: int, *, recent: bool = False) -> list[FolderChange]:
+        """Durable changes of a folder after ``modseq`` (what a session missed, or another node did).
+
+        ``recent``: ``modseq`` is the caller's up-to-date view (NOOP, a poke from another
+        node), so the answer is a few rows: read as a small statement, on PostgreSQL on the
+        loop's asynchronous connection rather than through a reader thread (the hop cost as
+        much as the statement), on SQLite at once."""
+        sql = (
+            "SELECT folder_id, modseq, kind, uid, flags FROM folder_changes "
+            "WHERE folder_id = :f AND modseq > :m ORDER BY id"
+        )
+        params = {"f": folder_id, "m": modseq}
+        if recent:
+            return [FolderChange(*r) for r in await self.rows(sql, params)]
 
         def q(s: blobstore.Reads) -> list[FolderChange]:
-            rows = blobstore.rows_of(
-                s,
-                "SELECT folder_id, modseq, kind, uid, flags FROM folder_changes "
-                "WHERE folder_id = :f AND modseq > :m ORDER BY id",
-                {"f": folder_id, "m": modseq},
-            )
-            return [FolderChange(*r) for r in rows]
+            return [FolderChange(*r) for r in blobstore.rows_of(s, sql, params)]
 
         return await self.read(q, kept=True)  # type: ignore[no-any-return]

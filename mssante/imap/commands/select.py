@@ -12,9 +12,10 @@ from mssante.imap.commands.values import Command, MailboxArg, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_sequence_set
 from mssante.imap.render import compress
-from mssante.imap.snapshots import Snapshot, Snapshots, snapshots
+from mssante.imap.snapshots import Snapshot, snapshots
 from mssante.imap.states import SELECTED
 from mssante.store.columns import read_columns
+from mssante.store.feed import Subscription
 from mssante.store.types import FolderInfo, FolderNotFound
 
 if TYPE_CHECKING:
@@ -38,13 +39,7 @@ async def cmd_select(session: Session, command: Command) -> str:
     # RFC 4314 §4: without any right to change the mailbox it opens read-only.
     readonly = command.name == "EXAMINE" or not (rights.rights & _WRITE_RIGHTS)
     try:
-        folder = await session.store.folder(bal, name)
-        subscription = session.store.hub.subscribe(folder.id)
-        try:
-            snapshot, folder = await _snapshot(session, folder)
-        except BaseException:
-            subscription.close()
-            raise
+        folder, subscription, snapshot = await _open_folder(session, bal, name)
     except FolderNotFound:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     del previous
@@ -89,24 +84,35 @@ async def cmd_select(session: Session, command: Command) -> str:
     return f"[{'READ-ONLY' if readonly else 'READ-WRITE'}] {command.name} completed"
 
 
-async def _snapshot(session: Session, folder: FolderInfo) -> tuple[Snapshot, FolderInfo]:
-    """The folder's messages, shared with the sessions that see it in the same state.
+async def _open_folder(session: Session, bal: str, name: str) -> tuple[FolderInfo, Subscription, Snapshot]:
+    """The folder, a subscription to its changes, and its messages as a shared snapshot.
 
-    Called once subscribed to the folder's changes: a snapshot taken at the folder's
-    HIGHESTMODSEQ is reused only if the folder, read again now, still has it — then every later
-    change reaches this session through the subscription. Otherwise the rows are read (after
-    the subscription, so nothing falls between) and kept for the next sessions."""
+    Whatever the session will see must be read once subscribed, so that every later change
+    reaches it through the subscription. When this process held a snapshot of the folder, its
+    id is known: the session subscribes to it first, then one read of the folder row tells
+    whether that snapshot is still the folder's state (same HIGHESTMODSEQ: no change since it
+    was read). Otherwise (a first SELECT, a changed, renamed or replaced folder) the rows are
+    read after the subscription and kept for the next sessions."""
     registry = snapshots(session.store)
-    found = registry.get(folder)
-    if found is not None:
-        again = await session.store.folder(folder.bal, folder.name)
-        if again.id != folder.id:
-            raise FolderNotFound(f"folder {folder.name!r} was replaced")
-        if Snapshots.key(again) == Snapshots.key(folder):
-            return found, again
-        folder = again
-    read = await session.store.read(lambda s: read_columns(s, folder.id))
-    return registry.add(folder, read), folder
+    hub = session.store.hub
+    known = registry.folder_id(bal, name)
+    subscription = hub.subscribe(known) if known is not None else None
+    try:
+        folder = await session.store.folder(bal, name)
+        found = registry.get(folder) if known == folder.id else None
+        if found is not None:
+            assert subscription is not None
+            return folder, subscription, found
+        if subscription is None or subscription.folder_id != folder.id:
+            if subscription is not None:
+                subscription.close()
+            subscription = hub.subscribe(folder.id)
+        read = await session.store.read(lambda s: read_columns(s, folder.id), kept=True)
+        return folder, subscription, registry.add(folder, read)
+    except BaseException:
+        if subscription is not None:
+            subscription.close()
+        raise
 
 
 @dataclass(frozen=True)
