@@ -113,14 +113,15 @@ def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes | None:
     RFC 5321 §4.5.2) when that changes them, else None: nearly every chunk of a message is
     stored as it came, straight from the buffer, without a copy of its own."""
     bare_lf = buffer.count(b"\n", start, end) != buffer.count(b"\r\n", start, end)
-    stuffed = buffer.startswith(b".", start, end) or buffer.find(b"\n.", start, end) != -1
-    if not bare_lf and not stuffed:
+    first_dot = buffer.startswith(b".", start, end)
+    stuffed = buffer.find(b"\n.", start, end) != -1
+    if not bare_lf and not first_dot and not stuffed:
         return None
-    lines = bytes(memoryview(buffer)[start:end])
+    lines = bytes(memoryview(buffer)[start + int(first_dot) : end])  # the first line's dot left out
     if bare_lf:
         lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if stuffed:
-        lines = (b"\n" + lines).replace(b"\n.", b"\n")[1:]
+        lines = lines.replace(b"\n.", b"\n")
     return lines
 
 
