@@ -108,14 +108,20 @@ def _has_long_line(buffer: bytearray, start: int, end: int) -> bool:
     return False
 
 
-def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes:
-    """The complete lines ``buffer[start:end]`` as stored: each ended by CRLF, dots unstuffed
-    (RFC 5321 §4.5.2). Copies again only what needs it."""
-    lines = bytes(buffer[start:end])
-    if lines.count(b"\n") != lines.count(b"\r\n"):  # some end with a bare LF
+def normalise_lines(buffer: bytearray, start: int, end: int) -> bytes | None:
+    """The complete lines ``buffer[start:end]`` as stored (each ended by CRLF, dots unstuffed,
+    RFC 5321 §4.5.2) when that changes them, else None: nearly every chunk of a message is
+    stored as it came, straight from the buffer, without a copy of its own."""
+    bare_lf = buffer.count(b"\n", start, end) != buffer.count(b"\r\n", start, end)
+    first_dot = buffer.startswith(b".", start, end)
+    stuffed = buffer.find(b"\n.", start, end) != -1
+    if not bare_lf and not first_dot and not stuffed:
+        return None
+    lines = bytes(memoryview(buffer)[start + int(first_dot) : end])  # the first line's dot left out
+    if bare_lf:
         lines = lines.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    if lines.startswith(b".") or b"\n." in lines:
-        lines = (b"\n" + lines).replace(b"\n.", b"\n")[1:]
+    if stuffed:
+        lines = lines.replace(b"\n.", b"\n")
     return lines
 
 
@@ -393,7 +399,8 @@ class MSSanteSMTP(SMTP):
                 if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
                     problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
                 if problem is None and content is not None:
-                    content.extend(normalise_lines(pending, 2, complete))
+                    lines = normalise_lines(pending, 2, complete)
+                    content.extend(memoryview(pending)[2:complete] if lines is None else lines)
                     if self.data_size_limit and len(content) > self.data_size_limit:
                         problem = "552 5.3.4 Message too big"
                 if problem is not None:

@@ -22,7 +22,7 @@ class Received:
     def __len__(self) -> int:
         return len(self.buffer) - self.start
 
-    def extend(self, lines: bytes) -> None:
+    def extend(self, lines: bytes | memoryview) -> None:
         self.buffer += lines
 
     def drop_fields(self, name: str) -> None:

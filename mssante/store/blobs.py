@@ -122,14 +122,16 @@ def seal(
 
 def _store_chunks(session: Session, blobs_by_id: Iterable[tuple[int, SealedBlob]]) -> None:
     """Insert the chunks of blobs, a batch of about 256 KiB per statement (a binary ``COPY`` on
-    PostgreSQL, see :func:`~mssante.sqlfast.insert_many`), sealing large ones as they go."""
+    PostgreSQL, see :func:`~mssante.sqlfast.insert_many`), sealing large ones as they go, a
+    chunk per statement: a large blob's chunks are large rows already, and a batch of them
+    sealed was a quarter of a MiB more in memory while a big message is stored."""
     batch: list[tuple[int, int, bytes]] = []
     size = 0
     for blob_id, blob in blobs_by_id:
         for seq, data in enumerate(blob.chunks()):
             batch.append((blob_id, seq, data))
             size += len(data)
-            if size >= _CHUNK_BATCH_BYTES:
+            if size >= _CHUNK_BATCH_BYTES or blob.sealed is None:
                 insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
                 batch, size = [], 0
     insert_many(session, "blob_chunks", _CHUNK_COLUMNS, batch)
