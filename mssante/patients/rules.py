@@ -42,66 +42,60 @@ def is_patient_bal(bal: DirectoryBal) -> bool:
     return bal.ins is not None or bal.type == PATIENT_BAL_TYPE
 
 
-def _no(french: str, english: str) -> Verdict:
-    return refuse(f"{french} / {english}")
-
-
-def to_patient(address: str) -> Verdict:
-    return _no(
-        f"Les patients ne peuvent pas écrire à un autre patient (<{address}>)",
-        f"Patients may not write to another patient (<{address}>)",
-    )
-
-
-def to_application(address: str) -> Verdict:
-    return _no(
-        f"Les patients ne peuvent pas écrire à une BAL applicative (<{address}>)",
-        f"Patients may not write to an application mailbox (APP BAL) (<{address}>)",
-    )
-
-
-def not_allowed(address: str) -> Verdict:
-    return _no(
+# Every refusal, French then English, by what refuses; ``{address}`` is the recipient's.
+REFUSALS = {
+    "patient": (
+        "Les patients ne peuvent pas écrire à un autre patient (<{address}>)",
+        "Patients may not write to another patient (<{address}>)",
+    ),
+    "application": (
+        "Les patients ne peuvent pas écrire à une BAL applicative (<{address}>)",
+        "Patients may not write to an application mailbox (APP BAL) (<{address}>)",
+    ),
+    "not_allowed": (
         "Les patients ne peuvent écrire qu'à une pharmacie ou répondre à un professionnel qui "
-        f"leur a écrit (<{address}>)",
-        f"Patients may only write to a pharmacy or reply to a professional who wrote to them (<{address}>)",
-    )
+        "leur a écrit (<{address}>)",
+        "Patients may only write to a pharmacy or reply to a professional who wrote to them (<{address}>)",
+    ),
+    "outside": (
+        "Les patients n'écrivent qu'au sein de l'espace de confiance MSSanté (<{address}>)",
+        "Patients may only write within the MSSanté trust space (<{address}>)",
+    ),
+    "never_received": (
+        "Ce message ne répond à aucun message que vous avez reçu de <{address}>",
+        "This message replies to no message you received from <{address}>",
+    ),
+    "closed": (
+        "<{address}> a clos cette conversation (X-MSS-MES: FIN) ; vous ne pouvez plus y répondre",
+        "<{address}> closed this conversation (X-MSS-MES: FIN); it accepts no further reply",
+    ),
+    "other_party": (
+        "Une réponse ne va qu'aux BAL de sa conversation ({shown}), pas à <{address}>",
+        "A reply goes only to the mailbox(es) of its conversation ({shown}), not to <{address}>",
+    ),
+    "no_prescription": (
+        "Un premier message à la pharmacie <{address}> doit joindre l'ordonnance (PDF ou image)",
+        "A first message to the pharmacy <{address}> must attach the prescription (PDF or image)",
+    ),
+}
 
 
-def outside(address: str) -> Verdict:
-    return _no(
-        f"Les patients n'écrivent qu'au sein de l'espace de confiance MSSanté (<{address}>)",
-        f"Patients may only write within the MSSanté trust space (<{address}>)",
-    )
-
-
-def never_received(address: str) -> Verdict:
-    return _no(
-        f"Ce message ne répond à aucun message que vous avez reçu de <{address}>",
-        f"This message replies to no message you received from <{address}>",
-    )
-
-
-def closed(address: str) -> Verdict:
-    return _no(
-        f"<{address}> a clos cette conversation (X-MSS-MES: FIN) ; vous ne pouvez plus y répondre",
-        f"<{address}> closed this conversation (X-MSS-MES: FIN); it accepts no further reply",
-    )
-
-
-def other_party(address: str, parties: Iterable[str]) -> Verdict:
+def refusal(kind: str, address: str, parties: Iterable[str] = ()) -> Verdict:
+    """The ``550 5.7.1`` of :data:`REFUSALS` ``kind`` for ``address`` (``parties``: those of the
+    conversation, for ``other_party``)."""
     shown = ", ".join(f"<{p}>" for p in sorted(parties))
-    return _no(
-        f"Une réponse ne va qu'aux BAL de sa conversation ({shown}), pas à <{address}>",
-        f"A reply goes only to the mailbox(es) of its conversation ({shown}), not to <{address}>",
-    )
+    french, english = REFUSALS[kind]
+    return refuse(f"{french} / {english}".format(address=address, shown=shown))
 
 
-def no_prescription(address: str) -> Verdict:
-    return _no(
-        f"Un premier message à la pharmacie <{address}> doit joindre l'ordonnance (PDF ou image)",
-        f"A first message to the pharmacy <{address}> must attach the prescription (PDF or image)",
-    )
+def by_recipient(address: str, bal: DirectoryBal | None) -> Verdict | None:
+    """What the recipient's BAL alone refuses, at RCPT and again after DATA: another patient,
+    an application."""
+    if bal is not None and is_patient_bal(bal):
+        return refusal("patient", address)
+    if bal is not None and bal.type == APP:
+        return refusal("application", address)
+    return None
 
 
 def carries_prescription(facts: MessageFacts) -> bool:
@@ -122,15 +116,11 @@ class PatientMailRules:
 
     def recipient(self, patient: Identity, sender: DirectoryBal, rcpt: DirectoryBal) -> Verdict | None:
         """RCPT: what the recipient alone decides (another patient, an application)."""
-        if is_patient_bal(rcpt):
-            return to_patient(rcpt.address)
-        if rcpt.type == APP:
-            return to_application(rcpt.address)
-        return None
+        return by_recipient(rcpt.address, rcpt)
 
     def outside(self, patient: Identity, address: str) -> Verdict:
         """RCPT: a domain that is not a whitelisted operator of the trust space."""
-        return outside(address)
+        return refusal("outside", address)
 
     def message(
         self, patient: Identity, sender: DirectoryBal, recipients: tuple[Recipient, ...], facts: MessageFacts
@@ -143,22 +133,21 @@ class PatientMailRules:
         closed_parties = {r.professional_bal for r in received if r.closed}
         for rcpt in recipients:
             bal = self.directory.bal(rcpt.address)
-            if bal is not None and is_patient_bal(bal):
-                return to_patient(rcpt.address)
-            if bal is not None and bal.type == APP:
-                return to_application(rcpt.address)
+            refused = by_recipient(rcpt.address, bal)
+            if refused is not None:
+                return refused
             if rcpt.address in open_parties:
                 continue
             pharmacy = bal is not None and bal.active and bal.is_pharmacy_org
             if pharmacy and carries_prescription(facts):
                 continue
             if rcpt.address in closed_parties:
-                return closed(rcpt.address)
+                return refusal("closed", rcpt.address)
             if pharmacy:
-                return no_prescription(rcpt.address)
+                return refusal("no_prescription", rcpt.address)
             if not refs:
-                return not_allowed(rcpt.address)
+                return refusal("not_allowed", rcpt.address)
             if not received:
-                return never_received(rcpt.address)
-            return other_party(rcpt.address, open_parties | closed_parties)
+                return refusal("never_received", rcpt.address)
+            return refusal("other_party", rcpt.address, open_parties | closed_parties)
         return None
