@@ -24,6 +24,7 @@ from mssante.auth.identity import Identity, IdentityKind
 from mssante.tls import TLSInfo
 from mssante.web import second_factor, security, sessions
 from mssante.web.render import redirect
+from mssante.web.uploads import Upload, read_upload
 
 SPACE_KINDS = {
     "patient": (IdentityKind.PATIENT,),
@@ -89,6 +90,16 @@ async def form(request: Request, user: sessions.WebUser | None, *, uploads: bool
             "Votre session a expiré ou le formulaire n'est plus valable : rechargez la page.", 403
         )
     return data
+
+
+async def form_file(
+    request: Request, user: sessions.WebUser, kinds: tuple[str, ...]
+) -> tuple[FormData, Upload]:
+    """A posted form and its one file (field ``file``, of one of ``kinds``), both checked;
+    :class:`FormRefused` or :class:`~mssante.web.uploads.UploadRefused` otherwise."""
+    data = await form(request, user, uploads=True)
+    upload = await read_upload(data.get("file"), kinds, runtime(request).settings.web.max_upload_bytes)
+    return data, upload
 
 
 def text(data: FormData, name: str, limit: int = 500) -> str:

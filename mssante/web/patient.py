@@ -7,7 +7,6 @@ the SMTP policy through :mod:`mssante.web.submit`); this module renders the answ
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from email.message import EmailMessage
 from email.utils import make_msgid
@@ -25,14 +24,14 @@ from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.mailbox import FOLDERS, PatientMailbox
 from mssante.web.render import PARIS, page, redirect
-from mssante.web.security import new_token, secure
+from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
+from mssante.web.space import Space
 from mssante.web.submit import WebSubmitter
-from mssante.web.uploads import UploadRefused, read_upload
+from mssante.web.uploads import UploadRefused
 
 router = APIRouter(prefix="/patient", include_in_schema=False)
 SPACE = "patient"
-LOGIN = "/patient/connexion"
 PROFILE_LABELS = {
     "contact_urgence": "Contact d'urgence",
     "personne_confiance": "Personne de confiance",
@@ -61,10 +60,6 @@ def _mailbox(request: Request, user: WebUser) -> PatientMailbox:
     return PatientMailbox(common.runtime(request).store, _bal(request, user))
 
 
-async def _user(request: Request) -> WebUser | None:
-    return await common.current(request, SPACE)
-
-
 def _view(request: Request, user: WebUser, template: str, status_code: int = 200, **ctx: Any) -> Response:
     return page(request, template, status_code, user=user, csrf=user.csrf, space=SPACE, **ctx)
 
@@ -81,37 +76,16 @@ def _login_page(request: Request, error: str | None = None, status_code: int = 2
     return common.login_csrf(response, token)
 
 
-# -- login ----------------------------------------------------------------------------------------
-@router.get("/connexion")
-async def login_form(request: Request) -> Response:
-    return _login_page(request)
-
-
-@router.post("/connexion")
-async def login(request: Request) -> Response:
-    try:
-        identity = await common.form_login(request, SPACE)
-    except FormRefused as exc:
-        return _login_page(request, str(exc), exc.status)
-    return await common.start_session(request, redirect("/patient/"), identity, SPACE)
-
-
-@router.post("/deconnexion")
-async def logout(request: Request) -> Response:
-    return await common.logout(
-        request,
-        SPACE,
-        LOGIN,
-        lambda user, exc: _view(request, user, "error.html", exc.status, error=str(exc)),
-    )
+PAGES = Space(SPACE, "/patient/", _view, _login_page)
+PAGES.add_login_routes(router)
 
 
 # -- home -----------------------------------------------------------------------------------------
 @router.get("/")
 async def home(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     mails = await _mailbox(request, user).list("recus")
     service = _dmp(request)
     info = await run_in_threadpool(service.patient, user.identity.id)
@@ -130,13 +104,10 @@ async def home(request: Request) -> Response:
 async def act_for(request: Request) -> Response:
     """A legal representative chooses whose record the DMP pages show (their own, or a minor's
     they represent); the DMP rules check the representation at every action."""
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        data = await common.form(request, user)
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc))
+    posted = await PAGES.posted(request)
+    if isinstance(posted, Response):
+        return posted
+    user, data = posted
     wanted = common.text(data, "ins", 15)
     service = _dmp(request)
     allowed = {p.ins for p in await run_in_threadpool(service.represented, user.identity.id)}
@@ -152,9 +123,9 @@ async def act_for(request: Request) -> Response:
 # -- messages -------------------------------------------------------------------------------------
 @router.get("/messages")
 async def messages(request: Request, dossier: str = "recus") -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     folder = dossier if dossier in FOLDERS else "recus"
     mails = await _mailbox(request, user).list(folder)
     return _view(request, user, "patient/messages.html", mails=mails, folder=folder)
@@ -162,9 +133,9 @@ async def messages(request: Request, dossier: str = "recus") -> Response:
 
 @router.get("/messages/{folder}/{uid}")
 async def message(request: Request, folder: str, uid: int) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     mail = None
     if folder in FOLDERS:
         mail = await _mailbox(request, user).open(
@@ -211,13 +182,10 @@ async def _send(request: Request, user: WebUser, msg: EmailMessage) -> str | Non
 
 @router.post("/messages/recus/{uid}/reponse")
 async def reply(request: Request, uid: int) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        data = await common.form(request, user)
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc))
+    posted = await PAGES.posted(request)
+    if isinstance(posted, Response):
+        return posted
+    user, data = posted
     mailbox = _mailbox(request, user)
     original = await mailbox.open("recus", uid, user.identity.principal, common.source(request))
     if original is None:
@@ -262,24 +230,21 @@ def _pharmacies(request: Request) -> list[tuple[str, str]]:
 
 @router.get("/ordonnance")
 async def prescription_form(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     pharmacies = await run_in_threadpool(_pharmacies, request)
     return _view(request, user, "patient/prescription.html", pharmacies=pharmacies)
 
 
 @router.post("/ordonnance")
 async def prescription(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     pharmacies = await run_in_threadpool(_pharmacies, request)
     try:
-        data = await common.form(request, user, uploads=True)
-        upload = await read_upload(
-            data.get("file"), ("pdf", "jpeg", "png"), common.runtime(request).settings.web.max_upload_bytes
-        )
+        data, upload = await common.form_file(request, user, ("pdf", "jpeg", "png"))
     except (FormRefused, UploadRefused) as exc:
         status = exc.status
         return _view(
@@ -315,9 +280,9 @@ def _day(value: str) -> date | None:
 
 @router.get("/documents")
 async def documents(request: Request, type: str = "", depuis: str = "", jusqu: str = "") -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     since, until = _day(depuis), _day(jusqu)
     try:
@@ -332,7 +297,7 @@ async def documents(request: Request, type: str = "", depuis: str = "", jusqu: s
             )
         )
     except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
+        return PAGES.refused(request, user, exc)
     annuaire = service.annuaire
     authors = {d.author_idnat: _author(annuaire, d.author_idnat, user) for d in docs}
     return _view(
@@ -356,85 +321,28 @@ def _author(annuaire: Annuaire, idnat: str, user: WebUser) -> str:
     return words.author_name(annuaire, idnat)
 
 
-@router.get("/documents/{unique_id}")
-async def document(request: Request, unique_id: str) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
+async def _read(request: Request, user: WebUser, unique_id: str) -> Any:
     service = _dmp(request)
-    try:
-        info, content = await run_in_threadpool(
-            lambda: service.read(user.identity, unique_id, source=common.source(request))
-        )
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    rendered = render_cda(content) if info.format == "CDA_R2" else None
-    response = _view(
+    return await run_in_threadpool(
+        lambda: service.read(user.identity, unique_id, source=common.source(request))
+    )
+
+
+def _document_page(request: Request, user: WebUser, info: Any, content: bytes) -> Response:
+    service = _dmp(request)
+    return _view(
         request,
         user,
         "patient/document.html",
         doc=info,
-        cda=rendered,
+        cda=render_cda(content) if info.format == "CDA_R2" else None,
         author=_author(service.annuaire, info.author_idnat, user),
         types=service.codes.type_codes,
         inline=info.mime_type == "application/pdf",
     )
-    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
-        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
-    return response
 
 
-def download(info: Any, content: bytes) -> Response:
-    """A document only ever leaves as a download, typed by what it is, never rendered."""
-    extension = {"application/pdf": "pdf", "image/jpeg": "jpg", "image/png": "png"}.get(info.mime_type, "xml")
-    kind = info.mime_type if extension != "xml" else "application/xml"
-    response = Response(content, media_type="application/octet-stream" if kind == "application/xml" else kind)
-    response.headers["Content-Disposition"] = (
-        f'attachment; filename="document-{info.sha256[:12]}.{extension}"'
-    )
-    secure(response)
-    response.headers["Content-Security-Policy"] = "default-src 'none'; sandbox"
-    return response
-
-
-def inline_pdf(info: Any, content: bytes) -> Response:
-    """A PDF shown in a frame of our own document page: ``inline``, but under a CSP sandbox
-    (unique origin, no scripts, no forms, no plugins it could reach us with), framable only by
-    our own pages; anything but a PDF is never shown inline."""
-    if info.mime_type != "application/pdf" or not content.startswith(b"%PDF-"):
-        return secure(Response("Aperçu indisponible.", status_code=404, media_type="text/plain"))
-    response = Response(content, media_type="application/pdf")
-    response.headers["Content-Disposition"] = f'inline; filename="document-{info.sha256[:12]}.pdf"'
-    secure(response)
-    response.headers["Content-Security-Policy"] = "sandbox; default-src 'none'; frame-ancestors 'self'"
-    response.headers["X-Frame-Options"] = "SAMEORIGIN"
-    return response
-
-
-async def _document(request: Request, unique_id: str, render: Callable[[Any, bytes], Response]) -> Response:
-    """One document of the logged-in patient, read under the DMP's rules (and traced), then
-    shown by ``render``: inline for the PDF preview, as an attachment for the download."""
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    service = _dmp(request)
-    try:
-        info, content = await run_in_threadpool(
-            lambda: service.read(user.identity, unique_id, source=common.source(request))
-        )
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
-    return render(info, content)
-
-
-@router.get("/documents/{unique_id}/apercu")
-async def document_preview(request: Request, unique_id: str) -> Response:
-    return await _document(request, unique_id, inline_pdf)
-
-
-@router.get("/documents/{unique_id}/telecharger")
-async def document_file(request: Request, unique_id: str) -> Response:
-    return await _document(request, unique_id, download)
+PAGES.add_document_routes(router, _read, _document_page)
 
 
 async def _act(request: Request, user: WebUser, call: Any, back: str, ok: str) -> Response:
@@ -442,18 +350,16 @@ async def _act(request: Request, user: WebUser, call: Any, back: str, ok: str) -
     try:
         data = await common.form(request, user)
         await run_in_threadpool(call, data)
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back=back)
+    except (FormRefused, DMPError) as exc:
+        return PAGES.refused(request, user, exc, back)
     return redirect(back, ok)
 
 
 @router.post("/documents/{unique_id}/{change}")
 async def hide(request: Request, unique_id: str, change: str) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     if change == "supprimer":
         return await _act(
@@ -479,15 +385,12 @@ async def hide(request: Request, unique_id: str, change: str) -> Response:
 
 @router.post("/documents")
 async def deposit(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     try:
-        data = await common.form(request, user, uploads=True)
-        upload = await read_upload(
-            data.get("file"), ("pdf", "jpeg", "png"), common.runtime(request).settings.web.max_upload_bytes
-        )
+        data, upload = await common.form_file(request, user, ("pdf", "jpeg", "png"))
         type_code = common.text(data, "type_code", 32)
         if type_code not in OWN_TYPES:
             raise UploadRefused("Choisissez le type de votre document.")
@@ -500,33 +403,22 @@ async def deposit(request: Request) -> Response:
                 user.identity, user.ins, upload.content, meta, source=common.source(request)
             )
         )
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back="/patient/documents")
-    except UploadRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back="/patient/documents")
-    except DMPError as exc:
-        return _view(
-            request,
-            user,
-            "error.html",
-            exc.http_status,
-            error=words.refusal(str(exc)),
-            back="/patient/documents",
-        )
+    except (FormRefused, UploadRefused, DMPError) as exc:
+        return PAGES.refused(request, user, exc, "/patient/documents")
     return redirect("/patient/documents", "depose")
 
 
 # -- trace ----------------------------------------------------------------------------------------
 @router.get("/acces")
 async def accesses(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     try:
         trace = await run_in_threadpool(service.history, user.identity, user.ins)
     except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)))
+        return PAGES.refused(request, user, exc)
     titles = await run_in_threadpool(service.document_titles, user.ins)
     rows = [_trace_row(service.annuaire, t, titles) for t in reversed(trace)]
     rows = [r for r in rows if r is not None]
@@ -553,9 +445,9 @@ def _trace_row(annuaire: Annuaire, t: Any, titles: dict[str, str]) -> dict[str, 
 # -- professionals --------------------------------------------------------------------------------
 @router.get("/professionnels")
 async def professionals(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     info = await run_in_threadpool(service.patient, user.ins)
     annuaire = service.annuaire
@@ -567,9 +459,9 @@ async def professionals(request: Request) -> Response:
 
 @router.post("/professionnels/{change}")
 async def professionals_change(request: Request, change: str) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service, ins, src = _dmp(request), user.ins, common.source(request)
     back = "/patient/professionnels"
     calls = {
@@ -601,9 +493,9 @@ async def professionals_change(request: Request, change: str) -> Response:
 # -- profile and notifications --------------------------------------------------------------------
 @router.get("/profil")
 async def profile(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     entries = await run_in_threadpool(service.profile, user.identity, user.ins)
     info = await run_in_threadpool(service.patient, user.ins)
@@ -616,9 +508,9 @@ async def profile(request: Request) -> Response:
 
 @router.post("/profil")
 async def profile_save(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service, ins, src = _dmp(request), user.ins, common.source(request)
 
     def save(data: Any) -> None:
@@ -633,9 +525,9 @@ async def profile_save(request: Request) -> Response:
 
 @router.post("/notifications")
 async def notifications(request: Request) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service, ins, src = _dmp(request), user.ins, common.source(request)
     return await _act(
         request,

@@ -9,7 +9,6 @@ patient reads in their history.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import date
 from typing import Any
 
@@ -24,15 +23,15 @@ from mssante.web import common, sessions, words
 from mssante.web.cda import patient_ins as cda_patient
 from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
-from mssante.web.patient import PROFILE_LABELS, download, inline_pdf
+from mssante.web.patient import PROFILE_LABELS
 from mssante.web.render import page, redirect
 from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
-from mssante.web.uploads import UploadRefused, read_upload
+from mssante.web.space import Space
+from mssante.web.uploads import UploadRefused
 
 router = APIRouter(prefix="/pro", include_in_schema=False)
 SPACE = "pro"
-LOGIN = "/pro/connexion"
 
 
 def _dmp(request: Request) -> DMPService:
@@ -41,10 +40,6 @@ def _dmp(request: Request) -> DMPService:
 
 def _emergency(user: WebUser, ins: str) -> str | None:
     return user.emergency.get(ins)
-
-
-async def _user(request: Request) -> WebUser | None:
-    return await common.current(request, SPACE)
 
 
 def _view(request: Request, user: WebUser, template: str, status_code: int = 200, **ctx: Any) -> Response:
@@ -60,37 +55,17 @@ def _login_page(request: Request, error: str | None = None, status_code: int = 2
     return common.login_csrf(response, token)
 
 
-@router.get("/connexion")
-async def login_form(request: Request) -> Response:
-    return _login_page(request)
-
-
-@router.post("/connexion")
-async def login(request: Request) -> Response:
-    try:
-        identity = await common.form_login(request, SPACE)
-    except FormRefused as exc:
-        return _login_page(request, str(exc), exc.status)
-    return await common.start_session(request, redirect("/pro/"), identity, SPACE)
-
-
-@router.post("/deconnexion")
-async def logout(request: Request) -> Response:
-    return await common.logout(
-        request,
-        SPACE,
-        LOGIN,
-        lambda user, exc: _view(request, user, "error.html", exc.status, error=str(exc)),
-    )
+PAGES = Space(SPACE, "/pro/", _view, _login_page)
+PAGES.add_login_routes(router)
 
 
 @router.get("/")
 async def search(
     request: Request, ins: str = "", nom: str = "", prenom: str = "", naissance: str = ""
 ) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     found: list[PatientInfo] = []
     error = None
@@ -134,9 +109,9 @@ async def search(
 
 @router.get("/patients/{ins}")
 async def patient(request: Request, ins: str, type: str = "") -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     reason = _emergency(user, ins)
     error = None
@@ -160,7 +135,7 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
             )
     except DMPError as exc:
         if exc.http_status == 404:
-            return _view(request, user, "error.html", 404, error=words.refusal(str(exc)), back="/pro/")
+            return PAGES.refused(request, user, exc, "/pro/")
         error = words.refusal(str(exc))
     blocked = user.identity.id in info.blocked
     authors = {d.author_idnat: words.author_name(service.annuaire, d.author_idnat) for d in docs}
@@ -185,13 +160,10 @@ async def patient(request: Request, ins: str, type: str = "") -> Response:
 
 @router.post("/patients/{ins}/bris-de-glace")
 async def break_glass(request: Request, ins: str) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        data = await common.form(request, user)
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc))
+    posted = await PAGES.posted(request)
+    if isinstance(posted, Response):
+        return posted
+    user, data = posted
     reason = common.text(data, "reason", 500)
     if len(reason) < 5:
         return _view(
@@ -210,14 +182,7 @@ async def break_glass(request: Request, ins: str) -> Response:
             )
         )
     except DMPError as exc:
-        return _view(
-            request,
-            user,
-            "error.html",
-            exc.http_status,
-            error=words.refusal(str(exc)),
-            back=f"/pro/patients/{ins}",
-        )
+        return PAGES.refused(request, user, exc, f"/pro/patients/{ins}")
     await run_in_threadpool(
         sessions.break_glass, common.runtime(request).writer_engine, user.token_hash, ins, reason
     )
@@ -239,66 +204,29 @@ async def _read(request: Request, user: WebUser, unique_id: str) -> Any:
     )
 
 
-@router.get("/documents/{unique_id}")
-async def document(request: Request, unique_id: str) -> Response:
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
+def _document_page(request: Request, user: WebUser, info: Any, content: bytes) -> Response:
     service = _dmp(request)
-    try:
-        info, content = await _read(request, user, unique_id)
-    except DMPError as exc:
-        return _view(
-            request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
-        )
-    rendered = render_cda(content) if info.format == "CDA_R2" else None
-    author = words.author_name(service.annuaire, info.author_idnat)
-    response = _view(
+    return _view(
         request,
         user,
         "pro/document.html",
         doc=info,
-        cda=rendered,
-        author=author,
+        cda=render_cda(content) if info.format == "CDA_R2" else None,
+        author=words.author_name(service.annuaire, info.author_idnat),
         types=service.codes.type_codes,
         me=user.identity.id,
         inline=info.mime_type == "application/pdf",
     )
-    if info.mime_type == "application/pdf":  # this page alone may frame our own PDF preview
-        response.headers["Content-Security-Policy"] += "; frame-src 'self'"
-    return response
 
 
-async def _document(request: Request, unique_id: str, render: Callable[[Any, bytes], Response]) -> Response:
-    """One document read under the matrix (and traced), then shown by ``render``: inline for
-    the PDF preview, as an attachment for the download."""
-    user = await _user(request)
-    if user is None:
-        return redirect(LOGIN)
-    try:
-        info, content = await _read(request, user, unique_id)
-    except DMPError as exc:
-        return _view(
-            request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back="/pro/"
-        )
-    return render(info, content)
-
-
-@router.get("/documents/{unique_id}/apercu")
-async def document_preview(request: Request, unique_id: str) -> Response:
-    return await _document(request, unique_id, inline_pdf)
-
-
-@router.get("/documents/{unique_id}/telecharger")
-async def document_file(request: Request, unique_id: str) -> Response:
-    return await _document(request, unique_id, download)
+PAGES.add_document_routes(router, _read, _document_page, back="/pro/")
 
 
 @router.post("/documents/{unique_id}/{change}")
 async def manage(request: Request, unique_id: str, change: str) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     ins = await run_in_threadpool(service.patient_of, unique_id)
     back = f"/pro/patients/{ins}" if ins else "/pro/"
@@ -321,10 +249,8 @@ async def manage(request: Request, unique_id: str, change: str) -> Response:
             await run_in_threadpool(lambda: service.delete(user.identity, unique_id, source=src))
         else:
             return _view(request, user, "error.html", 404, error="Action inconnue.")
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back=back)
+    except (FormRefused, DMPError) as exc:
+        return PAGES.refused(request, user, exc, back)
     return redirect(
         back, {"masquer": "masque_ps", "demasquer": "demasque_ps", "supprimer": "supprime"}[change]
     )
@@ -332,16 +258,13 @@ async def manage(request: Request, unique_id: str, change: str) -> Response:
 
 @router.post("/patients/{ins}/documents")
 async def deposit(request: Request, ins: str) -> Response:
-    user = await _user(request)
+    user = await PAGES.user(request)
     if user is None:
-        return redirect(LOGIN)
+        return redirect(PAGES.login)
     service = _dmp(request)
     back = f"/pro/patients/{ins}"
     try:
-        data = await common.form(request, user, uploads=True)
-        upload = await read_upload(
-            data.get("file"), ("pdf", "cda"), common.runtime(request).settings.web.max_upload_bytes
-        )
+        data, upload = await common.form_file(request, user, ("pdf", "cda"))
         type_code = common.text(data, "type_code", 32)
         if type_code not in service.codes.type_codes:
             raise UploadRefused("Choisissez le type du document dans la liste (JDV_J07).")
@@ -355,10 +278,6 @@ async def deposit(request: Request, ins: str) -> Response:
         await run_in_threadpool(
             lambda: service.feed(user.identity, ins, upload.content, meta, source=common.source(request))
         )
-    except FormRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
-    except UploadRefused as exc:
-        return _view(request, user, "error.html", exc.status, error=str(exc), back=back)
-    except DMPError as exc:
-        return _view(request, user, "error.html", exc.http_status, error=words.refusal(str(exc)), back=back)
+    except (FormRefused, UploadRefused, DMPError) as exc:
+        return PAGES.refused(request, user, exc, back)
     return redirect(back, "depose")
