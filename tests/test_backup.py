@@ -23,13 +23,12 @@ from email.utils import formatdate
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from mssante.config import load_settings
 from mssante.runtime import open_runtime
-from tests.conftest import BACKENDS, PG_URL
+from tests.conftest import BACKENDS, _create_pg_database, _drop_pg_database
 from tests.demo_server import DemoServer, start_demo
 
 SENDER = "claire.martin@demo.mssante.fr"
@@ -49,22 +48,6 @@ def mssante(
     )
 
 
-def _pg_database() -> tuple[str, str]:
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"mssante_b_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    return name, make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
-
-
-def _drop(name: str) -> None:
-    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
 @pytest.fixture(params=BACKENDS)
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
@@ -73,14 +56,14 @@ def server(
     if request.param == "sqlite":
         yield request.getfixturevalue("demo"), None
         return
-    name, url = _pg_database()
+    name, url = _create_pg_database()
     env = {"MSSANTE_DATABASE__URL": url, "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "200"}
     demo = start_demo(tmp_path_factory.mktemp("pgdemo") / "data", env)
     try:
         yield demo, url
     finally:
         assert demo.stop() == 0, demo.log()
-        _drop(name)
+        _drop_pg_database(name)
 
 
 class Load:
@@ -181,7 +164,7 @@ def test_a_backup_taken_under_smtp_load_restores_every_acknowledged_message(
 
     restored_url = None
     if db_url is not None:
-        name, restored_url = _pg_database()
+        name, restored_url = _create_pg_database()
     try:
         target = tmp_path / "restored"
         passphrase_env = {"MSSANTE_BACKUP_PASSPHRASE": PASSPHRASE}
@@ -204,7 +187,7 @@ def test_a_backup_taken_under_smtp_load_restores_every_acknowledged_message(
         assert doc["ok"] and doc["opened"] == doc["sampled"] == 10 and doc["messages"] >= len(before)
     finally:
         if db_url is not None:
-            _drop(name)
+            _drop_pg_database(name)
 
 
 def test_backup_refusals(runtime_cli_dir: Path, tmp_path: Path) -> None:
