@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import ssl
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
+import httpx
+
 from mssante.auth.devpki import DevCA
+from tests.demo_server import DemoServer
 
 
 def make_message(
@@ -66,3 +71,22 @@ def rss_kib(pid: int) -> int:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0
+
+
+def web_client(demo: DemoServer) -> httpx.Client:
+    """An HTTP client of the demo server's pages over TLS (the demo CA trusted), whose forms come
+    from the site itself (``Origin``)."""
+    base = f"https://127.0.0.1:{demo.listener('http')['port']}"
+    return httpx.Client(
+        base_url=base,
+        verify=ssl.create_default_context(cafile=demo.ca_cert),
+        headers={"origin": base},
+        timeout=30,
+    )
+
+
+def csrf_of(html: str) -> str:
+    """The CSRF token of a page's form."""
+    found = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert found is not None
+    return found.group(1)

@@ -10,7 +10,6 @@ import email
 import email.policy
 import re
 import socket
-import ssl
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from aiosmtpd.controller import Controller
 from mssante.config import NotifySection
 from mssante.notify import Event, Notifier
 from tests.demo_server import DemoServer, start_demo
+from tests.helpers import csrf_of, web_client
 
 MARTIN, MARIE = "810100000011", "280017512345610"
 PERSONAL = "marie.dupont.perso@example.org"
@@ -94,27 +94,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, relay: tuple[Controller, In
         demo.stop()
 
 
-def _client(demo: DemoServer) -> httpx.Client:
-    base = f"https://127.0.0.1:{demo.listener('http')['port']}"
-    return httpx.Client(
-        base_url=base,
-        verify=ssl.create_default_context(cafile=demo.ca_cert),
-        headers={"origin": base},
-        timeout=30,
-    )
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found.group(1)
-
-
 def _login(demo: DemoServer, space: str, identifier: str, kind: str) -> httpx.Client:
-    client = _client(demo)
+    client = web_client(demo)
     form = client.get(f"/{space}/connexion")
     done = client.post(
-        f"/{space}/connexion", data={"csrf": _csrf(form.text), "token": demo.token(identifier, kind)}
+        f"/{space}/connexion", data={"csrf": csrf_of(form.text), "token": demo.token(identifier, kind)}
     )
     assert done.status_code == 303, done.text
     return client
@@ -129,7 +113,7 @@ def test_notices_reach_the_personal_address_without_medical_content(
     assert 'id="email-off"' not in settings.text  # the relay is configured: no warning
     chosen = marie.post(
         "/patient/notifications",
-        data={"csrf": _csrf(settings.text), "channel": "email", "email": PERSONAL},
+        data={"csrf": csrf_of(settings.text), "channel": "email", "email": PERSONAL},
     )
     assert chosen.status_code == 303
 
@@ -138,7 +122,7 @@ def test_notices_reach_the_personal_address_without_medical_content(
     assert record.status_code == 200
     deposited = martin.post(
         f"/pro/patients/{MARIE}/documents",
-        data={"csrf": _csrf(record.text), "type_code": "11488-4", "title": TITLE},
+        data={"csrf": csrf_of(record.text), "type_code": "11488-4", "title": TITLE},
         files={"file": ("cr.pdf", PDF)},
     )
     assert deposited.status_code == 303, deposited.text

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.demo_server import DemoServer
+from tests.helpers import csrf_of, web_client
 
 MARTIN = "810100000011"
 MARIE = "280017512345610"
@@ -32,29 +33,12 @@ XXE = (
 )
 
 
-def _client(demo: DemoServer) -> httpx.Client:
-    http = demo.listener("http")
-    base = f"https://127.0.0.1:{http['port']}"
-    return httpx.Client(
-        base_url=base,
-        verify=ssl.create_default_context(cafile=demo.ca_cert),
-        headers={"origin": base},
-        timeout=30,
-    )
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf" value="([^"]+)"', html)
-    assert found is not None
-    return found.group(1)
-
-
 @pytest.fixture
 def pro(demo: DemoServer) -> httpx.Client:
     """Dr MARTIN (Marie DUPONT's médecin traitant), logged in with a demo IdP token."""
-    client = _client(demo)
+    client = web_client(demo)
     form = client.get("/pro/connexion")
-    done = client.post("/pro/connexion", data={"csrf": _csrf(form.text), "token": demo.token(MARTIN)})
+    done = client.post("/pro/connexion", data={"csrf": csrf_of(form.text), "token": demo.token(MARTIN)})
     assert done.status_code == 303 and done.headers["location"] == "/pro/"
     return client
 
@@ -64,7 +48,7 @@ def _documents(client: httpx.Client) -> list[str]:
 
 
 def test_headers_cookies_and_csrf(demo: DemoServer) -> None:
-    client = _client(demo)
+    client = web_client(demo)
     page = client.get("/patient/connexion")
     headers = page.headers
     assert "default-src 'none'" in headers["content-security-policy"]
@@ -78,7 +62,7 @@ def test_headers_cookies_and_csrf(demo: DemoServer) -> None:
     for data, origin, status in (
         ({"login": "x", "password": "y"}, None, 403),
         ({"login": "x", "password": "y", "csrf": "forged"}, None, 403),
-        ({"login": "x", "password": "y", "csrf": _csrf(page.text)}, "https://evil.example", 403),
+        ({"login": "x", "password": "y", "csrf": csrf_of(page.text)}, "https://evil.example", 403),
     ):
         headers = {"origin": origin} if origin else {}
         refused = client.post("/patient/connexion", data=data, headers=headers)
@@ -90,16 +74,16 @@ def test_sessions_belong_to_their_space_and_end_at_logout(demo: DemoServer, pro:
     assert pro.get("/patient/documents").headers["location"] == "/patient/connexion"  # not a patient session
     page = pro.get("/pro/")
     assert page.status_code == 200 and "Claire MARTIN" in page.text
-    out = pro.post("/pro/deconnexion", data={"csrf": _csrf(page.text)})
+    out = pro.post("/pro/deconnexion", data={"csrf": csrf_of(page.text)})
     assert out.status_code == 303
-    stale = _client(demo)
+    stale = web_client(demo)
     stale.cookies = pro.cookies
     assert pro.get("/pro/").headers["location"] == "/pro/connexion"
 
 
 def test_hostile_uploads_are_refused_by_content_and_size(pro: httpx.Client) -> None:
     page = pro.get(f"/pro/patients/{MARIE}")
-    csrf, before = _csrf(page.text), _documents(pro)
+    csrf, before = csrf_of(page.text), _documents(pro)
     url = f"/pro/patients/{MARIE}/documents"
     cases = [
         (b"<html><script>alert(1)</script></html>", "cr.pdf", "n'est pas d'un type accepté"),
@@ -125,7 +109,7 @@ def test_a_cda_is_rendered_escaped_and_served_only_as_a_download(pro: httpx.Clie
     before = set(_documents(pro))
     done = pro.post(
         f"/pro/patients/{MARIE}/documents",
-        data={"csrf": _csrf(page.text), "type_code": "11488-4", "title": "CR <i>test</i>"},
+        data={"csrf": csrf_of(page.text), "type_code": "11488-4", "title": "CR <i>test</i>"},
         files={"file": ("cr.xml", CDA_HOSTILE, "application/pdf")},  # the declared type is ignored
     )
     assert done.status_code == 303
@@ -141,18 +125,18 @@ def test_a_cda_is_rendered_escaped_and_served_only_as_a_download(pro: httpx.Clie
     assert "sandbox" in download.headers["content-security-policy"]
     # the author deletes their own document
     page = pro.get(f"/pro/patients/{MARIE}")
-    assert pro.post(f"/pro/documents/{uid}/supprimer", data={"csrf": _csrf(page.text)}).status_code == 303
+    assert pro.post(f"/pro/documents/{uid}/supprimer", data={"csrf": csrf_of(page.text)}).status_code == 303
     assert uid not in _documents(pro)
 
 
 def test_patient_logins_are_throttled(demo: DemoServer) -> None:
-    client = _client(demo)
+    client = web_client(demo)
     said = []
     for _ in range(12):
         form = client.get("/patient/connexion")
         answer = client.post(
             "/patient/connexion",
-            data={"csrf": _csrf(form.text), "login": "inconnu@patient.mssante.fr", "password": "x" * 12,
+            data={"csrf": csrf_of(form.text), "login": "inconnu@patient.mssante.fr", "password": "x" * 12,
                   "code": "123456"},
         )  # fmt: skip
         assert answer.status_code in (401, 429)
@@ -163,13 +147,13 @@ def test_patient_logins_are_throttled(demo: DemoServer) -> None:
 def test_a_patient_logs_in_with_the_identity_providers_token(demo: DemoServer) -> None:
     """The primary login may be an OpenID Connect provider (FranceConnect): its access token,
     checked against the configured patient issuer (the demo IdP here); a professional's is refused."""
-    client = _client(demo)
+    client = web_client(demo)
     form = client.get("/patient/connexion")
-    wrong = client.post("/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(MARTIN)})
+    wrong = client.post("/patient/connexion", data={"csrf": csrf_of(form.text), "token": demo.token(MARTIN)})
     assert wrong.status_code == 403 and "pas celui d&#39;un patient" in wrong.text
     form = client.get("/patient/connexion")
     done = client.post(
-        "/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(MARIE, "patient")}
+        "/patient/connexion", data={"csrf": csrf_of(form.text), "token": demo.token(MARIE, "patient")}
     )
     assert done.status_code == 303 and done.headers["location"] == "/patient/"
     assert "Bonjour Marie DUPONT" in client.get("/patient/").text
@@ -189,16 +173,16 @@ def test_a_closed_conversation_takes_no_reply_and_the_smtp_policy_says_why(demo:
         smtp.starttls(context=ssl.create_default_context(cafile=demo.ca_cert))
         smtp.login(martin["login"], martin["password"])
         smtp.sendmail(martin["address"], [f"{JEAN}@patient.mssante.fr"], message.encode())
-    client = _client(demo)
+    client = web_client(demo)
     form = client.get("/patient/connexion")
-    client.post("/patient/connexion", data={"csrf": _csrf(form.text), "token": demo.token(JEAN, "patient")})
+    client.post("/patient/connexion", data={"csrf": csrf_of(form.text), "token": demo.token(JEAN, "patient")})
     listing = client.get("/patient/messages").text
     uid = re.search(r'href="/patient/messages/recus/(\d+)">Fin de suivi', listing)
     assert uid is not None
     page = client.get(f"/patient/messages/recus/{uid.group(1)}")
     assert "a clos cette conversation" in page.text and "Envoyer la réponse" not in page.text
     forged = client.post(
-        f"/patient/messages/recus/{uid.group(1)}/reponse", data={"csrf": _csrf(page.text), "body": "Merci"}
+        f"/patient/messages/recus/{uid.group(1)}/reponse", data={"csrf": csrf_of(page.text), "body": "Merci"}
     )
     assert forged.status_code == 400
     assert "Envoi refusé" in forged.text and "a clos cette conversation (X-MSS-MES: FIN)" in forged.text
@@ -209,7 +193,7 @@ def test_a_cda_for_another_patient_is_refused(pro: httpx.Client) -> None:
     other = CDA_HOSTILE.replace(MARIE.encode(), JEAN.encode())
     refused = pro.post(
         f"/pro/patients/{MARIE}/documents",
-        data={"csrf": _csrf(page.text), "type_code": "11488-4"},
+        data={"csrf": csrf_of(page.text), "type_code": "11488-4"},
         files={"file": ("cr.xml", other)},
     )
     assert refused.status_code == 400 and f"autre patient (INS {JEAN})" in refused.text
