@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import ssl
+import subprocess
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
@@ -13,6 +16,8 @@ import httpx
 
 from mssante.auth.devpki import DevCA
 from tests.demo_server import DemoServer
+
+NEOMUTT, SCRIPT = shutil.which("neomutt"), shutil.which("script")
 
 
 def make_message(
@@ -90,3 +95,38 @@ def csrf_of(html: str) -> str:
     found = re.search(r'name="csrf" value="([^"]+)"', html)
     assert found is not None
     return found.group(1)
+
+
+def neomutt_pipe(
+    tmp_path: Path, folder: str, ca_file: str, *settings: str, select: str = ""
+) -> tuple[bytes | None, str]:
+    """The message neomutt pipes out (``<pipe-message>``, after the keys ``select``) of the IMAPS
+    ``folder`` it opens, trusting ``ca_file``, with ``settings`` (its login…) added to its
+    configuration; None if it piped nothing, and the end of its screen. neomutt has no headless
+    mode: it runs in the pseudo-terminal of ``script``, driven by keystrokes pushed from its
+    configuration (callers skip when :data:`NEOMUTT` or :data:`SCRIPT` is None)."""
+    assert NEOMUTT is not None and SCRIPT is not None
+    out = tmp_path / "piped.eml"
+    rc = tmp_path / "neomuttrc"
+    rc.write_text(f"""
+set folder = "{folder}"
+{chr(10).join(settings)}
+set spoolfile = "+INBOX"
+set ssl_ca_certificates_file = "{ca_file}"
+set ssl_force_tls = yes
+set certificate_file = "{tmp_path / "certificates"}"
+set header_cache = ""
+set message_cachedir = ""
+set mail_check = 0
+set timeout = 5
+set wait_key = no
+set pipe_decode = no
+push "{select}<pipe-message>cat > {out}<enter><quit>"
+""")
+    done = subprocess.run(
+        [SCRIPT, "-qec", f"{NEOMUTT} -n -F {rc}", "/dev/null"],
+        stdin=subprocess.DEVNULL, capture_output=True, timeout=90,
+        env={**os.environ, "TERM": "xterm", "HOME": str(tmp_path)},
+    )  # fmt: skip
+    screen = done.stdout.decode(errors="replace")[-2000:]
+    return (out.read_bytes() if out.exists() else None), screen

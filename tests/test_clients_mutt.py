@@ -11,7 +11,6 @@ Skipped when the tools are absent (Debian packages ``isync``, ``neomutt``, ``bsd
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -33,6 +32,7 @@ from tests.clients_setup import (
     staff,
 )
 from tests.demo_server import DemoServer
+from tests.helpers import NEOMUTT, SCRIPT, neomutt_pipe
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -41,7 +41,7 @@ def _grants_revoked_after(demo: DemoServer) -> Iterator[None]:
     revoke_grants(demo)
 
 
-MBSYNC, NEOMUTT, SCRIPT = shutil.which("mbsync"), shutil.which("neomutt"), shutil.which("script")
+MBSYNC = shutil.which("mbsync")
 
 
 def _files(folder: Path) -> list[Path]:
@@ -109,32 +109,14 @@ def test_neomutt_plain_login_of_a_one_doctor_secretary_opens_his_inbox(
     secretary = staff(demo, "secretariat", {MARTIN: "lrswite send"})  # her only BAL
     subject = f"Lettre de liaison {uuid.uuid4().hex[:8]}"
     deliver(demo, MARTIN, subject, "Patient vu ce jour, à revoir dans un mois.\n")
-    out = tmp_path / "piped.eml"
-    rc = tmp_path / "neomuttrc"
-    rc.write_text(f"""
-set folder = "imaps://localhost:{demo.port("imaps")}/"
-set imap_user = "{secretary.login}"
-set imap_pass = "{secretary.password}"
-set spoolfile = "+INBOX"
-set ssl_ca_certificates_file = "{demo.ca_cert}"
-set ssl_force_tls = yes
-set certificate_file = "{tmp_path / "certificates"}"
-set header_cache = ""
-set message_cachedir = ""
-set mail_check = 0
-set timeout = 5
-set wait_key = no
-set pipe_decode = no
-set sort = reverse-date-received
-push "<limit>~s '{subject}'<enter><pipe-message>cat > {out}<enter><quit>"
-""")
-    command = f"{NEOMUTT} -n -F {rc}"
-    assert SCRIPT is not None
-    done = subprocess.run(
-        [SCRIPT, "-qec", command, "/dev/null"],
-        stdin=subprocess.DEVNULL, capture_output=True, timeout=90,
-        env={**os.environ, "TERM": "xterm", "HOME": str(tmp_path)},
-    )  # fmt: skip
-    screen = done.stdout.decode(errors="replace")
-    assert out.exists(), f"neomutt did not pipe the message: {screen[-2000:]!r}"
-    assert headers(out.read_bytes())["Subject"] == subject
+    piped, screen = neomutt_pipe(
+        tmp_path,
+        f"imaps://localhost:{demo.port('imaps')}/",
+        demo.ca_cert,
+        f'set imap_user = "{secretary.login}"',
+        f'set imap_pass = "{secretary.password}"',
+        "set sort = reverse-date-received",
+        select=f"<limit>~s '{subject}'<enter>",
+    )
+    assert piped is not None, f"neomutt did not pipe the message: {screen!r}"
+    assert headers(piped)["Subject"] == subject
