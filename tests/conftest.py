@@ -8,6 +8,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -99,6 +100,27 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """One ``mssante serve --demo`` process shared by the end-to-end tests of a run (of a worker)."""
     yield from shared_demo(tmp_path_factory, "demo")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium (:mod:`tests.browser`, which the module using it imports), one per module."""
+    from tests.browser import chromium
+
+    with chromium() as launched:
+        yield launched
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a browser test's screenshots go: ``docs/screenshots/`` when ``MSSANTE_SCREENSHOTS=1``
+    (the README shows them), else a temporary directory."""
+    if os.environ.get("MSSANTE_SCREENSHOTS") == "1":
+        from tests.browser import SHOTS
+
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        return SHOTS
+    return tmp_path_factory.mktemp("screenshots")
 
 
 # Every test connects from 127.0.0.1: the per-address limits (connections, brute-force delays

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import smtplib
 import ssl
 import subprocess
@@ -29,16 +28,9 @@ from typing import Any
 import pyotp
 import pytest
 
+from tests.browser import new_page
 from tests.demo_server import DemoServer, start_demo
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (./dev installs it as root)", allow_module_level=True)
-
-FLAGS = ["--lang=fr-FR", "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 REMOTE = "autre-operateur.mssante.fr"
 DOCTOR = "claire.martin@demo.mssante.fr"
 GRANTEE = "paul.durand@demo.mssante.fr"
@@ -85,30 +77,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
         assert demo.stop() == 0, demo.log()
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("MSSANTE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        return SHOTS
-    return tmp_path_factory.mktemp("screenshots")
-
-
-def _page(browser: Any) -> Any:
-    # The demo CA is unknown to this browser profile: its errors are ignored for this context.
-    context = browser.new_context(
-        ignore_https_errors=True, locale="fr-FR", viewport={"width": 1280, "height": 900}
-    )
-    return context.new_page()
-
-
 def _login(page: Any, server: DemoServer, login: str, code: str | None) -> None:
     page.goto(f"https://127.0.0.1:{server.port('http')}/admin/connexion")
     page.get_by_label("Identifiant").fill(login)
@@ -137,7 +105,7 @@ def test_administrator_handles_a_delegation_and_a_stuck_message(
 ) -> None:
     secret = _staff(server, "admin.dupont", "administrator")
     _queue_a_message(server)
-    page = _page(browser)
+    page = new_page(browser)
 
     _login(page, server, "admin.dupont", None)  # no code: refused, whatever the password
     assert "code à usage unique" in page.get_by_role("alert").inner_text()
@@ -200,7 +168,7 @@ def test_administrator_handles_a_delegation_and_a_stuck_message(
 
 def test_read_only_staff_sees_and_cannot_act(server: DemoServer, browser: Any) -> None:
     secret = _staff(server, "lecture.bernard", "read-only")
-    page = _page(browser)
+    page = new_page(browser)
     _login(page, server, "lecture.bernard", pyotp.TOTP(secret).now())
     page.wait_for_url("**/admin/")
     page.goto(f"https://127.0.0.1:{server.port('http')}/admin/bal/{DOCTOR}")
@@ -215,7 +183,7 @@ def test_read_only_staff_sees_and_cannot_act(server: DemoServer, browser: Any) -
     assert forged.status == 403
     page.context.close()
     # A professional account has no console role, whatever its password.
-    other = _page(browser)
+    other = new_page(browser)
     other.goto(f"https://127.0.0.1:{server.port('http')}/admin/")
     assert other.url.endswith("/admin/connexion")
     other.context.close()
@@ -224,7 +192,7 @@ def test_read_only_staff_sees_and_cannot_act(server: DemoServer, browser: Any) -
 def test_administrator_creates_a_local_bal_that_then_receives_mail(server: DemoServer, browser: Any) -> None:
     secret = _staff(server, "admin.leroy", "administrator")
     durand = server.account(GRANTEE)["idnat"]
-    page = _page(browser)
+    page = new_page(browser)
     _login(page, server, "admin.leroy", pyotp.TOTP(secret).now())
     page.wait_for_url("**/admin/")
     page.goto(f"https://127.0.0.1:{server.port('http')}/admin/bal")

@@ -23,9 +23,7 @@ import email
 import email.policy
 import email.utils
 import imaplib
-import os
 import re
-import shutil
 import smtplib
 import ssl
 import time
@@ -37,30 +35,14 @@ from typing import Any
 import pyotp
 import pytest
 
+from tests.browser import menu, new_page
 from tests.conftest import shared_demo
 from tests.demo_server import DemoServer
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-if not Path(CHROMIUM).exists():
-    pytest.skip("Debian's chromium is not installed (./dev installs it as root)", allow_module_level=True)
-
-FLAGS = [
-    "--lang=fr-FR",
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 DOMAIN = "demo.mssante.fr"
 MARTIN, DURAND, BERNARD = "810100000011", "810100000029", "810100000037"
 MARIE, JEAN = "280017512345610", "175056912378904"
 PHARMACY = f"pharmacie.parc@{DOMAIN}"
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
 PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\n"
 
 
@@ -68,35 +50,6 @@ PDF = b"%PDF-1.4\n1 0 obj<</Type/Catalog>>endobj\ntrailer<</Root 1 0 R>>\n%%EOF\
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
     """This module's own demo server: it counts the patients' messages and documents."""
     yield from shared_demo(tmp_path_factory, "web-demo")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.environ.get("MSSANTE_SCREENSHOTS") == "1":
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        return SHOTS
-    return tmp_path_factory.mktemp("screenshots")
-
-
-def _page(browser: Any) -> Any:
-    # The demo's server certificate is issued by the demo CA, which this browser profile does
-    # not know: its errors are ignored for this context only (loopback, test CA).
-    context = browser.new_context(
-        ignore_https_errors=True, locale="fr-FR", viewport={"width": 1280, "height": 900}
-    )
-    return context.new_page()
-
-
-def _menu(page: Any, name: str) -> None:
-    page.get_by_role("navigation", name="Menu principal").get_by_role("link", name=name, exact=True).click()
 
 
 def _shot(page: Any, shots: Path, name: str) -> None:
@@ -163,7 +116,7 @@ def test_patient_and_professional_in_chromium(
     demo: DemoServer, browser: Any, shots: Path, tmp_path: Path
 ) -> None:
     _doctor_writes(demo)
-    patient = _page(browser)
+    patient = new_page(browser)
     _patient_login(patient, demo, MARIE, shots)
     assert "Bonjour Marie DUPONT" in patient.content()
     # Other test modules of this worker may have written to Marie too: at least this one is unread.
@@ -171,7 +124,7 @@ def test_patient_and_professional_in_chromium(
     _shot(patient, shots, "patient-accueil")
 
     # Messages: read, then reply through the SMTP policy (Dr MARTIN's BAL receives it).
-    _menu(patient, "Messages")
+    menu(patient, "Messages")
     _shot(patient, shots, "patient-messages")
     patient.get_by_role("link", name="Vos résultats d'analyse").click()
     assert "vos résultats sont normaux" in patient.locator(".message-body").inner_text()
@@ -208,12 +161,12 @@ def test_patient_and_professional_in_chromium(
     assert "n'est pas d'un type accepté" in patient.locator("[role=alert]").inner_text()
 
     # Dr DURAND (care team) sees the consultation report before she hides it.
-    durand = _page(browser)
+    durand = new_page(browser)
     _pro_login(durand, demo, f"paul.durand@{DOMAIN}")
     durand.goto(durand.url + f"patients/{MARIE}")
     assert durand.get_by_role("link", name="Compte rendu de consultation", exact=True).count() == 1
 
-    _menu(patient, "Documents")
+    menu(patient, "Documents")
     patient.get_by_role("button", name="Masquer : Compte rendu de consultation").click()
     assert "masqué aux professionnels" in patient.locator("[role=status]").inner_text()
     _shot(patient, shots, "patient-documents")
@@ -226,7 +179,7 @@ def test_patient_and_professional_in_chromium(
     assert durand.get_by_role("link", name="Bilan sanguin", exact=True).count() == 1
 
     # She blocks him: he is refused, and not even offered break-glass.
-    _menu(patient, "Mes professionnels")
+    menu(patient, "Mes professionnels")
     patient.get_by_role("button", name="Bloquer Dr Paul DURAND (médecin)").click()
     assert "ne peut plus accéder" in patient.locator("[role=status]").inner_text()
     _shot(patient, shots, "patient-professionnels")
@@ -235,7 +188,7 @@ def test_patient_and_professional_in_chromium(
     assert durand.get_by_role("button", name="Accéder en urgence").count() == 0
 
     # Her trace names him, in words: his list, then his refused attempt.
-    _menu(patient, "Qui a accédé à mon dossier")
+    menu(patient, "Qui a accédé à mon dossier")
     rows = patient.locator("tbody tr").all_inner_texts()
     durand_rows = [r for r in rows if "Dr Paul DURAND (médecin)" in r]
     assert any("a consulté la liste de vos documents (tentative refusée)" in r for r in durand_rows)
@@ -243,14 +196,14 @@ def test_patient_and_professional_in_chromium(
     assert any("Vous" in r and "avez bloqué un professionnel : Dr Paul DURAND (médecin)" in r for r in rows)
     assert any("avez masqué un document aux professionnels : Compte rendu de consultation" in r for r in rows)
     _shot(patient, shots, "patient-acces")
-    _menu(patient, "Profil et notifications")
+    menu(patient, "Profil et notifications")
     patient.get_by_label("Contact d'urgence").fill("Paul DUPONT, 06 12 34 56 78")
     patient.get_by_role("button", name="Enregistrer le profil").click()
     assert "profil médical est enregistré" in patient.locator("[role=status]").inner_text()
     _shot(patient, shots, "patient-profil")
 
     # She is her son's legal representative: she switches to his record and acts on it.
-    _menu(patient, "Accueil")
+    menu(patient, "Accueil")
     patient.get_by_label("Dossier affiché").select_option(label="Dossier de Léo DUPONT")
     patient.get_by_role("button", name="Afficher ce dossier").click()
     assert "représentant légal" in patient.locator(".acting").inner_text()
@@ -258,12 +211,12 @@ def test_patient_and_professional_in_chromium(
     assert patient.get_by_role("link", name="Bilan sanguin", exact=True).count() == 0
     patient.get_by_role("button", name="Masquer : Historique des vaccinations").click()
     _shot(patient, shots, "patient-representant")
-    _menu(patient, "Qui a accédé à mon dossier")
+    menu(patient, "Qui a accédé à mon dossier")
     assert "Votre représentant légal" in patient.locator("tbody").inner_text()
 
     # Dr MARTIN, médecin traitant, logs in with a Pro Santé Connect-style token: she still
     # sees the hidden document.
-    martin_page = _page(browser)
+    martin_page = new_page(browser)
     martin_page.goto(martin["web"] + "connexion")
     _shot(martin_page, shots, "pro-connexion")
     martin_page.get_by_label("Jeton d'accès").fill(demo.token(MARTIN))
@@ -278,7 +231,7 @@ def test_patient_and_professional_in_chromium(
     _shot(martin_page, shots, "pro-document")
 
     # The pharmacist finds Jean LEROY by his traits; no consent: break-glass with a reason.
-    pharmacy_page = _page(browser)
+    pharmacy_page = new_page(browser)
     _pro_login(pharmacy_page, demo, PHARMACY)
     pharmacy_page.get_by_label("Nom de naissance").fill("leroy")
     pharmacy_page.get_by_label("Prénom").fill("Jean")
@@ -299,9 +252,9 @@ def test_patient_and_professional_in_chromium(
     pharmacy_page.get_by_role("link", name="Historique des vaccinations", exact=True).click()
     assert "Historique des vaccinations" in pharmacy_page.locator("h1").inner_text()
 
-    jean = _page(browser)
+    jean = new_page(browser)
     _patient_login(jean, demo, JEAN)
-    _menu(jean, "Qui a accédé à mon dossier")
+    menu(jean, "Qui a accédé à mon dossier")
     emergency = jean.locator("tr.emergency").all_inner_texts()
     assert emergency and "Sophie BERNARD (pharmacien)" in emergency[0]
     assert "Patient inconscient à l'officine" in emergency[0]

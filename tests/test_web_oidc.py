@@ -23,8 +23,8 @@ import pytest
 from mssante.auth.identity import IdentityKind
 from mssante.auth.testidp import LocalIdP
 from mssante.web.oidc import DEMO_CLIENT, OIDCRefused, verify_id_token
+from tests.browser import menu, new_page
 from tests.demo_server import DemoServer
-from tests.test_web_browser import FLAGS, _menu, _page, browser  # noqa: F401  (shared fixture)
 
 JEAN = "175056912378904"
 ISSUER = "https://127.0.0.1:1/demo-idp"
@@ -42,8 +42,8 @@ def _franceconnect(page: Any, demo: DemoServer, ins: str) -> None:
     page.wait_for_url("**/patient/")
 
 
-def test_franceconnect_demo_login_in_chromium(demo: DemoServer, browser: Any) -> None:  # noqa: F811
-    page = _page(browser)
+def test_franceconnect_demo_login_in_chromium(demo: DemoServer, browser: Any) -> None:
+    page = new_page(browser)
     page.goto(_base(demo) + "/patient/connexion")
     page.get_by_role("link", name="Se connecter avec FranceConnect (démo)").click()
     page.wait_for_url("**/demo-idp/authorize?**")
@@ -52,13 +52,13 @@ def test_franceconnect_demo_login_in_chromium(demo: DemoServer, browser: Any) ->
     page.get_by_role("button", name="Continuer sous cette identité").click()
     page.wait_for_url("**/patient/")  # no TOTP asked: the provider did its own second factor
     assert "Jean" in page.locator("main").inner_text()
-    _menu(page, "Documents")
+    menu(page, "Documents")
     assert page.locator('a[href^="/patient/documents/"]').count() >= 1
     page.context.close()
 
 
-def test_a_forged_state_is_refused_in_chromium(demo: DemoServer, browser: Any) -> None:  # noqa: F811
-    page = _page(browser)
+def test_a_forged_state_is_refused_in_chromium(demo: DemoServer, browser: Any) -> None:
+    page = new_page(browser)
     page.goto(_base(demo) + "/patient/oidc/connexion")
     page.wait_for_url("**/demo-idp/authorize?**")  # the request is under way (cookie set)
     response = page.goto(_base(demo) + "/patient/oidc/retour?code=anything&state=forg%C3%A9")
@@ -148,12 +148,12 @@ def test_code_is_single_use_and_bound_to_pkce(demo: DemoServer) -> None:
     assert back.status_code == 400 and "a refusé l'échange du code" in html.unescape(back.text)
 
 
-def test_a_pdf_is_shown_in_a_sandboxed_frame(demo: DemoServer, browser: Any) -> None:  # noqa: F811
-    page = _page(browser)
+def test_a_pdf_is_shown_in_a_sandboxed_frame(demo: DemoServer, browser: Any) -> None:
+    page = new_page(browser)
     refused: list[str] = []
     page.on("console", lambda msg: refused.append(msg.text) if "Refused" in msg.text else None)
     _franceconnect(page, demo, JEAN)
-    _menu(page, "Documents")
+    menu(page, "Documents")
     with page.expect_response(re.compile(r"/apercu$")) as preview:
         page.get_by_role("link", name="Ordonnance de sortie").first.click()
     frame = page.locator("iframe#apercu")
