@@ -117,6 +117,23 @@ class ServiceCore:
             ).first()
         return found
 
+    def patient_of(self, unique_id: str) -> str | None:
+        """The INS of the record a document belongs to (no content, no decision: a routing aid)."""
+        with Session(self.engine) as s:
+            found: str | None = s.scalars(
+                select(Patient.ins)
+                .join(Document, Document.patient_id == Patient.id)
+                .where(Document.unique_id == unique_id)
+            ).first()
+        return found
+
+    def _patient_of_document(self, unique_id: str) -> str:
+        """:meth:`patient_of`, or :class:`NotFound` for a document the DMP does not hold."""
+        ins = self.patient_of(unique_id)
+        if ins is None:
+            raise NotFound(f"no document {unique_id} in the DMP")
+        return ins
+
     def patient_bal(self, ins: str) -> str:
         return f"{ins}@{self.settings.server.patient_domain}"
 

@@ -4,15 +4,13 @@ from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from dmp import rules
 from dmp.core import ServiceCore
 from dmp.models import (
     Document,
-    Patient,
 )
-from dmp.types import E_NOT_AUTHOR, E_VERSION, DMPError, DocumentInfo, NotFound, _now
+from dmp.types import E_NOT_AUTHOR, E_VERSION, DMPError, DocumentInfo, _now
 from mssante.auth.identity import Identity
 
 
@@ -30,14 +28,7 @@ class Managing(ServiceCore):
     ) -> DocumentInfo:
         """Change a document; ``structures`` not None means a replace/delete rule (author or the
         author's organisation, 900/901), None the author-only rule of masking."""
-        with Session(self.engine) as s:
-            ins = s.scalars(
-                select(Patient.ins)
-                .join(Document, Document.patient_id == Patient.id)
-                .where(Document.unique_id == unique_id)
-            ).first()
-        if ins is None:
-            raise NotFound(f"no document {unique_id} in the DMP")
+        ins = self._patient_of_document(unique_id)
         with self._patient_for(identity, ins, action, source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
             facts = self._info(row, ins).facts()

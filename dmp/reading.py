@@ -89,14 +89,7 @@ class Reading(ServiceCore):
         source: str | None = None,
     ) -> tuple[DocumentInfo, bytes]:
         """One document and its content, if the rules allow this actor to read it."""
-        with Session(self.engine) as s:
-            ins = s.scalars(
-                select(Patient.ins)
-                .join(Document, Document.patient_id == Patient.id)
-                .where(Document.unique_id == unique_id)
-            ).first()
-        if ins is None:
-            raise NotFound(f"no document {unique_id} in the DMP")
+        ins = self._patient_of_document(unique_id)
         with self._patient_for(identity, ins, "read", source) as (s, loaded, actor):
             row = s.scalars(select(Document).where(Document.unique_id == unique_id)).one()
             info = self._info(row, ins, self._replaces(s, row), s.get(HiddenDocument, row.id) is not None)
@@ -120,15 +113,6 @@ class Reading(ServiceCore):
             )
         self._after_access(actor, loaded.info, decision, "read")
         return info, content
-
-    def patient_of(self, unique_id: str) -> str | None:
-        """The INS of the record a document belongs to (no content, no decision: a routing aid)."""
-        with Session(self.engine) as s:
-            return s.scalars(
-                select(Patient.ins)
-                .join(Document, Document.patient_id == Patient.id)
-                .where(Document.unique_id == unique_id)
-            ).first()
 
     def represented(self, representative_ins: str) -> list[PatientInfo]:
         """The patients (minors, protected adults) this person is a legal representative of."""
