@@ -16,6 +16,7 @@ on the Organization, with the ``as-ext-mailbox-mss-metadata`` extension.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -263,52 +264,71 @@ def _search_practitioners(
     return int(total), [(people[i], bals[i]) for i in ids if i in people]
 
 
+def _search(
+    request: Request,
+    kind: str,
+    run: Callable[
+        [Connection, list[ColumnElement[bool]], int, Nomenclatures], tuple[int, list[dict[str, Any]]]
+    ],
+) -> JSONResponse:
+    """A search of ``kind``: the request's BAL conditions and ``_count`` (400 if unsupported),
+    ``run`` on them, its total and resources as a searchset Bundle."""
+    noms = default_nomenclatures()
+    try:
+        conds, count = _mailbox_conditions(request), _count(request)
+    except SearchError as exc:
+        return _outcome(400, str(exc))
+    with _engine(request).connect() as conn:
+        total, resources = run(conn, conds, count, noms)
+    return _bundle(request, kind, total, resources)
+
+
 @router.get("/Practitioner")
 def searchpractitioner_resource(request: Request) -> JSONResponse:
     """Practitioners holding a public PER/CAB BAL that matches."""
-    noms = default_nomenclatures()
-    try:
-        conds, count = _mailbox_conditions(request), _count(request)
-    except SearchError as exc:
-        return _outcome(400, str(exc))
-    with _engine(request).connect() as conn:
+
+    def run(
+        conn: Connection, conds: list[ColumnElement[bool]], count: int, noms: Nomenclatures
+    ) -> tuple[int, list[dict[str, Any]]]:
         total, found = _search_practitioners(conn, conds, count, noms)
-    return _bundle(request, "Practitioner", total, [practitioner_resource(p, b, noms) for p, b in found])
+        return total, [practitioner_resource(p, b, noms) for p, b in found]
+
+    return _search(request, "Practitioner", run)
 
 
-@router.get("/PractitionerRole")
-def searchpractitioner_role_resource(request: Request) -> JSONResponse:
-    """One role per professional and structure of practice, with the BALs held there."""
-    noms = default_nomenclatures()
-    try:
-        conds, count = _mailbox_conditions(request), _count(request)
-    except SearchError as exc:
-        return _outcome(400, str(exc))
+def _search_practitioner_roles(
+    conn: Connection, conds: list[ColumnElement[bool]], count: int, noms: Nomenclatures
+) -> tuple[int, list[dict[str, Any]]]:
     public = _public(_types(noms, HOLDER_PROFESSIONAL))
     pair = (Bal.professional_id, Bal.structure_id)
-    with _engine(request).connect() as conn:
-        matching = select(*pair).where(public, Bal.professional_id.is_not(None), *conds).distinct()
-        total = conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
-        pairs = [tuple(r) for r in conn.execute(matching.order_by(*pair).limit(count))]
-        pro_ids = {p for p, _ in pairs}
-        people = {p.id: p for p in conn.execute(select(Professional).where(Professional.id.in_(pro_ids)))}
-        structures: dict[int, str] = {
-            sid: ident
-            for sid, ident in conn.execute(
-                select(Structure.id, Structure.identifier).where(Structure.id.in_({s for _, s in pairs if s}))
-            )
-        }
-        bals: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
-        for b in conn.execute(
-            select(*_BAL_COLUMNS).where(public, Bal.professional_id.in_(pro_ids)).order_by(Bal.address_key)
-        ):
-            bals[(b.professional_id, b.structure_id)].append(b)
+    matching = select(*pair).where(public, Bal.professional_id.is_not(None), *conds).distinct()
+    total = conn.execute(select(func.count()).select_from(matching.subquery())).scalar_one()
+    pairs = [tuple(r) for r in conn.execute(matching.order_by(*pair).limit(count))]
+    pro_ids = {p for p, _ in pairs}
+    people = {p.id: p for p in conn.execute(select(Professional).where(Professional.id.in_(pro_ids)))}
+    structures: dict[int, str] = {
+        sid: ident
+        for sid, ident in conn.execute(
+            select(Structure.id, Structure.identifier).where(Structure.id.in_({s for _, s in pairs if s}))
+        )
+    }
+    bals: dict[tuple[Any, ...], list[Any]] = defaultdict(list)
+    for b in conn.execute(
+        select(*_BAL_COLUMNS).where(public, Bal.professional_id.in_(pro_ids)).order_by(Bal.address_key)
+    ):
+        bals[(b.professional_id, b.structure_id)].append(b)
     resources = [
         practitioner_role_resource(people[p], structures.get(s) if s else None, bals[(p, s)], noms)
         for p, s in pairs
         if p in people
     ]
-    return _bundle(request, "PractitionerRole", int(total), resources)
+    return int(total), resources
+
+
+@router.get("/PractitionerRole")
+def searchpractitioner_role_resource(request: Request) -> JSONResponse:
+    """One role per professional and structure of practice, with the BALs held there."""
+    return _search(request, "PractitionerRole", _search_practitioner_roles)
 
 
 def _search_organizations(
@@ -343,14 +363,7 @@ def _search_organizations(
 @router.get("/Organization")
 def searchorganization_resource(request: Request) -> JSONResponse:
     """Structures holding a public ORG/APP BAL that matches."""
-    noms = default_nomenclatures()
-    try:
-        conds, count = _mailbox_conditions(request), _count(request)
-    except SearchError as exc:
-        return _outcome(400, str(exc))
-    with _engine(request).connect() as conn:
-        total, resources = _search_organizations(conn, conds, count, noms)
-    return _bundle(request, "Organization", total, resources)
+    return _search(request, "Organization", _search_organizations)
 
 
 def _resource(resource: dict[str, Any] | None, what: str) -> JSONResponse:
