@@ -83,11 +83,7 @@ def _refused(request: Request, exc: FormRefused) -> Response:
 
 # -- login --------------------------------------------------------------------------------------
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
-    from mssante.web import security
-
-    token = security.new_token()
-    response = page(request, "admin/login.html", status_code, csrf=token, error=error, space=SPACE)
-    return common.login_csrf(response, token)
+    return common.login_page(request, "admin/login.html", status_code, error=error, space=SPACE)
 
 
 @router.get("/connexion")

@@ -23,7 +23,7 @@ from mssante.auth.authenticator import Authenticator, AuthFailure, AuthSuccess, 
 from mssante.auth.identity import Identity, IdentityKind
 from mssante.tls import TLSInfo
 from mssante.web import second_factor, security, sessions
-from mssante.web.render import redirect
+from mssante.web.render import page, redirect
 from mssante.web.uploads import Upload, read_upload
 
 SPACE_KINDS = {
@@ -107,7 +107,11 @@ def text(data: FormData, name: str, limit: int = 500) -> str:
     return value.strip()[:limit] if isinstance(value, str) else ""
 
 
-def login_csrf(response: Response, token: str) -> Response:
+def login_page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> Response:
+    """A page with a form posted before any session (a login, the demo IdP's consent): its CSRF
+    token is also set in a cookie of its own, which :func:`form` compares when no user is known."""
+    token = security.new_token()
+    response = page(request, template, status_code, csrf=token, **ctx)
     security.set_cookie(response, security.LOGIN_CSRF_COOKIE, token, max_age=3600)
     return response
 

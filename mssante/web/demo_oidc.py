@@ -30,7 +30,7 @@ from mssante.web import common
 from mssante.web.common import FormRefused
 from mssante.web.oidc import CALLBACK, DEMO_CLIENT, challenge, demo_issuer, origin
 from mssante.web.render import page
-from mssante.web.security import new_token, secure
+from mssante.web.security import secure
 
 router = APIRouter(prefix="/demo-idp", include_in_schema=False)
 CODE_SECONDS = 60
@@ -115,12 +115,10 @@ async def authorize_form(request: Request) -> Response:
     refused = _check(request, params)
     if refused:
         return _bad_request(request, refused)
-    token = new_token()
-    response = page(
-        request, "demo_idp/authorize.html", csrf=token,
+    return common.login_page(
+        request, "demo_idp/authorize.html",
         params={name: params[name] for name in PARAMS}, patients=await run_in_threadpool(_patients, request),
     )  # fmt: skip
-    return common.login_csrf(response, token)
 
 
 @router.post("/authorize")

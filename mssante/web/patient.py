@@ -24,7 +24,6 @@ from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.mailbox import FOLDERS, PatientMailbox
 from mssante.web.render import PARIS, page, redirect
-from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
 from mssante.web.space import Space
 from mssante.web.submit import WebSubmitter
@@ -65,15 +64,13 @@ def _view(request: Request, user: WebUser, template: str, status_code: int = 200
 
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
-    token = new_token()
     settings = common.runtime(request).settings
     label = settings.web.patient_oidc_label if settings.web.patient_oidc_issuer else None
     if label is None and settings.auth.demo_idp:
         label = "FranceConnect (démo)"
-    response = page(
-        request, "patient/login.html", status_code, csrf=token, error=error, space=SPACE, oidc_label=label
+    return common.login_page(
+        request, "patient/login.html", status_code, error=error, space=SPACE, oidc_label=label
     )
-    return common.login_csrf(response, token)
 
 
 PAGES = Space(SPACE, "/patient/", _view, _login_page)

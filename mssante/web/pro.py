@@ -25,7 +25,6 @@ from mssante.web.cda import render as render_cda
 from mssante.web.common import FormRefused
 from mssante.web.patient import PROFILE_LABELS
 from mssante.web.render import page, redirect
-from mssante.web.security import new_token
 from mssante.web.sessions import WebUser
 from mssante.web.space import Space
 from mssante.web.uploads import UploadRefused
@@ -50,9 +49,7 @@ def _view(request: Request, user: WebUser, template: str, status_code: int = 200
 
 
 def _login_page(request: Request, error: str | None = None, status_code: int = 200) -> Response:
-    token = new_token()
-    response = page(request, "pro/login.html", status_code, csrf=token, error=error, space=SPACE)
-    return common.login_csrf(response, token)
+    return common.login_page(request, "pro/login.html", status_code, error=error, space=SPACE)
 
 
 PAGES = Space(SPACE, "/pro/", _view, _login_page)
