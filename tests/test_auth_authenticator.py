@@ -426,8 +426,11 @@ async def test_event_loop_stays_free(make_auth: MakeAuth, doctor: str) -> None:
     await task
     assert all(isinstance(r, AuthSuccess) for r, _ in results)
     # A loop blocked by argon2 would tick a handful of times (once per hash); a free one ticks
-    # every few milliseconds. Counting ticks, not timing one gap, holds on a loaded machine.
-    assert len(gaps) > elapsed / 0.05, f"only {len(gaps)} ticks while {elapsed:.3f}s of auth ran"
+    # every few milliseconds. Counting ticks, not timing one gap, holds on a loaded machine; the
+    # longest gap is left out (one stall of the whole process by the scheduler, seen in CI,
+    # is not the loop running a hash: that would be a long gap per login).
+    free = elapsed - max(gaps)
+    assert len(gaps) > free / 0.05, f"only {len(gaps)} ticks while {elapsed:.3f}s of auth ran: {gaps}"
     assert max(gaps) < 0.5, f"event loop blocked for {max(gaps):.3f}s while {elapsed:.3f}s of auth ran"
 
 
