@@ -109,6 +109,19 @@ class Wire:
         self.sock.close()
 
 
+def test_starttls_followed_by_plaintext_ends_the_connection_quietly(server: DemoServer) -> None:
+    """After ``OK Begin TLS negotiation now``, bytes that are no TLS handshake end the
+    connection (no traceback: the module's teardown reads the log) and others are served."""
+    wire = Wire.plain(server)
+    assert (wire.line() or b"").startswith(b"* OK")
+    wire.send(b"s STARTTLS\r\n")
+    assert (wire.line() or b"").startswith(b"s OK")
+    wire.send(b"a LOGIN nobody secret\r\n" * 4)  # plaintext where the ClientHello belongs
+    assert wire.line() is None  # closed, nothing said in plaintext
+    wire.close()
+    assert answers_quickly(server) < 5
+
+
 def answers_quickly(demo: DemoServer) -> float:
     """Seconds a fresh client waits for the greeting and a NOOP answer."""
     started = time.monotonic()

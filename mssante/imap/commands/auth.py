@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from typing import TYPE_CHECKING
 
 from mssante.audit import AuditEvent
@@ -14,13 +16,21 @@ from mssante.imap.states import AUTHENTICATED
 if TYPE_CHECKING:
     from mssante.imap.session import Session
 
+log = logging.getLogger(__name__)
+
 
 async def cmd_starttls(session: Session, command: Command) -> str:
     channel = session.channel
     if channel.tls or not session.starttls_available:
         raise Bad("TLS is not available here" if not channel.tls else "TLS is already active")
     await channel.write(f"{command.tag} OK Begin TLS negotiation now\r\n".encode())
-    await channel.start_tls()
+    try:
+        await channel.start_tls()
+    except ssl.SSLError as exc:
+        # What followed the OK was not a TLS handshake we accept (plaintext, an old protocol
+        # version): the client's failure, not the server's; the connection ends, as Dovecot's.
+        log.info("IMAP STARTTLS handshake failed for %s: %s", channel.peer, exc.reason or exc)
+        raise ConnectionAbortedError("TLS handshake failed") from exc
     raise Silent()
 
 
