@@ -10,7 +10,7 @@ import importlib
 import select
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
+from mssante import writeturn
 from mssante.datadir import create_private_db
 from mssante.writeturn import WriteTurn
 
@@ -88,9 +89,9 @@ def make_engine(
     None never prepares.
     """
     if is_sqlite(url):
-        db_path = make_url(url).database
-        if db_path and db_path != ":memory:" and not db_path.startswith("file:"):
-            create_private_db(Path(db_path))
+        db_file = _sqlite_file(make_url(url).database)
+        if db_file is not None:
+            create_private_db(db_file)
         engine = create_engine(url, echo=echo, connect_args={"timeout": 30, "check_same_thread": False})
         begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
 
@@ -109,8 +110,8 @@ def make_engine(
         def _sqlite_begin(conn: Any) -> None:
             conn.exec_driver_sql(begin)
 
-        if writer:
-            WriteTurn.register(engine)  # writers of several processes take turns without sleeps
+        if writer and db_file is not None:
+            WriteTurn.register(engine, db_file)  # writers of several processes take turns without sleeps
         return engine
     driver_args: dict[str, Any] = {}
     if make_url(url).get_driver_name() == "psycopg":
@@ -139,6 +140,13 @@ def make_engine(
     return engine
 
 
+def _sqlite_file(database: str | None) -> Path | None:
+    """The file an SQLite database name designates; None in memory or for a ``file:`` URI."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
 def _idle_socket_quiet(dbapi_conn: Any) -> bool:
     """True when a pooled driver connection is open and nothing waits on its socket."""
     try:
@@ -165,10 +173,5 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 def transaction(engine: Engine) -> Iterator[Session]:
     """A session whose work is committed on success and rolled back on any error (on a
     writer engine of SQLite, in its turn among the writers: :mod:`mssante.writeturn`)."""
-    turn = WriteTurn.of(engine)
-    with (
-        turn.held() if turn is not None else nullcontext(),
-        Session(engine, expire_on_commit=False) as session,
-        session.begin(),
-    ):
+    with writeturn.taken(engine), Session(engine, expire_on_commit=False) as session, session.begin():
         yield session

@@ -21,7 +21,7 @@ import os
 import threading
 import weakref
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -61,16 +61,9 @@ class WriteTurn:
             os.close(self._fd)
 
     @staticmethod
-    def register(engine: Engine) -> WriteTurn | None:
-        """Give a writer engine of an SQLite file its turn (none for PostgreSQL or memory)."""
-        database = engine.url.database
-        if engine.dialect.name != "sqlite" or not database or database == ":memory:":
-            return None
-        if database.startswith("file:"):
-            return None
-        db = Path(database)
-        turn = _TURNS[engine] = WriteTurn(db.with_name(db.name + "-writer.lock"))
-        return turn
+    def register(engine: Engine, database: Path) -> None:
+        """Give a writer engine of the SQLite file ``database`` its turn."""
+        _TURNS[engine] = WriteTurn(database.with_name(database.name + "-writer.lock"))
 
     @staticmethod
     def of(engine: Engine) -> WriteTurn | None:
@@ -96,6 +89,13 @@ class WriteTurn:
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
         finally:
             self._lock.release()
+
+
+def taken(engine: Engine) -> AbstractContextManager[None]:
+    """The engine's turn held for one transaction; nothing to take for an engine without one
+    (PostgreSQL, a reader, a database in memory)."""
+    turn = _TURNS.get(engine)
+    return turn.held() if turn is not None else nullcontext()
 
 
 def _after_fork_in_child() -> None:

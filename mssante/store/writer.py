@@ -27,7 +27,6 @@ compares against).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import queue
 import threading
@@ -39,7 +38,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from mssante.writeturn import WriteTurn
+from mssante import writeturn
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +100,6 @@ class GroupCommitWriter:
         self.max_batch = max_batch if group_commit else 1
         self._after_commit: list[AfterCommit] = [after_commit] if after_commit is not None else []
         self.before_commit = before_commit
-        # SQLite with several worker processes: the write lock passed on without sleeps.
-        self._turn = WriteTurn.of(engine)
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
         self.batches = 0
@@ -191,9 +188,13 @@ class GroupCommitWriter:
         """
         ok: list[tuple[_Item, Any]] = []
         failed: list[tuple[_Item, BaseException]] = []
-        turn = self._turn.held() if self._turn is not None else contextlib.nullcontext()
         try:
-            with turn, Session(self.engine, expire_on_commit=False) as session, session.begin():
+            # (SQLite with several worker processes: the write lock passed on without sleeps)
+            with (
+                writeturn.taken(self.engine),
+                Session(self.engine, expire_on_commit=False) as session,
+                session.begin(),
+            ):
                 groups = _groups(running)
                 for group in groups:
                     together: Together | None = getattr(group[0].job, "together", None)
