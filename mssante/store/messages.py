@@ -90,9 +90,9 @@ class MessageOps(StoreCore):
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch);
         :class:`MessageGone` when it was expunged and its content collected meanwhile."""
+        if end is not None and end - start <= INLINE_READ_BYTES:
+            return (await self._window(blob_id, start, end))[0]
         try:
-            if end is not None and end - start <= INLINE_READ_BYTES:
-                return (await self._window(blob_id, start, end))[0]
             return await self.read(lambda s: self.reader.read(s, blob_id, start, end), kept=True)  # type: ignore[no-any-return]
         except NoResultFound:
             raise MessageGone(f"message content {blob_id} no longer exists") from None
@@ -102,7 +102,10 @@ class MessageOps(StoreCore):
         if start >= end:
             return b"", 0
         rows = await self.rows(blobstore.READ, blobstore.read_params(blob_id, start, end))
-        data = b"".join(self.reader.chunks_of(blob_id, rows, start, end))
+        try:
+            data = b"".join(self.reader.chunks_of(blob_id, rows, start, end))
+        except NoResultFound:
+            raise MessageGone(f"message content {blob_id} no longer exists") from None
         return data, int(rows[0][0])
 
     async def stream(self, blob_id: int, start: int = 0, end: int | None = None) -> AsyncIterator[bytes]:
@@ -114,10 +117,7 @@ class MessageOps(StoreCore):
         pos, stop = start, end
         while stop is None or pos < stop:
             upto = pos + step if stop is None else min(pos + step, stop)
-            try:
-                data, size = await self._window(blob_id, pos, upto)
-            except NoResultFound:
-                raise MessageGone(f"message content {blob_id} no longer exists") from None
+            data, size = await self._window(blob_id, pos, upto)
             stop = size if stop is None else min(stop, size)
             if data:
                 yield data
