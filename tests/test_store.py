@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -184,6 +185,23 @@ async def _hold_writer(writer: GroupCommitWriter) -> tuple[threading.Event, asyn
     return gate, held
 
 
+async def _in_one_batch(
+    writer: GroupCommitWriter, submit: Callable[[], list[asyncio.Future[Any]]]
+) -> list[Any]:
+    """What ``submit`` queues, run as one batch of the writer: held behind a busy writer until
+    all of it waits in the queue. The results (or exceptions), in order."""
+    gate, held = await _hold_writer(writer)
+    jobs = submit()
+    while writer._queue.qsize() < len(jobs):
+        await asyncio.sleep(0.01)
+    batches = writer.batches
+    gate.set()
+    await held
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+    assert writer.batches == batches + 1
+    return results
+
+
 async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runtime) -> None:
     """A batch made only of deliveries runs as one group without a savepoint; when one of them
     is refused (a quota), the transaction is rolled back and each runs again alone: the others
@@ -191,25 +209,19 @@ async def test_a_refusal_in_a_batch_of_deliveries_rolls_back_alone(runtime: Runt
     await runtime.store.ensure_account(SECR)
     with Session(runtime.writer_engine) as s, s.begin():
         s.execute(update(MailAccount).where(MailAccount.bal == SECR).values(quota_bytes=100))
-    writer = runtime.store.writer
-    gate, held = await _hold_writer(writer)
-    deliveries = [
-        asyncio.create_task(runtime.store.deliver(make_message(subject=f"ok{i}"), "x@demo.mssante.fr", [DOC]))
-        for i in range(3)
-    ]
-    deliveries.insert(
-        1,
-        asyncio.create_task(
-            runtime.store.deliver(make_message(subject="bad", size=5000), "x@demo.mssante.fr", [SECR])
-        ),
-    )
-    while writer._queue.qsize() < len(deliveries):  # all four wait behind the held batch
-        await asyncio.sleep(0.01)
-    batches = writer.batches
-    gate.set()
-    await held
-    results = await asyncio.gather(*deliveries, return_exceptions=True)
-    assert writer.batches == batches + 1
+
+    def submit() -> list[asyncio.Future[Any]]:
+        deliveries = [
+            asyncio.ensure_future(
+                runtime.store.deliver(make_message(subject=f"ok{i}"), "x@demo.mssante.fr", [DOC])
+            )
+            for i in range(3)
+        ]
+        bad = runtime.store.deliver(make_message(subject="bad", size=5000), "x@demo.mssante.fr", [SECR])
+        deliveries.insert(1, asyncio.ensure_future(bad))
+        return deliveries
+
+    results = await _in_one_batch(runtime.store.writer, submit)
     assert isinstance(results.pop(1), QuotaExceeded)
     assert sorted(r[DOC] for r in results if isinstance(r, dict)) == [1, 2, 3]
     assert count(runtime, Message) == 3 and count(runtime, Blob) == 3
@@ -232,22 +244,17 @@ async def test_light_jobs_share_the_batch_without_savepoints_and_a_failure_stays
         raise ValueError("refused")
 
     async def batch(with_failure: bool, flag: str) -> list[Any]:
-        gate, held = await _hold_writer(writer)
-        jobs = [
-            asyncio.create_task(store.store_flags(inbox.id, [uid], "add", [flag], actor=DOC))
-            for uid in (1, 2, 3)
-        ]
-        jobs.append(asyncio.create_task(store.record(audit.AuditEvent(actor=DOC, action="test.light"))))
-        if with_failure:
-            jobs.insert(1, asyncio.ensure_future(writer.run(Light(fail))))
-        while writer._queue.qsize() < len(jobs):
-            await asyncio.sleep(0.01)
-        batches = writer.batches
-        gate.set()
-        await held
-        results = await asyncio.gather(*jobs, return_exceptions=True)
-        assert writer.batches == batches + 1
-        return results
+        def submit() -> list[asyncio.Future[Any]]:
+            jobs = [
+                asyncio.ensure_future(store.store_flags(inbox.id, [uid], "add", [flag], actor=DOC))
+                for uid in (1, 2, 3)
+            ]
+            jobs.append(asyncio.ensure_future(store.record(audit.AuditEvent(actor=DOC, action="test.light"))))
+            if with_failure:
+                jobs.insert(1, asyncio.ensure_future(writer.run(Light(fail))))
+            return jobs
+
+        return await _in_one_batch(writer, submit)
 
     results = await batch(False, "$One")
     assert not savepoints
@@ -377,16 +384,16 @@ async def test_deliveries_stored_together_never_take_a_collected_blob_id(runtime
     await store.store_flags(inbox.id, [first.uid], "add", ["\\Deleted"], actor=DOC)
     await store.expunge(inbox.id, actor=DOC)
     assert count(runtime, Blob) == 0  # collected
-    gate, held = await _hold_writer(store.writer)
-    deliveries = [
-        asyncio.create_task(store.deliver(make_message(subject=f"ensemble {n}"), "x@demo.mssante.fr", [DOC]))
-        for n in ("un", "deux")
-    ]
-    while store.writer._queue.qsize() < len(deliveries):  # one batch, stored together
-        await asyncio.sleep(0.01)
-    gate.set()
-    await held
-    await asyncio.gather(*deliveries)
+    results = await _in_one_batch(  # one batch, stored together
+        store.writer,
+        lambda: [
+            asyncio.ensure_future(
+                store.deliver(make_message(subject=f"ensemble {n}"), "x@demo.mssante.fr", [DOC])
+            )
+            for n in ("un", "deux")
+        ],
+    )
+    assert all(isinstance(r, dict) for r in results)
     later = await store.messages(inbox.id)
     assert len(later) == 2 and all(m.blob_id > first.blob_id for m in later)
     bodies = [await store.body(m.blob_id) for m in later]
