@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.policy
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -169,6 +170,18 @@ def new_message_id(domain: str) -> str:
     return make_msgid(domain=domain)
 
 
+_date_text: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The current time as a header date: the same text for a whole second, formatted once."""
+    global _date_text
+    second = int(time.time())
+    if _date_text[0] != second:
+        _date_text = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_text[1]
+
+
 def trace_headers(
     *,
     hostname: str,
@@ -183,7 +196,7 @@ def trace_headers(
     new_message_id: str | None,
 ) -> bytes:
     """The header lines this server adds on top of an accepted message."""
-    now = format_datetime(datetime.now(UTC))
+    now = _date_now()
     tls_part = f"\r\n\t(using {tls})" if tls else ""
     auth_part = f"\r\n\t(authenticated as {authenticated})" if authenticated else ""
     for_part = f"\r\n\tfor <{recipient}>" if recipient else ""
