@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 from mssante.crypto import KeyRing, open_chunks
+from mssante.imap.commands.values import Append
+from mssante.imap.framing import CommandReady, Framer, NeedContinuation
+from mssante.imap.parser import parse_command
 from mssante.smtp import dkim
 from mssante.smtp.spool import Received
 from mssante.store import blobs, spooled
@@ -118,3 +121,22 @@ def test_left_overs_of_a_crash_are_swept_at_start(tmp_path: Path) -> None:
     os.utime(old, (0, 0))
     spooled.spool_dir(tmp_path)
     assert not old.exists() and new.exists()  # a file being created right now is left alone
+
+
+def test_framer_spools_a_big_append_literal_and_the_parser_hands_it_over(tmp_path: Path) -> None:
+    big, small = b"Subject: big\r\n\r\n" + b"x" * 200_000, b"Subject: small\r\n\r\nx"
+    framer = Framer(spool=lambda: SpooledMessage(tmp_path), spool_threshold=100_000)
+    framer.feed(b"t APPEND INBOX {%d}\r\n" % len(big))
+    assert isinstance(framer.next_event(), NeedContinuation)
+    for at in range(0, len(big), 16384):
+        framer.feed(big[at : at + 16384])
+        assert framer.next_event() is None
+        assert framer.buffered < 1000  # the literal went to the file
+    framer.feed(b" (\\Seen) {%d+}\r\n" % len(small) + small + b"\r\n")
+    event = framer.next_event()
+    assert isinstance(event, CommandReady) and len(event.spooled) == 1
+    command = parse_command(event.data, spooled=event.spooled)
+    assert isinstance(command.args, Append)
+    assert isinstance(command.args.message, SpooledMessage) and bytes(command.args.message) == big
+    [(flags, _, message)] = command.args.more
+    assert flags == ("\\Seen",) and message == small

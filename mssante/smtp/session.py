@@ -391,32 +391,41 @@ class MSSanteSMTP(SMTP):
         pending = bytearray(b"\r\n")
         problem: str | None = None
         line = 1
-        while True:
-            chunk = await reader.read(DATA_CHUNK)
-            if not chunk:
-                return  # the client went away mid-DATA: nothing was accepted
-            search = max(len(pending) - len(END_OF_DATA) + 1, 0)
-            pending += chunk
-            end = pending.find(END_OF_DATA, search)
-            if end != -1:
-                reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
-                del pending[end + 2 :]  # the last line keeps its CRLF
-            complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
-            if problem is None:
-                problem = data_problem(pending, 2, complete, line)
-                if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
-                    problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-                if problem is None and content is not None:
-                    content, problem = self._keep(content, pending, complete)
+        complete_data = False
+        try:
+            while True:
+                chunk = await reader.read(DATA_CHUNK)
+                if not chunk:
+                    return  # the client went away mid-DATA: nothing was accepted
+                search = max(len(pending) - len(END_OF_DATA) + 1, 0)
+                pending += chunk
+                end = pending.find(END_OF_DATA, search)
+                if end != -1:
+                    reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
+                    del pending[end + 2 :]  # the last line keeps its CRLF
+                complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
+                if problem is None:
+                    problem = data_problem(pending, 2, complete, line)
+                    if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
+                        problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+                    if problem is None and content is not None:
+                        content, problem = self._keep(content, pending, complete)
+                    if problem is not None and content is not None:
+                        content.close()  # keep reading to the end, keep nothing
+                        content = None
+                line += pending.count(b"\n", 2, complete)
+                del pending[: complete - 2]
                 if problem is not None:
-                    content = None  # keep reading to the end, keep nothing
-            line += pending.count(b"\n", 2, complete)
-            del pending[: complete - 2]
-            if problem is not None:
-                del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
-            if end != -1:
-                break
-            await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
+                    del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
+                if end != -1:
+                    complete_data = True
+                    break
+                await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
+        finally:
+            # Gone mid-DATA (read end, reset, cancelled): a spool file is closed now, not when
+            # the cycle collector finds the session's frames.
+            if content is not None and not complete_data:
+                content.close()
         if problem is None and content is not None:
             try:
                 content.received()

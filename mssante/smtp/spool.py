@@ -50,6 +50,10 @@ class Received:
     def received(self) -> None:
         """DATA is over (nothing to do: the message is all in memory)."""
 
+    def close(self) -> None:
+        """The content is dropped (refused, client gone)."""
+        self.buffer = bytearray()
+
     def finish(self, prefix: bytes) -> bytearray:
         """The message with ``prefix`` on top, as one ``bytearray``; this object is spent."""
         buffer = self.buffer
@@ -82,6 +86,11 @@ class Spooled:
     def received(self) -> None:
         """DATA is over: the header block comes into memory, where the handlers edit it."""
         self.buffer.hold_header()
+
+    def close(self) -> None:
+        """The content is dropped (refused, client gone) before any handler saw it: the file
+        is closed at once."""
+        self.buffer.close()
 
     def drop_fields(self, name: str) -> None:
         head = self.buffer.head

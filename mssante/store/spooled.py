@@ -78,10 +78,15 @@ class SpooledMessage:
     def __init__(self, directory: Path) -> None:
         fd = open_unlinked(directory)
         self._fd = fd
-        weakref.finalize(self, os.close, fd)
+        self._closing = weakref.finalize(self, os.close, fd)
         self.head = bytearray()
         self.body_at = 0
         self.file_size = 0
+
+    def close(self) -> None:
+        """Close the file now, for its owner alone (the session whose DATA is refused or cut
+        short): otherwise it closes with the last reference."""
+        self._closing()
 
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Write ``data`` at the end of the file (received lines)."""
