@@ -47,6 +47,7 @@ from dmp.service import (
 from dmp.xdm import ZIP_NAME, XdmPackage, XdmPatient
 from dmp.xdm_reader import Limits, XdmError, read
 from mssante.auth.identity import Identity, IdentityKind, InvalidIdentity
+from mssante.store.spooled import Raw
 
 log = logging.getLogger("dmp.deposit")
 
@@ -387,16 +388,21 @@ class Depositor:
 
 def deposit_message(
     service: DMPService,
-    raw: bytes | bytearray,
+    raw: Raw,
     *,
     sender: Identity,
     sender_bal: str,
     recipients: list[str],
     return_path: str | None = None,
 ) -> DepositResult | None:
-    """Entry point for the SMTP layer (after commit); never raises for a bad package."""
+    """Entry point for the SMTP layer (after commit); never raises for a bad package. A
+    message spooled to a file (a big one) is read into memory here, to be parsed."""
     return Depositor(service).deposit(
-        raw, sender=sender, sender_bal=sender_bal, recipients=recipients, return_path=return_path
+        raw if isinstance(raw, bytes | bytearray) else bytes(raw),
+        sender=sender,
+        sender_bal=sender_bal,
+        recipients=recipients,
+        return_path=return_path,
     )
 
 

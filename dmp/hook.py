@@ -20,6 +20,7 @@ from dmp.deposit import deposit_message, dmp_targets
 from dmp.service import DMPService
 from mssante import metrics
 from mssante.auth.identity import Identity
+from mssante.store.spooled import Raw
 
 log = logging.getLogger("dmp.deposit")
 
@@ -38,7 +39,7 @@ class AcceptedMessage(Protocol):
     @property
     def recipients(self) -> Sequence[Any]: ...
     @property
-    def raw(self) -> bytes | bytearray: ...
+    def raw(self) -> Raw: ...
 
 
 class Store(Protocol):

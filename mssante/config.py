@@ -128,6 +128,8 @@ class SMTPSection(ListenerSection):
     submissions_port: Port = 2465
     relay_port: Port = 2525
     max_message_size: int = Field(default=25 * 1024 * 1024, ge=1024)
+    # A message larger than this is received into a file of <data_dir>/spool, not memory (0: never).
+    spool_threshold: int = Field(default=1024 * 1024, ge=0)
     max_recipients: int = Field(default=100, ge=1, le=10_000)
     max_connections: int = Field(default=500, ge=1)
     max_connections_per_ip: int = Field(default=20, ge=1)

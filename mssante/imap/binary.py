@@ -13,21 +13,22 @@ import re
 from typing import Any
 
 from mssante.store.mime import analyse
+from mssante.store.spooled import Raw
 
 _CTE_FIELD = re.compile(rb"(?im)^content-transfer-encoding:[^\n]*\n(?:[ \t][^\n]*\n)*")
 
 
-def _binary_leaves(part: dict[str, Any], raw: bytes | bytearray) -> list[dict[str, Any]]:
+def _binary_leaves(part: dict[str, Any], raw: Raw) -> list[dict[str, Any]]:
     if "parts" in part:
         return [leaf for child in part["parts"] for leaf in _binary_leaves(child, raw)]
     message = part.get("message")
     if message is not None:
         return _binary_leaves(message["part"], raw)
     start, end = part["body"]
-    return [part] if part.get("encoding") == "binary" or b"\0" in raw[start:end] else []
+    return [part] if part.get("encoding") == "binary" or raw.find(b"\0", start, end) != -1 else []
 
 
-def encode_binary_parts(raw: bytes | bytearray) -> bytes | bytearray:
+def encode_binary_parts(raw: Raw) -> Raw:
     """The message with every binary leaf part base64-encoded (unchanged when there is none)."""
     leaves = _binary_leaves(analyse(raw)["part"], raw)
     if not leaves:

@@ -12,7 +12,10 @@ A command is one or more lines, each but the last ending with a literal announce
 * a whole command is bounded by ``max_command`` bytes;
 * before login (``preauth_literal`` set) only LOGIN and ID take literals, of at most that size,
   and a whole command is bounded by a line and two such literals; a non-synchronising literal
-  beyond it ends the connection (RFC 7888 §4: the client sends it whatever the answer).
+  beyond it ends the connection (RFC 7888 §4: the client sends it whatever the answer);
+* after login, an APPEND literal larger than ``spool_threshold`` is written to a spool file
+  (:class:`~mssante.store.spooled.SpooledMessage`) as it arrives, not to the command's buffer
+  (``CommandReady.spooled``): a big message is not held in memory at all.
 
 The connection layer feeds bytes with :meth:`Framer.feed` and drains :meth:`Framer.next_event`;
 for IDLE's ``DONE`` and SASL exchanges it reads single lines with :meth:`Framer.next_line`.
@@ -22,21 +25,27 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from mssante.store.spooled import SpooledMessage
 
 _LITERAL_AT_END = re.compile(rb"~?\{([0-9]+)(\+?)\}\r?\n\Z")
 _TAG = re.compile(rb"[^\x00-\x20\x7f(){%*\"\\+]+")
 _COMMAND_NAME = re.compile(rb"[ ]+(?:UID[ ]+)?([A-Za-z]+)")
 _MAX_NUMBER = 4294967295  # number = 32-bit unsigned (RFC 3501 §9)
+_NO_ROOM = "NO [SERVERBUG] No room to receive the message, try again later"  # a full disk
 _PREAUTH_LITERALS = frozenset({"LOGIN", "ID"})  # the commands before login whose grammar has literals
 
 
 @dataclass(frozen=True)
 class CommandReady:
     """A complete command: its bytes with literals inline, the final CRLF removed; assembled
-    in one buffer as its bytes arrive, so an APPEND's message is held once (never joined)."""
+    in one buffer as its bytes arrive, so an APPEND's message is held once (never joined).
+    A spooled literal is not inline: ``spooled`` maps the offset right after its announcement
+    (``{n}`` and CRLF, followed directly by the rest of the command) to its file."""
 
     data: bytearray
+    spooled: dict[int, SpooledMessage] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,8 +95,12 @@ class Framer:
         max_command: int | None = None,
         literal_limit: Callable[[str], int] | None = None,
         preauth_literal: int | None = None,
+        spool: Callable[[], SpooledMessage] | None = None,
+        spool_threshold: int = 0,
     ) -> None:
         self.max_line = max_line
+        self.spool = spool if spool_threshold > 0 else None  # a new spool file
+        self.spool_threshold = spool_threshold
         self.preauth_literal = preauth_literal
         self.max_literal = max_literal
         self.max_append = max_append
@@ -122,17 +135,29 @@ class Framer:
         return "NO [TOOBIG] Message too large" if name == "APPEND" else "BAD Literal too large"
 
     def _reset(self) -> None:
-        self._data = bytearray()
-        self._size = 0
+        self._drop_data()
         self._first: bytes | None = None
         self._literal_left = 0
         self._discard: str | None = None  # the BAD/NO text to send once the command ends
         self._long_line = False  # dropping the rest of an over-long line
 
+    def close(self) -> None:
+        """The connection is over: a command cut short closes its spool files now."""
+        for spooled in self._spooled.values():
+            spooled.close()
+        self._reset()
+
+    def _drop_data(self) -> None:
+        """Let go of the command assembled so far (its spool files with it)."""
+        self._data = bytearray()
+        self._size = 0
+        self._spooled: dict[int, SpooledMessage] = {}
+        self._into: SpooledMessage | None = None  # the literal being read goes to this file
+
     @property
     def buffered(self) -> int:
         """Bytes held for the command being assembled (for tests of the memory bound)."""
-        return len(self._buf) + self._size
+        return len(self._buf) + len(self._data)
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -171,13 +196,13 @@ class Framer:
                 if not take:
                     return None
                 if self._discard is None:
-                    self._data += memoryview(self._buf)[:take]
-                    self._size += take
+                    self._keep_literal(take)
                 del self._buf[:take]
                 self._scan = 0
                 self._literal_left -= take
                 if self._literal_left:
                     return None
+                self._into = None
                 continue
             line = self._take_line()
             if line is None:
@@ -192,6 +217,20 @@ class Framer:
             if event is not None:
                 return event
 
+    def _keep_literal(self, take: int) -> None:
+        """The next ``take`` bytes of a literal into the command, or into its spool file; a
+        file that cannot take them (a full disk) refuses the command once it has arrived."""
+        if self._into is None:
+            self._data += memoryview(self._buf)[:take]
+        else:
+            try:
+                self._into.append(memoryview(self._buf)[:take])
+            except OSError:
+                self._drop_data()
+                self._discard = _NO_ROOM
+                return
+        self._size += take
+
     def _keep_tail(self, line: bytes) -> bytes:
         # Only the end of an over-long line matters: it may still announce a literal.
         return line[-32:]
@@ -201,8 +240,7 @@ class Framer:
             self._first = bytes(self._buf[:256])
         if self._discard is None:
             self._discard = "BAD Command line too long"
-            self._data = bytearray()
-            self._size = 0
+            self._drop_data()
         self._long_line = True
         tail = bytes(self._buf[-32:])
         self._buf.clear()
@@ -241,12 +279,20 @@ class Framer:
                 self._reset()
                 return Rejected(tag, too_big, close=True)
             self._discard = too_big
-            self._data = bytearray()
-            self._size = 0
+            self._drop_data()
             self._literal_left = size
             return None
         self._append(line[: match.start()] + line[match.start() : match.end()].rstrip(b"\r\n") + b"\r\n")
         self._literal_left = size
+        if name == "APPEND" and self.spool is not None and size > self.spool_threshold:
+            try:
+                self._into = self._spooled[len(self._data)] = self.spool()
+            except OSError:
+                if not plus:
+                    self._reset()
+                    return Rejected(tag, _NO_ROOM)
+                self._drop_data()
+                self._discard = _NO_ROOM
         return None if plus else NeedContinuation()
 
     def _append(self, chunk: bytes) -> None:
@@ -263,9 +309,9 @@ class Framer:
             self._reset()
             return Rejected(tag, "BAD Command too long")
         self._data += body
-        data = self._data
+        data, spooled = self._data, self._spooled
         self._reset()
-        return CommandReady(data)
+        return CommandReady(data, spooled)
 
 
 class LineTooLong(ValueError):

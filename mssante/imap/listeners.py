@@ -19,6 +19,7 @@ from mssante.listening import RunningListener, share_of
 from mssante.policy import Policy
 from mssante.proxy_protocol import ProxySettings
 from mssante.runtime import Runtime
+from mssante.store.spooled import spool_dir
 from mssante.tls import ClientCertMode, server_context
 
 
@@ -65,6 +66,8 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
     imap = settings.imap
     limits = Limits(
         max_append=settings.smtp.max_message_size,
+        spool_dir=spool_dir(settings.data_dir) if settings.smtp.spool_threshold else None,
+        spool_threshold=settings.smtp.spool_threshold,
         preauth_max_literal=imap.preauth_max_literal,
         login_timeout=imap.login_timeout_seconds,
         preauth_command_timeout=imap.preauth_command_timeout_seconds,

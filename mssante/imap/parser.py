@@ -11,6 +11,7 @@ most ``max_search_keys`` keys.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from datetime import date, datetime, timedelta, timezone
 
 from mssante.imap import mutf7
@@ -40,6 +41,7 @@ from mssante.imap.commands.values import (
     Store,
 )
 from mssante.imap.framing import command_tag
+from mssante.store.spooled import Raw, SpooledMessage
 
 MAX_DEPTH = 16
 MAX_SEARCH_KEYS = 1000
@@ -121,8 +123,17 @@ class ParseError(ValueError):
 class _Reader:
     """A cursor over the command bytes, with one method per grammar production."""
 
-    def __init__(self, data: bytes | bytearray, *, utf8: bool, max_depth: int, binary: bool = False) -> None:
+    def __init__(
+        self,
+        data: bytes | bytearray,
+        *,
+        utf8: bool,
+        max_depth: int,
+        binary: bool = False,
+        spooled: Mapping[int, SpooledMessage] | None = None,
+    ) -> None:
         self.data = data
+        self.spooled = spooled or {}  # literals not inline, by the offset where they would be
         self.pos = 0
         self.utf8 = utf8
         self.binary = binary  # ``~{n}`` (literal8, RFC 3516) is read only where BINARY allows it
@@ -211,12 +222,18 @@ class _Reader:
 
     def literal(self, *, literal8: bool = False) -> bytes:
         start, self.pos = self._literal_span(literal8)
+        if start in self.spooled:
+            return bytes(self.spooled[start])
         return bytes(self.data[start : self.pos])
 
-    def message_literal(self, *, literal8: bool = False) -> bytes | bytearray:
-        """An APPEND's message: when it ends the command, the command's own buffer is handed
-        over with the bytes before the message dropped (no copy of a message of 20 MiB)."""
+    def message_literal(self, *, literal8: bool = False) -> Raw:
+        """An APPEND's message: its spool file when the framer wrote it to one; when it ends
+        the command, the command's own buffer, handed over with the bytes before the message
+        dropped (no copy of a message of 20 MiB)."""
         start, end = self._literal_span(literal8)
+        if start in self.spooled:
+            self.pos = end
+            return self.spooled[start]
         if isinstance(self.data, bytearray) and end == len(self.data) and end - start >= TAKE_LITERAL:
             taken = self.data
             del taken[:start]  # CPython moves the buffer's start: nothing is copied
@@ -234,6 +251,10 @@ class _Reader:
             raise self.error("Expected literal")
         size = int(found.group(1))
         start = found.end()
+        if start in self.spooled:  # the bytes are in a file: the command goes on right here
+            if len(self.spooled[start]) != size:
+                raise self.error("Truncated literal")
+            return start, start
         if start + size > len(self.data):
             raise self.error("Truncated literal")
         return start, start + size
@@ -582,15 +603,21 @@ THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 
 def parse_command(
-    data: bytes | bytearray, *, utf8: bool = False, max_depth: int = MAX_DEPTH, binary: bool = False
+    data: bytes | bytearray,
+    *,
+    utf8: bool = False,
+    max_depth: int = MAX_DEPTH,
+    binary: bool = False,
+    spooled: Mapping[int, SpooledMessage] | None = None,
 ) -> Command:
     """Parse one framed command; raise :class:`ParseError` (with the tag when known).
 
     ``binary``: the session advertises BINARY, so APPEND may send its message as ``~{n}``;
-    elsewhere, and always without BINARY, ``~`` is an ordinary atom character."""
+    elsewhere, and always without BINARY, ``~`` is an ordinary atom character. ``spooled``:
+    the literals the framer wrote to files (``CommandReady.spooled``)."""
     tag = "*"
     try:
-        reader = _Reader(data, utf8=utf8, max_depth=max_depth, binary=binary)
+        reader = _Reader(data, utf8=utf8, max_depth=max_depth, binary=binary, spooled=spooled)
         tag = reader.match(_TAG, "tag").decode("ascii")
         reader.sp()
         name = reader.atom().upper()
@@ -724,7 +751,7 @@ def _acl_args(r: _Reader, name: str) -> AclArgs:
     return AclArgs(mailbox, identifier, r.astring())
 
 
-def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, bytes | bytearray]:
+def _append_message(r: _Reader) -> tuple[tuple[str, ...], datetime | None, Raw]:
     """``SP [flag-list SP] [date-time SP] literal`` of APPEND."""
     r.sp()
     flags: tuple[str, ...] = ()

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import ssl
 from dataclasses import dataclass
+from pathlib import Path
 
 from mssante import memory, metrics
 from mssante.imap.access import Access
@@ -30,6 +32,7 @@ from mssante.imap.session import Session
 from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
 from mssante.listening import ConnectionCaps
 from mssante.proxy_protocol import Listening, ProxySettings, start_server
+from mssante.store.spooled import SpooledMessage
 from mssante.store.store import MessageStore
 from mssante.tls import TLSInfo, tls_info
 
@@ -58,6 +61,9 @@ class Limits:
     idle_timeout: float = 30 * 60.0
     max_connections: int = 1000
     max_connections_per_ip: int = 50
+    # An APPEND literal larger than spool_threshold goes to a file of spool_dir (none: memory).
+    spool_dir: Path | None = None
+    spool_threshold: int = 0
 
 
 class Connection:
@@ -180,6 +186,8 @@ class Connection:
             max_literal=limits.max_literal,
             max_append=limits.max_append,
             preauth_literal=limits.preauth_max_literal,
+            spool=functools.partial(SpooledMessage, limits.spool_dir) if limits.spool_dir else None,
+            spool_threshold=limits.spool_threshold,
         )
 
     # -- loop -------------------------------------------------------------------------------------
@@ -260,7 +268,7 @@ class Connection:
                         await self.write(b"* BYE Literal too large before login\r\n")
                         return
                 elif isinstance(event, CommandReady):
-                    await self._command(event.data)
+                    await self._command(event.data, event.spooled)
                 self._command_done()
                 if self._too_many_errors():
                     await self.write(b"* BYE Too many invalid commands\r\n")
@@ -270,6 +278,7 @@ class Connection:
         except Exception:
             log.exception("IMAP connection %s failed", self.peer)
         finally:
+            self.framer.close()
             await self.session.finish()
             with contextlib.suppress(Exception):
                 self._flush()
@@ -277,9 +286,9 @@ class Connection:
                 await asyncio.wait_for(self.writer.wait_closed(), 5)
             memory.trim_soon()  # what the session held goes back to the system
 
-    async def _command(self, data: bytes | bytearray) -> None:
+    async def _command(self, data: bytes | bytearray, spooled: dict[int, SpooledMessage]) -> None:
         try:
-            command = parse_command(data, utf8=self.session.utf8, binary=True)
+            command = parse_command(data, utf8=self.session.utf8, binary=True, spooled=spooled)
         except ParseError as exc:
             self._errors += 1
             await self.write(exc.response().encode("utf-8", "replace") + b"\r\n")

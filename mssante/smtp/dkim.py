@@ -5,7 +5,7 @@ TXT record to publish is printed by ``mssante dkim keygen DOMAIN``. Verification
 written to an ``Authentication-Results`` header (RFC 8601) by the relay-in front door.
 
 dkimpy is given the header block only. The body hash is computed here, a window of about
-32 KiB at a time read from the message buffer: dkimpy splits a message into one object per
+32 KiB at a time read from the message buffer (or its spool file): dkimpy splits a message into one object per
 line and canonicalises the body by whole-body regular expression substitutions, some 35 times
 the size of a 20 MiB message in memory (measured: +700 MiB to sign or verify one). The
 canonicalisation gives dkimpy's results (same rules, same treatment of trailing empty lines;
@@ -33,6 +33,7 @@ from dkim.canonicalization import CanonicalizationPolicy, InvalidCanonicalizatio
 from dkim.crypto import HASH_ALGORITHMS, parse_pem_private_key
 
 from mssante.store.mime import parse_headers
+from mssante.store.spooled import Raw, SpooledMessage
 
 # Headers covered by our signatures (From is mandatory; the rest protect what readers see).
 SIGNED_HEADERS = [
@@ -104,7 +105,7 @@ class Signer:
         """``message`` with a DKIM-Signature header prepended (unchanged if no key for ``domain``)."""
         return self.signature(message, domain) + message
 
-    def signature(self, message: Buffer, domain: str, start: int = 0) -> bytes:
+    def signature(self, message: Raw, domain: str, start: int = 0) -> bytes:
         """The DKIM-Signature field for the message at ``message[start:]`` (b"" if no key for
         ``domain``), read in place: the message is neither copied nor changed."""
         key = self._key(domain.lower())
@@ -134,7 +135,7 @@ def _domain(checker: dkim.DKIM) -> str | None:
     return checker.domain.decode() if checker.domain else None
 
 
-def verify(message: Buffer, dnsfunc: object | None = None, start: int = 0) -> Verification:
+def verify(message: Raw, dnsfunc: object | None = None, start: int = 0) -> Verification:
     """Verify the first DKIM signature of the message at ``message[start:]``, read in place.
     ``dnsfunc`` resolves TXT records (tests, closed networks)."""
     try:
@@ -175,7 +176,7 @@ def _relaxed(window: bytes) -> bytes:
     return window.replace(b" \r\n", b"\r\n")
 
 
-def _windows(message: Buffer, start: int) -> Iterator[bytes]:
+def _windows(message: Raw, start: int) -> Iterator[bytes]:
     """``message[start:]`` in pieces of about :data:`WINDOW` bytes, each but the last ending
     right after a line feed (one line longer than a window makes a longer piece)."""
     size = len(message)
@@ -187,7 +188,10 @@ def _windows(message: Buffer, start: int) -> Iterator[bytes]:
             if cut == -1:
                 cut = message.find(b"\n", stop)
             stop = size if cut == -1 else cut + 1
-        yield bytes(memoryview(message)[pos:stop])
+        if isinstance(message, SpooledMessage):
+            yield message.read(pos, stop)
+        else:
+            yield bytes(memoryview(message)[pos:stop])
         pos = stop
 
 
@@ -201,7 +205,7 @@ def _trailing_line_ends(window: Buffer) -> int:
 
 
 def body_hash(
-    message: Buffer, start: int, relaxed: bool, hasher: Callable[[], Any], length: int | None = None
+    message: Raw, start: int, relaxed: bool, hasher: Callable[[], Any], length: int | None = None
 ) -> bytes:
     """Digest of the canonical body (RFC 6376 §3.4.3–3.4.4, as dkimpy canonicalises it) of the
     message body at ``message[start:]``; ``length`` is an ``l=`` tag's limit."""
@@ -238,7 +242,7 @@ def body_hash(
 class _Windowed(dkim.DKIM):  # type: ignore[misc]
     """dkimpy holding the header block only; the body hash comes from :func:`body_hash`."""
 
-    def __init__(self, message: Buffer, start: int) -> None:
+    def __init__(self, message: Raw, start: int) -> None:
         end = message.find(b"\r\n\r\n", start)
         self.body_start = len(message) if end == -1 else end + 4
         self.header_block = bytes(message[start : self.body_start])

@@ -21,7 +21,7 @@ from mssante.policy import DirectoryBal, Policy, Recipient
 from mssante.smtp import dkim, hygiene
 from mssante.smtp.hooks import DeliveryContext, HookRunner
 from mssante.smtp.session import MSSanteSMTP
-from mssante.smtp.spool import Received
+from mssante.smtp.spool import Received, Spooled
 from mssante.store.store import MessageStore
 from mssante.store.types import Outbound, QuotaExceeded, StoreError
 
@@ -354,10 +354,10 @@ class RelayHandler(_Base):
         return await self._store(server, ctx, actor)
 
 
-def _received(envelope: Envelope) -> Received:
+def _received(envelope: Envelope) -> Received | Spooled:
     """The DATA content the session read, taken from the envelope (the handler owns it now)."""
     content = envelope.original_content
-    assert isinstance(content, Received)
+    assert isinstance(content, Received | Spooled)
     envelope.original_content = envelope.content = None
     return content
 

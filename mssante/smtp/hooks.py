@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from mssante.auth.identity import Identity
 from mssante.policy import DirectoryBal, MessageFacts, Recipient
+from mssante.store.spooled import Raw
 
 log = logging.getLogger("mssante.smtp")
 
@@ -35,7 +36,8 @@ class DeliveryContext:
     sender_bal: DirectoryBal | None
     recipients: tuple[Recipient, ...]
     facts: MessageFacts
-    raw: bytes | bytearray  # the message as stored (with our trace headers): the received buffer
+    # The message as stored (with our trace headers): the received buffer, or its spool file.
+    raw: Raw
     message_id: str | None
     uids: dict[str, int] = field(default_factory=dict)  # filled after the commit
 

@@ -22,6 +22,7 @@ from email.utils import format_datetime, getaddresses, make_msgid, parsedate_to_
 
 from mssante.policy import MessageFacts
 from mssante.store.mime import analyse, attachment_types, parse_headers
+from mssante.store.spooled import Raw
 
 _MSGID = re.compile(r"<[^<>\s]+>")
 _FIELD = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")
@@ -48,7 +49,7 @@ class Problem:
         return f"550 {self.status} {self.reason}"
 
 
-def header_block(data: bytes | bytearray, start: int = 0) -> bytes:
+def header_block(data: Raw, start: int = 0) -> bytes:
     end = data.find(b"\r\n\r\n", start)
     return bytes(data[start:] if end == -1 else data[start : end + 2])
 
@@ -124,7 +125,7 @@ def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
 
 
 def inspect(
-    data: bytes | bytearray, *, count_attachments: bool = False, smtputf8: bool = False, start: int = 0
+    data: Raw, *, count_attachments: bool = False, smtputf8: bool = False, start: int = 0
 ) -> tuple[MessageFacts, Problem | None, bool]:
     """Parse what the policy needs of the message at ``data[start:]``; returns (facts, problem
     or None, has Message-ID).

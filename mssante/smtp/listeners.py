@@ -20,6 +20,7 @@ from mssante.runtime import Runtime
 from mssante.smtp import dkim
 from mssante.smtp.handlers import RelayHandler, SubmissionHandler
 from mssante.smtp.session import ConnectionLimits, MSSanteSMTP
+from mssante.store.spooled import spool_dir
 from mssante.tls import ClientCertMode, server_context
 
 log = logging.getLogger("mssante.smtp")
@@ -97,6 +98,8 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
         "hostname": settings.server.hostname,
         "ident": "mssante ESMTP",
         "data_size_limit": smtp.max_message_size,
+        "spool_dir": spool_dir(settings.data_dir) if smtp.spool_threshold else None,
+        "spool_threshold": smtp.spool_threshold,
         "timeout": smtp.timeout_seconds,
         "login_timeout": smtp.login_timeout_seconds,
         "limits": limits,

@@ -15,13 +15,14 @@ import re
 import unicodedata
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult
 
 from mssante import metrics
 from mssante.auth.authenticator import AuthChallenge, Authenticator, AuthFailure, AuthSuccess
-from mssante.smtp.spool import Received
+from mssante.smtp.spool import Received, Spooled
 from mssante.smtp.syntax import HELO_REFUSAL, command_line_problem, valid_helo
 from mssante.tls import TLSInfo, tls_info
 
@@ -209,6 +210,8 @@ class MSSanteSMTP(SMTP):
         limits: ConnectionLimits,
         login_timeout: float = 60.0,
         cleartext_auth: bool = False,
+        spool_dir: Path | None = None,
+        spool_threshold: int = 0,
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, authenticator=_deny_builtin_auth, enable_SMTPUTF8=True, **kwargs)
@@ -224,6 +227,9 @@ class MSSanteSMTP(SMTP):
         self._in_greeting = False
         self._data_reply_utf8 = False
         self.login_timeout = login_timeout
+        # DATA larger than spool_threshold goes to a file in spool_dir (none: all in memory).
+        self.spool_dir = spool_dir if spool_threshold > 0 else None
+        self.spool_threshold = spool_threshold
         self._login_deadline: asyncio.TimerHandle | None = None
         self.transaction_over = False  # the next reply is a transaction's final one (metrics)
         self._tls: tuple[object, TLSInfo] | None = None  # (the SSL object, what it says)
@@ -389,7 +395,9 @@ class MSSanteSMTP(SMTP):
         normalised by a few passes in C, whatever its number of lines (25 MiB of empty lines
         cost what 25 MiB of text costs), and the event loop is let go between chunks. The lines
         go into one buffer (:class:`~mssante.smtp.spool.Received`) that the handlers complete
-        and the store seals: the message is held once.
+        and the store seals: the message is held once. Past ``spool_threshold`` it moves to a
+        spool file (:class:`~mssante.smtp.spool.Spooled`) and is not held at all; a disk that
+        cannot take it refuses the message with ``452 4.3.1`` (read to its end all the same).
         """
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
@@ -403,41 +411,52 @@ class MSSanteSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         reader = self._reader
         assert isinstance(reader, StrictLineReader)
-        content: Received | None = Received()
+        content: Received | Spooled | None = Received()
         # Two bytes of the line before (the CRLF of the DATA command at first), then what is not
         # yet a complete line.
         pending = bytearray(b"\r\n")
         problem: str | None = None
         line = 1
-        while True:
-            chunk = await reader.read(DATA_CHUNK)
-            if not chunk:
-                return  # the client went away mid-DATA: nothing was accepted
-            search = max(len(pending) - len(END_OF_DATA) + 1, 0)
-            pending += chunk
-            end = pending.find(END_OF_DATA, search)
-            if end != -1:
-                reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
-                del pending[end + 2 :]  # the last line keeps its CRLF
-            complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
-            if problem is None:
-                problem = data_problem(pending, 2, complete, line)
-                if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
-                    problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
-                if problem is None and content is not None:
-                    lines = normalise_lines(pending, 2, complete)
-                    content.extend(memoryview(pending)[2:complete] if lines is None else lines)
-                    if self.data_size_limit and len(content) > self.data_size_limit:
-                        problem = "552 5.3.4 Message too big"
+        complete_data = False
+        try:
+            while True:
+                chunk = await reader.read(DATA_CHUNK)
+                if not chunk:
+                    return  # the client went away mid-DATA: nothing was accepted
+                search = max(len(pending) - len(END_OF_DATA) + 1, 0)
+                pending += chunk
+                end = pending.find(END_OF_DATA, search)
+                if end != -1:
+                    reader.unread(bytes(pending[end + len(END_OF_DATA) :]))  # pipelined commands
+                    del pending[end + 2 :]  # the last line keeps its CRLF
+                complete = pending.rfind(b"\n") + 1  # >= 2: the two bytes of context
+                if problem is None:
+                    problem = data_problem(pending, 2, complete, line)
+                    if problem is None and len(pending) - complete >= RFC_LINE_LIMIT - 1:
+                        problem = "500 5.5.2 Line too long (RFC 5321 4.5.3.1.6)"
+                    if problem is None and content is not None:
+                        content, problem = self._keep(content, pending, complete)
+                    if problem is not None and content is not None:
+                        content.close()  # keep reading to the end, keep nothing
+                        content = None
+                line += pending.count(b"\n", 2, complete)
+                del pending[: complete - 2]
                 if problem is not None:
-                    content = None  # keep reading to the end, keep nothing
-            line += pending.count(b"\n", 2, complete)
-            del pending[: complete - 2]
-            if problem is not None:
-                del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
-            if end != -1:
-                break
-            await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
+                    del pending[: -len(END_OF_DATA)]  # a refused line never ending is not kept either
+                if end != -1:
+                    complete_data = True
+                    break
+                await asyncio.sleep(0)  # one 64 KiB chunk at a time: other sessions are served
+        finally:
+            # Gone mid-DATA (read end, reset, cancelled): a spool file is closed now, not when
+            # the cycle collector finds the session's frames.
+            if content is not None and not complete_data:
+                content.close()
+        if problem is None and content is not None:
+            try:
+                content.received()
+            except OSError as exc:
+                problem = self._no_storage(exc)
         if problem is not None:
             self._set_post_data_state()
             await self.push(problem)
@@ -448,6 +467,29 @@ class MSSanteSMTP(SMTP):
         status = await metrics.smtp_acknowledged(self, self._call_handler_hook("DATA"))
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _keep(
+        self, content: Received | Spooled, pending: bytearray, complete: int
+    ) -> tuple[Received | Spooled, str | None]:
+        """Add the complete lines ``pending[2:complete]`` to the content, moved to a spool file
+        once past the threshold; returns the content and the refusal, if any."""
+        lines = normalise_lines(pending, 2, complete)
+        try:
+            content.extend(memoryview(pending)[2:complete] if lines is None else lines)
+            if self.data_size_limit and len(content) > self.data_size_limit:
+                return content, "552 5.3.4 Message too big"
+            past = self.spool_dir is not None and len(content) > self.spool_threshold
+            if past and isinstance(content, Received):
+                assert self.spool_dir is not None
+                content = content.to_file(self.spool_dir)
+        except OSError as exc:
+            return content, self._no_storage(exc)
+        return content, None
+
+    def _no_storage(self, error: OSError) -> str:
+        """The refusal of a message the spool file could not take (a full disk)."""
+        log.error("spool file: %s", error, extra={"session": self.session_id, "listener": self.listener})
+        return "452 4.3.1 Insufficient system storage"
 
     def _set_post_data_state(self) -> None:
         # aiosmtpd resets the envelope before pushing the DATA reply: remember its SMTPUTF8.

@@ -22,6 +22,7 @@ from mssante.crypto import KeyRing, SealedKey, new_data_key, open_chunks, open_s
 from mssante.sqlfast import dialect_of, insert_many, run, timestamp
 from mssante.store.kept import Kept, fetch_all
 from mssante.store.models import Blob, BlobChunk
+from mssante.store.spooled import Raw, SpooledMessage
 
 blobs = cast(Table, Blob.__table__)
 blob_chunks = cast(Table, BlobChunk.__table__)
@@ -34,7 +35,7 @@ SEAL_AS_STORED = 1024 * 1024
 _CHUNK_BATCH_BYTES = 256 * 1024
 _CHUNK_COLUMNS = {"blob_id": "int8", "seq": "int4", "data": "bytea"}
 
-Content = bytes | bytearray
+Content = Raw  # in memory, or in a spool file (read a chunk at a time)
 
 
 @dataclass(frozen=True)
@@ -64,28 +65,47 @@ class SealedBlob:
 
 def _pieces_by_chunk(pieces: tuple[Content, ...], chunk_size: int) -> Iterator[bytes | memoryview]:
     """The concatenation of ``pieces`` cut in chunks, each a view into its piece when it lies
-    in one (no copy), else joined (the chunk that straddles a prefix and the message)."""
-    views = [memoryview(p) for p in pieces if len(p)]
-    carry: list[memoryview] = []
+    in one (no copy), else joined (the chunk that straddles a prefix and the message); a
+    spooled piece is read a chunk at a time."""
+    carry: list[bytes | memoryview] = []
     carried = 0
-    for view in views:
-        pos = 0
-        if carried:
-            take = min(chunk_size - carried, len(view))
-            carry.append(view[:take])
-            carried += take
-            pos = take
-            if carried < chunk_size:
+    empty = True
+    for piece in pieces:
+        if not len(piece):
+            continue
+        empty = False
+        for segment in _segments(piece, chunk_size - carried, chunk_size):
+            if not carried and len(segment) == chunk_size:
+                yield segment
                 continue
-            yield b"".join(carry)
-            carry, carried = [], 0
-        while len(view) - pos >= chunk_size:
-            yield view[pos : pos + chunk_size]
-            pos += chunk_size
-        if pos < len(view):
-            carry, carried = [view[pos:]], len(view) - pos
-    if carried or not views:
+            carry.append(segment)
+            carried += len(segment)
+            if carried == chunk_size:
+                yield b"".join(carry)
+                carry, carried = [], 0
+    if carried or empty:
         yield b"".join(carry)
+
+
+def _segments(piece: Content, first: int, size: int) -> Iterator[bytes | memoryview]:
+    """``piece`` in consecutive slices, ``first`` bytes then ``size`` at a time: views into
+    it in memory, reads of its file when spooled."""
+    if isinstance(piece, SpooledMessage):
+        yield from piece.pieces(first, size)
+        return
+    view = memoryview(piece)
+    pos, step = 0, first
+    while pos < len(view):
+        yield view[pos : pos + step]
+        pos, step = pos + step, size
+
+
+def _digest_input(pieces: tuple[Content, ...]) -> Iterator[bytes | bytearray]:
+    for piece in pieces:
+        if isinstance(piece, SpooledMessage):
+            yield from piece.pieces()
+        else:
+            yield piece
 
 
 def seal(
@@ -105,7 +125,7 @@ def seal(
     count = max(1, -(-size // chunk_size))
     later = size >= SEAL_AS_STORED
     return SealedBlob(
-        digest=keyring.digest(pieces),
+        digest=keyring.digest(_digest_input(pieces)),
         size=size,
         key=keyring.wrap(data_key),
         chunk_count=count,

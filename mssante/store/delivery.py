@@ -23,6 +23,7 @@ from mssante.store.core import (
 )
 from mssante.store.feed import FolderChange
 from mssante.store.mime import analyse
+from mssante.store.spooled import Raw
 from mssante.store.types import (
     INBOX,
     AppendResult,
@@ -85,12 +86,12 @@ def _deliver_event(
 
 class DeliveryOps(StoreCore):
     # -- preparing content ----------------------------------------------------------------
-    def _prepare(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+    def _prepare(self, raw: Raw) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         meta = analyse(raw)
         search = headerindex.stored(headerindex.fields_of(meta))
         return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search), meta
 
-    async def _prepare_async(self, raw: bytes | bytearray) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
+    async def _prepare_async(self, raw: Raw) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         # MIME analysis and sealing in a worker thread, whatever the size: on the event loop
         # they were a tenth of its busy time at 10 sessions (profile of issue 20), time during
         # which no other session was read or answered.
@@ -110,7 +111,7 @@ class DeliveryOps(StoreCore):
     # -- delivery ---------------------------------------------------------------------------
     async def deliver(
         self,
-        raw: bytes | bytearray,
+        raw: Raw,
         sender: str,
         recipients: Sequence[str],
         *,
@@ -312,7 +313,7 @@ class DeliveryOps(StoreCore):
         self,
         bal: str,
         folder: str,
-        raw: bytes | bytearray,
+        raw: Raw,
         *,
         flags: Iterable[str] = (),
         internaldate: datetime | None = None,
@@ -329,7 +330,7 @@ class DeliveryOps(StoreCore):
         self,
         bal: str,
         folder: str,
-        messages: Sequence[tuple[bytes | bytearray, Iterable[str], datetime | None]],
+        messages: Sequence[tuple[Raw, Iterable[str], datetime | None]],
         *,
         actor: str,
         source: str | None = None,

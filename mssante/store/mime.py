@@ -15,6 +15,7 @@ from email.message import Message
 from typing import Any
 
 from mssante.store import addresses
+from mssante.store.spooled import Raw
 
 MAX_DEPTH = 32  # MIME nesting deeper than this is treated as an opaque body
 MAX_PARTS = 2000
@@ -22,7 +23,7 @@ MAX_PARTS = 2000
 Json = dict[str, Any]
 
 
-def _header_end(raw: bytes | bytearray, start: int, end: int) -> tuple[int, int]:
+def _header_end(raw: Raw, start: int, end: int) -> tuple[int, int]:
     """Return (end of the header block including the blank line, start of the body)."""
     if raw.startswith(b"\r\n", start) and start < end:
         return start + 2, start + 2
@@ -121,9 +122,7 @@ class _Counter:
     parts = 0
 
 
-def _part(
-    raw: bytes | bytearray, start: int, end: int, default_type: str, depth: int, counter: _Counter
-) -> Json:
+def _part(raw: Raw, start: int, end: int, default_type: str, depth: int, counter: _Counter) -> Json:
     counter.parts += 1
     header_end, body_start = _header_end(raw, start, end)
     fields = parse_headers(bytes(raw[start:header_end]))
@@ -172,7 +171,7 @@ def _part(
     return part
 
 
-def _split_multipart(raw: bytes | bytearray, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
+def _split_multipart(raw: Raw, start: int, end: int, boundary: bytes) -> list[tuple[int, int]]:
     """Byte ranges of the body parts between ``--boundary`` delimiter lines."""
     delim = b"--" + boundary
     spans: list[tuple[int, int]] = []
@@ -202,7 +201,7 @@ def _split_multipart(raw: bytes | bytearray, start: int, end: int, boundary: byt
     return spans
 
 
-def analyse(raw: bytes | bytearray, start: int = 0) -> Json:
+def analyse(raw: Raw, start: int = 0) -> Json:
     """Everything FETCH and SEARCH need, computed once, in place (offsets count from ``start``
     of ``raw``: the message is never copied whole)."""
     header_end, _ = _header_end(raw, start, len(raw))

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import NamedTuple
 
 from mssante.sqlfast import utc
+from mssante.store.spooled import Raw
 
 INBOX = "INBOX"
 DELIMITER = "/"
@@ -105,7 +106,7 @@ class Outbound:
     """What leaves for other operators: the message, the recipients by domain, and the
     DKIM-Signature field to put on top of it (stored together as the queue's own copy)."""
 
-    raw: bytes | bytearray
+    raw: Raw
     recipients: dict[str, list[str]]
     signature: bytes = b""
 

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from mssante.store.spooled import Raw
+
 
 @dataclass(frozen=True)
 class SequenceSet:
@@ -187,9 +189,9 @@ class Append:
     mailbox: str
     flags: tuple[str, ...]
     internaldate: datetime | None
-    message: bytes | bytearray  # the command's own buffer when large (see parser.message_literal)
+    message: Raw  # the command's buffer when large, a spool file when larger (see message_literal)
     # MULTIAPPEND (RFC 3502): the further messages, each with its flags and date.
-    more: tuple[tuple[tuple[str, ...], datetime | None, bytes | bytearray], ...] = ()
+    more: tuple[tuple[tuple[str, ...], datetime | None, Raw], ...] = ()
     binary: bool = False  # a message came as a literal8 (BINARY, RFC 3516)
 
 
