@@ -278,9 +278,10 @@ class MSSanteSMTP(SMTP):
         return bool(self.session is not None and self.session.authenticated)
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        """aiosmtpd's idle timeout (``[smtp] timeout_seconds``), re-armed lazily: a command only
-        moves the deadline, and the one timer, should it fire before it, waits for the rest (a cancelled timer and a new
-        one for every command were a fiftieth of the event loop's time at one SMTP session)."""
+        """aiosmtpd's idle timeout (``[smtp] timeout_seconds``), re-armed lazily: a command
+        only moves the deadline, and the one timer, should it fire before it, waits for the
+        rest (a cancelled timer and a new one for every command were a fiftieth of the event
+        loop's time at one SMTP session)."""
         self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
         handle = self._timeout_handle
         if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
