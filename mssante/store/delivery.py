@@ -98,7 +98,7 @@ class DeliveryOps(StoreCore):
         return await asyncio.to_thread(self._prepare, raw)
 
     def _prepare_delivery(
-        self, raw: bytes | bytearray, outbound: Outbound | None
+        self, raw: Raw, outbound: Outbound | None
     ) -> tuple[blobstore.SealedBlob, str | None, tuple[blobstore.SealedBlob, Outbound] | None]:
         """A delivery's content sealed, its Message-ID, and the copy for other operators."""
         sealed, meta = self._prepare(raw)
@@ -422,7 +422,7 @@ class _Delivery:
         folder: str,
         extra_audit: tuple[AuditEvent, ...],
         also: tuple[Callable[[Session], None], ...],
-        raw: bytes | bytearray,
+        raw: Raw,
         outbound: Outbound | None,
     ) -> None:
         self.store = store
@@ -433,7 +433,7 @@ class _Delivery:
         self.folder = folder
         self.extra_audit = extra_audit
         self.also = also
-        self._raw: bytes | bytearray | None = raw
+        self._raw: Raw | None = raw
         self._outbound_request = outbound
         self.sealed: blobstore.SealedBlob
         self.message_id: str | None = None
