@@ -37,6 +37,20 @@ def adapt(sql: str, dialect: str) -> str:
     return sql
 
 
+@lru_cache(maxsize=256)
+def numbered(sql: str) -> tuple[str, tuple[str, ...]]:
+    """``:name`` parameters as PostgreSQL's own ``$1, $2...`` (what libpq sends), and the names
+    in their order: a name used twice is one parameter."""
+    names: list[str] = []
+
+    def number(found: re.Match[str]) -> str:
+        if found[1] not in names:
+            names.append(found[1])
+        return f"${names.index(found[1]) + 1}"
+
+    return _NAMED.sub(number, sql), tuple(names)
+
+
 def timestamp(value: datetime, dialect: str) -> Any:
     """A timestamp as the column stores it: SQLAlchemy's naive UTC text on SQLite."""
     if dialect == "sqlite":

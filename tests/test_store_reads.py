@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from datetime import UTC
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
@@ -14,8 +14,10 @@ from sqlalchemy.orm import Session
 from mssante.config import load_settings
 from mssante.db import driver_connect_args, make_engine
 from mssante.runtime import Runtime
+from mssante.sqlfast import adapt, numbered
 from mssante.store import kept
 from mssante.store.blobs import rows_of
+from mssante.store.pgread import AsyncReads
 from tests.conftest import PG_URL
 from tests.helpers import make_message
 
@@ -100,6 +102,60 @@ async def test_reads_and_writes_go_on_after_the_server_closed_every_connection(
     assert [m.uid for m in await runtime.store.messages(inbox.id)] == [1, 2, 3]
     uids = await runtime.store.deliver(make_message(subject="après"), "dr.martin@demo.mssante.fr", [DOC])
     assert uids == {DOC: 4}
+
+
+def test_named_parameters_become_numbered_ones() -> None:
+    """What libpq is sent: ``$n`` in order of first use, a name used twice is one parameter,
+    and a cast (``::``) is left alone."""
+    assert numbered("SELECT :b::int8, :a WHERE x = :b") == ("SELECT $1::int8, $2 WHERE x = $1", ("b", "a"))
+
+
+async def test_small_reads_on_libpq_give_the_types_psycopg_gives(pg_server_url: str) -> None:
+    """The asynchronous reads drive libpq themselves with psycopg's adapters: integers of any
+    size, text, bytes, NULL, arrays and timestamps go and come back as through a cursor; a
+    statement's error is psycopg's, and the next read runs on a fresh connection."""
+    import psycopg
+
+    engine = make_engine(pg_server_url)
+    reads = AsyncReads(engine, size=1)
+    try:
+        sql = (
+            "SELECT CAST(:small AS int8) + 0, CAST(:big AS int8), CAST(:t AS text), CAST(:b AS bytea), "
+            "CAST(:none AS text), 3 = ANY(:ids), now() > CAST(:at AS timestamptz)"
+        )
+        params = {"small": 1, "big": 1 << 62, "t": "é", "b": b"\0\xff", "none": None, "ids": [1, 3]}
+        params["at"] = datetime(2020, 1, 1, tzinfo=UTC)
+        with engine.connect() as conn:
+            expected = conn.exec_driver_sql(adapt(sql, "postgresql"), params).all()
+        for _ in range(8):  # past the threshold: prepared
+            assert await reads.rows(sql, params) == [tuple(expected[0])]
+        assert await reads.rows("SELECT 1 WHERE false") == []
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await reads.rows("SELECT 1 / CAST(:z AS int4)", {"z": 0})
+        assert await reads.rows("SELECT CAST(:v AS int4)", {"v": 7}) == [(7,)]
+    finally:
+        reads.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize(("threshold", "prepared"), [(None, 0), (0, 1), (5, 0)])
+async def test_small_reads_are_prepared_after_the_threshold(
+    pg_server_url: str, threshold: int | None, prepared: int
+) -> None:
+    """``database.prepare_threshold`` holds for the asynchronous reads as for psycopg's cursors:
+    a text run more times than the threshold is prepared on the server, never with None."""
+    engine = make_engine(pg_server_url, prepare_threshold=threshold)
+    reads = AsyncReads(engine, size=1)
+    try:
+        for _ in range(3):
+            assert await reads.rows("SELECT CAST(:v AS int4)", {"v": 1}) == [(1,)]
+        found = await reads.rows(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE :s", {"s": "SELECT CAST($1%"}
+        )
+        assert found == [(prepared,)]
+    finally:
+        reads.close()
+        engine.dispose()
 
 
 def test_prepare_threshold_reaches_the_driver(pg_server_url: str) -> None:

@@ -10,8 +10,16 @@ answer arrives, with no thread in between.
 The connections are psycopg's own (``AsyncConnection``), opened with the parameters the
 engine's dialect derives from the URL (multi-host lists and ``target_session_attrs``
 included, so they follow the primary as the pool does), in autocommit: each statement sees
-the latest commit and no transaction stays open between reads. Statements are prepared on the
-server after ``prepare_threshold`` executions (psycopg's automatic preparation).
+the latest commit and no transaction stays open between reads.
+
+A statement is then driven through libpq itself (psycopg's ``pgconn``), with psycopg's
+adapters for the parameters and the rows: each read is one send, one wait for the socket and
+one result. Issue 20: through the cursor, the same read cost twice as much in Python (a cursor
+and a transformer per call, the connection's lock, a generator resumed through two waits,
+each registering and removing the socket), ~120 µs against ~60 µs in all, which was a
+quarter of a single-message FETCH. Statements are prepared on the server after
+``prepare_threshold`` executions of the same text with the same parameter types, as psycopg
+does (never when it is None: PgBouncer in transaction mode).
 
 A connection that fails (a server restart, a failover) is discarded and the statement tried
 once more on a new one; a second failure is the caller's.
@@ -26,11 +34,14 @@ from typing import Any
 from sqlalchemy import Engine
 
 from mssante.db import driver_connect_args
-from mssante.sqlfast import adapt
+from mssante.sqlfast import numbered
 
 # Connections per process for small reads: a round trip is ~100 µs and the loop does the
 # rest, so a few are enough for any number of sessions (they queue for a connection).
 ASYNC_READ_CONNECTIONS = 4
+# Prepared statements per connection (the store sends a handful of texts; a bound all the same).
+PREPARED_MAX = 64
+_PSYCOPG_THRESHOLD = 5  # psycopg's prepare_threshold when the engine sets none
 
 
 class AsyncReads:
@@ -39,9 +50,10 @@ class AsyncReads:
     def __init__(self, engine: Engine, size: int = ASYNC_READ_CONNECTIONS) -> None:
         self._cargs, cparams = driver_connect_args(engine)
         self._cparams = {**cparams, "autocommit": True}
+        self._threshold: int | None = cparams.get("prepare_threshold", _PSYCOPG_THRESHOLD)
         self._size = size
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._idle: list[Any] = []
+        self._idle: list[_Link] = []
         self._slots: asyncio.Semaphore | None = None
 
     def _bind(self) -> asyncio.Semaphore:
@@ -52,43 +64,42 @@ class AsyncReads:
             self._loop, self._slots = loop, asyncio.Semaphore(self._size)
         return self._slots
 
-    async def _connect(self) -> Any:
+    async def _connect(self) -> _Link:
         import psycopg
 
-        return await psycopg.AsyncConnection.connect(*self._cargs, **self._cparams)
+        conn = await psycopg.AsyncConnection.connect(*self._cargs, **self._cparams)
+        return _Link(conn, self._threshold)
 
     async def rows(self, sql: str, params: dict[str, Any] | None = None) -> list[Any]:
-        """All rows of one statement (driver SQL with ``:name`` parameters), in binary."""
+        """All rows of one statement (driver SQL with ``:name`` parameters), as tuples."""
         import psycopg
 
-        query = adapt(sql, "postgresql")
         async with self._bind():
-            conn = self._idle.pop() if self._idle else None
+            link = self._idle.pop() if self._idle else None
             for attempt in (1, 2):
-                if conn is None:
-                    conn = await self._connect()
+                if link is None:
+                    link = await self._connect()
                 try:
-                    cursor = await conn.execute(query, params or {}, binary=True)
-                    rows: list[Any] = await cursor.fetchall()
+                    rows = await link.rows(sql, params or {})
                 except psycopg.OperationalError:
-                    _finish(conn)
-                    conn = None
+                    link.finish()
+                    link = None
                     if attempt == 2:
                         raise
                     continue
                 except BaseException:
                     # A statement error (or a cancellation mid-statement): the connection may
                     # be in any state, so it is not reused.
-                    _finish(conn)
+                    link.finish()
                     raise
-                self._idle.append(conn)
+                self._idle.append(link)
                 return rows
         raise AssertionError("unreachable")
 
     def _discard_all(self) -> None:
         idle, self._idle = self._idle, []
-        for conn in idle:
-            _finish(conn)
+        for link in idle:
+            link.finish()
 
     def close(self) -> None:
         """Close the idle connections (those in use close when their statement ends)."""
@@ -96,7 +107,101 @@ class AsyncReads:
         self._loop = self._slots = None
 
 
-def _finish(conn: Any) -> None:
-    """Close a connection without awaiting (its socket is all there is to release)."""
-    with contextlib.suppress(Exception):  # already gone: nothing to release
-        conn.pgconn.finish()
+class _Link:
+    """One connection, its adapters (kept from one statement to the next) and what it has
+    prepared: {(text, parameter types): statement name}, and how often each text ran."""
+
+    def __init__(self, conn: Any, threshold: int | None) -> None:
+        from psycopg.adapt import Transformer
+
+        self._conn = conn
+        self._pgconn = conn.pgconn
+        self._tx = Transformer(conn)
+        self._threshold = threshold
+        self._prepared: dict[tuple[str, tuple[int, ...]], bytes] = {}
+        self._runs: dict[tuple[str, tuple[int, ...]], int] = {}
+
+    async def rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
+        from psycopg import pq
+        from psycopg.adapt import PyFormat
+
+        query, names = numbered(sql)
+        tx, pgconn = self._tx, self._pgconn
+        values = tx.dump_sequence([params[n] for n in names], [PyFormat.BINARY] * len(names))
+        key = (query, tuple(tx.types or ()))
+        name = self._prepared.get(key) or await self._prepare(key)
+        if name is None:
+            pgconn.send_query_params(
+                query.encode(), values, tx.types, tx.formats, result_format=pq.Format.BINARY
+            )
+        else:
+            pgconn.send_query_prepared(name, values, tx.formats, result_format=pq.Format.BINARY)
+        result = await self._result()
+        tx.set_pgresult(result)
+        return tx.load_rows(0, result.ntuples, tuple)
+
+    async def _prepare(self, key: tuple[str, tuple[int, ...]]) -> bytes | None:
+        """The statement's name once it has run ``threshold`` times unprepared (then prepared
+        now), else None."""
+        if self._threshold is None or len(self._prepared) >= PREPARED_MAX:
+            return None
+        runs = self._runs[key] = self._runs.get(key, 0) + 1
+        if runs <= self._threshold:
+            return None
+        name = b"mssante_%d" % len(self._prepared)
+        self._pgconn.send_prepare(name, key[0].encode(), key[1])
+        await self._result()
+        del self._runs[key]
+        self._prepared[key] = name
+        return name
+
+    async def _result(self) -> Any:
+        """The one result of the statement sent, once the server gave it (an error raised as
+        psycopg raises it: a lost connection is an ``OperationalError``)."""
+        from psycopg import errors, pq
+
+        pgconn = self._pgconn
+        while pgconn.flush():  # the statement did not fit in the socket's buffer at once
+            await _ready(pgconn.socket, write=True)
+            pgconn.consume_input()
+        found = None
+        while True:
+            while pgconn.is_busy():
+                await _ready(pgconn.socket)
+                pgconn.consume_input()
+            result = pgconn.get_result()
+            if result is None:
+                break
+            if found is None:
+                found = result
+        if found is None or found.status not in (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK):
+            if found is None:
+                raise errors.OperationalError(pgconn.get_error_message() or "no result")
+            raise errors.error_from_result(found, encoding=self._conn.info.encoding)
+        return found
+
+    def finish(self) -> None:
+        """Close the connection without awaiting (its socket is all there is to release)."""
+        with contextlib.suppress(Exception):  # already gone: nothing to release
+            self._pgconn.finish()
+
+
+async def _ready(fd: int, write: bool = False) -> None:
+    """Until the socket can be read (or written, or read: libpq may need to read a notice to
+    go on writing)."""
+    loop = asyncio.get_running_loop()
+    ready = loop.create_future()
+    loop.add_reader(fd, _wake, ready)
+    if write:
+        loop.add_writer(fd, _wake, ready)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(fd)
+        if write:
+            loop.remove_writer(fd)
+
+
+def _wake(ready: asyncio.Future[None]) -> None:
+    if not ready.done():
+        ready.set_result(None)
