@@ -517,3 +517,25 @@ async def test_a_job_given_up_before_the_writer_reaches_it_is_not_run(runtime: R
     await held
     assert await kept == "answer"
     assert ran == ["kept"] and given_up.cancelled()
+
+
+async def test_the_sqlite_writer_keeps_its_connection_until_a_batch_fails(runtime: Runtime) -> None:
+    """On SQLite the writer's connection (and its page cache) outlives a batch; a failed batch
+    drops it and the next one runs on another. On PostgreSQL each batch takes a pinged
+    connection from the pool; on both, the writer goes on after the failure."""
+    writer = runtime.store.writer
+
+    def connection_of(session: Session) -> Any:
+        return session.connection()  # (held by the test: no other object takes its address)
+
+    def failing(session: Session) -> None:
+        session.connection()
+        raise RuntimeError("refused")
+
+    first = await writer.run(connection_of)
+    second = await writer.run(connection_of)
+    with pytest.raises(RuntimeError):
+        await writer.run(failing)
+    third = await writer.run(connection_of)
+    if runtime.writer_engine.dialect.name == "sqlite":
+        assert first is second and third is not first
