@@ -18,6 +18,7 @@ queue domains from the liste blanche): never an address or free text.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import ipaddress
 import logging
@@ -159,19 +160,30 @@ EVENTS: tuple[Counter | Histogram, ...] = (
 
 
 # -- hooks (one call at each instrumentation point) -------------------------------------------
+@functools.cache
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, looked up once: ``labels`` checks and locks at each call,
+    and the per-command hooks below run several times per SMTP message or IMAP command (label
+    values are bounded, so is this cache)."""
+    return metric.labels(*labels)
+
+
 def smtp_reply(server: Any, status: object) -> None:
     """A reply is being sent; the one that ends a transaction (after DATA) is counted."""
     if getattr(server, "transaction_over", False) and isinstance(status, str):
         server.transaction_over = False
-        SMTP_TRANSACTIONS.labels(server.listener, f"{status[:1]}xx").inc()
+        _child(SMTP_TRANSACTIONS, server.listener, f"{status[:1]}xx").inc()
 
 
 async def smtp_acknowledged(server: Any, answer: Awaitable[T]) -> T:
     """The handlers' work on a received message: its size and the time to the reply."""
     content = server.envelope.original_content if server.envelope is not None else None
-    SMTP_MESSAGE_SIZE.labels(server.listener).observe(len(content or b""))
-    with SMTP_ACK_SECONDS.labels(server.listener).time():
+    _child(SMTP_MESSAGE_SIZE, server.listener).observe(len(content or b""))
+    start = time.perf_counter()
+    try:
         return await answer
+    finally:
+        _child(SMTP_ACK_SECONDS, server.listener).observe(time.perf_counter() - start)
 
 
 def connection_refused(protocol: str) -> None:
@@ -190,12 +202,15 @@ def relay_attempt(attempt: Any, remaining: list[str], expired: bool) -> None:
 
 
 async def imap_command(name: str, handling: Awaitable[T]) -> T:
-    with IMAP_COMMAND_SECONDS.labels(name).time():
+    start = time.perf_counter()
+    try:
         return await handling
+    finally:
+        _child(IMAP_COMMAND_SECONDS, name).observe(time.perf_counter() - start)
 
 
 def imap_answered(name: str, status: str) -> None:
-    IMAP_COMMANDS.labels(name, status).inc()
+    _child(IMAP_COMMANDS, name, status).inc()
 
 
 def login(mechanism: str, listener: str, checked: Any) -> None:

@@ -208,3 +208,17 @@ def test_partials() -> None:
     assert apply_partial(100, 200, (90, 50)) == (190, 200)
     assert apply_partial(100, 200, (500, 5)) == (200, 200)
     assert Section((1,), "MIME").__str__() == "1.MIME"
+
+
+def test_parsed_header_values_handed_out_are_the_callers_own() -> None:
+    """Short From:/Content-Type values are parsed once for all: what a caller changes in its
+    copy never shows in the next message's analysis."""
+    from mssante.store import addresses
+
+    first = addresses.parse('"Dr A" <a@demo.mssante.fr>')
+    assert first == [["Dr A", None, "a", "demo.mssante.fr"]]
+    first[0][0] = "changed"
+    assert addresses.parse('"Dr A" <a@demo.mssante.fr>') == [["Dr A", None, "a", "demo.mssante.fr"]]
+    message = b"From: a@demo.mssante.fr\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nx\r\n"
+    analyse(message)["part"]["params"].append(["name", "x"])
+    assert analyse(message)["part"]["params"] == [["charset", "utf-8"]]

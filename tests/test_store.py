@@ -458,3 +458,84 @@ async def test_large_contents_sealed_as_stored_read_back_identical(runtime: Runt
         ).scalars()
         copies = [await runtime.store.body(blob_id) for blob_id in list(queued)]
     assert sorted(copies) == sorted(prefix + bytes(r) for r in raws)
+
+
+async def test_a_small_message_is_sealed_by_the_writer_thread_a_large_one_by_another(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The usual message costs no thread hop of its own: the writer analyses and seals it just
+    before its transaction; a large one is sealed meanwhile by a worker thread."""
+    store = runtime.store
+    sealed_by: list[str] = []
+    prepare = store._prepare
+
+    def recording(raw: bytes | bytearray) -> Any:
+        sealed_by.append(threading.current_thread().name)
+        return prepare(raw)
+
+    monkeypatch.setattr(store, "_prepare", recording)
+    await store.deliver(make_message(subject="small", size=2000), "x@demo.mssante.fr", [DOC])
+    await store.deliver(make_message(subject="large", size=300_000), "x@demo.mssante.fr", [DOC])
+    assert sealed_by[0] == "mssante-writer" and sealed_by[1] != "mssante-writer"
+    assert count(runtime, Message) == 2
+
+
+async def test_a_delivery_whose_preparation_fails_fails_alone_in_its_batch(
+    runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = runtime.store
+    prepare = store._prepare
+
+    def failing(raw: bytes | bytearray) -> Any:
+        if b"Subject: broken" in raw:
+            raise ValueError("cannot analyse")
+        return prepare(raw)
+
+    monkeypatch.setattr(store, "_prepare", failing)
+
+    def submit() -> list[asyncio.Future[Any]]:
+        return [
+            asyncio.ensure_future(store.deliver(make_message(subject=subject), "x@demo.mssante.fr", [DOC]))
+            for subject in ("first", "broken", "third")
+        ]
+
+    first, broken, third = await _in_one_batch(store.writer, submit)
+    assert isinstance(broken, ValueError)
+    assert sorted([first[DOC], third[DOC]]) == [1, 2]
+    assert count(runtime, Message) == 2
+
+
+async def test_a_job_given_up_before_the_writer_reaches_it_is_not_run(runtime: Runtime) -> None:
+    writer = runtime.store.writer
+    ran: list[str] = []
+    gate, held = await _hold_writer(writer)
+    given_up = asyncio.ensure_future(writer.run(lambda session: ran.append("given up")))
+    kept = asyncio.ensure_future(writer.run(lambda session: ran.append("kept") or "answer"))
+    await asyncio.sleep(0)
+    given_up.cancel()
+    gate.set()
+    await held
+    assert await kept == "answer"
+    assert ran == ["kept"] and given_up.cancelled()
+
+
+async def test_the_sqlite_writer_keeps_its_connection_until_a_batch_fails(runtime: Runtime) -> None:
+    """On SQLite the writer's connection (and its page cache) outlives a batch; a failed batch
+    drops it and the next one runs on another. On PostgreSQL each batch takes a pinged
+    connection from the pool; on both, the writer goes on after the failure."""
+    writer = runtime.store.writer
+
+    def connection_of(session: Session) -> Any:
+        return session.connection()  # (held by the test: no other object takes its address)
+
+    def failing(session: Session) -> None:
+        session.connection()
+        raise RuntimeError("refused")
+
+    first = await writer.run(connection_of)
+    second = await writer.run(connection_of)
+    with pytest.raises(RuntimeError):
+        await writer.run(failing)
+    third = await writer.run(connection_of)
+    if runtime.writer_engine.dialect.name == "sqlite":
+        assert first is second and third is not first

@@ -15,11 +15,11 @@ for senders unknown to the annuaire is the ``From:`` display name used.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from email.header import decode_header, make_header
 from email.utils import getaddresses
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -169,10 +169,11 @@ class PatientHook:
 
         return to_patients
 
-    async def after_commit(self, ctx: DeliveryContext) -> None:
+    def after_commit(self, ctx: DeliveryContext) -> Coroutine[Any, Any, None] | None:
         patients = [p for p in self._patients(ctx) if p.address in ctx.uids]
-        if not patients:
-            return
+        return self._notify(ctx, patients) if patients else None
+
+    async def _notify(self, ctx: DeliveryContext, patients: list[_Patient]) -> None:
         professional = self._professional(ctx)
         bal = self.directory.bal(professional)
         name = (bal is not None and annuaire_name(self.directory, bal)) or display_name(

@@ -4,15 +4,16 @@ A hook sees each message the front door is about to store. It may add writes to 
 transaction that stores the message (``in_transaction``: e.g. a patient conversation record,
 so the record exists exactly when the message does) and act once the message is durable
 (``after_commit``: e.g. notify a patient, deposit an XDM package in the DMP and answer the
-sender). ``after_commit`` runs in the background: the sender already has its ``250``, and a
-hook failure never loses or delays mail.
+sender). ``after_commit`` decides at once whether there is anything to do and returns that work
+as a coroutine (or None: the usual message has none, and costs no task), which runs in the
+background: the sender already has its ``250``, and a hook failure never loses or delays mail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -44,7 +45,7 @@ class DeliveryContext:
 class DeliveryHook(Protocol):
     def in_transaction(self, ctx: DeliveryContext) -> Callable[[Session], None] | None: ...
 
-    async def after_commit(self, ctx: DeliveryContext) -> None: ...
+    def after_commit(self, ctx: DeliveryContext) -> Coroutine[Any, Any, None] | None: ...
 
 
 class HookRunner:
@@ -59,17 +60,27 @@ class HookRunner:
 
     def committed(self, ctx: DeliveryContext) -> None:
         for hook in self.hooks:
-            task = asyncio.create_task(self._guarded(hook, ctx))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            try:
+                work = hook.after_commit(ctx)
+            except Exception:
+                _failed(hook)
+                continue
+            if work is not None:
+                task = asyncio.create_task(self._guarded(hook, work))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     @staticmethod
-    async def _guarded(hook: DeliveryHook, ctx: DeliveryContext) -> None:
+    async def _guarded(hook: DeliveryHook, work: Coroutine[Any, Any, None]) -> None:
         try:
-            await hook.after_commit(ctx)
+            await work
         except Exception:
-            log.exception("delivery hook %s failed (the message itself is stored)", type(hook).__name__)
+            _failed(hook)
 
     async def drain(self) -> None:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def _failed(hook: DeliveryHook) -> None:
+    log.exception("delivery hook %s failed (the message itself is stored)", type(hook).__name__)

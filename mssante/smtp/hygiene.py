@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.policy
 import re
+import time
 import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -108,8 +109,8 @@ def from_addresses(value: str) -> tuple[str, ...]:
 
 def report_type(content_type: str | None) -> str | None:
     """The ``report-type`` of a ``multipart/report`` top-level type, else None."""
-    if not content_type:
-        return None
+    if not content_type or "report" not in content_type.lower():
+        return None  # (the usual message: no parse)
     message = Message()
     message["Content-Type"] = content_type
     if message.get_content_type() != "multipart/report":
@@ -118,9 +119,12 @@ def report_type(content_type: str | None) -> str | None:
     return value.lower() if isinstance(value, str) else None
 
 
-def _values(fields: list[tuple[str, str]], name: str) -> list[str]:
-    lname = name.lower()
-    return [v for k, v in fields if k.lower() == lname]
+def _by_name(fields: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """The values of each field name (lower case), in order."""
+    named: dict[str, list[str]] = {}
+    for key, value in fields:
+        named.setdefault(key.lower(), []).append(value)
+    return named
 
 
 def inspect(
@@ -138,13 +142,14 @@ def inspect(
     if problem is not None:
         return empty, problem, False
     fields = parse_headers(block)
-    froms = _values(fields, "From")
+    named = _by_name(fields)
+    froms = named.get("from", [])
     if len(froms) != 1:
         return empty, Problem("5.6.0", "the message must have exactly one From: header"), False
     addresses = from_addresses(froms[0])
     if not addresses or any("@" not in a for a in addresses):
         return empty, Problem("5.6.0", "the From: header holds no valid address"), False
-    dates = _values(fields, "Date")
+    dates = named.get("date", [])
     if len(dates) != 1:
         return empty, Problem("5.6.0", "the message must have exactly one Date: header"), False
     try:
@@ -152,22 +157,34 @@ def inspect(
     except (TypeError, ValueError):
         return empty, Problem("5.6.0", f"the Date: header {dates[0][:60]!r} is not an RFC 5322 date"), False
     analysis = analyse(data, start) if count_attachments else None
-    content_types = _values(fields, "Content-Type")
+    content_types = named.get("content-type", [])
     facts = MessageFacts(
         from_addresses=addresses,
-        in_reply_to=tuple(_MSGID.findall(" ".join(_values(fields, "In-Reply-To")))),
-        references=tuple(_MSGID.findall(" ".join(_values(fields, "References")))),
+        in_reply_to=tuple(_MSGID.findall(" ".join(named.get("in-reply-to", [])))),
+        references=tuple(_MSGID.findall(" ".join(named.get("references", [])))),
         attachments=int(analysis["attachments"]) if analysis else 0,
         attachment_types=attachment_types(analysis["part"]) if analysis else (),
         headers={k.lower(): v for k, v in fields},
-        sender_fields=tuple(addr for _, addr in getaddresses(_values(fields, "Sender"))),
+        sender_fields=tuple(addr for _, addr in getaddresses(named.get("sender", []))),
         report_type=report_type(content_types[0]) if len(content_types) == 1 else None,
     )
-    return facts, None, bool(_values(fields, "Message-ID"))
+    return facts, None, bool(named.get("message-id", []))
 
 
 def new_message_id(domain: str) -> str:
     return make_msgid(domain=domain)
+
+
+_date_text: tuple[int, str] = (0, "")
+
+
+def _date_now() -> str:
+    """The current time as a header date: the same text for a whole second, formatted once."""
+    global _date_text
+    second = int(time.time())
+    if _date_text[0] != second:
+        _date_text = (second, format_datetime(datetime.fromtimestamp(second, UTC)))
+    return _date_text[1]
 
 
 def trace_headers(
@@ -184,7 +201,7 @@ def trace_headers(
     new_message_id: str | None,
 ) -> bytes:
     """The header lines this server adds on top of an accepted message."""
-    now = format_datetime(datetime.now(UTC))
+    now = _date_now()
     tls_part = f"\r\n\t(using {tls})" if tls else ""
     auth_part = f"\r\n\t(authenticated as {authenticated})" if authenticated else ""
     for_part = f"\r\n\tfor <{recipient}>" if recipient else ""

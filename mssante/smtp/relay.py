@@ -464,7 +464,7 @@ class RelayWakeHook:
     def in_transaction(self, ctx: Any) -> None:
         return None
 
-    async def after_commit(self, ctx: Any) -> None:
+    def after_commit(self, ctx: Any) -> None:
         if any(r.route == "remote" for r in ctx.recipients):
             self.worker.wake()
 

@@ -232,6 +232,8 @@ class MSSanteSMTP(SMTP):
         self.spool_threshold = spool_threshold
         self._login_deadline: asyncio.TimerHandle | None = None
         self.transaction_over = False  # the next reply is a transaction's final one (metrics)
+        self._tls: tuple[object, TLSInfo] | None = None  # (the SSL object, what it says)
+        self._idle_deadline = 0.0  # (loop time) see _reset_timeout
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -274,6 +276,27 @@ class MSSanteSMTP(SMTP):
         if self.auth is None:
             return self.tls.active
         return bool(self.session is not None and self.session.authenticated)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's idle timeout (``[smtp] timeout_seconds``), re-armed lazily: a command
+        only moves the deadline, and the one timer, should it fire before it, waits for the
+        rest (a cancelled timer and a new one for every command were a fiftieth of the event
+        loop's time at one SMTP session)."""
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() < self._idle_deadline:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        if self.transport is not None and not self.transport.is_closing():
+            # Said before closing, as Postfix does (aiosmtpd would close without a word).
+            self.transport.write(b"421 4.4.2 Idle timeout, closing connection\r\n")  # type: ignore[attr-defined]
+        self._timeout_cb()  # type: ignore[no-untyped-call]
 
     def _login_deadline_passed(self) -> None:
         """Like Dovecot's login processes: an unauthenticated client gets a fixed time, not an
@@ -323,9 +346,13 @@ class MSSanteSMTP(SMTP):
 
     @property
     def tls(self) -> TLSInfo:
+        """The connection's TLS (read once per TLS layer: each message's trace shows it)."""
         if self.transport is None:
             return TLSInfo.cleartext()
-        return tls_info(self.transport.get_extra_info("ssl_object"))
+        ssl_object = self.transport.get_extra_info("ssl_object")
+        if self._tls is None or self._tls[0] is not ssl_object:
+            self._tls = (ssl_object, tls_info(ssl_object))
+        return self._tls[1]
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """The path of MAIL FROM or RCPT TO and the parameters after it, as aiosmtpd parses

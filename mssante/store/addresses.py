@@ -13,6 +13,7 @@ RFC 2047 words left encoded, as ENVELOPE carries them).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 Address = list[str | None]
@@ -128,10 +129,26 @@ def _mailbox(tokens: list[_Token]) -> Address | None:
     return [comments[-1] if comments else None, None, local, domain if domain is not None else ""]
 
 
+# Header values up to this long are parsed once for all (a From: or To: comes back with every
+# message of its sender or recipient); 4,096 of them at most.
+CACHED_VALUE_MAX = 256
+
+
 def parse(value: str | None) -> list[Address] | None:
     """The ENVELOPE address list of a header value; None when it holds no address or group."""
     if not value:
         return None
+    parsed = _parsed(value) if len(value) <= CACHED_VALUE_MAX else _parse(value)
+    return None if parsed is None else [list(address) for address in parsed]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(value: str) -> tuple[tuple[str | None, ...], ...] | None:
+    addresses = _parse(value)
+    return None if addresses is None else tuple(tuple(address) for address in addresses)
+
+
+def _parse(value: str) -> list[Address] | None:
     tokens = _tokens(value)
     out: list[Address] = []
     current: list[_Token] = []

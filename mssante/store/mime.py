@@ -9,6 +9,7 @@ way to serve IMAP sections byte-exactly.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from email.header import decode_header, make_header
 from email.message import Message
@@ -30,10 +31,12 @@ def _header_end(raw: Raw, start: int, end: int) -> tuple[int, int]:
     if raw.startswith(b"\n", start) and start < end:
         return start + 1, start + 1
     crlf = raw.find(b"\r\n\r\n", start, end)
-    lf = raw.find(b"\n\n", start, end)
+    # A bare-LF blank line counts only before the first CRLF one (not looked for after it:
+    # in the usual CRLF message that search would read the whole body).
+    lf = raw.find(b"\n\n", start, end if crlf == -1 else crlf + 2)
     if crlf == -1 and lf == -1:
         return end, end
-    if crlf != -1 and (lf == -1 or crlf + 1 <= lf):
+    if lf == -1:
         return crlf + 4, crlf + 4
     return lf + 2, lf + 2
 
@@ -70,40 +73,68 @@ def parse_headers(block: bytes) -> list[tuple[str, str]]:
 
 def decode_value(value: str) -> str:
     """RFC 2047 decoding for searching and display; undecodable words are kept as written."""
+    if "=?" not in value and value.isascii():
+        return value  # no encoded word: what decoding would give back (most fields)
     try:
         return str(make_header(decode_header(value)))
     except (ValueError, LookupError, UnicodeError):
         return value
 
 
-def _get(fields: list[tuple[str, str]], name: str) -> str | None:
-    lname = name.lower()
-    for key, value in fields:
-        if key.lower() == lname:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return None
+class _Named:
+    """The first field of each name (case-insensitive), looked up by lower-case name."""
+
+    __slots__ = ("_first",)
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        first: dict[str, str] = {}
+        for key, value in fields:
+            first.setdefault(key.lower(), value)
+        self._first = first
+
+    def get(self, lname: str) -> str | None:
+        value = self._first.get(lname)
+        if value is None or value.isascii():
+            return value
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
-def envelope(fields: list[tuple[str, str]]) -> Json:
+def envelope(fields: list[tuple[str, str]] | _Named) -> Json:
     """Raw envelope fields in IMAP ENVELOPE order; From defaults Sender and Reply-To."""
-    from_ = addresses.parse(_get(fields, "From"))
+    named = fields if isinstance(fields, _Named) else _Named(fields)
+    from_ = addresses.parse(named.get("from"))
     return {
-        "date": _get(fields, "Date"),
-        "subject": _get(fields, "Subject"),
+        "date": named.get("date"),
+        "subject": named.get("subject"),
         "from": from_,
-        "sender": addresses.parse(_get(fields, "Sender")) or from_,
-        "reply_to": addresses.parse(_get(fields, "Reply-To")) or from_,
-        "to": addresses.parse(_get(fields, "To")),
-        "cc": addresses.parse(_get(fields, "Cc")),
-        "bcc": addresses.parse(_get(fields, "Bcc")),
-        "in_reply_to": _get(fields, "In-Reply-To"),
-        "message_id": _get(fields, "Message-ID"),
+        "sender": addresses.parse(named.get("sender")) or from_,
+        "reply_to": addresses.parse(named.get("reply-to")) or from_,
+        "to": addresses.parse(named.get("to")),
+        "cc": addresses.parse(named.get("cc")),
+        "bcc": addresses.parse(named.get("bcc")),
+        "in_reply_to": named.get("in-reply-to"),
+        "message_id": named.get("message-id"),
     }
 
 
 def _params(header_value: str | None, header: str = "content-type") -> tuple[str | None, list[list[str]]]:
     if header_value is None:
         return None, []
+    if len(header_value) > addresses.CACHED_VALUE_MAX:
+        return _parse_params(header_value, header)
+    main, rest = _parsed_params(header_value, header)
+    return main, [list(pair) for pair in rest]
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed_params(header_value: str, header: str) -> tuple[str | None, tuple[tuple[str, ...], ...]]:
+    """A short Content-Type or Content-Disposition, parsed once (``text/plain; charset=utf-8``
+    comes back with most messages)."""
+    main, rest = _parse_params(header_value, header)
+    return main, tuple(tuple(pair) for pair in rest)
+
+
+def _parse_params(header_value: str, header: str) -> tuple[str | None, list[list[str]]]:
     msg = Message()
     msg[header] = header_value
     params = msg.get_params(header=header) or []
@@ -122,15 +153,24 @@ class _Counter:
     parts = 0
 
 
-def _part(raw: Raw, start: int, end: int, default_type: str, depth: int, counter: _Counter) -> Json:
+def _part(
+    raw: Raw,
+    start: int,
+    end: int,
+    default_type: str,
+    depth: int,
+    counter: _Counter,
+    fields: list[tuple[str, str]] | None = None,
+) -> Json:
+    """One MIME part (``fields``: its header, when the caller already parsed it)."""
     counter.parts += 1
     header_end, body_start = _header_end(raw, start, end)
-    fields = parse_headers(bytes(raw[start:header_end]))
-    ctype, params = _params(_get(fields, "Content-Type"))
+    named = _Named(parse_headers(bytes(raw[start:header_end])) if fields is None else fields)
+    ctype, params = _params(named.get("content-type"))
     if not ctype or "/" not in ctype:
         ctype, params = default_type, ([["charset", "us-ascii"]] if default_type == "text/plain" else [])
     maintype, _, subtype = ctype.partition("/")
-    disp_type, disp_params = _params(_get(fields, "Content-Disposition"), "content-disposition")
+    disp_type, disp_params = _params(named.get("content-disposition"), "content-disposition")
     # Counted in place: slicing a 20 MiB attachment's body would copy it.
     lines = raw.count(b"\n", body_start, end)
     if end > body_start and raw[end - 1 : end] != b"\n":
@@ -141,15 +181,15 @@ def _part(raw: Raw, start: int, end: int, default_type: str, depth: int, counter
         "type": maintype,
         "subtype": subtype,
         "params": params,
-        "id": _get(fields, "Content-ID"),
-        "description": _get(fields, "Content-Description"),
-        "encoding": (_get(fields, "Content-Transfer-Encoding") or "7bit").lower(),
+        "id": named.get("content-id"),
+        "description": named.get("content-description"),
+        "encoding": (named.get("content-transfer-encoding") or "7bit").lower(),
         "size": end - body_start,
         "lines": lines,
-        "md5": _get(fields, "Content-MD5"),
+        "md5": named.get("content-md5"),
         "disposition": [disp_type, disp_params] if disp_type else None,
-        "language": _get(fields, "Content-Language"),
-        "location": _get(fields, "Content-Location"),
+        "language": named.get("content-language"),
+        "location": named.get("content-location"),
     }
     if depth >= MAX_DEPTH or counter.parts >= MAX_PARTS:
         return part
@@ -206,7 +246,7 @@ def analyse(raw: Raw, start: int = 0) -> Json:
     of ``raw``: the message is never copied whole)."""
     header_end, _ = _header_end(raw, start, len(raw))
     fields = parse_headers(bytes(raw[start:header_end]))
-    root = _part(raw, start, len(raw), "text/plain", 0, _Counter())
+    root = _part(raw, start, len(raw), "text/plain", 0, _Counter(), fields)
     return {
         "envelope": envelope(fields),
         "headers": [[name, decode_value(value)] for name, value in fields],

@@ -74,3 +74,34 @@ def test_a_client_that_logged_in_in_time_keeps_its_session(server: DemoServer) -
         client.login(DOCTOR, server.account(DOCTOR)["password"])
         time.sleep(DEADLINE + 1)
         assert client.noop()[0] == 250
+
+
+IDLE = 1.5
+
+
+@pytest.fixture(scope="module")
+def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    env = {"MSSANTE_SMTP__TIMEOUT_SECONDS": str(IDLE)}
+    demo = start_demo(tmp_path_factory.mktemp("smtp-idle") / "data", env)
+    try:
+        yield demo
+    finally:
+        assert demo.stop() == 0, demo.log()
+
+
+def test_the_idle_timeout_restarts_at_every_command_and_closes_a_silent_session(
+    idle_server: DemoServer,
+) -> None:
+    """Commands more often than the idle time-out keep the session; silence ends it (421)."""
+    with socket.create_connection(("127.0.0.1", idle_server.port("submission")), timeout=10) as sock:
+        reader = sock.makefile("rb")
+        assert reader.readline().startswith(b"220 ")
+        for _ in range(6):  # 2.4 s in all, longer than the time-out
+            sock.sendall(b"NOOP\r\n")
+            assert reader.readline().startswith(b"250 ")
+            time.sleep(0.4)
+        silent = time.monotonic()
+        line = reader.readline()
+        waited = time.monotonic() - silent
+    assert line.startswith(b"421 "), line
+    assert IDLE - 0.5 <= waited <= IDLE + 2, waited
