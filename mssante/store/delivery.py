@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -401,6 +402,7 @@ class DeliveryOps(StoreCore):
         return result
 
 
+@dataclass(eq=False, repr=False)  # (no message content in a repr)
 class _Delivery:
     """One delivery as a writer job: run alone (``__call__``) or with the other deliveries of
     its group commit (``together``, see :mod:`mssante.store.writer`).
@@ -412,41 +414,28 @@ class _Delivery:
     session, profile of issue 20), for work that holds the interpreter wherever it runs.
     """
 
-    def __init__(
-        self,
-        store: DeliveryOps,
-        sender: str,
-        bals: list[str],
-        actor: str,
-        source: str | None,
-        folder: str,
-        extra_audit: tuple[AuditEvent, ...],
-        also: tuple[Callable[[Session], None], ...],
-        raw: Raw,
-        outbound: Outbound | None,
-    ) -> None:
-        self.store = store
-        self.sender = sender
-        self.bals = bals
-        self.actor = actor
-        self.source = source
-        self.folder = folder
-        self.extra_audit = extra_audit
-        self.also = also
-        self._raw: Raw | None = raw
-        self._outbound_request = outbound
-        self.sealed: blobstore.SealedBlob
-        self.message_id: str | None = None
-        self.outbound: tuple[blobstore.SealedBlob, Outbound] | None = None
+    store: DeliveryOps
+    sender: str
+    bals: list[str]
+    actor: str
+    source: str | None
+    folder: str
+    extra_audit: tuple[AuditEvent, ...]
+    also: tuple[Callable[[Session], None], ...]
+    raw: Raw | None  # the content until it is prepared
+    outbound_request: Outbound | None  # the copy for other operators, until it is sealed
+    sealed: blobstore.SealedBlob = field(init=False)
+    message_id: str | None = field(init=False, default=None)
+    outbound: tuple[blobstore.SealedBlob, Outbound] | None = field(init=False, default=None)
 
     def prepare(self) -> None:
         """Seal the content (once); the received buffer is let go."""
-        if self._raw is None:
+        if self.raw is None:
             return
         self.sealed, self.message_id, self.outbound = self.store._prepare_delivery(
-            self._raw, self._outbound_request
+            self.raw, self.outbound_request
         )
-        self._raw = self._outbound_request = None
+        self.raw = self.outbound_request = None
 
     def __call__(self, session: Session) -> tuple[dict[str, int], Notes]:
         return self.store._deliver_job(

@@ -18,14 +18,19 @@ DEADLINE = 3.0
 DOCTOR = "claire.martin@demo.mssante.fr"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    env = {"MSSANTE_SMTP__LOGIN_TIMEOUT_SECONDS": str(DEADLINE)}
-    demo = start_demo(tmp_path_factory.mktemp("smtp-deadline") / "data", env)
+def _serving(factory: pytest.TempPathFactory, name: str, env: dict[str, str]) -> Iterator[DemoServer]:
+    demo = start_demo(factory.mktemp(name) / "data", env)
     try:
         yield demo
     finally:
         assert demo.stop() == 0, demo.log()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
+    yield from _serving(
+        tmp_path_factory, "smtp-deadline", {"MSSANTE_SMTP__LOGIN_TIMEOUT_SECONDS": str(DEADLINE)}
+    )
 
 
 def _busy_until_closed(port: int) -> tuple[float, list[bytes]]:
@@ -81,12 +86,7 @@ IDLE = 1.5
 
 @pytest.fixture(scope="module")
 def idle_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoServer]:
-    env = {"MSSANTE_SMTP__TIMEOUT_SECONDS": str(IDLE)}
-    demo = start_demo(tmp_path_factory.mktemp("smtp-idle") / "data", env)
-    try:
-        yield demo
-    finally:
-        assert demo.stop() == 0, demo.log()
+    yield from _serving(tmp_path_factory, "smtp-idle", {"MSSANTE_SMTP__TIMEOUT_SECONDS": str(IDLE)})
 
 
 def test_the_idle_timeout_restarts_at_every_command_and_closes_a_silent_session(
