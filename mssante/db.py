@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Connection, Engine, MetaData, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -145,6 +145,17 @@ def _sqlite_file(database: str | None) -> Path | None:
     if not database or database == ":memory:" or database.startswith("file:"):
         return None
     return Path(database)
+
+
+def still_usable(connection: Connection) -> bool:
+    """A connection kept open between uses (the store's writer) is worth using again: always
+    on SQLite; on a server, when nothing waits on its idle socket (what the pool checks at
+    check-out: a server that restarted, crashed or was failed over closed it)."""
+    if connection.closed or connection.invalidated:
+        return False
+    if connection.dialect.name == "sqlite":
+        return True
+    return _idle_socket_quiet(connection.connection.dbapi_connection)
 
 
 def _idle_socket_quiet(dbapi_conn: Any) -> bool:

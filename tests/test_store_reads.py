@@ -80,8 +80,8 @@ async def test_reads_and_writes_go_on_after_the_server_closed_every_connection(
 ) -> None:
     """PostgreSQL terminates every connection of the store (a restart, a failover): the next
     small read reconnects its asynchronous connection, the next large read its kept one, and
-    the writer's next transaction gets a live connection from the pool (the closed socket is
-    seen at check-out, with no ping to the server before every transaction)."""
+    the writer's next transaction a live one (the kept connection's closed socket is seen
+    before the batch, with no ping to the server before every transaction)."""
     raws = await _fill(runtime, 3)
     inbox = await runtime.store.folder(DOC, "INBOX")
     [first, *_] = await runtime.store.messages(inbox.id)

@@ -44,6 +44,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from mssante import writeturn
+from mssante.db import still_usable
 
 log = logging.getLogger(__name__)
 
@@ -154,12 +155,12 @@ class GroupCommitWriter:
         self.before_commit = before_commit
         self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
         self._closed = False
-        # SQLite: the writer thread's own connection, kept from one batch to the next, so that
-        # it keeps its page cache (a connection taken afresh from the pool read back some
-        # twenty pages per delivery) and costs no check-out and reset. A server database's
-        # connection comes from the pool for each batch: the pool pings it first, and a
-        # connection the server dropped meanwhile is replaced before any job runs on it.
-        self._keep = engine.dialect.name == "sqlite"
+        # The writer thread's own connection, kept from one batch to the next: no check-out
+        # and reset each time (on PostgreSQL the reset is a ROLLBACK, a round trip per batch)
+        # and SQLite keeps its page cache (a connection taken afresh from the pool read back
+        # some twenty pages per delivery). Before each batch it is checked as the pool checks
+        # at check-out (``db.still_usable``): one the server closed is replaced before any job
+        # runs on it.
         self._connection: Connection | None = None
         self.batches = 0
         self.jobs = 0
@@ -214,12 +215,15 @@ class GroupCommitWriter:
         return batch, stop
 
     def _kept(self) -> Connection:
-        if self._connection is None or self._connection.closed or self._connection.invalidated:
+        if self._connection is not None and not still_usable(self._connection):
+            self._drop_connection()
+        if self._connection is None:
             self._connection = self.engine.connect()
         return self._connection
 
     def _drop_connection(self) -> None:
-        """After a failed batch: the next one starts on a connection from the pool (pinged)."""
+        """After a failed batch, or a connection the server closed: the next batch starts on
+        one from the pool."""
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
@@ -279,7 +283,7 @@ class GroupCommitWriter:
             # (SQLite with several worker processes: the write lock passed on without sleeps)
             with (
                 writeturn.taken(self.engine),
-                Session(bind=self._kept() if self._keep else self.engine, expire_on_commit=False) as session,
+                Session(bind=self._kept(), expire_on_commit=False) as session,
                 session.begin(),
             ):
                 groups = _groups(running)
