@@ -1,0 +1,114 @@
+"""Where one SMTP message's time goes, seen from the client: MAIL, RCPT and DATA of reused
+sessions, and the server's CPU per message.
+
+Usage: ``.venv/bin/python bench/smtp_phases.py [--sessions 1] [--messages 3000] [--rounds 2]
+[--out FILE]``
+
+The demo server of ``bench/smtp_ingest.py`` (one process, SQLite), ``--sessions`` sessions
+opened (STARTTLS, AUTH) and warmed by 50 messages each before the clock starts, then
+``--messages`` 10 KiB messages sent by one ``aiosmtplib`` client process, each session sending
+its share one after another; each round reports the acknowledged rate, the server's CPU per
+message (user and system, from ``/proc``) and the median of each command's round trip. Made for
+A/B comparisons of a change (run it on both, alternated): the client is a single process, so
+from 10 sessions on the figures describe the server's cost, not what Postfix would be measured
+against (``bench/smtp_ingest.py`` does that, with several client processes).
+
+It measures; it does not judge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ssl
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import emit, loadavg
+from bench.smtp_ingest import RECIPIENT, SENDER, Target, _cpu_seconds, make_message, start_mssante
+
+WARM_UP = 50
+
+
+async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]:
+    tls = ssl.create_default_context(cafile=target.client.cafile)
+
+    async def opened() -> aiosmtplib.SMTP:
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=target.client.port, start_tls=True, tls_context=tls, timeout=300
+        )
+        await smtp.connect()
+        await smtp.login(*target.client.login)
+        return smtp
+
+    clients = [await opened() for _ in range(sessions)]
+    message = make_message(10 * 1024, "0" * 40)
+    for smtp in clients:
+        for _ in range(WARM_UP):
+            await smtp.sendmail(SENDER, [RECIPIENT], message)
+    phases: dict[str, list[float]] = {"mail": [], "rcpt": [], "data": []}
+
+    async def send(smtp: aiosmtplib.SMTP, count: int) -> None:
+        for _ in range(count):
+            start = time.perf_counter()
+            await smtp.mail(SENDER)
+            mailed = time.perf_counter()
+            await smtp.rcpt(RECIPIENT)
+            addressed = time.perf_counter()
+            await smtp.data(message)
+            done = time.perf_counter()
+            phases["mail"].append(mailed - start)
+            phases["rcpt"].append(addressed - mailed)
+            phases["data"].append(done - addressed)
+
+    pids = target.pids()
+    per_session = messages // sessions
+    cpu_before, started = _cpu_seconds(pids), time.perf_counter()
+    await asyncio.gather(*(send(smtp, per_session) for smtp in clients))
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds(pids) - cpu_before
+    for smtp in clients:
+        await smtp.quit()
+    sent = per_session * sessions
+    return {
+        "acknowledged_per_s": round(sent / elapsed, 1),
+        "server_cpu_ms_per_message": round(cpu / sent * 1000, 3),
+        **{f"{name}_ms_median": round(statistics.median(times) * 1000, 3) for name, times in phases.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--sessions", type=int, default=1)
+    parser.add_argument("--messages", type=int, default=3000, help="messages per round (all sessions)")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    result: dict[str, Any] = {
+        "benchmark": "smtp_phases",
+        "sessions": args.sessions,
+        "loadavg_before": loadavg(),
+    }
+    with tempfile.TemporaryDirectory(prefix="mssante-smtp-phases-") as base:
+        stop, target, _ = start_mssante(Path(base))
+        try:
+            result["rounds"] = [
+                asyncio.run(_round(target, args.sessions, args.messages)) for _ in range(args.rounds)
+            ]
+        finally:
+            stop()
+    result["loadavg_after"] = loadavg()
+    emit(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
