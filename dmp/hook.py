@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
@@ -67,18 +67,21 @@ class DMPDepositHook:
     def in_transaction(self, ctx: AcceptedMessage) -> Callable[[Session], None] | None:
         return None
 
-    async def after_commit(self, ctx: AcceptedMessage) -> None:
+    def after_commit(self, ctx: AcceptedMessage) -> Coroutine[Any, Any, None] | None:
         if ctx.channel != "submission" or ctx.identity is None:
-            return  # deposits come from this operator's own authenticated senders
-        sender_bal = ctx.sender_bal.address if ctx.sender_bal is not None else ctx.mail_from
+            return None  # deposits come from this operator's own authenticated senders
         recipients = [r.address for r in ctx.recipients]
         if not dmp_targets(self.service, recipients):
-            return  # not for the DMP (nearly every message): no thread hop to learn it
+            return None  # not for the DMP (nearly every message): no task, no thread hop
+        return self._deposit(ctx, ctx.identity, recipients)
+
+    async def _deposit(self, ctx: AcceptedMessage, identity: Identity, recipients: list[str]) -> None:
+        sender_bal = ctx.sender_bal.address if ctx.sender_bal is not None else ctx.mail_from
         result = await asyncio.to_thread(
             deposit_message,
             self.service,
             ctx.raw,
-            sender=ctx.identity,
+            sender=identity,
             sender_bal=sender_bal,
             recipients=recipients,
             return_path=ctx.mail_from or None,
