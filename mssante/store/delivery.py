@@ -93,9 +93,9 @@ class DeliveryOps(StoreCore):
         return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search), meta
 
     async def _prepare_async(self, raw: Raw) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
-        # MIME analysis and sealing in a worker thread, whatever the size: on the event loop
-        # they were a tenth of its busy time at 10 sessions (profile of issue 20), time during
-        # which no other session was read or answered.
+        # APPEND's messages: MIME analysis and sealing in a worker thread, whatever the size
+        # (deliveries: see _Delivery). On the event loop they were a tenth of its busy time at
+        # 10 SMTP sessions (profile of issue 20), time during which no session was answered.
         return await asyncio.to_thread(self._prepare, raw)
 
     def _prepare_delivery(
