@@ -138,7 +138,9 @@ def parse(value: str | None) -> list[Address] | None:
     """The ENVELOPE address list of a header value; None when it holds no address or group."""
     if not value:
         return None
-    parsed = _parsed(value) if len(value) <= CACHED_VALUE_MAX else _parse(value)
+    if len(value) > CACHED_VALUE_MAX:
+        return _parse(value)
+    parsed = _parsed(value)
     return None if parsed is None else [list(address) for address in parsed]
 
 
