@@ -158,16 +158,24 @@ class _Base:
         except Exception:
             log.exception("delivery failed", extra={"session": server.session_id})
             return "451 4.3.0 Temporary failure; nothing was accepted, try again later"
+        # The message is durable: the client hears 250 now, and the log line, the hooks'
+        # background work (patient notice, relay, DMP deposit) and the memory given back follow
+        # on the loop's next turn, while the client is busy with its next message.
+        asyncio.get_running_loop().call_soon(
+            self._accepted, server.session_id, ctx, len(local), sum(len(v) for v in remote.values())
+        )
+        return f"250 2.0.0 Message accepted (id {server.session_id})"
+
+    def _accepted(self, session_id: str, ctx: DeliveryContext, local: int, remote: int) -> None:
         log.info(
             "accepted from %s for %d local, %d remote recipient(s)",
-            sender,
-            len(local),
-            sum(len(v) for v in remote.values()),
-            extra={"session": server.session_id},
+            ctx.mail_from,
+            local,
+            remote,
+            extra={"session": session_id},
         )
         self.hooks.committed(ctx)
-        memory.give_back(len(raw))
-        return f"250 2.0.0 Message accepted (id {server.session_id})"
+        memory.give_back(len(ctx.raw))
 
 
 class SubmissionHandler(_Base):

@@ -78,6 +78,7 @@ class HookRunner:
             _failed(hook)
 
     async def drain(self) -> None:
+        await asyncio.sleep(0)  # a message acknowledged just now has its hooks started first
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
