@@ -2,7 +2,7 @@
 sessions, and the server's CPU per message.
 
 Usage: ``.venv/bin/python bench/smtp_phases.py [--sessions 1] [--messages 3000] [--rounds 2]
-[--out FILE]``
+[--with-postfix] [--out FILE]``
 
 The demo server of ``bench/smtp_ingest.py`` (one process, SQLite), ``--sessions`` sessions
 opened (STARTTLS, AUTH) and warmed by 50 messages each before the clock starts, then
@@ -12,6 +12,10 @@ message (user and system, from ``/proc``) and the median of each command's round
 A/B comparisons of a change (run it on both, alternated): the client is a single process, so
 from 10 sessions on the figures describe the server's cost, not what Postfix would be measured
 against (``bench/smtp_ingest.py`` does that, with several client processes).
+
+``--with-postfix`` (root) measures the same rounds against the Postfix of
+``bench/smtp_ingest.py`` (Dovecot SASL on the same argon2id hash, delivery to a Maildir),
+alternated with ours (ours, Postfix, ours, Postfix…): where one message's time goes on each.
 
 It measures; it does not judge.
 """
@@ -25,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,17 @@ import aiosmtplib
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, loadavg
-from bench.smtp_ingest import RECIPIENT, SENDER, Target, _cpu_seconds, make_message, start_mssante
+from bench.smtp_ingest import (
+    RECIPIENT,
+    SENDER,
+    Target,
+    _cpu_seconds,
+    ensure_packages,
+    make_message,
+    start_dovecot,
+    start_mssante,
+    start_postfix,
+)
 
 WARM_UP = 50
 
@@ -83,7 +98,7 @@ async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]
     per_session = messages // sessions
     cpu_before, started = _cpu_seconds(pids), time.perf_counter()
     await asyncio.gather(*(send(smtp, per_session) for smtp in clients))
-    elapsed, cpu = time.perf_counter() - started, _cpu_seconds(pids) - cpu_before
+    elapsed, cpu = time.perf_counter() - started, _cpu_seconds(target.pids()) - cpu_before
     for smtp in clients:
         await smtp.quit()
     sent = per_session * sessions
@@ -101,6 +116,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=1)
     parser.add_argument("--messages", type=int, default=3000, help="messages per round (all sessions)")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--with-postfix", action="store_true", help="alternate with Postfix")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result: dict[str, Any] = {
@@ -109,13 +125,28 @@ def main() -> None:
         "loadavg_before": loadavg(),
     }
     with tempfile.TemporaryDirectory(prefix="mssante-smtp-phases-") as base:
-        stop, target, _ = start_mssante(Path(base))
+        stops: list[Callable[[], Any]] = []
         try:
-            result["rounds"] = [
-                asyncio.run(_round(target, args.sessions, args.messages)) for _ in range(args.rounds)
-            ]
+            stop, ours, password_hash = start_mssante(Path(base))
+            stops.append(stop)
+            targets = [ours]
+            if args.with_postfix:
+                ensure_packages()
+                dovecot = start_dovecot(Path(base), ours.client.login[0], password_hash)
+                stops.append(dovecot.stop)
+                stop, postfix = start_postfix(Path(base), "postfix", dovecot, ours.client.login, lmtp=False)
+                stops.append(stop)
+                targets.append(postfix)
+            rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
+            for _ in range(args.rounds):
+                for target in targets:
+                    rounds[target.name].append(asyncio.run(_round(target, args.sessions, args.messages)))
         finally:
-            stop()
+            for stop in reversed(stops):
+                stop()
+    result["rounds"] = rounds[ours.name]
+    if args.with_postfix:
+        result["postfix_rounds"] = rounds["postfix"]
     result["loadavg_after"] = loadavg()
     emit(result, args.out)
 
