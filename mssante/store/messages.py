@@ -41,24 +41,26 @@ _ONE_STATEMENT_MAX = 64
 
 def _write_flag_changes(
     session: Session, folder_id: int, modseq: int, changed: list[tuple[int, int, str]], now: datetime
-) -> None:
-    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ and the change
-    feed's rows in one statement, three round trips in one (a STORE is a third of the mixed
-    IMAP workload's writes). ``changed``: (message id, uid, flags)."""
-    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now}
+) -> Sequence[Any] | None:
+    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ, the change
+    feed's rows and the audit chain's head taken for the STORE's record (``audit.TAKE_HEAD``,
+    its row returned) in one statement, four round trips in one (a STORE is a third of the
+    mixed IMAP workload's writes). ``changed``: (message id, uid, flags)."""
+    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now, "n": 1}
     values, feed = [], []
     for i, (mid, uid, text) in enumerate(changed):
         params |= {f"id{i}": mid, f"uid{i}": uid, f"fl{i}": text}
         values.append(f"(CAST(:id{i} AS BIGINT), CAST(:fl{i} AS TEXT))")
         feed.append(f"(:f, :m, 'flags', :uid{i}, :fl{i}, :at)")
-    run(
+    return run(
         session,
         "WITH bumped AS (UPDATE folders SET highestmodseq = :m WHERE id = :f), "
         "flagged AS (UPDATE messages SET flags = v.flags, modseq = :m "
-        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id) "
-        f"INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) VALUES {', '.join(feed)}",
+        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id), "
+        "fed AS (INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) "
+        f"VALUES {', '.join(feed)}) " + audit.TAKE_HEAD,
         params,
-    )
+    ).first()
 
 
 def _locked_flags(
@@ -219,8 +221,9 @@ class MessageOps(StoreCore):
                 return [], Notes()
             modseq = int(highest) + 1
             now = datetime.now(UTC)
+            taken = None
             if dialect_of(session) == "postgresql" and len(changed) <= _ONE_STATEMENT_MAX:
-                _write_flag_changes(session, folder_id, modseq, changed, now)
+                taken = _write_flag_changes(session, folder_id, modseq, changed, now)
             else:
                 run(
                     session,
@@ -258,6 +261,7 @@ class MessageOps(StoreCore):
                     object=f"folder:{folder_id}",
                     detail={"mode": mode, "flags": list(wanted), "count": len(changed)},
                 ),
+                taken=taken,
             )
             return [(uid, split_flags(text), modseq) for _, uid, text in changed], notes
 
