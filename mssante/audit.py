@@ -22,7 +22,7 @@ import hmac
 import json
 import threading
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -224,26 +224,34 @@ _LOG_FIELDS = (
     "hash",
 )
 _MERGED_MAX = 64  # records written with the head's hash in one statement (11 parameters each)
+# Taking the head row's lock first (UPDATE … RETURNING) serialises concurrent appenders.
+TAKE_HEAD = "UPDATE audit_head SET seq = seq + :n WHERE id = 1 RETURNING seq, hash"
 
 
 def append(
-    session: Session, *events: AuditEvent, at: datetime | None = None, key: AuditKey | None = None
+    session: Session,
+    *events: AuditEvent,
+    at: datetime | None = None,
+    key: AuditKey | None = None,
+    taken: Sequence[Any] | None = None,
 ) -> None:
-    """Append events inside the caller's transaction (committed or rolled back with it)."""
+    """Append events inside the caller's transaction (committed or rolled back with it).
+
+    ``taken``: the row :data:`TAKE_HEAD` returned for these events (``:n`` their number), when
+    the caller's own statement took the head's lock with its work (the main statement of a
+    PostgreSQL ``WITH``): a round trip fewer."""
     if not events:
         return
     key = key or key_for(session)  # before taking the lock: a missing key ring fails without waiting
     when = at or datetime.now(UTC)
-    # Taking the head row's lock first (UPDATE … RETURNING) serialises concurrent appenders.
-    take = "UPDATE audit_head SET seq = seq + :n WHERE id = 1 RETURNING seq, hash"
-    row = run(session, take, {"n": len(events)}).first()
+    row = taken if taken is not None else run(session, TAKE_HEAD, {"n": len(events)}).first()
     if row is None:  # a database created before the head row existed
         run(
             session,
             "INSERT INTO audit_head (id, seq, hash, key_id) VALUES (1, 0, :genesis, :kid)",
             {"genesis": GENESIS, "kid": key.key_id},
         )
-        row = run(session, take, {"n": len(events)}).one()
+        row = run(session, TAKE_HEAD, {"n": len(events)}).one()
     seq, prev = int(row[0]) - len(events), str(row[1])
     stamp = timestamp(when, dialect_of(session))
     rows = []

@@ -283,6 +283,41 @@ async def test_light_jobs_share_the_batch_without_savepoints_and_a_failure_stays
         )
 
 
+async def test_two_writers_adding_flags_to_the_same_messages_lose_none(runtime: Runtime) -> None:
+    """Two stores (two server processes) add flags to the same messages at once: each change
+    reads the flags the other committed (on PostgreSQL, read and locked in one statement),
+    every flag is kept, each change gets its own MODSEQ and its audit record."""
+    store = runtime.store
+    for i in range(2):
+        await store.deliver(make_message(subject=f"f{i}"), "x@demo.mssante.fr", [DOC])
+    inbox = await store.folder(DOC, "INBOX")
+    second = open_runtime(runtime.settings)
+    keywords = [f"$K{i}" for i in range(12)]
+    try:
+        stores = [store, second.store]
+        results = await asyncio.gather(
+            *(
+                stores[i % 2].store_flags(inbox.id, [1, 2], "add", [k], actor=DOC)
+                for i, k in enumerate(keywords)
+            )
+        )
+    finally:
+        second.close()
+    rows = await store.messages(inbox.id)
+    assert [set(r.flags) for r in rows] == [set(keywords), set(keywords)]
+    modseqs = [changed[0][2] for changed in results]
+    assert all(len(changed) == 2 for changed in results)
+    assert len(set(modseqs)) == len(keywords)
+    # Each change recorded once, the chain whole (on PostgreSQL its head taken by the change's
+    # own statement).
+    with Session(runtime.engine) as s:
+        assert audit.verify(s).ok
+        recorded = s.scalars(
+            select(audit.AuditRecord.detail).where(audit.AuditRecord.action == "message.flags")
+        ).all()
+    assert sorted(recorded) == sorted(f'{{"count": 2, "flags": ["{k}"], "mode": "add"}}' for k in keywords)
+
+
 async def test_flags_expunge_copy_move_keep_imap_state(runtime: Runtime) -> None:
     store = runtime.store
     for i in range(3):

@@ -41,24 +41,68 @@ _ONE_STATEMENT_MAX = 64
 
 def _write_flag_changes(
     session: Session, folder_id: int, modseq: int, changed: list[tuple[int, int, str]], now: datetime
-) -> None:
-    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ and the change
-    feed's rows in one statement, three round trips in one (a STORE is a third of the mixed
-    IMAP workload's writes). ``changed``: (message id, uid, flags)."""
-    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now}
+) -> Sequence[Any] | None:
+    """PostgreSQL: the messages' new flags and MODSEQ, the folder's HIGHESTMODSEQ, the change
+    feed's rows and the audit chain's head taken for the STORE's record (``audit.TAKE_HEAD``,
+    its row returned) in one statement, four round trips in one (a STORE is a third of the
+    mixed IMAP workload's writes). ``changed``: (message id, uid, flags)."""
+    params: dict[str, Any] = {"f": folder_id, "m": modseq, "at": now, "n": 1}
     values, feed = [], []
     for i, (mid, uid, text) in enumerate(changed):
         params |= {f"id{i}": mid, f"uid{i}": uid, f"fl{i}": text}
         values.append(f"(CAST(:id{i} AS BIGINT), CAST(:fl{i} AS TEXT))")
         feed.append(f"(:f, :m, 'flags', :uid{i}, :fl{i}, :at)")
-    run(
+    return run(
         session,
         "WITH bumped AS (UPDATE folders SET highestmodseq = :m WHERE id = :f), "
         "flagged AS (UPDATE messages SET flags = v.flags, modseq = :m "
-        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id) "
-        f"INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) VALUES {', '.join(feed)}",
+        f"FROM (VALUES {', '.join(values)}) AS v (id, flags) WHERE messages.id = v.id), "
+        "fed AS (INSERT INTO folder_changes (folder_id, modseq, kind, uid, flags, at) "
+        f"VALUES {', '.join(feed)}) " + audit.TAKE_HEAD,
         params,
+    ).first()
+
+
+def _locked_flags(
+    session: Session, folder_id: int, uids: list[int]
+) -> tuple[int, Iterable[Iterable[Any]]] | None:
+    """The folder's HIGHESTMODSEQ under its row lock, and (id, uid, flags, modseq) of the
+    messages among ``uids``, groups of rows as read; None for a folder that is gone.
+
+    The folder's lock comes first, then the messages are read, so that flags are tested and
+    rewritten with no other writer in between. On PostgreSQL, for up to
+    ``_ONE_STATEMENT_MAX`` messages, one statement does both (a round trip fewer per STORE,
+    a fifth of the mixed IMAP workload): it locks the folder's row and the messages' rows,
+    the folder's first (the order of the two statements, and of the UPDATE that follows:
+    no new deadlock), and ``FOR UPDATE`` returns the latest committed version of each row
+    it locked, so flags another process changed while this waited for the lock are the ones
+    read. No row means the folder is gone or none of the messages is left: nothing to change.
+    """
+    if dialect_of(session) == "postgresql" and len(uids) <= _ONE_STATEMENT_MAX:
+        rows = run(
+            session,
+            "SELECT f.highestmodseq, m.id, m.uid, m.flags, m.modseq FROM folders f "
+            "JOIN messages m ON m.folder_id = f.id "
+            "WHERE f.id = :f AND m.uid = ANY(CAST(:uids AS BIGINT[])) ORDER BY m.id FOR UPDATE",
+            {"f": folder_id, "uids": uids},
+        ).all()
+        if not rows:
+            return None
+        return int(rows[0][0]), [[tuple(r[1:]) for r in rows]]
+    highest = session.execute(
+        select(folders_t.c.highestmodseq).where(folders_t.c.id == folder_id).with_for_update()
+    ).scalar()
+    if highest is None:
+        return None
+    groups = (
+        session.execute(
+            select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
+                messages_t.c.folder_id == folder_id, messages_t.c.uid.in_(uids[i : i + 500])
+            )
+        )
+        for i in range(0, len(uids), 500)
     )
+    return int(highest), groups
 
 
 class MessageOps(StoreCore):
@@ -153,23 +197,18 @@ class MessageOps(StoreCore):
             # are read, tested against UNCHANGEDSINCE and rewritten with no other process in
             # between, so no change is lost and MODSEQs follow the order of the changes. Under
             # that lock, the HIGHESTMODSEQ read with it is the one to raise.
-            highest = session.execute(
-                select(folders_t.c.highestmodseq).where(folders_t.c.id == folder_id).with_for_update()
-            ).scalar()
-            if highest is None:
+            found = _locked_flags(session, folder_id, uid_list)
+            if found is None:
                 return [], Notes()
-            for i in range(0, len(uid_list), 500):
-                rows = session.execute(
-                    select(messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.modseq).where(
-                        messages_t.c.folder_id == folder_id, messages_t.c.uid.in_(uid_list[i : i + 500])
-                    )
-                )
+            highest, rows_found = found
+            for rows in rows_found:
                 for row in rows:
-                    if unchanged_since is not None and row.modseq > unchanged_since:
+                    mid, uid, flags_text, row_modseq = row
+                    if unchanged_since is not None and row_modseq > unchanged_since:
                         if modified is not None:
-                            modified.append(row.uid)
+                            modified.append(uid)
                         continue
-                    current = split_flags(row.flags)
+                    current = split_flags(flags_text)
                     if mode == "add":
                         new = normalise_flags((*current, *wanted))
                     elif mode == "remove":
@@ -177,13 +216,14 @@ class MessageOps(StoreCore):
                     else:
                         new = wanted
                     if new != current:
-                        changed.append((row.id, row.uid, " ".join(new)))
+                        changed.append((mid, uid, " ".join(new)))
             if not changed:
                 return [], Notes()
             modseq = int(highest) + 1
             now = datetime.now(UTC)
+            taken = None
             if dialect_of(session) == "postgresql" and len(changed) <= _ONE_STATEMENT_MAX:
-                _write_flag_changes(session, folder_id, modseq, changed, now)
+                taken = _write_flag_changes(session, folder_id, modseq, changed, now)
             else:
                 run(
                     session,
@@ -221,6 +261,7 @@ class MessageOps(StoreCore):
                     object=f"folder:{folder_id}",
                     detail={"mode": mode, "flags": list(wanted), "count": len(changed)},
                 ),
+                taken=taken,
             )
             return [(uid, split_flags(text), modseq) for _, uid, text in changed], notes
 
