@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import smtplib
 import socket
@@ -39,9 +40,21 @@ QUICK_RETRIES = {"MSSANTE_RELAY__RETRY_SCHEDULE": "[1, 1, 2]"}
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the kernel's range of ephemeral ports. A peer of these tests is
+    stopped and started again on its port; while it is down, a port of that range may be handed
+    to an outgoing connection meanwhile (the other operator's retries to that very port can
+    even connect to themselves: TCP's simultaneous open), and the restart would find it taken."""
+    ephemeral = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    low = int(ephemeral.read_text().split()[0]) if ephemeral.exists() else 32768
+    for _ in range(200):
+        port = random.randrange(10000, max(low, 10001))
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below the ephemeral range")
 
 
 def whitelist(data_dir: Path, *domains: str) -> None:
