@@ -29,6 +29,7 @@ import statistics
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]
 
     clients = [await opened() for _ in range(sessions)]
     template = make_message(10 * 1024, "0" * 40)
+    label = uuid.uuid4().hex[:8]  # this round's own: no message of another round is repeated
     sent_so_far = 0
 
     def message() -> bytes:
@@ -73,7 +75,7 @@ async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]
         # would be stored once, by reference, and cost less than real mail.
         nonlocal sent_so_far
         sent_so_far += 1
-        return template.replace(b"0" * 40, f"phases-{sent_so_far:012d}".ljust(40, "x").encode(), 1)
+        return template.replace(b"0" * 40, f"{label}-{sent_so_far:012d}".ljust(40, "x").encode(), 1)
 
     for smtp in clients:
         for _ in range(WARM_UP):
