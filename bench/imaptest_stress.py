@@ -22,7 +22,11 @@ to tagged LOGIN OK) p50/p99 over ``--logins`` logins from 10 threads; the memory
 ``--idle`` connections logged in with INBOX selected and left idle: growth of the serving
 processes only (ours: the server process; Dovecot: its master and every child), as RSS and as
 PSS (shared pages counted once, fairer to Dovecot's process per session), then again 5 s after
-they all log out (and the share of the added RSS given back). Ratios are ours/Dovecot for costs
+they all log out (and the share of the added RSS given back). "Before" is taken once one
+session has opened the INBOX and logged out (the folder's own state, shared by every session
+that selects it, exists then, as on a server whose mailbox has been read once: ours its
+snapshot, Dovecot its index files); the RSS before that first SELECT is reported too, with the
+ratio against it (``rss_after_logout_vs_before_first_select``). Ratios are ours/Dovecot for costs
 and Dovecot/ours for rates (above 1: we are worse). Prints JSON; it measures, it does not judge.
 """
 
@@ -177,6 +181,18 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
                 errors.append(repr(exc))
 
     await asyncio.sleep(1)
+    cold = memory_kib(pids())
+    # The folder opened once, by one session (LOGIN, SELECT INBOX, LOGOUT): the server's state of
+    # the folder (ours: its shared snapshot and the connection that read it; Dovecot: its index
+    # and cache files) then exists before the figure, as it does once anyone has read the
+    # mailbox. The sessions' memory is measured from there; the cold figure is kept beside it.
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context, limit=1 << 20)
+    await reader.readline()
+    await command(reader, writer, "a", f'LOGIN "{LOGIN}" "{password}"')
+    await command(reader, writer, "b", "SELECT INBOX")
+    await command(reader, writer, "z", "LOGOUT")
+    writer.close()
+    await asyncio.sleep(3)  # past the server's give-back after closes (mssante.memory.TRIM_DELAY)
     before = memory_kib(pids())
     started = time.perf_counter()
     await asyncio.gather(*(open_one() for _ in range(count)))
@@ -198,6 +214,8 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
     return {
         "sessions": len(sessions),
         "open_seconds": round(opened_s, 2),
+        "before_first_select": cold,
+        "first_select_rss_kib": before["rss_kib"] - cold["rss_kib"],
         "before": before,
         "idle": during,
         "after_logout": after,
@@ -205,6 +223,10 @@ async def _idle_sessions(port: int, password: str, count: int, pids: Any) -> dic
         "per_session_pss_kib": round((during["pss_kib"] - before["pss_kib"]) / n, 1),
         "rss_after_logout_vs_before": round(after["rss_kib"] / before["rss_kib"], 3)
         if before["rss_kib"]
+        else None,
+        # The same against the memory before the folder was first opened (the cold server).
+        "rss_after_logout_vs_before_first_select": round(after["rss_kib"] / cold["rss_kib"], 3)
+        if cold["rss_kib"]
         else None,
         # Of what the sessions added, the share given back once they logged out (1: all).
         "rss_given_back": round((during["rss_kib"] - after["rss_kib"]) / added, 3) if added > 0 else None,
