@@ -144,7 +144,13 @@ def record_failure(
 
 
 def record_success(session: Session, key: str) -> None:
-    session.execute(delete(FailureCounter).where(FailureCounter.scope == PAIR, FailureCounter.key == key))
+    """A successful login clears its (login, address) counter. Run in a transaction of its own
+    that loaded no counter, so the ORM has nothing to synchronise: without the option it would
+    build a Python evaluator of the WHERE clause at every login."""
+    session.execute(
+        delete(FailureCounter).where(FailureCounter.scope == PAIR, FailureCounter.key == key),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def prune(session: Session, policy: BruteForceSection, now: float) -> int:
