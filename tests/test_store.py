@@ -148,7 +148,11 @@ async def test_nothing_is_stored_in_clear(runtime: Runtime, tmp_path: Path) -> N
     ]
     assert files
     for path in files:
-        assert needle not in path.read_bytes(), f"{path} contains the marker in clear"
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            continue  # a WAL segment removed or recycled by a checkpoint since the listing
+        assert needle not in content, f"{path} contains the marker in clear"
 
 
 async def test_failed_delivery_leaves_no_partial_rows_and_no_orphan_blob(runtime: Runtime) -> None:
