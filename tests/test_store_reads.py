@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -33,8 +34,9 @@ async def _fill(runtime: Runtime, n: int) -> list[bytes]:
 async def test_a_large_range_streamed_in_chunks_gives_the_rows_of_one_fetch(
     runtime: Runtime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A folder's messages arrive in chunks of STREAM_ROWS on PostgreSQL (whole on SQLite):
-    with chunks of 3, eleven messages come out in order, the same as a plain query gives."""
+    """A folder's messages arrive in chunks of STREAM_ROWS (libpq's chunked rows on
+    PostgreSQL, one statement stepped on SQLite): with chunks of 3, eleven messages come out in
+    order, the same as a plain query gives."""
     monkeypatch.setattr(kept, "STREAM_ROWS", 3)
     await _fill(runtime, 11)
     inbox = await runtime.store.folder(DOC, "INBOX")
@@ -50,6 +52,33 @@ async def test_a_large_range_streamed_in_chunks_gives_the_rows_of_one_fetch(
     assert [m.uid for m in rows] == list(range(1, 12))
     assert [m.uid for m in since] == list(range(5, 12))
     assert all(m.internaldate.tzinfo is UTC for m in rows)
+
+
+def test_an_abandoned_stream_on_sqlite_keeps_no_statement_open(tmp_path: Path) -> None:
+    """A reader that stops early (its generator closed) must not keep the stepped statement,
+    and with it a read snapshot of the WAL: while the stream is open another connection's
+    truncating checkpoint is held back, once it is closed the checkpoint completes."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'stream.db'}")
+    with engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE t (n INTEGER)")
+        conn.exec_driver_sql(
+            "WITH RECURSIVE s(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM s WHERE n < 5000) "
+            "INSERT INTO t SELECT n FROM s"
+        )
+    reader = kept.Kept(engine)
+    rows = reader.stream("SELECT n FROM t ORDER BY n")
+    assert next(rows) == (1,)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO t VALUES (0)")  # a WAL frame the checkpoint must move
+    with engine.connect() as other:
+        busy = other.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
+    assert busy == 1  # the open statement's snapshot holds the WAL
+    rows.close()
+    with engine.connect() as other:
+        busy = other.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()[0]
+    assert busy == 0
+    reader.release()
+    engine.dispose()
 
 
 async def test_small_reads_give_what_the_large_ones_give(runtime: Runtime) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from mssante.sqlfast import adapt
 
-# Rows per chunk of a streamed result (PostgreSQL); chunked rows need libpq 17 or later.
+# Rows per chunk of a streamed result (on PostgreSQL chunked rows need libpq 17 or later).
 STREAM_ROWS = 2000
 
 
@@ -53,9 +53,20 @@ class Kept:
         PostgreSQL sends them in chunks of :data:`STREAM_ROWS` (libpq's chunked-rows mode, with
         no extra round trip, unlike a server-side cursor's FETCHes): the caller turns each
         chunk into its own values while the next is on its way, and the whole result never
-        sits twice in memory, as rows and as what they became. SQLite reads pages from the
-        local file: the rows are fetched whole, so that no statement stays open."""
-        if self.dialect != "postgresql" or not _CHUNKED_ROWS:
+        sits twice in memory, as rows and as what they became. SQLite steps the same
+        statement :data:`STREAM_ROWS` rows at a time, for the same reason (issue 20: the first
+        SELECT of a 20,000-message folder held all its rows as tuples at once, some 6 MB of
+        small objects whose allocator arenas stayed after them); its cursor is closed when the
+        iteration ends or is abandoned, so no statement stays open past the read."""
+        if self.dialect == "sqlite":
+            cursor = self._driver.execute(sql, params or {})
+            try:
+                while batch := cursor.fetchmany(STREAM_ROWS):
+                    yield from batch
+            finally:
+                cursor.close()
+            return
+        if not _CHUNKED_ROWS:
             yield from self.rows(sql, params)
             return
         cursor = self._driver.cursor()
