@@ -54,5 +54,12 @@ def new_page(browser: Any) -> Any:
 
 
 def menu(page: Any, name: str) -> None:
-    """A click on an entry of the pages' main menu (DSFR header navigation)."""
-    page.get_by_role("navigation", name="Menu principal").get_by_role("link", name=name, exact=True).click()
+    """A click on an entry of the pages' main menu (DSFR header navigation), returning once the
+    page it leads to has loaded.
+
+    Playwright's click no longer waits for the navigation it starts, and ``locator.count()`` does
+    not wait either: a count taken right after the click could read the page being left (CI saw
+    a patient's document list counted empty once)."""
+    link = page.get_by_role("navigation", name="Menu principal").get_by_role("link", name=name, exact=True)
+    with page.expect_navigation(wait_until="load"):
+        link.click()

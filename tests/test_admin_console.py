@@ -28,7 +28,7 @@ from typing import Any
 import pyotp
 import pytest
 
-from tests.browser import new_page
+from tests.browser import menu, new_page
 from tests.demo_server import DemoServer, start_demo
 
 REMOTE = "autre-operateur.mssante.fr"
@@ -154,11 +154,12 @@ def test_administrator_handles_a_delegation_and_a_stuck_message(
     assert "accueil.cardiologie" in members.inner_text()
     row = members.get_by_role("row").filter(has_text="accueil.cardiologie")
     row.get_by_label("Raison").fill("départ du service")
-    row.get_by_role("button", name="Retirer").click()
+    with page.expect_navigation(wait_until="load"):  # the list is read from the page it leads to
+        row.get_by_role("button", name="Retirer").click()
     members = page.get_by_role("table", name="Membres")
     assert "accueil.cardiologie" not in (members.inner_text() if members.count() else "")
 
-    page.get_by_role("navigation", name="Menu principal").get_by_role("link", name="État du serveur").click()
+    menu(page, "État du serveur")
     page.get_by_label("Raison du retrait").first.fill("domaine fermé, message renvoyé par fax")
     page.get_by_role("button", name="Retirer de la file").first.click()
     assert "retirée de la file" in page.get_by_role("status").inner_text()
