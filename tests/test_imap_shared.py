@@ -72,7 +72,7 @@ def test_many_expunges_make_the_table_private() -> None:
 
 
 def _seq(text: str):  # type: ignore[no-untyped-def]
-    from mssante.imap.parser import parse_sequence_set
+    from mssante.imap.reader import parse_sequence_set
 
     return parse_sequence_set(text)
 

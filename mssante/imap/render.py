@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from mssante.imap.commands.values import Section
-from mssante.imap.parser import MONTHS
+from mssante.imap.reader import MONTHS
 
 Json = dict[str, Any]
 

@@ -10,7 +10,7 @@ from mssante.audit import AuditEvent
 from mssante.imap.commands.base import Bad, No, flag_right
 from mssante.imap.commands.values import Command, MailboxArg, SequenceSet
 from mssante.imap.mailbox import SelectedMailbox
-from mssante.imap.parser import parse_sequence_set
+from mssante.imap.reader import parse_sequence_set
 from mssante.imap.render import compress
 from mssante.imap.snapshots import Snapshot, snapshots
 from mssante.imap.states import SELECTED
