@@ -27,7 +27,8 @@ from mssante.imap.commands.values import (
     Store,
 )
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
-from mssante.imap.parser import ParseError, parse_command
+from mssante.imap.parser import parse_command
+from mssante.imap.reader import ParseError
 
 # --- modified UTF-7 ------------------------------------------------------------------------
 

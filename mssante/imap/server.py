@@ -27,7 +27,8 @@ from mssante.imap.access import Access
 from mssante.imap.fetch import BlobSlice, Piece
 from mssante.imap.framing import CommandReady, Framer, LineTooLong, NeedContinuation, Rejected
 from mssante.imap.gate import Gate
-from mssante.imap.parser import ParseError, parse_command
+from mssante.imap.parser import parse_command
+from mssante.imap.reader import ParseError
 from mssante.imap.session import Session
 from mssante.imap.states import LOGOUT, NOT_AUTHENTICATED
 from mssante.listening import ConnectionCaps
