@@ -17,6 +17,7 @@ from mssante import audit
 from mssante.crypto import KeyRing, KeyRingError
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.blobs import SEAL_AS_STORED, rewrap_all
+from mssante.store.feed import ChangeHub, FolderChange
 from mssante.store.models import Blob, BlobChunk, Change, MailAccount, Message
 from mssante.store.types import FolderExists, FolderNotFound, Outbound, QuotaExceeded
 from mssante.store.writer import GroupCommitWriter, Light
@@ -367,6 +368,32 @@ async def test_change_feed_wakes_a_listener(runtime: Runtime) -> None:
         assert (change.kind, change.uid) == ("append", 1)
     finally:
         sub.close()
+
+
+async def test_change_feed_keeps_what_a_cancelled_read_did_not_take() -> None:
+    """What IDLE relies on: changes published from another thread (the writer's) arrive in
+    commit order; a read cancelled before any change takes none, and drain() returns what no
+    read took."""
+    hub = ChangeHub()
+    sub = hub.subscribe(7)
+    early = asyncio.ensure_future(sub.get())
+    await asyncio.sleep(0)
+    early.cancel()  # IDLE ended by DONE before anything happened
+    with pytest.raises(asyncio.CancelledError):
+        await early
+    changes = [FolderChange(7, n, "append", n) for n in (1, 2, 3)] + [FolderChange(8, 9, "append", 9)]
+    waiting = asyncio.ensure_future(sub.get())
+    await asyncio.sleep(0)
+    publisher = threading.Thread(target=hub.publish, args=(changes,))
+    publisher.start()
+    publisher.join()
+    assert (await asyncio.wait_for(waiting, 5)).uid == 1
+    assert [c.uid for c in sub.drain()] == [2, 3]  # the other folder's change is not this one's
+    assert sub.drain() == []
+    sub.close()
+    hub.publish([FolderChange(7, 4, "append", 4)])  # no longer subscribed: nothing scheduled
+    await asyncio.sleep(0.05)
+    assert sub.drain() == []
 
 
 async def test_large_message_streams_and_ranges(runtime: Runtime) -> None:

@@ -31,21 +31,43 @@ class FolderChange:
 
 
 class Subscription:
-    """A listener's queue of changes for one folder."""
+    """A listener's changes for one folder, in the order they were committed.
+
+    Every session with a folder selected holds one, idle or not: a list and at most one
+    waiting future, rather than an ``asyncio.Queue`` (three deques, an event and their waiters:
+    some 3 KB per session, a thousand idle sessions 3 MB). One reader at a time (IDLE); a read
+    cancelled before a change came takes nothing, one cancelled after leaves it for the next."""
+
+    __slots__ = ("_changes", "_waiter", "folder_id", "hub", "loop")
 
     def __init__(self, hub: ChangeHub, folder_id: int, loop: asyncio.AbstractEventLoop) -> None:
         self.hub = hub
         self.folder_id = folder_id
         self.loop = loop
-        self.queue: asyncio.Queue[FolderChange] = asyncio.Queue()
+        self._changes: list[FolderChange] = []
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, change: FolderChange) -> None:
+        """A change heard (on the listener's loop): kept, and the waiting read woken."""
+        self._changes.append(change)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def get(self) -> FolderChange:
-        return await self.queue.get()
+        """The oldest change not yet taken, once there is one."""
+        while not self._changes:
+            waiter = self._waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                if self._waiter is waiter:
+                    self._waiter = None
+        return self._changes.pop(0)
 
     def drain(self) -> list[FolderChange]:
-        out = []
-        while not self.queue.empty():
-            out.append(self.queue.get_nowait())
+        """Every change not yet taken."""
+        out, self._changes = self._changes, []
         return out
 
     def close(self) -> None:
@@ -77,7 +99,7 @@ class ChangeHub:
             targets = [(sub, c) for c in changes for sub in self._subs.get(c.folder_id, ())]
         for sub, change in targets:
             if not sub.loop.is_closed():
-                sub.loop.call_soon_threadsafe(sub.queue.put_nowait, change)
+                sub.loop.call_soon_threadsafe(sub.put, change)
 
     def folders(self) -> list[int]:
         """Folders someone listens to on this node (what a reconnected node must catch up)."""
