@@ -19,16 +19,16 @@ zero-filled (so resident) from the start; a TLS record carries at most 16 KiB, s
 event loop thread, shared by all its connections: the buffer only carries the bytes of one
 ``recv_into`` to that connection's TLS input (a copy, in the same callback), so no connection
 needs its own between two reads. An idle TLS session then holds no read buffer at all (it was
-16 KiB of its 51 KiB).
+16 KiB of the 47 KiB an idle IMAP session cost).
 
 What the trim cannot give back (measured after 1,000 TLS sessions on a 20,000-message INBOX
-logged out: 1.13-1.16× the RSS before them; 1.08-1.10× the RSS once one session had opened
-the INBOX, whose first SELECT leaves 2-4 MiB) is not Python objects, which are back to their
+logged out: 1.08-1.12× the RSS before them; 1.075-1.09× the RSS once one session had opened
+the INBOX, whose first SELECT leaves 1-5 MiB) is not Python objects, which are back to their
 count and bytes from before, but the high-water mark of CPython's small-object allocator.
-Objects of 512 bytes or less (a session holds some 13 KB of them: asyncio's streams,
+Objects of 512 bytes or less (a session holds some 12 KB of them: asyncio's streams,
 transports, futures and handles, its own sets and tables) come from 1 MiB arenas, and an
 arena goes back to the system only once all of its pools are empty. The arenas a burst adds
-(14 here, 13 MiB resident) keep from a handful to a few hundred objects each, made during the
+(12 here, their empty pools 10.7 MB resident) keep from a handful to a few hundred objects each, made during the
 burst and outliving it (metric values, dead cursor weakrefs kept by sqlite3's connections,
 statements of pool connections opened mid-burst, timer handles), so they stay mapped; the next
 burst reuses them (a second 1,000 sessions: +1 MiB). ``PYTHONMALLOC=malloc`` would let the trim return
