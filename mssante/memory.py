@@ -28,12 +28,12 @@ count and bytes from before, but the high-water mark of CPython's small-object a
 Objects of 512 bytes or less (a session holds some 12 KB of them: asyncio's streams,
 transports, futures and handles, its own sets and tables) come from 1 MiB arenas, and an
 arena goes back to the system only once all of its pools are empty. The arenas a burst adds
-(12 here, their empty pools 10.7 MB resident) keep from a handful to a few hundred objects each, made during the
-burst and outliving it (metric values, dead cursor weakrefs kept by sqlite3's connections,
-statements of pool connections opened mid-burst, timer handles), so they stay mapped; the next
-burst reuses them (a second 1,000 sessions: +1 MiB). ``PYTHONMALLOC=malloc`` would let the trim return
-that memory too (1.06×), at up to 10-15 % more server CPU for logins and APPENDs and 40-47 %
-for FETCH-heavy sessions: not done.
+(12 here, their empty pools 10.7 MB resident) keep from a handful to a few hundred objects
+each, made during the burst and outliving it (metric values, dead cursor weakrefs kept by
+sqlite3's connections, statements of pool connections opened mid-burst, timer handles), so
+they stay mapped; the next burst reuses them (a second 1,000 sessions: +1 MiB).
+``PYTHONMALLOC=malloc`` would let the trim return that memory too (1.06×), at up to 10-15 %
+more server CPU for logins and APPENDs and 40-47 % for FETCH-heavy sessions: not done.
 
 ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` in the environment win: nothing is changed
 then. On another C library the allocator calls do nothing.
