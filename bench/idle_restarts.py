@@ -5,8 +5,9 @@ Usage:
     .venv/bin/python bench/idle_restarts.py [--store DIR] [--inbox-messages 20000]
                                             [--idle 1000] [--runs 3] [--out FILE]
 
-The store (a demo data directory whose INBOX holds ``--inbox-messages`` messages, filled once
-over IMAP APPEND as ``imaptest_stress.py`` fills it) is kept in ``--store`` and reused: each run
+The store (a demo data directory whose INBOX is filled once with ``--inbox-messages`` messages
+over IMAP APPEND, as ``imaptest_stress.py`` fills it) is kept in ``--store`` and reused, whatever
+``--inbox-messages`` says then: the JSON gives the count the store's INBOX holds. Each run
 starts ``mssante serve --demo`` on a fresh copy of it, then measures what
 ``imaptest_stress.py`` measures (one session opens INBOX and logs out, then ``--idle`` TLS
 sessions log in and SELECT INBOX, then all log out) with that benchmark's own functions. To
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import platform
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -30,14 +32,29 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import emit, loadavg
-from bench._imap_servers import Ours
+from bench._imap_servers import LOGIN, Ours
 from bench.imaptest_stress import fill_inbox, idle_memory
 
 KEPT = ("per_session_rss_kib", "rss_after_logout_vs_before", "rss_after_logout_vs_before_first_select")
 
 
+def _database(root: Path) -> Path:
+    return root / "ours" / "data" / "mssante.db"
+
+
 def _url(root: Path) -> str:
-    return f"sqlite:///{root / 'ours' / 'data' / 'mssante.db'}"
+    return f"sqlite:///{_database(root)}"
+
+
+def inbox_count(store: Path) -> int:
+    """The messages the store's INBOX holds (read-only: the store stays as filled)."""
+    with sqlite3.connect(f"file:{_database(store)}?mode=ro", uri=True) as db:
+        row = db.execute(
+            "SELECT count(*) FROM messages m JOIN folders f ON f.id = m.folder_id "
+            "WHERE f.bal = ? AND f.name = 'INBOX'",
+            (LOGIN,),
+        ).fetchone()
+    return int(row[0])
 
 
 def fill(store: Path, messages: int) -> float:
@@ -81,13 +98,13 @@ def main() -> None:
         "commit": commit,
         "python": platform.python_version(),
         "idle_sessions": args.idle,
-        "inbox_messages": args.inbox_messages,
         "store": str(args.store),
         "loadavg_before": loadavg(),
     }
-    if not (args.store / "ours" / "data" / "mssante.db").exists():
+    if not _database(args.store).exists():
         shutil.rmtree(args.store, ignore_errors=True)
         result["fill_seconds"] = round(fill(args.store, args.inbox_messages), 1)
+    result["inbox_messages"] = inbox_count(args.store)
     runs = [one_run(args.store, args.idle) for _ in range(args.runs)]
     result["runs"] = runs
     result["median"] = {key: statistics.median(run[key] for run in runs) for key in KEPT}
