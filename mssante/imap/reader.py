@@ -77,7 +77,7 @@ class Reader:
         self.binary = binary  # ``~{n}`` (literal8, RFC 3516) is read only where BINARY allows it
         self.literal8_seen = False
         self.max_depth = max_depth
-        self.search_keys = 0
+        self.search_keys = 0  # SEARCH keys read so far in this command (the parser bounds them)
 
     # -- low level --------------------------------------------------------------------------
     def error(self, message: str) -> ParseError:
