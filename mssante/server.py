@@ -20,7 +20,7 @@ from typing import Any
 
 import uvicorn
 
-from mssante import memory
+from mssante import collector, memory
 from mssante.config import Settings
 from mssante.lifecycle import set_ready
 from mssante.listening import ListenerStarter, RunningListener
@@ -254,6 +254,7 @@ def serve(
     memory.tune()  # again in a worker process: glibc arenas, TLS buffers
     runtime = open_runtime(settings)
     runtime.worker = worker
+    collector.settle()  # what was just loaded stays for good: out of every full collection
     try:
         asyncio.run(serve_forever(runtime, ready))
     finally:
