@@ -21,6 +21,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from mssante import writeturn
 from mssante.datadir import create_private_db
+from mssante.sqlfast import on_sqlite_driver
 from mssante.writeturn import WriteTurn
 
 NAMING_CONVENTION = {
@@ -107,8 +108,10 @@ def make_engine(
             cur.close()
 
         @event.listens_for(engine, "begin")
-        def _sqlite_begin(conn: Any) -> None:
-            conn.exec_driver_sql(begin)
+        def _sqlite_begin(conn: Connection) -> None:
+            # On the driver's cursor (see mssante.sqlfast): through exec_driver_sql the BEGIN
+            # of every writer transaction cost several times the statement.
+            on_sqlite_driver(conn, begin, ())
 
         if writer and db_file is not None:
             WriteTurn.register(engine, db_file)  # writers of several processes take turns without sleeps

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
+from sqlalchemy import Connection
 from sqlalchemy.exc import DBAPIError, MultipleResultsFound, NoResultFound
 from sqlalchemy.orm import Session
 
@@ -102,12 +103,18 @@ def run(session: Session, sql: str, params: dict[str, Any] | list[dict[str, Any]
     if conn.dialect.name != "sqlite":
         result = conn.exec_driver_sql(adapt(sql, conn.dialect.name), params if params is not None else {})
         return Rows(result.all() if result.returns_rows else ())
+    return on_sqlite_driver(conn, sql, params if params is not None else {})
+
+
+def on_sqlite_driver(conn: Connection, sql: str, params: Any) -> Rows:
+    """One SQLite statement on the driver's cursor of ``conn`` (once per row when ``params``
+    is a list), its errors raised as SQLAlchemy's."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     try:
         if isinstance(params, list):
             cursor.executemany(sql, params)
         else:
-            cursor.execute(sql, params if params is not None else {})
+            cursor.execute(sql, params)
         return Rows(cursor.fetchall())
     except sqlite3.Error as exc:
         raise DBAPIError.instance(sql, params, exc, sqlite3.Error) from exc
@@ -140,4 +147,4 @@ def insert_many(session: Session, table: str, columns: dict[str, str], rows: lis
                 copy.write_row(row)
         return
     marks = ", ".join("?" for _ in columns)
-    conn.exec_driver_sql(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+    on_sqlite_driver(conn, f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)

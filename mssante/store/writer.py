@@ -162,6 +162,8 @@ class GroupCommitWriter:
         # at check-out (``db.still_usable``): one the server closed is replaced before any job
         # runs on it.
         self._connection: Connection | None = None
+        # And one ORM session on it, kept too (emptied after each batch, see _commit).
+        self._session: Session | None = None
         self.batches = 0
         self.jobs = 0
         self._thread = threading.Thread(target=self._run, name="mssante-writer", daemon=True)
@@ -221,9 +223,16 @@ class GroupCommitWriter:
             self._connection = self.engine.connect()
         return self._connection
 
+    def _kept_session(self) -> Session:
+        connection = self._kept()
+        if self._session is None or self._session.bind is not connection:
+            self._session = Session(bind=connection, expire_on_commit=False)
+        return self._session
+
     def _drop_connection(self) -> None:
         """After a failed batch, or a connection the server closed: the next batch starts on
         one from the pool."""
+        self._session = None
         if self._connection is not None:
             connection, self._connection = self._connection, None
             try:
@@ -281,11 +290,7 @@ class GroupCommitWriter:
         failed: list[tuple[_Item, BaseException]] = []
         try:
             # (SQLite with several worker processes: the write lock passed on without sleeps)
-            with (
-                writeturn.taken(self.engine),
-                Session(bind=self._kept(), expire_on_commit=False) as session,
-                session.begin(),
-            ):
+            with writeturn.taken(self.engine), (session := self._kept_session()).begin():
                 groups = _groups(running)
                 for group in groups:
                     together: Together | None = getattr(group[0].job, "together", None)
@@ -323,6 +328,7 @@ class GroupCommitWriter:
                 if self.before_commit is not None:
                     self.before_commit(session, _notes_of(ok))
         except _Regroup:
+            _forget_objects(session)
             raise
         except Exception as exc:
             # The commit (or the lone job) failed: nothing of this batch is durable.
@@ -331,6 +337,7 @@ class GroupCommitWriter:
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        _forget_objects(session)
         notes = _notes_of(ok)
         results = [(item, _result_of(result)) for item, result in ok]
         # Listeners hear of the change before its author hears "done" (IMAP: another session
@@ -344,6 +351,12 @@ class GroupCommitWriter:
             item.future.set_exception(error)
         for item, result in results:
             item.future.set_result(result)
+
+
+def _forget_objects(session: Session) -> None:
+    """The kept session after a batch: no object a job loaded stays in it (nor in memory)."""
+    if session.identity_map:
+        session.expunge_all()
 
 
 def _prepared(items: list[_Item]) -> list[_Item]:
