@@ -2,10 +2,10 @@
 
 A full collection visits every container object the process holds, and runs on whichever
 thread allocated last, the event loop's as often as not: every session waits for it. A served
-process holds some 200,000 such objects, nearly all of them loaded at start (modules,
-SQLAlchemy's tables and mappers, pydantic's models, the annuaire, TLS contexts) and kept for its
-lifetime. Measured with IMAP clients on a 10,000-message folder (issue 20, seventh pass): a
-full collection every two seconds or so, 70–80 ms each, none of them finding anything to free,
+process holds some 170,000 such objects loaded at start (modules, SQLAlchemy's tables and
+mappers, pydantic's models, the annuaire) and kept for its lifetime. Measured with IMAP clients
+on a 10,000-message folder (issue 20, seventh pass): a full collection every one or two
+seconds, 70–94 ms each, none of them finding anything to free,
 which showed as one repeated `UID SEARCH SUBJECT` in three taking 90 ms instead of 15.
 
 :func:`settle`, once the server has loaded what it keeps, collects and then freezes that heap

@@ -8,7 +8,8 @@ Everything else keeps using the ORM/Core.
 
 On SQLite even ``exec_driver_sql`` cost three to four times the statement itself (its
 execution context and result objects: ~30 µs against ~8 µs for a small insert), a quarter
-of a lone delivery's time in the writer; there :func:`run` hands the statement to the
+of a lone delivery's time in the writer; there :func:`run` (and :func:`insert_many`, and the
+engines' ``BEGIN``: :func:`on_sqlite_driver`) hands the statement to the
 driver's cursor on the session's connection, inside the same transaction, and gives back the
 few things the hot path reads of a result (:class:`Rows`). Driver errors are raised as
 SQLAlchemy's, as through the engine.

@@ -224,8 +224,9 @@ class GroupCommitWriter:
         return self._connection
 
     def _kept_session(self) -> Session:
+        # (a connection is only ever replaced through _drop_connection, which drops the session)
         connection = self._kept()
-        if self._session is None or self._session.bind is not connection:
+        if self._session is None:
             self._session = Session(bind=connection, expire_on_commit=False)
         return self._session
 
