@@ -16,10 +16,12 @@ from pathlib import Path
 
 from mssante import memory
 from mssante.config import Settings
+from mssante.imap import sparse
 from mssante.imap.mailbox import MessageTable, SelectedMailbox
 from mssante.imap.session import Session
 from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.runtime import Runtime, open_runtime
+from mssante.store.feed import FolderChange
 from mssante.store.types import FolderInfo, MessageRow
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Running, running_server
@@ -69,6 +71,43 @@ def test_many_expunges_make_the_table_private() -> None:
     assert box.entries._base is not shared.columns and not box.entries._gone
     assert box.first_unseen() == 1 and box.entries[2].size == 1002
     assert box.resolve(_seq("1:3"), uid=False) == [(1, 2), (2, 4), (3, 6)]
+
+
+def test_an_idle_table_makes_no_containers_yet_each_fills_its_own() -> None:
+    """What a session never uses it does not make (one shared empty tail and empty sets:
+    every small object an idle session holds is memory a burst of logins may keep), and the
+    first message, expunge or \\Recent of one session makes its own, not the others'."""
+    shared = _snapshot(10)
+    a, b = (SelectedMailbox.from_snapshot(FOLDER, shared, readonly=False) for _ in range(2))
+    for box in (a, b):
+        table = box.entries
+        assert table._tail is b.entries._tail and len(table._tail) == 0
+        assert table.expunged is table.recent is table._gone is sparse.EMPTY
+        assert box._flag_news is box._keywords is sparse.EMPTY
+    assert a.absorb([FolderChange(7, 20, "append", 11)]) == [11]
+    a.add_rows([MessageRow(11, (), 5, WHEN, 20, 511)], recent_from=11)
+    a.absorb([FolderChange(7, 21, "expunge", 2), FolderChange(7, 22, "flags", 3, "\\Flagged")])
+    assert list(a.entries)[-1] == 11 and 11 not in b.entries and len(b.entries._tail) == 0
+    assert a.entries.expunged == {2} and a.entries.recent == {11} and a._flag_news == {3}
+    assert not b.entries.expunged and not b.entries.recent and not b._flag_news
+    assert frozenset() == sparse.EMPTY
+    assert a.updates(allow_expunge=True) == [
+        b"* 2 EXPUNGE",
+        b"* 10 EXISTS",
+        b"* 1 RECENT",
+        b"* 2 FETCH (FLAGS (\\Flagged))",
+    ]
+    assert not a.entries.expunged and not a._flag_news
+    a.remove([11])
+    assert not a.entries.recent and 11 not in a.entries and len(b.entries._tail) == 0
+
+
+def test_sparse_sets_add_to_their_own_and_leave_the_shared_empty_one() -> None:
+    mine = sparse.added(sparse.EMPTY, 4)
+    assert mine == {4} and isinstance(mine, set) and frozenset() == sparse.EMPTY
+    assert sparse.added(mine, 5) is mine and mine == {4, 5}
+    assert sparse.removed(mine, 4) is mine and mine == {5}
+    assert sparse.removed(sparse.EMPTY, 4) is sparse.EMPTY
 
 
 def _seq(text: str):  # type: ignore[no-untyped-def]

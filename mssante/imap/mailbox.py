@@ -14,14 +14,20 @@ import bisect
 import sys
 from array import array
 from collections.abc import Iterable, Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from mssante.imap import sparse
 from mssante.imap.commands.values import SequenceSet
 from mssante.imap.render import compress, flag_list
 from mssante.imap.snapshots import Columns, Rendered, Snapshot
 from mssante.store.feed import FolderChange
 from mssante.store.types import FolderInfo, MessageRow
+
+# The tail of every table that has none of its own: read, never written (MessageTable.add
+# gives a table its own tail before the first message goes there).
+_NO_TAIL = Columns()
 
 
 class MessageTable:
@@ -49,14 +55,17 @@ class MessageTable:
         self._snapshot = snapshot
         self._base = snapshot.columns  # the snapshot's (shared) until _base_owned
         self._base_owned = self._flags_owned = self._sets_owned = False
-        self._tail = Columns()  # messages with a UID above the base's, always private
-        self._gone: set[int] = set()  # base UIDs forgotten while the base is shared
+        # Messages with a UID above the base's: private, made on the first (most sessions
+        # see none arrive while selected; until then every table reads the one empty tail).
+        self._tail = _NO_TAIL
+        self._gone: AbstractSet[int] = sparse.EMPTY  # base UIDs forgotten while the base is shared
         self._sets = snapshot.sets
         self._set_index: dict[tuple[str, ...], int] | None = None  # built on first new flag set
         self._rendered_sets: dict[tuple[int, bool], bytes] = {}
         self.rendered = snapshot.rendered  # shared by the sessions of this folder
-        self.expunged: set[int] = set()  # expunged elsewhere, not yet reported to this session
-        self.recent: set[int] = set()  # \Recent for this session (IMAP4rev1 only)...
+        # (sets: see mssante.imap.sparse)
+        self.expunged: AbstractSet[int] = sparse.EMPTY  # expunged elsewhere, not yet reported
+        self.recent: AbstractSet[int] = sparse.EMPTY  # \Recent for this session (IMAP4rev1 only)...
         self.recent_range = range(0)  # ...and the UIDs it took at SELECT
         self.version = 0  # bumped when rows move or columns are replaced (entries re-locate)
 
@@ -112,6 +121,8 @@ class MessageTable:
         values = (uid, self.flag_set(flags), size, int(when.timestamp()), modseq, blob_id)
         base = self._base
         if not base.uid or uid > base.uid[-1]:
+            if self._tail is _NO_TAIL:
+                self._tail = Columns()
             target = self._tail
         else:
             self._own_base()
@@ -119,7 +130,7 @@ class MessageTable:
         target.insert(bisect.bisect_left(target.uid, uid), values)
         self.version += 1
         if recent:
-            self.recent.add(uid)
+            self.recent = sparse.added(self.recent, uid)
 
     def set_flags(self, uid: int, flags: Iterable[str] | None = None, modseq: int | None = None) -> None:
         columns, at = self.locate(uid)
@@ -148,7 +159,7 @@ class MessageTable:
         else:
             self._base = base.copy()
         self._base_owned = self._flags_owned = True
-        self._gone.clear()
+        self._gone = sparse.EMPTY
         self.version += 1
 
     def __getitem__(self, uid: int) -> Entry:
@@ -208,12 +219,12 @@ class MessageTable:
         if columns is self._tail or self._base_owned:
             columns.delete(at)
         else:
-            self._gone.add(uid)
+            self._gone = sparse.added(self._gone, uid)
             if len(self._gone) > 64 + len(self._base) // 8:
                 self._own_base()  # many gone: a private copy costs less than the set
         self.version += 1
-        self.expunged.discard(uid)
-        self.recent.discard(uid)
+        self.expunged = sparse.removed(self.expunged, uid)
+        self.recent = sparse.removed(self.recent, uid)
 
     def is_recent(self, uid: int) -> bool:
         return uid in self.recent_range or uid in self.recent
@@ -291,7 +302,8 @@ class Entry:
 
     @expunged.setter
     def expunged(self, value: bool) -> None:
-        (self._table.expunged.add if value else self._table.expunged.discard)(self.uid)
+        table = self._table
+        table.expunged = (sparse.added if value else sparse.removed)(table.expunged, self.uid)
 
     @property
     def recent(self) -> bool:
@@ -340,10 +352,10 @@ class SelectedMailbox:
     with_recent: bool = True  # IMAP4rev1 shows \Recent; IMAP4rev2 dropped it
     condstore: bool = False  # unsolicited FETCH carry UID and MODSEQ (RFC 7162 §3.1)
     qresync: bool = False  # expunges are reported as VANISHED (RFC 7162 §3.2.10)
-    _keywords: set[str] = field(default_factory=set)  # keywords announced in FLAGS
+    _keywords: AbstractSet[str] = sparse.EMPTY  # keywords announced in FLAGS
     saved: list[int] = field(default_factory=list)  # UIDs kept by SEARCH RETURN (SAVE), RFC 5182
     _new: list[int] = field(default_factory=list)  # appended elsewhere, not yet announced
-    _flag_news: set[int] = field(default_factory=set)  # flags changed elsewhere, not yet sent
+    _flag_news: AbstractSet[int] = sparse.EMPTY  # flags changed elsewhere, not yet sent
 
     _uids_owned: bool = False  # ``uids`` is this session's (else the snapshot's UID column)
 
@@ -356,9 +368,8 @@ class SelectedMailbox:
         read after the folder, so it may hold messages appended meanwhile: those were not taken
         by this session's claim (which stops at UIDNEXT) and go to the next session told of
         them, never to two."""
-        box = cls(folder, readonly, modseq=folder.highestmodseq)
-        box.entries = MessageTable(snapshot)
-        box.uids = snapshot.columns.uid  # shared until this session's numbering changes
+        # (the UID column is shared until this session's numbering changes)
+        box = cls(folder, readonly, snapshot.columns.uid, MessageTable(snapshot), folder.highestmodseq)
         if recent_from is not None and recent_from < folder.uidnext:
             box.entries.recent_range = range(recent_from, folder.uidnext)
         return box
@@ -371,7 +382,7 @@ class SelectedMailbox:
         table = MessageTable()
         for row in rows:
             table.add(row)
-        columns = table._tail
+        columns = table._tail if table._tail is not _NO_TAIL else Columns()
         snapshot = Snapshot(None, columns, table._sets, Rendered())
         return cls.from_snapshot(folder, snapshot, readonly=readonly, recent_from=recent_from)
 
@@ -430,7 +441,9 @@ class SelectedMailbox:
 
     def keywords(self) -> list[str]:
         entries = self.entries
-        found = {f for i in entries.used_sets() for f in entries.flags_of(i) if not f.startswith("\\")}
+        found = frozenset(
+            f for i in entries.used_sets() for f in entries.flags_of(i) if not f.startswith("\\")
+        )
         self._keywords = found
         return sorted(found)
 
@@ -470,7 +483,7 @@ class SelectedMailbox:
         entry = self.entries.get(uid)
         if entry is not None and modseq >= entry.modseq:
             entry.flags, entry.modseq = flags, modseq
-            self._flag_news.discard(uid)
+            self._flag_news = sparse.removed(self._flag_news, uid)
 
     def expunge_lines(self, uids: Iterable[int]) -> list[bytes]:
         """Remove messages and say so: ``* n EXPUNGE`` each, or one ``* VANISHED uid-set``
@@ -503,7 +516,7 @@ class SelectedMailbox:
             numbers.append(n)
             del self._own_uids()[n - 1]
             self.entries.pop(uid, None)
-            self._flag_news.discard(uid)
+            self._flag_news = sparse.removed(self._flag_news, uid)
         return numbers
 
     def absorb(self, changes: Iterable[FolderChange]) -> list[int]:
@@ -537,7 +550,7 @@ class SelectedMailbox:
                 entry.modseq = change.modseq
                 if flags != entry.flags:
                     entry.flags = flags
-                    self._flag_news.add(change.uid)
+                    self._flag_news = sparse.added(self._flag_news, change.uid)
         return wanted
 
     def add_rows(self, rows: Iterable[MessageRow], *, recent_from: int | None = None) -> None:
@@ -572,5 +585,5 @@ class SelectedMailbox:
             if n is None or entry.expunged:
                 continue
             out.append(self.flags_update(n, entry, with_uid=with_uid))
-        self._flag_news.clear()
+        self._flag_news = sparse.EMPTY
         return out

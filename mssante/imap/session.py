@@ -18,12 +18,13 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
+from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 from delegation.rights import Right
 from mssante import metrics
 from mssante.audit import AuditEvent
-from mssante.imap import mutf7
+from mssante.imap import mutf7, sparse
 from mssante.imap.access import NONE, SHARED_PREFIX, Access, OwnerOnly, Rights
 from mssante.imap.commands.acl import cmd_getacl, cmd_listrights, cmd_myrights, cmd_setacl
 from mssante.imap.commands.append import cmd_append
@@ -210,10 +211,11 @@ class Session:
         # strings), not modified UTF-7, and message headers are sent as they are.
         self.utf8 = False
         self.subscription: Subscription | None = None
-        self.enabled: set[str] = set()  # capabilities turned on by ENABLE (RFC 5161)
+        self.enabled: frozenset[str] = frozenset()  # capabilities turned on by ENABLE (RFC 5161)
         self.announce_modseq = False
-        self._traces: set[asyncio.Future[None]] = set()
-        self._reads: set[int] = set()
+        # (empty until used, as most sessions leave them: see mssante.imap.sparse)
+        self._traces: AbstractSet[asyncio.Future[None]] = sparse.EMPTY
+        self._reads: AbstractSet[int] = sparse.EMPTY
         self._reads_folder: tuple[str, str] | None = None  # (BAL, folder)
         self._read_commands = 0
         self._reads_timer: asyncio.TimerHandle | None = None
@@ -231,7 +233,7 @@ class Session:
     def enable(self, capability: str) -> list[str]:
         """Turn an extension on for the rest of the session; the names newly enabled."""
         new = [c for c in ENABLEABLE.get(capability, ()) if c not in self.enabled]
-        self.enabled.update(new)
+        self.enabled |= frozenset(new)
         if "UTF8=ACCEPT" in new or "IMAP4rev2" in new:
             self.utf8 = True  # RFC 9051 §5.1: an IMAP4rev2 session names mailboxes in UTF-8
         if self.box is not None and "CONDSTORE" in new:
@@ -425,11 +427,11 @@ class Session:
         next group commit, and :meth:`finish` waits for every pending record.
         """
         task = asyncio.ensure_future(self.store.record(event))
-        self._traces.add(task)
+        self._traces = sparse.added(self._traces, task)
         task.add_done_callback(self._traced)
 
     def _traced(self, task: asyncio.Future[None]) -> None:
-        self._traces.discard(task)
+        self._traces = sparse.removed(self._traces, task)
         if not task.cancelled() and task.exception() is not None:
             log.error("IMAP audit record failed: %s", task.exception())
 
@@ -443,6 +445,8 @@ class Session:
         if self._reads_folder != folder:
             self._flush_reads()
             self._reads_folder = folder
+        if not isinstance(self._reads, set):
+            self._reads = set()
         self._reads.update(uids)
         self._read_commands += 1
         if len(self._reads) >= READ_TRACE_MAX:
@@ -474,7 +478,7 @@ class Session:
                     detail=detail,
                 )
             )
-        self._reads.clear()
+        self._reads = sparse.EMPTY
         self._read_commands = 0
 
     async def finish(self) -> None:
