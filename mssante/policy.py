@@ -212,6 +212,21 @@ class Policy:
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.local_domains
 
+    def held_from_memory(self, identity: Identity | None, address: str) -> DirectoryBal | None:
+        """The BAL at ``address``, hosted here, when the directory's cached answers hold it
+        and ``identity`` is its holder; else None, and the question goes to a worker thread.
+        A holder's rights follow from the annuaire alone; a delegate's come from the grants,
+        whose generation is read at every question (revocation acts at once)."""
+        if self._memory is None or identity is None:
+            return None
+        try:
+            bal = self._memory.bal(address)
+        except NotCached:
+            return None
+        if bal is None or not self.is_local(bal.domain) or not owns(identity, bal):
+            return None
+        return bal
+
     # -- submission -----------------------------------------------------------------------
     def sender(
         self, identity: Identity | None, mail_from: str, *, utf8: bool = False

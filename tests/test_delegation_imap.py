@@ -13,9 +13,13 @@ import pytest
 
 from annuaire.lookup import Annuaire
 from delegation import grants
+from delegation.imap import DelegationAccess
+from delegation.rights import Right
 from mssante import demo
+from mssante.auth.identity import Identity
 from mssante.config import Settings
 from mssante.db import transaction
+from mssante.imap.gate import Principal
 from mssante.imap.listeners import start_imap
 from mssante.runtime import Runtime, initialise, open_runtime
 from tests.test_delegation_e2e import MARTIN, SECRETARY, Imap, named, shared
@@ -98,3 +102,34 @@ def _scenario(doors: Doors) -> None:
 
 async def test_shared_namespace_acl_and_revocation_on_each_backend(doors: Doors) -> None:
     await asyncio.to_thread(_scenario, doors)
+
+
+async def test_a_holders_rights_come_from_memory_a_delegates_from_the_grants(
+    doors: Doors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asked before every command on a selected mailbox: the BAL's holder is answered on the
+    event loop from the annuaire's memory; a delegate's rights are read from the grants, in a
+    worker thread, every time (a revocation acts at the next command)."""
+    runtime = doors.runtime
+    assert runtime.policy is not None and runtime.grants is not None
+    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+    bal = runtime.annuaire.bal(MARTIN)  # in the annuaire's memory, as after any login
+    assert bal is not None and bal.professional_idnat is not None
+    holder = Principal(MARTIN, MARTIN, Identity.professional(bal.professional_idnat))
+    secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(function)
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    mine = await access.rights(holder, MARTIN)
+    assert mine.owner and Right.READ in mine and Right.ADMINISTER in mine and hops == []
+    theirs = await access.rights(secretary, MARTIN)
+    assert not theirs.owner and Right.READ in theirs and Right.ADMINISTER not in theirs
+    assert len(hops) == 1
+    _revoke(doors)
+    assert not (await access.rights(secretary, MARTIN)).visible and len(hops) == 2
+    assert (await access.rights(holder, MARTIN)).owner and len(hops) == 2
