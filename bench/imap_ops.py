@@ -3,12 +3,18 @@
 Usage (root, for Dovecot's users and apt-get):
     .venv/bin/python bench/imap_ops.py [--sizes 1000 10000 50000] [--rounds 3] [--repeat 3]
         [--size 10240] [--fetches 200] [--clients 8] [--processes 4] [--seconds 10]
-        [--fill-connections 4] [--append-batch 100] [--pg-url postgresql+psycopg://...] [--out FILE]
+        [--fill-connections 4] [--append-batch 100] [--pg-url postgresql+psycopg://...]
+        [--pg-against-sqlite] [--out FILE]
 
 The servers are started alike by ``bench/_imap_servers.py``: ours is ``mssante serve --demo``
 (SQLite, or a fresh database on the PostgreSQL server of ``--pg-url``, dropped at the end);
 Dovecot comes from Debian's ``dovecot-imapd`` with its Maildir in a temporary directory. Same
 certificate, same login and password hash, implicit TLS on 127.0.0.1.
+
+With ``--pg-against-sqlite`` the two servers are ours on PostgreSQL (``--pg-url``) and ours on
+SQLite, each in its own process and data directory, filled, warmed and measured exactly as
+above and interleaved the same way (PostgreSQL, SQLite, PostgreSQL...), so that the ratio of the
+two stores is taken at the same moment of a shared machine rather than from runs minutes apart.
 
 Filling: both servers get the *same* deterministic messages (``--size`` bytes, unique
 Message-ID, two in three ``\\Seen``, one with a rare word) through the *same* path: IMAP
@@ -399,9 +405,10 @@ def level(
             },
             "mixed_errors": errors[name][:3],
         }
-    if "dovecot" in out:
-        ours, theirs = out["mssante"]["figures"], out["dovecot"]["figures"]
-        out["ratios_ours_vs_dovecot"] = {
+    if len(out) == 2:
+        (name, _), (anchor, _) = out.items()
+        ours, theirs = out[name]["figures"], out[anchor]["figures"]
+        out[_ratio_key(servers)] = {
             key: {
                 "ratio": round(ours[key]["median"] / theirs[key]["median"], 2)
                 if theirs[key]["median"]
@@ -413,27 +420,36 @@ def level(
     return out
 
 
+def _ratio_key(servers: dict[str, Any]) -> str:
+    """Where a level's ratios are: ours against Dovecot, or PostgreSQL against SQLite."""
+    return "ratios_postgresql_vs_sqlite" if "postgresql" in servers else "ratios_ours_vs_dovecot"
+
+
 def table(result: dict[str, Any]) -> str:
-    """The run as a Markdown table: medians (min–max), ratio ours/Dovecot with its direction."""
-    rows = ["| messages | figure | mssante | Dovecot | ours/Dovecot |", "|---|---|---|---|---|"]
+    """The run as a Markdown table: medians (min–max), ratio of the first server to the second
+    (ours/Dovecot, or PostgreSQL/SQLite) with its direction."""
+    name, anchor = result["servers"] if len(result["servers"]) == 2 else (result["servers"][0], "dovecot")
+    title = {"mssante": "mssante", "dovecot": "Dovecot", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
+    head = f"| messages | figure | {title[name]} | {title[anchor]} | {name}/{anchor} |"
+    rows = [head.replace("mssante/dovecot", "ours/Dovecot"), "|---|---|---|---|---|"]
 
     def cell(f: dict[str, Any] | None) -> str:
         return f"{f['median']} ({f['min']}–{f['max']})" if f else "–"
 
     for lv in result["levels"]:
-        ours = lv["mssante"]["figures"]
-        theirs = lv.get("dovecot", {}).get("figures", {})
-        ratios = lv.get("ratios_ours_vs_dovecot", {})
+        ours = lv[name]["figures"]
+        theirs = lv.get(anchor, {}).get("figures", {})
+        ratios = lv.get(_ratio_key({name: None, anchor: None}), {})
         for key in ours:
             r = ratios.get(key)
             ratio = f"{r['ratio']} {r['better']}" if r else "–"
             rows.append(
                 f"| {lv['messages']} | {key} | {cell(ours[key])} | {cell(theirs.get(key))} | {ratio} |"
             )
-        sides = [lv["mssante"], lv.get("dovecot")]
+        sides = [lv[name], lv.get(anchor)]
         extra = {
             "fill_messages_per_s": [
-                lv["fill"][n]["messages_per_s"] if n in lv else None for n in ("mssante", "dovecot")
+                lv["fill"][n]["messages_per_s"] if n in lv else None for n in (name, anchor)
             ],
             **{
                 f"{what}_growth_{when}_mib": [
@@ -464,9 +480,16 @@ def main() -> None:
     parser.add_argument("--append-batch", type=int, default=100, help="messages per MULTIAPPEND")
     parser.add_argument("--pg-url", default="", help="our store on PostgreSQL (a database is created)")
     parser.add_argument("--no-dovecot", action="store_true", help="measure ours only")
+    parser.add_argument(
+        "--pg-against-sqlite",
+        action="store_true",
+        help="ours on PostgreSQL (--pg-url) against ours on SQLite, interleaved (no Dovecot)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="our worker processes (server.workers)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    if args.pg_against_sqlite and not args.pg_url:
+        parser.error("--pg-against-sqlite needs --pg-url")
     sizes = sorted(set(args.sizes))
     rare_at = sizes[0] // 2
     result: dict[str, Any] = {
@@ -487,15 +510,24 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory(prefix="mssante-imap-ops-") as tmp:
         root = Path(tmp)
-        (root / "ours").mkdir()
-        with database(args.pg_url, root / "ours" / "data" / "mssante.db") as url:
+        with contextlib.ExitStack() as stack:
+            # {server name: (data directory, store URL)}; each of ours gets its own store.
+            stores = {"mssante": (root / "ours", args.pg_url)}
+            if args.pg_against_sqlite:
+                stores = {"postgresql": (root / "pg", args.pg_url), "sqlite": (root / "sqlite", "")}
+            urls = {}
+            for name, (home, pg_url) in stores.items():
+                home.mkdir()
+                urls[name] = stack.enter_context(database(pg_url, home / "data" / "mssante.db"))
             servers: dict[str, Any] = {}
             try:
-                servers["mssante"] = ours = Ours(root / "ours", url, args.workers)
-                result["mssante"] = {"store": make_url(url).get_backend_name()}
-                if not args.no_dovecot:
-                    servers["dovecot"] = dovecot = Dovecot(root / "dovecot", ours)
+                for name, (home, _) in stores.items():
+                    servers[name] = Ours(home, urls[name], args.workers)
+                    result[name] = {"store": make_url(urls[name]).get_backend_name()}
+                if not args.no_dovecot and not args.pg_against_sqlite:
+                    servers["dovecot"] = dovecot = Dovecot(root / "dovecot", servers["mssante"])
                     result["dovecot"] = {"version": dovecot.version}
+                result["servers"] = list(servers)
                 time.sleep(2)
                 baseline = {name: memory_kib(server.pids()) for name, server in servers.items()}
                 for name in servers:
@@ -507,14 +539,16 @@ def main() -> None:
                         lv["fill"][name] = fill(server.port, server.password, filled, size, args, rare_at)
                     for name, server in servers.items():
                         lv["fill"][name]["warm_up_s"] = warm_up(server.port, server.password)
-                    if args.pg_url:
-                        lv["fill"]["mssante"]["pg_upkeep_s"] = pg_upkeep(url)
+                    for name, url in urls.items():
+                        if make_url(url).get_backend_name() == "postgresql":
+                            lv["fill"][name]["pg_upkeep_s"] = pg_upkeep(url)
                     filled = size
                     lv.update(level(servers, size, args, baseline))
                     lv["loadavg_1min_after"] = loadavg()
                     result["levels"].append(lv)
                     print(f"level {size} done", file=sys.stderr)
-                result["mssante"]["server_tracebacks"] = ours.tracebacks()
+                for name in stores:
+                    result[name]["server_tracebacks"] = servers[name].tracebacks()
             finally:
                 for server in servers.values():
                     server.stop()

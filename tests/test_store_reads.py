@@ -7,6 +7,7 @@ import asyncio
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -165,6 +166,43 @@ async def test_small_reads_on_libpq_give_the_types_psycopg_gives(pg_server_url: 
     finally:
         reads.close()
         engine.dispose()
+
+
+async def test_a_small_read_connection_is_watched_once_and_let_go_when_it_ends(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The socket of an asynchronous connection is registered with the loop once, not at each
+    read. When the server ends the connection while it is idle, the loop reads the goodbye and
+    stops watching it (it does not spin on a socket that stays readable), and the next read
+    runs on a new connection. Once closed, no socket of the reads is left in the loop."""
+    loop = asyncio.get_running_loop()
+    watched: list[int] = []
+    add_reader = loop.add_reader
+
+    def counted(fd: Any, callback: Any, *args: Any) -> None:
+        watched.append(fd)
+        add_reader(fd, callback, *args)
+
+    monkeypatch.setattr(loop, "add_reader", counted)
+    engine = make_engine(pg_server_url)
+    reads = AsyncReads(engine, size=1)
+    try:
+        [(pid,)] = await reads.rows("SELECT pg_backend_pid()")  # connected (psycopg's own waits)
+        fd, watched[:] = watched[-1], []
+        pids = {(await reads.rows("SELECT pg_backend_pid()"))[0][0] for _ in range(10)}
+        assert pids == {pid} and watched == []
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": pid}).scalar_one()
+        busy = time.process_time()
+        await asyncio.sleep(0.5)  # the goodbye arrives while nobody reads
+        assert time.process_time() - busy < 0.2
+        assert not loop.remove_reader(fd)  # already let go
+        assert (await reads.rows("SELECT pg_backend_pid()"))[0][0] != pid
+        assert watched
+    finally:
+        reads.close()
+        engine.dispose()
+    assert not any(loop.remove_reader(fd) for fd in watched)
 
 
 @pytest.mark.parametrize(("threshold", "prepared"), [(None, 0), (0, 1), (5, 0)])
