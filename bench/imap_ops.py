@@ -408,7 +408,7 @@ def level(
     if len(out) == 2:
         (name, _), (anchor, _) = out.items()
         ours, theirs = out[name]["figures"], out[anchor]["figures"]
-        out[_ratio_key(servers)] = {
+        out[_ratio_key(list(out))] = {
             key: {
                 "ratio": round(ours[key]["median"] / theirs[key]["median"], 2)
                 if theirs[key]["median"]
@@ -420,18 +420,23 @@ def level(
     return out
 
 
-def _ratio_key(servers: dict[str, Any]) -> str:
+_LABELS = {"mssante": "mssante", "dovecot": "Dovecot", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
+
+
+def _ratio_key(names: list[str]) -> str:
     """Where a level's ratios are: ours against Dovecot, or PostgreSQL against SQLite."""
-    return "ratios_postgresql_vs_sqlite" if "postgresql" in servers else "ratios_ours_vs_dovecot"
+    return "ratios_postgresql_vs_sqlite" if "postgresql" in names else "ratios_ours_vs_dovecot"
 
 
 def table(result: dict[str, Any]) -> str:
     """The run as a Markdown table: medians (min–max), ratio of the first server to the second
     (ours/Dovecot, or PostgreSQL/SQLite) with its direction."""
-    name, anchor = result["servers"] if len(result["servers"]) == 2 else (result["servers"][0], "dovecot")
-    title = {"mssante": "mssante", "dovecot": "Dovecot", "postgresql": "PostgreSQL", "sqlite": "SQLite"}
-    head = f"| messages | figure | {title[name]} | {title[anchor]} | {name}/{anchor} |"
-    rows = [head.replace("mssante/dovecot", "ours/Dovecot"), "|---|---|---|---|---|"]
+    name, anchor = (result["servers"] + ["dovecot"])[:2]  # with --no-dovecot, an empty column
+    ratio_head = "ours/Dovecot" if anchor == "dovecot" else f"{_LABELS[name]}/{_LABELS[anchor]}"
+    rows = [
+        f"| messages | figure | {_LABELS[name]} | {_LABELS[anchor]} | {ratio_head} |",
+        "|---|---|---|---|---|",
+    ]
 
     def cell(f: dict[str, Any] | None) -> str:
         return f"{f['median']} ({f['min']}–{f['max']})" if f else "–"
@@ -439,7 +444,7 @@ def table(result: dict[str, Any]) -> str:
     for lv in result["levels"]:
         ours = lv[name]["figures"]
         theirs = lv.get(anchor, {}).get("figures", {})
-        ratios = lv.get(_ratio_key({name: None, anchor: None}), {})
+        ratios = lv.get(_ratio_key([name, anchor]), {})
         for key in ours:
             r = ratios.get(key)
             ratio = f"{r['ratio']} {r['better']}" if r else "–"

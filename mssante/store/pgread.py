@@ -132,7 +132,7 @@ class _Link:
         self._loop = asyncio.get_running_loop()
         self._fd: int | None = self._pgconn.socket
         self._waiter: asyncio.Future[None] | None = None
-        self._loop.add_reader(self._fd, self._readable)
+        self._loop.add_reader(self._fd, self._ready)
 
     async def rows(self, sql: str, params: dict[str, Any]) -> list[Any]:
         query, names = numbered(sql)
@@ -199,7 +199,7 @@ class _Link:
             raise errors.OperationalError("the connection was closed by the server")
         waiter = self._waiter = self._loop.create_future()
         if write:
-            self._loop.add_writer(self._fd, self._readable)
+            self._loop.add_writer(self._fd, self._ready)
         try:
             await waiter
         finally:
@@ -207,7 +207,8 @@ class _Link:
             if write:
                 self._loop.remove_writer(self._fd)
 
-    def _readable(self) -> None:
+    def _ready(self) -> None:
+        """The loop's callback for the socket: wakes the wait under way, if any."""
         waiter = self._waiter
         if waiter is not None:
             if not waiter.done():
