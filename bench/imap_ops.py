@@ -30,7 +30,9 @@ read (and ours gets the same). Figures are measured warm, on both. With ``--pg-u
 database then gets the upkeep PostgreSQL's autovacuum and checkpointer would give it within
 the minute after such a bulk load (``VACUUM ANALYZE`` and ``CHECKPOINT``, timed in the JSON as
 ``pg_upkeep_s``): without it the timed rounds met plans made with no statistics and shared the
-two cores with that upkeep (SQLite has none; Dovecot's index is warm).
+two cores with that upkeep (SQLite has none; Dovecot's index is warm). The JSON also records
+the PostgreSQL server's version and memory settings (``settings``): with a ``shared_buffers``
+smaller than the store, a fetch reads part of its pages through the kernel's cache.
 
 Each level then runs ``--rounds`` rounds, interleaved: ours, Dovecot, ours, Dovecot... In a
 round, on one new connection: the first SELECT of the session, then ``--repeat`` times each of
@@ -227,6 +229,9 @@ def fill(
             "messages_per_s": round((stop - start) / seconds, 1)}  # fmt: skip
 
 
+PG_SETTINGS = ("server_version", "shared_buffers", "effective_cache_size", "work_mem", "jit")
+
+
 def warm_up(port: int, password: str) -> float:
     """The untimed session both servers get before a level's timed rounds (its length is kept)."""
     started = time.perf_counter()
@@ -235,6 +240,16 @@ def warm_up(port: int, password: str) -> float:
     client.run("FETCH 1:* (FLAGS ENVELOPE)")
     client.close()
     return round(time.perf_counter() - started, 2)
+
+
+def pg_settings(url: str) -> dict[str, str]:
+    """The PostgreSQL server's version and the settings its read figures depend on (a
+    ``shared_buffers`` smaller than the store makes fetches read through the kernel's cache)."""
+    engine = create_engine(url)
+    with engine.connect() as conn:
+        found = {name: str(conn.execute(text(f"SHOW {name}")).scalar()) for name in PG_SETTINGS}
+    engine.dispose()
+    return found
 
 
 def pg_upkeep(url: str) -> float:
@@ -529,6 +544,8 @@ def main() -> None:
                 for name, (home, _) in stores.items():
                     servers[name] = Ours(home, urls[name], args.workers)
                     result[name] = {"store": make_url(urls[name]).get_backend_name()}
+                    if result[name]["store"] == "postgresql":
+                        result[name]["settings"] = pg_settings(urls[name])
                 if not args.no_dovecot and not args.pg_against_sqlite:
                     servers["dovecot"] = dovecot = Dovecot(root / "dovecot", servers["mssante"])
                     result["dovecot"] = {"version": dovecot.version}
