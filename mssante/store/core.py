@@ -99,6 +99,8 @@ class StoreCore:
             None if on_sqlite else ThreadPoolExecutor(READ_THREADS, thread_name_prefix="store-read")
         )
         self._async_reads = None if on_sqlite else AsyncReads(engine)
+        # BALs whose account row exists (FolderOps.ensure_account): a few dozen bytes a BAL.
+        self._accounts_seen: set[str] = set()
 
     def close(self) -> None:
         self.writer.close()

@@ -42,6 +42,7 @@ _FOLDER_COLUMNS = (
 
 
 _FOLDER_BY_NAME = f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name"
+_ACCOUNT_EXISTS = "SELECT 1 FROM mail_accounts WHERE bal = :bal"
 
 
 def _folder_tuple(r: Any) -> FolderInfo:
@@ -58,8 +59,19 @@ def _one_folder(rows: list[Any], name: str) -> FolderInfo:
 class FolderOps(StoreCore):
     # -- folders ------------------------------------------------------------------------------
     async def ensure_account(self, bal: str) -> None:
-        """Create the BAL's storage and default folders if absent (idempotent)."""
-        await self.writer.run(Light(lambda s: self._ensure_account(s, bal.lower())))
+        """Create the BAL's storage and default folders if absent (idempotent).
+
+        Called at every IMAP login and for every other BAL a session opens. An account is
+        never removed while a server runs, so one seen to exist is remembered by the process,
+        and only a BAL that has none yet costs a job in the writer: that job would otherwise
+        wait behind the writer's batch of deliveries (a login held up by incoming mail) and,
+        on PostgreSQL, cost the writer three round trips for a read."""
+        bal = bal.lower()
+        if bal in self._accounts_seen:
+            return
+        if not await self.rows(_ACCOUNT_EXISTS, {"bal": bal}):
+            await self.writer.run(Light(lambda s: self._ensure_account(s, bal)))
+        self._accounts_seen.add(bal)
 
     async def folders(self, bal: str) -> list[FolderInfo]:
         def q(s: blobstore.Reads) -> list[FolderInfo]:
