@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -21,6 +22,7 @@ from mssante.store.core import (
     subscriptions_t,
 )
 from mssante.store.feed import FolderChange
+from mssante.store.models import has_flag
 from mssante.store.types import (
     DELIMITER,
     INBOX,
@@ -29,7 +31,6 @@ from mssante.store.types import (
     FolderNotAllowed,
     FolderNotFound,
     FolderStatus,
-    split_flags,
 )
 from mssante.store.writer import Light, Notes
 
@@ -43,6 +44,19 @@ _FOLDER_COLUMNS = (
 
 _FOLDER_BY_NAME = f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND name = :name"
 _ACCOUNT_EXISTS = "SELECT 1 FROM mail_accounts WHERE bal = :bal"
+
+
+@functools.cache
+def _status_sql(dialect: str) -> str:
+    """STATUS's counts of one folder in one statement: messages, size, unseen, recent, deleted."""
+    seen, deleted = has_flag("\\Seen", dialect), has_flag("\\Deleted", dialect)
+    return (
+        "SELECT count(*), coalesce(sum(size), 0), "
+        f"coalesce(sum(CASE WHEN {seen} THEN 0 ELSE 1 END), 0), "
+        "coalesce(sum(CASE WHEN uid >= :recent THEN 1 ELSE 0 END), 0), "
+        f"coalesce(sum(CASE WHEN {deleted} THEN 1 ELSE 0 END), 0) "
+        "FROM messages WHERE folder_id = :f"
+    )
 
 
 def _folder_tuple(r: Any) -> FolderInfo:
@@ -91,20 +105,21 @@ class FolderOps(StoreCore):
     async def folder(self, bal: str, name: str) -> FolderInfo:
         return _one_folder(await self.rows(_FOLDER_BY_NAME, {"bal": bal.lower(), "name": name}), name)
 
-    async def status(self, bal: str, name: str) -> FolderStatus:
+    async def status(self, bal: str, name: str, *, count: bool = True) -> FolderStatus:
+        """The folder's counts, summed by the database (clients ask STATUS of every folder
+        again and again: the messages are not brought into Python to be counted).
+        ``count=False``: the folder's row alone (UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ), the
+        counts left at zero, for a client that asks nothing else."""
+        if not count:
+            return FolderStatus(await self.folder(bal, name), 0, 0, 0)
+        sql = _status_sql(self.engine.dialect.name)
+
         def q(s: blobstore.Reads) -> FolderStatus:
             info = self._folder_row(s, bal, name)
-            count = size = unseen = recent = deleted = 0
-            for msg_size, flags, uid in blobstore.rows_of(
-                s, "SELECT size, flags, uid FROM messages WHERE folder_id = :f", {"f": info.id}
-            ):
-                count += 1
-                size += msg_size
-                split = split_flags(flags)
-                unseen += "\\Seen" not in split
-                deleted += "\\Deleted" in split
-                recent += uid >= info.first_recent_uid
-            return FolderStatus(info, count, unseen, size, recent, deleted)
+            count, size, unseen, recent, deleted = blobstore.rows_of(
+                s, sql, {"f": info.id, "recent": info.first_recent_uid}
+            )[0]
+            return FolderStatus(info, int(count), int(unseen), int(size), int(recent), int(deleted))
 
         return await self.read(q, kept=True)  # type: ignore[no-any-return]
 

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from sqlalchemy import delete, insert, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
@@ -24,6 +25,7 @@ from mssante.store.core import (
     messages_t,
 )
 from mssante.store.feed import FolderChange
+from mssante.store.models import has_flag
 from mssante.store.types import (
     CopyResult,
     FolderNotFound,
@@ -279,9 +281,10 @@ class MessageOps(StoreCore):
         """Remove the messages flagged \\Deleted (only among ``uids`` when given); returns their UIDs."""
 
         def job(session: Session) -> tuple[list[int], Notes]:
+            # Only the folder's \Deleted messages are read (``ix_messages_deleted``), not all.
             query = select(
                 messages_t.c.id, messages_t.c.uid, messages_t.c.flags, messages_t.c.size, messages_t.c.blob_id
-            ).where(messages_t.c.folder_id == folder_id)
+            ).where(messages_t.c.folder_id == folder_id, sql_text(has_flag("\\Deleted", dialect_of(session))))
             if uids is not None:
                 query = query.where(messages_t.c.uid.in_(list(uids)))
             doomed = [r for r in session.execute(query) if "\\Deleted" in split_flags(r.flags)]

@@ -179,7 +179,7 @@ async def _list_status(session: Session, name: str, items: tuple[str, ...]) -> N
     one the identity may not read is simply left without."""
     try:
         bal, folder, _rights = await session.open(name, Right.READ)
-        status = await session.store.status(bal, folder)
+        status = await session.store.status(bal, folder, count=_counts(items))
     except (No, FolderNotFound):
         return
     await session.untagged(b"STATUS " + session.wire_name(name) + _status_values(session, status, items))
@@ -252,11 +252,20 @@ def _status_values(session: Session, status: FolderStatus, items: tuple[str, ...
     return (" (" + " ".join(f"{item} {values[item]}" for item in items) + ")").encode()
 
 
+# STATUS items the folder's row holds: asked alone (a client watching UIDNEXT for new mail),
+# they are answered without counting the folder's messages.
+_FOLDER_ROW_ITEMS = frozenset({"UIDNEXT", "UIDVALIDITY", "HIGHESTMODSEQ"})
+
+
+def _counts(items: tuple[str, ...]) -> bool:
+    return not _FOLDER_ROW_ITEMS.issuperset(items)
+
+
 async def cmd_status(session: Session, command: Command) -> str:
     assert isinstance(command.args, Status)
     bal, name, _rights = await session.open(command.args.mailbox, Right.READ)
     try:
-        status = await session.store.status(bal, name)
+        status = await session.store.status(bal, name, count=_counts(command.args.items))
     except FolderNotFound:
         raise No(f"Mailbox {command.args.mailbox} does not exist", "NONEXISTENT") from None
     shown = session.shown(bal, status.folder.name)
