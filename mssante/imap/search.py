@@ -41,7 +41,7 @@ from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
 
-_FLAG_KEYS = {
+FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True),
     "DELETED": ("\\Deleted", True),
     "DRAFT": ("\\Draft", True),
@@ -189,8 +189,8 @@ def matches(key: SearchKey, c: Candidate) -> bool:
         return not entry.recent
     if name == "NEW":
         return entry.recent and "\\Seen" not in entry.flags
-    if name in _FLAG_KEYS:
-        flag, present = _FLAG_KEYS[name]
+    if name in FLAG_KEYS:
+        flag, present = FLAG_KEYS[name]
         return (flag in entry.flags) is present
     if name in ("KEYWORD", "UNKEYWORD"):
         wanted = str(args[0]).lower()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mssante.imap import search
+from mssante.imap import search, searchcolumns
 from mssante.imap.commands.base import META_BATCH, Bad
 from mssante.imap.commands.values import Command, Search, SearchKey, SequenceSet
 from mssante.imap.mailbox import Entry
@@ -15,9 +15,12 @@ if TYPE_CHECKING:
 
 
 async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
-    """(message number, entry) of the messages a search program matches (SEARCH, SORT, THREAD)."""
+    """(message number, entry) of the messages a search program matches (SORT, THREAD)."""
     box = session.selected()
     key = _with_saved(key, box.saved)
+    if searchcolumns.answerable(key):
+        entries, uids = box.entries, box.uids
+        return [(at + 1, entries[uids[at]]) for at in searchcolumns.positions(box, key)]
     largest_uid = box.uids[-1] if box.uids else 0
     found: list[tuple[int, Entry]] = []
     candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
@@ -25,6 +28,16 @@ async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
         batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
         found += await search.select(session.store, key, batch, box.exists, largest_uid)
     return found
+
+
+async def matching_numbers(session: Session, key: SearchKey) -> list[tuple[int, int]]:
+    """(message number, UID) of the messages a search program matches: SEARCH needs no view
+    on the rows it answers (a program on numbers and flags is answered from the columns)."""
+    box = session.selected()
+    program = _with_saved(key, box.saved)
+    if searchcolumns.answerable(program):
+        return [(at + 1, box.uids[at]) for at in searchcolumns.positions(box, program)]
+    return [(n, entry.uid) for n, entry in await matching(session, key)]
 
 
 async def cmd_search(session: Session, command: Command) -> str:
@@ -37,14 +50,14 @@ async def cmd_search(session: Session, command: Command) -> str:
     save = returns is not None and "SAVE" in returns
     if save:
         box.saved = []  # a SEARCH that fails leaves an empty result (RFC 5182 §2.1)
-    matched = await matching(session, args.key)
-    found = [entry.uid if command.uid else n for n, entry in matched]
+    matched = await matching_numbers(session, args.key)
+    found = [uid if command.uid else n for n, uid in matched]
     if save:
         assert returns is not None
         kept = matched
         if matched and not {"ALL", "COUNT"} & set(returns) and {"MIN", "MAX"} & set(returns):
             kept = ([matched[0]] if "MIN" in returns else []) + ([matched[-1]] if "MAX" in returns else [])
-        box.saved = sorted({entry.uid for _, entry in kept})
+        box.saved = sorted({uid for _, uid in kept})
         returns = tuple(r for r in returns if r != "SAVE")
         if not returns:
             return f"{'UID ' if command.uid else ''}SEARCH completed"  # SAVE alone answers nothing
