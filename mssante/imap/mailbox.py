@@ -210,19 +210,20 @@ class MessageTable:
                             return found + 1
         return None
 
-    def flag_column(self, uids: array[int]) -> list[int]:
-        """The flag-set index of each message of ``uids`` (ascending UIDs the table holds: the
-        session's numbering), in that order; one pass over the columns, no object per message."""
+    def column(self, uids: array[int], name: str) -> list[int]:
+        """Column ``name`` (``flags``, ``size``, ``date``, ``modseq``) of each message of ``uids``
+        (ascending UIDs the table holds: the session's numbering), in that order; one pass over
+        the columns, no object per message."""
         out: list[int] = []
         wanted = iter(uids)
         want = next(wanted, None)
         gone = self._gone
         for columns in (self._base, self._tail):
-            for uid, index in zip(columns.uid, columns.flags, strict=True):
+            for uid, value in zip(columns.uid, getattr(columns, name), strict=True):
                 if want is None:
                     return out
                 if uid == want and uid not in gone:
-                    out.append(index)
+                    out.append(value)
                     want = next(wanted, None)
         if want is not None:
             raise KeyError(want)  # the session numbers a message the table does not hold

@@ -1,20 +1,23 @@
 """SEARCH programs answered from the selected mailbox's columns, no object per message.
 
-The searches clients send most are about numbers and flags: ``UID SEARCH UID 4120:*`` (what
-arrived since the last look), ``SEARCH UNSEEN``, ``UID SEARCH DELETED``. Tested message by
-message (:mod:`mssante.imap.search`), each of 20,000 messages cost a view on its row and a
-candidate object, 80 ms in all (issue 20). Here such a program is a set of positions in the
-session's numbering, held as the bits of one integer: a UID or sequence set marks its ranges
-(found by bisection), a flag key the positions whose flag set has the flag (one pass over the
-flag column; a mailbox has few distinct flag sets), and AND, OR and NOT are the integer's
-``&``, ``|`` and ``~``. Programs with any other key (dates, sizes, headers, bodies, \\Recent)
-are left to :mod:`mssante.imap.search`.
+The searches clients send most are about numbers, flags and dates: ``UID SEARCH UID 4120:*``
+(what arrived since the last look), ``SEARCH UNSEEN``, ``UID SEARCH SINCE 1-Dec-2026`` (a
+phone's window of recent mail). Tested message by message (:mod:`mssante.imap.search`), each
+of 20,000 messages cost a view on its row and a candidate object, 80 ms in all (issue 20).
+Here such a program is a set of positions in the session's numbering, held as the bits of one
+integer: a UID or sequence set marks its ranges (found by bisection), a flag key the positions
+whose flag set has the flag (a mailbox has few distinct flag sets), a date, size or MODSEQ key
+those whose column value passes (one pass over that column), ``\\Recent`` the session's
+recent UIDs; AND, OR and NOT are the integer's ``&``, ``|`` and ``~``. Programs with a header
+or body key are left to :mod:`mssante.imap.search`.
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from mssante.imap.commands.values import SearchKey, SequenceSet
@@ -24,7 +27,13 @@ if TYPE_CHECKING:
     from mssante.imap.mailbox import SelectedMailbox
 
 _LOGIC = ("AND", "OR", "NOT")
-_ON_COLUMNS = frozenset({"ALL", "UID", "SEQSET", "KEYWORD", "UNKEYWORD", *FLAG_KEYS})
+_ON_COLUMNS = frozenset(
+    {
+        "ALL", "UID", "SEQSET", "KEYWORD", "UNKEYWORD", *FLAG_KEYS,
+        "LARGER", "SMALLER", "BEFORE", "ON", "SINCE", "OLDER", "YOUNGER", "MODSEQ",
+        "RECENT", "NEW", "OLD",
+    }
+)  # fmt: skip
 
 
 def answerable(key: SearchKey) -> bool:
@@ -47,6 +56,7 @@ class _Program:
         self.everything = (1 << self.count) - 1
         self._flags: list[int] | None = None  # the flag column in the session's numbering
         self._distinct: set[int] = set()
+        self._columns: dict[str, list[int]] = {}
 
     def positions(self, key: SearchKey) -> list[int]:
         mask = self.mask(key)
@@ -87,36 +97,99 @@ class _Program:
         if name in FLAG_KEYS:
             flag, present = FLAG_KEYS[name]
             return self._having(lambda flags: (flag in flags) is present)
-        wanted = str(args[0]).lower()  # KEYWORD, UNKEYWORD
-        present = name == "KEYWORD"
-        return self._having(lambda flags: any(f.lower() == wanted for f in flags) is present)
+        if name in ("KEYWORD", "UNKEYWORD"):
+            wanted = str(args[0]).lower()
+            present = name == "KEYWORD"
+            return self._having(lambda flags: any(f.lower() == wanted for f in flags) is present)
+        if name == "RECENT":
+            return self._recent()
+        if name == "OLD":
+            return self.everything & ~self._recent()
+        if name == "NEW":
+            return self._recent() & self._having(lambda flags: "\\Seen" not in flags)
+        return self._where(name, args[0])
+
+    def _where(self, name: str, value: object) -> int:
+        """A key on the size, date or MODSEQ column, as :func:`~mssante.imap.search.matches`
+        tests it (dates are INTERNALDATE's day in UTC, ages in seconds from now)."""
+        if name in ("LARGER", "SMALLER"):
+            limit = int(str(value))
+            if name == "LARGER":
+                return self._passing("size", lambda size: size > limit)
+            return self._passing("size", lambda size: size < limit)
+        if name == "MODSEQ":
+            least = int(str(value))
+            return self._passing("modseq", lambda modseq: modseq >= least)
+        if name in ("OLDER", "YOUNGER"):
+            latest = time.time() - int(str(value))
+            if name == "OLDER":
+                return self._passing("date", lambda at: at <= latest)
+            return self._passing("date", lambda at: at >= latest)
+        assert isinstance(value, date)
+        day = int(datetime(value.year, value.month, value.day, tzinfo=UTC).timestamp())
+        if name == "BEFORE":
+            return self._passing("date", lambda at: at < day)
+        if name == "ON":
+            following = day + int(timedelta(days=1).total_seconds())
+            return self._passing("date", lambda at: day <= at < following)
+        return self._passing("date", lambda at: at >= day)  # SINCE
+
+    def _recent(self) -> int:
+        """The positions of the messages \\Recent to this session (a UID range and a few)."""
+        uids, table = self.box.uids, self.box.entries
+        taken = table.recent_range
+        mask = self._ranges_of_uids([(taken.start, taken.stop - 1)]) if taken else 0
+        for uid in table.recent:
+            at = bisect.bisect_left(uids, uid)
+            if at < self.count and uids[at] == uid:
+                mask |= 1 << at
+        return mask
 
     def _ranges(self, sequence: SequenceSet, *, uid: bool) -> int:
         """A UID set (``*`` the largest UID) or message-number set (``*`` the last message;
         numbers beyond it match nothing) as the bits of its positions."""
-        uids, mask = self.box.uids, 0
+        uids = self.box.uids
         if uid:
-            spans = (
-                (bisect.bisect_left(uids, low), bisect.bisect_right(uids, high))
-                for low, high in sequence.bounds(uids[-1] if uids else 0)
-            )
-        else:
-            spans = ((max(low, 1) - 1, min(high, self.count)) for low, high in sequence.bounds(self.count))
-        for start, stop in spans:
-            if start < stop:
-                mask |= ((1 << (stop - start)) - 1) << start
-        return mask
+            return self._ranges_of_uids(sequence.bounds(uids[-1] if uids else 0))
+        return _spans((max(low, 1) - 1, min(high, self.count)) for low, high in sequence.bounds(self.count))
+
+    def _ranges_of_uids(self, ranges: Iterable[tuple[int, int]]) -> int:
+        """Inclusive UID ranges as the bits of the positions of their messages."""
+        uids = self.box.uids
+        left, right = bisect.bisect_left, bisect.bisect_right
+        return _spans((left(uids, low), right(uids, high)) for low, high in ranges)
 
     def _having(self, test: Callable[[tuple[str, ...]], bool]) -> int:
         """The positions whose flag set passes ``test`` (tested once per distinct set)."""
         table = self.box.entries
         if self._flags is None:
-            self._flags = table.flag_column(self.box.uids)
+            self._flags = table.column(self.box.uids, "flags")
             self._distinct = set(self._flags)
         passing = {index for index in self._distinct if test(table.flags_of(index))}
         if not passing:
             return 0
         if len(passing) == len(self._distinct):
             return self.everything
-        digits = bytes(49 if index in passing else 48 for index in reversed(self._flags))
-        return int(digits, 2)
+        return _bits(index in passing for index in reversed(self._flags))
+
+    def _passing(self, name: str, test: Callable[[int], bool]) -> int:
+        """The positions whose value in column ``name`` passes ``test``."""
+        values = self._columns.get(name)
+        if values is None:
+            values = self._columns[name] = self.box.entries.column(self.box.uids, name)
+        return _bits(test(value) for value in reversed(values))
+
+
+def _bits(last_first: Iterable[bool]) -> int:
+    """An integer whose bit i is the truth of position i, from the last position to the first."""
+    digits = bytes(49 if passes else 48 for passes in last_first)
+    return int(digits, 2) if digits else 0
+
+
+def _spans(spans: Iterable[tuple[int, int]]) -> int:
+    """Half-open position ranges as bits."""
+    mask = 0
+    for start, stop in spans:
+        if start < stop:
+            mask |= ((1 << (stop - start)) - 1) << start
+    return mask
