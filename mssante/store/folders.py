@@ -116,10 +116,10 @@ class FolderOps(StoreCore):
 
         def q(s: blobstore.Reads) -> FolderStatus:
             info = self._folder_row(s, bal, name)
-            count, size, unseen, recent, deleted = blobstore.rows_of(
+            messages, size, unseen, recent, deleted = blobstore.rows_of(
                 s, sql, {"f": info.id, "recent": info.first_recent_uid}
             )[0]
-            return FolderStatus(info, int(count), int(unseen), int(size), int(recent), int(deleted))
+            return FolderStatus(info, int(messages), int(unseen), int(size), int(recent), int(deleted))
 
         return await self.read(q, kept=True)  # type: ignore[no-any-return]
 

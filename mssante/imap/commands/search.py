@@ -32,7 +32,8 @@ async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
 
 async def matching_numbers(session: Session, key: SearchKey) -> list[tuple[int, int]]:
     """(message number, UID) of the messages a search program matches: SEARCH needs no view
-    on the rows it answers (a program on numbers and flags is answered from the columns)."""
+    on the rows it answers (a program without header or body keys is answered from the
+    mailbox's columns, :mod:`mssante.imap.searchcolumns`)."""
     box = session.selected()
     program = _with_saved(key, box.saved)
     if searchcolumns.answerable(program):
