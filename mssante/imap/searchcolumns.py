@@ -54,17 +54,10 @@ class _Program:
         self.box = box
         self.count = len(box.uids)
         self.everything = (1 << self.count) - 1
-        self._flags: list[int] | None = None  # the flag column in the session's numbering
-        self._distinct: set[int] = set()
-        self._columns: dict[str, list[int]] = {}
+        self._columns: dict[str, list[int]] = {}  # columns read so far, in the session's numbering
 
     def positions(self, key: SearchKey) -> list[int]:
-        mask = self.mask(key)
-        uids = self.box.uids
-        for uid in self.box.entries.expunged:
-            at = bisect.bisect_left(uids, uid)
-            if at < self.count and uids[at] == uid:
-                mask &= ~(1 << at)
+        mask = self.mask(key) & ~self._uids(self.box.entries.expunged)
         bits = bin(mask)[:1:-1]  # position 0 first
         found, at = [], bits.find("1")
         while at >= 0:
@@ -136,13 +129,18 @@ class _Program:
 
     def _recent(self) -> int:
         """The positions of the messages \\Recent to this session (a UID range and a few)."""
-        uids, table = self.box.uids, self.box.entries
+        table = self.box.entries
         taken = table.recent_range
         mask = self._ranges_of_uids([(taken.start, taken.stop - 1)]) if taken else 0
-        for uid in table.recent:
-            at = bisect.bisect_left(uids, uid)
-            if at < self.count and uids[at] == uid:
-                mask |= 1 << at
+        return mask | self._uids(table.recent)
+
+    def _uids(self, uids: Iterable[int]) -> int:
+        """The positions of a few UIDs (those the session numbers)."""
+        mask = 0
+        for uid in uids:
+            number = self.box.msn(uid)
+            if number is not None:
+                mask |= 1 << (number - 1)
         return mask
 
     def _ranges(self, sequence: SequenceSet, *, uid: bool) -> int:
@@ -162,22 +160,24 @@ class _Program:
     def _having(self, test: Callable[[tuple[str, ...]], bool]) -> int:
         """The positions whose flag set passes ``test`` (tested once per distinct set)."""
         table = self.box.entries
-        if self._flags is None:
-            self._flags = table.column(self.box.uids, "flags")
-            self._distinct = set(self._flags)
-        passing = {index for index in self._distinct if test(table.flags_of(index))}
+        flags = self._column("flags")
+        distinct = set(flags)
+        passing = {index for index in distinct if test(table.flags_of(index))}
         if not passing:
             return 0
-        if len(passing) == len(self._distinct):
+        if len(passing) == len(distinct):
             return self.everything
-        return _bits(index in passing for index in reversed(self._flags))
+        return _bits(index in passing for index in reversed(flags))
 
     def _passing(self, name: str, test: Callable[[int], bool]) -> int:
         """The positions whose value in column ``name`` passes ``test``."""
+        return _bits(test(value) for value in reversed(self._column(name)))
+
+    def _column(self, name: str) -> list[int]:
         values = self._columns.get(name)
         if values is None:
             values = self._columns[name] = self.box.entries.column(self.box.uids, name)
-        return _bits(test(value) for value in reversed(values))
+        return values
 
 
 def _bits(last_first: Iterable[bool]) -> int:

@@ -14,31 +14,23 @@ if TYPE_CHECKING:
     from mssante.imap.session import Session
 
 
-async def matching(session: Session, key: SearchKey) -> list[tuple[int, Entry]]:
-    """(message number, entry) of the messages a search program matches (SORT, THREAD)."""
+async def matching(session: Session, key: SearchKey) -> list[tuple[int, int]]:
+    """(message number, UID) of the messages a search program matches (SEARCH, SORT, THREAD).
+
+    A program without header or body keys is answered from the mailbox's columns
+    (:mod:`mssante.imap.searchcolumns`), with no view on the rows; any other is tested
+    message by message, batch by batch (:mod:`mssante.imap.search`)."""
     box = session.selected()
     key = _with_saved(key, box.saved)
     if searchcolumns.answerable(key):
-        entries, uids = box.entries, box.uids
-        return [(at + 1, entries[uids[at]]) for at in searchcolumns.positions(box, key)]
+        return [(at + 1, box.uids[at]) for at in searchcolumns.positions(box, key)]
     largest_uid = box.uids[-1] if box.uids else 0
     found: list[tuple[int, Entry]] = []
     candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
     for start in range(0, len(candidates), META_BATCH):
         batch = [(n, e) for n, e in candidates[start : start + META_BATCH] if not e.expunged]
         found += await search.select(session.store, key, batch, box.exists, largest_uid)
-    return found
-
-
-async def matching_numbers(session: Session, key: SearchKey) -> list[tuple[int, int]]:
-    """(message number, UID) of the messages a search program matches: SEARCH needs no view
-    on the rows it answers (a program without header or body keys is answered from the
-    mailbox's columns, :mod:`mssante.imap.searchcolumns`)."""
-    box = session.selected()
-    program = _with_saved(key, box.saved)
-    if searchcolumns.answerable(program):
-        return [(at + 1, box.uids[at]) for at in searchcolumns.positions(box, program)]
-    return [(n, entry.uid) for n, entry in await matching(session, key)]
+    return [(n, entry.uid) for n, entry in found]
 
 
 async def cmd_search(session: Session, command: Command) -> str:
@@ -51,7 +43,7 @@ async def cmd_search(session: Session, command: Command) -> str:
     save = returns is not None and "SAVE" in returns
     if save:
         box.saved = []  # a SEARCH that fails leaves an empty result (RFC 5182 §2.1)
-    matched = await matching_numbers(session, args.key)
+    matched = await matching(session, args.key)
     found = [uid if command.uid else n for n, uid in matched]
     if save:
         assert returns is not None

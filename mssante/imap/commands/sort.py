@@ -26,10 +26,11 @@ async def _items(
     reads the References header too) or ``"none"`` (SORT by arrival and size)."""
     assert isinstance(command.args, SortThread)
     found = await matching(session, command.args.key)
+    entries = session.selected().entries
     items: list[threading.Item] = []
     only = None if structure == "all" else structure
     for start in range(0, len(found), META_BATCH):
-        batch = found[start : start + META_BATCH]
+        batch = [(n, entries[uid]) for n, uid in found[start : start + META_BATCH]]
         metas: dict[int, Any] = (
             {} if structure == "none" else await session.store.meta([e.blob_id for _, e in batch], only)
         )
