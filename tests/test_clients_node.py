@@ -69,7 +69,8 @@ def test_secretary_with_authzid_in_imapflow(demo: DemoServer, node_modules: Path
     )  # fmt: skip
     assert result == {
         "subject": subject, "sent": "Sent", "trash": "Trash", "accepted": [DURAND],
-        "authenticated": True,
+        "authenticated": True, "foundUnseen": True, "foundSince": True, "filedAtUidNext": True,
+        "trashCounted": True,
     }  # fmt: skip
     check_reply(demo, MARTIN, secretary, subject)
 
@@ -84,4 +85,5 @@ def test_pharmacy_assistant_with_bal_star_login(demo: DemoServer, node_modules: 
         imapUser=user, smtpUser=user,
     )  # fmt: skip
     assert result["sent"] == "Sent" and result["trash"] == "Trash"
+    assert all(result[k] for k in ("foundUnseen", "foundSince", "filedAtUidNext", "trashCounted"))
     check_reply(demo, PHARMACY, assistant, subject)

@@ -25,6 +25,9 @@ async function main() {
   try {
     const uids = await client.search({ subject: cfg.subject }, { uid: true });
     if (uids.length !== 1) throw new Error(`found ${uids.length} messages`);
+    // Searches a client makes for new mail, answered from the mailbox's columns.
+    const unseen = await client.search({ seen: false }, { uid: true });
+    const sinceIt = await client.search({ uid: `${uids[0]}:*` }, { uid: true });
     const original = await client.fetchOne(String(uids[0]), { envelope: true, source: true }, { uid: true });
     const raw = await new MailComposer({
       from: cfg.bal, to: original.envelope.from[0].address,
@@ -39,11 +42,15 @@ async function main() {
     const info = await transport.sendMail({
       envelope: { from: cfg.bal, to: [original.envelope.from[0].address] }, raw,
     });
-    await client.append(sent.path, raw, ["\\Seen"]);
+    const before = await client.status(sent.path, { uidNext: true });  // the folder's row alone
+    const filed = await client.append(sent.path, raw, ["\\Seen"]);
     await client.messageMove(String(uids[0]), trash.path, { uid: true });
+    const counted = await client.status(trash.path, { messages: true, unseen: true });
     result = {
       subject: original.envelope.subject, sent: sent.path, trash: trash.path,
       accepted: info.accepted, authenticated: client.authenticated,
+      foundUnseen: unseen.includes(uids[0]), foundSince: sinceIt.includes(uids[0]),
+      filedAtUidNext: filed.uid === before.uidNext, trashCounted: counted.messages >= 1,
     };
   } finally {
     lock.release();
