@@ -255,3 +255,93 @@ def test_a_stale_pooled_connection_is_replaced_at_check_out(pg_server_url: str) 
     finally:
         engine.dispose()
         other.dispose()
+
+
+async def test_an_idle_loop_polls_for_a_small_answer_without_sleeping(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing else for the loop to do, a small read's answer is polled for in place (no
+    wait on the loop: on this kind of machine the wake-up after a sleep cost half a primary-key
+    read); with another callback ready to run, the read waits on the loop as before and that
+    callback runs meanwhile."""
+    from mssante.store import pgread
+
+    monkeypatch.setattr(pgread, "BUSY_WAIT_S", 2.0)  # a slow CI machine's answer still counts
+    waits: list[bool] = []
+    wait = pgread._Link._wait
+
+    async def counted(self: Any, write: bool = False) -> None:
+        waits.append(write)
+        await wait(self, write)
+
+    monkeypatch.setattr(pgread._Link, "_wait", counted)
+    engine = make_engine(pg_server_url)
+    reads = AsyncReads(engine, size=1)
+    try:
+        await reads.rows("SELECT 1")  # connected
+        waits.clear()
+        for i in range(20):
+            assert await reads.rows("SELECT CAST(:i AS int4), repeat('x', 20000)", {"i": i}) == [
+                (i, "x" * 20000)
+            ]
+        assert waits == []
+        ran: list[bool] = []
+        asyncio.get_running_loop().call_soon(ran.append, True)
+        assert await reads.rows("SELECT 2") == [(2,)]
+        assert waits and ran == [True]
+    finally:
+        reads.close()
+        engine.dispose()
+
+
+@pytest.mark.parametrize("other", ["socket", "thread"])
+async def test_polling_for_an_answer_gives_way_to_anything_else_for_the_loop(
+    pg_server_url: str, monkeypatch: pytest.MonkeyPatch, other: str
+) -> None:
+    """A slow statement polled for in place does not hold the loop: bytes for another
+    connection, or a worker thread's callback, are served at once (the poll watches the loop's
+    selector too); the statement's answer still arrives. A timer is late by the poll's bound
+    at most."""
+    import socket
+    import threading
+
+    from mssante.store import pgread
+
+    loop = asyncio.get_running_loop()
+    engine = make_engine(pg_server_url)
+    reads = AsyncReads(engine, size=1)
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    served: list[float] = []
+    try:
+        await reads.rows("SELECT 1")
+        if other == "socket":
+
+            async def serve() -> None:
+                await loop.sock_recv(ours, 10)
+                served.append(time.monotonic())
+
+            waiting = asyncio.ensure_future(serve())
+            await asyncio.sleep(0.01)  # the other connection's wait is set up, the loop idle
+            threading.Timer(0.1, theirs.send, (b"x",)).start()
+        else:
+            mark = lambda: served.append(time.monotonic())  # noqa: E731
+            threading.Timer(0.1, loop.call_soon_threadsafe, (mark,)).start()
+        monkeypatch.setattr(pgread, "BUSY_WAIT_S", 30.0)
+        started = time.monotonic()
+        assert await reads.rows("SELECT 3 FROM pg_sleep(1)") == [(3,)]
+        assert time.monotonic() - started >= 1
+        assert served and served[0] - started < 0.8
+        if other == "socket":
+            await waiting
+        monkeypatch.setattr(pgread, "BUSY_WAIT_S", 0.0003)
+        fired: list[float] = []
+        started = time.monotonic()
+        loop.call_later(0.1, lambda: fired.append(time.monotonic()))
+        assert await reads.rows("SELECT 4 FROM pg_sleep(1)") == [(4,)]
+        assert fired and fired[0] - started < 0.8
+    finally:
+        ours.close()
+        theirs.close()
+        reads.close()
+        engine.dispose()
