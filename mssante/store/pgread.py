@@ -302,4 +302,9 @@ class _BusyWait:
         while not (events := poll(0)):
             if time.perf_counter() > deadline:
                 return False
-        return any(fd == self._fd for fd, _ in events)
+        if any(fd == self._fd for fd, _ in events):
+            return True
+        # The selector alone: something else for the loop, or the answer itself arriving
+        # between the two descriptors' checks (the socket is in the selector too). Once more:
+        # after a ready selector, the socket is seen ready if it was the cause.
+        return any(fd == self._fd for fd, _ in poll(0))
