@@ -89,3 +89,53 @@ async def test_body_search_reads_chunks_until_the_first_hit(small_chunks: Runtim
         # A miss reads it all, and finds what a whole read finds.
         assert not search.matches(_key("BODY absent"), candidate)
         assert prefix.complete and prefix.data == messages[0]
+
+
+async def test_each_group_s_first_chunks_are_asked_for_before_the_previous_group_is_scanned(
+    small_chunks: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A body search reads the first chunks of a group of messages per statement. On a kept
+    connection the next group's statement is sent before the current group is handed over (on
+    PostgreSQL in pipeline mode, so the server reads while the scan decrypts); a message read
+    further mid-scan (its later chunks, on the same connection) comes out whole while that
+    statement is in flight, and the search finds what it finds one group at a time."""
+    from mssante.store.kept import Kept, KeptConnections
+
+    store = small_chunks.store
+    kinds = [FILLER + "glyquée\r\n", "glyquée\r\n" + FILLER, FILLER]  # a hit last, first, none
+    messages = [make_message(to=BAL, subject=f"m{i}", body=kinds[i % 3]) for i in range(7)]
+    for raw in messages:
+        await store.deliver(raw, "labo@demo.mssante.fr", [BAL])
+    folder = await store.folder(BAL, "INBOX")
+    box = SelectedMailbox.from_rows(folder, await store.messages(folder.id), readonly=True)
+    blob_ids = [box.entries[uid].blob_id for uid in box.uids]
+    groups = [blob_ids[i : i + 2] for i in range(0, len(blob_ids), 2)]
+
+    events: list[str] = []
+    send = Kept.send
+
+    def counted(self: Kept, sql: str, params: dict[str, object] | None = None) -> object:
+        events.append("sent")
+        return send(self, sql, params)
+
+    monkeypatch.setattr(Kept, "send", counted)
+    connections = KeptConnections(small_chunks.engine)
+    try:
+        kept = connections.get()
+        read: list[bytes] = []
+        for number, prefixes in enumerate(store.reader.prefix_groups(kept, groups)):
+            events.append(f"scan {number}")
+            for blob_id in groups[number]:
+                prefix = prefixes[blob_id]
+                while prefix.grow():  # later chunks, asked for while the next group's are on their way
+                    pass
+                read.append(prefix.data)
+    finally:
+        connections.close()
+    assert read == messages
+    assert events == ["sent", "sent", "scan 0", "sent", "scan 1", "sent", "scan 2", "scan 3"]
+
+    monkeypatch.setattr(search, "BODY_READ_AHEAD", 2)
+    batch = [(n, box.entries[uid]) for n, uid in enumerate(box.uids, 1)]
+    found = await search.select(store, _key('BODY "glyquée"'), batch, box.exists, box.uids[-1])
+    assert [n for n, _ in found] == [1, 2, 4, 5, 7]

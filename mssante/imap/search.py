@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import quopri
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -129,20 +130,22 @@ async def select(
         metas = store.reader.meta(session, ids)
         fields = index.fields(store.reader, session, ids, metas) if want_fields else {}
         found: list[tuple[int, Entry]] = []
-        for group in read_ahead_groups(batch):
-            bodies = store.reader.prefixes(session, [e.blob_id for _, e in group])
-            for n, e in group:
-                candidate = Candidate(
-                    n,
-                    e,
-                    largest_msn,
-                    largest_uid,
-                    metas.get(e.blob_id),
-                    bodies.get(e.blob_id),
-                    fields.get(e.blob_id, EMPTY),
-                )
-                if matches(key, candidate):
-                    found.append((n, e))
+        groups = read_ahead_groups(batch)
+        every_prefix = store.reader.prefix_groups(session, [[e.blob_id for _, e in g] for g in groups])
+        with contextlib.closing(every_prefix):  # a failed match ends the pipeline at once
+            for group, bodies in zip(groups, every_prefix, strict=True):
+                for n, e in group:
+                    candidate = Candidate(
+                        n,
+                        e,
+                        largest_msn,
+                        largest_uid,
+                        metas.get(e.blob_id),
+                        bodies.get(e.blob_id),
+                        fields.get(e.blob_id, EMPTY),
+                    )
+                    if matches(key, candidate):
+                        found.append((n, e))
         return found
 
     return await store.read(scan, kept=True)  # type: ignore[no-any-return]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
@@ -439,11 +439,33 @@ class BlobReader:
     def prefixes(self, session: Reads, blob_ids: list[int]) -> dict[int, Prefix]:
         """Each blob's first chunk (one query for all), decrypted when first looked at: the start
         of a scan that reads further chunks only if asked (:meth:`Prefix.grow`)."""
-        out: dict[int, Prefix] = {}
-        rows = rows_of(session, *self.ids_query(_PREFIXES, blob_ids))
-        for blob_id, count, key_id, wrapped, data in rows:
-            out[blob_id] = Prefix(session, blob_id, self._data_key(key_id, wrapped), count, data)
-        return out
+        return self._prefixes_of(session, rows_of(session, *self.ids_query(_PREFIXES, blob_ids)))
+
+    def prefix_groups(
+        self, session: Reads, groups: list[list[int]]
+    ) -> Generator[dict[int, Prefix], None, None]:
+        """:meth:`prefixes` of each group in turn. On a kept PostgreSQL connection the next
+        group's statement is sent before the current group is handed over (pipeline mode):
+        the server reads those chunks while the caller decrypts and scans these. Issue 20: one
+        after the other, a body search of 50,000 messages kept the server idle for a quarter
+        of its time, waiting for PostgreSQL, which had worked for a third of it."""
+        if not isinstance(session, Kept) or not groups:
+            for blob_ids in groups:
+                yield self.prefixes(session, blob_ids)
+            return
+        with session.pipeline():
+            pending = session.send(*self.ids_query(_PREFIXES, groups[0]))
+            for following in [*groups[1:], None]:
+                rows = pending()
+                if following is not None:
+                    pending = session.send(*self.ids_query(_PREFIXES, following))
+                yield self._prefixes_of(session, rows)
+
+    def _prefixes_of(self, session: Reads, rows: Iterable[Any]) -> dict[int, Prefix]:
+        return {
+            blob_id: Prefix(session, blob_id, self._data_key(key_id, wrapped), count, data)
+            for blob_id, count, key_id, wrapped, data in rows
+        }
 
 
 class Prefix:

@@ -8,9 +8,10 @@ every statement sees the latest commit, and no transaction stays open between re
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, cast
 
 from sqlalchemy import Engine
@@ -71,6 +72,27 @@ class Kept:
             return
         cursor = self._driver.cursor()
         yield from cursor.stream(adapt(sql, self.dialect), params or {}, binary=True, size=STREAM_ROWS)
+
+    @contextlib.contextmanager
+    def pipeline(self) -> Iterator[None]:
+        """Statements sent by :meth:`send` go at once, without waiting for the previous answer
+        (libpq's pipeline mode on PostgreSQL; nothing to do on SQLite, where a read is a call).
+        Any statement may run meanwhile: answers come back in the order sent."""
+        if self.dialect == "sqlite":
+            yield
+            return
+        with self._driver.pipeline():
+            yield
+
+    def send(self, sql: str, params: dict[str, Any] | None = None) -> Callable[[], list[Any]]:
+        """Send a statement now; the returned function gives its rows, waiting for them if
+        they have not arrived. In a :meth:`pipeline`, the server works on it meanwhile."""
+        if self.dialect == "sqlite":
+            rows = self.rows(sql, params)
+            return lambda: rows
+        cursor = self._driver.cursor(binary=True)
+        cursor.execute(adapt(sql, self.dialect), params or {})
+        return cursor.fetchall  # type: ignore[no-any-return]
 
     def release(self) -> None:
         """Back to the pool as it came (no autocommit), or closed if it is broken."""
