@@ -4,11 +4,13 @@ body left partly unread once the needle is found."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, make_url, text
 from sqlalchemy.orm import Session
 
 from mssante.config import Settings, load_settings
@@ -17,6 +19,7 @@ from mssante.imap.commands.values import SearchKey
 from mssante.imap.mailbox import SelectedMailbox
 from mssante.imap.parser import parse_command
 from mssante.runtime import Runtime, initialise, open_runtime
+from tests.conftest import PG_URL
 from tests.helpers import make_message
 
 BAL = "dr.durand@demo.mssante.fr"
@@ -139,3 +142,47 @@ async def test_each_group_s_first_chunks_are_asked_for_before_the_previous_group
     batch = [(n, box.entries[uid]) for n, uid in enumerate(box.uids, 1)]
     found = await search.select(store, _key('BODY "glyquée"'), batch, box.exists, box.uids[-1])
     assert [n for n, _ in found] == [1, 2, 4, 5, 7]
+
+
+@pytest.mark.skipif(not PG_URL, reason="a PostgreSQL server is needed (MSSANTE_TEST_PG_URL)")
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+async def test_a_pipelined_body_search_goes_on_after_the_server_closed_its_connection(
+    small_chunks: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL ends every connection of the store (a restart, a failover) between two body
+    searches: the pipeline on the dead kept connection fails, and the search is run again on a
+    new connection with the same hits."""
+    monkeypatch.setattr(search, "BODY_READ_AHEAD", 2)
+    store = small_chunks.store
+    for i in range(5):
+        body = FILLER + ("glyquée\r\n" if i % 2 else "")
+        await store.deliver(make_message(to=BAL, subject=f"m{i}", body=body), "labo@demo.mssante.fr", [BAL])
+    folder = await store.folder(BAL, "INBOX")
+    box = SelectedMailbox.from_rows(folder, await store.messages(folder.id), readonly=True)
+    batch = [(n, box.entries[uid]) for n, uid in enumerate(box.uids, 1)]
+
+    async def found() -> list[int]:
+        return [n for n, _ in await search.select(store, _key('BODY "glyquée"'), batch, 5, box.uids[-1])]
+
+    assert await found() == [2, 4]
+    from mssante.store.kept import KeptConnections
+
+    dropped: list[bool] = []
+    drop = KeptConnections.drop
+
+    def counted(self: KeptConnections) -> None:
+        dropped.append(True)
+        drop(self)
+
+    monkeypatch.setattr(KeptConnections, "drop", counted)
+    admin = create_engine(PG_URL)
+    with admin.connect() as conn:
+        database = make_url(small_chunks.settings.database_url).database
+        conn.execute(
+            text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"), {"d": database}
+        )
+    admin.dispose()
+    await asyncio.sleep(0.2)
+    assert await found() == [2, 4]
+    assert dropped  # the search met the dead connection, and ran again on a new one
+    assert await found() == [2, 4]
