@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -165,7 +166,17 @@ async def test_a_pipelined_body_search_goes_on_after_the_server_closed_its_conne
         return [n for n, _ in await search.select(store, _key('BODY "glyquée"'), batch, 5, box.uids[-1])]
 
     assert await found() == [2, 4]
+    from mssante.store.core import READ_THREADS
     from mssante.store.kept import KeptConnections
+
+    # Every reader thread holds its kept connection, so the next search meets a dead one
+    # whichever thread runs it.
+    together = threading.Barrier(READ_THREADS, timeout=10)
+
+    def hold(session: object) -> None:
+        together.wait()
+
+    await asyncio.gather(*(store.read(hold, kept=True) for _ in range(READ_THREADS)))
 
     dropped: list[bool] = []
     drop = KeptConnections.drop
