@@ -196,7 +196,7 @@ class _Link:
         busy_wait = self._busy_wait if self._busy_wait is not None and self._busy_wait.idle() else None
         while True:
             while pgconn.is_busy():
-                if busy_wait is None or self._fd is None or not busy_wait.answered():
+                if busy_wait is None or not busy_wait.answered():
                     busy_wait = None  # something else for the loop, or a slow answer
                     await self._wait()
                 pgconn.consume_input()
