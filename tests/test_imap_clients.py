@@ -8,8 +8,10 @@ import imaplib
 from pathlib import Path
 
 import aioimaplib
+import pytest
 from imapclient import IMAPClient
 
+from mssante.imap import search
 from mssante.runtime import Runtime
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Running, running_server
@@ -125,3 +127,39 @@ async def test_real_clients_over_tls(runtime: Runtime, tmp_path: Path) -> None:
         await asyncio.to_thread(_imaplib_starttls, running)
         await asyncio.to_thread(_imapclient_session, running)
         await _aioimaplib_session(running)
+
+
+def _imapclient_body_search(running: Running, hits: list[int]) -> None:
+    with IMAPClient("127.0.0.1", port=running.tls_port, ssl=True, ssl_context=running.tls.client) as client:
+        client.login("alice", "wonderland")
+        client.select_folder("INBOX", readonly=True)
+        assert client.search(["BODY", "glyquée"], charset="UTF-8") == hits
+        assert client.search(["TEXT", "GLYQUÉE", "NOT", "SUBJECT", "m6"], charset="UTF-8") == hits[:-1]
+        try:
+            client.search(["BODY"])  # a key without its string
+        except IMAPClient.Error as exc:  # the server's BAD, with the parser's reason
+            assert "Expected 'space'" in str(exc)
+        else:
+            raise AssertionError("SEARCH BODY without a string accepted")
+        assert client.search(["BODY", "glyquée"], charset="UTF-8") == hits  # the session goes on
+        client.logout()
+
+
+async def test_a_body_search_from_a_real_client_reads_many_groups_of_large_messages(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """imapclient searches bodies over TLS: messages larger than a storage chunk, read in
+    groups of two (on PostgreSQL the next group's chunks are asked for while the current one
+    is scanned, and a message whose hit is in a later chunk is read further meanwhile). The
+    hits are those of the bodies; a malformed SEARCH is answered BAD and the session goes on."""
+    monkeypatch.setattr(search, "BODY_READ_AHEAD", 2)
+    filler = "Lorem ipsum dolor sit amet, consectetur adipiscing elit.\r\n" * (
+        runtime.settings.storage.chunk_size // 40
+    )
+    kinds = [filler + "Glyquée en fin\r\n", "glyquée au début\r\n" + filler, filler]
+    for i in range(7):
+        raw = make_message(to=BAL, subject=f"m{i}", body=kinds[i % 3])
+        assert len(raw) > runtime.settings.storage.chunk_size
+        await runtime.store.deliver(raw, "dr.martin@demo.mssante.fr", [BAL])
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        await asyncio.to_thread(_imapclient_body_search, running, [1, 2, 4, 5, 7])
