@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Engine, insert, select, update
 from sqlalchemy.orm import Session
 
 from delegation import rules
@@ -76,9 +76,9 @@ def _info(row: Grant) -> GrantInfo:
     )
 
 
-def generation(conn: Connection | Session) -> int:
-    value = conn.execute(select(DelegationState.generation).where(DelegationState.id == 1)).scalar()
-    return int(value or 0)
+# The counter as driver SQL: read before every delegate's command and every LIST, where the
+# statement object's compilation and result machinery cost more than the read itself.
+_GENERATION_SQL = f"SELECT generation FROM {DelegationState.__tablename__} WHERE id = 1"
 
 
 def bump(session: Session) -> None:
@@ -109,10 +109,16 @@ class GrantBook:
 
     def generation(self) -> int:
         with self.engine.connect() as conn:
-            return generation(conn)
+            return int(conn.exec_driver_sql(_GENERATION_SQL).scalar() or 0)
 
-    def _refresh(self) -> None:
-        current = self.generation()
+    def as_of(self, generation: int) -> GrantsAsOf:
+        """The grants at ``generation``, a counter the caller has just read: its questions do
+        not read the counter again (a LIST asks one per BAL it shows)."""
+        return GrantsAsOf(self, generation)
+
+    def _refresh(self, current: int | None = None) -> None:
+        if current is None:
+            current = self.generation()
         with self._lock:
             if current != self._generation:
                 self._by_grantee.clear()
@@ -134,8 +140,11 @@ class GrantBook:
                 self._by_grantee[principal] = loaded
         return loaded
 
-    def granted(self, identity: Identity, bal_key: str) -> tuple[frozenset[Right], datetime | None]:
-        self._refresh()
+    def granted(
+        self, identity: Identity, bal_key: str, *, generation: int | None = None
+    ) -> tuple[frozenset[Right], datetime | None]:
+        """``generation``: the counter as the caller has just read it (None: read it now)."""
+        self._refresh(generation)
         now = self.clock()
         rights: set[Right] = set()
         until: datetime | None = None
@@ -146,9 +155,9 @@ class GrantBook:
                     until = g.expires_at
         return (frozenset(rights) if rights else NO_RIGHTS), until
 
-    def bals_of(self, identity: Identity) -> list[str]:
+    def bals_of(self, identity: Identity, *, generation: int | None = None) -> list[str]:
         """BALs on which the identity holds ``l`` through a grant or membership in force."""
-        self._refresh()
+        self._refresh(generation)
         now = self.clock()
         found = {g.bal for g in self._of(identity.principal) if g.in_force(now) and Right.LOOKUP in g.rights}
         return sorted(found)
@@ -162,6 +171,20 @@ class GrantBook:
             return rows
         now = self.clock()
         return [g for g in rows if g.in_force(now)]
+
+
+@dataclass(frozen=True)
+class GrantsAsOf:
+    """A :class:`GrantBook` at a generation just read (a ``GrantSource``)."""
+
+    book: GrantBook
+    generation: int
+
+    def granted(self, identity: Identity, bal_key: str) -> tuple[frozenset[Right], datetime | None]:
+        return self.book.granted(identity, bal_key, generation=self.generation)
+
+    def bals_of(self, identity: Identity) -> list[str]:
+        return self.book.bals_of(identity, generation=self.generation)
 
 
 # -- grantees ---------------------------------------------------------------------------------

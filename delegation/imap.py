@@ -52,15 +52,18 @@ class DelegationAccess:
     def _bal(self, bal: str) -> BalFacts | None:
         return self.policy.directory.bal(bal)
 
-    def _rights(self, identity: Identity | None, bal: str) -> Rights:
+    def _rights(self, identity: Identity | None, bal: str, generation: int | None = None) -> Rights:
+        """``generation``: the grants' counter as the caller has just read it (None: read now)."""
         info = self.policy.directory.bal(bal)
         if identity is None or info is None or not self.policy.is_local(info.domain):
             return Rights(NO_RIGHTS)  # a BAL hosted elsewhere is never opened here
         if owns(identity, info):
             return Rights(self.policy.rights(identity, info), owner=True)
-        # Read before the rights: a change committed after this number is one changed() reports.
-        generation = self.book.generation()
-        rights, until = self.policy.rights_until(identity, info)
+        # Read before the rights, once: a change committed after this number is one changed()
+        # reports, and the rights are those of the grants at this number.
+        if generation is None:
+            generation = self.book.generation()
+        rights, until = self.policy.rights_until(identity, info, grants=self.book.as_of(generation))
         return Rights(rights, until=until, generation=generation)
 
     async def rights(self, principal: Principal, bal: str) -> Rights:
@@ -74,16 +77,14 @@ class DelegationAccess:
             return Rights(self.policy.rights(principal.identity, held), owner=True)
         return await asyncio.to_thread(self._rights, principal.identity, bal)
 
-    def _held(self, identity: Identity) -> list[str]:
-        with Session(self.book.engine) as session:
-            return held_bals(session, identity)
-
     def _shared(self, identity: Identity | None) -> list[str]:
         if identity is None:
             return []
-        keys = set(self._held(identity))
-        for key in self.book.bals_of(identity):
-            if Right.LOOKUP in self._rights(identity, key):
+        generation = self.book.generation()  # once for the whole list
+        with self.book.engine.connect() as conn:
+            keys = set(held_bals(conn, identity))
+        for key in self.book.bals_of(identity, generation=generation):
+            if Right.LOOKUP in self._rights(identity, key, generation):
                 keys.add(key)
         return sorted(keys)
 

@@ -10,9 +10,10 @@ function, so this list never says more than the server allows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Connection, Select, bindparam, select, union
+from sqlalchemy.orm import Session
 
 from annuaire.models import Bal, Professional
 from delegation.grants import GrantBook
@@ -33,21 +34,29 @@ class Reach:
         return Right.READ in self.rights
 
 
-def held_bals(session: Session, identity: Identity) -> list[str]:
+def _held_through(column: Any) -> Select[str]:
+    """Active BALs whose ``column`` (the owner, the responsible) is the professional of
+    ``idnat``: a look-up by the unique RPPS key, then by the BAL's foreign-key index."""
+    return (
+        select(Bal.address_key)
+        .join(Professional, Professional.id == column)
+        .where(Professional.idnat == bindparam("idnat"), Bal.active.is_(True))
+    )
+
+
+# Built once (statement construction cost a LIST 2 ms), and as two indexed look-ups: the one
+# query with an OR across two outer joins scanned every BAL of the annuaire (150 ms at 400,000).
+_HELD_BY_PROFESSIONAL = union(_held_through(Bal.professional_id), _held_through(Bal.responsible_id))
+_HELD_BY_PATIENT = select(Bal.address_key).where(Bal.active.is_(True), Bal.ins == bindparam("ins"))
+
+
+def held_bals(conn: Connection | Session, identity: Identity) -> list[str]:
     """Active BAL keys the identity holds through the annuaire (professionals and patients)."""
     if identity.kind is IdentityKind.PATIENT:
-        query = select(Bal.address_key).where(Bal.active.is_(True), Bal.ins == identity.id)
-        return list(session.scalars(query).all())
+        return list(conn.execute(_HELD_BY_PATIENT, {"ins": identity.id}).scalars().all())
     if identity.kind is not IdentityKind.PROFESSIONAL:
         return []
-    owner, responsible = aliased(Professional), aliased(Professional)
-    query = (
-        select(Bal.address_key)
-        .outerjoin(owner, owner.id == Bal.professional_id)
-        .outerjoin(responsible, responsible.id == Bal.responsible_id)
-        .where(Bal.active.is_(True), (owner.idnat == identity.id) | (responsible.idnat == identity.id))
-    )
-    return list(session.scalars(query).all())
+    return sorted(str(key) for key in conn.execute(_HELD_BY_PROFESSIONAL, {"idnat": identity.id}).scalars())
 
 
 def reachable(policy: Policy, book: GrantBook, identity: Identity) -> list[Reach]:

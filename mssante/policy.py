@@ -204,10 +204,11 @@ class Policy:
         return rights_until(identity, bal, self.grants)[0]
 
     def rights_until(
-        self, identity: Identity, bal: BalFacts | None
+        self, identity: Identity, bal: BalFacts | None, *, grants: GrantSource | None = None
     ) -> tuple[frozenset[_Right], datetime | None]:
-        """The rights, and the earliest expiry of a grant they depend on (None: no expiry)."""
-        return rights_until(identity, bal, self.grants)
+        """The rights, and the earliest expiry of a grant they depend on (None: no expiry).
+        ``grants``: this server's grants as already checked by the caller (``GrantBook.as_of``)."""
+        return rights_until(identity, bal, self.grants if grants is None else grants)
 
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.local_domains

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from sqlalchemy import event
 
 from annuaire.lookup import Annuaire
 from delegation import grants
@@ -133,3 +134,34 @@ async def test_a_holders_rights_come_from_memory_a_delegates_from_the_grants(
     _revoke(doors)
     assert not (await access.rights(secretary, MARTIN)).visible and len(hops) == 2
     assert (await access.rights(holder, MARTIN)).owner and len(hops) == 2
+
+
+async def test_a_list_reads_the_grants_counter_once_and_sees_a_revocation(doors: Doors) -> None:
+    """The BALs a LIST shows: those held through the annuaire (an ORG and APP BALs' responsible)
+    and those a grant or membership opens, decided at one reading of the grants' counter
+    however many BALs are asked about; a revocation counts at the next LIST."""
+    runtime = doors.runtime
+    assert runtime.policy is not None and runtime.grants is not None
+    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+    durand = Identity.professional(doors.account("paul.durand@demo.mssante.fr")["idnat"])
+    martin = Identity.professional(doors.account(MARTIN)["idnat"])
+    reads: list[str] = []
+
+    def counted(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "delegation_state" in statement:
+            reads.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", counted)
+    try:
+        held = await access.shared(Principal("paul.durand@demo.mssante.fr", None, durand))
+        assert held == [f"{name}@demo.mssante.fr" for name in ("cardiologie", "dmp", "dpi", "paul.durand")]
+        assert len(reads) == 1
+        # The secretary's one delegated BAL, and the doctor's own and the service she belongs to.
+        secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
+        assert await access.shared(secretary) == [MARTIN]
+        assert await access.shared(Principal(MARTIN, MARTIN, martin)) == ["cardiologie@demo.mssante.fr"]
+        assert len(reads) == 3
+        _revoke(doors)
+        assert await access.shared(secretary) == []
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", counted)
