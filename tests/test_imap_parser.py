@@ -308,6 +308,14 @@ def test_append_with_flags_and_date() -> None:
     bad(b"a APPEND INBOX (\\Recent) {1}\r\nx")
 
 
+def test_multiappend_as_imapclient_writes_it() -> None:
+    """imapclient (4.x) sends a space after each message literal and another before the next
+    ``{n+}``: accepted, as Dovecot accepts it; the messages and their options are unchanged."""
+    cmd = p(b"a APPEND Sent {2+}\r\nhi  {3+}\r\nbye  (\\Seen) {2+}\r\nok")
+    assert cmd.args == Append("Sent", (), None, b"hi", (((), None, b"bye"), (("\\Seen",), None, b"ok")))
+    bad(b"a APPEND Sent {2+}\r\nhi  ")
+
+
 def test_sequence_sets() -> None:
     cmd = p("a FETCH 1:3,7,9:*,* FLAGS")
     seq = cmd.args.sequence  # type: ignore[union-attr]

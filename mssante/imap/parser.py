@@ -406,6 +406,11 @@ def _acl_args(r: Reader, name: str) -> AclArgs:
 def _append_message(r: Reader) -> tuple[tuple[str, ...], datetime | None, Raw]:
     """``SP [flag-list SP] [date-time SP] literal`` of APPEND."""
     r.sp()
+    # imapclient's MULTIAPPEND writes two spaces before each message after the first (a space
+    # after the literal, then " {n+}"); Dovecot's parser skips runs of spaces between arguments,
+    # so that client works there unchanged: here too, before a message.
+    while r.accept(b" "):
+        pass
     flags: tuple[str, ...] = ()
     when = None
     if r.peek() == b"(":
