@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 from mssante.imap.fetch import decode_quoted_printable
-from mssante.imap.threading import base_subject
+from mssante.imap.sortkeys import base_subject
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.addresses import parse, searchable
 from mssante.store.types import QuotaExceeded

@@ -1,51 +1,70 @@
 """SORT and THREAD (RFC 5256; REFERENCES and ORDEREDSUBJECT), and their UID forms: the search
-program selects, :mod:`mssante.imap.threading` orders from the cached structures."""
+program selects, :mod:`mssante.imap.threading` orders by each message's keys
+(:mod:`mssante.imap.sortkeys`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal
+from array import array
+from typing import TYPE_CHECKING, Literal
 
 from mssante.imap import threading
 from mssante.imap.commands.base import META_BATCH
 from mssante.imap.commands.search import matching
 from mssante.imap.commands.values import Command, SortThread
+from mssante.imap.sortkeys import SortKeys, key_cache, keys_of
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
 
 
-# SORT keys known without the message's structure (INTERNALDATE and size are in the columns).
-_WITHOUT_STRUCTURE = frozenset({"ARRIVAL", "SIZE", "REVERSE"})
+# SORT keys known without the message's content (INTERNALDATE and size are in the columns).
+_WITHOUT_CONTENT = frozenset({"ARRIVAL", "SIZE", "REVERSE"})
 
 
 async def _items(
-    session: Session, command: Command, structure: Literal["none", "envelope", "all"]
+    session: Session, command: Command, need: Literal["none", "sort", "threads"]
 ) -> list[threading.Item]:
-    """The matching messages with what ordering them needs: ``structure`` is ``"envelope"``
-    (SORT, ORDEREDSUBJECT: parsing the envelope alone is cheaper), ``"all"`` (REFERENCES
-    reads the References header too) or ``"none"`` (SORT by arrival and size)."""
+    """The matching messages with what ordering them needs: their keys for SORT and
+    ORDEREDSUBJECT (``"sort"``: read from the envelope alone), with the thread links for
+    REFERENCES (``"threads"``: the header index too), none for SORT by arrival and size. Keys
+    come from the process's :class:`~mssante.imap.sortkeys.KeyCache`, the store is asked only
+    for the contents it lacks; sizes, dates and content ids from the mailbox's columns."""
     assert isinstance(command.args, SortThread)
     found = await matching(session, command.args.key)
-    entries = session.selected().entries
-    items: list[threading.Item] = []
-    only = None if structure == "all" else structure
-    for start in range(0, len(found), META_BATCH):
-        batch = [(n, entries[uid]) for n, uid in found[start : start + META_BATCH]]
-        metas: dict[int, Any] = (
-            {} if structure == "none" else await session.store.meta([e.blob_id for _, e in batch], only)
+    table = session.selected().entries
+    uids = array("I", (uid for _, uid in found))
+    sizes, dates = table.column(uids, "size"), table.column(uids, "date")
+    keys: dict[int, SortKeys] = {}
+    blobs: list[int] = []
+    if need != "none":
+        blobs = table.column(uids, "blob")
+        cache = key_cache(session.store)
+        keys = cache.lookup(blobs, threads=need == "threads")
+        lacking = sorted({b for b in blobs if b not in keys})
+        only = "envelope" if need == "sort" else None
+        for start in range(0, len(lacking), META_BATCH):
+            batch = lacking[start : start + META_BATCH]
+            metas = await session.store.meta(batch, only)
+            for blob_id, meta in metas.items():  # (a content collected meanwhile has none)
+                keys[blob_id] = keys_of(meta)
+                cache.add(blob_id, keys[blob_id])
+    return [
+        threading.Item(
+            n,
+            uid if command.uid else n,
+            sizes[at],
+            float(dates[at]),
+            keys.get(blobs[at], threading.NO_KEYS) if blobs else threading.NO_KEYS,
         )
-        items += [
-            threading.Item(n, e.uid if command.uid else n, e.size, e.internaldate, metas.get(e.blob_id))
-            for n, e in batch
-        ]
-    return items
+        for at, (n, uid) in enumerate(found)
+    ]
 
 
 async def cmd_sort(session: Session, command: Command) -> str:
     assert isinstance(command.args, SortThread)
     criteria = command.args.criteria
-    structure: Literal["none", "envelope"] = "none" if _WITHOUT_STRUCTURE.issuperset(criteria) else "envelope"
-    ordered = threading.sort(await _items(session, command, structure), criteria)
+    need: Literal["none", "sort"] = "none" if _WITHOUT_CONTENT.issuperset(criteria) else "sort"
+    ordered = threading.sort(await _items(session, command, need), criteria)
     await session.untagged("SORT" + "".join(f" {n}" for n in ordered))
     return f"{'UID ' if command.uid else ''}SORT completed"
 
@@ -53,7 +72,7 @@ async def cmd_sort(session: Session, command: Command) -> str:
 async def cmd_thread(session: Session, command: Command) -> str:
     assert isinstance(command.args, SortThread)
     ordered_subject = command.args.algorithm == "ORDEREDSUBJECT"
-    items = await _items(session, command, "envelope" if ordered_subject else "all")
+    items = await _items(session, command, "sort" if ordered_subject else "threads")
     roots = threading.ordered_subject(items) if ordered_subject else threading.references(items)
     await session.untagged("THREAD " + threading.render(roots) if roots else "THREAD")
     return f"{'UID ' if command.uid else ''}THREAD completed"

@@ -1,0 +1,190 @@
+"""What SORT and THREAD compare (RFC 5256), worked out once per message content.
+
+A message's sent date, base subject, first addresses and thread links come from the structure
+the store sealed at delivery; reading them back costs a decryption, a parse and, per message, a
+date parse and the base-subject rules. Webmail asks the same ``SORT`` at every page, over the
+whole folder: at 20,000 messages each one cost most of a second, where Dovecot answers from its
+cache file in tens of milliseconds (issue 20). A message's content never changes, so its keys
+are kept by content id in a bounded, process-wide :class:`KeyCache` that every session shares;
+evicted keys are simply worked out again.
+"""
+
+from __future__ import annotations
+
+import re
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+from mssante.store.mime import decode_value
+
+if TYPE_CHECKING:
+    from mssante.store.store import MessageStore
+
+Json = dict[str, Any]
+
+# Keys of this many message contents are kept (a few hundred bytes each): a folder of that size
+# sorts from memory, a larger one reads again what no longer fits.
+KEPT_CONTENTS = 100_000
+
+_TRAILER = re.compile(r"(\s*\(fwd\))+\s*$|\s+$", re.IGNORECASE)
+_BLOB = r"\[[^\[\]]*\]\s*"
+_LEADER = re.compile(rf"^\s*(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*", re.IGNORECASE)
+_LEADING_BLOB = re.compile(rf"^\s*{_BLOB}")
+_FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.IGNORECASE | re.DOTALL)
+_MSG_ID = re.compile(r"<[^<>\s]+>")
+
+# The Date field as RFC 5322 §3.3 writes it (what nearly every client sends): read directly.
+# Anything else (obsolete zones such as "GMT" or "EST", two-digit years, comments) goes to the
+# standard library's parser, which the fast reading agrees with (tests/test_imap_sortkeys.py).
+_MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_DATE = re.compile(
+    r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+([1-9]\d{3})\s+"
+    r"(\d{2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})\s*"
+)
+
+
+def sent_timestamp(raw: str | None) -> float | None:
+    """The Date field as seconds since the epoch (UTC); None when missing or unreadable."""
+    if not raw:
+        return None
+    match = _DATE.fullmatch(raw)
+    if match is not None and (month := _MONTHS.get(match[2].lower())) is not None:
+        day, year, hour, minute, second = (int(match[i] or 0) for i in (1, 3, 4, 5, 6))
+        offset = timedelta(hours=int(match[8]), minutes=int(match[9]))
+        try:
+            zone = timezone(-offset if match[7] == "-" else offset)
+            return datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
+        except ValueError:
+            pass  # an impossible day or time: as the standard parser judges it
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def base_subject(subject: str | None) -> str:
+    """RFC 5256 §2.1: the subject without ``Re:``, ``Fwd:``, ``[list]`` leaders, ``(fwd)``
+    trailers and ``[Fwd: …]`` wrappers, whitespace collapsed; compared case-insensitively."""
+    text = " ".join(decode_value(subject or "").split())
+    while True:
+        while True:
+            stripped = _TRAILER.sub("", text)
+            if stripped == text:
+                break
+            text = stripped
+        while True:
+            stripped = _LEADER.sub("", text, count=1)
+            if stripped == text:
+                blob = _LEADING_BLOB.match(text)
+                if blob and text[blob.end() :].strip():
+                    stripped = text[blob.end() :]
+            if stripped == text:
+                break
+            text = stripped
+        wrapped = _FWD_WRAP.match(text)
+        if not wrapped:
+            return text.upper()
+        text = wrapped.group(1)
+
+
+@dataclass(frozen=True, slots=True)
+class SortKeys:
+    """One message content's SORT and THREAD keys."""
+
+    sent: float | None  # the Date field (epoch seconds); None: the arrival date stands in
+    subject: str  # the base subject, upper-cased
+    reply: bool  # the subject was a reply or a forward (it differs from its base)
+    first_from: str  # each field's first mailbox, upper-cased ("" when none)
+    first_to: str
+    first_cc: str
+    message_id: str | None  # the first <id> of Message-ID
+    # The thread's ancestors, oldest first (References, else In-Reply-To's first id); None when
+    # only the envelope was read (SORT needs no more).
+    parents: tuple[str, ...] | None
+
+
+def _first_mailbox(envelope: Json, name: str) -> str:
+    # The first address's mailbox part, a group's name included (what Dovecot compares).
+    for _name, _adl, mailbox, _host in envelope.get(name) or ():
+        return (mailbox or "").upper()
+    return ""
+
+
+def _header(meta: Json, name: str) -> str | None:
+    for key, value in meta.get("headers", []):
+        if key.lower() == name:
+            return str(value)
+    return None
+
+
+def keys_of(meta: Json | None) -> SortKeys:
+    """The keys of a message from its stored structure (the envelope alone, or with its
+    header index for the thread links)."""
+    meta = meta or {}
+    envelope: Json = meta.get("envelope") or {}
+    raw_subject = envelope.get("subject")
+    subject = base_subject(raw_subject)
+    plain = " ".join(decode_value(raw_subject or "").split()).upper()
+    ids = _MSG_ID.findall(envelope.get("message_id") or "")
+    parents: tuple[str, ...] | None = None
+    if "headers" in meta:
+        refs = _MSG_ID.findall(_header(meta, "references") or "")
+        if not refs:
+            refs = _MSG_ID.findall(envelope.get("in_reply_to") or "")[:1]
+        parents = tuple(refs)
+    return SortKeys(
+        sent=sent_timestamp(envelope.get("date")),
+        subject=subject,
+        reply=subject != plain,
+        first_from=_first_mailbox(envelope, "from"),
+        first_to=_first_mailbox(envelope, "to"),
+        first_cc=_first_mailbox(envelope, "cc"),
+        message_id=ids[0] if ids else None,
+        parents=parents,
+    )
+
+
+class KeyCache:
+    """Keys by message content id (never reused within a database), the least recently used
+    dropped beyond ``limit``. Used from the event loop's thread only."""
+
+    def __init__(self, limit: int = KEPT_CONTENTS) -> None:
+        self.limit = limit
+        self._kept: OrderedDict[int, SortKeys] = OrderedDict()
+
+    def lookup(self, blob_ids: Iterable[int], *, threads: bool) -> dict[int, SortKeys]:
+        """The keys kept of ``blob_ids`` (``threads``: only those with their thread links)."""
+        kept, found = self._kept, {}
+        for blob_id in blob_ids:
+            keys = kept.get(blob_id)
+            if keys is not None and not (threads and keys.parents is None):
+                kept.move_to_end(blob_id)
+                found[blob_id] = keys
+        return found
+
+    def add(self, blob_id: int, keys: SortKeys) -> None:
+        self._kept[blob_id] = keys
+        self._kept.move_to_end(blob_id)
+        if len(self._kept) > self.limit:
+            self._kept.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+_BY_STORE: weakref.WeakKeyDictionary[MessageStore, KeyCache] = weakref.WeakKeyDictionary()
+
+
+def key_cache(store: MessageStore) -> KeyCache:
+    """The keys kept for ``store`` (content ids are only unique within one database)."""
+    found = _BY_STORE.get(store)
+    if found is None:
+        found = _BY_STORE[store] = KeyCache()
+    return found

@@ -1,0 +1,94 @@
+"""The keys SORT and THREAD compare (:mod:`mssante.imap.sortkeys`): the Date field read directly
+agrees with the standard library's parser on every form, and the cache stays bounded."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+
+from mssante.imap.sortkeys import KeyCache, keys_of, sent_timestamp
+
+# RFC 5322 §3.3 and appendix A, the obsolete forms of §4.3, and what broken clients write.
+WRITTEN = [
+    "Fri, 21 Nov 1997 09:55:06 -0600",
+    "Tue, 1 Jul 2003 10:52:37 +0200",
+    "Thu, 13 Feb 1969 23:32:54 -0330",
+    "21 Nov 97 09:55:06 GMT",
+    "Fri, 21 Nov 1997 09:55:06 -0000",
+    "Fri, 21 Nov 1997 09:55 +0000",
+    "Fri, 21 Nov 1997 09:55:06 +0000 (UTC)",
+    "Friday, 21 November 1997 09:55:06 +0100",
+    "  Fri,  21  Nov  1997  09:55:06  +0100  ",
+    "Fri,21 Nov 1997 09:55:06 +0100",
+    "Fri, 21 Nov 0097 09:55:06 +0100",
+    "Mon, 4 Mar 2024 10:00:00 EST",
+    "Mon, 31 Feb 2024 10:00:00 +0000",
+    "Mon, 4 Mar 2024 25:00:00 +0000",
+    "Mon, 4 Mar 2024 10:60:00 +0000",
+    "Mon, 4 Mar 2024 10:00:60 +0000",
+    "Mon, 4 Mar 2024 10:00:00 +2400",
+    "Mon, 4 Mar 2024 10:00:00 +0075",
+    "Mon, 4 Foo 2024 10:00:00 +0000",
+    "4 Mar 2024",
+    "garbage",
+    "",
+]
+
+
+def _standard(raw: str) -> float | None:
+    """The reading the fast one must agree with: the standard library's, UTC when no zone."""
+    try:
+        when = parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def _generated(rng: random.Random) -> str:
+    day = rng.choice(["", "Mon, ", "Tue,", "mon, "])
+    month = rng.choice(["Jan", "feb", "MAR", "Dec", "Sept", "xyz"])
+    zone = rng.choice(["+0000", "-0000", "+0530", "-1200", "+9959", "UT", "CEST", "+01"])
+    seconds = rng.choice(["", f":{rng.randint(0, 61):02d}"])
+    year = rng.choice([str(rng.randint(1000, 2999)), str(rng.randint(0, 99)), "0999"])
+    hour, minute = rng.randint(0, 25), rng.randint(0, 61)
+    return f"{day}{rng.randint(0, 32)} {month} {year} {hour:02d}:{minute:02d}{seconds} {zone}"
+
+
+def test_the_date_read_directly_agrees_with_the_standard_parser() -> None:
+    rng = random.Random(5256)
+    for raw in WRITTEN + [_generated(rng) for _ in range(20_000)]:
+        assert sent_timestamp(raw) == _standard(raw), raw
+    assert sent_timestamp(None) is None
+
+
+def test_keys_of_a_stored_structure() -> None:
+    envelope = {
+        "date": "Mon, 4 Mar 2024 10:00:00 +0100",
+        "subject": "Re: [labo] =?utf-8?q?R=C3=A9sultats?= (fwd)",
+        "from": [["Zoé", None, "zoe", "b.fr"]],
+        "cc": [["équipe", None, None, None]],
+        "message_id": "<b@x>",
+        "in_reply_to": "<a@x> <z@x>",
+    }
+    keys = keys_of({"envelope": envelope})
+    assert keys.subject == "RÉSULTATS" and keys.reply and keys.first_from == "ZOE"
+    assert keys.first_to == "" and keys.first_cc == "" and keys.message_id == "<b@x>"
+    assert keys.sent == 1709542800.0 and keys.parents is None  # the envelope alone: links unknown
+    linked = keys_of({"envelope": envelope, "headers": [["References", "<r@x> <a@x>"]]})
+    assert linked.parents == ("<r@x>", "<a@x>")
+    assert keys_of({"envelope": envelope, "headers": []}).parents == ("<a@x>",)  # In-Reply-To's first
+    gone = keys_of(None)
+    assert gone.sent is None and gone.subject == "" and not gone.reply and gone.parents is None
+
+
+def test_the_cache_keeps_the_most_recently_used_contents_up_to_its_limit() -> None:
+    cache = KeyCache(limit=3)
+    envelope_only, with_links = keys_of({"envelope": {}}), keys_of({"envelope": {}, "headers": []})
+    for blob_id in (1, 2, 3):
+        cache.add(blob_id, envelope_only)
+    assert cache.lookup([1], threads=False) == {1: envelope_only}  # 1 is now the most recent
+    cache.add(4, with_links)
+    assert len(cache) == 3 and set(cache.lookup([1, 2, 3, 4], threads=False)) == {1, 3, 4}
+    # THREAD REFERENCES needs the links: keys read from the envelope alone do not answer it.
+    assert set(cache.lookup([1, 3, 4], threads=True)) == {4}
