@@ -7,7 +7,7 @@ import random
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-from mssante.imap.sortkeys import KeyCache, keys_of, sent_timestamp
+from mssante.imap.sortkeys import KeyCache, footprint, keys_of, sent_timestamp
 
 # RFC 5322 §3.3 and appendix A, the obsolete forms of §4.3, and what broken clients write.
 WRITTEN = [
@@ -82,9 +82,9 @@ def test_keys_of_a_stored_structure() -> None:
     assert gone.sent is None and gone.subject == "" and not gone.reply and gone.parents is None
 
 
-def test_the_cache_keeps_the_most_recently_used_contents_up_to_its_limit() -> None:
-    cache = KeyCache(limit=3)
+def test_the_cache_keeps_the_most_recently_used_contents_within_its_bytes() -> None:
     envelope_only, with_links = keys_of({"envelope": {}}), keys_of({"envelope": {}, "headers": []})
+    cache = KeyCache(limit=3 * footprint(envelope_only))
     for blob_id in (1, 2, 3):
         cache.add(blob_id, envelope_only)
     assert cache.lookup([1], threads=False) == {1: envelope_only}  # 1 is now the most recent
@@ -92,3 +92,12 @@ def test_the_cache_keeps_the_most_recently_used_contents_up_to_its_limit() -> No
     assert len(cache) == 3 and set(cache.lookup([1, 2, 3, 4], threads=False)) == {1, 3, 4}
     # THREAD REFERENCES needs the links: keys read from the envelope alone do not answer it.
     assert set(cache.lookup([1, 3, 4], threads=True)) == {4}
+    # A References field of thousands of ids weighs what it takes: it pushes the others out.
+    chain = " ".join(f"<r{i}@elsewhere.example>" for i in range(3000))
+    long_chain = keys_of({"envelope": {}, "headers": [["References", chain]]})
+    assert footprint(long_chain) > 3 * footprint(envelope_only)
+    cache.add(5, long_chain)
+    assert len(cache) == 0 and cache.size == 0
+    cache.add(1, envelope_only)
+    cache.add(1, envelope_only)  # read again: counted once
+    assert cache.size == footprint(envelope_only)

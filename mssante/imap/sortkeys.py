@@ -16,7 +16,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 
 Json = dict[str, Any]
 
-# Keys of this many message contents are kept (a few hundred bytes each): a folder of that size
-# sorts from memory, a larger one reads again what no longer fits.
-KEPT_CONTENTS = 100_000
+# The memory the kept keys may take, estimated (:func:`footprint`): about 500 bytes a message,
+# 900 with a References field of five ids; 60,000 messages or so sort from memory, and a folder
+# larger than that reads again, at each SORT, the share that no longer fits.
+KEPT_BYTES = 32 * 2**20
 
 _TRAILER = re.compile(r"(\s*\(fwd\))+\s*$|\s+$", re.IGNORECASE)
 _BLOB = r"\[[^\[\]]*\]\s*"
@@ -43,6 +44,7 @@ _MSG_ID = re.compile(r"<[^<>\s]+>")
 # standard library's parser, which the fast reading agrees with (tests/test_imap_sortkeys.py).
 _MONTH_NAMES = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _MONTHS = {name: number for number, name in enumerate(_MONTH_NAMES, 1)}
+_EPOCH_DAY = date(1970, 1, 1).toordinal()
 _DATE = re.compile(
     r"\s*(?:[A-Za-z]{3},\s*)?(\d{1,2})\s+([A-Za-z]{3})\s+([1-9]\d{3})\s+"
     r"(\d{2}):(\d{2})(?::(\d{2}))?\s+([+-])(\d{2})(\d{2})\s*"
@@ -55,13 +57,16 @@ def sent_timestamp(raw: str | None) -> float | None:
         return None
     match = _DATE.fullmatch(raw)
     if match is not None and (month := _MONTHS.get(match[2].lower())) is not None:
-        day, year, hour, minute, second = (int(match[i] or 0) for i in (1, 3, 4, 5, 6))
-        offset = timedelta(hours=int(match[8]), minutes=int(match[9]))
-        try:
-            zone = timezone(-offset if match[7] == "-" else offset)
-            return datetime(year, month, day, hour, minute, second, tzinfo=zone).timestamp()
-        except ValueError:
-            pass  # an impossible day or time: as the standard parser judges it
+        hour, minute, second = int(match[4]), int(match[5]), int(match[6] or 0)
+        offset = (int(match[8]) * 60 + int(match[9])) * 60
+        if hour < 24 and minute < 60 and second < 60 and offset < 86400:
+            try:
+                days = date(int(match[3]), month, int(match[1])).toordinal() - _EPOCH_DAY
+            except ValueError:
+                pass  # an impossible day: as the standard parser judges it
+            else:
+                local = days * 86400 + hour * 3600 + minute * 60 + second
+                return float(local + offset if match[7] == "-" else local - offset)
     try:
         when = parsedate_to_datetime(raw)
     except (TypeError, ValueError, IndexError):
@@ -151,12 +156,21 @@ def keys_of(meta: Json | None) -> SortKeys:
     )
 
 
+def footprint(keys: SortKeys) -> int:
+    """Bytes the keys take in memory, as measured with ``tracemalloc`` (within 10 %): a long
+    References field is what makes a message's keys large."""
+    text = len(keys.subject) + len(keys.first_from) + len(keys.first_to) + len(keys.first_cc)
+    parents = keys.parents or ()
+    return 340 + text + len(keys.message_id or "") + sum(60 + len(p) for p in parents)
+
+
 class KeyCache:
     """Keys by message content id (never reused within a database), the least recently used
-    dropped beyond ``limit``. Used from the event loop's thread only."""
+    dropped beyond ``limit`` bytes (:func:`footprint`). Used from the event loop's thread only."""
 
-    def __init__(self, limit: int = KEPT_CONTENTS) -> None:
+    def __init__(self, limit: int = KEPT_BYTES) -> None:
         self.limit = limit
+        self.size = 0
         self._kept: OrderedDict[int, SortKeys] = OrderedDict()
 
     def lookup(self, blob_ids: Iterable[int], *, threads: bool) -> dict[int, SortKeys]:
@@ -170,10 +184,14 @@ class KeyCache:
         return found
 
     def add(self, blob_id: int, keys: SortKeys) -> None:
+        replaced = self._kept.pop(blob_id, None)
+        if replaced is not None:
+            self.size -= footprint(replaced)
         self._kept[blob_id] = keys
-        self._kept.move_to_end(blob_id)
-        if len(self._kept) > self.limit:
-            self._kept.popitem(last=False)
+        self.size += footprint(keys)
+        while self.size > self.limit and self._kept:
+            _evicted, old = self._kept.popitem(last=False)
+            self.size -= footprint(old)
 
     def __len__(self) -> int:
         return len(self._kept)
