@@ -78,7 +78,7 @@ def _info(row: Grant) -> GrantInfo:
 
 # The counter as driver SQL: read before every delegate's command and every LIST, where the
 # statement object's compilation and result machinery cost more than the read itself.
-_GENERATION_SQL = f"SELECT generation FROM {DelegationState.__tablename__} WHERE id = 1"
+GENERATION_SQL = f"SELECT generation FROM {DelegationState.__tablename__} WHERE id = 1"
 
 
 def bump(session: Session) -> None:
@@ -109,7 +109,11 @@ class GrantBook:
 
     def generation(self) -> int:
         with self.engine.connect() as conn:
-            return int(conn.exec_driver_sql(_GENERATION_SQL).scalar() or 0)
+            return int(conn.exec_driver_sql(GENERATION_SQL).scalar() or 0)
+
+    def in_memory(self, generation: int) -> GrantsInMemory:
+        """The grants at ``generation`` (a counter just read) from this book's memory alone."""
+        return GrantsInMemory(self, generation)
 
     def as_of(self, generation: int) -> GrantsAsOf:
         """The grants at ``generation``, a counter the caller has just read: its questions do
@@ -140,20 +144,18 @@ class GrantBook:
                 self._by_grantee[principal] = loaded
         return loaded
 
+    def held(self, principal: str, generation: int) -> tuple[GrantInfo, ...] | None:
+        """The grantee's grants when this book holds them at ``generation`` (a counter the
+        caller has just read); None when answering would read the database."""
+        with self._lock:
+            return self._by_grantee.get(principal) if self._generation == generation else None
+
     def granted(
         self, identity: Identity, bal_key: str, *, generation: int | None = None
     ) -> tuple[frozenset[Right], datetime | None]:
         """``generation``: the counter as the caller has just read it (None: read it now)."""
         self._refresh(generation)
-        now = self.clock()
-        rights: set[Right] = set()
-        until: datetime | None = None
-        for g in self._of(identity.principal):
-            if g.bal == bal_key and g.in_force(now):
-                rights |= g.rights
-                if g.expires_at is not None and (until is None or g.expires_at < until):
-                    until = g.expires_at
-        return (frozenset(rights) if rights else NO_RIGHTS), until
+        return in_force_on(self._of(identity.principal), bal_key, self.clock())
 
     def bals_of(self, identity: Identity, *, generation: int | None = None) -> list[str]:
         """BALs on which the identity holds ``l`` through a grant or membership in force."""
@@ -171,6 +173,39 @@ class GrantBook:
             return rows
         now = self.clock()
         return [g for g in rows if g.in_force(now)]
+
+
+def in_force_on(
+    grants: tuple[GrantInfo, ...], bal_key: str, now: datetime
+) -> tuple[frozenset[Right], datetime | None]:
+    """The rights those grants give on a BAL now, and the earliest expiry among them."""
+    rights: set[Right] = set()
+    until: datetime | None = None
+    for g in grants:
+        if g.bal == bal_key and g.in_force(now):
+            rights |= g.rights
+            if g.expires_at is not None and (until is None or g.expires_at < until):
+                until = g.expires_at
+    return (frozenset(rights) if rights else NO_RIGHTS), until
+
+
+@dataclass(frozen=True)
+class GrantsInMemory:
+    """A :class:`GrantBook`'s grants at a generation just read, from its memory alone (a
+    ``GrantSource``): :class:`NotInMemory` when a question would read the database."""
+
+    book: GrantBook
+    generation: int
+
+    def granted(self, identity: Identity, bal_key: str) -> tuple[frozenset[Right], datetime | None]:
+        held = self.book.held(identity.principal, self.generation)
+        if held is None:
+            raise NotInMemory(identity.principal)
+        return in_force_on(held, bal_key, self.book.clock())
+
+
+class NotInMemory(Exception):
+    """The grants asked about are not in the book's memory at the generation given."""
 
 
 @dataclass(frozen=True)

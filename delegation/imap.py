@@ -9,12 +9,15 @@ moves. Sessions re-read their rights at each command anyway (the book re-checks 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from annuaire.lookup import NotCached
 from delegation import grants as service
-from delegation.grants import GrantBook
+from delegation.grants import GENERATION_SQL, GrantBook, NotInMemory
 from delegation.models import MEMBER
 from delegation.reach import held_bals
 from delegation.rights import (
@@ -36,15 +39,26 @@ from mssante.policy import Policy
 
 POLL_SECONDS = 0.25
 
+Read = Callable[[str], Awaitable[list[Any]]]
+
 
 class DelegationAccess:
     def __init__(
-        self, policy: Policy, book: GrantBook, writer: Engine, *, poll: float = POLL_SECONDS
+        self,
+        policy: Policy,
+        book: GrantBook,
+        writer: Engine,
+        *,
+        poll: float = POLL_SECONDS,
+        read: Read | None = None,
     ) -> None:
+        """``read``: runs a small statement from the event loop (``MessageStore.rows``), for
+        the grants' counter; without it the counter is read from a worker thread."""
         self.policy = policy
         self.book = book
         self.writer = writer
         self.poll = poll
+        self.read = read
         self._waiters: dict[asyncio.Future[None], int | None] = {}
         self._poller: asyncio.Task[None] | None = None
 
@@ -66,16 +80,48 @@ class DelegationAccess:
         rights, until = self.policy.rights_until(identity, info, grants=self.book.as_of(generation))
         return Rights(rights, until=until, generation=generation)
 
+    def _rights_in_memory(self, identity: Identity, bal: str, generation: int) -> Rights | None:
+        """What :meth:`_rights` answers, from the annuaire's and the book's memory alone at
+        ``generation``; None when that would read the database."""
+        try:
+            info = self.policy.bal_from_memory(bal)
+            if info is None or not self.policy.is_local(info.domain):
+                return Rights(NO_RIGHTS)
+            if owns(identity, info):
+                return Rights(self.policy.rights(identity, info), owner=True)
+            grants = self.book.in_memory(generation)
+            rights, until = self.policy.rights_until(identity, info, grants=grants)
+        except (NotCached, NotInMemory):
+            return None
+        return Rights(rights, until=until, generation=generation)
+
+    async def _generation(self) -> int:
+        """The grants' counter, read from the event loop when the server gave a way to."""
+        if self.read is None:
+            return await asyncio.to_thread(self.book.generation)
+        rows = await self.read(GENERATION_SQL)
+        return int(rows[0][0] or 0) if rows else 0
+
     async def rights(self, principal: Principal, bal: str) -> Rights:
         """Asked before every command on a selected mailbox. The holder of a BAL the
         annuaire's memory holds is answered on the event loop: the hop to a worker thread and
-        back cost a quarter of a millisecond here, as much as the rest of a NOOP. Anyone else
-        (a delegate, a BAL not in memory) is answered from a worker thread."""
-        held = self.policy.held_from_memory(principal.identity, bal)
+        back cost a quarter of a millisecond here, as much as the rest of a NOOP. A delegate's
+        rights depend on the grants: their counter is read at every question (a revocation
+        counts at the next command), from the event loop, and the rights are worked out there
+        too while the book holds the delegate's grants at that counter (after the first
+        question, until the grants change); otherwise from a worker thread."""
+        identity = principal.identity
+        held = self.policy.held_from_memory(identity, bal)
         if held is not None:
-            assert principal.identity is not None  # (a holder is someone)
-            return Rights(self.policy.rights(principal.identity, held), owner=True)
-        return await asyncio.to_thread(self._rights, principal.identity, bal)
+            assert identity is not None  # (a holder is someone)
+            return Rights(self.policy.rights(identity, held), owner=True)
+        if identity is None or self.read is None:
+            return await asyncio.to_thread(self._rights, identity, bal)
+        generation = await self._generation()
+        known = self._rights_in_memory(identity, bal, generation)
+        if known is not None:
+            return known
+        return await asyncio.to_thread(self._rights, identity, bal, generation)
 
     def _shared(self, identity: Identity | None) -> list[str]:
         if identity is None:
@@ -189,7 +235,7 @@ class DelegationAccess:
     async def _poll(self) -> None:
         """While someone waits: read the generation, wake whoever saw an older one, sleep."""
         while self._waiters:
-            current = await asyncio.to_thread(self.book.generation)
+            current = await self._generation()
             for waiter, since in list(self._waiters.items()):
                 if not waiter.done() and (since is None or current != since):
                     if since is None:

@@ -213,15 +213,22 @@ class Policy:
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.local_domains
 
+    def bal_from_memory(self, address: str) -> DirectoryBal | None:
+        """The BAL at ``address`` (None: unknown) from the directory's cached answers alone;
+        ``NotCached`` when the answer would read the database."""
+        if self._memory is None:
+            raise NotCached(address)
+        return self._memory.bal(address)
+
     def held_from_memory(self, identity: Identity | None, address: str) -> DirectoryBal | None:
         """The BAL at ``address``, hosted here, when the directory's cached answers hold it
         and ``identity`` is its holder; else None, and the question goes to a worker thread.
         A holder's rights follow from the annuaire alone; a delegate's come from the grants,
         whose generation is read at every question (revocation acts at once)."""
-        if self._memory is None or identity is None:
+        if identity is None:
             return None
         try:
-            bal = self._memory.bal(address)
+            bal = self.bal_from_memory(address)
         except NotCached:
             return None
         if bal is None or not self.is_local(bal.domain) or not owns(identity, bal):

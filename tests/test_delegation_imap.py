@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy import event
 from annuaire.lookup import Annuaire
 from delegation import grants
 from delegation.imap import DelegationAccess
-from delegation.rights import Right
+from delegation.rights import Right, parse_rights
 from mssante import demo
 from mssante.auth.identity import Identity
 from mssante.config import Settings
@@ -109,11 +110,13 @@ async def test_a_holders_rights_come_from_memory_a_delegates_from_the_grants(
     doors: Doors, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asked before every command on a selected mailbox: the BAL's holder is answered on the
-    event loop from the annuaire's memory; a delegate's rights are read from the grants, in a
-    worker thread, every time (a revocation acts at the next command)."""
+    event loop from the annuaire's memory. A delegate's rights come from the grants, whose
+    counter is read at every question from the event loop: the first question loads her grants
+    in a worker thread, the next ones are answered from the book's memory while the counter
+    stays, and a revocation (the counter moves) counts at the very next question."""
     runtime = doors.runtime
     assert runtime.policy is not None and runtime.grants is not None
-    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows)
     bal = runtime.annuaire.bal(MARTIN)  # in the annuaire's memory, as after any login
     assert bal is not None and bal.professional_idnat is not None
     holder = Principal(MARTIN, MARTIN, Identity.professional(bal.professional_idnat))
@@ -131,9 +134,17 @@ async def test_a_holders_rights_come_from_memory_a_delegates_from_the_grants(
     theirs = await access.rights(secretary, MARTIN)
     assert not theirs.owner and Right.READ in theirs and Right.ADMINISTER not in theirs
     assert len(hops) == 1
+    again = await access.rights(secretary, MARTIN)
+    assert again == theirs and len(hops) == 1
     _revoke(doors)
     assert not (await access.rights(secretary, MARTIN)).visible and len(hops) == 2
+    assert not (await access.rights(secretary, MARTIN)).visible and len(hops) == 2
     assert (await access.rights(holder, MARTIN)).owner and len(hops) == 2
+    # Without a way to read from the event loop, every delegate's question takes the hop.
+    threaded = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+    for _ in range(2):
+        assert not (await threaded.rights(secretary, MARTIN)).visible
+    assert len(hops) == 4
 
 
 async def test_a_list_reads_the_grants_counter_once_and_sees_a_revocation(doors: Doors) -> None:
@@ -165,3 +176,25 @@ async def test_a_list_reads_the_grants_counter_once_and_sees_a_revocation(doors:
         assert await access.shared(secretary) == []
     finally:
         event.remove(runtime.engine, "before_cursor_execute", counted)
+
+
+async def test_a_delegates_grant_expires_on_time_when_answered_from_memory(doors: Doors) -> None:
+    """Expiry needs no write, so no counter moves: the rights answered from the book's memory
+    still compare the grant's end with the clock at each question."""
+    runtime = doors.runtime
+    assert runtime.policy is not None and runtime.grants is not None
+    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows)
+    bal = Annuaire(runtime.engine).bal(MARTIN)
+    assert bal is not None
+    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    with transaction(runtime.writer_engine) as session:
+        grants.grant(
+            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
+            actor=None, operator="test", reason="t", expires_at=ends,
+        )  # fmt: skip
+    secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
+    first = await access.rights(secretary, MARTIN)
+    assert first.visible and first.until == ends
+    assert (await access.rights(secretary, MARTIN)).visible  # from memory now
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert not (await access.rights(secretary, MARTIN)).visible

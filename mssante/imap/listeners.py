@@ -62,7 +62,9 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
     )
     access = None
     if runtime.grants is not None:
-        access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine)
+        access = DelegationAccess(
+            runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows
+        )
     imap = settings.imap
     limits = Limits(
         max_append=settings.smtp.max_message_size,
