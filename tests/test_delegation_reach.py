@@ -4,10 +4,8 @@ that stays two index look-ups however large the national annuaire."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from sqlalchemy import Engine
 
 from annuaire import service
@@ -15,37 +13,23 @@ from delegation.reach import _HELD_BY_PROFESSIONAL, held_bals
 from mssante.auth.identity import Identity
 from mssante.db import make_engine, transaction
 from mssante.schema import upgrade
+from tests.test_annuaire_lookup import PHARMACIST, engine
 
-PHARMACIST = "810102727017"
+__all__ = ["engine"]  # the annuaire look-up tests' directory, on each database backend
+
 COLLEAGUE = "810100000029"
-INS = "288091234567894"
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = make_engine(db_url, writer=True)
-    upgrade(eng)
-    with transaction(eng) as s:
-        for idnat, nom in ((PHARMACIST, "Martin"), (COLLEAGUE, "Durand")):
-            service.add_professional(s, idnat=idnat, nom=nom, prenom="A", profession_code="21", actor="t")
-        service.add_structure(
-            s, identifier="750000001", raison_sociale="Pharmacie", categorie="620", actor="t"
-        )
-        service.add_bal(
-            s, address="Marie.Martin@demo.mssante.fr", type="PER", professional=PHARMACIST, actor="t"
-        )
-        service.add_bal(s, address="officine@demo.mssante.fr", type="ORG", structure="750000001",
-                        responsible=PHARMACIST, actor="t")  # fmt: skip
-        service.add_bal(s, address="ancienne@demo.mssante.fr", type="ORG", structure="750000001",
-                        responsible=PHARMACIST, actor="t")  # fmt: skip
-        service.set_bal_active(s, address="ancienne@demo.mssante.fr", active=False, actor="t")
-        service.add_bal(s, address="durand@demo.mssante.fr", type="PER", professional=COLLEAGUE, actor="t")
-        service.add_patient_bal(s, ins=INS, actor="t")
-    yield eng
-    eng.dispose()
+INS = "288091234567894"  # the patient BAL of the annuaire look-up tests' directory
 
 
 def test_held_bals_are_the_owned_and_the_responsible_ones_still_active(engine: Engine) -> None:
+    with transaction(engine) as s:
+        service.add_bal(s, address="ancienne@demo.mssante.fr", type="ORG", structure="750000001",
+                        responsible=PHARMACIST, actor="t")  # fmt: skip
+        service.set_bal_active(s, address="ancienne@demo.mssante.fr", active=False, actor="t")
+        service.add_professional(
+            s, idnat=COLLEAGUE, nom="Durand", prenom="P", profession_code="10", actor="t"
+        )
+        service.add_bal(s, address="durand@demo.mssante.fr", type="PER", professional=COLLEAGUE, actor="t")
     with engine.connect() as conn:
         # Owner of a PER BAL and responsible of an ORG BAL; a deactivated BAL is no longer held.
         assert held_bals(conn, Identity.professional(PHARMACIST)) == [

@@ -28,10 +28,10 @@ from array import array
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
+from mssante.imap.perstore import PerStore
 from mssante.store.columns import MessageColumns
 
 if TYPE_CHECKING:
-    from mssante.store.store import MessageStore
     from mssante.store.types import FolderInfo
 
 SnapshotKey = tuple[int, str, int, int]  # folder id, BAL, UIDVALIDITY, HIGHESTMODSEQ
@@ -195,12 +195,4 @@ class Snapshots:
             self._kept.clear()  # one folder larger than the bound: kept only by its sessions
 
 
-_BY_STORE: weakref.WeakKeyDictionary[MessageStore, Snapshots] = weakref.WeakKeyDictionary()
-
-
-def snapshots(store: MessageStore) -> Snapshots:
-    """The snapshot registry of ``store`` (folder ids are only unique within one database)."""
-    found = _BY_STORE.get(store)
-    if found is None:
-        found = _BY_STORE[store] = Snapshots()
-    return found
+snapshots = PerStore(Snapshots)  # the snapshot registry of each store

@@ -12,18 +12,15 @@ evicted keys are simply worked out again.
 from __future__ import annotations
 
 import re
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mssante.imap.perstore import PerStore
 from mssante.store.mime import decode_value
-
-if TYPE_CHECKING:
-    from mssante.store.store import MessageStore
 
 Json = dict[str, Any]
 
@@ -197,12 +194,4 @@ class KeyCache:
         return len(self._kept)
 
 
-_BY_STORE: weakref.WeakKeyDictionary[MessageStore, KeyCache] = weakref.WeakKeyDictionary()
-
-
-def key_cache(store: MessageStore) -> KeyCache:
-    """The keys kept for ``store`` (content ids are only unique within one database)."""
-    found = _BY_STORE.get(store)
-    if found is None:
-        found = _BY_STORE[store] = KeyCache()
-    return found
+key_cache = PerStore(KeyCache)  # the keys kept for each store
