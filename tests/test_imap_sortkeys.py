@@ -73,6 +73,11 @@ def test_keys_of_a_stored_structure() -> None:
     }
     keys = keys_of({"envelope": envelope})
     assert keys.subject == "RÉSULTATS" and keys.reply and keys.first_from == "ZOE"
+    assert keys.display_from == "ZOÉ" and keys.display_to == ""  # RFC 5957: the name as shown
+    shown = keys_of(
+        {"envelope": {"from": [[None, None, "zoe", "b.fr"]], "to": [["=?utf-8?q??=", None, "d", None]]}}
+    )
+    assert shown.display_from == "ZOE@B.FR" and shown.display_to == "D"  # no name: the address
     assert keys.first_to == "" and keys.first_cc == "" and keys.message_id == "<b@x>"
     assert keys.sent == 1709542800.0 and keys.parents is None  # the envelope alone: links unknown
     linked = keys_of({"envelope": envelope, "headers": [["References", "<r@x> <a@x>"]]})

@@ -106,6 +106,8 @@ class SortKeys:
     first_from: str  # each field's first mailbox, upper-cased ("" when none)
     first_to: str
     first_cc: str
+    display_from: str  # RFC 5957: each field's first address as shown, upper-cased
+    display_to: str
     message_id: str | None  # the first <id> of Message-ID
     # The thread's ancestors, oldest first (References, else In-Reply-To's first id); None when
     # only the envelope was read (SORT needs no more).
@@ -116,6 +118,17 @@ def _first_mailbox(envelope: Json, name: str) -> str:
     # The first address's mailbox part, a group's name included (what Dovecot compares).
     for _name, _adl, mailbox, _host in envelope.get(name) or ():
         return (mailbox or "").upper()
+    return ""
+
+
+def _first_display(envelope: Json, name: str) -> str:
+    """RFC 5957 §3: the first address's display name (encoded words decoded) unless empty, else
+    its mailbox@host, else its mailbox; "" when the field has none."""
+    for display, _adl, mailbox, host in envelope.get(name) or ():
+        shown = decode_value(display) if display else ""
+        if shown:
+            return shown.upper()
+        return (f"{mailbox}@{host}" if mailbox and host else mailbox or "").upper()
     return ""
 
 
@@ -148,6 +161,8 @@ def keys_of(meta: Json | None) -> SortKeys:
         first_from=_first_mailbox(envelope, "from"),
         first_to=_first_mailbox(envelope, "to"),
         first_cc=_first_mailbox(envelope, "cc"),
+        display_from=_first_display(envelope, "from"),
+        display_to=_first_display(envelope, "to"),
         message_id=ids[0] if ids else None,
         parents=parents,
     )
@@ -156,7 +171,8 @@ def keys_of(meta: Json | None) -> SortKeys:
 def footprint(keys: SortKeys) -> int:
     """Bytes the keys take in memory, as measured with ``tracemalloc`` (within 10 %): a long
     References field is what makes a message's keys large."""
-    text = len(keys.subject) + len(keys.first_from) + len(keys.first_to) + len(keys.first_cc)
+    addresses = (keys.first_from, keys.first_to, keys.first_cc, keys.display_from, keys.display_to)
+    text = len(keys.subject) + sum(len(a) for a in addresses)
     parents = keys.parents or ()
     return 340 + text + len(keys.message_id or "") + sum(60 + len(p) for p in parents)
 

@@ -12,9 +12,6 @@ from typing import Any
 
 from mssante.imap.sortkeys import SortKeys, keys_of
 
-SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO")
-ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
-
 NO_KEYS = keys_of(None)  # a message whose content is gone: no date, subject or links
 
 
@@ -42,6 +39,8 @@ _VALUES: dict[str, Any] = {
     "FROM": lambda item: item.keys.first_from,
     "TO": lambda item: item.keys.first_to,
     "CC": lambda item: item.keys.first_cc,
+    "DISPLAYFROM": lambda item: item.keys.display_from,
+    "DISPLAYTO": lambda item: item.keys.display_to,
 }
 
 
