@@ -232,6 +232,13 @@ class Annuaire:
             raise NotCached(address) from None
         return result
 
+    def peek_generation(self) -> int:
+        """The annuaire's generation the cached answers are of; ``NotCached`` when they are due
+        for their check against the database."""
+        if monotonic() >= self._next_check:
+            raise NotCached("generation")
+        return self._generation
+
     def is_active(self, address: str) -> bool:
         info = self.bal(address)
         return info is not None and info.active

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine
@@ -41,6 +43,20 @@ POLL_SECONDS = 0.25
 
 Read = Callable[[str], Awaitable[list[Any]]]
 
+SHARED_KEPT = 10_000  # principals whose LIST answer is kept (all forgotten beyond)
+
+
+@dataclass(frozen=True)
+class Shared:
+    """The BALs a LIST shows in the shared namespace, and what they depend on."""
+
+    bals: tuple[str, ...]
+    generation: int  # the grants' counter they were worked out at
+    until: datetime | None  # the earliest end of a grant they come from
+
+    def stands(self, generation: int, now: datetime) -> bool:
+        return generation == self.generation and (self.until is None or now < self.until)
+
 
 class DelegationAccess:
     def __init__(
@@ -61,6 +77,8 @@ class DelegationAccess:
         self.read = read
         self._waiters: dict[asyncio.Future[None], int | None] = {}
         self._poller: asyncio.Task[None] | None = None
+        # LIST's answer by principal, with the annuaire generation it was worked out at.
+        self._shared_kept: dict[str, tuple[int, Shared]] = {}
 
     # -- rights ----------------------------------------------------------------------------------
     def _bal(self, bal: str) -> BalFacts | None:
@@ -123,20 +141,50 @@ class DelegationAccess:
             return known
         return await asyncio.to_thread(self._rights, identity, bal, generation)
 
-    def _shared(self, identity: Identity | None) -> list[str]:
-        if identity is None:
-            return []
-        generation = self.book.generation()  # once for the whole list
+    def _shared(self, identity: Identity, generation: int | None = None) -> Shared:
+        """The BALs other than its own the identity may see: held through the annuaire, or
+        opened by a grant or membership in force (``generation``: the grants' counter as the
+        caller has just read it; None: read it now, once for the whole list)."""
+        if generation is None:
+            generation = self.book.generation()
         with self.book.engine.connect() as conn:
             keys = set(held_bals(conn, identity))
+        until: datetime | None = None
         for key in self.book.bals_of(identity, generation=generation):
-            if Right.LOOKUP in self._rights(identity, key, generation):
+            rights = self._rights(identity, key, generation)
+            if Right.LOOKUP in rights:
                 keys.add(key)
-        return sorted(keys)
+                if rights.until is not None and (until is None or rights.until < until):
+                    until = rights.until
+        return Shared(tuple(sorted(keys)), generation, until)
 
     async def shared(self, principal: Principal) -> list[str]:
+        """Asked at every LIST. With a way to read from the event loop, the list worked out
+        for the principal is kept and given again while the grants' counter, the annuaire's
+        generation and the clock (before the earliest end of a grant it used) say it stands:
+        no worker thread, no statement but the counter's read."""
         own = principal.bal.lower() if principal.bal else None
-        return [b for b in await asyncio.to_thread(self._shared, principal.identity) if b != own]
+        identity = principal.identity
+        if identity is None:
+            return []
+        if self.read is None:
+            found = await asyncio.to_thread(self._shared, identity)
+        else:
+            generation = await self._generation()
+            try:
+                annuaire: int | None = self.policy.directory_generation()
+            except NotCached:
+                annuaire = None  # due for its check: worked out again, and not kept
+            kept = self._shared_kept.get(identity.principal)
+            if kept is not None and kept[0] == annuaire and kept[1].stands(generation, self.book.clock()):
+                found = kept[1]
+            else:
+                found = await asyncio.to_thread(self._shared, identity, generation)
+                if annuaire is not None:
+                    if len(self._shared_kept) >= SHARED_KEPT:
+                        self._shared_kept.clear()
+                    self._shared_kept[identity.principal] = (annuaire, found)
+        return [b for b in found.bals if b != own]
 
     # -- ACL -------------------------------------------------------------------------------------
     def _holder(self, info: BalFacts) -> str | None:

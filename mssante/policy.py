@@ -97,6 +97,7 @@ class MemoryDirectory(Directory, Protocol):
 
     def peek_bal(self, address: str) -> DirectoryBal | None: ...
     def peek_whitelisted(self, domain: str) -> bool: ...
+    def peek_generation(self) -> int: ...
 
 
 class _FromMemory:
@@ -196,7 +197,8 @@ class Policy:
         self.local_domains = frozenset(d.lower() for d in local_domains)
         self.patient_rules = patient_rules
         self.grants = grants  # memberships and delegations (``delegation.grants.GrantBook``)
-        self._memory = _FromMemory(directory) if isinstance(directory, MemoryDirectory) else None
+        self._directory_memory = directory if isinstance(directory, MemoryDirectory) else None
+        self._memory = _FromMemory(self._directory_memory) if self._directory_memory is not None else None
 
     # -- rights -----------------------------------------------------------------------------
     def rights(self, identity: Identity, bal: BalFacts | None) -> frozenset[_Right]:
@@ -219,6 +221,13 @@ class Policy:
         if self._memory is None:
             raise NotCached(address)
         return self._memory.bal(address)
+
+    def directory_generation(self) -> int:
+        """The annuaire's generation the directory's cached answers are of; ``NotCached`` when
+        they are due for a check (or the directory keeps none)."""
+        if self._directory_memory is None:
+            raise NotCached("generation")
+        return self._directory_memory.peek_generation()
 
     def held_from_memory(self, identity: Identity | None, address: str) -> DirectoryBal | None:
         """The BAL at ``address``, hosted here, when the directory's cached answers hold it

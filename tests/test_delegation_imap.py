@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import event
 
+from annuaire import service as annuaire_service
 from annuaire.lookup import Annuaire
 from delegation import grants
 from delegation.imap import DelegationAccess
@@ -198,3 +199,55 @@ async def test_a_delegates_grant_expires_on_time_when_answered_from_memory(doors
     assert (await access.rights(secretary, MARTIN)).visible  # from memory now
     await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
     assert not (await access.rights(secretary, MARTIN)).visible
+
+
+async def test_a_list_answer_is_kept_while_grants_annuaire_and_clock_say_it_stands(
+    doors: Doors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LIST's shared BALs are worked out in a worker thread once, then given again from memory
+    until the grants' counter moves (a revocation), the annuaire changes (the doctor's BAL
+    deactivated) or a grant they used ends."""
+    runtime = doors.runtime
+    assert runtime.policy is not None and runtime.grants is not None
+    access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows)
+    runtime.annuaire.bal(MARTIN)  # the annuaire's memory checked, as after any login
+    secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(function)
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    assert await access.shared(secretary) == [MARTIN] and len(hops) == 1
+    assert await access.shared(secretary) == [MARTIN] and len(hops) == 1
+    _revoke(doors)
+    assert await access.shared(secretary) == [] and len(hops) == 2
+    assert await access.shared(secretary) == [] and len(hops) == 2
+    # A grant that ends: listed until its end, not after, with no write in between.
+    bal = Annuaire(runtime.engine).bal(MARTIN)
+    assert bal is not None
+    ends = datetime.now(UTC) + timedelta(seconds=1.5)
+    with transaction(runtime.writer_engine) as session:
+        grants.grant(
+            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
+            actor=None, operator="test", reason="t", expires_at=ends,
+        )  # fmt: skip
+    assert await access.shared(secretary) == [MARTIN]
+    assert await access.shared(secretary) == [MARTIN]
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    assert await access.shared(secretary) == []
+    # The annuaire: the doctor's BAL deactivated is no longer listed, though no grant moved.
+    with transaction(runtime.writer_engine) as session:
+        grants.grant(
+            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
+            actor=None, operator="test", reason="t",
+        )  # fmt: skip
+    assert await access.shared(secretary) == [MARTIN]
+    assert await access.shared(secretary) == [MARTIN]
+    with transaction(runtime.writer_engine) as session:
+        annuaire_service.set_bal_active(session, address=MARTIN, active=False, actor="test")
+    runtime.annuaire.invalidate()  # (what the process that writes the annuaire does)
+    assert await access.shared(secretary) == []
+    assert await access.shared(secretary) == []
