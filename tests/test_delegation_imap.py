@@ -69,6 +69,34 @@ def _revoke(doors: Doors) -> None:
         )
 
 
+def _count_hops(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """The functions sent to a worker thread from now on (``asyncio.to_thread``)."""
+    hops: list[object] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
+        hops.append(function)
+        return await to_thread(function, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+    return hops
+
+
+def _grant_secretary(doors: Doors, ends: datetime | None = None) -> None:
+    """The secretary given lr on the doctor's BAL by the operator, until ``ends``."""
+    bal = Annuaire(doors.runtime.engine).bal(MARTIN)
+    assert bal is not None
+    with transaction(doors.runtime.writer_engine) as session:
+        grants.grant(
+            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
+            actor=None, operator="test", reason="t", expires_at=ends,
+        )  # fmt: skip
+
+
+async def _after(ends: datetime) -> None:
+    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+
+
 def _scenario(doors: Doors) -> None:
     secretary = Imap(doors)  # type: ignore[arg-type]
     idler = Imap(doors)  # type: ignore[arg-type]
@@ -122,14 +150,7 @@ async def test_a_holders_rights_come_from_memory_a_delegates_from_the_grants(
     assert bal is not None and bal.professional_idnat is not None
     holder = Principal(MARTIN, MARTIN, Identity.professional(bal.professional_idnat))
     secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
-    hops: list[object] = []
-    to_thread = asyncio.to_thread
-
-    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(function)
-        return await to_thread(function, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+    hops = _count_hops(monkeypatch)
     mine = await access.rights(holder, MARTIN)
     assert mine.owner and Right.READ in mine and Right.ADMINISTER in mine and hops == []
     theirs = await access.rights(secretary, MARTIN)
@@ -185,19 +206,13 @@ async def test_a_delegates_grant_expires_on_time_when_answered_from_memory(doors
     runtime = doors.runtime
     assert runtime.policy is not None and runtime.grants is not None
     access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows)
-    bal = Annuaire(runtime.engine).bal(MARTIN)
-    assert bal is not None
     ends = datetime.now(UTC) + timedelta(seconds=1.5)
-    with transaction(runtime.writer_engine) as session:
-        grants.grant(
-            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
-            actor=None, operator="test", reason="t", expires_at=ends,
-        )  # fmt: skip
+    _grant_secretary(doors, ends)
     secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
     first = await access.rights(secretary, MARTIN)
     assert first.visible and first.until == ends
     assert (await access.rights(secretary, MARTIN)).visible  # from memory now
-    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    await _after(ends)
     assert not (await access.rights(secretary, MARTIN)).visible
 
 
@@ -212,38 +227,21 @@ async def test_a_list_answer_is_kept_while_grants_annuaire_and_clock_say_it_stan
     access = DelegationAccess(runtime.policy, runtime.grants, runtime.writer_engine, read=runtime.store.rows)
     runtime.annuaire.bal(MARTIN)  # the annuaire's memory checked, as after any login
     secretary = Principal("staff:secretaire.martin", None, Identity.staff("secretaire.martin"))
-    hops: list[object] = []
-    to_thread = asyncio.to_thread
-
-    async def counted(function: Any, /, *args: Any, **kwargs: Any) -> Any:
-        hops.append(function)
-        return await to_thread(function, *args, **kwargs)
-
-    monkeypatch.setattr(asyncio, "to_thread", counted)
+    hops = _count_hops(monkeypatch)
     assert await access.shared(secretary) == [MARTIN] and len(hops) == 1
     assert await access.shared(secretary) == [MARTIN] and len(hops) == 1
     _revoke(doors)
     assert await access.shared(secretary) == [] and len(hops) == 2
     assert await access.shared(secretary) == [] and len(hops) == 2
     # A grant that ends: listed until its end, not after, with no write in between.
-    bal = Annuaire(runtime.engine).bal(MARTIN)
-    assert bal is not None
     ends = datetime.now(UTC) + timedelta(seconds=1.5)
-    with transaction(runtime.writer_engine) as session:
-        grants.grant(
-            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
-            actor=None, operator="test", reason="t", expires_at=ends,
-        )  # fmt: skip
+    _grant_secretary(doors, ends)
     assert await access.shared(secretary) == [MARTIN]
     assert await access.shared(secretary) == [MARTIN]
-    await asyncio.sleep(max(0.0, (ends - datetime.now(UTC)).total_seconds()) + 0.05)
+    await _after(ends)
     assert await access.shared(secretary) == []
     # The annuaire: the doctor's BAL deactivated is no longer listed, though no grant moved.
-    with transaction(runtime.writer_engine) as session:
-        grants.grant(
-            session, bal=bal, grantee=Identity.staff("secretaire.martin"), rights=parse_rights("lr"),
-            actor=None, operator="test", reason="t",
-        )  # fmt: skip
+    _grant_secretary(doors)
     assert await access.shared(secretary) == [MARTIN]
     assert await access.shared(secretary) == [MARTIN]
     with transaction(runtime.writer_engine) as session:
