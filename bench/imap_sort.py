@@ -123,7 +123,7 @@ def _line(name: str, figures: dict[str, Any]) -> str:
 def _summary(values: list[float]) -> dict[str, float] | None:
     if not values:
         return None
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+    return {"median": round(statistics.median(values), 1), "min": min(values), "max": max(values)}
 
 
 if __name__ == "__main__":
