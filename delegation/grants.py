@@ -218,9 +218,6 @@ class GrantsAsOf:
     def granted(self, identity: Identity, bal_key: str) -> tuple[frozenset[Right], datetime | None]:
         return self.book.granted(identity, bal_key, generation=self.generation)
 
-    def bals_of(self, identity: Identity) -> list[str]:
-        return self.book.bals_of(identity, generation=self.generation)
-
 
 # -- grantees ---------------------------------------------------------------------------------
 def resolve_grantee(session: Session, text: str) -> Identity:

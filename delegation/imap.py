@@ -84,9 +84,13 @@ class DelegationAccess:
     def _bal(self, bal: str) -> BalFacts | None:
         return self.policy.directory.bal(bal)
 
-    def _rights(self, identity: Identity | None, bal: str, generation: int | None = None) -> Rights:
-        """``generation``: the grants' counter as the caller has just read it (None: read now)."""
-        info = self.policy.directory.bal(bal)
+    def _rights(
+        self, identity: Identity | None, bal: str, generation: int | None = None, *, in_memory: bool = False
+    ) -> Rights:
+        """``generation``: the grants' counter as the caller has just read it (None: read now).
+        ``in_memory``: from the annuaire's and the book's memory alone, raising ``NotCached``
+        or ``NotInMemory`` when that would read the database (the event loop's way)."""
+        info = self.policy.bal_from_memory(bal) if in_memory else self.policy.directory.bal(bal)
         if identity is None or info is None or not self.policy.is_local(info.domain):
             return Rights(NO_RIGHTS)  # a BAL hosted elsewhere is never opened here
         if owns(identity, info):
@@ -95,22 +99,8 @@ class DelegationAccess:
         # reports, and the rights are those of the grants at this number.
         if generation is None:
             generation = self.book.generation()
-        rights, until = self.policy.rights_until(identity, info, grants=self.book.as_of(generation))
-        return Rights(rights, until=until, generation=generation)
-
-    def _rights_in_memory(self, identity: Identity, bal: str, generation: int) -> Rights | None:
-        """What :meth:`_rights` answers, from the annuaire's and the book's memory alone at
-        ``generation``; None when that would read the database."""
-        try:
-            info = self.policy.bal_from_memory(bal)
-            if info is None or not self.policy.is_local(info.domain):
-                return Rights(NO_RIGHTS)
-            if owns(identity, info):
-                return Rights(self.policy.rights(identity, info), owner=True)
-            grants = self.book.in_memory(generation)
-            rights, until = self.policy.rights_until(identity, info, grants=grants)
-        except (NotCached, NotInMemory):
-            return None
+        grants = self.book.in_memory(generation) if in_memory else self.book.as_of(generation)
+        rights, until = self.policy.rights_until(identity, info, grants=grants)
         return Rights(rights, until=until, generation=generation)
 
     async def _generation(self) -> int:
@@ -136,10 +126,10 @@ class DelegationAccess:
         if identity is None or self.read is None:
             return await asyncio.to_thread(self._rights, identity, bal)
         generation = await self._generation()
-        known = self._rights_in_memory(identity, bal, generation)
-        if known is not None:
-            return known
-        return await asyncio.to_thread(self._rights, identity, bal, generation)
+        try:
+            return self._rights(identity, bal, generation, in_memory=True)
+        except (NotCached, NotInMemory):
+            return await asyncio.to_thread(self._rights, identity, bal, generation)
 
     def _shared(self, identity: Identity, generation: int | None = None) -> Shared:
         """The BALs other than its own the identity may see: held through the annuaire, or
