@@ -42,6 +42,7 @@ from mssante.imap.commands.values import (
 )
 from mssante.imap.framing import command_tag
 from mssante.imap.reader import LITERAL8, MAX_DEPTH, ParseError, Reader, text
+from mssante.imap.threading import SORT_KEYS
 from mssante.store.spooled import Raw, SpooledMessage
 
 MAX_SEARCH_KEYS = 1000
@@ -250,18 +251,7 @@ _NO_ARGS = {"CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "EXPUN
             "IDLE", "NAMESPACE"}  # fmt: skip
 _ONE_MAILBOX = {"DELETE", "SUBSCRIBE", "UNSUBSCRIBE"}
 _UID_COMMANDS = {"COPY", "MOVE", "FETCH", "SEARCH", "STORE", "EXPUNGE", "SORT", "THREAD"}
-SORT_CRITERIA = {
-    "ARRIVAL",
-    "CC",
-    "DATE",
-    "DISPLAYFROM",
-    "DISPLAYTO",
-    "FROM",
-    "REVERSE",
-    "SIZE",
-    "SUBJECT",
-    "TO",
-}
+SORT_CRITERIA = SORT_KEYS | {"REVERSE"}
 THREAD_ALGORITHMS = {"ORDEREDSUBJECT", "REFERENCES"}
 
 

@@ -5,8 +5,8 @@ the store sealed at delivery; reading them back costs a decryption, a parse and,
 date parse and the base-subject rules. Webmail asks the same ``SORT`` at every page, over the
 whole folder: at 20,000 messages each one cost most of a second, where Dovecot answers from its
 cache file in tens of milliseconds (issue 20). A message's content never changes, so its keys
-are kept by content id in a bounded, process-wide :class:`KeyCache` that every session shares;
-evicted keys are simply worked out again.
+are kept by content id in a bounded :class:`KeyCache`, one per store, that every session of the
+process shares; evicted keys are simply worked out again.
 """
 
 from __future__ import annotations
@@ -74,7 +74,16 @@ def sent_timestamp(raw: str | None) -> float | None:
 def base_subject(subject: str | None) -> str:
     """RFC 5256 §2.1: the subject without ``Re:``, ``Fwd:``, ``[list]`` leaders, ``(fwd)``
     trailers and ``[Fwd: …]`` wrappers, whitespace collapsed; compared case-insensitively."""
-    text = " ".join(decode_value(subject or "").split())
+    return _base_of(_plain(subject))
+
+
+def _plain(subject: str | None) -> str:
+    """The subject decoded (RFC 2047), its whitespace collapsed."""
+    return " ".join(decode_value(subject or "").split())
+
+
+def _base_of(text: str) -> str:
+    """:func:`base_subject` of a subject already made :func:`_plain`."""
     while True:
         while True:
             stripped = _TRAILER.sub("", text)
@@ -144,9 +153,8 @@ def keys_of(meta: Json | None) -> SortKeys:
     header index for the thread links)."""
     meta = meta or {}
     envelope: Json = meta.get("envelope") or {}
-    raw_subject = envelope.get("subject")
-    subject = base_subject(raw_subject)
-    plain = " ".join(decode_value(raw_subject or "").split()).upper()
+    plain = _plain(envelope.get("subject"))
+    subject = _base_of(plain)
     ids = _MSG_ID.findall(envelope.get("message_id") or "")
     parents: tuple[str, ...] | None = None
     if "headers" in meta:
@@ -157,7 +165,7 @@ def keys_of(meta: Json | None) -> SortKeys:
     return SortKeys(
         sent=sent_timestamp(envelope.get("date")),
         subject=subject,
-        reply=subject != plain,
+        reply=subject != plain.upper(),
         first_from=_first_mailbox(envelope, "from"),
         first_to=_first_mailbox(envelope, "to"),
         first_cc=_first_mailbox(envelope, "cc"),

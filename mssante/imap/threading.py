@@ -42,6 +42,7 @@ _VALUES: dict[str, Any] = {
     "DISPLAYFROM": lambda item: item.keys.display_from,
     "DISPLAYTO": lambda item: item.keys.display_to,
 }
+SORT_KEYS = frozenset(_VALUES)  # what SORT may be asked to compare (SORT=DISPLAY's two included)
 
 
 def sort(items: list[Item], criteria: tuple[str, ...]) -> list[int]:

@@ -27,7 +27,7 @@ async def _items(
     """The matching messages with what ordering them needs: their keys for SORT and
     ORDEREDSUBJECT (``"sort"``: read from the envelope alone), with the thread links for
     REFERENCES (``"threads"``: the header index too), none for SORT by arrival and size. Keys
-    come from the process's :class:`~mssante.imap.sortkeys.KeyCache`, the store is asked only
+    come from the store's :class:`~mssante.imap.sortkeys.KeyCache`, the store is asked only
     for the contents it lacks; sizes, dates and content ids from the mailbox's columns."""
     assert isinstance(command.args, SortThread)
     found = await matching(session, command.args.key)
