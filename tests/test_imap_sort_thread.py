@@ -90,13 +90,13 @@ async def test_each_contents_keys_are_read_once(
     only one read at the next SORT, whichever session asks."""
     store = runtime.store
     asked: list[tuple[int, ...]] = []
-    meta = store.meta
+    structures = store.structures
 
-    async def counted(blob_ids: list[int], only: str | None = None) -> Any:
+    async def counted(blob_ids: list[int], parse: Any) -> Any:
         asked.append(tuple(blob_ids))
-        return await meta(blob_ids, only)
+        return await structures(blob_ids, parse)
 
-    monkeypatch.setattr(store, "meta", counted)
+    monkeypatch.setattr(store, "structures", counted)
 
     def first(client: IMAPClient) -> Any:
         client.create_folder("Tri")

@@ -3,11 +3,16 @@ agrees with the standard library's parser on every form, and the cache stays bou
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
-from mssante.imap.sortkeys import KeyCache, footprint, keys_of, sent_timestamp
+import pytest
+
+from mssante.imap.sortkeys import KeyCache, footprint, keys_from, keys_of, sent_timestamp
+from mssante.store.blobs import envelope_and_field
+from mssante.store.mime import analyse
 
 # RFC 5322 §3.3 and appendix A, the obsolete forms of §4.3, and what broken clients write.
 WRITTEN = [
@@ -85,6 +90,61 @@ def test_keys_of_a_stored_structure() -> None:
     assert keys_of({"envelope": envelope, "headers": []}).parents == ("<a@x>",)  # In-Reply-To's first
     gone = keys_of(None)
     assert gone.sent is None and gone.subject == "" and not gone.reply and gone.parents is None
+
+
+# Header sections as mail clients and list servers write them, each with a body after it; the
+# traps are where a search of the structure's text for the References pair could go wrong.
+_HEADS = {
+    "a reply": (
+        "Subject: Re: bilan\r\nMessage-ID: <b@x>\r\nIn-Reply-To: <a@x>\r\nReferences: <r@x>\r\n\t<a@x>\r\n"
+    ),
+    "In-Reply-To alone": "Subject: bilan\r\nIn-Reply-To: <a@x> <z@x>\r\n",
+    "no header of the thread": "Subject: bilan\r\nDate: Mon, 4 Mar 2024 10:00:00 +0100\r\n",
+    "the name in capitals": "REFERENCES: <up@x>\r\nSubject: x\r\n",
+    "two fields, the first counts": "references: <one@x>\r\nReferences: <two@x>\r\n",
+    "an empty field": "References: \r\nIn-Reply-To: <a@x>\r\n",
+    "the pair quoted in values": (
+        'Subject: ["References","<fake@x>"]\r\nX-Note: ["References","<fake2@x>"],"part":\r\n'
+        'Comments: \\"],["References","<fake3@x>\r\n'
+    ),
+    "quotes, backslashes, encoded words": (
+        'References: <a\\"b@x> =?utf-8?q?=C3=A9?= <c@d>\r\nSubject: =?utf-8?q?R=C3=A9sultats?=\r\n'
+    ),
+    "a MIME parameter of that name": (
+        'Content-Type: text/plain; references="<param@x>"\r\nIn-Reply-To: <a@x>\r\n'
+    ),
+    "no header at all": "",
+}
+
+
+@pytest.mark.parametrize("head", _HEADS.values(), ids=_HEADS.keys())
+def test_keys_read_from_a_sealed_structure_are_those_of_the_whole_structure(head: str) -> None:
+    """SORT and THREAD read the envelope and the References field out of the stored structure's
+    text without decoding the rest: the keys must be those of the structure decoded whole."""
+    stored = json.dumps(analyse(f"{head}\r\nCorps du message.\r\n".encode()), separators=(",", ":"))
+    whole = json.loads(stored)
+    assert keys_from(stored.encode(), threads=True) == keys_of(whole)
+    assert keys_from(stored.encode(), threads=False) == keys_of({"envelope": whole["envelope"]})
+    # Laid out otherwise (not as delivery writes it): read whole, the same keys.
+    reordered = json.dumps({"part": whole["part"], **whole}).encode()
+    assert envelope_and_field(reordered, "References") is None
+    assert keys_from(reordered, threads=True) == keys_of(whole)
+
+
+def test_the_references_field_is_read_from_the_header_index_alone() -> None:
+    def stored(head: str, **layout: object) -> bytes:
+        return json.dumps(analyse(f"{head}\r\nCorps.\r\n".encode()), **layout).encode()  # type: ignore[arg-type]
+
+    compact = {"separators": (",", ":")}
+    assert envelope_and_field(stored("References: <r@x>\r\n", **compact), "References") == (
+        json.loads(stored("References: <r@x>\r\n"))["envelope"],
+        "<r@x>",
+    )
+    for trap in ("the pair quoted in values", "a MIME parameter of that name"):
+        found = envelope_and_field(stored(_HEADS[trap], **compact), "References")
+        assert found is not None and found[1] is None, trap
+    # Written with blanks after the separators: not delivery's layout, so not read this way.
+    assert envelope_and_field(stored("References: <r@x>\r\n"), "References") is None
 
 
 def test_the_cache_keeps_the_most_recently_used_contents_within_its_bytes() -> None:

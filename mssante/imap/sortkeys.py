@@ -14,12 +14,12 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from mssante.imap.perstore import PerStore
+from mssante.store.blobs import envelope_and_field, parse_meta
 from mssante.store.mime import decode_value
 
 Json = dict[str, Any]
@@ -35,6 +35,9 @@ _LEADER = re.compile(rf"^\s*(?:{_BLOB})*(?:re|fwd?)\s*(?:{_BLOB})?:\s*", re.IGNO
 _LEADING_BLOB = re.compile(rf"^\s*{_BLOB}")
 _FWD_WRAP = re.compile(r"^\[fwd:\s*(.*)\]$", re.IGNORECASE | re.DOTALL)
 _MSG_ID = re.compile(r"<[^<>\s]+>")
+# The first characters a leader, a leading blob or a [Fwd: ] wrapper can start with, besides
+# whitespace (a trailer ends with ")" or whitespace).
+_MAY_LEAD = frozenset("[rRfF")
 
 # The Date field as RFC 5322 §3.3 writes it (what nearly every client sends): read directly.
 # Anything else (obsolete zones such as "GMT" or "EST", two-digit years, comments) goes to the
@@ -84,6 +87,9 @@ def _plain(subject: str | None) -> str:
 
 def _base_of(text: str) -> str:
     """:func:`base_subject` of a subject already made :func:`_plain`."""
+    first, last = text[:1], text[-1:]
+    if not first or (first not in _MAY_LEAD and last != ")" and not first.isspace() and not last.isspace()):
+        return text.upper()  # no leader, trailer or wrapper can match: most subjects
     while True:
         while True:
             stripped = _TRAILER.sub("", text)
@@ -105,9 +111,10 @@ def _base_of(text: str) -> str:
         text = wrapped.group(1)
 
 
-@dataclass(frozen=True, slots=True)
-class SortKeys:
-    """One message content's SORT and THREAD keys."""
+class SortKeys(NamedTuple):
+    """One message content's SORT and THREAD keys (a tuple: made for every message of a
+    folder at its first SORT, and a tuple of plain values is made fastest and is left alone by
+    the cyclic garbage collector)."""
 
     sent: float | None  # the Date field (epoch seconds); None: the arrival date stands in
     subject: str  # the base subject, upper-cased
@@ -153,15 +160,36 @@ def keys_of(meta: Json | None) -> SortKeys:
     header index for the thread links)."""
     meta = meta or {}
     envelope: Json = meta.get("envelope") or {}
+    if "headers" not in meta:
+        return _keys(envelope, None)
+    return _keys(envelope, _parents(envelope, _header(meta, "references")))
+
+
+def keys_from(data: bytes, *, threads: bool) -> SortKeys:
+    """:func:`keys_of` the structure sealed at delivery (decrypted), reading only what the
+    keys need: the envelope, and for ``threads`` the ``References`` field, not the whole header
+    index and body structure, whose decoding was most of a first THREAD's time."""
+    if not threads:
+        return keys_of(parse_meta(data, "envelope"))
+    found = envelope_and_field(data, "References")
+    if found is None:
+        return keys_of(parse_meta(data))  # laid out otherwise: read whole
+    envelope, references = found
+    return _keys(envelope, _parents(envelope, references))
+
+
+def _parents(envelope: Json, references: str | None) -> tuple[str, ...]:
+    """The thread's ancestors: References' ids, else In-Reply-To's first id."""
+    refs = _MSG_ID.findall(references or "")
+    if not refs:
+        refs = _MSG_ID.findall(envelope.get("in_reply_to") or "")[:1]
+    return tuple(refs)
+
+
+def _keys(envelope: Json, parents: tuple[str, ...] | None) -> SortKeys:
     plain = _plain(envelope.get("subject"))
     subject = _base_of(plain)
     ids = _MSG_ID.findall(envelope.get("message_id") or "")
-    parents: tuple[str, ...] | None = None
-    if "headers" in meta:
-        refs = _MSG_ID.findall(_header(meta, "references") or "")
-        if not refs:
-            refs = _MSG_ID.findall(envelope.get("in_reply_to") or "")[:1]
-        parents = tuple(refs)
     return SortKeys(
         sent=sent_timestamp(envelope.get("date")),
         subject=subject,

@@ -7,12 +7,14 @@ which is what lets IMAP stream a large body or serve ``BODY[]<start.len>`` cheap
 
 from __future__ import annotations
 
+import functools
 import json
+import re
 import threading
-from collections.abc import Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, Table, select, update
 from sqlalchemy.exc import NoResultFound
@@ -282,6 +284,53 @@ def parse_meta(data: bytes, only: str | None = None) -> dict[str, Any]:
     return cast(dict[str, Any], json.loads(data))
 
 
+def meta_parser(only: str | None = None) -> Callable[[bytes], dict[str, Any]]:
+    """:func:`parse_meta` with ``only`` (for :meth:`BlobReader.structures`)."""
+    return lambda data: parse_meta(data, only)
+
+
+# The layout delivery writes (``mime.analyse``): the envelope, then the header index as
+# ``[["Name","value"],…]``, then the body structure. Inside a JSON string every '"' is escaped,
+# so the two marks below and a pair's '["' can only be the structure's own.
+_ENVELOPE_HEAD = '{"envelope":'
+_HEADERS_HEAD = ',"headers":['
+_HEADERS_END = '],"part":'
+
+
+def envelope_and_field(data: bytes, name: str) -> tuple[dict[str, Any], str | None] | None:
+    """The envelope and the first value of header field ``name`` (None when absent) from a
+    stored structure, without decoding the rest: THREAD needs ``References`` alone of a header
+    index that is most of the text, and decoding all of it was most of a first THREAD's time
+    (issue 20). None when the structure is not laid out as delivery writes it."""
+    text = data.decode()
+    if not text.startswith(_ENVELOPE_HEAD):
+        return None
+    try:
+        envelope, end = _DECODER.raw_decode(text, len(_ENVELOPE_HEAD))
+        if not isinstance(envelope, dict) or not text.startswith(_HEADERS_HEAD, end):
+            return None
+        start = end + len(_HEADERS_HEAD)
+        stop = text.find(_HEADERS_END, start)
+        if stop == -1:
+            return None
+        pair = _field_pattern(name).search(text, start, stop)
+        if pair is None:
+            return envelope, None
+        value, _ = _DECODER.raw_decode(text, pair.end())
+    except json.JSONDecodeError:
+        return None  # written with blanks, or otherwise: the caller decodes it whole
+    return envelope, str(value)
+
+
+@functools.lru_cache(maxsize=8)
+def _field_pattern(name: str) -> re.Pattern[str]:
+    # A pair's start with that name in any case, as the header index's readers compare it.
+    return re.compile(r"\[" + re.escape(json.dumps(name)) + ",", re.IGNORECASE | re.ASCII)
+
+
+Parsed = TypeVar("Parsed")
+
+
 # Where reads run: an ORM session, or a connection the store keeps for small reads (see
 # ``MessageStore.read``).
 Reads = Session | Kept
@@ -394,15 +443,22 @@ class BlobReader:
     def meta(self, session: Reads, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures of several blobs, decrypted (one query per 500); with ``only``,
         just that key of each when it can be parsed alone (see :func:`parse_meta`)."""
-        out: dict[int, dict[str, Any]] = {}
+        return self.structures(session, blob_ids, meta_parser(only))
+
+    def structures(
+        self, session: Reads, blob_ids: list[int], parse: Callable[[bytes], Parsed]
+    ) -> dict[int, Parsed]:
+        """``parse`` of each blob's decrypted structure (one query per 500): what a caller
+        needs of it, read without decoding the rest (:func:`envelope_and_field`)."""
+        out: dict[int, Parsed] = {}
         for i in range(0, len(blob_ids), 500):
-            out.update(self.open_meta(rows_of(session, *self.meta_query(blob_ids[i : i + 500])), only))
+            out.update(self.open_meta(rows_of(session, *self.meta_query(blob_ids[i : i + 500])), parse))
         return out
 
-    def open_meta(self, rows: Iterable[Any], only: str | None = None) -> dict[int, dict[str, Any]]:
-        """{blob id: structure} from the rows of :meth:`meta_query`."""
+    def open_meta(self, rows: Iterable[Any], parse: Callable[[bytes], Parsed]) -> dict[int, Parsed]:
+        """{blob id: ``parse`` of its structure} from the rows of :meth:`meta_query`."""
         return {
-            blob_id: parse_meta(open_small(self._data_key(key_id, wrapped), sealed), only)
+            blob_id: parse(open_small(self._data_key(key_id, wrapped), sealed))
             for blob_id, key_id, wrapped, sealed in rows
         }
 

@@ -4,6 +4,7 @@ program selects, :mod:`mssante.imap.threading` orders by each message's keys
 
 from __future__ import annotations
 
+import functools
 from array import array
 from typing import TYPE_CHECKING, Literal
 
@@ -11,7 +12,7 @@ from mssante.imap import threading
 from mssante.imap.commands.base import META_BATCH
 from mssante.imap.commands.search import matching
 from mssante.imap.commands.values import Command, SortThread
-from mssante.imap.sortkeys import SortKeys, key_cache, keys_of
+from mssante.imap.sortkeys import SortKeys, key_cache, keys_from
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -28,7 +29,8 @@ async def _items(
     ORDEREDSUBJECT (``"sort"``: read from the envelope alone), with the thread links for
     REFERENCES (``"threads"``: the header index too), none for SORT by arrival and size. Keys
     come from the store's :class:`~mssante.imap.sortkeys.KeyCache`, the store is asked only
-    for the contents it lacks; sizes, dates and content ids from the mailbox's columns."""
+    for the contents it lacks (worked out in the thread that reads them); sizes, dates and
+    content ids from the mailbox's columns."""
     assert isinstance(command.args, SortThread)
     found = await matching(session, command.args.key)
     table = session.selected().entries
@@ -41,13 +43,12 @@ async def _items(
         cache = key_cache(session.store)
         keys = cache.lookup(blobs, threads=need == "threads")
         lacking = sorted({b for b in blobs if b not in keys})
-        only = "envelope" if need == "sort" else None
+        parse = functools.partial(keys_from, threads=need == "threads")
         for start in range(0, len(lacking), META_BATCH):
-            batch = lacking[start : start + META_BATCH]
-            metas = await session.store.meta(batch, only)
-            for blob_id, meta in metas.items():  # (a content collected meanwhile has none)
-                keys[blob_id] = keys_of(meta)
-                cache.add(blob_id, keys[blob_id])
+            batch = await session.store.structures(lacking[start : start + META_BATCH], parse)
+            for blob_id, worked_out in batch.items():  # (a content collected meanwhile has none)
+                keys[blob_id] = worked_out
+                cache.add(blob_id, worked_out)
     return [
         threading.Item(
             n,
