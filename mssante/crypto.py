@@ -238,12 +238,18 @@ def open_chunks(data_key: bytes, chunks: Iterable[tuple[int, bytes]], count: int
 
 # The small companion values of a blob, each under its own nonce (never a chunk's: those start
 # with a zero byte) and its own associated data, so that one cannot be read as the other.
-_SMALL = {"meta": (_META_NONCE, b"mssante-meta"), "search": (b"S" + bytes(11), b"mssante-search")}
+_SMALL = {
+    "meta": (_META_NONCE, b"mssante-meta"),
+    "search": (b"S" + bytes(11), b"mssante-search"),
+    "sort": (b"K" + bytes(11), b"mssante-sort"),
+}
 
 
 def seal_small(data_key: bytes, data: bytes, kind: str = "meta") -> bytes:
     """Encrypt a small companion value under a blob's data key: its parsed structure
-    (``meta``) or the header fields SEARCH matches (``search``)."""
+    (``meta``), the header fields SEARCH matches (``search``) or the keys SORT and THREAD
+    compare (``sort``). Each kind has its own nonce: the key is the blob's alone, each value is
+    sealed once under it."""
     nonce, aad = _SMALL[kind]
     return AESGCM(data_key).encrypt(nonce, data, aad)
 

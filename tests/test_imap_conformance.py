@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import text
 
 from mssante.imap.fetch import decode_quoted_printable
-from mssante.imap.sortkeys import base_subject
 from mssante.runtime import Runtime, open_runtime
 from mssante.store.addresses import parse, searchable
+from mssante.store.sortkeys import base_subject
 from mssante.store.types import QuotaExceeded
 from tests.helpers import make_message
 from tests.imap_dialogues.harness import Client, running_server

@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 from imapclient import IMAPClient
+from sqlalchemy import text
 
 from mssante.runtime import Runtime
+from mssante.store import sortkeys
+from mssante.store.blobs import BlobReader
 from tests.imap_dialogues.harness import Running, running_server
 
 
@@ -85,18 +88,23 @@ async def test_hundreds_of_messages_of_one_subject_make_one_thread(runtime: Runt
 async def test_each_contents_keys_are_read_once(
     runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The store is asked for a content's structure at its first SORT only; THREAD REFERENCES
-    asks once more for what SORT did not need (the References field), and a new message is the
-    only one read at the next SORT, whichever session asks."""
-    store = runtime.store
+    """The store is asked for a content's keys at its first SORT only, and answers with those
+    sealed at delivery, thread links included (THREAD asks nothing more); a new message is the
+    only one read at the next SORT, whichever session asks. No structure is decoded."""
     asked: list[tuple[int, ...]] = []
-    structures = store.structures
+    decoded: list[int] = []
+    read, structures = sortkeys.read, BlobReader.structures
 
-    async def counted(blob_ids: list[int], parse: Any) -> Any:
+    def counted(reader: BlobReader, db: Any, blob_ids: list[int], *, threads: bool) -> Any:
         asked.append(tuple(blob_ids))
-        return await structures(blob_ids, parse)
+        return read(reader, db, blob_ids, threads=threads)
 
-    monkeypatch.setattr(store, "structures", counted)
+    def decoding(self: BlobReader, db: Any, blob_ids: list[int], parse: Any) -> Any:
+        decoded.extend(blob_ids)
+        return structures(self, db, blob_ids, parse)
+
+    monkeypatch.setattr(sortkeys, "read", counted)
+    monkeypatch.setattr(BlobReader, "structures", decoding)
 
     def first(client: IMAPClient) -> Any:
         client.create_folder("Tri")
@@ -104,12 +112,10 @@ async def test_each_contents_keys_are_read_once(
             client.append("Tri", _message(n, f"Sujet {4 - n}"))
         client.select_folder("Tri", readonly=True)
         by_date = client.sort(["DATE"])
-        reads_after_sort = len(asked)
         by_subject = client.sort(["REVERSE", "SUBJECT"])
-        assert len(asked) == reads_after_sort
         assert client.thread("REFERENCES") == ((2,), (3,), (1,))
         assert client.thread("REFERENCES") == ((2,), (3,), (1,))
-        return by_date, by_subject, reads_after_sort
+        return by_date, by_subject
 
     def second(client: IMAPClient) -> Any:
         client.select_folder("Tri")
@@ -117,10 +123,63 @@ async def test_each_contents_keys_are_read_once(
         client.noop()
         return client.sort(["SUBJECT"])
 
-    async with running_server(store, tmp_path / "tls") as running:
-        by_date, by_subject, reads = await _with_client(running, first)
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        by_date, by_subject = await _with_client(running, first)
         assert by_date == [2, 3, 1] and by_subject == [2, 3, 1]
-        assert [len(batch) for batch in asked] == [3] * reads + [3]  # SORT's, then THREAD's
+        assert [len(batch) for batch in asked] == [3]  # SORT's; THREAD found the links kept
         asked.clear()
         assert await _with_client(running, second) == [4, 1, 3, 2]
-    assert [len(batch) for batch in asked] == [1]
+    assert [len(batch) for batch in asked] == [1] and decoded == []
+
+
+async def test_messages_without_sealed_keys_sort_and_thread_from_their_structure(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Messages stored before migration 0025 have no sealed keys, and keys sealed by other rules
+    (another format) are not trusted: both are worked out from the structure, with the same
+    answers as the keys sealed at delivery give."""
+    thread = [_message(1, "Bilan"), _message(2, "Re: Bilan", references=["<m1@demo.mssante.fr>"])]
+    others = [_message(3, "[Fwd: Bilan]"), _message(4, "Autre", references=["<m3@demo.mssante.fr>"])]
+
+    def fill(folder: str) -> Callable[[IMAPClient], Any]:
+        def run(client: IMAPClient) -> Any:
+            client.create_folder(folder)  # contents of their own (the same bytes are stored once)
+            mark = f"\r\nX-Lot: {folder}\r\n\r\n".encode()
+            client.multiappend(folder, [m.replace(b"\r\n\r\n", mark, 1) for m in [*thread, *others]])
+
+        return run
+
+    def asked(folder: str) -> Callable[[IMAPClient], Any]:
+        def run(client: IMAPClient) -> Any:
+            client.select_folder(folder, readonly=True)
+            return (
+                client.thread("REFERENCES"),
+                client.sort(["SUBJECT", "DATE"]),
+                client.thread("ORDEREDSUBJECT"),
+                client.sort(["REVERSE", "DATE"]),
+            )
+
+        return run
+
+    decoded: list[int] = []
+    structures = BlobReader.structures
+
+    def decoding(self: BlobReader, db: Any, blob_ids: list[int], parse: Any) -> Any:
+        decoded.extend(blob_ids)
+        return structures(self, db, blob_ids, parse)
+
+    monkeypatch.setattr(BlobReader, "structures", decoding)
+    async with running_server(runtime.store, tmp_path / "tls") as running:
+        await _with_client(running, fill("Scelles"))
+        with monkeypatch.context() as rules:
+            rules.setattr(sortkeys, "_FORMAT", "k0")  # sealed by other rules
+            await _with_client(running, fill("Anciens"))
+        with runtime.engine.begin() as conn:  # and two of them stored before the column existed
+            last = "SELECT id FROM blobs ORDER BY id DESC LIMIT 2"
+            conn.execute(text(f"UPDATE blobs SET sortkeys = NULL WHERE id IN ({last})"))
+        sealed = await _with_client(running, asked("Scelles"))
+        assert decoded == []
+        assert await _with_client(running, asked("Anciens")) == sealed
+    assert len(decoded) == 4
+    # "[Fwd: Bilan]" has Bilan's base subject (RFC 5256 §2.1) and 4 answers it.
+    assert sealed == (((1, (2,), (3, 4)),), [4, 1, 2, 3], ((1, (2,), (3,)), (4,)), [4, 3, 2, 1])

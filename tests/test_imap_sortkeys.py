@@ -10,9 +10,10 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from mssante.imap.sortkeys import KeyCache, footprint, keys_from, keys_of, sent_timestamp
+from mssante.imap.sortkeys import KeyCache, footprint
 from mssante.store.blobs import envelope_and_field
 from mssante.store.mime import analyse
+from mssante.store.sortkeys import from_stored, keys_from, keys_of, sent_timestamp, stored
 
 # RFC 5322 §3.3 and appendix A, the obsolete forms of §4.3, and what broken clients write.
 WRITTEN = [
@@ -145,6 +146,14 @@ def test_the_references_field_is_read_from_the_header_index_alone() -> None:
         assert found is not None and found[1] is None, trap
     # Written with blanks after the separators: not delivery's layout, so not read this way.
     assert envelope_and_field(stored("References: <r@x>\r\n"), "References") is None
+
+
+@pytest.mark.parametrize("head", [*_HEADS.values(), "Subject: =?utf-8?b?4oCoXx8i?= \\ \x7f\r\n"])
+def test_the_keys_sealed_at_delivery_read_back_the_same(head: str) -> None:
+    keys = keys_of(analyse(f"{head}\r\nCorps.\r\n".encode()))
+    assert keys.parents is not None  # worked out with the header index: links included
+    assert from_stored(stored(keys)) == keys
+    assert from_stored(stored(keys).replace(b'"k1"', b'"k0"', 1)) is None  # other rules: not trusted
 
 
 def test_the_cache_keeps_the_most_recently_used_contents_within_its_bytes() -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from mssante.imap.sortkeys import SortKeys, keys_of
+from mssante.store.sortkeys import SortKeys, keys_of
 
 NO_KEYS = keys_of(None)  # a message whose content is gone: no date, subject or links
 

@@ -58,6 +58,7 @@ class SealedBlob:
     plain: tuple[Content, ...] = ()
     data_key: bytes = b""
     search: bytes | None = None  # the header fields SEARCH matches, sealed (headerindex.stored)
+    sortkeys: bytes | None = None  # the keys SORT and THREAD compare, sealed (sortkeys.stored)
 
     def chunks(self) -> Iterator[bytes]:
         if self.sealed is not None:
@@ -117,10 +118,12 @@ def seal(
     chunk_size: int,
     prefix: bytes = b"",
     search: bytes | None = None,
+    sortkeys: bytes | None = None,
 ) -> SealedBlob:
     """Seal ``prefix + data`` (the prefix, a DKIM-Signature field, is never joined to the data
-    by a copy), its parsed structure and the header fields SEARCH matches (in the form
-    :func:`headerindex.stored` gives) under one new data key."""
+    by a copy), its parsed structure, the header fields SEARCH matches and the keys SORT
+    compares (in the forms :func:`headerindex.stored` and :func:`sortkeys.stored` give) under
+    one new data key."""
     data_key = new_data_key()
     pieces = (prefix, data) if prefix else (data,)
     size = len(prefix) + len(data)
@@ -139,6 +142,7 @@ def seal(
         plain=pieces if later else (),
         data_key=data_key if later else b"",
         search=seal_small(data_key, search, "search") if search is not None else None,
+        sortkeys=seal_small(data_key, sortkeys, "sort") if sortkeys is not None else None,
     )
 
 
@@ -185,8 +189,10 @@ def put(session: Session, sealed: SealedBlob) -> int:
     blob_id = run(
         session,
         f"INSERT INTO blobs ({'id, ' if new_id is not None else ''}digest, size, key_id, wrapped_key, "
-        f"chunk_count, chunk_size, meta, search, created_at) VALUES ({':id, ' if new_id is not None else ''}"
-        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :search, :at) RETURNING id",
+        "chunk_count, chunk_size, meta, search, sortkeys, created_at) "
+        f"VALUES ({':id, ' if new_id is not None else ''}"
+        ":digest, :size, :key_id, :wrapped, :count, :chunk_size, :meta, :search, :sortkeys, :at) "
+        "RETURNING id",
         {
             "id": new_id,
             "digest": sealed.digest,
@@ -197,6 +203,7 @@ def put(session: Session, sealed: SealedBlob) -> int:
             "chunk_size": sealed.chunk_size,
             "meta": sealed.meta,
             "search": sealed.search,
+            "sortkeys": sealed.sortkeys,
             "at": timestamp(datetime.now(UTC), dialect_of(session)),
         },
     ).scalar_one()
@@ -233,8 +240,9 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
         "chunk_size",
         "meta",
         "search",
+        "sortkeys",
     )
-    names = "digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, search, created_at"
+    names = "digest, size, key_id, wrapped_key, chunk_count, chunk_size, meta, search, sortkeys, created_at"
     if first_id is not None:
         columns, names = ("id", *columns), f"id, {names}"
     rows = ", ".join("(" + ", ".join(f":{c}{i}" for c in columns) + ", :at)" for i in range(len(new)))
@@ -249,6 +257,7 @@ def put_many(session: Session, sealed: list[SealedBlob]) -> dict[bytes, int]:
             blob.chunk_size,
             blob.meta,
             blob.search,
+            blob.sortkeys,
         )
         if first_id is not None:
             values = (first_id + i, *values)

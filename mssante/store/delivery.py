@@ -17,7 +17,7 @@ from mssante import audit
 from mssante.audit import AuditEvent
 from mssante.sqlfast import dialect_of, insert_many, run, timestamp, utc
 from mssante.store import blobs as blobstore
-from mssante.store import headerindex
+from mssante.store import headerindex, sortkeys
 from mssante.store.core import (
     StoreCore,
     folders_t,
@@ -90,7 +90,8 @@ class DeliveryOps(StoreCore):
     def _prepare(self, raw: Raw) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         meta = analyse(raw)
         search = headerindex.stored(headerindex.fields_of(meta))
-        return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search), meta
+        keys = sortkeys.stored(sortkeys.keys_of(meta))
+        return blobstore.seal(self.keyring, raw, meta, self.chunk_size, search=search, sortkeys=keys), meta
 
     async def _prepare_async(self, raw: Raw) -> tuple[blobstore.SealedBlob, dict[str, Any]]:
         # APPEND's messages: MIME analysis and sealing in a worker thread, whatever the size

@@ -3,7 +3,7 @@ and the durable change feed a session re-reads."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -129,17 +129,10 @@ class MessageOps(StoreCore):
     async def meta(self, blob_ids: list[int], only: str | None = None) -> dict[int, dict[str, Any]]:
         """Parsed structures (envelope, body structure, header index) of several messages;
         ``only="envelope"`` when nothing else is needed (cheaper to parse)."""
-        return await self.structures(blob_ids, blobstore.meta_parser(only))
-
-    async def structures(
-        self, blob_ids: list[int], parse: Callable[[bytes], blobstore.Parsed]
-    ) -> dict[int, blobstore.Parsed]:
-        """``parse`` of each message's decrypted structure (:meth:`BlobReader.structures`),
-        in the worker thread that reads them when they are more than a few: decoding a
-        folder's structures is the work, and the event loop serves other sessions meanwhile."""
         if len(blob_ids) <= INLINE_READ_META:
-            return self.reader.open_meta(await self.rows(*self.reader.meta_query(blob_ids)), parse)
-        return await self.read(lambda s: self.reader.structures(s, blob_ids, parse), kept=True)  # type: ignore[no-any-return]
+            rows = await self.rows(*self.reader.meta_query(blob_ids))
+            return self.reader.open_meta(rows, blobstore.meta_parser(only))
+        return await self.read(lambda s: self.reader.meta(s, blob_ids, only), kept=True)  # type: ignore[no-any-return]
 
     async def body(self, blob_id: int, start: int = 0, end: int | None = None) -> bytes:
         """Plaintext bytes ``[start, end)`` of a message (a section or a partial fetch);

@@ -90,6 +90,8 @@ class Blob(Base):
     meta: Mapped[bytes | None] = mapped_column(LargeBinary)
     # The header fields SEARCH matches (mssante.store.headerindex), sealed like ``meta``.
     search: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # The keys SORT and THREAD compare (mssante.store.sortkeys), sealed like ``meta``.
+    sortkeys: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

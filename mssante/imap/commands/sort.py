@@ -4,7 +4,6 @@ program selects, :mod:`mssante.imap.threading` orders by each message's keys
 
 from __future__ import annotations
 
-import functools
 from array import array
 from typing import TYPE_CHECKING, Literal
 
@@ -12,7 +11,10 @@ from mssante.imap import threading
 from mssante.imap.commands.base import META_BATCH
 from mssante.imap.commands.search import matching
 from mssante.imap.commands.values import Command, SortThread
-from mssante.imap.sortkeys import SortKeys, key_cache, keys_from
+from mssante.imap.sortkeys import key_cache
+from mssante.store import sortkeys
+from mssante.store.core import INLINE_READ_META
+from mssante.store.sortkeys import SortKeys
 
 if TYPE_CHECKING:
     from mssante.imap.session import Session
@@ -29,8 +31,8 @@ async def _items(
     ORDEREDSUBJECT (``"sort"``: read from the envelope alone), with the thread links for
     REFERENCES (``"threads"``: the header index too), none for SORT by arrival and size. Keys
     come from the store's :class:`~mssante.imap.sortkeys.KeyCache`, the store is asked only
-    for the contents it lacks (worked out in the thread that reads them); sizes, dates and
-    content ids from the mailbox's columns."""
+    for the contents it lacks (their sealed keys, :func:`mssante.store.sortkeys.read`); sizes,
+    dates and content ids from the mailbox's columns."""
     assert isinstance(command.args, SortThread)
     found = await matching(session, command.args.key)
     table = session.selected().entries
@@ -43,12 +45,17 @@ async def _items(
         cache = key_cache(session.store)
         keys = cache.lookup(blobs, threads=need == "threads")
         lacking = sorted({b for b in blobs if b not in keys})
-        parse = functools.partial(keys_from, threads=need == "threads")
+        reader, threads = session.store.reader, need == "threads"
         for start in range(0, len(lacking), META_BATCH):
-            batch = await session.store.structures(lacking[start : start + META_BATCH], parse)
-            for blob_id, worked_out in batch.items():  # (a content collected meanwhile has none)
-                keys[blob_id] = worked_out
-                cache.add(blob_id, worked_out)
+            batch = lacking[start : start + META_BATCH]
+            read = await session.store.read(
+                lambda db, batch=batch: sortkeys.read(reader, db, batch, threads=threads),
+                small=len(batch) <= INLINE_READ_META,
+                kept=True,
+            )
+            for blob_id, stored in read.items():  # (a content collected meanwhile has none)
+                keys[blob_id] = stored
+                cache.add(blob_id, stored)
     return [
         threading.Item(
             n,
