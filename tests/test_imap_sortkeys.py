@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import tracemalloc
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
@@ -154,6 +155,35 @@ def test_the_keys_sealed_at_delivery_read_back_the_same(head: str) -> None:
     assert keys.parents is not None  # worked out with the header index: links included
     assert from_stored(stored(keys)) == keys
     assert from_stored(stored(keys).replace(b'"k1"', b'"k0"', 1)) is None  # other rules: not trusted
+
+
+@pytest.mark.parametrize("references", [0, 5, 200])
+def test_the_cache_counts_the_memory_its_keys_take(references: int) -> None:
+    """The cache's bound is in bytes of memory: what it counts is what tracemalloc measures."""
+
+    def head(n: int) -> bytes:
+        ids = " ".join(f"<ref{r}.{n}@hopital.mssante.fr>" for r in range(references))
+        return (
+            f"From: Dr Jeanne Martin <jeanne.martin{n}@hopital.mssante.fr>\r\n"
+            f"To: secretariat{n}@clinique.mssante.fr\r\nSubject: Re: Compte rendu {n}\r\n"
+            f"Date: Mon, 7 Dec 2026 05:{n % 60:02d}:00 +0100\r\nMessage-ID: <{n}.cr@hopital.mssante.fr>\r\n"
+            + (f"References: {ids}\r\n" if ids else "")
+            + "\r\ncorps\r\n"
+        ).encode()
+
+    sealed = [stored(keys_of(analyse(head(n)))) for n in range(2000)]
+    cache = KeyCache(limit=1 << 40)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n, form in enumerate(sealed, 10_000):
+            keys = from_stored(form)
+            assert keys is not None
+            cache.add(n, keys)
+        taken = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.9 <= cache.size / taken <= 1.1
 
 
 def test_the_cache_keeps_the_most_recently_used_contents_within_its_bytes() -> None:

@@ -14,19 +14,20 @@ from collections.abc import Iterable
 from mssante.imap.perstore import PerStore
 from mssante.store.sortkeys import SortKeys
 
-# The memory the kept keys may take, estimated (:func:`footprint`): about 500 bytes a message,
-# 900 with a References field of five ids; 60,000 messages or so sort from memory, and a folder
+# The memory the kept keys may take, estimated (:func:`footprint`): about 650 bytes a message,
+# 1,100 with a References field of five ids; 50,000 messages or so sort from memory, and a folder
 # larger than that reads again, at each SORT, the share that no longer fits.
 KEPT_BYTES = 32 * 2**20
 
 
 def footprint(keys: SortKeys) -> int:
-    """Bytes the keys take in memory, as measured with ``tracemalloc`` (within 10 %): a long
-    References field is what makes a message's keys large."""
+    """Bytes the keys read from the store take in the cache, its entry included, as measured
+    with ``tracemalloc`` (within 10 %, tests/test_imap_sortkeys.py): a long References field is
+    what makes a message's keys large."""
     addresses = (keys.first_from, keys.first_to, keys.first_cc, keys.display_from, keys.display_to)
     text = len(keys.subject) + sum(len(a) for a in addresses)
     parents = keys.parents or ()
-    return 340 + text + len(keys.message_id or "") + sum(60 + len(p) for p in parents)
+    return 550 + text + len(keys.message_id or "") + sum(60 + len(p) for p in parents)
 
 
 class KeyCache:
