@@ -544,10 +544,16 @@ def _store_args(r: Reader) -> Store:
 
 
 def _sort_thread_args(r: Reader, name: str) -> SortThread:
-    """``SORT (criteria) charset program`` / ``THREAD algorithm charset program`` (RFC 5256)."""
+    """``SORT [RETURN (options)] (criteria) charset program`` (RFC 5256, ESORT of RFC 5267) /
+    ``THREAD algorithm charset program``."""
     r.sp()
     criteria: tuple[str, ...] = ()
     algorithm = ""
+    returns: tuple[str, ...] | None = None
+    if name == "SORT" and r.accept_word(b"RETURN"):
+        r.sp()
+        returns = tuple(str(s).upper() for s in r.paren_list())
+        r.sp()
     if name == "SORT":
         criteria = tuple(str(c).upper() for c in r.paren_list())
         if not criteria or any(c not in SORT_CRITERIA for c in criteria) or criteria[-1] == "REVERSE":
@@ -561,7 +567,7 @@ def _sort_thread_args(r: Reader, name: str) -> SortThread:
     if charset not in SEARCH_CHARSETS:
         raise ParseError(f"Unsupported charset {charset}", status="NO", code="BADCHARSET (US-ASCII UTF-8)")
     r.sp()
-    return SortThread(charset, _search_program(r, charset), criteria, algorithm)
+    return SortThread(charset, _search_program(r, charset), criteria, algorithm, returns)
 
 
 def _search_args(r: Reader) -> Search:

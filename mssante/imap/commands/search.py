@@ -67,7 +67,7 @@ async def cmd_search(session: Session, command: Command) -> str:
         if uids:
             highest = max(box.entries[u].modseq for u in uids)
     if returns is not None:
-        await session.untagged(_esearch(command, found, returns, highest))
+        await session.untagged(esearch(command, found, returns, highest))
     else:
         modseq = f" (MODSEQ {highest})" if highest is not None else ""
         await session.untagged("SEARCH" + "".join(f" {n}" for n in found) + modseq)
@@ -88,20 +88,29 @@ def _return_options(returns: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return returns or ("ALL",)
 
 
-def _esearch(command: Command, found: list[int], returns: tuple[str, ...], highest: int | None) -> str:
+def esearch(
+    command: Command,
+    found: list[int],
+    returns: tuple[str, ...],
+    highest: int | None = None,
+    *,
+    ordered: bool = False,
+) -> str:
     """``ESEARCH (TAG "a1") UID MIN 2 MAX 9 COUNT 3 ALL 2,5:9`` — only the parts asked for, and
-    no MIN/MAX/ALL for an empty result (RFC 4731 §3.1)."""
+    no MIN/MAX/ALL for an empty result (RFC 4731 §3.1). ``ordered`` (ESORT, RFC 5267 §3.1):
+    ``found`` is in sort order, MIN and MAX are its first and last, and ALL keeps that order
+    (``5,3:4,1``: a range only where the numbers follow each other in it)."""
     parts = [f'ESEARCH (TAG "{command.tag}")']
     if command.uid:
         parts.append("UID")
     if found and "MIN" in returns:
-        parts.append(f"MIN {min(found)}")
+        parts.append(f"MIN {found[0] if ordered else min(found)}")
     if found and "MAX" in returns:
-        parts.append(f"MAX {max(found)}")
+        parts.append(f"MAX {found[-1] if ordered else max(found)}")
     if "COUNT" in returns:
         parts.append(f"COUNT {len(found)}")
     if found and "ALL" in returns:
-        parts.append(f"ALL {compress(sorted(found))}")
+        parts.append(f"ALL {compress(found if ordered else sorted(found))}")
     if highest is not None:
         parts.append(f"MODSEQ {highest}")
     return " ".join(parts)

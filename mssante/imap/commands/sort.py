@@ -8,8 +8,8 @@ from array import array
 from typing import TYPE_CHECKING, Literal
 
 from mssante.imap import threading
-from mssante.imap.commands.base import META_BATCH
-from mssante.imap.commands.search import matching
+from mssante.imap.commands.base import META_BATCH, Bad
+from mssante.imap.commands.search import esearch, matching
 from mssante.imap.commands.values import Command, SortThread
 from mssante.imap.sortkeys import key_cache
 from mssante.store import sortkeys
@@ -68,12 +68,22 @@ async def _items(
     ]
 
 
+# ESORT's result options (RFC 5267 §3): those of ESEARCH but SAVE, which is SEARCH's.
+_RETURN_OPTIONS = frozenset({"MIN", "MAX", "ALL", "COUNT"})
+
+
 async def cmd_sort(session: Session, command: Command) -> str:
     assert isinstance(command.args, SortThread)
-    criteria = command.args.criteria
+    criteria, returns = command.args.criteria, command.args.returns
+    if returns is not None and not _RETURN_OPTIONS.issuperset(returns):
+        unknown = sorted(set(returns) - _RETURN_OPTIONS)[0]
+        raise Bad(f"Unknown SORT return option {unknown}")
     need: Literal["none", "sort"] = "none" if _WITHOUT_CONTENT.issuperset(criteria) else "sort"
     ordered = threading.sort(await _items(session, command, need), criteria)
-    await session.untagged("SORT" + "".join(f" {n}" for n in ordered))
+    if returns is None:
+        await session.untagged("SORT" + "".join(f" {n}" for n in ordered))
+    else:  # RETURN () means RETURN (ALL), as for SEARCH
+        await session.untagged(esearch(command, ordered, returns or ("ALL",), ordered=True))
     return f"{'UID ' if command.uid else ''}SORT completed"
 
 

@@ -226,6 +226,7 @@ class SortThread:
     key: SearchKey
     criteria: tuple[str, ...] = ()  # SORT
     algorithm: str = ""  # THREAD
+    returns: tuple[str, ...] | None = None  # ESORT's RETURN options (RFC 5267) when given
 
 
 @dataclass(frozen=True)
