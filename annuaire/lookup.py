@@ -139,18 +139,26 @@ class Annuaire:
             self._whitelist = None
             self._next_check = 0.0
 
+    def check(self) -> None:
+        """Compare the cached answers with the database's generation now: drop them if another
+        process changed the annuaire, and put off the next check by ``refresh_interval``. The
+        server calls it in the background (:mod:`mssante.annuaire_watch`), so that the answers
+        the event loop gives from memory (:meth:`peek_bal`) are seldom found due; a look-up
+        that finds them due checks itself, in its own thread."""
+        now = monotonic()
+        with self.engine.connect() as conn:
+            current = generation.current(conn)
+        with self._lock:
+            if current != self._generation:
+                self._cache = {}
+                self._whitelist = None
+                self._generation = current
+            self._next_check = now + self.refresh_interval
+
     def _fresh(self) -> dict[tuple[str, str], Any]:
         """The cache, after dropping it if another process changed the annuaire."""
-        now = monotonic()
-        if now >= self._next_check:
-            with self.engine.connect() as conn:
-                current = generation.current(conn)
-            with self._lock:
-                if current != self._generation:
-                    self._cache = {}
-                    self._whitelist = None
-                    self._generation = current
-                self._next_check = now + self.refresh_interval
+        if monotonic() >= self._next_check:
+            self.check()
         cache = self._cache
         if len(cache) >= self.max_entries:
             cache = self._cache = {}

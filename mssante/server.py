@@ -148,6 +148,7 @@ def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
     With several worker processes, the ones after the first (not ``primary``) serve the mail
     ports and the outbound queue only: the web, directory updates and the node's identity are
     the primary's."""
+    from mssante.annuaire_watch import start_annuaire_watch
     from mssante.directory_updates import start_directory_updates
     from mssante.imap.listeners import start_imap
     from mssante.metrics_workers import start_metrics_peer
@@ -159,6 +160,7 @@ def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
 
     if not primary:
         return [
+            start_annuaire_watch,
             start_cluster_feed,
             start_sibling_feed,
             start_smtp,
@@ -168,6 +170,7 @@ def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
         ]
     return [
         start_node_identity,
+        start_annuaire_watch,
         start_cluster_feed,
         start_sibling_feed,
         start_http,

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import Engine
 
 from annuaire import service, synthetic
 from annuaire.importer import import_extraction
-from annuaire.lookup import Annuaire
+from annuaire.lookup import Annuaire, NotCached
 from annuaire.whitelist import import_whitelist
+from mssante.annuaire_watch import start_annuaire_watch
 from mssante.auth.identity import Identity
 from mssante.db import make_engine, transaction
 from mssante.policy import Policy
@@ -153,6 +157,36 @@ def test_change_by_another_process_is_seen_after_refresh(engine: Engine, tmp_pat
     assert annuaire.is_domain_whitelisted("medecin.mssante.fr")
     assert not annuaire.is_domain_whitelisted("other.mssante.fr")  # replaced by the file
     assert annuaire.bal(address) is not None
+
+
+async def test_the_background_check_keeps_answers_from_memory_from_falling_due(engine: Engine) -> None:
+    """With the server's watch running, the answers the event loop gives from memory are never
+    found due for their generation check (a command then waited for a thread and the database),
+    and a change by another process is still seen within the interval."""
+    annuaire = Annuaire(engine, refresh_interval=0.2)
+    assert annuaire.bal("cardio@demo.mssante.fr") is not None
+    running = await start_annuaire_watch(cast(Any, SimpleNamespace(annuaire=annuaire)))
+    try:
+        due = 0
+        for _ in range(80):  # four intervals
+            try:
+                assert annuaire.peek_bal("cardio@demo.mssante.fr") is not None
+            except NotCached:
+                due += 1
+            await asyncio.sleep(0.01)
+        assert due == 0
+        other = make_engine(str(engine.url.render_as_string(hide_password=False)), writer=True)
+        with transaction(other) as s:
+            service.add_bal(
+                s, address="urgences@demo.mssante.fr", type="ORG", structure="750000002", actor="t"
+            )
+        other.dispose()
+        await asyncio.sleep(0.3)
+        with pytest.raises(NotCached):  # the watch dropped what the change may have made stale
+            annuaire.peek_bal("cardio@demo.mssante.fr")
+    finally:
+        for item in running:
+            await item.close()
 
 
 def test_lookup_rate(engine: Engine, tmp_path: Path) -> None:
