@@ -3,15 +3,18 @@ agrees with the standard library's parser on every form, and the cache stays bou
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import tracemalloc
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from typing import Any
 
 import pytest
 
 from mssante.imap.sortkeys import KeyCache, footprint
+from mssante.imap.threading import SORT_KEYS, sort_order
 from mssante.store.blobs import envelope_and_field
 from mssante.store.mime import analyse
 from mssante.store.sortkeys import from_stored, keys_from, keys_of, sent_timestamp, stored
@@ -205,3 +208,67 @@ def test_the_cache_keeps_the_most_recently_used_contents_within_its_bytes() -> N
     cache.add(1, envelope_only)
     cache.add(1, envelope_only)  # read again: counted once
     assert cache.size == footprint(envelope_only)
+
+
+def _rfc5256_order(criteria: tuple[str, ...], rows: list[dict[str, Any]]) -> list[int]:
+    """RFC 5256 §3 read literally: compare two messages criterion by criterion (REVERSE turning
+    the next one around), the first difference decides, the message number last."""
+    steps, reverse = [], False
+    for criterion in criteria:
+        if criterion == "REVERSE":
+            reverse = True
+        else:
+            steps.append((criterion, reverse))
+            reverse = False
+
+    def compare(a: int, b: int) -> int:
+        for criterion, descending in steps:
+            x, y = rows[a][criterion], rows[b][criterion]
+            if x != y:
+                return (-1 if x < y else 1) * (-1 if descending else 1)
+        return -1 if a < b else (1 if a > b else 0)
+
+    return sorted(range(len(rows)), key=functools.cmp_to_key(compare))
+
+
+def test_sort_orders_as_rfc_5256_compares() -> None:
+    """The multi-pass sort over precomputed values gives the order of the RFC's comparison, on
+    random folders: ties, missing Date fields (the arrival date stands in), every criterion."""
+    rng = random.Random(5256)
+    names = sorted(SORT_KEYS)
+    for _ in range(400):
+        count = rng.randint(0, 40)
+        sizes = [rng.choice([100, 200, 300]) for _ in range(count)]
+        arrivals = [rng.choice([10, 20, 30]) for _ in range(count)]
+        keys = [
+            keys_of(None)._replace(
+                sent=rng.choice([None, 10.0, 15.0, 30.0]),
+                subject=rng.choice(["", "A", "B", "ÉCHO"]),
+                first_from=rng.choice(["", "X", "Y"]),
+                first_to=rng.choice(["", "X"]),
+                first_cc=rng.choice(["", "Z"]),
+                display_from=rng.choice(["", "MARIE", "ZOÉ"]),
+                display_to=rng.choice(["", "A"]),
+            )
+            for _ in range(count)
+        ]
+        criteria: tuple[str, ...] = ()
+        for name in rng.sample(names, rng.randint(1, 3)):
+            criteria += ("REVERSE", name) if rng.random() < 0.4 else (name,)
+        columns = {"size": sizes, "date": arrivals}
+        rows = [
+            {
+                "ARRIVAL": arrivals[i],
+                "SIZE": sizes[i],
+                "DATE": arrivals[i] if keys[i].sent is None else keys[i].sent,
+                "SUBJECT": keys[i].subject,
+                "FROM": keys[i].first_from,
+                "TO": keys[i].first_to,
+                "CC": keys[i].first_cc,
+                "DISPLAYFROM": keys[i].display_from,
+                "DISPLAYTO": keys[i].display_to,
+            }
+            for i in range(count)
+        ]
+        expected = _rfc5256_order(criteria, rows)
+        assert sort_order(criteria, count, keys, columns.__getitem__) == expected, criteria

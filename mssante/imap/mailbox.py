@@ -213,7 +213,14 @@ class MessageTable:
     def column(self, uids: array[int], name: str) -> list[int]:
         """Column ``name`` (``flags``, ``size``, ``date``, ``modseq``) of each message of ``uids``
         (ascending UIDs the table holds: the session's numbering), in that order; one pass over
-        the columns, no object per message."""
+        the columns, no object per message. For the whole table (SORT or THREAD of ``ALL``, at
+        every page a webmail shows) the columns are copied as they are."""
+        base, tail = self._base, self._tail
+        whole = len(uids) == len(base.uid) + len(tail.uid) and not self._gone
+        if whole and uids == (base.uid + tail.uid if tail.uid else base.uid):  # compared in C
+            head: array[int] = getattr(base, name)
+            rest: array[int] = getattr(tail, name)
+            return head.tolist() + rest.tolist()
         out: list[int] = []
         wanted = iter(uids)
         want = next(wanted, None)

@@ -58,6 +58,8 @@ class _Program:
 
     def positions(self, key: SearchKey) -> list[int]:
         mask = self.mask(key) & ~self._uids(self.box.entries.expunged)
+        if mask == self.everything:
+            return list(range(self.count))  # ALL, SORT's usual program
         bits = bin(mask)[:1:-1]  # position 0 first
         found, at = [], bits.find("1")
         while at >= 0:

@@ -7,7 +7,9 @@ number, as the RFC asks, so equal keys keep a stable, reproducible order.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
 
 from mssante.store.sortkeys import SortKeys, keys_of
@@ -31,35 +33,52 @@ class Item:
         return self.arrival if sent is None else sent
 
 
-_VALUES: dict[str, Any] = {
-    "ARRIVAL": lambda item: item.arrival,
-    "DATE": Item.sent,
-    "SIZE": lambda item: item.size,
-    "SUBJECT": lambda item: item.keys.subject,
-    "FROM": lambda item: item.keys.first_from,
-    "TO": lambda item: item.keys.first_to,
-    "CC": lambda item: item.keys.first_cc,
-    "DISPLAYFROM": lambda item: item.keys.display_from,
-    "DISPLAYTO": lambda item: item.keys.display_to,
+# What each SORT criterion compares: a field of the keys (DATE and the columns are apart).
+KEY_FIELDS = {
+    "SUBJECT": "subject",
+    "FROM": "first_from",
+    "TO": "first_to",
+    "CC": "first_cc",
+    "DISPLAYFROM": "display_from",
+    "DISPLAYTO": "display_to",
 }
-SORT_KEYS = frozenset(_VALUES)  # what SORT may be asked to compare (SORT=DISPLAY's two included)
+SORT_KEYS = frozenset({"ARRIVAL", "DATE", "SIZE", *KEY_FIELDS})  # what SORT may be asked to compare
 
 
-def sort(items: list[Item], criteria: tuple[str, ...]) -> list[int]:
-    """The numbers of ``items`` in the order ``criteria`` (``REVERSE`` before a key) give."""
-    keys: list[tuple[str, bool]] = []
+def sort_order(
+    criteria: tuple[str, ...], count: int, keys: Sequence[SortKeys], column: Callable[[str], Sequence[int]]
+) -> list[int]:
+    """Positions ``0 … count - 1`` (messages in ascending number) in the order ``criteria``
+    (``REVERSE`` before a key) give, from each message's ``keys`` (none needed for ARRIVAL
+    and SIZE) and the mailbox's ``column("size")`` and ``column("date")`` (the arrival).
+
+    Stable sorts from the last key to the first: the first key decides, the next breaks ties,
+    the message number last. Each sort compares a list of values made beforehand
+    (``values.__getitem__``): no Python call per comparison, for a webmail's SORT of 20,000
+    messages at every page."""
+
+    def values(criterion: str) -> Sequence[Any]:
+        if criterion == "SIZE":
+            return column("size")
+        if criterion == "ARRIVAL":
+            return column("date")
+        if criterion == "DATE":  # the Date field, or the arrival date without one
+            arrivals = column("date")
+            return [arrival if k.sent is None else k.sent for k, arrival in zip(keys, arrivals, strict=True)]
+        return list(map(attrgetter(KEY_FIELDS[criterion]), keys))
+
+    steps: list[tuple[str, bool]] = []
     reverse = False
     for criterion in criteria:
         if criterion == "REVERSE":
             reverse = True
             continue
-        keys.append((criterion, reverse))
+        steps.append((criterion, reverse))
         reverse = False
-    ordered = sorted(items, key=lambda i: i.msn)
-    # Stable sorts from the last key to the first: the first key decides, the next breaks ties.
-    for key, descending in reversed(keys):
-        ordered.sort(key=_VALUES[key], reverse=descending)
-    return [i.number for i in ordered]
+    order = list(range(count))
+    for criterion, descending in reversed(steps):
+        order.sort(key=values(criterion).__getitem__, reverse=descending)
+    return order
 
 
 # --- THREAD --------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ async def matching(session: Session, key: SearchKey) -> list[tuple[int, int]]:
     box = session.selected()
     key = _with_saved(key, box.saved)
     if searchcolumns.answerable(key):
-        return [(at + 1, box.uids[at]) for at in searchcolumns.positions(box, key)]
+        at = searchcolumns.positions(box, key)
+        return list(zip(map((1).__add__, at), map(box.uids.__getitem__, at), strict=True))
     largest_uid = box.uids[-1] if box.uids else 0
     found: list[tuple[int, Entry]] = []
     candidates = [(i + 1, box.entries[uid]) for i, uid in enumerate(box.uids)]
