@@ -1,4 +1,4 @@
-"""The keys SORT and THREAD compare (:mod:`mssante.imap.sortkeys`): the Date field read directly
+"""The keys SORT and THREAD compare (:mod:`mssante.store.sortkeys`): the Date field read directly
 agrees with the standard library's parser on every form, and the cache stays bounded."""
 
 from __future__ import annotations

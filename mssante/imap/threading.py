@@ -1,4 +1,4 @@
-"""SORT and THREAD (RFC 5256) over each message's keys (:mod:`mssante.imap.sortkeys`).
+"""SORT and THREAD (RFC 5256) over each message's keys (:mod:`mssante.store.sortkeys`).
 
 Pure functions: they receive each message as an :class:`Item` (number, size, arrival date and
 its keys) and return numbers in order, or threads. Every comparison ends with the message

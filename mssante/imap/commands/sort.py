@@ -1,6 +1,6 @@
 """SORT and THREAD (RFC 5256; REFERENCES and ORDEREDSUBJECT), and their UID forms: the search
 program selects, :mod:`mssante.imap.threading` orders by each message's keys
-(:mod:`mssante.imap.sortkeys`)."""
+(:mod:`mssante.store.sortkeys`, kept by :mod:`mssante.imap.sortkeys`)."""
 
 from __future__ import annotations
 
