@@ -151,6 +151,27 @@ def db_upgrade(as_json: JsonOption = False) -> None:
     console.print(f"schema: {before or 'empty'} → {after}")
 
 
+@db_app.command("backfill")
+def db_backfill(as_json: JsonOption = False) -> None:
+    """Seal the SEARCH and SORT forms that messages stored by an earlier version lack, in small
+    transactions, while the server keeps running (run once after upgrading; it resumes if
+    stopped)."""
+    from mssante.crypto import KeyRing, KeyRingError
+    from mssante.db import make_engine
+    from mssante.store.backfill import backfill
+
+    cfg = settings()
+    with runtime_errors(KeyRingError):
+        done = backfill(make_engine(cfg.database_url, writer=True), KeyRing.load(cfg.keyring_path))
+    if as_json:
+        print(json.dumps(done.as_json()))
+        return
+    console.print(
+        f"{done.messages} stored messages completed: {done.search} SEARCH forms and "
+        f"{done.sortkeys} SORT forms sealed"
+    )
+
+
 # -- config ---------------------------------------------------------------------------------
 config_app = command_group("config", "Configuration.")
 app.add_typer(config_app)
