@@ -7,7 +7,8 @@ Create Date: 2026-12-07 06:00:00
 A folder's first SORT or THREAD decrypted and decoded each message's structure to work out its
 sent date, base subject, first addresses and thread links; they are now worked out at delivery
 and sealed in this compact form (``mssante.store.sortkeys``). Blobs stored before this revision
-keep NULL and are read through their structure, as before.
+keep NULL and are read through their structure, as before, until ``mssante db backfill`` seals
+theirs.
 """
 
 from collections.abc import Sequence
