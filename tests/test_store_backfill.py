@@ -3,6 +3,7 @@ the same as delivery seals, through the command line an operator runs after upgr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -88,3 +89,27 @@ async def test_backfill_seals_what_delivery_would_have(
         fields = headerindex.HeaderIndex().fields(runtime.store.reader, db, ids)
     assert sorted(k.subject for k in keys.values()) == [f"COMPTE RENDU {n}" for n in range(7)]
     assert sum(bool(k.parents) for k in keys.values()) == 3 and len(fields) == len(ids)
+
+
+async def test_backfill_runs_beside_deliveries(runtime: Runtime) -> None:
+    """While the server delivers (its writer thread, committing), the backfill of another
+    process completes: no delivery fails, no form is left missing, none is written twice."""
+    for n in range(300):
+        await runtime.store.deliver(
+            make_message(subject=f"ancien {n}"), "dr.martin@demo.mssante.fr", ["dr.durand@demo.mssante.fr"]
+        )
+    with runtime.engine.begin() as conn:
+        conn.execute(text("UPDATE blobs SET sortkeys = NULL"))
+    backfilling = asyncio.create_task(asyncio.to_thread(_cli, runtime, "backfill", "--json"))
+    delivered = 0
+    while not backfilling.done():
+        await runtime.store.deliver(
+            make_message(subject=f"nouveau {delivered}"),
+            "dr.martin@demo.mssante.fr",
+            ["dr.durand@demo.mssante.fr"],
+        )
+        delivered += 1
+    done = await backfilling
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["sortkeys"] == 300 and delivered > 0
+    assert all(keys is not None for _, keys in _forms(runtime).values())
