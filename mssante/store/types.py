@@ -22,11 +22,6 @@ DEFAULT_FOLDERS: tuple[tuple[str, str | None], ...] = (
     ("Archive", "\\Archive"),
 )
 SYSTEM_FLAGS = {f.lower(): f for f in ("\\Seen", "\\Answered", "\\Flagged", "\\Deleted", "\\Draft")}
-# Reads at most this large (bytes of a body, structures of messages) run inline on SQLite.
-INLINE_READ_BYTES = 256 * 1024
-INLINE_READ_META = 16
-# Threads (each with its kept connection) for small reads on PostgreSQL.
-READ_THREADS = 2
 
 
 class StoreError(Exception):
