@@ -153,9 +153,10 @@ def db_upgrade(as_json: JsonOption = False) -> None:
 
 @db_app.command("backfill")
 def db_backfill(as_json: JsonOption = False) -> None:
-    """Seal the SEARCH and SORT forms that messages stored by an earlier version lack, in small
-    transactions, while the server keeps running (run once after upgrading; it resumes if
-    stopped)."""
+    """Seal the SEARCH and SORT forms older messages lack (once, after upgrading).
+
+    Messages stored by an earlier version are completed in small transactions while the server
+    keeps running; stopped, it resumes where it was."""
     from mssante.crypto import KeyRing, KeyRingError
     from mssante.db import make_engine
     from mssante.store.backfill import backfill
