@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from array import array
 from collections.abc import Iterator, Sequence
@@ -18,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from mssante.imap.commands.values import FetchItem, Section
+from mssante.imap.fieldcache import Key, field_cache
 from mssante.imap.mailbox import Entry, MessageTable, SelectedMailbox
 from mssante.imap.render import (
     apply_partial,
@@ -30,6 +32,7 @@ from mssante.imap.render import (
 )
 from mssante.imap.snapshots import BLOCK_ROWS, KEEP_SHAPES
 from mssante.store.store import MessageStore
+from mssante.store.types import MessageGone
 
 Json = dict[str, Any]
 
@@ -369,7 +372,14 @@ async def _item(
         return [_simple(entry, item, meta, utf8)]
     if name in ("BINARY", "BINARY.SIZE"):
         return await _binary(store, entry, item, meta)
-    return await _section(store, entry, item.section, item.partial, meta, item.response_name().encode())
+    return await _section(store, entry, item.section, item.partial, meta, _label(item))
+
+
+@functools.lru_cache(maxsize=256)
+def _label(item: FetchItem) -> bytes:
+    """How a content item is named in the response (``BODY[HEADER.FIELDS (DATE FROM …)]``),
+    written once per item, not once per message."""
+    return item.response_name().encode()
 
 
 async def _section(
@@ -380,23 +390,16 @@ async def _section(
     meta: Json | None,
     label: bytes,
 ) -> list[Piece]:
+    if section.text in FIELD_LISTS:
+        return await _fields(store, entry, section, partial, meta, label)
     if not section.part and not section.text:
         start, end = 0, entry.size
-        found = None
     else:
         assert meta is not None
         found = section_range(meta["part"], section)
         if found is None:
             return [label + b" NIL"]
         start, end = found.start, found.end
-    if found is not None and found.filtered:
-        assert found.fields is not None
-        block = await store.body(entry.blob_id, start, end)
-        data = header_fields(block, found.fields, exclude=found.exclude)
-        if partial is not None:
-            low, high = apply_partial(0, len(data), partial)
-            data = data[low:high]
-        return [label + b" {%d}\r\n" % len(data) + data]
     start, end = apply_partial(start, end, partial)
     size = end - start
     if size == 0:
@@ -407,6 +410,75 @@ async def _section(
     return [label + b" {%d}\r\n" % size, BlobSlice(entry.blob_id, start, end)]
 
 
+FIELD_LISTS = frozenset({"HEADER.FIELDS", "HEADER.FIELDS.NOT"})
+
+
+def field_key(entry: Entry, section: Section) -> Key:
+    """What a field list's answer is kept under: the content, the part, the list."""
+    return (entry.blob_id, section.part, section.fields, section.text == "HEADER.FIELDS.NOT")
+
+
+async def _fields(
+    store: MessageStore,
+    entry: Entry,
+    section: Section,
+    partial: tuple[int, int] | None,
+    meta: Json | None,
+    label: bytes,
+) -> list[Piece]:
+    """``BODY[…HEADER.FIELDS (…)]``: from the answers kept for every session
+    (:mod:`mssante.imap.fieldcache`), else cut out of the header the structure places."""
+    kept, key = field_cache(store), field_key(entry, section)
+    data = kept.get(key)
+    if data is None:
+        if meta is None:  # (it was kept when the command began, and dropped since)
+            meta = (await store.meta([entry.blob_id])).get(entry.blob_id)
+            if meta is None:
+                raise MessageGone(f"message content {entry.blob_id} no longer exists")
+        found = section_range(meta["part"], section)
+        if found is None:
+            return [label + b" NIL"]
+        assert found.fields is not None
+        block = await store.body(entry.blob_id, found.start, found.end)
+        data = header_fields(block, found.fields, exclude=found.exclude)
+        kept.put(key, data)
+    if partial is not None:
+        low, high = apply_partial(0, len(data), partial)
+        data = data[low:high]
+    return [label + b" {%d}\r\n" % len(data) + data]
+
+
+def wanted_structures(
+    store: MessageStore, table: MessageTable, uids: list[int], items: tuple[FetchItem, ...], *, utf8: bool
+) -> list[int]:
+    """The contents whose stored structure a FETCH of ``items`` with content must read: all,
+    when an item needs where a part lies; otherwise those with an ENVELOPE, BODY or
+    BODYSTRUCTURE not yet rendered for the folder or a header field list not yet kept. A
+    webmail's list page (BODYSTRUCTURE and a field list, fifty messages, at every view) then
+    decodes no structure at all."""
+    if any(_places_a_part(item) for item in items):
+        return [table[uid].blob_id for uid in uids]
+    wanted = set(missing_structures(table, uids, items, utf8=utf8))
+    lists = [item.section for item in items if item.section is not None and item.section.text in FIELD_LISTS]
+    if lists:
+        kept = field_cache(store)
+        for uid in uids:
+            entry = table[uid]
+            if entry.blob_id not in wanted and any(kept.get(field_key(entry, s)) is None for s in lists):
+                wanted.add(entry.blob_id)
+    return [table[uid].blob_id for uid in uids if table[uid].blob_id in wanted]
+
+
+def _places_a_part(item: FetchItem) -> bool:
+    """Whether the item needs the structure to find its bytes (not a field list, which may be
+    kept, nor ENVELOPE/BODY/BODYSTRUCTURE, which may be rendered)."""
+    if item.name in STRUCTURE_ITEMS and item.section is None:
+        return False
+    if item.section is not None and item.section.text in FIELD_LISTS and item.name.startswith("BODY"):
+        return False
+    return needs_meta((item,))
+
+
 class UnknownEncoding(Exception):
     """BINARY asked for a part whose Content-Transfer-Encoding cannot be undone (UNKNOWN-CTE)."""
 
@@ -415,7 +487,7 @@ async def _binary(store: MessageStore, entry: Entry, item: FetchItem, meta: Json
     """BINARY[part] and BINARY.SIZE[part] (RFC 3516): the part's content with its transfer
     encoding undone; sent as a literal8 (``~{n}``) when it holds a NUL byte."""
     assert meta is not None and item.section is not None
-    label = item.response_name().encode()
+    label = _label(item)
     numbers = item.section.part
     part = find_part(meta["part"], numbers)
     if part is None:

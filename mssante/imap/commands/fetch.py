@@ -19,6 +19,7 @@ from mssante.imap.fetch import (
     metadata_response,
     missing_structures,
     needs_meta,
+    wanted_structures,
 )
 from mssante.imap.render import compress
 from mssante.store.types import MessageGone
@@ -87,7 +88,8 @@ async def cmd_fetch(session: Session, command: Command) -> str:
         metas: dict[int, Any] = {}
         if with_meta:
             if content:
-                wanted = [box.entries[uid].blob_id for _, uid in batch]
+                uids = [uid for _, uid in batch]
+                wanted = wanted_structures(session.store, box.entries, uids, items, utf8=session.utf8)
             else:
                 wanted = missing_structures(box.entries, [uid for _, uid in batch], items, utf8=session.utf8)
             metas = await session.store.meta(wanted, meta_part(items)) if wanted else {}
