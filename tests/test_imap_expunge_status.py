@@ -8,7 +8,9 @@ import asyncio
 import imaplib
 import re
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy import text
 
 from mssante.runtime import Runtime
@@ -93,3 +95,48 @@ async def test_the_deleted_messages_are_found_by_their_index(runtime: Runtime) -
             conn.execute(text("SET enable_seqscan = off"))  # an empty table would be scanned
             plan = " ".join(str(row[0]) for row in conn.execute(text(f"EXPLAIN {sql}")))
     assert "ix_messages_deleted" in plan, plan
+
+
+async def test_a_repeated_status_reads_the_folder_row_alone(
+    runtime: Runtime, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client asking STATUS again of a folder that did not change is answered without
+    counting its messages again; a flag change, a delivery and an expunge are counted."""
+    store = runtime.store
+    await store.ensure_account(BAL)
+    for i in range(3):
+        await store.deliver(make_message(to=BAL, subject=f"m{i}"), "dr.martin@demo.mssante.fr", [BAL])
+    counted: list[int] = []
+    read = store.read
+
+    async def counting(fn: Any, **kwargs: Any) -> Any:
+        counted.append(1)
+        return await read(fn, **kwargs)
+
+    monkeypatch.setattr(store, "read", counting)
+    inbox = await store.folder(BAL, "INBOX")
+    asked = "MESSAGES UNSEEN DELETED"
+
+    def ask() -> tuple[dict[str, int], int]:
+        imap = imaplib.IMAP4_SSL("127.0.0.1", running.tls_port, ssl_context=running.tls.client)
+        imap.login("alice", "wonderland")
+        try:
+            return _status(imap, asked), len(counted)
+        finally:
+            imap.logout()
+
+    async with running_server(store, tmp_path / "tls") as running:
+        first = await asyncio.to_thread(ask)
+        again = await asyncio.to_thread(ask)
+        await store.store_flags(inbox.id, [1], "add", ["\\Seen"], actor=BAL, bal=BAL)
+        seen = await asyncio.to_thread(ask)
+        await store.deliver(make_message(to=BAL, subject="m3"), "dr.martin@demo.mssante.fr", [BAL])
+        delivered = await asyncio.to_thread(ask)
+        await store.store_flags(inbox.id, [2], "add", ["\\Deleted"], actor=BAL, bal=BAL)
+        await store.expunge(inbox.id, actor=BAL, bal=BAL)
+        expunged = await asyncio.to_thread(ask)
+    assert first[0] == again[0] == {"MESSAGES": 3, "UNSEEN": 3, "DELETED": 0}
+    assert again[1] == first[1]  # the second STATUS counted nothing
+    assert seen[0] == {"MESSAGES": 3, "UNSEEN": 2, "DELETED": 0}
+    assert delivered[0] == {"MESSAGES": 4, "UNSEEN": 3, "DELETED": 0}
+    assert expunged[0] == {"MESSAGES": 3, "UNSEEN": 2, "DELETED": 0}

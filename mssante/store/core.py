@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -101,6 +102,8 @@ class StoreCore:
         self._async_reads = None if on_sqlite else AsyncReads(engine)
         # BALs whose account row exists (FolderOps.ensure_account): a few dozen bytes a BAL.
         self._accounts_seen: set[str] = set()
+        # STATUS counts by folder state (FolderOps.status): a hundred bytes a folder.
+        self._status_counts: OrderedDict[tuple[int, int, int, int], tuple[int, ...]] = OrderedDict()
 
     def close(self) -> None:
         self.writer.close()

@@ -46,6 +46,9 @@ _FOLDER_BY_NAME = f"SELECT {_FOLDER_COLUMNS} FROM folders WHERE bal = :bal AND n
 _ACCOUNT_EXISTS = "SELECT 1 FROM mail_accounts WHERE bal = :bal"
 
 
+_STATUS_KEPT = 10_000  # folder states whose STATUS counts are kept (LRU)
+
+
 @functools.cache
 def _status_sql(dialect: str) -> str:
     """STATUS's counts of one folder in one statement: messages, size, unseen, recent, deleted."""
@@ -106,22 +109,32 @@ class FolderOps(StoreCore):
         return _one_folder(await self.rows(_FOLDER_BY_NAME, {"bal": bal.lower(), "name": name}), name)
 
     async def status(self, bal: str, name: str, *, count: bool = True) -> FolderStatus:
-        """The folder's counts, summed by the database (clients ask STATUS of every folder
-        again and again: the messages are not brought into Python to be counted).
-        ``count=False``: the folder's row alone (UIDNEXT, UIDVALIDITY, HIGHESTMODSEQ), the
-        counts left at zero, for a client that asks nothing else."""
+        """The folder's counts, summed by the database (the messages are not brought into
+        Python to be counted), and kept by the folder's state: clients ask STATUS of every
+        folder again and again (a webmail at each refresh, Thunderbird every few minutes), and
+        a folder whose HIGHESTMODSEQ has not moved has the same counts (every change to its
+        messages raises it), so a repeated STATUS reads the folder's row alone, as Dovecot
+        reads its index header. ``count=False``: the folder's row alone (UIDNEXT, UIDVALIDITY,
+        HIGHESTMODSEQ), the counts left at zero, for a client that asks nothing else."""
+        info = await self.folder(bal, name)
         if not count:
-            return FolderStatus(await self.folder(bal, name), 0, 0, 0)
-        sql = _status_sql(self.engine.dialect.name)
-
-        def q(s: blobstore.Reads) -> FolderStatus:
-            info = self._folder_row(s, bal, name)
-            messages, size, unseen, recent, deleted = blobstore.rows_of(
-                s, sql, {"f": info.id, "recent": info.first_recent_uid}
-            )[0]
-            return FolderStatus(info, int(messages), int(unseen), int(size), int(recent), int(deleted))
-
-        return await self.read(q, kept=True)  # type: ignore[no-any-return]
+            return FolderStatus(info, 0, 0, 0)
+        state = (info.id, info.uidvalidity, info.highestmodseq, info.first_recent_uid)
+        counts = self._status_counts.get(state)
+        if counts is None:
+            sql = _status_sql(self.engine.dialect.name)
+            params = {"f": info.id, "recent": info.first_recent_uid}
+            # (in a reader thread: a count over a large folder must not hold the event loop)
+            rows = await self.read(lambda s: blobstore.rows_of(s, sql, params), kept=True)
+            counts = tuple(int(value) for value in rows[0])
+            if await self.folder(bal, name) == info:  # nothing changed between the two reads
+                self._status_counts[state] = counts
+                if len(self._status_counts) > _STATUS_KEPT:
+                    self._status_counts.popitem(last=False)
+        else:
+            self._status_counts.move_to_end(state)
+        messages, size, unseen, recent, deleted = counts
+        return FolderStatus(info, messages, unseen, size, recent, deleted)
 
     async def create_folder(self, bal: str, name: str, special_use: str | None = None) -> FolderInfo:
         """Create a folder and any missing parents ("a/b/c" creates "a" and "a/b")."""

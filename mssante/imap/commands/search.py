@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from operator import itemgetter
 from typing import TYPE_CHECKING
 
 from mssante.imap import search, searchcolumns
@@ -45,7 +46,7 @@ async def cmd_search(session: Session, command: Command) -> str:
     if save:
         box.saved = []  # a SEARCH that fails leaves an empty result (RFC 5182 §2.1)
     matched = await matching(session, args.key)
-    found = [uid if command.uid else n for n, uid in matched]
+    found = list(map(itemgetter(1 if command.uid else 0), matched))  # UIDs or message numbers
     if save:
         assert returns is not None
         kept = matched
@@ -71,7 +72,7 @@ async def cmd_search(session: Session, command: Command) -> str:
         await session.untagged(esearch(command, found, returns, highest))
     else:
         modseq = f" (MODSEQ {highest})" if highest is not None else ""
-        await session.untagged("SEARCH" + "".join(f" {n}" for n in found) + modseq)
+        await session.untagged(" ".join(["SEARCH", *map(str, found)]) + modseq)
     return f"{'UID ' if command.uid else ''}SEARCH completed"
 
 
