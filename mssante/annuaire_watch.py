@@ -12,12 +12,10 @@ look-up checks itself, as before.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from mssante.listening import RunningListener
+from mssante.listening import RunningListener, repeating
 
 if TYPE_CHECKING:
     from mssante.runtime import Runtime
@@ -27,20 +25,5 @@ log = logging.getLogger("mssante.annuaire")
 
 async def start_annuaire_watch(runtime: Runtime) -> list[RunningListener]:
     annuaire = runtime.annuaire
-
-    async def watch() -> None:
-        while True:
-            await asyncio.sleep(annuaire.refresh_interval / 2)
-            try:
-                await asyncio.to_thread(annuaire.check)
-            except Exception as exc:  # the database is away (failover): look-ups check themselves
-                log.warning("annuaire check failed: %s", exc)
-
-    task = asyncio.create_task(watch(), name="annuaire-watch")
-
-    async def close() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-    return [RunningListener("annuaire-watch", "internal", "", 0, "none", close, public=False)]
+    stop = repeating("annuaire check", annuaire.refresh_interval / 2, annuaire.check, log)
+    return [RunningListener("annuaire-watch", "internal", "", 0, "none", stop, public=False)]

@@ -7,6 +7,9 @@ listeners import this, never the server.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -29,6 +32,31 @@ class RunningListener:
 
 
 ListenerStarter = Callable[["Runtime"], Awaitable[list[RunningListener]]]
+
+
+def repeating(
+    name: str, seconds: float, work: Callable[[], object], log: logging.Logger
+) -> Callable[[], Awaitable[None]]:
+    """Run ``work`` in a worker thread every ``seconds`` until stopped (the node's heartbeat,
+    the directory's check); a failure (the database away, a failover) is logged as a warning
+    and the next turn tries again. Returns what stops it, for a listener's ``close``."""
+
+    async def turns() -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            try:
+                await asyncio.to_thread(work)
+            except Exception as exc:
+                log.warning("%s failed: %s", name, exc)
+
+    task = asyncio.create_task(turns(), name=name)
+
+    async def stop() -> None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    return stop
 
 
 def share_of(limit: int, workers: int) -> int:

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from mssante import __version__
 from mssante.db import Base
-from mssante.listening import RunningListener
+from mssante.listening import RunningListener, repeating
 
 if TYPE_CHECKING:
     from mssante.runtime import Runtime
@@ -154,21 +154,15 @@ async def start_node_identity(runtime: Runtime) -> list[RunningListener]:
     identity = NodeIdentity(runtime.writer_engine, runtime.settings.server.hostname)
     await asyncio.to_thread(identity.claim)
 
-    async def heartbeat() -> None:
-        while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
-            try:
-                if not await asyncio.to_thread(identity.beat):
-                    await asyncio.to_thread(identity.claim)
-            except Exception as exc:  # the database is away (failover): beat again later
-                log.warning("node heartbeat failed: %s", exc)
+    def heartbeat() -> None:
+        if not identity.beat():
+            identity.claim()
 
-    task = asyncio.create_task(heartbeat(), name="node-heartbeat")
+    # (the database away, a failover: it beats again at the next turn)
+    stop_beating = repeating("node heartbeat", HEARTBEAT_SECONDS, heartbeat, log)
 
     async def close() -> None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await stop_beating()
         with contextlib.suppress(Exception):
             await asyncio.to_thread(identity.leave)
 
