@@ -372,6 +372,8 @@ async def _item(
         return [_simple(entry, item, meta, utf8)]
     if name in ("BINARY", "BINARY.SIZE"):
         return await _binary(store, entry, item, meta)
+    if item.section.text in FIELD_LISTS:
+        return await _fields(store, entry, item, meta)
     return await _section(store, entry, item.section, item.partial, meta, _label(item))
 
 
@@ -390,8 +392,6 @@ async def _section(
     meta: Json | None,
     label: bytes,
 ) -> list[Piece]:
-    if section.text in FIELD_LISTS:
-        return await _fields(store, entry, section, partial, meta, label)
     if not section.part and not section.text:
         start, end = 0, entry.size
     else:
@@ -413,22 +413,17 @@ async def _section(
 FIELD_LISTS = frozenset({"HEADER.FIELDS", "HEADER.FIELDS.NOT"})
 
 
-def field_key(entry: Entry, section: Section) -> Key:
+def field_key(blob_id: int, section: Section) -> Key:
     """What a field list's answer is kept under: the content, the part, the list."""
-    return (entry.blob_id, section.part, section.fields, section.text == "HEADER.FIELDS.NOT")
+    return (blob_id, section.part, section.fields, section.text == "HEADER.FIELDS.NOT")
 
 
-async def _fields(
-    store: MessageStore,
-    entry: Entry,
-    section: Section,
-    partial: tuple[int, int] | None,
-    meta: Json | None,
-    label: bytes,
-) -> list[Piece]:
+async def _fields(store: MessageStore, entry: Entry, item: FetchItem, meta: Json | None) -> list[Piece]:
     """``BODY[…HEADER.FIELDS (…)]``: from the answers kept for every session
     (:mod:`mssante.imap.fieldcache`), else cut out of the header the structure places."""
-    kept, key = field_cache(store), field_key(entry, section)
+    section, label = item.section, _label(item)
+    assert section is not None
+    kept, key = field_cache(store), field_key(entry.blob_id, section)
     data = kept.get(key)
     if data is None:
         if meta is None:  # (it was kept when the command began, and dropped since)
@@ -442,8 +437,8 @@ async def _fields(
         block = await store.body(entry.blob_id, found.start, found.end)
         data = header_fields(block, found.fields, exclude=found.exclude)
         kept.put(key, data)
-    if partial is not None:
-        low, high = apply_partial(0, len(data), partial)
+    if item.partial is not None:
+        low, high = apply_partial(0, len(data), item.partial)
         data = data[low:high]
     return [label + b" {%d}\r\n" % len(data) + data]
 
@@ -456,17 +451,15 @@ def wanted_structures(
     BODYSTRUCTURE not yet rendered for the folder or a header field list not yet kept. A
     webmail's list page (BODYSTRUCTURE and a field list, fifty messages, at every view) then
     decodes no structure at all."""
+    blobs = [table[uid].blob_id for uid in uids]
     if any(_places_a_part(item) for item in items):
-        return [table[uid].blob_id for uid in uids]
+        return blobs
     wanted = set(missing_structures(table, uids, items, utf8=utf8))
     lists = [item.section for item in items if item.section is not None and item.section.text in FIELD_LISTS]
     if lists:
         kept = field_cache(store)
-        for uid in uids:
-            entry = table[uid]
-            if entry.blob_id not in wanted and any(kept.get(field_key(entry, s)) is None for s in lists):
-                wanted.add(entry.blob_id)
-    return [table[uid].blob_id for uid in uids if table[uid].blob_id in wanted]
+        wanted.update(b for b in blobs if any(kept.get(field_key(b, s)) is None for s in lists))
+    return [b for b in blobs if b in wanted]
 
 
 def _places_a_part(item: FetchItem) -> bool:

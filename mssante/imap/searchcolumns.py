@@ -166,7 +166,7 @@ class _Program:
             return 0
         if len(passing) == len(distinct):
             return self.everything
-        if len(distinct) <= 256 and max(distinct) < 256:  # each set's verdict by a table, in C
+        if max(distinct) < 256:  # each set's verdict by a table, in C
             verdicts = bytes(49 if index in passing else 48 for index in range(256))
             return int(bytes(reversed(flags)).translate(verdicts), 2)
         return _bits(index in passing for index in reversed(flags))
