@@ -14,9 +14,7 @@ Only a session's access to the message leads to its content id: the cache decide
 
 from __future__ import annotations
 
-from collections import OrderedDict
-
-from mssante.imap.perstore import PerStore
+from mssante.imap.perstore import Bounded, PerStore
 
 # The memory the kept answers may take (:func:`footprint`): a page of Roundcube's list is about
 # 50 × 700 bytes, so some 400 such pages stay in memory across every session of the process.
@@ -34,34 +32,15 @@ def footprint(key: Key, data: bytes) -> int:
     return 260 + len(data)
 
 
-class FieldCache:
-    """Answers by :data:`Key`. Used from the event loop's thread only."""
+class FieldCache(Bounded[Key, bytes]):
+    """Answers by :data:`Key`, within ``limit`` bytes (:func:`footprint`)."""
 
     def __init__(self, limit: int = KEPT_BYTES) -> None:
-        self.limit = limit
-        self.size = 0
-        self._kept: OrderedDict[Key, bytes] = OrderedDict()
-
-    def get(self, key: Key) -> bytes | None:
-        data = self._kept.get(key)
-        if data is not None:
-            self._kept.move_to_end(key)
-        return data
+        super().__init__(limit, footprint)
 
     def put(self, key: Key, data: bytes) -> None:
-        if len(data) > LARGEST:
-            return
-        replaced = self._kept.pop(key, None)
-        if replaced is not None:
-            self.size -= footprint(key, replaced)
-        self._kept[key] = data
-        self.size += footprint(key, data)
-        while self.size > self.limit and self._kept:
-            old_key, old = self._kept.popitem(last=False)
-            self.size -= footprint(old_key, old)
-
-    def __len__(self) -> int:
-        return len(self._kept)
+        if len(data) <= LARGEST:
+            self.add(key, data)
 
 
 field_cache = PerStore(FieldCache)  # the answers kept for each store

@@ -8,13 +8,16 @@ with it.
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from mssante.store.store import MessageStore
 
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
 
 
 class PerStore(Generic[T]):
@@ -29,3 +32,34 @@ class PerStore(Generic[T]):
         if found is None:
             found = self._by_store[store] = self._make()
         return found
+
+
+class Bounded(Generic[K, V]):
+    """Values by key, the least recently used dropped beyond ``limit`` bytes as ``weigh``
+    counts an entry (the SORT keys, the header field answers). Used from the event loop's
+    thread only."""
+
+    def __init__(self, limit: int, weigh: Callable[[K, V], int]) -> None:
+        self.limit = limit
+        self.size = 0
+        self._weigh = weigh
+        self._kept: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._kept.get(key)
+        if value is not None:
+            self._kept.move_to_end(key)
+        return value
+
+    def add(self, key: K, value: V) -> None:
+        replaced = self._kept.pop(key, None)
+        if replaced is not None:
+            self.size -= self._weigh(key, replaced)
+        self._kept[key] = value
+        self.size += self._weigh(key, value)
+        while self.size > self.limit and self._kept:
+            old_key, old = self._kept.popitem(last=False)
+            self.size -= self._weigh(old_key, old)
+
+    def __len__(self) -> int:
+        return len(self._kept)

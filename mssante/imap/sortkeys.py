@@ -8,10 +8,9 @@ read again from the store.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Iterable
 
-from mssante.imap.perstore import PerStore
+from mssante.imap.perstore import Bounded, PerStore
 from mssante.store.sortkeys import SortKeys
 
 # The memory the kept keys may take, estimated (:func:`footprint`): about 650 bytes a message,
@@ -30,14 +29,12 @@ def footprint(keys: SortKeys) -> int:
     return 550 + text + len(keys.message_id or "") + sum(60 + len(p) for p in parents)
 
 
-class KeyCache:
+class KeyCache(Bounded[int, SortKeys]):
     """Keys by message content id (never reused within a database), the least recently used
-    dropped beyond ``limit`` bytes (:func:`footprint`). Used from the event loop's thread only."""
+    dropped beyond ``limit`` bytes (:func:`footprint`)."""
 
     def __init__(self, limit: int = KEPT_BYTES) -> None:
-        self.limit = limit
-        self.size = 0
-        self._kept: OrderedDict[int, SortKeys] = OrderedDict()
+        super().__init__(limit, lambda _blob_id, keys: footprint(keys))
 
     def lookup(self, blob_ids: Iterable[int], *, threads: bool) -> dict[int, SortKeys]:
         """The keys kept of ``blob_ids`` (``threads``: only those with their thread links)."""
@@ -48,19 +45,6 @@ class KeyCache:
                 kept.move_to_end(blob_id)
                 found[blob_id] = keys
         return found
-
-    def add(self, blob_id: int, keys: SortKeys) -> None:
-        replaced = self._kept.pop(blob_id, None)
-        if replaced is not None:
-            self.size -= footprint(replaced)
-        self._kept[blob_id] = keys
-        self.size += footprint(keys)
-        while self.size > self.limit and self._kept:
-            _evicted, old = self._kept.popitem(last=False)
-            self.size -= footprint(old)
-
-    def __len__(self) -> int:
-        return len(self._kept)
 
 
 key_cache = PerStore(KeyCache)  # the keys kept for each store
