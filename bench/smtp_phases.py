@@ -2,7 +2,7 @@
 sessions, and the server's CPU per message.
 
 Usage: ``.venv/bin/python bench/smtp_phases.py [--sessions 1] [--messages 3000] [--rounds 2]
-[--with-postfix] [--out FILE]``
+[--with-postfix] [--with-floor] [--out FILE]``
 
 The demo server of ``bench/smtp_ingest.py`` (one process, SQLite), ``--sessions`` sessions
 opened (STARTTLS, AUTH) and warmed by 50 messages each before the clock starts, then
@@ -17,6 +17,11 @@ against (``bench/smtp_ingest.py`` does that, with several client processes).
 ``bench/smtp_ingest.py`` (Dovecot SASL on the same argon2id hash, delivery to a Maildir),
 alternated with ours (ours, Postfix, ours, Postfix…): where one message's time goes on each.
 
+``--with-floor`` measures the same rounds against ``bench/_aiosmtpd_floor.py``: aiosmtpd with
+STARTTLS and AUTH that writes each message to a file and ``fsync``s it before its ``250``, and
+does nothing else. It is the floor of the protocol layer (aiosmtpd, asyncio's TLS, Python) on
+this machine: what is left between it and mssante is mssante's own work before the ``250``.
+
 It measures; it does not judge.
 """
 
@@ -24,8 +29,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import ssl
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -42,8 +49,11 @@ from bench._common import emit, loadavg
 from bench.smtp_ingest import (
     RECIPIENT,
     SENDER,
+    Client,
     Target,
     _cpu_seconds,
+    _free_port,
+    _self_signed,
     ensure_packages,
     make_message,
     start_dovecot,
@@ -52,6 +62,36 @@ from bench.smtp_ingest import (
 )
 
 WARM_UP = 50
+FLOOR = Path(__file__).with_name("_aiosmtpd_floor.py")
+
+
+def start_floor(base: Path, login: tuple[str, str]) -> tuple[Callable[[], None], Target]:
+    """``bench/_aiosmtpd_floor.py`` on a port of its own, with a throw-away certificate."""
+    root = base / "floor"
+    cert, queue = _self_signed(root / "tls"), root / "queue"
+    queue.mkdir()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(FLOOR), str(cert), str(root / "tls" / "key.pem"), str(port), str(queue), *login],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError("the aiosmtpd floor server did not start")
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=10)
+
+    target = Target(
+        "aiosmtpd-floor",
+        Client(port, str(cert), login),
+        delivered=lambda: len(os.listdir(queue)),
+        pids=lambda: [process.pid],
+    )
+    return stop, target
 
 
 async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]:
@@ -119,6 +159,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=3000, help="messages per round (all sessions)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--with-postfix", action="store_true", help="alternate with Postfix")
+    parser.add_argument("--with-floor", action="store_true", help="alternate with bench/_aiosmtpd_floor.py")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result: dict[str, Any] = {
@@ -139,6 +180,10 @@ def main() -> None:
                 stop, postfix = start_postfix(Path(base), "postfix", dovecot, ours.client.login, lmtp=False)
                 stops.append(stop)
                 targets.append(postfix)
+            if args.with_floor:
+                stop, floor = start_floor(Path(base), ours.client.login)
+                stops.append(stop)
+                targets.append(floor)
             rounds: dict[str, list[dict[str, Any]]] = {target.name: [] for target in targets}
             for _ in range(args.rounds):
                 for target in targets:
@@ -149,6 +194,8 @@ def main() -> None:
     result["rounds"] = rounds[ours.name]
     if args.with_postfix:
         result["postfix_rounds"] = rounds["postfix"]
+    if args.with_floor:
+        result["floor_rounds"] = rounds["aiosmtpd-floor"]
     result["loadavg_after"] = loadavg()
     emit(result, args.out)
 
