@@ -4,7 +4,7 @@ Usage (root: it installs Debian's ``postfix`` and ``dovecot-lmtpd`` when missing
     .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--new-connections 1 10]
                                           [--seconds 10] [--rounds 2] [--processes 4]
                                           [--size 10240] [--big-mib 20] [--workers 1 2]
-                                          [--with-postfix] [--out FILE]
+                                          [--with-postfix] [--with-floor] [--out FILE]
 
 Servers under test, all started here and all left running for the whole benchmark:
 
@@ -18,6 +18,11 @@ Servers under test, all started here and all left running for the whole benchmar
   through the ``virtual`` agent;
 - ``postfix+dovecot``: the same Postfix set-up delivering by LMTP to Dovecot (the real
   alternative: the message is then visible to IMAP), Dovecot's Maildir counted.
+- ``aiosmtpd-floor`` (``--with-floor``): ``bench/_aiosmtpd_floor.py``, aiosmtpd with STARTTLS
+  and AUTH (a plain comparison, no password hash) writing each message to a file and ``fsync``ing
+  it before its ``250``, and nothing else: the floor of the protocol layer on this machine, for
+  the reused-session levels (its logins cost nothing, so its new-connection levels are not an
+  anchor); no big message.
 
 Levels: ``reuse-N``: N sessions opened before the clock starts, each sending 10 KiB messages
 one after another; ``new-N``: N workers each opening a new connection per message (TCP,
@@ -81,6 +86,7 @@ SENDER = "claire.martin@demo.mssante.fr"
 RECIPIENT = "paul.durand@demo.mssante.fr"
 POSTFIX = "/usr/sbin/postfix"
 DOVECOT = "/usr/sbin/dovecot"
+FLOOR = Path(__file__).with_name("_aiosmtpd_floor.py")  # the protocol layer alone (--with-floor)
 LMTP_MODULE = "/usr/lib/dovecot/lmtp"
 
 
@@ -258,6 +264,35 @@ def _self_signed(directory: Path) -> Path:
     return directory / "cert.pem"
 
 
+def start_floor(base: Path, login: tuple[str, str]) -> tuple[Callable[[], None], Target]:
+    """``bench/_aiosmtpd_floor.py`` on a port of its own, with a throw-away certificate."""
+    root = base / "floor"
+    cert, queue = _self_signed(root / "tls"), root / "queue"
+    queue.mkdir()
+    port = _free_port()
+    process = subprocess.Popen(
+        [sys.executable, str(FLOOR), str(cert), str(root / "tls" / "key.pem"), str(port), str(queue), *login],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "ready":
+        process.kill()
+        raise RuntimeError("the aiosmtpd floor server did not start")
+
+    def stop() -> None:
+        process.terminate()
+        process.wait(timeout=10)
+
+    target = Target(
+        "aiosmtpd-floor",
+        Client(port, str(cert), login),
+        delivered=lambda: len(os.listdir(queue)),
+        pids=lambda: [process.pid],
+    )
+    return stop, target
+
+
 def ensure_packages() -> None:
     """Install Debian's postfix ("No configuration": the machine's mail system is never set up)
     and Dovecot's LMTP server, if missing."""
@@ -384,8 +419,9 @@ protocol lmtp {{
         raise RuntimeError(f"dovecot failed to start: {(root / 'start.log').read_text()}")
     _wait_listening(auth_port, "dovecot auth")
     _wait_listening(lmtp_port, "dovecot lmtp")
+    # (the file exists before its number is written in it)
     pid_file, deadline = root / "run" / "master.pid", time.monotonic() + 20
-    while not pid_file.exists() and time.monotonic() < deadline:
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)
     return Dovecot(root, auth_port, lmtp_port, int(pid_file.read_text().split()[0]), home / "Maildir")
 
@@ -686,6 +722,7 @@ def main() -> None:
         "--workers", type=int, nargs="*", default=[1, 2], help="mssante servers by worker processes"
     )
     parser.add_argument("--with-postfix", action="store_true")
+    parser.add_argument("--with-floor", action="store_true", help="also bench/_aiosmtpd_floor.py")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
@@ -726,6 +763,10 @@ def main() -> None:
                     [DOVECOT, "--version"], capture_output=True, text=True
                 ).stdout.strip(),
             }
+        if args.with_floor:
+            stop, floor = start_floor(base, ours.client.login)
+            stops.append(stop)
+            targets.append(floor)
         for target in targets:  # warm-up: code paths, caches, the store's files, Postfix's daemons
             run_level(target, 2, False, 1.0, args.size, 1)
         levels = [(f"reuse-{n}", n, False) for n in args.connections] + [
@@ -750,7 +791,7 @@ def main() -> None:
                     for level, rows in runs[target.name].items()
                 }
             }
-            if args.big_mib:
+            if args.big_mib and target.name != "aiosmtpd-floor":  # (it holds a message whole)
                 result[target.name]["big_message"] = big_message(target, args.big_mib)
         for ours in ours_all:
             for anchor in targets[len(ours_all) :]:

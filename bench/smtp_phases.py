@@ -29,10 +29,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import ssl
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -49,49 +47,17 @@ from bench._common import emit, loadavg
 from bench.smtp_ingest import (
     RECIPIENT,
     SENDER,
-    Client,
     Target,
     _cpu_seconds,
-    _free_port,
-    _self_signed,
     ensure_packages,
     make_message,
     start_dovecot,
+    start_floor,
     start_mssante,
     start_postfix,
 )
 
 WARM_UP = 50
-FLOOR = Path(__file__).with_name("_aiosmtpd_floor.py")
-
-
-def start_floor(base: Path, login: tuple[str, str]) -> tuple[Callable[[], None], Target]:
-    """``bench/_aiosmtpd_floor.py`` on a port of its own, with a throw-away certificate."""
-    root = base / "floor"
-    cert, queue = _self_signed(root / "tls"), root / "queue"
-    queue.mkdir()
-    port = _free_port()
-    process = subprocess.Popen(
-        [sys.executable, str(FLOOR), str(cert), str(root / "tls" / "key.pem"), str(port), str(queue), *login],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stdout is not None
-    if process.stdout.readline().strip() != "ready":
-        process.kill()
-        raise RuntimeError("the aiosmtpd floor server did not start")
-
-    def stop() -> None:
-        process.terminate()
-        process.wait(timeout=10)
-
-    target = Target(
-        "aiosmtpd-floor",
-        Client(port, str(cert), login),
-        delivered=lambda: len(os.listdir(queue)),
-        pids=lambda: [process.pid],
-    )
-    return stop, target
 
 
 async def _round(target: Target, sessions: int, messages: int) -> dict[str, Any]:
