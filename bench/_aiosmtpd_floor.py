@@ -1,7 +1,8 @@
 """The least an SMTP server built on aiosmtpd can do per message: the floor of the protocol layer.
 
-Usage (started by ``bench/smtp_phases.py --with-floor``): ``python bench/_aiosmtpd_floor.py
-CERT KEY PORT QUEUE_DIR LOGIN PASSWORD``; prints ``ready`` once it listens on 127.0.0.1.
+Usage (started by ``bench/smtp_phases.py`` and ``bench/smtp_ingest.py`` given ``--with-floor``):
+``python bench/_aiosmtpd_floor.py CERT KEY PORT QUEUE_DIR LOGIN PASSWORD``; prints ``ready``
+once it listens on 127.0.0.1.
 
 STARTTLS and AUTH required, as on mssante's submission listener; each message written to a
 file of its own in QUEUE_DIR and ``fsync``'ed before its ``250`` (what Postfix's ``cleanup``
