@@ -423,6 +423,9 @@ protocol lmtp {{
     pid_file, deadline = root / "run" / "master.pid", time.monotonic() + 20
     while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)
+    if not (pid_file.exists() and pid_file.read_text().strip()):
+        subprocess.run([DOVECOT, "-c", str(root / "dovecot.conf"), "stop"], capture_output=True)
+        raise RuntimeError(f"dovecot wrote no process number in {pid_file}")
     return Dovecot(root, auth_port, lmtp_port, int(pid_file.read_text().split()[0]), home / "Maildir")
 
 
