@@ -337,6 +337,20 @@ def _wait_listening(port: int, what: str) -> None:
             time.sleep(0.1)
 
 
+def _written_pid(pid_file: Path, stop: list[str], what: str) -> int:
+    """The process number a daemon writes in ``pid_file`` (the file exists before the number is
+    in it); a daemon that writes none within 20 s is stopped with ``stop``, not left running."""
+    deadline = time.monotonic() + 20
+    while True:
+        written = pid_file.read_text().split() if pid_file.exists() else []
+        if written:
+            return int(written[0])
+        if time.monotonic() > deadline:
+            subprocess.run(stop, capture_output=True)
+            raise RuntimeError(f"{what} wrote no process number in {pid_file}")
+        time.sleep(0.1)
+
+
 @dataclass
 class Dovecot:
     root: Path
@@ -419,14 +433,9 @@ protocol lmtp {{
         raise RuntimeError(f"dovecot failed to start: {(root / 'start.log').read_text()}")
     _wait_listening(auth_port, "dovecot auth")
     _wait_listening(lmtp_port, "dovecot lmtp")
-    # (the file exists before its number is written in it)
-    pid_file, deadline = root / "run" / "master.pid", time.monotonic() + 20
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    if not (pid_file.exists() and pid_file.read_text().strip()):
-        subprocess.run([DOVECOT, "-c", str(root / "dovecot.conf"), "stop"], capture_output=True)
-        raise RuntimeError(f"dovecot wrote no process number in {pid_file}")
-    return Dovecot(root, auth_port, lmtp_port, int(pid_file.read_text().split()[0]), home / "Maildir")
+    stop = [DOVECOT, "-c", str(root / "dovecot.conf"), "stop"]
+    master_pid = _written_pid(root / "run" / "master.pid", stop, "dovecot")
+    return Dovecot(root, auth_port, lmtp_port, master_pid, home / "Maildir")
 
 
 def _master_cf(port: int) -> str:
@@ -514,7 +523,7 @@ def start_postfix(
         detail = log.read_text() if log.exists() else "(postfix logs its early errors to syslog only)"
         raise RuntimeError(f"postfix -c {etc} start failed:\n{started.stdout}{started.stderr}{detail}")
     _wait_listening(port, "postfix")
-    master_pid = int((root / "queue" / "pid" / "master.pid").read_text().split()[0])
+    master_pid = _written_pid(root / "queue" / "pid" / "master.pid", [*run, "stop"], "postfix")
     maildir = mail / "durand"
 
     def maildir_count() -> int:
