@@ -4,6 +4,7 @@ Usage (root: it installs Debian's ``postfix`` and ``dovecot-lmtpd`` when missing
     .venv/bin/python bench/smtp_ingest.py [--connections 1 10 50] [--new-connections 1 10]
                                           [--seconds 10] [--rounds 2] [--processes 4]
                                           [--size 10240] [--big-mib 20] [--workers 1 2]
+                                          [--acknowledge delivered queued]
                                           [--with-postfix] [--with-floor] [--out FILE]
 
 Servers under test, all started here and all left running for the whole benchmark:
@@ -11,6 +12,8 @@ Servers under test, all started here and all left running for the whole benchmar
 - ``mssante``: a real ``mssante serve --demo`` (SQLite store in a temporary directory), the
   submission port (STARTTLS, AUTH PLAIN as a demo doctor); ``mssante-2w`` the same with two
   worker processes sharing the port (``--workers``: one server per count given);
+  ``mssante-queued`` (``--acknowledge queued``) answering ``250`` once the message is sealed in
+  its queue file, delivered by the queue's own process (its CPU counted with the server's);
 - ``postfix`` (``--with-postfix``): Debian's Postfix in a throw-away instance (``postfix -c``,
   its own queue, smtpd on 127.0.0.1 at a high port, STARTTLS required, TLS >= 1.2), AUTH
   required through Dovecot SASL from Debian checking **the same argon2id hash** as mssante's
@@ -190,18 +193,23 @@ class Target:
     pids: Callable[[], list[int]]
 
 
-def start_mssante(base: Path, workers: int = 1) -> tuple[Callable[[], None], Target, str]:
-    """The demo server with ``workers`` processes; returns its stop, its target and the
-    sender's argon2id hash."""
+def start_mssante(
+    base: Path, workers: int = 1, acknowledge: str = "delivered"
+) -> tuple[Callable[[], None], Target, str]:
+    """The demo server with ``workers`` processes and ``smtp.acknowledge``; returns its stop,
+    its target and the sender's argon2id hash."""
     from tests.demo_server import start_demo
 
-    name = "mssante" if workers == 1 else f"mssante-{workers}w"
+    name = ("mssante" if workers == 1 else f"mssante-{workers}w") + (
+        "-queued" if acknowledge == "queued" else ""
+    )
     demo = start_demo(
         base / name,
         {
             "MSSANTE_SMTP__MAX_CONNECTIONS_PER_IP": "1000",
             "MSSANTE_RELAY__ENABLED": "false",
             "MSSANTE_SERVER__WORKERS": str(workers),
+            "MSSANTE_SMTP__ACKNOWLEDGE": acknowledge,
         },
     )
     deadline = time.monotonic() + 60  # demo.json comes with the first worker: wait for all
@@ -733,6 +741,13 @@ def main() -> None:
     parser.add_argument(
         "--workers", type=int, nargs="*", default=[1, 2], help="mssante servers by worker processes"
     )
+    parser.add_argument(
+        "--acknowledge",
+        nargs="*",
+        choices=["delivered", "queued"],
+        default=["delivered"],
+        help="mssante servers by smtp.acknowledge (queued: 250 once in the queue)",
+    )
     parser.add_argument("--with-postfix", action="store_true")
     parser.add_argument("--with-floor", action="store_true", help="also bench/_aiosmtpd_floor.py")
     parser.add_argument("--out", type=Path)
@@ -754,10 +769,11 @@ def main() -> None:
     stops: list[Callable[[], Any]] = []
     try:
         ours_all: list[Target] = []
-        for count in args.workers:
-            stop, ours, password_hash = start_mssante(base, count)
-            stops.append(stop)
-            ours_all.append(ours)
+        for acknowledge in args.acknowledge:
+            for count in args.workers:
+                stop, ours, password_hash = start_mssante(base, count, acknowledge)
+                stops.append(stop)
+                ours_all.append(ours)
         targets = list(ours_all)
         if args.with_postfix:
             ensure_packages()

@@ -96,6 +96,12 @@ class Runtime:
     worker: WorkerSlot | None = None  # None: the server is this one process
 
     @property
+    def delivers_queue(self) -> bool:
+        """This process is the submission queue's delivery process (``smtp.acknowledge =
+        "queued"``): the worker after the serving ones, which binds no port."""
+        return self.worker is not None and self.worker.index >= self.settings.server.workers
+
+    @property
     def lease_name(self) -> str:
         """The name this process's outbound-queue leases carry: the node's, with the worker's
         number after the first (a restarting worker frees its own leases, not a sibling's)."""

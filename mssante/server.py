@@ -142,6 +142,27 @@ async def start_http(runtime: Runtime) -> list[RunningListener]:
     ]
 
 
+def queue_delivery_starters() -> list[ListenerStarter]:
+    """What the submission queue's delivery process runs: no port, the store's feeds (its
+    commits wake the serving workers' IDLE sessions), the outbound queue (its messages for
+    other operators leave at once) and the queue's delivery itself."""
+    from mssante.annuaire_watch import start_annuaire_watch
+    from mssante.metrics_workers import start_metrics_peer
+    from mssante.smtp.queue_delivery import start_queue_delivery
+    from mssante.smtp.relay import start_relay
+    from mssante.store.pgfeed import start_cluster_feed
+    from mssante.store.siblingfeed import start_sibling_feed
+
+    return [
+        start_annuaire_watch,
+        start_cluster_feed,
+        start_sibling_feed,
+        start_relay,
+        start_queue_delivery,
+        start_metrics_peer,
+    ]
+
+
 def listener_starters(*, primary: bool = True) -> list[ListenerStarter]:
     """Front doors, in start order (imported here, when serving: they import the whole stack).
 
@@ -193,7 +214,8 @@ async def serve_forever(
     running: list[RunningListener] = []
     primary = runtime.worker is None or runtime.worker.primary
     try:
-        for starter in listener_starters(primary=primary):
+        starters = queue_delivery_starters() if runtime.delivers_queue else listener_starters(primary=primary)
+        for starter in starters:
             running.extend(await starter(runtime))
         runtime.listeners[:] = [item for item in running if item.public]
         for item in running:
@@ -236,7 +258,9 @@ def run(settings: Settings, *, demo: bool = False) -> None:
             path = demo_mode.write_demo_json(settings, document, listeners)
             log.info("demo ready: accounts, passwords and ports in %s", path)
 
-    if settings.server.workers > 1:
+    # A queued server delivers in a process of its own: it runs under the supervisor, whose
+    # workers are the serving ones and, after them, the queue's delivery process.
+    if settings.server.workers > 1 or settings.smtp.acknowledge == "queued":
         from mssante.workers import run_workers
 
         def serve_one(worker_settings: Settings, slot: WorkerSlot) -> None:

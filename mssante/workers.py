@@ -168,7 +168,7 @@ class Supervisor:
 def run_workers(settings: Settings, serve: Callable[[Settings, WorkerSlot], None]) -> int:
     """Run ``settings.server.workers`` workers, each ``serve(settings, slot)``, until stopped."""
     settings, holders = reserve_ports(settings)
-    supervisor = Supervisor(
-        settings.server.workers, lambda slot: serve(settings, slot), metrics_workers.directory(settings)
-    )
+    # With smtp.acknowledge = "queued", one more worker: the queue's delivery process.
+    count = settings.server.workers + (settings.smtp.acknowledge == "queued")
+    supervisor = Supervisor(count, lambda slot: serve(settings, slot), metrics_workers.directory(settings))
     return supervisor.run(holders)

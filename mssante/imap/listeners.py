@@ -87,7 +87,7 @@ async def start_imap(runtime: Runtime) -> list[RunningListener]:
         limits=limits,
         access=access,
         proxy=ProxySettings.of(imap),
-        shared_ports=settings.server.workers > 1,
+        shared_ports=runtime.worker is not None,  # under the supervisor: its holders share them
     )
     starttls = await server.start(imap.host, imap.port)
     implicit = await server.start(imap.host, imap.tls_port, implicit_tls=True)

@@ -9,6 +9,7 @@ import asyncio
 import functools
 import logging
 from collections import defaultdict
+from datetime import UTC, datetime
 from typing import Any
 
 from aiosmtpd.smtp import Envelope, Session
@@ -20,6 +21,7 @@ from mssante.auth.identity import IdentityKind
 from mssante.policy import DirectoryBal, Policy, Recipient
 from mssante.smtp import dkim, hygiene
 from mssante.smtp.hooks import DeliveryContext, HookRunner
+from mssante.smtp.queue import QueueBell, QueuedMessage, SubmissionQueue, new_id
 from mssante.smtp.session import MSSanteSMTP
 from mssante.smtp.spool import Received, Spooled
 from mssante.store.store import MessageStore
@@ -181,9 +183,17 @@ class _Base:
 class SubmissionHandler(_Base):
     """Submission (587/465): AUTH required; MSSanté policy on sender, recipients and headers."""
 
-    def __init__(self, *, signer: dkim.Signer, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        signer: dkim.Signer,
+        queue: tuple[SubmissionQueue, QueueBell] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.signer = signer
+        # smtp.acknowledge = "queued": 250 once sealed in the queue (mssante.smtp.queue).
+        self.queue = queue
 
     @staticmethod
     def _auth(session: Session) -> AuthSuccess:
@@ -277,10 +287,53 @@ class SubmissionHandler(_Base):
                     detail={"to": [r.address for r in routes]},
                 ),
             )
+        if self.queue is not None and isinstance(raw, bytearray):
+            # (a message received into a spool file, above smtp.spool_threshold, is streamed
+            # into the store as before: the queue file would hold it in memory whole)
+            entry = QueuedMessage(
+                new_id(),
+                sender.key,
+                identity.principal,
+                server.peer_ip,
+                identity,
+                sender.key,
+                tuple(routes),
+                facts,
+                message_id,
+                signature,
+                extra,
+                datetime.now(UTC),
+                raw,
+            )
+            return await self._enqueue(server, entry)
         ctx = DeliveryContext(
             "submission", identity, sender.key, sender, tuple(routes), facts, raw, message_id
         )
         return await self._store(server, ctx, identity.principal, signature, extra)
+
+    async def _enqueue(self, server: MSSanteSMTP, entry: QueuedMessage) -> str:
+        """Seal the message in the queue and answer 250 once that is on disk."""
+        assert self.queue is not None
+        queue, bell = self.queue
+        try:
+            await queue.put(entry)
+        except Exception:
+            log.exception("message not queued", extra={"session": server.session_id})
+            return "451 4.3.0 The message could not be queued; nothing was accepted, try again later"
+        bell.ring()
+        asyncio.get_running_loop().call_soon(self._queued, server.session_id, entry)
+        return f"250 2.0.0 Message accepted, queued as {entry.id}"
+
+    @staticmethod
+    def _queued(session_id: str, entry: QueuedMessage) -> None:
+        log.info(
+            "queued from %s for %d recipient(s) as %s",
+            entry.mail_from,
+            len(entry.recipients),
+            entry.id,
+            extra={"session": session_id},
+        )
+        memory.give_back(len(entry.raw))
 
 
 class RelayHandler(_Base):

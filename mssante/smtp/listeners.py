@@ -19,6 +19,7 @@ from mssante.proxy_protocol import ProxySettings, create_server
 from mssante.runtime import Runtime
 from mssante.smtp import dkim
 from mssante.smtp.handlers import RelayHandler, SubmissionHandler
+from mssante.smtp.queue import QueueBell, SubmissionQueue
 from mssante.smtp.session import ConnectionLimits, MSSanteSMTP
 from mssante.store.spooled import spool_dir
 from mssante.tls import ClientCertMode, server_context
@@ -78,8 +79,12 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
         "hooks": runtime.delivery_hooks,
     }
     assert settings.dkim.keys_dir is not None
+    queue = None
+    if smtp.acknowledge == "queued":
+        assert runtime.worker is not None, "a queued server runs its delivery in a worker process"
+        queue = (SubmissionQueue(settings.data_dir, runtime.keyring), QueueBell(runtime.worker.group))
     submission = SubmissionHandler(
-        signer=dkim.Signer(settings.dkim.keys_dir, settings.dkim.selector), **common
+        signer=dkim.Signer(settings.dkim.keys_dir, settings.dkim.selector), queue=queue, **common
     )
     relay = RelayHandler(
         dkim_reject_on_fail=settings.dkim.reject_on_fail,
@@ -94,6 +99,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
         share_of(smtp.max_connections, workers), share_of(smtp.max_connections_per_ip, workers)
     )
     proxy = ProxySettings.of(smtp)
+    shared = runtime.worker is not None  # under the supervisor, whose port holders share them
     session_args: dict[str, Any] = {
         "hostname": settings.server.hostname,
         "ident": "mssante ESMTP",
@@ -126,7 +132,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=None,
             tls_mode="starttls",
             proxy=proxy,
-            shared=workers > 1,
+            shared=shared,
         ),
         await _serve(
             "submissions",
@@ -136,7 +142,7 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=client_ctx,
             tls_mode="implicit",
             proxy=proxy,
-            shared=workers > 1,
+            shared=shared,
         ),
         await _serve(
             "relay",
@@ -153,10 +159,19 @@ async def start_smtp(runtime: Runtime) -> list[RunningListener]:
             implicit=None,
             tls_mode="starttls",
             proxy=proxy,
-            shared=workers > 1,
+            shared=shared,
         ),
     ]
-    return _drained(listeners, limits, settings.server.shutdown_grace_seconds)
+    drained = _drained(listeners, limits, settings.server.shutdown_grace_seconds)
+    if queue is None:
+        return drained
+    files, bell = queue
+
+    async def close_queue() -> None:  # (closed last: after the sessions it serves)
+        bell.close()
+        await asyncio.to_thread(files.close)
+
+    return [RunningListener("smtp-queue", "sqlite", "", 0, "none", close_queue, public=False), *drained]
 
 
 def _drained(

@@ -192,3 +192,14 @@ class OutboundEntry(Base):
     # The node (server.hostname) holding the lease: a restarted node frees its own leases at once.
     claimed_by: Mapped[str | None] = mapped_column(String(255))
     delay_warned: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class QueueDelivered(Base):
+    """Entries of the submission queue (``smtp.acknowledge = "queued"``) already delivered:
+    written in the transaction that delivers one, so that an entry whose file outlived its
+    delivery (a crash between the commit and the file's removal) is not delivered twice."""
+
+    __tablename__ = "smtp_queue_delivered"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    delivered_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

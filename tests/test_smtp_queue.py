@@ -1,0 +1,266 @@
+"""``smtp.acknowledge = "queued"``: 250 once the message is sealed in the queue, delivered by
+the queue's own process an instant later.
+
+Seen from outside, over real sockets with smtplib and IMAP clients: the reply names the queue
+entry; an IDLE session (served by the other process) hears the message at once; a full mailbox
+no longer refuses the message while the client waits: the others get it and the sender gets a
+delivery status notification (5.2.2) in its INBOX; the queue database is sealed (the message's
+text is not in it); entries left by a stop are delivered at the next start, one whose delivery
+committed before a crash (its id in ``smtp_queue_delivered``) is not delivered twice, and one
+that does not open is set aside, not dropped.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import sqlite3
+import ssl
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from imapclient import IMAPClient
+from sqlalchemy import create_engine, text
+
+from mssante.auth.identity import Identity
+from mssante.crypto import KeyRing
+from mssante.policy import MessageFacts, Recipient
+from mssante.smtp.queue import QueuedMessage, QueueEntryError, SubmissionQueue, new_id
+from tests.conftest import DEMO_ENV, PG_URL, _create_pg_database, _drop_pg_database
+from tests.demo_server import DemoServer, start_demo
+from tests.helpers import make_message
+
+SENDER = "claire.martin@demo.mssante.fr"
+ENV = {**DEMO_ENV, "MSSANTE_SMTP__ACKNOWLEDGE": "queued"}
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def queued(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[DemoServer, str]]:
+    """A queued demo server, and its database's URL."""
+    env = dict(ENV)
+    database = None
+    data = tmp_path_factory.mktemp(f"queue-{request.param}") / "data"
+    url = f"sqlite:///{data / 'mssante.db'}"
+    if request.param == "postgresql":
+        if not PG_URL:
+            pytest.skip("MSSANTE_TEST_PG_URL is not set")
+        database, url = _create_pg_database()
+        env["MSSANTE_DATABASE__URL"] = url
+    started = start_demo(data, env)
+    try:
+        yield started, url
+    finally:
+        code = started.stop()
+        if database is not None:
+            _drop_pg_database(database)
+        assert code == 0, f"server exited with {code}:\n{started.log()}"
+
+
+@pytest.fixture
+def server(queued: tuple[DemoServer, str]) -> DemoServer:
+    return queued[0]
+
+
+def _imap(server: DemoServer, user: str) -> IMAPClient:
+    context = ssl.create_default_context(cafile=server.ca_cert)
+    client = IMAPClient("127.0.0.1", port=server.port("imaps"), ssl=True, ssl_context=context, timeout=10)
+    client.login(user, str(server.account(user)["password"]))
+    return client
+
+
+def _submit(server: DemoServer, recipients: list[str], subject: str, body: str = "Bonjour.") -> str:
+    """Send one message as SENDER; the server's reply to DATA."""
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as client:
+        client.starttls(context=ssl.create_default_context(cafile=server.ca_cert))
+        client.login(SENDER, str(server.account(SENDER)["password"]))
+        client.mail(SENDER)
+        for rcpt in recipients:
+            assert client.rcpt(rcpt)[0] == 250
+        code, reply = client.data(make_message(SENDER, ", ".join(recipients), subject, body))
+    assert code == 250, reply
+    return reply.decode()
+
+
+def _colleague(server: DemoServer) -> str:
+    """Another professional's personal BAL of the demo."""
+    for account in server.doc["accounts"]:
+        if account["address"] != SENDER and account["kind"] == "professional" and account["password"]:
+            return str(account["address"])
+    raise AssertionError("the demo has no second professional")
+
+
+def _wait_for(client: IMAPClient, criteria: list[str], seconds: float = 10) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while True:
+        client.noop()
+        found: list[int] = client.search(criteria)
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _entries(data_dir: Path, aside: int = 0) -> list[str]:
+    """The ids in the node's queue database (waiting, or set aside)."""
+    with sqlite3.connect(data_dir / "queue.db") as db:
+        return [row[0] for row in db.execute("SELECT id FROM entries WHERE aside = ?", (aside,))]
+
+
+def test_reply_names_the_entry_and_idle_hears_the_message(server: DemoServer) -> None:
+    watcher = _imap(server, SENDER)
+    try:
+        watcher.select_folder("INBOX")
+        watcher.idle()
+        started = time.monotonic()
+        reply = _submit(server, [SENDER], "file d'attente")
+        assert "queued as" in reply
+        heard = watcher.idle_check(timeout=10)
+        elapsed = time.monotonic() - started
+        watcher.idle_done()
+        assert any(item[1] == b"EXISTS" for item in heard), heard
+        assert elapsed < 5
+        uids = watcher.search(["SUBJECT", "file d'attente"])
+        assert len(uids) == 1
+        body = watcher.fetch(uids, ["BODY.PEEK[]"])[uids[0]][b"BODY[]"]
+        assert b"Bonjour." in body
+        assert b"Received: from" in body  # the trace fields written before the 250
+    finally:
+        watcher.logout()
+    deadline = time.monotonic() + 5
+    while _entries(server.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _entries(server.data_dir) == []
+
+
+def test_many_messages_in_a_row_all_arrive_once(server: DemoServer) -> None:
+    with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as client:
+        client.starttls(context=ssl.create_default_context(cafile=server.ca_cert))
+        client.login(SENDER, str(server.account(SENDER)["password"]))
+        for i in range(40):
+            client.sendmail(SENDER, [SENDER], make_message(SENDER, SENDER, f"rafale {i:02d}"))
+    reader = _imap(server, SENDER)
+    try:
+        reader.select_folder("INBOX")
+        deadline = time.monotonic() + 15
+        while len(reader.search(["SUBJECT", "rafale"])) < 40 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            reader.noop()
+        found = reader.search(["SUBJECT", "rafale"])
+        subjects = reader.fetch(found, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        assert len(found) == 40
+        assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == 40
+    finally:
+        reader.logout()
+
+
+def _set_quota(url: str, bal: str, quota: int | None) -> None:
+    engine = create_engine(url)
+    try:
+        with engine.begin() as db:
+            db.execute(
+                text("UPDATE mail_accounts SET quota_bytes = :q WHERE bal = :b"), {"q": quota, "b": bal}
+            )
+    finally:
+        engine.dispose()
+
+
+def test_full_mailbox_is_told_by_a_dsn_after_the_250(queued: tuple[DemoServer, str]) -> None:
+    server, url = queued
+    colleague = _colleague(server)
+    _submit(server, [colleague], "premier")  # the colleague's account exists from here on
+    reader = _imap(server, colleague)
+    try:
+        reader.select_folder("INBOX")
+        assert _wait_for(reader, ["SUBJECT", "premier"])
+        _set_quota(url, colleague, 1)
+        reply = _submit(server, [colleague, SENDER], "trop plein")
+        assert "queued as" in reply
+        own = _imap(server, SENDER)
+        try:
+            own.select_folder("INBOX")
+            assert _wait_for(own, ["SUBJECT", "trop plein"])  # the other recipient has it
+            bounce = _wait_for(own, ["FROM", "MAILER-DAEMON"])
+            assert bounce
+            report = own.fetch(bounce[-1:], ["BODY.PEEK[]"])[bounce[-1]][b"BODY[]"]
+            assert b"report-type=delivery-status" in report
+            assert f"Final-Recipient: rfc822; {colleague}".encode() in report
+            assert b"Status: 5.2.2" in report
+            assert b"Subject: trop plein" in report  # the original header, not its body
+        finally:
+            own.logout()
+        reader.noop()
+        assert not reader.search(["SUBJECT", "trop plein"])
+    finally:
+        _set_quota(url, colleague, None)
+        reader.logout()
+
+
+def _entry(raw: bytes, to: str) -> QueuedMessage:
+    return QueuedMessage(
+        new_id(),
+        SENDER,
+        "professional:test",
+        "127.0.0.1",
+        Identity.staff("test.queue"),
+        SENDER,
+        (Recipient(to, "local", to.partition("@")[2]),),
+        MessageFacts(from_addresses=(SENDER,)),
+        None,
+        b"",
+        (),
+        datetime.now(UTC),
+        raw,
+    )
+
+
+def test_entries_left_by_a_stop_are_delivered_at_start_once(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    first = start_demo(data, ENV)
+    assert first.stop() == 0
+    queue = SubmissionQueue(data, KeyRing.load(data / "keyring.json"))
+    secret = "Compte rendu confidentiel 4242"
+    pending = _entry(make_message(SENDER, SENDER, "laisse en file", secret), SENDER)
+    done = _entry(make_message(SENDER, SENDER, "deja remis"), SENDER)
+    try:
+        queue.put_now(pending)
+        queue.put_now(done)
+        on_disk = b"".join(p.read_bytes() for p in data.glob("queue.db*"))
+        assert secret.encode() not in on_disk and b"laisse en file" not in on_disk  # sealed at rest
+        [(entry_id, sealed)] = queue.read([pending.id])
+        assert queue.open(entry_id, sealed).raw == pending.raw
+        with pytest.raises(QueueEntryError):  # bound to its id: not openable as another entry
+            queue.open(done.id, sealed)
+    finally:
+        queue.close()
+    with sqlite3.connect(data / "mssante.db") as db:  # as if it was delivered before a crash
+        db.execute(
+            "INSERT INTO smtp_queue_delivered (id, delivered_at) VALUES (?, ?)", (done.id, "2026-12-07")
+        )
+    altered = new_id()  # acknowledged once, altered since: set aside, not dropped
+    with sqlite3.connect(data / "queue.db") as db:
+        db.execute(
+            "INSERT INTO entries (id, sealed, aside) VALUES (?, ?, 0)",
+            (altered, b'{"key": "k1", "wrapped": "AAAA"}\n' + b"\1" * 64),
+        )
+    second = start_demo(data, ENV)
+    try:
+        reader = _imap(second, SENDER)
+        try:
+            reader.select_folder("INBOX")
+            assert _wait_for(reader, ["SUBJECT", "laisse en file"])
+            assert not reader.search(["SUBJECT", "deja remis"])
+        finally:
+            reader.logout()
+        deadline = time.monotonic() + 5
+        while _entries(data) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _entries(data) == []
+        assert _entries(data, aside=1) == [altered]
+        assert f"queue entry {altered} does not open" in second.log()
+    finally:
+        assert second.stop() == 0, second.log()
+    with sqlite3.connect(data / "mssante.db") as db:  # the delivered ids are forgotten at stop
+        assert db.execute("SELECT count(*) FROM smtp_queue_delivered").fetchone() == (0,)
