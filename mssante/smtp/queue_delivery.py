@@ -35,17 +35,18 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import Table, delete, insert, select
+from sqlalchemy import Table, delete, select
 from sqlalchemy.orm import Session
 
 from annuaire.lookup import NotCached
-from mssante import audit, memory
+from mssante import audit, memory, sqlfast
 from mssante.audit import AuditEvent
 from mssante.listening import RunningListener
 from mssante.runtime import Runtime
 from mssante.smtp import dsn
 from mssante.smtp.hooks import DeliveryContext
 from mssante.smtp.queue import QueueBell, QueuedMessage, QueueEntryError, SubmissionQueue
+from mssante.sqlfast import dialect_of, timestamp
 from mssante.store.models import QueueDelivered
 from mssante.store.types import Outbound, QuotaExceeded
 
@@ -58,11 +59,16 @@ BATCH_MAX = 64
 RETRY_SECONDS = (5.0, 30.0, 60.0, 300.0)
 FORGET_SECONDS = 5.0
 _delivered_t = cast(Table, QueueDelivered.__table__)
+_MARK = "INSERT INTO smtp_queue_delivered (id, delivered_at) VALUES (:id, :at)"
 
 
 def _mark(entry_id: str) -> Callable[[Session], None]:
+    """The write that says, in the delivery's own transaction, that this entry is delivered
+    (driver SQL: the expression layer cost a sixth of this process's time, one per message)."""
+
     def mark(session: Session) -> None:
-        session.execute(insert(_delivered_t).values(id=entry_id, delivered_at=datetime.now(UTC)))
+        at = timestamp(datetime.now(UTC), dialect_of(session))
+        sqlfast.run(session, _MARK, {"id": entry_id, "at": at})
 
     return mark
 
