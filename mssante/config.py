@@ -137,8 +137,8 @@ class SMTPSection(ListenerSection):
     # From the connection to AUTH on submission (to TLS on relay-in), whatever the client sends.
     login_timeout_seconds: float = Field(default=60.0, gt=0)
     # When submission answers 250: "delivered" once the message is in its mailboxes (a full
-    # mailbox is refused while the client waits); "queued" once it is sealed in a file of
-    # <data_dir>/queue and fsync'ed, delivered an instant later by a process of its own (a
+    # mailbox is refused while the client waits); "queued" once it is sealed in the node's
+    # <data_dir>/queue.db and committed, delivered an instant later by a process of its own (a
     # full mailbox is then told by a delivery status notification). Relay-in stays "delivered".
     acknowledge: Literal["delivered", "queued"] = "delivered"
 

@@ -289,7 +289,7 @@ class SubmissionHandler(_Base):
             )
         if self.queue is not None and isinstance(raw, bytearray):
             # (a message received into a spool file, above smtp.spool_threshold, is streamed
-            # into the store as before: the queue file would hold it in memory whole)
+            # into the store as before: its queue entry would hold it in memory whole)
             entry = QueuedMessage(
                 new_id(),
                 sender.key,
