@@ -179,8 +179,9 @@ def create_app(runtime: Any) -> FastAPI:
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age, and
-        the age of the lists fetched on a schedule (``stale`` past their configured age). With
+        """Liveness plus what monitoring watches: outbound queue depth and oldest entry's age (and
+        the submission queue's with ``smtp.acknowledge = "queued"``), and the age of the lists
+        fetched on a schedule (``stale`` past their configured age). With
         several workers, each one and whether it serves: ``degraded`` while one does not (it is
         being started again, or is stuck)."""
         from sqlalchemy.orm import Session
@@ -192,6 +193,10 @@ def create_app(runtime: Any) -> FastAPI:
             queue = queue_stats(session)
         lists = status(runtime.engine, scheduled_lists(runtime.settings))
         report: dict[str, Any] = {"status": "ok", "version": __version__, "queue": queue, "lists": lists}
+        if runtime.settings.smtp.acknowledge == "queued":
+            from mssante.smtp.queue import queue_stats as submission_stats
+
+            report["submission_queue"] = submission_stats(runtime.settings.data_dir)
         if runtime.worker is not None and runtime.worker.count > 1:
             from mssante.metrics_workers import health as workers_health
 

@@ -30,7 +30,7 @@ from mssante.policy import MessageFacts, Recipient
 from mssante.smtp.queue import QueuedMessage, QueueEntryError, SubmissionQueue, new_id
 from tests.conftest import DEMO_ENV, PG_URL, _create_pg_database, _drop_pg_database
 from tests.demo_server import DemoServer, start_demo
-from tests.helpers import make_message
+from tests.helpers import make_message, web_client
 
 SENDER = "claire.martin@demo.mssante.fr"
 ENV = {**DEMO_ENV, "MSSANTE_SMTP__ACKNOWLEDGE": "queued"}
@@ -260,6 +260,10 @@ def test_entries_left_by_a_stop_are_delivered_at_start_once(tmp_path: Path) -> N
         assert _entries(data) == []
         assert _entries(data, aside=1) == [altered]
         assert f"queue entry {altered} does not open" in second.log()
+        with web_client(second) as web:  # monitoring sees it
+            health = web.get("/health").json()
+        assert health["submission_queue"]["set_aside"] == 1
+        assert health["submission_queue"]["waiting"] == 0
     finally:
         assert second.stop() == 0, second.log()
     with sqlite3.connect(data / "mssante.db") as db:  # the delivered ids are forgotten at stop

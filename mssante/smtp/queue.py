@@ -326,6 +326,19 @@ class SubmissionQueue:
             yield self._reader
 
 
+def queue_stats(data_dir: Path) -> dict[str, Any]:
+    """What monitoring watches of the node's queue: entries waiting, the oldest one's age, and
+    entries set aside (acknowledged, not deliverable as they are: an operator must look)."""
+    path = data_dir / QUEUE_DB
+    if not path.exists():
+        return {"waiting": 0, "oldest_age_seconds": 0.0, "set_aside": 0}
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
+        waiting, oldest = db.execute("SELECT count(*), min(id) FROM entries WHERE aside = 0").fetchone()
+        (aside,) = db.execute("SELECT count(*) FROM entries WHERE aside = 1").fetchone()
+    age = (time.time_ns() - int(oldest.partition("-")[0])) / 1e9 if oldest else 0.0
+    return {"waiting": int(waiting), "oldest_age_seconds": round(max(age, 0.0), 1), "set_aside": int(aside)}
+
+
 class QueueBell:
     """Rings the delivery process when an entry is written, so it need not poll the queue:
     a datagram to an abstract Unix socket named after the server (no file, gone with it). A
