@@ -12,7 +12,9 @@ that does not open is set aside, not dropped.
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
+import socket
 import sqlite3
 import ssl
 import time
@@ -27,7 +29,9 @@ from sqlalchemy import create_engine, text
 from mssante.auth.identity import Identity
 from mssante.crypto import KeyRing
 from mssante.policy import MessageFacts, Recipient
+from mssante.runtime import Runtime
 from mssante.smtp.queue import QueuedMessage, QueueEntryError, SubmissionQueue, new_id
+from mssante.smtp.queue_delivery import QueueDelivery, _mark
 from tests.conftest import DEMO_ENV, PG_URL, _create_pg_database, _drop_pg_database
 from tests.demo_server import DemoServer, start_demo
 from tests.helpers import make_message, web_client
@@ -268,3 +272,28 @@ def test_entries_left_by_a_stop_are_delivered_at_start_once(tmp_path: Path) -> N
         assert second.stop() == 0, second.log()
     with sqlite3.connect(data / "mssante.db") as db:  # the delivered ids are forgotten at stop
         assert db.execute("SELECT count(*) FROM smtp_queue_delivered").fetchone() == (0,)
+
+
+def test_an_entry_retried_after_its_delivery_committed_is_not_delivered_again(runtime: Runtime) -> None:
+    """What fails after a delivery's commit (its DSN, the entry's removal) is retried: the retry
+    finds the delivery's mark and only removes the entry."""
+    queue = SubmissionQueue(runtime.settings.data_dir, runtime.keyring)
+    entry = _entry(make_message(SENDER, SENDER, "commit puis panne"), SENDER)
+    try:
+        queue.put_now(entry)
+        runtime.store.writer.run_sync(_mark(entry.id))  # written in the delivery's transaction
+
+        async def retry() -> QueueDelivery:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as bell:
+                delivery = QueueDelivery(runtime, queue, bell)
+                delivery._retry[entry.id] = (1, 0.0)  # it failed once, after the commit
+                await delivery._deliver_batch([entry.id])
+                return delivery
+
+        delivery = asyncio.run(retry())
+        assert queue.waiting() == []
+        assert entry.id not in delivery._retry
+        with runtime.engine.connect() as db:
+            assert db.execute(text("SELECT count(*) FROM messages")).scalar() == 0  # not again
+    finally:
+        queue.close()

@@ -56,7 +56,7 @@ SYSTEM = "system:queue"
 POLL_SECONDS = 1.0  # a ring lost (or none, after a restart) delays an entry this long at most
 # Once rung, wait this long for the entries that follow: one store commit for all of them.
 # One session sends a message every 2-3 ms; at 20 ms a batch held some eight and this process
-# spent 0.56-0.64 ms of CPU a message, taken from the core the session needed (one session:
+# spent 0.56-0.59 ms of CPU a message, taken from the core the session needed (one session:
 # 399-444 msg/s in four runs); at 50 ms, some twenty and 0.46 ms (408-478 msg/s in four runs;
 # bench/smtp_ingest.py's level reuse-1 alone). 100 and 200 ms gave no more; at 50 sessions
 # the wait changes nothing (a batch is there at once).
@@ -80,7 +80,7 @@ def _mark(entry_id: str) -> Callable[[Session], None]:
 
 
 class QueueDelivery:
-    """Delivers the entries of the queue directory, oldest first, in batches."""
+    """Delivers the entries of the queue database, oldest first, in batches."""
 
     def __init__(self, runtime: Runtime, queue: SubmissionQueue, bell: socket.socket) -> None:
         self.runtime = runtime
@@ -206,6 +206,14 @@ class QueueDelivery:
         entries, unreadable = await asyncio.to_thread(self._open, names)
         for entry_id in unreadable:
             await self.queue.set_aside(entry_id)
+        retried = [entry.id for entry in entries if entry.id in self._retry]
+        if retried:  # its delivery may have committed before what failed (a DSN, the removal)
+            done = set(await asyncio.to_thread(self._already_delivered, retried))
+            entries = [entry for entry in entries if entry.id not in done]
+            await self.queue.remove(sorted(done))
+            self._removed.extend(done)
+            for entry_id in done:
+                self._retry.pop(entry_id, None)
         results = await asyncio.gather(*(self._guarded(entry) for entry in entries))
         delivered = [entry.id for entry, done in zip(entries, results, strict=True) if done]
         # The entries go once their deliveries are committed (a crash before: see _recover).
