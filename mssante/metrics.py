@@ -319,6 +319,20 @@ class ServerState:
             yield from self._store(session)
             yield from self._certificates(session, now)
         yield from self._lists()
+        if self.runtime.settings.smtp.acknowledge == "queued":
+            yield from self._submission_queue()
+
+    def _submission_queue(self) -> Iterable[Metric]:
+        """The node's submission queue (``smtp.acknowledge = "queued"``), as ``/health`` shows it."""
+        from mssante.smtp.queue import queue_stats
+
+        stats = queue_stats(self.runtime.settings.data_dir)
+        for key, name, text in (
+            ("waiting", "mssante_submission_queue_waiting", "Accepted messages waiting for delivery"),
+            ("oldest_age_seconds", "mssante_submission_queue_oldest_age_seconds", "Age of the oldest one"),
+            ("set_aside", "mssante_submission_queue_set_aside", "Entries that do not open: see to them"),
+        ):
+            yield GaugeMetricFamily(name, text, value=stats[key])
 
     @staticmethod
     def _queue(session: Any, now: datetime) -> Iterable[Metric]:

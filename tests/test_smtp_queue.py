@@ -266,8 +266,11 @@ def test_entries_left_by_a_stop_are_delivered_at_start_once(tmp_path: Path) -> N
         assert f"queue entry {altered} does not open" in second.log()
         with web_client(second) as web:  # monitoring sees it
             health = web.get("/health").json()
+            scraped = web.get("/metrics").text
         assert health["submission_queue"]["set_aside"] == 1
         assert health["submission_queue"]["waiting"] == 0
+        assert "mssante_submission_queue_set_aside 1.0" in scraped
+        assert "mssante_submission_queue_waiting 0.0" in scraped
     finally:
         assert second.stop() == 0, second.log()
     with sqlite3.connect(data / "mssante.db") as db:  # the delivered ids are forgotten at stop
