@@ -35,6 +35,7 @@ from mssante.smtp.queue_delivery import QueueDelivery, _mark
 from tests.conftest import DEMO_ENV, PG_URL, _create_pg_database, _drop_pg_database
 from tests.demo_server import DemoServer, start_demo
 from tests.helpers import make_message, web_client
+from tests.test_patients_smtp import mail, patients, send
 
 SENDER = "claire.martin@demo.mssante.fr"
 ENV = {**DEMO_ENV, "MSSANTE_SMTP__ACKNOWLEDGE": "queued"}
@@ -300,3 +301,28 @@ def test_an_entry_retried_after_its_delivery_committed_is_not_delivered_again(ru
             assert db.execute(text("SELECT count(*) FROM messages")).scalar() == 0  # not again
     finally:
         queue.close()
+
+
+def test_patient_conversations_open_through_the_delivery_process(server: DemoServer) -> None:
+    """The hooks run where the message is delivered: a professional's queued message opens the
+    conversation the patient's reply needs, and the reply (queued too) reaches the professional."""
+    patient = patients(server)[0]
+    subject = f"Resultats {new_id()}"
+    first, raw = mail(SENDER, [patient], subject)
+    assert send(server, SENDER, SENDER, [patient], raw).ok
+    inbox = _imap(server, patient)
+    try:
+        inbox.select_folder("INBOX")
+        assert _wait_for(inbox, ["SUBJECT", subject])
+    finally:
+        inbox.logout()
+    answer = f"Re: {subject}"
+    _, raw = mail(patient, [SENDER], answer, in_reply_to=first, references=[first])
+    reply = send(server, patient, patient, [SENDER], raw)
+    assert reply.ok and "queued as" in reply.text, reply
+    own = _imap(server, SENDER)
+    try:
+        own.select_folder("INBOX")
+        assert _wait_for(own, ["SUBJECT", answer])
+    finally:
+        own.logout()
