@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +24,7 @@ from mssante.smtp.queue import QueueBell, QueuedMessage, SubmissionQueue, new_id
 from mssante.smtp.session import MSSanteSMTP
 from mssante.smtp.spool import Received, Spooled
 from mssante.store.store import MessageStore
-from mssante.store.types import Outbound, QuotaExceeded, StoreError
+from mssante.store.types import QuotaExceeded, StoreError
 
 log = logging.getLogger("mssante.smtp")
 
@@ -134,17 +133,11 @@ class _Base:
         signature: bytes = b"",
         extra_audit: tuple[AuditEvent, ...] = (),
     ) -> str:
-        raw, sender, routes = ctx.raw, ctx.mail_from, list(ctx.recipients)
-        local = [r.address for r in routes if r.route == "local"]
-        remote: dict[str, list[str]] = defaultdict(list)
-        for r in routes:
-            if r.route == "remote":
-                remote[r.domain].append(r.address)
-        outbound = Outbound(raw, dict(remote), signature) if remote else None
+        local, outbound = ctx.routed(signature)
         try:
             ctx.uids = await self.store.deliver(
-                raw,
-                sender,
+                ctx.raw,
+                ctx.mail_from,
                 local,
                 actor=actor,
                 source=server.peer_ip,
@@ -164,7 +157,7 @@ class _Base:
         # background work (patient notice, relay, DMP deposit) and the memory given back follow
         # on the loop's next turn, while the client is busy with its next message.
         asyncio.get_running_loop().call_soon(
-            self._accepted, server.session_id, ctx, len(local), sum(len(v) for v in remote.values())
+            self._accepted, server.session_id, ctx, len(local), len(ctx.recipients) - len(local)
         )
         return f"250 2.0.0 Message accepted (id {server.session_id})"
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from mssante.auth.identity import Identity
 from mssante.policy import DirectoryBal, MessageFacts, Recipient
 from mssante.store.spooled import Raw
+from mssante.store.types import Outbound
 
 log = logging.getLogger("mssante.smtp")
 
@@ -40,6 +42,16 @@ class DeliveryContext:
     raw: Raw
     message_id: str | None
     uids: dict[str, int] = field(default_factory=dict)  # filled after the commit
+
+    def routed(self, signature: bytes = b"") -> tuple[list[str], Outbound | None]:
+        """Where the message goes: the local BALs, and what leaves for other operators (their
+        recipients by domain, with the DKIM ``signature`` to put on top), or None."""
+        local = [r.address for r in self.recipients if r.route == "local"]
+        remote: dict[str, list[str]] = defaultdict(list)
+        for r in self.recipients:
+            if r.route == "remote":
+                remote[r.domain].append(r.address)
+        return local, Outbound(self.raw, dict(remote), signature) if remote else None
 
 
 class DeliveryHook(Protocol):

@@ -30,7 +30,6 @@ import contextlib
 import logging
 import socket
 import time
-from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
@@ -48,7 +47,7 @@ from mssante.smtp.hooks import DeliveryContext
 from mssante.smtp.queue import QueueBell, QueuedMessage, QueueEntryError, SubmissionQueue
 from mssante.sqlfast import dialect_of, timestamp
 from mssante.store.models import QueueDelivered
-from mssante.store.types import Outbound, QuotaExceeded
+from mssante.store.types import QuotaExceeded
 
 log = logging.getLogger("mssante.smtp.queue")
 
@@ -260,11 +259,7 @@ class QueueDelivery:
                 entry.raw,
                 entry.message_id,
             )
-            local = [r.address for r in recipients if r.route == "local"]
-            remote: dict[str, list[str]] = defaultdict(list)
-            for r in recipients:
-                if r.route == "remote":
-                    remote[r.domain].append(r.address)
+            local, outbound = ctx.routed(entry.signature)
             try:
                 ctx.uids = await self.store.deliver(
                     entry.raw,
@@ -272,7 +267,7 @@ class QueueDelivery:
                     local,
                     actor=entry.actor,
                     source=entry.source,
-                    outbound=Outbound(entry.raw, dict(remote), entry.signature) if remote else None,
+                    outbound=outbound,
                     extra_audit=entry.extra_audit,
                     also=[*self.runtime.delivery_hooks.writes(ctx), _mark(entry.id)],
                 )
