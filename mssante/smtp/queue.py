@@ -57,6 +57,7 @@ QUEUE_DB = "queue.db"
 FORMAT = 1
 MAX_BATCH = 256
 KEY_USES = 1 << 20  # entries sealed under one data key before the next
+OPENERS_KEPT = 64  # data keys kept unwrapped by the reading side (one per serving process)
 _SCHEMA = (
     # aside = 1: the entry does not open (altered, another key ring): kept for the operator,
     # never dropped (it was acknowledged), and no longer tried.
@@ -182,6 +183,7 @@ class SubmissionQueue:
         self._connection = _connect(self.path)
         self._connection.execute(_SCHEMA)
         self._reader: sqlite3.Connection | None = None  # opened by the first read
+        self._openers: dict[bytes, AESGCM] = {}  # data keys unwrapped, by key line
         self._new_key()
         self._read_lock = threading.Lock()
         self._thread = threading.Thread(target=self._write_turns, name="mssante-queue", daemon=True)
@@ -234,10 +236,13 @@ class SubmissionQueue:
                 raise
         return results
 
-    async def _write(self, job: Write) -> Any:
+    def _submit(self, job: Write) -> Future[Any]:
         future: Future[Any] = Future()
         self._jobs.put((job, future))
-        return await asyncio.wrap_future(future)
+        return future
+
+    async def _write(self, job: Write) -> Any:
+        return await asyncio.wrap_future(self._submit(job))
 
     # -- sealing ------------------------------------------------------------------------
     def seal(self, entry: QueuedMessage) -> bytes:
@@ -266,14 +271,25 @@ class SubmissionQueue:
         try:
             if not newline:
                 raise ValueError("no key line")
-            key = json.loads(lead)
-            data_key = self.keyring.unwrap(SealedKey(key["key"], base64.b64decode(key["wrapped"])))
-            plain = AESGCM(data_key).decrypt(rest[:12], rest[12:], _aad(entry_id))
+            aead = self._opener(lead)
+            plain = aead.decrypt(rest[:12], rest[12:], _aad(entry_id))
         except (ValueError, KeyError, TypeError, KeyRingError, InvalidTag) as exc:
             reason = str(exc) or type(exc).__name__
             raise QueueEntryError(f"queue entry {entry_id} does not open: {reason}") from None
         (size,) = struct.unpack(">I", plain[:4])
         return _entry(entry_id, plain[4 : 4 + size], plain[4 + size :])
+
+    def _opener(self, lead: bytes) -> AESGCM:
+        """The data key of a key line, unwrapped once: every entry a serving process sealed
+        since its start (up to ``KEY_USES``) carries the same one."""
+        aead = self._openers.get(lead)
+        if aead is None:
+            key = json.loads(lead)
+            aead = AESGCM(self.keyring.unwrap(SealedKey(key["key"], base64.b64decode(key["wrapped"]))))
+            if len(self._openers) >= OPENERS_KEPT:
+                self._openers.clear()
+            self._openers[lead] = aead
+        return aead
 
     # -- writing --------------------------------------------------------------------------
     def _insert(self, entry: QueuedMessage) -> Write:
@@ -289,9 +305,7 @@ class SubmissionQueue:
 
     def put_now(self, entry: QueuedMessage) -> None:
         """:meth:`put`, from a thread without an event loop (tools, tests)."""
-        future: Future[Any] = Future()
-        self._jobs.put((self._insert(entry), future))
-        future.result()
+        self._submit(self._insert(entry)).result()
 
     async def remove(self, entry_ids: list[str]) -> None:
         if entry_ids:
