@@ -108,6 +108,16 @@ def _wait_for(client: IMAPClient, criteria: list[str], seconds: float = 10) -> l
         time.sleep(0.05)
 
 
+def _arrives(server: DemoServer, user: str, subject: str) -> bool:
+    """Whether a message of ``subject`` shows in ``user``'s INBOX within the wait."""
+    client = _imap(server, user)
+    try:
+        client.select_folder("INBOX")
+        return bool(_wait_for(client, ["SUBJECT", subject]))
+    finally:
+        client.logout()
+
+
 def _entries(data_dir: Path, aside: int = 0) -> list[str]:
     """The ids in the node's queue database (waiting, or set aside)."""
     with sqlite3.connect(data_dir / "queue.db") as db:
@@ -310,19 +320,9 @@ def test_patient_conversations_open_through_the_delivery_process(server: DemoSer
     subject = f"Resultats {new_id()}"
     first, raw = mail(SENDER, [patient], subject)
     assert send(server, SENDER, SENDER, [patient], raw).ok
-    inbox = _imap(server, patient)
-    try:
-        inbox.select_folder("INBOX")
-        assert _wait_for(inbox, ["SUBJECT", subject])
-    finally:
-        inbox.logout()
+    assert _arrives(server, patient, subject)
     answer = f"Re: {subject}"
     _, raw = mail(patient, [SENDER], answer, in_reply_to=first, references=[first])
     reply = send(server, patient, patient, [SENDER], raw)
     assert reply.ok and "queued as" in reply.text, reply
-    own = _imap(server, SENDER)
-    try:
-        own.select_folder("INBOX")
-        assert _wait_for(own, ["SUBJECT", answer])
-    finally:
-        own.logout()
+    assert _arrives(server, SENDER, answer)

@@ -284,19 +284,19 @@ class SubmissionHandler(_Base):
             # (a message received into a spool file, above smtp.spool_threshold, is streamed
             # into the store as before: its queue entry would hold it in memory whole)
             entry = QueuedMessage(
-                new_id(),
-                sender.key,
-                identity.principal,
-                server.peer_ip,
-                identity,
-                sender.key,
-                tuple(routes),
-                facts,
-                message_id,
-                signature,
-                extra,
-                datetime.now(UTC),
-                raw,
+                id=new_id(),
+                mail_from=sender.key,
+                actor=identity.principal,
+                source=server.peer_ip,
+                identity=identity,
+                sender_bal=sender.key,
+                recipients=tuple(routes),
+                facts=facts,
+                message_id=message_id,
+                signature=signature,
+                extra_audit=extra,
+                arrival=datetime.now(UTC),
+                raw=raw,
             )
             return await self._enqueue(server, entry)
         ctx = DeliveryContext(
