@@ -166,7 +166,8 @@ class Supervisor:
 
 
 def run_workers(settings: Settings, serve: Callable[[Settings, WorkerSlot], None]) -> int:
-    """Run ``settings.server.workers`` workers, each ``serve(settings, slot)``, until stopped."""
+    """Run ``settings.server.workers`` workers (and, with ``smtp.acknowledge = "queued"``, the
+    queue's delivery process after them), each ``serve(settings, slot)``, until stopped."""
     settings, holders = reserve_ports(settings)
     # With smtp.acknowledge = "queued", one more worker: the queue's delivery process.
     count = settings.server.workers + (settings.smtp.acknowledge == "queued")
