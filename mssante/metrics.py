@@ -234,7 +234,7 @@ def dmp_deposit(result: Any) -> None:
 
 # -- live objects sampled at scrape time --------------------------------------------------------
 class _SMTPLimits(Protocol):
-    open: Tally[str]
+    sessions: int
 
 
 _smtp_limits: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -256,7 +256,7 @@ class _LiveSessions:
 
     def collect(self) -> Iterator[Metric]:
         smtp = GaugeMetricFamily("mssante_smtp_sessions", "Open SMTP sessions (all SMTP listeners)")
-        smtp.add_metric([], sum(sum(limits.open.values()) for limits in list(_smtp_limits)))
+        smtp.add_metric([], sum(limits.sessions for limits in list(_smtp_limits)))
         yield smtp
         states: Tally[str] = Tally({"not authenticated": 0, "authenticated": 0, "selected": 0})
         for server in list(_imap_servers):

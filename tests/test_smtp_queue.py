@@ -17,8 +17,10 @@ import smtplib
 import socket
 import sqlite3
 import ssl
+import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -169,6 +171,79 @@ def test_many_messages_in_a_row_all_arrive_once(server: DemoServer) -> None:
         assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == 40
     finally:
         reader.logout()
+
+
+def test_sessions_at_once_and_a_lone_one_each_message_arrives_once(server: DemoServer) -> None:
+    """A lone session's entries are committed by the event loop itself, those of sessions at
+    once by the writer thread in groups; sessions coming and going switch between the two, and
+    every message is delivered once either way."""
+    password = str(server.account(SENDER)["password"])
+
+    def session(name: str, count: int) -> None:
+        with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as client:
+            client.starttls(context=ssl.create_default_context(cafile=server.ca_cert))
+            client.login(SENDER, password)
+            for i in range(count):
+                client.sendmail(SENDER, [SENDER], make_message(SENDER, SENDER, f"ensemble {name}-{i:02d}"))
+
+    session("seule", 5)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(session, ["a", "b", "c", "d"], [10, 10, 10, 10]))
+    reader = _imap(server, SENDER)
+    try:
+        reader.select_folder("INBOX")
+        deadline = time.monotonic() + 15
+        while len(reader.search(["SUBJECT", "ensemble"])) < 45 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            reader.noop()
+        found = reader.search(["SUBJECT", "ensemble"])
+        subjects = reader.fetch(found, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        assert len(found) == 45
+        assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == 45
+    finally:
+        reader.logout()
+
+
+def test_an_entry_put_alone_while_the_writer_commits_waits_for_it(tmp_path: Path) -> None:
+    """``put(alone=True)`` commits on the caller's thread only when no other write is under way:
+    while the writer thread is in a transaction the entry goes to it, and both are written."""
+    queue = SubmissionQueue(tmp_path, KeyRing.create(tmp_path / "keyring.json"))
+    first = _entry(make_message(SENDER, SENDER, "en cours"), SENDER)
+    second = _entry(make_message(SENDER, SENDER, "seule"), SENDER)
+    inside, release = threading.Event(), threading.Event()
+    writer_threads: list[str] = []
+
+    def slow(connection: sqlite3.Connection) -> None:
+        writer_threads.append(threading.current_thread().name)
+        queue._insert(first)(connection)
+        inside.set()
+        release.wait(10)
+
+    async def scenario() -> None:
+        busy = queue._submit(slow)
+        assert await asyncio.to_thread(inside.wait, 10)
+        alone = asyncio.create_task(queue.put(second, alone=True))
+        await asyncio.sleep(0.05)
+        assert not alone.done()  # it waits for the writer, not on the connection in use
+        release.set()
+        await asyncio.wait_for(alone, 10)
+        busy.result(10)
+
+    try:
+        asyncio.run(scenario())
+        assert writer_threads == ["mssante-queue"]
+        assert queue.waiting() == sorted([first.id, second.id])
+
+        async def lone() -> str:  # the writer idle: committed by the caller before it returns
+            third = _entry(make_message(SENDER, SENDER, "troisieme"), SENDER)
+            await queue.put(third, alone=True)
+            return third.id
+
+        third_id = asyncio.run(lone())
+        with sqlite3.connect(tmp_path / "queue.db") as db:
+            assert db.execute("SELECT count(*) FROM entries WHERE id = ?", (third_id,)).fetchone() == (1,)
+    finally:
+        queue.close()
 
 
 def _set_quota(url: str, bal: str, quota: int | None) -> None:

@@ -309,7 +309,8 @@ class SubmissionHandler(_Base):
         assert self.queue is not None
         queue, bell = self.queue
         try:
-            await queue.put(entry)
+            # A lone session on this listener: its event loop writes the entry itself.
+            await queue.put(entry, alone=server.limits.sessions == 1)
         except Exception:
             log.exception("message not queued", extra={"session": server.session_id})
             return "451 4.3.0 The message could not be queued; nothing was accepted, try again later"

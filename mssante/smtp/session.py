@@ -138,16 +138,19 @@ class ConnectionLimits:
     def __init__(self, total: int, per_ip: int) -> None:
         self.total, self.per_ip = total, per_ip
         self.open: Counter[str] = Counter()
+        self.sessions = 0  # open sessions in all
         metrics.watch_smtp(self)
 
     def acquire(self, ip: str) -> bool:
-        if sum(self.open.values()) >= self.total or self.open[ip] >= self.per_ip:
+        if self.sessions >= self.total or self.open[ip] >= self.per_ip:
             return False
         self.open[ip] += 1
+        self.sessions += 1
         return True
 
     def release(self, ip: str) -> None:
         self.open[ip] -= 1
+        self.sessions -= 1
         if self.open[ip] <= 0:
             del self.open[ip]
 
