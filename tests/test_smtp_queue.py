@@ -152,25 +152,30 @@ def test_reply_names_the_entry_and_idle_hears_the_message(server: DemoServer) ->
     assert _entries(server.data_dir) == []
 
 
+def _each_arrives_once(server: DemoServer, word: str, count: int) -> None:
+    """``count`` messages whose subject holds ``word`` reach the sender's INBOX, none twice."""
+    reader = _imap(server, SENDER)
+    try:
+        reader.select_folder("INBOX")
+        deadline = time.monotonic() + 15
+        while len(reader.search(["SUBJECT", word])) < count and time.monotonic() < deadline:
+            time.sleep(0.1)
+            reader.noop()
+        found = reader.search(["SUBJECT", word])
+        subjects = reader.fetch(found, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
+        assert len(found) == count
+        assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == count
+    finally:
+        reader.logout()
+
+
 def test_many_messages_in_a_row_all_arrive_once(server: DemoServer) -> None:
     with smtplib.SMTP("127.0.0.1", server.port("submission"), timeout=30) as client:
         client.starttls(context=ssl.create_default_context(cafile=server.ca_cert))
         client.login(SENDER, str(server.account(SENDER)["password"]))
         for i in range(40):
             client.sendmail(SENDER, [SENDER], make_message(SENDER, SENDER, f"rafale {i:02d}"))
-    reader = _imap(server, SENDER)
-    try:
-        reader.select_folder("INBOX")
-        deadline = time.monotonic() + 15
-        while len(reader.search(["SUBJECT", "rafale"])) < 40 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            reader.noop()
-        found = reader.search(["SUBJECT", "rafale"])
-        subjects = reader.fetch(found, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
-        assert len(found) == 40
-        assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == 40
-    finally:
-        reader.logout()
+    _each_arrives_once(server, "rafale", 40)
 
 
 def test_sessions_at_once_and_a_lone_one_each_message_arrives_once(server: DemoServer) -> None:
@@ -189,19 +194,7 @@ def test_sessions_at_once_and_a_lone_one_each_message_arrives_once(server: DemoS
     session("seule", 5)
     with ThreadPoolExecutor(max_workers=4) as pool:
         list(pool.map(session, ["a", "b", "c", "d"], [10, 10, 10, 10]))
-    reader = _imap(server, SENDER)
-    try:
-        reader.select_folder("INBOX")
-        deadline = time.monotonic() + 15
-        while len(reader.search(["SUBJECT", "ensemble"])) < 45 and time.monotonic() < deadline:
-            time.sleep(0.1)
-            reader.noop()
-        found = reader.search(["SUBJECT", "ensemble"])
-        subjects = reader.fetch(found, ["BODY.PEEK[HEADER.FIELDS (SUBJECT)]"])
-        assert len(found) == 45
-        assert len({v[b"BODY[HEADER.FIELDS (SUBJECT)]"] for v in subjects.values()}) == 45
-    finally:
-        reader.logout()
+    _each_arrives_once(server, "ensemble", 45)
 
 
 def test_an_entry_put_alone_while_the_writer_commits_waits_for_it(tmp_path: Path) -> None:
