@@ -13,10 +13,14 @@ that does not open is set aside, not dropped.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import smtplib
 import socket
 import sqlite3
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -394,3 +398,83 @@ def test_patient_conversations_open_through_the_delivery_process(server: DemoSer
     reply = send(server, patient, patient, [SENDER], raw)
     assert reply.ok and "queued as" in reply.text, reply
     assert _arrives(server, SENDER, answer)
+
+
+def test_operator_lists_puts_back_and_drops_set_aside_entries(tmp_path: Path) -> None:
+    """``mssante queue submission``, run beside the serving node: an entry sealed under a key the
+    ring does not hold is set aside by the delivery process and listed as not opening; one set
+    aside that opens goes back in line and is delivered; dropping needs a reason, is audited,
+    and tells the sender by a DSN when the entry opens. Content is never printed."""
+    data = tmp_path / "data"
+    server = start_demo(data, ENV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MSSANTE_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mssante", "--data-dir", str(data), "queue", "submission", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
+
+    try:
+        assert json.loads(cli("list", "--json").stdout) == {"waiting": 0, "set_aside": 0, "entries": []}
+        old_ring = SubmissionQueue(data, KeyRing.create(tmp_path / "old-keyring.json"))
+        lost = _entry(make_message(SENDER, SENDER, "scellee ailleurs"), SENDER)
+        try:
+            old_ring.put_now(lost)  # the delivery process cannot open it: set aside
+        finally:
+            old_ring.close()
+        ours = SubmissionQueue(data, KeyRing.load(data / "keyring.json"))
+        secret = "Resultat confidentiel 7315"
+        back = _entry(make_message(SENDER, SENDER, "remise en file", secret), SENDER)
+        dropped = _entry(make_message(SENDER, SENDER, "retiree par l'exploitant"), SENDER)
+        try:  # set aside earlier, though they open (a store failure, a key ring since restored)
+            with sqlite3.connect(data / "queue.db") as db:
+                for entry in (back, dropped):
+                    db.execute("INSERT INTO entries VALUES (?, ?, 1)", (entry.id, ours.seal(entry)))
+        finally:
+            ours.close()
+        deadline = time.monotonic() + 10
+        while len(_entries(data, aside=1)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+        listing = cli("list", "--json")
+        assert secret not in listing.stdout
+        listed = json.loads(listing.stdout)
+        assert (listed["waiting"], listed["set_aside"]) == (0, 3)
+        by_id = {e["id"]: e for e in listed["entries"]}
+        assert by_id[lost.id]["opens"] is False and "does not open" in by_id[lost.id]["error"]
+        assert by_id[back.id]["opens"] is True
+        assert by_id[back.id]["sender"] == SENDER and by_id[back.id]["recipients"] == [SENDER]
+        assert "does not open" in cli("list").stdout
+
+        assert cli("retry").returncode == 2  # an id or --all
+        assert cli("retry", back.id).returncode == 0
+        assert _arrives(server, SENDER, "remise en file")
+        assert cli("retry", back.id).returncode == 1  # no longer set aside
+
+        assert cli("drop", lost.id, "--reason", " ").returncode == 2
+        assert cli("drop", "00000000000000000000-000000000000", "--reason", "inconnue").returncode == 1
+        assert cli("drop", lost.id, "--reason", "cle perdue").returncode == 0
+        done = cli("drop", dropped.id, "--reason", "doublon envoye par le DPI")
+        assert done.returncode == 0, done.stderr
+        assert _arrives(server, SENDER, "Undelivered Mail Returned to Sender")
+        reader = _imap(server, SENDER)
+        try:
+            reader.select_folder("INBOX")
+            [report] = reader.search(["TEXT", "removed from the queue by the operator"])
+            text_of = reader.fetch([report], ["BODY.PEEK[]"])[report][b"BODY[]"]
+            assert b"doublon envoye par le DPI" in text_of and b"retiree par l'exploitant" in text_of
+        finally:
+            reader.logout()
+        assert json.loads(cli("list", "--json").stdout)["set_aside"] == 0
+        assert "0 entries back in line" in cli("retry", "--all").stdout
+        with sqlite3.connect(data / "mssante.db") as db:
+            drops = db.execute(
+                "SELECT bal, object FROM audit_log WHERE action = 'queue.submission.drop' ORDER BY seq"
+            ).fetchall()
+        assert drops == [(None, lost.id), (SENDER, dropped.id)]
+    finally:
+        assert server.stop() == 0, server.log()

@@ -6,7 +6,7 @@ import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -74,6 +74,15 @@ def checked_engine(writer: bool = False) -> Engine:
     except SchemaOutdated as exc:
         fail(str(exc))
     return engine
+
+
+# The operator's reason for removing a queued message: recorded in the audit trail and the DSN.
+Reason = Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail and the DSN).")]
+
+
+def entries(count: int) -> str:
+    """'1 entry', '3 entries' (queue commands' summaries)."""
+    return f"{count} entr{'y' if count == 1 else 'ies'}"
 
 
 def command_group(name: str, help_text: str) -> typer.Typer:

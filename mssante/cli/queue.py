@@ -16,9 +16,11 @@ from rich.table import Table
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from mssante.cli._common import EXIT_USAGE, command_group, console, fail, settings
+from mssante.cli._common import EXIT_USAGE, Reason, command_group, console, entries, fail, settings
+from mssante.cli.submission_queue import app as submission_app
 
-app = command_group("queue", "Outbound queue (mail for other operators).")
+app = command_group("queue", "Outbound queue (mail for other operators); `submission`: the submission queue.")
+app.add_typer(submission_app)
 
 
 def _age(value: datetime) -> str:
@@ -77,7 +79,7 @@ def list_entries(as_json: Annotated[bool, typer.Option("--json", help="JSON for 
             (d["last_error"] or "")[:60],
         )
     console.print(table)
-    console.print(f"{len(docs)} entr{'y' if len(docs) == 1 else 'ies'} waiting")
+    console.print(f"{entries(len(docs))} waiting")
 
 
 @app.command("show")
@@ -141,13 +143,13 @@ def retry(
         count = session.execute(stmt).rowcount  # type: ignore[attr-defined]
     if entry_id is not None and not count:
         fail(f"no queue entry {entry_id}")
-    console.print(f"{count} entr{'y' if count == 1 else 'ies'} due now")
+    console.print(f"{entries(count)} due now")
 
 
 @app.command("drop")
 def drop(
     entry_id: Annotated[int, typer.Argument(help="Entry id (see `queue list`).")],
-    reason: Annotated[str, typer.Option("--reason", help="Why (recorded in the audit trail and the DSN).")],
+    reason: Reason,
 ) -> None:
     """Remove an entry: the sender gets a DSN saying the operator removed it, and why."""
     import asyncio

@@ -97,6 +97,11 @@ def new_id() -> str:
     return f"{time.time_ns():020d}-{secrets.token_hex(6)}"
 
 
+def age_seconds(entry_id: str) -> float:
+    """How long ago an entry was written (its id starts with the time: :func:`new_id`)."""
+    return max((time.time_ns() - int(entry_id.partition("-")[0])) / 1e9, 0.0)
+
+
 def _aad(entry_id: str) -> bytes:
     return b"mssante-queue:" + entry_id.encode()
 
@@ -341,6 +346,33 @@ class SubmissionQueue:
     async def set_aside(self, entry_id: str) -> None:
         await self._write(lambda c: c.execute("UPDATE entries SET aside = 1 WHERE id = ?", (entry_id,)))
 
+    # -- the operator's tools (``mssante queue submission``) -----------------------------------
+    def listing(self) -> list[tuple[str, bool]]:
+        """Every entry's id, oldest first, and whether it is set aside."""
+        with self._reading() as connection:
+            rows = connection.execute("SELECT id, aside FROM entries ORDER BY id")
+            return [(row[0], bool(row[1])) for row in rows]
+
+    async def put_back(self, entry_ids: list[str]) -> int:
+        """Set-aside entries made waiting again (the delivery process takes them within its
+        poll); how many were set aside."""
+
+        def write(connection: sqlite3.Connection) -> int:
+            rows = [(entry_id,) for entry_id in entry_ids]
+            before = connection.total_changes
+            connection.executemany("UPDATE entries SET aside = 0 WHERE id = ? AND aside = 1", rows)
+            return connection.total_changes - before
+
+        return int(await self._write(write))
+
+    async def drop_aside(self, entry_id: str) -> bool:
+        """Remove a set-aside entry (never one waiting: the delivery process may hold it)."""
+
+        def write(connection: sqlite3.Connection) -> int:
+            return connection.execute("DELETE FROM entries WHERE id = ? AND aside = 1", (entry_id,)).rowcount
+
+        return bool(await self._write(write))
+
     # -- reading (the delivery process, from one thread at a time) -----------------------------
     def waiting(self) -> list[str]:
         """The ids of the entries waiting, oldest first."""
@@ -375,8 +407,8 @@ def queue_stats(data_dir: Path) -> dict[str, Any]:
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)) as db:
         waiting, oldest = db.execute("SELECT count(*), min(id) FROM entries WHERE aside = 0").fetchone()
         (aside,) = db.execute("SELECT count(*) FROM entries WHERE aside = 1").fetchone()
-    age = (time.time_ns() - int(oldest.partition("-")[0])) / 1e9 if oldest else 0.0
-    return {"waiting": int(waiting), "oldest_age_seconds": round(max(age, 0.0), 1), "set_aside": int(aside)}
+    age = age_seconds(oldest) if oldest else 0.0
+    return {"waiting": int(waiting), "oldest_age_seconds": round(age, 1), "set_aside": int(aside)}
 
 
 class QueueBell:

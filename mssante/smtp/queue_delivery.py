@@ -15,7 +15,8 @@ What changes for the sender is what happens *after* the ``250``:
 - the store failing (database down, disk full): the entry stays and is tried again (5 s,
   30 s, 1 min, then every 5 min), never dropped;
 - an entry that does not open (altered, another key ring): set aside (``aside = 1`` in
-  ``queue.db``) and logged, never dropped.
+  ``queue.db``) and logged, never dropped by this process; the operator lists it, puts it
+  back or drops it with a reason (``mssante queue submission``, :func:`drop_set_aside`).
 
 Each delivery writes its entry's id in ``smtp_queue_delivered`` in its own transaction, and the
 entry is removed from the queue after the commit; an entry found at start whose id is there
@@ -30,7 +31,7 @@ import contextlib
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import cast
 
@@ -47,6 +48,7 @@ from mssante.smtp.hooks import DeliveryContext
 from mssante.smtp.queue import QueueBell, QueuedMessage, QueueEntryError, SubmissionQueue
 from mssante.sqlfast import dialect_of, timestamp
 from mssante.store.models import QueueDelivered
+from mssante.store.store import MessageStore
 from mssante.store.types import QuotaExceeded
 
 log = logging.getLogger("mssante.smtp.queue")
@@ -299,33 +301,79 @@ class QueueDelivery:
             )
             for s in statuses
         ]
+        also = [] if marked else [_mark(entry.id)]
+        await tell_sender(self.store, self.hostname, entry, statuses, events, actor=SYSTEM, also=also)
 
-        def record(session: Session) -> None:
-            audit.append(session, *events)
 
-        also = [record] if marked else [record, _mark(entry.id)]
-        if entry.mail_from:
-            report = dsn.build(
-                reporting_mta=self.hostname,
-                sender=entry.mail_from,
-                original=dsn.header_block(bytes(entry.raw[: dsn.HEADER_READ])),
-                arrival=entry.arrival,
-                statuses=statuses,
-                now=datetime.now(UTC),
-            )
-            try:
-                await self.store.deliver(report, "", [entry.mail_from], actor=SYSTEM, also=also)
-                return
-            except QuotaExceeded:
-                log.warning(
-                    "queue: the sender's own mailbox %s is full: no DSN for %s", entry.mail_from, entry.id
-                )
+async def tell_sender(
+    store: MessageStore,
+    hostname: str,
+    entry: QueuedMessage,
+    statuses: list[dsn.RecipientStatus],
+    events: list[AuditEvent],
+    *,
+    actor: str,
+    also: Sequence[Callable[[Session], None]] = (),
+) -> None:
+    """A delivery status notification in the sender's BAL for ``statuses``, with ``events``
+    audited (and ``also`` written) in the same transaction; the events alone when the entry
+    has no sender (a DSN's own entry) or the sender's mailbox is full."""
 
-        def record_only(session: Session) -> None:
-            for write in also:
-                write(session)
+    def record(session: Session) -> None:
+        audit.append(session, *events)
+        for write in also:
+            write(session)
 
-        await self.store.writer.run(record_only)
+    if entry.mail_from:
+        report = dsn.build(
+            reporting_mta=hostname,
+            sender=entry.mail_from,
+            original=dsn.header_block(bytes(entry.raw[: dsn.HEADER_READ])),
+            arrival=entry.arrival,
+            statuses=statuses,
+            now=datetime.now(UTC),
+        )
+        try:
+            await store.deliver(report, "", [entry.mail_from], actor=actor, also=[record])
+            return
+        except QuotaExceeded:
+            log.warning("queue: the sender's mailbox %s is full: no DSN for %s", entry.mail_from, entry.id)
+    await store.writer.run(record)
+
+
+async def drop_set_aside(
+    runtime: Runtime, queue: SubmissionQueue, entry_id: str, reason: str, actor: str
+) -> bool:
+    """Remove a set-aside entry on the operator's word (``mssante queue submission drop``):
+    audited as ``queue.submission.drop`` with the reason; when the entry opens, its sender gets
+    a DSN (5.3.0) naming the reason, so nothing acknowledged disappears silently. False when
+    there is no such entry set aside (one waiting is the delivery process's)."""
+    if (entry_id, True) not in queue.listing():
+        return False
+    entry: QueuedMessage | None = None
+    for found_id, sealed in queue.read([entry_id]):
+        with contextlib.suppress(QueueEntryError):
+            entry = queue.open(found_id, sealed)
+    detail: dict[str, object] = {"reason": reason, "opened": entry is not None}
+    if entry is None:
+        event = AuditEvent(actor=actor, action="queue.submission.drop", object=entry_id, detail=detail)
+        await runtime.store.writer.run(lambda session: audit.append(session, event))
+    else:
+        recipients = [r.address for r in entry.recipients]
+        event = AuditEvent(
+            actor=actor,
+            action="queue.submission.drop",
+            bal=entry.mail_from or None,
+            object=entry_id,
+            detail={**detail, "to": recipients},
+        )
+        statuses = [
+            dsn.RecipientStatus(a, "failed", "5.3.0", f"removed from the queue by the operator: {reason}")
+            for a in recipients
+        ]
+        hostname = runtime.settings.server.hostname
+        await tell_sender(runtime.store, hostname, entry, statuses, [event], actor=actor)
+    return await queue.drop_aside(entry_id)
 
 
 async def start_queue_delivery(runtime: Runtime) -> list[RunningListener]:
