@@ -40,7 +40,7 @@ import shutil
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,14 +86,26 @@ def reserve_ports(settings: Settings) -> tuple[Settings, list[socket.socket]]:
 class Supervisor:
     """Forks the workers, passes the stop signals on, starts again a worker that died."""
 
-    def __init__(self, count: int, serve: Callable[[WorkerSlot], None], metrics_dir: Path) -> None:
+    def __init__(
+        self,
+        count: int,
+        serve: Callable[[WorkerSlot], None],
+        metrics_dir: Path,
+        roles: Mapping[int, str] | None = None,
+    ) -> None:
         self.count = count
         self.serve = serve
         self.metrics_dir = metrics_dir
+        self.roles = dict(roles or {})  # index -> what a worker that serves no port does
         self.group = str(os.getpid())
         self.children: dict[int, tuple[int, int]] = {}  # pid -> (worker index, its "serving" pipe)
         self.stopping = False
         self.failed = False
+
+    def _name(self, index: int) -> str:
+        """How the log names a worker: its index, and its role when it is not a serving one."""
+        role = self.roles.get(index)
+        return f"worker {index} ({role})" if role else f"worker {index}"
 
     def _spawn(self, index: int, holders: list[socket.socket]) -> None:
         heard, said = os.pipe()
@@ -110,7 +122,7 @@ class Supervisor:
                 signal.signal(signal.SIGINT, signal.default_int_handler)
                 self.serve(WorkerSlot(index, self.count, self.group, said))
             except BaseException:
-                log.exception("worker %d failed", index)
+                log.exception("%s failed", self._name(index))
                 code = 1
             finally:
                 logging.shutdown()
@@ -118,7 +130,7 @@ class Supervisor:
         os.close(said)
         os.set_blocking(heard, False)
         self.children[pid] = (index, heard)
-        log.info("worker %d started (pid %d)", index, pid)
+        log.info("%s started (pid %d)", self._name(index), pid)
 
     def _stop(self, signum: int, _frame: Any) -> None:
         self.stopping = True
@@ -148,14 +160,14 @@ class Supervisor:
                 served = False
             os.close(heard)
             if self.stopping:
-                log.info("worker %d stopped (%s)", index, code)
+                log.info("%s stopped (%s)", self._name(index), code)
                 continue
             if not served:
-                log.error("worker %d could not start (exit %s): stopping the server", index, code)
+                log.error("%s could not start (exit %s): stopping the server", self._name(index), code)
                 self.failed = True
                 self._stop(signal.SIGTERM, None)
                 continue
-            log.error("worker %d exited (%s); starting it again", index, code)
+            log.error("%s exited (%s); starting it again", self._name(index), code)
             time.sleep(RESTART_DELAY)
             if not self.stopping:
                 self._spawn(index, holders)
@@ -170,6 +182,12 @@ def run_workers(settings: Settings, serve: Callable[[Settings, WorkerSlot], None
     queue's delivery process after them), each ``serve(settings, slot)``, until stopped."""
     settings, holders = reserve_ports(settings)
     # With smtp.acknowledge = "queued", one more worker: the queue's delivery process.
-    count = settings.server.workers + (settings.smtp.acknowledge == "queued")
-    supervisor = Supervisor(count, lambda slot: serve(settings, slot), metrics_workers.directory(settings))
+    queued = settings.smtp.acknowledge == "queued"
+    roles = {settings.server.workers: "queue delivery"} if queued else {}
+    supervisor = Supervisor(
+        settings.server.workers + len(roles),
+        lambda slot: serve(settings, slot),
+        metrics_workers.directory(settings),
+        roles,
+    )
     return supervisor.run(holders)

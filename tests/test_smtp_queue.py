@@ -347,6 +347,7 @@ def test_entries_left_by_a_stop_are_delivered_at_start_once(tmp_path: Path) -> N
         assert _entries(data) == []
         assert _entries(data, aside=1) == [altered]
         assert f"queue entry {altered} does not open" in second.log()
+        assert "worker 1 (queue delivery) started" in second.log()  # named as what it does
         with web_client(second) as web:  # monitoring sees it
             health = web.get("/health").json()
             scraped = web.get("/metrics").text
