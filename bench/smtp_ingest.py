@@ -13,7 +13,8 @@ Servers under test, all started here and all left running for the whole benchmar
   submission port (STARTTLS, AUTH PLAIN as a demo doctor); ``mssante-2w`` the same with two
   worker processes sharing the port (``--workers``: one server per count given);
   ``mssante-queued`` (``--acknowledge queued``) answering ``250`` once the message is sealed in
-  its queue file, delivered by the queue's own process (its CPU counted with the server's);
+  the node's queue database, delivered by the queue's own process (its CPU counted with the
+  server's);
 - ``postfix`` (``--with-postfix``): Debian's Postfix in a throw-away instance (``postfix -c``,
   its own queue, smtpd on 127.0.0.1 at a high port, STARTTLS required, TLS >= 1.2), AUTH
   required through Dovecot SASL from Debian checking **the same argon2id hash** as mssante's

@@ -196,8 +196,9 @@ class OutboundEntry(Base):
 
 class QueueDelivered(Base):
     """Entries of the submission queue (``smtp.acknowledge = "queued"``) already delivered:
-    written in the transaction that delivers one, so that an entry whose file outlived its
-    delivery (a crash between the commit and the file's removal) is not delivered twice."""
+    written in the transaction that delivers one, so that an entry that outlived its delivery
+    (a crash between the commit and the entry's removal from ``queue.db``) is not delivered
+    twice."""
 
     __tablename__ = "smtp_queue_delivered"
 

@@ -4,9 +4,10 @@ Revision ID: 0026
 Revises: 0025
 Create Date: 2026-12-07 10:00:00
 
-With ``smtp.acknowledge = "queued"`` a message is answered once sealed in a queue file and
-delivered just after by another process; each delivery writes its entry's id here in the same
-transaction, so that a file left by a crash after the commit is recognised as delivered.
+With ``smtp.acknowledge = "queued"`` a message is answered once sealed in the node's queue
+database (``queue.db``) and delivered just after by another process; each delivery writes its
+entry's id here in the same transaction, so that an entry left by a crash after the commit is
+recognised as delivered.
 """
 
 from collections.abc import Sequence
